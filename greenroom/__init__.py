@@ -1,0 +1,49 @@
+"""greenroom: durable, multi-tenant browser-automation workflows."""
+
+from greenroom.app import App, RunRequest
+from greenroom.clock import Clock, ManualClock, SystemClock
+from greenroom.context import RunContext
+from greenroom.errors import (
+    ConfigError,
+    GreenroomError,
+    InvalidInput,
+    LeaseLost,
+    NonDeterminismError,
+    NotFound,
+    NotSerializable,
+    PermanentError,
+)
+from greenroom.model import Run, RunEvent, RunState, StepRecord, StepStatus, WorkerInfo
+from greenroom.retry import RetryPolicy
+from greenroom.settings import Settings, load_settings
+from greenroom.worker import Worker
+from greenroom.workflow import Workflow, step
+
+__all__ = [
+    "App",
+    "Clock",
+    "ConfigError",
+    "GreenroomError",
+    "InvalidInput",
+    "LeaseLost",
+    "ManualClock",
+    "NonDeterminismError",
+    "NotFound",
+    "NotSerializable",
+    "PermanentError",
+    "RetryPolicy",
+    "Run",
+    "RunContext",
+    "RunEvent",
+    "RunRequest",
+    "RunState",
+    "Settings",
+    "StepRecord",
+    "StepStatus",
+    "SystemClock",
+    "Worker",
+    "WorkerInfo",
+    "Workflow",
+    "load_settings",
+    "step",
+]

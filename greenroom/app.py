@@ -1,0 +1,146 @@
+"""App: the registry of workflows, its settings and its store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from greenroom.clock import Clock
+from greenroom.errors import ConfigError, InvalidInput
+from greenroom.model import NewRun, Run
+from greenroom.retry import NO_RETRY, RetryPolicy
+from greenroom.settings import Settings, load_settings
+from greenroom.storage import RunStore, open_store
+from greenroom.workflow import Workflow, WorkflowFn
+
+MAX_NAME = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    """One run to enqueue, as callers describe it."""
+
+    workflow: str | Workflow
+    input: dict[str, Any] = field(default_factory=dict)
+    tenant: str = "default"
+    idempotency_key: str | None = None
+    priority: int | None = None
+    delay: float | None = None
+    start_at: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class App:
+    """Holds workflows and opens the store lazily, so importing an app module is cheap."""
+
+    def __init__(
+        self,
+        *,
+        db: str | None = None,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        base = settings or load_settings()
+        self.settings = base if db is None else base.model_copy(update={"db": db})
+        self.clock = clock
+        self.workflows: dict[str, Workflow] = {}
+        self._store: RunStore | None = None
+
+    def workflow(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        session: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> Callable[[WorkflowFn], Workflow]:
+        """Declare a workflow: an async function of checkpointed steps taking a RunContext."""
+
+        def register(func: WorkflowFn) -> Workflow:
+            wf = Workflow(
+                name=name or func.__qualname__,
+                fn=func,
+                queue=queue,
+                session=session,
+                retry=retry or NO_RETRY,
+                timeout=timeout,
+                priority=priority,
+            )
+            if wf.name in self.workflows:
+                raise ConfigError(f"workflow {wf.name!r} is declared twice")
+            self.workflows[wf.name] = wf
+            return wf
+
+        return register
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            self._store = open_store(self.settings.db, clock=self.clock)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.backend.close()
+            self._store = None
+
+    def get_workflow(self, name: str) -> Workflow:
+        try:
+            return self.workflows[name]
+        except KeyError:
+            known = ", ".join(sorted(self.workflows)) or "none"
+            raise InvalidInput(f"unknown workflow {name!r} (known: {known})") from None
+
+    def prepare(self, req: RunRequest) -> NewRun:
+        """Validate a request and render its session key."""
+        wf = req.workflow if isinstance(req.workflow, Workflow) else self.get_workflow(req.workflow)
+        if not isinstance(req.input, dict):
+            raise InvalidInput("run input must be a JSON object")
+        if not req.tenant or len(req.tenant) > MAX_NAME:
+            raise InvalidInput("tenant must be 1 to 200 characters")
+        if req.idempotency_key is not None and not 0 < len(req.idempotency_key) <= MAX_NAME:
+            raise InvalidInput("idempotency key must be 1 to 200 characters")
+        if req.delay is not None and req.start_at is not None:
+            raise InvalidInput("give either delay or start_at, not both")
+        if req.delay is not None and req.delay < 0:
+            raise InvalidInput("delay must not be negative")
+        available_at = req.start_at
+        if req.delay:
+            available_at = self.store.clock.now() + req.delay
+        return NewRun(
+            workflow=wf.name,
+            input=req.input,
+            tenant=req.tenant,
+            queue=wf.queue,
+            session_key=wf.session_key(tenant=req.tenant, input=req.input, labels=req.labels),
+            priority=wf.priority if req.priority is None else req.priority,
+            labels={str(k): str(v) for k, v in req.labels.items()},
+            idempotency_key=req.idempotency_key,
+            available_at=available_at,
+            max_attempts=wf.retry.max_attempts,
+            timeout=wf.timeout,
+        )
+
+    def enqueue_sync(
+        self, workflow: str | Workflow, input: dict[str, Any] | None = None, **options: Any
+    ) -> Run:
+        """Enqueue one run; with an idempotency key already used, the existing run."""
+        req = RunRequest(workflow=workflow, input=input or {}, **options)
+        return self.store.enqueue(self.prepare(req))[0]
+
+    async def enqueue(
+        self, workflow: str | Workflow, input: dict[str, Any] | None = None, **options: Any
+    ) -> Run:
+        return await asyncio.to_thread(self.enqueue_sync, workflow, input, **options)
+
+    def enqueue_many_sync(self, requests: Sequence[RunRequest]) -> list[Run]:
+        """Enqueue a batch in one transaction."""
+        batch = [self.prepare(r) for r in requests]
+        return [run for run, _ in self.store.enqueue_many(batch)]
+
+    async def enqueue_many(self, requests: Sequence[RunRequest]) -> list[Run]:
+        return await asyncio.to_thread(self.enqueue_many_sync, requests)

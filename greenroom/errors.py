@@ -1,0 +1,39 @@
+"""Error hierarchy: every error greenroom raises derives from GreenroomError."""
+
+from __future__ import annotations
+
+
+class GreenroomError(Exception):
+    """Root of greenroom's errors."""
+
+
+class ConfigError(GreenroomError):
+    """Invalid settings, URLs or workflow declarations."""
+
+
+class NotFound(GreenroomError):
+    """An id that does not exist (or belongs to another tenant)."""
+
+
+class InvalidInput(GreenroomError):
+    """A caller passed a value greenroom cannot accept."""
+
+
+class PermanentError(GreenroomError):
+    """Raised by workflow code for failures no retry can fix (bad credentials, bad input)."""
+
+
+class LeaseLost(GreenroomError):
+    """This worker no longer holds the run: its write was refused (fencing)."""
+
+
+class NonDeterminismError(PermanentError):
+    """A resumed workflow called its steps in a different order than the recorded history."""
+
+
+class NotSerializable(PermanentError):
+    """A step result, workflow output or input that is not JSON-serializable."""
+
+
+class RunCancelled(GreenroomError):
+    """The run was cancelled while it was executing."""

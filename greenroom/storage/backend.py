@@ -1,0 +1,88 @@
+"""The contract between the run store and a database: transactions, SQL dialect, worker liveness."""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+Row = dict[str, Any]
+
+
+class Tx(abc.ABC):
+    """An open transaction; statements use :name parameters."""
+
+    @abc.abstractmethod
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
+        """Run one statement; rows it returns (empty for statements without rows)."""
+
+    @abc.abstractmethod
+    def execute_count(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        """Run one statement; the number of rows it changed."""
+
+    @abc.abstractmethod
+    def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None: ...
+
+
+class Liveness(abc.ABC):
+    """Held by a live worker for its whole life; released by the OS or server when it dies."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Backend(abc.ABC):
+    """A database greenroom can run on, chosen by URL."""
+
+    url: str
+    #: Appended to SELECTs that claim rows: skip rows other transactions hold.
+    skip_locked: str = ""
+    #: Appended to SELECTs that lock one row for update.
+    for_update: str = ""
+
+    @abc.abstractmethod
+    def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]: ...
+
+    @abc.abstractmethod
+    def sqlalchemy_url(self) -> str:
+        """The URL Alembic and SQLAlchemy use to reach this database."""
+
+    @abc.abstractmethod
+    def member(self, column: str, param: str) -> str:
+        """SQL for `column` being one of the values of list parameter `param`."""
+
+    @abc.abstractmethod
+    def list_param(self, values: Sequence[str]) -> object: ...
+
+    @abc.abstractmethod
+    def hold_liveness(self, lock_key: int) -> Liveness:
+        """Take this worker's liveness lock, held until close() or process death."""
+
+    @abc.abstractmethod
+    def alive(self, lock_keys: Sequence[int]) -> set[int]:
+        """Which of these liveness locks are held by a live process right now."""
+
+    def notify(self, tx: Tx, queue: str) -> None:  # noqa: B027 - optional hook
+        """Tell idle workers that `queue` has ready work (only where the database can)."""
+
+    def listen(self, on_notify: Callable[[str], None]) -> Liveness | None:
+        """Call on_notify(queue) from a background thread on each notification, if supported."""
+        return None
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def pyformat(sql: str) -> str:
+    """Turn :name parameters into psycopg's %(name)s."""
+    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

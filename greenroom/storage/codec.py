@@ -1,0 +1,92 @@
+"""Conversions between database rows and domain records."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from greenroom.errors import NotSerializable
+from greenroom.model import Run, RunEvent, RunState, StepRecord, StepStatus, WorkerInfo
+from greenroom.storage.backend import Row
+
+
+def dumps(value: Any, what: str = "value") -> str:
+    """Strict JSON: what cannot round-trip is refused here, at the boundary."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise NotSerializable(f"{what} is not JSON-serializable: {exc}") from None
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def run_from_row(row: Row) -> Run:
+    return Run(
+        id=row["id"],
+        seq=int(row["seq"]),
+        tenant=row["tenant"],
+        workflow=row["workflow"],
+        queue=row["queue"],
+        session_key=row["session_key"],
+        state=RunState(row["state"]),
+        priority=int(row["priority"]),
+        input=json.loads(row["input"]),
+        labels=json.loads(row["labels"]),
+        output=loads(row["output"]),
+        error=loads(row["error"]),
+        idempotency_key=row["idempotency_key"],
+        attempt=int(row["attempt"]),
+        max_attempts=int(row["max_attempts"]),
+        timeout=row["timeout"],
+        stalls=int(row["stalls"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        lease_owner=row["lease_owner"],
+        lease_token=int(row["lease_token"]),
+        lease_expires_at=row["lease_expires_at"],
+        available_at=row["available_at"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def step_from_row(row: Row) -> StepRecord:
+    return StepRecord(
+        run_id=row["run_id"],
+        position=int(row["position"]),
+        name=row["name"],
+        status=StepStatus(row["status"]),
+        result=loads(row["result"]),
+        error=loads(row["error"]),
+        attempts=int(row["attempts"]),
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def event_from_row(row: Row) -> RunEvent:
+    return RunEvent(
+        id=int(row["id"]),
+        run_id=row["run_id"],
+        at=row["at"],
+        state=RunState(row["state"]),
+        reason=row["reason"],
+        worker_id=row["worker_id"],
+        detail=loads(row["detail"]) or {},
+    )
+
+
+def worker_from_row(row: Row, running: list[str]) -> WorkerInfo:
+    return WorkerInfo(
+        id=row["id"],
+        host=row["host"],
+        pid=int(row["pid"]),
+        queues=json.loads(row["queues"]),
+        concurrency=int(row["concurrency"]),
+        state=row["state"],
+        started_at=row["started_at"],
+        heartbeat_at=row["heartbeat_at"],
+        running=running,
+    )

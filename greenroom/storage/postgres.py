@@ -1,0 +1,129 @@
+"""PostgreSQL backend: the shared store for many machines. Claims use FOR UPDATE SKIP LOCKED,
+idle workers wake on LISTEN/NOTIFY, and worker liveness is an advisory lock held by the worker's
+own connection, released by the server the moment that connection drops."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from greenroom.storage.backend import Backend, Liveness, Row, Tx, pyformat
+
+LOCK_NAMESPACE = 0x67726D  # advisory lock class id for worker liveness locks
+CHANNEL = "greenroom_ready"
+
+_sql = lru_cache(maxsize=512)(pyformat)
+
+
+class _PostgresTx(Tx):
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
+        cur = self._conn.execute(_sql(sql), params or {})
+        return cur.fetchall() if cur.description else []
+
+    def execute_count(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        return self._conn.execute(_sql(sql), params or {}).rowcount
+
+    def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(_sql(sql), params)
+
+
+class _Connection(Liveness):
+    """A dedicated autocommit connection, closed with the handle."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conn = psycopg.connect(conninfo, autocommit=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Listener(Liveness):
+    def __init__(self, conninfo: str, on_notify: Callable[[str], None]) -> None:
+        self._conninfo = conninfo
+        self._on_notify = on_notify
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="greenroom-listen", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._stopped.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._on_notify(note.payload)
+            except psycopg.OperationalError:
+                self._stopped.wait(0.5)  # server restarting: reconnect
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=2)
+
+
+class PostgresBackend(Backend):
+    skip_locked = "FOR UPDATE SKIP LOCKED"
+    for_update = "FOR UPDATE"
+
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self.url = url
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"row_factory": dict_row},
+            open=True,
+            check=ConnectionPool.check_connection,
+        )
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield _PostgresTx(conn)
+
+    def sqlalchemy_url(self) -> str:
+        return "postgresql+psycopg://" + self.url.split("://", 1)[1]
+
+    def member(self, column: str, param: str) -> str:
+        return f"{column} = ANY(:{param})"
+
+    def list_param(self, values: Sequence[str]) -> object:
+        return list(values)
+
+    def hold_liveness(self, lock_key: int) -> Liveness:
+        handle = _Connection(self.url)
+        handle.conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, lock_key))
+        return handle
+
+    def alive(self, lock_keys: Sequence[int]) -> set[int]:
+        if not lock_keys:
+            return set()
+        with self.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT objid::bigint AS key FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = :ns AND objsubid = 2 AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                {"ns": LOCK_NAMESPACE},
+            )
+        held = {int(row["key"]) for row in rows}
+        return held & set(lock_keys)
+
+    def notify(self, tx: Tx, queue: str) -> None:
+        tx.execute("SELECT pg_notify(:channel, :queue)", {"channel": CHANNEL, "queue": queue})
+
+    def listen(self, on_notify: Callable[[str], None]) -> Liveness | None:
+        return _Listener(self.url, on_notify)
+
+    def close(self) -> None:
+        self._pool.close()

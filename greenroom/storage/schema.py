@@ -1,0 +1,159 @@
+"""The database schema, defined once; Alembic migrations must produce exactly this."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, PostgreSQL wants BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),
+    Column("tenant", String(200), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("queue", String(200), nullable=False),
+    Column("session_key", String(500)),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("input", Text, nullable=False),
+    Column("labels", Text, nullable=False),
+    Column("output", Text),
+    Column("error", Text),
+    Column("idempotency_key", String(200)),
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    Column("max_attempts", Integer, nullable=False, server_default="1"),
+    Column("timeout", Float),
+    Column("stalls", Integer, nullable=False, server_default="0"),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("lease_owner", String(80)),
+    Column("lease_token", BigInteger, nullable=False, server_default="0"),
+    Column("lease_expires_at", Float),
+    Column("available_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("updated_at", Float, nullable=False),
+    Index(
+        "runs_idempotency",
+        "tenant",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    # Ready runs without a session: claimed straight from this index.
+    Index(
+        "runs_ready_free",
+        "queue",
+        text("priority DESC"),
+        "seq",
+        sqlite_where=text("state = 'queued' AND session_key IS NULL"),
+        postgresql_where=text("state = 'queued' AND session_key IS NULL"),
+    ),
+    # Ready runs of one session: the lane head lookup.
+    Index(
+        "runs_ready_session",
+        "session_key",
+        text("priority DESC"),
+        "seq",
+        sqlite_where=text("state = 'queued'"),
+        postgresql_where=text("state = 'queued'"),
+    ),
+    Index(
+        "runs_delayed",
+        "available_at",
+        sqlite_where=text("state = 'delayed'"),
+        postgresql_where=text("state = 'delayed'"),
+    ),
+    Index(
+        "runs_leased",
+        "lease_owner",
+        "lease_expires_at",
+        sqlite_where=text("state = 'running'"),
+        postgresql_where=text("state = 'running'"),
+    ),
+    Index("runs_listing", "tenant", "state", "seq"),
+    Index("runs_workflow", "workflow", "seq"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("run_id", String(40), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("result", Text),
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False),
+    Column("lease_token", BigInteger, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=False),
+)
+
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("worker_id", String(80)),
+    Column("detail", Text),
+    Index("run_events_run", "run_id", "id"),
+)
+
+# One row per session key: the lane that serializes the session's runs. Its head (best ready run)
+# is kept up to date so a claim never scans the runs piled up behind busy sessions.
+lanes = Table(
+    "lanes",
+    metadata,
+    Column("session_key", String(500), primary_key=True),
+    Column("active", Integer, nullable=False, server_default="0"),
+    Column("max_active", Integer, nullable=False, server_default="1"),
+    Column("head_seq", BigInteger),
+    Column("head_priority", Integer),
+    Column("head_queue", String(200)),
+    Index(
+        "lanes_ready",
+        "head_queue",
+        text("head_priority DESC"),
+        "head_seq",
+        sqlite_where=text("head_seq IS NOT NULL AND active < max_active"),
+        postgresql_where=text("head_seq IS NOT NULL AND active < max_active"),
+    ),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("queues", Text, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("lock_key", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Index("workers_state", "state"),
+)

@@ -1,0 +1,118 @@
+"""SQLite backend: the embedded default. WAL, busy timeout, BEGIN IMMEDIATE for writes,
+and OS file locks (released by the kernel when a process dies) for worker liveness."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from greenroom.errors import ConfigError
+from greenroom.storage.backend import Backend, Liveness, Row, Tx
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {col[0]: value for col, value in zip(cursor.description, row, strict=True)}
+
+
+class _SQLiteTx(Tx):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
+        return self._conn.execute(sql, params or {}).fetchall()
+
+    def execute_count(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        return self._conn.execute(sql, params or {}).rowcount
+
+    def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+        self._conn.executemany(sql, params)
+
+
+class _FileLock(Liveness):
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class SQLiteBackend(Backend):
+    def __init__(self, url: str, *, busy_timeout: float = 30.0) -> None:
+        self.url = url
+        path = url.removeprefix("sqlite:///")
+        if not path or path == url:
+            raise ConfigError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._locks_dir = self.path.parent / f"{self.path.name}.workers"
+        self._locks_dir.mkdir(exist_ok=True)
+        # One connection per process, shared by threads under a lock: SQLite serializes writers
+        # anyway, and a single connection avoids lock upgrades between our own threads.
+        self._conn = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._conn.row_factory = _dict_row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._mutex = threading.Lock()
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+        with self._mutex:
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield _SQLiteTx(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def sqlalchemy_url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def member(self, column: str, param: str) -> str:
+        return f"{column} IN (SELECT value FROM json_each(:{param}))"
+
+    def list_param(self, values: Sequence[str]) -> object:
+        return json.dumps(list(values))
+
+    def _lock_path(self, lock_key: int) -> Path:
+        return self._locks_dir / f"{lock_key}.lock"
+
+    def hold_liveness(self, lock_key: int) -> Liveness:
+        return _FileLock(self._lock_path(lock_key))
+
+    def alive(self, lock_keys: Sequence[int]) -> set[int]:
+        alive: set[int] = set()
+        for key in lock_keys:
+            path = self._lock_path(key)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # never created or removed at a clean stop: not alive
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                alive.add(key)
+            else:
+                path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        return alive
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()

@@ -1,0 +1,359 @@
+"""The worker: leases runs, executes them, renews leases, recovers others' stalled runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+
+from greenroom.app import App
+from greenroom.context import RunContext, current_run, describe_error
+from greenroom.errors import LeaseLost, NonDeterminismError
+from greenroom.model import Lease, RunState
+from greenroom.settings import Settings
+from greenroom.storage import RunStore
+from greenroom.storage.backend import Liveness
+from greenroom.storage.codec import dumps
+
+T = TypeVar("T")
+log = structlog.get_logger("greenroom.worker")
+
+
+class _Stop:
+    """Why a run's task was cancelled by its worker."""
+
+    CANCEL = "cancelled by request"
+    LOST = "lease lost"
+    SHUTDOWN = "worker shutting down"
+
+
+@dataclass
+class _Active:
+    lease: Lease
+    task: asyncio.Task[None]
+    stop_reason: str | None = None
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    released: int = 0
+    lost: int = 0
+    recovered: int = 0
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        settings: Settings | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings or app.settings
+        self.queues = queues or sorted({wf.queue for wf in app.workflows.values()}) or ["default"]
+        self.concurrency = concurrency or self.settings.concurrency
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.stats = WorkerStats()
+        self._active: dict[str, _Active] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
+        self._renewed_until = 0.0
+        self._liveness: Liveness | None = None
+        self._listener: Liveness | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.log = log.bind(worker_id=self.id)
+
+    @property
+    def store(self) -> RunStore:
+        return self.app.store
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    def wake(self) -> None:
+        """Thread-safe: there may be work to claim."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight runs get the grace period to finish."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, install_signal_handlers: bool = False) -> None:
+        self._loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._stopping.set)
+        await self._start()
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._maintenance_loop(), name="maintenance"),
+        ]
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._close()
+
+    async def _start(self) -> None:
+        store = self.store
+        lock_key = secrets.randbelow(2**31 - 2) + 1
+        self._liveness = await self._db(store.backend.hold_liveness, lock_key)
+        await self._db(
+            store.register_worker,
+            self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+            lock_key=lock_key,
+        )
+        self._renewed_until = store.clock.now() + self.settings.lease_seconds
+        self._listener = store.backend.listen(self._on_notify)
+        self.log.info("worker started", queues=self.queues, concurrency=self.concurrency)
+
+    def _on_notify(self, queue: str) -> None:
+        if queue in self.queues:
+            self.wake()
+
+    async def _drain(self) -> None:
+        """Give in-flight runs the grace period, then hand the rest back to the queue."""
+        pending = [a.task for a in self._active.values()]
+        if pending:
+            self.log.info(
+                "draining", runs=len(pending), grace_seconds=self.settings.shutdown_grace_seconds
+            )
+            await asyncio.wait(pending, timeout=self.settings.shutdown_grace_seconds)
+        for active in list(self._active.values()):
+            self._interrupt(active, _Stop.SHUTDOWN)
+        remaining = [a.task for a in self._active.values()]
+        if remaining:
+            await asyncio.gather(*remaining, return_exceptions=True)
+
+    async def _close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        try:
+            await self._db(self.store.stop_worker, self.id)
+        except Exception as exc:  # the database may be gone; liveness tells the others
+            self.log.warning("could not mark worker stopped", error=str(exc))
+        if self._liveness is not None:
+            self._liveness.close()
+        self._executor.shutdown(wait=True)
+        self.log.info("worker stopped", **self.stats.__dict__)
+
+    # -- loops -----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        idle_wait = self.settings.poll_seconds
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._active)
+            got = 0
+            if free > 0:
+                try:
+                    leases = await self._db(
+                        self.store.claim, self.id, self.queues, free, self.settings.lease_seconds
+                    )
+                except Exception as exc:
+                    self.log.warning("claim failed", error=str(exc))
+                    leases = []
+                for lease in leases:
+                    self._start_run(lease)
+                got = len(leases)
+            if got and got == free:
+                await asyncio.sleep(0)  # claimed all we could: look again once a slot frees
+                if len(self._active) >= self.concurrency:
+                    await self._wait_wake(None)
+                continue
+            if not got:
+                await self._wait_wake(idle_wait)
+
+    async def _wait_wake(self, timeout: float | None) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({stop, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            wake.cancel()
+            self._wake.clear()
+
+    async def _heartbeat_loop(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.heartbeat_seconds)
+            started = self.store.clock.now()
+            try:
+                beat = await self._db(self.store.heartbeat, self.id, s.lease_seconds)
+            except Exception as exc:
+                self.log.warning("heartbeat failed", error=str(exc))
+                continue
+            self._renewed_until = started + s.lease_seconds
+            for run_id, active in list(self._active.items()):
+                if run_id not in beat.held and not active.task.done():
+                    self._interrupt(active, _Stop.LOST)
+                elif run_id in beat.cancel_requested:
+                    self._interrupt(active, _Stop.CANCEL)
+
+    async def _maintenance_loop(self) -> None:
+        s = self.settings
+        while True:
+            try:
+                recovery = await self._db(self.store.recover, self.id, s.max_stalls)
+                promoted = await self._db(self.store.promote_delayed)
+                if self._active:
+                    for run_id in await self._db(self.store.cancel_requests, self.id):
+                        if run_id in self._active:
+                            self._interrupt(self._active[run_id], _Stop.CANCEL)
+            except Exception as exc:
+                self.log.warning("maintenance failed", error=str(exc))
+            else:
+                if recovery.requeued or recovery.failed:
+                    self.stats.recovered += len(recovery.requeued) + len(recovery.failed)
+                    self.log.info(
+                        "recovered stalled runs",
+                        requeued=len(recovery.requeued),
+                        failed=len(recovery.failed),
+                        dead_workers=recovery.dead_workers,
+                    )
+                if recovery.requeued or promoted:
+                    self._wake.set()
+            await asyncio.sleep(s.poll_seconds)
+
+    # -- executing runs --------------------------------------------------------------------
+
+    def _start_run(self, lease: Lease) -> None:
+        self.stats.claimed += 1
+        task = asyncio.create_task(self._execute(lease), name=f"run-{lease.run.id}")
+        self._active[lease.run.id] = _Active(lease=lease, task=task)
+
+    def _interrupt(self, active: _Active, reason: str) -> None:
+        if active.stop_reason is None and not active.task.done():
+            active.stop_reason = reason
+            active.task.cancel(reason)
+
+    def _lease_valid_until(self, lease: Lease) -> Callable[[], float]:
+        return lambda: max(lease.expires_at, self._renewed_until)
+
+    async def _execute(self, lease: Lease) -> None:
+        run = lease.run
+        try:
+            await self._execute_run(lease)
+        except LeaseLost as exc:
+            self.stats.lost += 1
+            self.log.warning("lease lost; run abandoned", run_id=run.id, reason=str(exc))
+        except Exception as exc:
+            self.log.exception("could not record the end of a run", run_id=run.id, error=str(exc))
+        finally:
+            self._active.pop(run.id, None)
+            self._wake.set()
+
+    async def _execute_run(self, lease: Lease) -> None:
+        run = lease.run
+        wf = self.app.workflows.get(run.workflow)
+        if wf is None:
+            err = {"type": "UnknownWorkflow", "message": f"no workflow {run.workflow!r} in app"}
+            await self._finish(lease, RunState.FAILED, "unknown workflow", error=err)
+            return
+        history = await self._db(self.store.steps, run.id)
+        ctx = RunContext(
+            lease=lease,
+            store=self.store,
+            db=self._db,
+            history=history,
+            lease_valid_until=self._lease_valid_until(lease),
+        )
+        token = current_run.set(ctx)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(run.timeout):
+                output = await wf.fn(ctx, **run.input)
+            encoded = dumps(output, f"output of workflow {wf.name!r}")
+        except asyncio.CancelledError:
+            await self._stopped(lease)
+            return
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            await self._failed(lease, ctx, exc)
+            return
+        finally:
+            current_run.reset(token)
+        ctx.log.info(
+            "run succeeded",
+            seconds=round(time.monotonic() - started, 3),
+            steps_executed=ctx.steps_executed,
+            steps_replayed=ctx.steps_replayed,
+        )
+        await self._finish(lease, RunState.SUCCEEDED, "completed", output=encoded)
+
+    async def _stopped(self, lease: Lease) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # we asked for this cancellation; record the outcome below
+        active = self._active.get(lease.run.id)
+        reason = active.stop_reason if active else None
+        if reason == _Stop.CANCEL:
+            await self._finish(lease, RunState.CANCELLED, "cancelled while running")
+        elif reason == _Stop.SHUTDOWN:
+            await self._finish(lease, RunState.QUEUED, "released: worker shutting down")
+        elif reason == _Stop.LOST:
+            raise LeaseLost(f"run {lease.run.id}: lease lost")
+        else:
+            raise asyncio.CancelledError
+
+    async def _failed(self, lease: Lease, ctx: RunContext, exc: Exception) -> None:
+        run = lease.run
+        wf = self.app.workflows[run.workflow]
+        error = describe_error(exc, step=ctx.failed_step, attempt=run.attempt)
+        retry = wf.retry.should_retry(exc, run.attempt) and not isinstance(exc, NonDeterminismError)
+        if retry:
+            delay = wf.retry.delay(run.attempt)
+            ctx.log.warning("run failed; will retry", error=error["message"], retry_in=delay)
+            await self._finish(
+                lease,
+                RunState.DELAYED,
+                f"attempt {run.attempt} failed: {error['type']}",
+                error=error,
+                retry_at=self.store.clock.now() + delay,
+            )
+        else:
+            ctx.log.error("run failed", error=error["message"], error_type=error["type"])
+            await self._finish(lease, RunState.FAILED, f"failed: {error['type']}", error=error)
+
+    async def _finish(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> None:
+        await self._db(self.store.finish, lease, state, reason=reason, **kw)
+        counter = {
+            RunState.SUCCEEDED: "succeeded",
+            RunState.FAILED: "failed",
+            RunState.DELAYED: "retried",
+            RunState.CANCELLED: "cancelled",
+            RunState.QUEUED: "released",
+        }[state]
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)

@@ -1,0 +1,115 @@
+"""Workflow and step declarations."""
+
+from __future__ import annotations
+
+import inspect
+import string
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+from greenroom.errors import ConfigError, InvalidInput
+from greenroom.retry import NO_RETRY, RetryPolicy
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+WorkflowFn = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workflow:
+    name: str
+    fn: WorkflowFn
+    queue: str = "default"
+    session: str | None = None
+    retry: RetryPolicy = NO_RETRY
+    timeout: float | None = None
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not inspect.iscoroutinefunction(self.fn):
+            raise ConfigError(f"workflow {self.name!r} must be an async function")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"workflow {self.name!r}: timeout must be positive")
+        if self.session is not None:
+            try:
+                list(string.Formatter().parse(self.session))
+            except ValueError as exc:
+                raise ConfigError(f"workflow {self.name!r}: bad session template: {exc}") from None
+
+    def session_key(
+        self, *, tenant: str, input: dict[str, Any], labels: dict[str, str]
+    ) -> str | None:
+        """Render the session key template from the tenant, labels and input fields."""
+        if self.session is None:
+            return None
+        fields = {**input, **labels, "tenant": tenant}
+        try:
+            return self.session.format_map(fields)
+        except (KeyError, IndexError, AttributeError) as exc:
+            raise InvalidInput(
+                f"workflow {self.name!r}: session template {self.session!r} needs {exc} "
+                "from the run's input, labels or tenant"
+            ) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepDef:
+    name: str
+    retry: RetryPolicy
+    timeout: float | None
+
+
+_DEFAULT_STEP_RETRY = RetryPolicy(max_attempts=3, initial_delay=1.0, max_delay=30.0)
+
+
+@overload
+def step(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
+
+
+@overload
+def step(
+    *, name: str | None = None, retry: RetryPolicy | None = None, timeout: float | None = None
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]: ...
+
+
+def step(
+    fn: Callable[P, Awaitable[T]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Make an async function a checkpointed step.
+
+    Inside a run its result is stored once it completes and replayed from storage when the run
+    resumes; outside a run it is a plain call.
+    """
+
+    def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        if not inspect.iscoroutinefunction(func):
+            raise ConfigError(f"step {func.__qualname__!r} must be an async function")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"step {func.__qualname__!r}: timeout must be positive")
+        defn = StepDef(
+            name=name or func.__qualname__, retry=retry or _DEFAULT_STEP_RETRY, timeout=timeout
+        )
+
+        async def run_step(*args: P.args, **kwargs: P.kwargs) -> T:
+            from greenroom.context import current_run
+
+            ctx = current_run.get(None)
+            if ctx is None:
+                return await func(*args, **kwargs)
+            result: T = await ctx.run_step(defn, func, args, kwargs)
+            return result
+
+        run_step.__name__ = func.__name__
+        run_step.__qualname__ = func.__qualname__
+        run_step.__doc__ = func.__doc__
+        run_step.step = defn  # type: ignore[attr-defined]
+        return run_step
+
+    return decorate if fn is None else decorate(fn)

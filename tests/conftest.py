@@ -1,0 +1,75 @@
+"""Fixtures: a fresh database per test, on SQLite and on PostgreSQL.
+
+PostgreSQL tests use GREENROOM_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres):
+each test gets its own database cloned from a migrated template. Without a server they skip with
+the reason; with GREENROOM_REQUIRE_POSTGRES=1 (set in CI) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("GREENROOM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_PG = os.environ.get("GREENROOM_REQUIRE_POSTGRES") == "1"
+
+
+def _pg_url(dbname: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated template database for this test session, dropped at the end."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3):
+            pass
+    except Exception as exc:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL is required (GREENROOM_REQUIRE_POSTGRES=1) but: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    from greenroom.storage.migrate import upgrade
+
+    name = f"greenroom_tpl_{secrets.token_hex(4)}"
+    _pg_admin(f"CREATE DATABASE {name}")
+    try:
+        upgrade("postgresql+psycopg://" + _pg_url(name).split("://", 1)[1])
+        yield name
+    finally:
+        _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    name = f"greenroom_test_{secrets.token_hex(6)}"
+    _pg_admin(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    try:
+        yield _pg_url(name)
+    finally:
+        _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'greenroom.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on both backends."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_url"))
