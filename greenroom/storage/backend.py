@@ -10,6 +10,9 @@ from typing import Any
 
 Row = dict[str, Any]
 
+#: Notification payload meaning "something changed; any queue may have work".
+ANY_QUEUE = "*"
+
 
 class Tx(abc.ABC):
     """An open transaction; statements use :name parameters."""
@@ -31,6 +34,10 @@ class Liveness(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def healthy(self) -> bool:
+        """Whether the lock is still held (a server restart drops it; the worker takes it again)."""
+        return True
 
 
 class Backend(abc.ABC):

@@ -38,11 +38,19 @@ class _PostgresTx(Tx):
             cur.executemany(_sql(sql), params)
 
 
-class _Connection(Liveness):
-    """A dedicated autocommit connection, closed with the handle."""
+class _AdvisoryLock(Liveness):
+    """An advisory lock held by a dedicated connection for as long as the worker lives."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, lock_key: int) -> None:
         self.conn = psycopg.connect(conninfo, autocommit=True)
+        self.conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, lock_key))
+
+    def healthy(self) -> bool:
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
 
     def close(self) -> None:
         self.conn.close()
@@ -102,9 +110,7 @@ class PostgresBackend(Backend):
         return list(values)
 
     def hold_liveness(self, lock_key: int) -> Liveness:
-        handle = _Connection(self.url)
-        handle.conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, lock_key))
-        return handle
+        return _AdvisoryLock(self.url, lock_key)
 
     def alive(self, lock_keys: Sequence[int]) -> set[int]:
         if not lock_keys:

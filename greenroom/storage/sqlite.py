@@ -8,13 +8,13 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from greenroom.errors import ConfigError
-from greenroom.storage.backend import Backend, Liveness, Row, Tx
+from greenroom.storage.backend import ANY_QUEUE, Backend, Liveness, Row, Tx
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
@@ -113,6 +113,39 @@ class SQLiteBackend(Backend):
                 os.close(fd)
         return alive
 
+    def listen(self, on_notify: Callable[[str], None]) -> Liveness | None:
+        return _CommitWatcher(self.path, on_notify)
+
     def close(self) -> None:
         with self._mutex:
             self._conn.close()
+
+
+class _CommitWatcher(Liveness):
+    """SQLite has no NOTIFY: watch PRAGMA data_version, which moves when another connection
+    commits, so idle workers see new runs within milliseconds without querying the tables."""
+
+    INTERVAL = 0.005
+
+    def __init__(self, path: Path, on_notify: Callable[[str], None]) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False)
+        self._on_notify = on_notify
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="greenroom-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        last = None
+        while not self._stopped.wait(self.INTERVAL):
+            try:
+                version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if last is not None and version != last:
+                self._on_notify(ANY_QUEUE)
+            last = version
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=2)
+        self._conn.close()

@@ -22,7 +22,7 @@ from greenroom.errors import LeaseLost, NonDeterminismError
 from greenroom.model import Lease, RunState
 from greenroom.settings import Settings
 from greenroom.storage import RunStore
-from greenroom.storage.backend import Liveness
+from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.codec import dumps
 
 T = TypeVar("T")
@@ -77,6 +77,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
         self._renewed_until = 0.0
+        self._lock_key = secrets.randbelow(2**31 - 2) + 1
         self._liveness: Liveness | None = None
         self._listener: Liveness | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,8 +124,7 @@ class Worker:
 
     async def _start(self) -> None:
         store = self.store
-        lock_key = secrets.randbelow(2**31 - 2) + 1
-        self._liveness = await self._db(store.backend.hold_liveness, lock_key)
+        self._liveness = await self._db(store.backend.hold_liveness, self._lock_key)
         await self._db(
             store.register_worker,
             self.id,
@@ -132,14 +132,14 @@ class Worker:
             pid=os.getpid(),
             queues=self.queues,
             concurrency=self.concurrency,
-            lock_key=lock_key,
+            lock_key=self._lock_key,
         )
         self._renewed_until = store.clock.now() + self.settings.lease_seconds
         self._listener = store.backend.listen(self._on_notify)
         self.log.info("worker started", queues=self.queues, concurrency=self.concurrency)
 
     def _on_notify(self, queue: str) -> None:
-        if queue in self.queues:
+        if queue == ANY_QUEUE or queue in self.queues:
             self.wake()
 
     async def _drain(self) -> None:
@@ -225,6 +225,7 @@ class Worker:
         s = self.settings
         while True:
             try:
+                await self._keep_liveness()
                 recovery = await self._db(self.store.recover, self.id, s.max_stalls)
                 promoted = await self._db(self.store.promote_delayed)
                 if self._active:
@@ -245,6 +246,14 @@ class Worker:
                 if recovery.requeued or promoted:
                     self._wake.set()
             await asyncio.sleep(s.poll_seconds)
+
+    async def _keep_liveness(self) -> None:
+        """Take the liveness lock again if the database dropped it (e.g. a server restart)."""
+        if self._liveness is None or await self._db(self._liveness.healthy):
+            return
+        self.log.warning("liveness lock lost; taking it again")
+        self._liveness.close()
+        self._liveness = await self._db(self.store.backend.hold_liveness, self._lock_key)
 
     # -- executing runs --------------------------------------------------------------------
 
@@ -281,7 +290,8 @@ class Worker:
             err = {"type": "UnknownWorkflow", "message": f"no workflow {run.workflow!r} in app"}
             await self._finish(lease, RunState.FAILED, "unknown workflow", error=err)
             return
-        history = await self._db(self.store.steps, run.id)
+        # Steps are only written under a lease: a run leased for the first time has no history.
+        history = await self._db(self.store.steps, run.id) if lease.token > 1 else []
         ctx = RunContext(
             lease=lease,
             store=self.store,
