@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+from greenroom.diagnostics import describe_error
 from greenroom.errors import LeaseLost, NonDeterminismError, RunCancelled
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
@@ -25,19 +25,6 @@ current_run: contextvars.ContextVar[RunContext] = contextvars.ContextVar("greenr
 
 #: Runs a blocking store call off the event loop.
 DbCall = Callable[..., Awaitable[Any]]
-
-
-def describe_error(
-    exc: BaseException, *, step: str | None = None, attempt: int | None = None
-) -> dict[str, Any]:
-    """An error as stored on a run or step: type, message, traceback, where and when."""
-    return {
-        "type": type(exc).__qualname__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-        "step": step,
-        "attempt": attempt,
-    }
 
 
 class RunContext:

@@ -70,7 +70,7 @@ class _Listener(Liveness):
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     while not self._stopped.is_set():
-                        for note in conn.notifies(timeout=0.5):
+                        for note in conn.notifies(timeout=0.1):
                             self._on_notify(note.payload)
             except psycopg.OperationalError:
                 self._stopped.wait(0.5)  # server restarting: reconnect

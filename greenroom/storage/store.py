@@ -60,6 +60,7 @@ _HEAD = (
     " AND r.state = 'queued' ORDER BY r.priority DESC, r.seq LIMIT 1)"
 )
 _CLEAR_LEASE = "lease_owner = NULL, lease_expires_at = NULL"
+_EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -312,6 +313,8 @@ class RunStore:
         sets = {"state": state.value, "now": now, "output": output}
         sets["error"] = None if error is None else dumps(error)
         extra = ""
+        # A success clears the error of earlier attempts; their errors stay in the timeline.
+        error_sql = "NULL" if state is RunState.SUCCEEDED else "COALESCE(:error, error)"
         if state is RunState.DELAYED:
             extra = ", attempt = attempt + 1, available_at = :retry_at"
             sets["retry_at"] = retry_at if retry_at is not None else now
@@ -320,14 +323,17 @@ class RunStore:
         with b.transaction() as tx:
             rows = tx.execute(
                 f"UPDATE runs SET state = :state, output = :output,"
-                f" error = COALESCE(:error, error), {_CLEAR_LEASE}, updated_at = :now{extra}"
+                f" error = {error_sql}, {_CLEAR_LEASE}, updated_at = :now{extra}"
                 " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING *",
                 {**sets, "id": lease.run.id, "token": lease.token},
             )
             if not rows:
                 raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
             row = rows[0]
-            self._event(tx, row["id"], state, reason, at=now, worker_id=lease.worker_id)
+            detail = None if error is None else {k: error.get(k) for k in _EVENT_ERROR_KEYS}
+            self._event(
+                tx, row["id"], state, reason, at=now, worker_id=lease.worker_id, detail=detail
+            )
             self._leave_running(tx, [row])
             if state is RunState.QUEUED:
                 b.notify(tx, row["queue"])
@@ -417,7 +423,8 @@ class RunStore:
                 )
             dead_param = b.list_param(dead)
             stalled = tx.execute(
-                "SELECT seq, lease_owner, lease_expires_at, stalls, cancel_requested FROM runs"
+                "SELECT seq, queue, lease_owner, lease_expires_at, stalls, cancel_requested"
+                " FROM runs"
                 " WHERE state = 'running' AND (lease_expires_at < :now"
                 f" OR {b.member('lease_owner', 'dead')}) {b.skip_locked}",
                 {"now": now, "dead": dead_param},
@@ -439,12 +446,13 @@ class RunStore:
                 updated = tx.execute(
                     f"UPDATE runs SET state = :state, stalls = stalls + 1, {_CLEAR_LEASE},"
                     " error = COALESCE(:error, error), updated_at = :now,"
-                    " finished_at = CASE WHEN :state = 'queued' THEN NULL ELSE :now END"
+                    " finished_at = :finished_at"
                     " WHERE seq = :seq AND state = 'running' RETURNING *",
                     {
                         "state": state.value,
                         "error": None if error is None else dumps(error),
                         "now": now,
+                        "finished_at": None if state is RunState.QUEUED else now,
                         "seq": row["seq"],
                     },
                 )
@@ -634,5 +642,6 @@ class RunStore:
         *,
         at: float,
         worker_id: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> None:
-        tx.execute(_INSERT_EVENT, self._event_params(run_id, state, reason, at, worker_id))
+        tx.execute(_INSERT_EVENT, self._event_params(run_id, state, reason, at, worker_id, detail))

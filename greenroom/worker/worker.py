@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import structlog
 
 from greenroom.app import App
-from greenroom.context import RunContext, current_run, describe_error
+from greenroom.context import RunContext, current_run
+from greenroom.diagnostics import describe_error
 from greenroom.errors import LeaseLost, NonDeterminismError
 from greenroom.model import Lease, RunState
 from greenroom.settings import Settings
@@ -75,6 +76,7 @@ class Worker:
         self._active: dict[str, _Active] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._stop_requested = False
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
         self._renewed_until = 0.0
         self._lock_key = secrets.randbelow(2**31 - 2) + 1
@@ -97,7 +99,8 @@ class Worker:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def stop(self) -> None:
-        """Stop claiming; in-flight runs get the grace period to finish."""
+        """Stop claiming; in-flight runs get the grace period to finish. Thread-safe."""
+        self._stop_requested = True
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
 
@@ -108,6 +111,8 @@ class Worker:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._stopping.set)
+        if self._stop_requested:
+            self._stopping.set()
         await self._start()
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -158,7 +163,7 @@ class Worker:
 
     async def _close(self) -> None:
         if self._listener is not None:
-            self._listener.close()
+            await self._db(self._listener.close)
         try:
             await self._db(self.store.stop_worker, self.id)
         except Exception as exc:  # the database may be gone; liveness tells the others

@@ -26,5 +26,8 @@ if connection is not None:
     _run(connection)
 else:
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
-    with engine.connect() as conn:
-        _run(conn)
+    try:
+        with engine.connect() as conn:
+            _run(conn)
+    finally:
+        engine.dispose()
