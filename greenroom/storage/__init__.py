@@ -5,8 +5,9 @@ from __future__ import annotations
 from greenroom.clock import Clock
 from greenroom.errors import ConfigError
 from greenroom.storage.backend import Backend
+from greenroom.storage.base import RunFilter
 from greenroom.storage.migrate import current_revision, head_revision, upgrade
-from greenroom.storage.store import RunFilter, RunStore
+from greenroom.storage.store import RunStore
 
 __all__ = ["Backend", "RunFilter", "RunStore", "open_backend", "open_store"]
 
