@@ -6,7 +6,6 @@ from greenroom.clock import Clock
 from greenroom.errors import ConfigError
 from greenroom.storage.backend import Backend
 from greenroom.storage.base import RunFilter
-from greenroom.storage.migrate import current_revision, head_revision, upgrade
 from greenroom.storage.store import RunStore
 
 __all__ = ["Backend", "RunFilter", "RunStore", "open_backend", "open_store"]
@@ -35,6 +34,8 @@ def open_store(
     url: str, *, clock: Clock | None = None, migrate: bool = True, pool_size: int = 8
 ) -> RunStore:
     """Open the store; with `migrate`, bring the schema up to date first."""
+    from greenroom.storage.migrate import current_revision, head_revision, upgrade
+
     backend = open_backend(url, pool_size=pool_size)
     sa_url = backend.sqlalchemy_url()
     if current_revision(sa_url) != head_revision():
