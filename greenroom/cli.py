@@ -65,6 +65,17 @@ DbOpt = Annotated[
     ),
 ]
 AppOpt = Annotated[str, typer.Option("--app", help="Your App, as module:attribute.")]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option(help="Who acts, for the audit log [default: $GREENROOM_ACTOR, else user@host]."),
+]
+
+
+def default_actor() -> str:
+    import getpass
+    import socket
+
+    return os.environ.get("GREENROOM_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
 
 STATE_STYLE = {
     RunState.QUEUED: "cyan",
@@ -505,11 +516,13 @@ def show_error(error: dict[str, Any]) -> None:
 def runs_cancel(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(metavar="ID", help="Run id.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")],
+    actor: ActorOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Cancel a run: at once if it waits, at its next await if it is running."""
     with existing_store(db_url(ctx, db)) as store:
-        run = store.cancel(run_id, reason="cancelled from the command line")
+        run = store.cancel(run_id, actor=actor or default_actor(), reason=reason)
     if run.state is RunState.CANCELLED:
         out.print(f"run {run.id} cancelled")
     elif run.state is RunState.RUNNING:

@@ -43,10 +43,6 @@ runs = Table(
     Column("timeout", Float),
     Column("stalls", Integer, nullable=False, server_default="0"),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
-    Column("pause_requested", Boolean, nullable=False, server_default=text("false")),
-    Column("retry_of", String(40)),
-    Column("error_group", String(32)),
-    Column("lease_seconds", Float),
     Column("lease_owner", String(80)),
     Column("lease_token", BigInteger, nullable=False, server_default="0"),
     Column("lease_expires_at", Float),
@@ -55,6 +51,11 @@ runs = Table(
     Column("started_at", Float),
     Column("finished_at", Float),
     Column("updated_at", Float, nullable=False),
+    # Added by migration 0002 (SQLite appends columns, so they stay last).
+    Column("pause_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("retry_of", String(40)),
+    Column("error_group", String(32)),
+    Column("lease_seconds", Float),
     Index(
         "runs_idempotency",
         "tenant",
@@ -224,7 +225,7 @@ pauses = Table(
     # "*": every tenant (a platform pause); else only that tenant's runs.
     Column("tenant", String(200), nullable=False),
     Column("scope", String(16), nullable=False),
-    Column("label", String(200), nullable=False, server_default=""),
+    Column("label", String(200), nullable=False),
     Column("value", String(500), nullable=False),
     Column("drain", Boolean, nullable=False),
     Column("paused_by", String(200), nullable=False),

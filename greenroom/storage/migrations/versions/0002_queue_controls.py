@@ -136,7 +136,7 @@ def upgrade() -> None:
         sa.Column("id", BigId, autoincrement=True, nullable=False),
         sa.Column("tenant", sa.String(200), nullable=False),
         sa.Column("scope", sa.String(16), nullable=False),
-        sa.Column("label", sa.String(200), server_default="", nullable=False),
+        sa.Column("label", sa.String(200), nullable=False),
         sa.Column("value", sa.String(500), nullable=False),
         sa.Column("drain", sa.Boolean(), nullable=False),
         sa.Column("paused_by", sa.String(200), nullable=False),
