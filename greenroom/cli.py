@@ -77,6 +77,7 @@ def default_actor() -> str:
 
     return os.environ.get("GREENROOM_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
 
+
 STATE_STYLE = {
     RunState.QUEUED: "cyan",
     RunState.DELAYED: "blue",
