@@ -196,7 +196,7 @@ class QueueInfo:
     heartbeat_seconds: float | None = None
     max_stalls: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
-    started_last_minute: int = 0
+    finished_last_minute: int = 0
     paused: bool = False
 
 

@@ -68,7 +68,7 @@ def queues(
             "[red]yes[/]" if q.paused else "no",
             number(q.concurrency),
             rate_text(q),
-            str(q.started_last_minute),
+            str(q.finished_last_minute),
         )
     out.print(table)
 

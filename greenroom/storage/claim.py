@@ -95,13 +95,11 @@ def _tenants(tx: Tx, b: Backend) -> list[_Tenant]:
             {"names": b.list_param(capped)},
         ):
             active[r["name"]] = int(r["active"])
-    floor = rows[0]["pass"] if rows else 0.0
     return [
         _Tenant(
             name=r["name"],
             weight=max(float(r["weight"]), 1e-6),
-            # A tenant that was idle does not get a burst for the time it was away.
-            pass_=max(float(r["pass"]), floor),
+            pass_=float(r["pass"]),
             room=math.inf
             if r["concurrency"] is None
             else r["concurrency"] - active.get(r["name"], 0),

@@ -66,7 +66,7 @@ def _queue_info(row: Row, counts: dict[str, int], finished: int, paused: bool) -
         name=row["name"],
         **{k: row[k] for k in _QUEUE_FIELDS},
         counts=counts,
-        started_last_minute=finished,
+        finished_last_minute=finished,
         paused=paused,
     )
 
