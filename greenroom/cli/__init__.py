@@ -211,6 +211,6 @@ def main() -> None:
 
 
 # The commands register themselves on `cli` when imported (they import the helpers above).
-from greenroom.cli import admin, controls, engine, runs  # noqa: E402
+from greenroom.cli import admin, controls, engine, runs, saas  # noqa: E402
 
-__all__ = ["admin", "cli", "controls", "engine", "main", "run", "runs"]
+__all__ = ["admin", "cli", "controls", "engine", "main", "run", "runs", "saas"]
