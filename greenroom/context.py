@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from greenroom.diagnostics import describe_error
-from greenroom.errors import LeaseLost, NonDeterminismError, RunCancelled, RunPaused
+from greenroom.errors import ConfigError, LeaseLost, NonDeterminismError, RunCancelled, RunPaused
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
 
 if TYPE_CHECKING:
+    from playwright.async_api import Page
+
+    from greenroom.browser.runtime import RunBrowser
     from greenroom.storage import RunStore
     from greenroom.workflow import StepDef
 
@@ -49,6 +52,8 @@ class RunContext:
         self._pause_requested = False
         self.steps_executed = 0
         self.steps_replayed = 0
+        #: The run's browser (pages, saved session, diagnostics); set by the worker.
+        self.browser: RunBrowser | None = None
         self.log = structlog.get_logger("greenroom.run").bind(
             run_id=self.run.id,
             tenant=self.run.tenant,
@@ -83,6 +88,15 @@ class RunContext:
     @property
     def worker_id(self) -> str:
         return self._lease.worker_id
+
+    async def page(self, *, restore_url: bool = False) -> Page:
+        """A Playwright page in this run's session context (a private context for a run without
+        a session key). Call it inside steps: after a browser crash it returns a new page whose
+        context starts from the session's saved state. With restore_url, a new page goes back
+        to the URL saved with the session."""
+        if self.browser is None:
+            raise ConfigError(f"run {self.run_id} has no browser runtime")
+        return await self.browser.page(restore_url=restore_url)
 
     def request_pause(self) -> None:
         """Stop this run before its next step (a pause with drain=False)."""
@@ -131,6 +145,8 @@ class RunContext:
         while True:
             attempt += 1
             self._check_lease()
+            if self.browser is not None:
+                self.browser.step_started(position, defn.name, attempt)
             try:
                 async with asyncio.timeout(defn.timeout):
                     value = await fn(*args, **kwargs)
@@ -161,7 +177,11 @@ class RunContext:
                     attempts=attempt,
                     started_at=started,
                 )
+                if self.browser is not None:
+                    await self.browser.step_failed(position, defn.name, attempt, exc)
                 raise
+            if self.browser is not None:
+                await self.browser.step_completed(position, defn.name)
             await self._db(
                 self._store.save_step,
                 self._lease,

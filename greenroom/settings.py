@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError, model_validator
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from greenroom.errors import ConfigError
@@ -22,6 +24,41 @@ class Settings(BaseSettings):
     max_stalls: int = Field(3, ge=1, description="lease losses before a run fails")
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     concurrency: int = Field(10, ge=1)
+
+    # -- browser runtime (greenroom.browser) --------------------------------------------
+    browser_executable: str | None = Field(
+        None, description="Chromium to launch; default /usr/bin/chromium, then Playwright's own"
+    )
+    browser_headless: bool = True
+    browser_processes: int = Field(1, ge=1, description="Chromium processes per worker")
+    browser_recycle_after: int = Field(
+        100, ge=1, description="contexts a browser serves before it is replaced"
+    )
+    browser_memory_limit_mb: int | None = Field(
+        None, ge=1, description="replace a browser whose processes use more (Linux)"
+    )
+    browser_idle_contexts: int = Field(
+        20, ge=0, description="idle session contexts a worker keeps warm"
+    )
+    browser_action_timeout: float = Field(
+        30.0, gt=0, description="default Playwright timeout for actions and navigation"
+    )
+    browser_trace: Literal["off", "on", "retry"] = Field(
+        "off", description="Playwright tracing: never, every run, or attempts after the first"
+    )
+    secret_key: SecretStr | None = Field(
+        None, description="base64 of 32 bytes: encrypts saved browser sessions (AES-GCM)"
+    )
+    previous_secret_keys: str = Field(
+        "", description="comma-separated older keys, still accepted for reading (rotation)"
+    )
+    artifacts_dir: str | None = Field(
+        None, description="failure artifacts; default: beside the SQLite file or .greenroom/"
+    )
+    artifact_max_bytes: int = Field(5_000_000, ge=1000, description="cap per artifact")
+    diagnostics_timeout: float = Field(
+        5.0, gt=0, description="time allowed for each capture from a failing page"
+    )
 
     @model_validator(mode="after")
     def _heartbeat_fits_lease(self) -> Settings:

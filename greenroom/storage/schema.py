@@ -263,3 +263,40 @@ error_groups = Table(
     Column("last_seen", Float, nullable=False),
     Column("last_run_id", String(40), nullable=False),
 )
+
+# Saved browser sessions (migration 0003): one encrypted storage state per tenant and session
+# key, written under the saving run's fencing token; `version` tells a worker whether its warm
+# context is still current.
+browser_sessions = Table(
+    "browser_sessions",
+    metadata,
+    Column("tenant", String(200), primary_key=True),
+    Column("session_key", String(500), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("cookie_count", Integer, nullable=False),
+    Column("run_id", String(40), nullable=False),
+    Column("lease_token", BigInteger, nullable=False),
+    Column("saved_at", Float, nullable=False),
+)
+
+# Failure diagnostics: the files live in an artifact store, these rows link them to runs.
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False),
+    Column("tenant", String(200), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("step_position", Integer),
+    Column("step_name", String(200)),
+    Column("step_attempt", Integer),
+    Column("kind", String(16), nullable=False),
+    Column("content_type", String(100), nullable=False),
+    Column("location", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("truncated", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", Float, nullable=False),
+    Index("artifacts_run", "run_id", "id"),
+)

@@ -35,6 +35,7 @@ from greenroom.storage.codec import (
 )
 from greenroom.storage.controls import Controls
 from greenroom.storage.enqueue import insert_runs
+from greenroom.storage.sessions import Sessions
 
 _CLEAR_LEASE = "lease_owner = NULL, lease_expires_at = NULL, pause_requested = false"
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
@@ -54,7 +55,7 @@ class Recovery:
     dead_workers: list[str]
 
 
-class RunStore(Controls, Admin):
+class RunStore(Controls, Admin, Sessions):
     """Runs from enqueue to their end, workers, and (from its parts) queue controls and admin."""
 
     # -- enqueue ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import structlog
 
 from greenroom.app import App
+from greenroom.browser.runtime import BrowserRuntime
 from greenroom.context import RunContext, current_run
 from greenroom.diagnostics import describe_error
 from greenroom.errors import LeaseLost, NonDeterminismError, RunPaused
@@ -91,6 +92,8 @@ class Worker:
         self._listener: Liveness | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.log = log.bind(worker_id=self.id)
+        # Browser pool, saved sessions, diagnostics: Chromium starts at a run's first page.
+        self.browser = BrowserRuntime(self.settings)
 
     @property
     def store(self) -> RunStore:
@@ -170,6 +173,7 @@ class Worker:
             await asyncio.gather(*remaining, return_exceptions=True)
 
     async def _close(self) -> None:
+        await self.browser.close()
         if self._listener is not None:
             await self._db(self._listener.close)
         try:
@@ -311,7 +315,9 @@ class Worker:
         except Exception as exc:
             self.log.exception("could not record the end of a run", run_id=run.id, error=str(exc))
         finally:
-            self._active.pop(run.id, None)
+            active = self._active.pop(run.id, None)
+            if active is not None and active.ctx is not None and active.ctx.browser is not None:
+                await active.ctx.browser.close()
             self._wake.set()
 
     async def _execute_run(self, lease: Lease) -> None:
@@ -331,6 +337,7 @@ class Worker:
             history=history,
             lease_valid_until=self._lease_valid_until(lease),
         )
+        ctx.browser = self.browser.for_run(lease, self.store, self._db, ctx.log)
         if run.id in self._active:
             self._active[run.id].ctx = ctx
             if run.pause_requested:
@@ -341,6 +348,7 @@ class Worker:
             async with asyncio.timeout(run.timeout):
                 output = await wf.fn(ctx, **run.input)
             encoded = dumps(output, f"output of workflow {wf.name!r}")
+            await ctx.browser.run_completed()  # the session's final state, before the end
         except asyncio.CancelledError:
             await self._stopped(lease)
             return
@@ -379,6 +387,8 @@ class Worker:
 
     async def _failed(self, lease: Lease, ctx: RunContext, exc: Exception) -> None:
         run = lease.run
+        if ctx.browser is not None:
+            await ctx.browser.run_failed(exc)  # diagnostics while the page is still open
         wf = self.app.workflows[run.workflow]
         policy = wf.retry or self._queue_policy(run.queue)
         error = describe_error(exc, step=ctx.failed_step, attempt=run.attempt)
@@ -410,6 +420,9 @@ class Worker:
         )
 
     async def _finish(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> None:
+        active = self._active.get(lease.run.id)
+        if active is not None and active.ctx is not None and active.ctx.browser is not None:
+            await active.ctx.browser.close()  # back in the pool before the run's end is recorded
         state = await self._db(self.store.finish, lease, state, reason=reason, **kw)
         counter = {
             RunState.PAUSED: "paused",

@@ -1,0 +1,206 @@
+"""Saved browser sessions and failure artifacts.
+
+A session's state is written by the run that holds the session, under that run's fencing token,
+so a worker whose lease expired cannot overwrite what the current holder saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from greenroom.errors import LeaseLost
+from greenroom.model import Lease
+from greenroom.storage.backend import Row, Tx
+from greenroom.storage.base import StoreBase, retry_conflicts
+
+
+@dataclass(frozen=True, kw_only=True)
+class SavedSession:
+    """A session's encrypted storage state as stored: decrypt it with greenroom.browser.state."""
+
+    tenant: str
+    session_key: str
+    version: int
+    key_id: str
+    state: str
+    cookie_count: int
+    run_id: str
+    saved_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """One diagnostic file of a run: where it is in the artifact store and what it shows."""
+
+    id: int
+    run_id: str
+    tenant: str
+    attempt: int
+    step_position: int | None
+    step_name: str | None
+    step_attempt: int | None
+    kind: str
+    content_type: str
+    location: str
+    size: int
+    truncated: bool
+    created_at: float
+
+
+def _saved_from_row(row: Row) -> SavedSession:
+    return SavedSession(
+        tenant=row["tenant"],
+        session_key=row["session_key"],
+        version=int(row["version"]),
+        key_id=row["key_id"],
+        state=row["state"],
+        cookie_count=int(row["cookie_count"]),
+        run_id=row["run_id"],
+        saved_at=float(row["saved_at"]),
+    )
+
+
+def _artifact_from_row(row: Row) -> Artifact:
+    return Artifact(
+        id=int(row["id"]),
+        run_id=row["run_id"],
+        tenant=row["tenant"],
+        attempt=int(row["attempt"]),
+        step_position=row["step_position"],
+        step_name=row["step_name"],
+        step_attempt=row["step_attempt"],
+        kind=row["kind"],
+        content_type=row["content_type"],
+        location=row["location"],
+        size=int(row["size"]),
+        truncated=bool(row["truncated"]),
+        created_at=float(row["created_at"]),
+    )
+
+
+class Sessions(StoreBase):
+    # -- browser sessions ------------------------------------------------------------------
+
+    def _fence(self, tx: Tx, lease: Lease, now: float) -> None:
+        changed = tx.execute_count(
+            "UPDATE runs SET updated_at = :now WHERE id = :id AND lease_token = :token"
+            " AND state = 'running'",
+            {"now": now, "id": lease.run.id, "token": lease.token},
+        )
+        if changed != 1:
+            raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
+
+    @retry_conflicts
+    def save_session_state(
+        self,
+        lease: Lease,
+        *,
+        key_id: str,
+        state: str,
+        cookie_count: int,
+        logged_out: bool = False,
+    ) -> int | None:
+        """Store the run's session state; the new version, or None when it was not stored.
+
+        An empty state (no cookies) does not replace one with cookies unless the workflow said
+        it logged out: a page that lost its login must not wipe a good saved session.
+        """
+        run = lease.run
+        if run.session_key is None:
+            raise ValueError(f"run {run.id} has no session key")
+        now = self.clock.now()
+        guard = (
+            ""
+            if logged_out
+            else " WHERE excluded.cookie_count > 0 OR browser_sessions.cookie_count = 0"
+        )
+        with self.backend.transaction() as tx:
+            self._fence(tx, lease, now)
+            rows = tx.execute(
+                "INSERT INTO browser_sessions (tenant, session_key, version, key_id, state,"
+                " cookie_count, run_id, lease_token, saved_at) VALUES (:tenant, :key, 1,"
+                " :key_id, :state, :cookies, :run_id, :token, :now)"
+                " ON CONFLICT (tenant, session_key) DO UPDATE SET"
+                " version = browser_sessions.version + 1, key_id = excluded.key_id,"
+                " state = excluded.state, cookie_count = excluded.cookie_count,"
+                " run_id = excluded.run_id, lease_token = excluded.lease_token,"
+                f" saved_at = excluded.saved_at{guard} RETURNING version",
+                {
+                    "tenant": run.tenant,
+                    "key": run.session_key,
+                    "key_id": key_id,
+                    "state": state,
+                    "cookies": cookie_count,
+                    "run_id": run.id,
+                    "token": lease.token,
+                    "now": now,
+                },
+            )
+        return int(rows[0]["version"]) if rows else None
+
+    def load_session_state(self, tenant: str, session_key: str) -> SavedSession | None:
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT * FROM browser_sessions WHERE tenant = :tenant AND session_key = :key",
+                {"tenant": tenant, "key": session_key},
+            )
+        return _saved_from_row(rows[0]) if rows else None
+
+    def discard_session_state(self, tenant: str, session_key: str) -> bool:
+        """Forget a saved session (e.g. it turned out to be logged out); whether one existed."""
+        with self.backend.transaction() as tx:
+            n = tx.execute_count(
+                "DELETE FROM browser_sessions WHERE tenant = :tenant AND session_key = :key",
+                {"tenant": tenant, "key": session_key},
+            )
+        return n > 0
+
+    # -- artifacts -------------------------------------------------------------------------
+
+    def add_artifact(
+        self,
+        *,
+        run_id: str,
+        tenant: str,
+        attempt: int,
+        step_position: int | None,
+        step_name: str | None,
+        step_attempt: int | None,
+        kind: str,
+        content_type: str,
+        location: str,
+        size: int,
+        truncated: bool = False,
+    ) -> Artifact:
+        with self.backend.transaction() as tx:
+            row = tx.execute(
+                "INSERT INTO artifacts (run_id, tenant, attempt, step_position, step_name,"
+                " step_attempt, kind, content_type, location, size, truncated, created_at)"
+                " VALUES (:run_id, :tenant, :attempt, :position, :step_name, :step_attempt,"
+                " :kind, :content_type, :location, :size, :truncated, :now) RETURNING *",
+                {
+                    "run_id": run_id,
+                    "tenant": tenant,
+                    "attempt": attempt,
+                    "position": step_position,
+                    "step_name": step_name,
+                    "step_attempt": step_attempt,
+                    "kind": kind,
+                    "content_type": content_type,
+                    "location": location,
+                    "size": size,
+                    "truncated": truncated,
+                    "now": self.clock.now(),
+                },
+            )[0]
+        return _artifact_from_row(row)
+
+    def artifacts(self, run_id: str, *, tenant: str | None = None) -> list[Artifact]:
+        """A run's diagnostic files, oldest first (scoped to `tenant` when given)."""
+        scope = "" if tenant is None else " AND tenant = :tenant"
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"SELECT * FROM artifacts WHERE run_id = :id{scope} ORDER BY id",
+                {"id": run_id, "tenant": tenant},
+            )
+        return [_artifact_from_row(r) for r in rows]
