@@ -171,7 +171,9 @@ class RunStore(Controls, Admin):
                 " ON CONFLICT (run_id, position) DO UPDATE SET name = excluded.name,"
                 " status = excluded.status, result = excluded.result, error = excluded.error,"
                 " attempts = excluded.attempts, lease_token = excluded.lease_token,"
-                " started_at = excluded.started_at, finished_at = excluded.finished_at",
+                " started_at = excluded.started_at, finished_at = excluded.finished_at"
+                # A checkpoint is final: nothing overwrites a completed step.
+                " WHERE steps.status <> 'completed'",
                 {
                     "run_id": lease.run.id,
                     "position": position,
