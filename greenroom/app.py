@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,12 +11,13 @@ from typing import Any
 from greenroom.clock import Clock
 from greenroom.errors import ConfigError, InvalidInput
 from greenroom.model import NewRun, Run
-from greenroom.retry import NO_RETRY, RetryPolicy
+from greenroom.retry import RetryPolicy
 from greenroom.settings import Settings, load_settings
 from greenroom.storage import RunStore, open_store
 from greenroom.workflow import Workflow, WorkflowFn
 
 MAX_NAME = 200
+_LABEL_KEY = re.compile(r"[A-Za-z0-9_.:/-]{1,100}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +59,7 @@ class App:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         priority: int = 0,
+        session_concurrency: int = 1,
     ) -> Callable[[WorkflowFn], Workflow]:
         """Declare a workflow: an async function of checkpointed steps taking a RunContext."""
 
@@ -66,7 +69,8 @@ class App:
                 fn=func,
                 queue=queue,
                 session=session,
-                retry=retry or NO_RETRY,
+                retry=retry,
+                session_concurrency=session_concurrency,
                 timeout=timeout,
                 priority=priority,
             )
@@ -104,6 +108,12 @@ class App:
             raise InvalidInput("tenant must be 1 to 200 characters")
         if req.idempotency_key is not None and not 0 < len(req.idempotency_key) <= MAX_NAME:
             raise InvalidInput("idempotency key must be 1 to 200 characters")
+        for key, value in req.labels.items():
+            if not _LABEL_KEY.fullmatch(str(key)) or len(str(value)) > 500:
+                raise InvalidInput(
+                    f"label {key!r}: keys are 1-100 letters, digits or _.-/: and values at most "
+                    "500 characters"
+                )
         if req.delay is not None and req.start_at is not None:
             raise InvalidInput("give either delay or start_at, not both")
         if req.delay is not None and req.delay < 0:
@@ -121,7 +131,8 @@ class App:
             labels={str(k): str(v) for k, v in req.labels.items()},
             idempotency_key=req.idempotency_key,
             available_at=available_at,
-            max_attempts=wf.retry.max_attempts,
+            max_attempts=None if wf.retry is None else wf.retry.max_attempts,
+            session_concurrency=wf.session_concurrency,
             timeout=wf.timeout,
         )
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from greenroom.diagnostics import describe_error
-from greenroom.errors import LeaseLost, NonDeterminismError, RunCancelled
+from greenroom.errors import LeaseLost, NonDeterminismError, RunCancelled, RunPaused
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
 
@@ -46,6 +46,7 @@ class RunContext:
         self._position = 0
         self._lease_valid_until = lease_valid_until
         self.failed_step: str | None = None
+        self._pause_requested = False
         self.steps_executed = 0
         self.steps_replayed = 0
         self.log = structlog.get_logger("greenroom.run").bind(
@@ -83,10 +84,16 @@ class RunContext:
     def worker_id(self) -> str:
         return self._lease.worker_id
 
+    def request_pause(self) -> None:
+        """Stop this run before its next step (a pause with drain=False)."""
+        self._pause_requested = True
+
     def _check_lease(self) -> None:
         """Stop before doing work whose results could not be stored anyway."""
         if self._store.clock.now() >= self._lease_valid_until():
             raise LeaseLost(f"run {self.run_id}: lease not renewed in time; stopping")
+        if self._pause_requested:
+            raise RunPaused(f"run {self.run_id}: paused before its next step")
 
     async def run_step(
         self,
@@ -128,7 +135,7 @@ class RunContext:
                 async with asyncio.timeout(defn.timeout):
                     value = await fn(*args, **kwargs)
                 encoded = dumps(value, f"result of step {defn.name!r}")
-            except (LeaseLost, RunCancelled):
+            except (LeaseLost, RunCancelled, RunPaused):
                 raise
             except Exception as exc:
                 if defn.retry.should_retry(exc, attempt):

@@ -37,3 +37,7 @@ class NotSerializable(PermanentError):
 
 class RunCancelled(GreenroomError):
     """The run was cancelled while it was executing."""
+
+
+class RunPaused(GreenroomError):
+    """A pause asked this run to stop at its next step boundary."""

@@ -14,6 +14,7 @@ class RunState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
 
     @property
     def finished(self) -> bool:
@@ -55,6 +56,9 @@ class Run:
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    pause_requested: bool = False
+    retry_of: str | None = None
+    error_group: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +69,8 @@ class Lease:
     worker_id: str
     token: int
     expires_at: float
+    #: Lease duration for this run (its queue's lock tuning, or the worker's setting).
+    seconds: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,5 +125,112 @@ class NewRun:
     labels: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     available_at: float | None = None
-    max_attempts: int = 1
+    #: None: the queue's default retry policy decides.
+    max_attempts: int | None = None
     timeout: float | None = None
+    session_concurrency: int = 1
+    retry_of: str | None = None
+
+
+class PauseScope(enum.StrEnum):
+    QUEUE = "queue"
+    TENANT = "tenant"
+    WORKFLOW = "workflow"
+    SESSION = "session"
+    LABEL = "label"
+
+
+ALL_TENANTS = "*"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pause:
+    """Holds every matching run that is not running yet; with drain=False, running ones stop at
+    their next step."""
+
+    scope: PauseScope
+    value: str
+    label: str = ""
+    tenant: str = ALL_TENANTS
+    drain: bool = True
+    paused_by: str = ""
+    reason: str = ""
+    created_at: float = 0.0
+    id: int = 0
+
+    def matches(self, run: dict[str, Any]) -> bool:
+        """Whether a run (as a row or a dict with the run's fields) falls under this pause."""
+        if self.tenant != ALL_TENANTS and run["tenant"] != self.tenant:
+            return False
+        if self.scope is PauseScope.LABEL:
+            labels = run["labels"]
+            return bool(labels.get(self.label) == self.value)
+        column = {
+            "queue": "queue",
+            "tenant": "tenant",
+            "workflow": "workflow",
+            "session": "session_key",
+        }[self.scope.value]
+        return bool(run[column] == self.value)
+
+    def describe(self) -> str:
+        what = (
+            f"label {self.label}={self.value}"
+            if self.scope is PauseScope.LABEL
+            else (f"{self.scope.value} {self.value}")
+        )
+        return what if self.tenant == ALL_TENANTS else f"{what} (tenant {self.tenant})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueInfo:
+    name: str
+    concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+    max_attempts: int | None = None
+    retry_initial_delay: float | None = None
+    retry_backoff: float | None = None
+    retry_max_delay: float | None = None
+    lease_seconds: float | None = None
+    heartbeat_seconds: float | None = None
+    max_stalls: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    finished_last_minute: int = 0
+    paused: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantInfo:
+    name: str
+    weight: float
+    concurrency: int | None
+    active: int
+    ready: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEntry:
+    id: int
+    at: float
+    tenant: str | None
+    actor: str
+    action: str
+    target: str
+    reason: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorGroup:
+    tenant: str
+    fingerprint: str
+    workflow: str
+    step: str | None
+    type: str
+    message: str
+    error_class: str
+    occurrences: int
+    first_seen: float
+    last_seen: float
+    last_run_id: str

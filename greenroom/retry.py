@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from greenroom.diagnostics import classify
 from greenroom.errors import ConfigError, PermanentError
 
 
@@ -17,6 +18,8 @@ class RetryPolicy:
     jitter: float = 0.2
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     no_retry_on: tuple[type[BaseException], ...] = ()
+    #: Error classes (see greenroom.diagnostics) that may retry; permanent ones never do.
+    retry_classes: frozenset[str] = frozenset({"transient", "unknown"})
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -33,6 +36,8 @@ class RetryPolicy:
         if attempt >= self.max_attempts or isinstance(error, PermanentError):
             return False
         if isinstance(error, self.no_retry_on):
+            return False
+        if classify(error).value not in self.retry_classes:
             return False
         return isinstance(error, self.retry_on)
 

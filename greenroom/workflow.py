@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from greenroom.errors import ConfigError, InvalidInput
-from greenroom.retry import NO_RETRY, RetryPolicy
+from greenroom.retry import RetryPolicy
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -23,15 +23,20 @@ class Workflow:
     fn: WorkflowFn
     queue: str = "default"
     session: str | None = None
-    retry: RetryPolicy = NO_RETRY
+    #: None: the queue's default retry policy (or no retry) applies.
+    retry: RetryPolicy | None = None
     timeout: float | None = None
     priority: int = 0
+    #: How many runs of one session key may run at once.
+    session_concurrency: int = 1
 
     def __post_init__(self) -> None:
         if not inspect.iscoroutinefunction(self.fn):
             raise ConfigError(f"workflow {self.name!r} must be an async function")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"workflow {self.name!r}: timeout must be positive")
+        if self.session_concurrency < 1:
+            raise ConfigError(f"workflow {self.name!r}: session_concurrency must be at least 1")
         if self.session is not None:
             try:
                 list(string.Formatter().parse(self.session))

@@ -166,7 +166,7 @@ def test_runs_cancel(sqlite_url: str, app_ref: str, capsys: pytest.CaptureFixtur
         args = ("enqueue", "hello", "--app", app_ref, "--db", sqlite_url)
         out = cli(capsys, *args, "--input", f'{{"name": "{name}"}}')[1]
         ids.append(UUID.findall(out)[0])
-    code, out, _ = cli(capsys, "--db", sqlite_url, "runs", "cancel", ids[0])
+    code, out, _ = cli(capsys, "--db", sqlite_url, "runs", "cancel", ids[0], "--reason", "test")
     assert (code, out.strip()) == (0, f"run {ids[0]} cancelled")
 
     store = open_store(sqlite_url)
@@ -174,14 +174,14 @@ def test_runs_cancel(sqlite_url: str, app_ref: str, capsys: pytest.CaptureFixtur
         assert store.get_run(ids[0]).state is RunState.CANCELLED
         [lease] = store.claim("w-test", ["default"], 1, 30.0)
         assert lease.run.id == ids[1]
-        code, out, _ = cli(capsys, "--db", sqlite_url, "runs", "cancel", ids[1])
+        code, out, _ = cli(capsys, "--db", sqlite_url, "runs", "cancel", ids[1], "--reason", "test")
         assert code == 0
         assert "cancel requested" in out
         assert store.get_run(ids[1]).cancel_requested
         store.finish(lease, RunState.SUCCEEDED, reason="completed", output="null")
     finally:
         store.backend.close()
-    code, _, err = cli(capsys, "--db", sqlite_url, "runs", "cancel", ids[1])
+    code, _, err = cli(capsys, "--db", sqlite_url, "runs", "cancel", ids[1], "--reason", "test")
     assert_one_line_error(code, err, "already succeeded")
 
 

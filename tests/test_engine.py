@@ -401,7 +401,7 @@ async def test_cancelling_a_running_run_stops_it_at_its_next_await(app: App) -> 
         run = await app.enqueue("slow")
         await asyncio.wait_for(entered.wait(), 10)
         asked = time.monotonic()
-        await asyncio.to_thread(app.store.cancel, run.id)
+        await asyncio.to_thread(app.store.cancel, run.id, actor="test", reason="test")
         (done,) = await wait_for_states(app.store, [run.id], timeout=5)
         assert time.monotonic() - asked < 1.0
         after = await app.enqueue("fast")
@@ -422,7 +422,7 @@ async def test_cancelling_waiting_runs_before_a_worker_sees_them(app: App) -> No
     queued = await app.enqueue("wf")
     delayed = await app.enqueue("wf", delay=0.1)
     for run in (queued, delayed):
-        await asyncio.to_thread(app.store.cancel, run.id)
+        await asyncio.to_thread(app.store.cancel, run.id, actor="test", reason="test")
     async with worker_running(app):
         ok = await app.enqueue("wf")
         await wait_for_states(app.store, [ok.id])

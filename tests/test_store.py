@@ -453,7 +453,7 @@ def test_cancel_requested_run_of_an_expired_worker_is_cancelled(
 ) -> None:
     run = enqueue(store)
     claim(store, "w1")
-    store.cancel(run.id)
+    store.cancel(run.id, actor="test", reason="test")
     clock.advance(LEASE + 1)
     assert store.recover("w2", max_stalls=3).failed == [run.id]
     assert store.get_run(run.id).state is RunState.CANCELLED
@@ -468,7 +468,7 @@ def test_dead_worker_is_found_by_its_liveness_lock(store: RunStore) -> None:
         "doomed", host="h", pid=1, queues=["default"], concurrency=2, lock_key=4242
     )
     assert len(claim(store, "doomed")) == 2
-    store.cancel(unwanted.id)
+    store.cancel(unwanted.id, actor="test", reason="test")
     try:
         assert store.recover("w2", max_stalls=3).requeued == []
     finally:
@@ -574,9 +574,9 @@ def test_cancel_of_queued_and_delayed_runs_is_immediate(
     behind = enqueue(store, session_key="s")
     delayed = enqueue(store, available_at=clock.now() + 5)
     for run in (queued, delayed):
-        got = store.cancel(run.id, reason="operator said so")
+        got = store.cancel(run.id, actor="op", reason="operator said so")
         assert got.state is RunState.CANCELLED and got.finished_at == clock.now()
-        assert store.events(run.id)[-1].reason == "operator said so"
+        assert store.events(run.id)[-1].reason == "cancelled by op: operator said so"
     clock.advance(10)
     assert store.promote_delayed() == 0
     assert claimed_ids(claim(store)) == [behind.id], "the session's next run moves up"
@@ -585,10 +585,10 @@ def test_cancel_of_queued_and_delayed_runs_is_immediate(
 def test_cancel_of_a_running_run_asks_its_worker(store: RunStore) -> None:
     run = enqueue(store)
     (lease,) = claim(store, "w1")
-    got = store.cancel(run.id)
+    got = store.cancel(run.id, actor="test", reason="test")
     assert got.state is RunState.RUNNING and got.cancel_requested
-    assert store.cancel_requests("w1") == {run.id}
-    assert store.cancel_requests("w2") == set()
+    assert store.control_requests("w1").cancel_requested == {run.id}
+    assert store.control_requests("w2").cancel_requested == set()
     assert store.heartbeat("w1", LEASE).cancel_requested == {run.id}
     store.finish(lease, RunState.CANCELLED, reason="cancelled while running")
     assert store.get_run(run.id).state is RunState.CANCELLED
@@ -598,13 +598,13 @@ def test_cancel_leaves_finished_runs_alone_and_is_tenant_scoped(store: RunStore)
     run = enqueue(store, tenant="t1")
     (lease,) = claim(store)
     succeed(store, lease, 1)
-    assert store.cancel(run.id).state is RunState.SUCCEEDED
+    assert store.cancel(run.id, actor="test", reason="test").state is RunState.SUCCEEDED
     with pytest.raises(NotFound):
-        store.cancel(run.id, tenant="t2")
+        store.cancel(run.id, tenant="t2", actor="test", reason="test")
     with pytest.raises(NotFound):
         store.get_run(run.id, tenant="t2")
     with pytest.raises(NotFound):
-        store.cancel("no-such-run")
+        store.cancel("no-such-run", actor="test", reason="test")
     assert store.get_run(run.id, tenant="t1").state is RunState.SUCCEEDED
 
 
@@ -652,7 +652,7 @@ def test_list_runs_filters(store: RunStore) -> None:
     a = enqueue(store, tenant="t1", workflow="x")
     b = enqueue(store, tenant="t2", workflow="y", session_key="s")
     c = enqueue(store, tenant="t1", workflow="y")
-    store.cancel(c.id)
+    store.cancel(c.id, actor="test", reason="test")
     ids = lambda f: [r.id for r in store.list_runs(f)]  # noqa: E731
     assert ids(RunFilter()) == [c.id, b.id, a.id]
     assert ids(RunFilter(tenant="t1")) == [c.id, a.id]

@@ -61,7 +61,7 @@ class Backend(abc.ABC):
         """SQL for `column` being one of the values of list parameter `param`."""
 
     @abc.abstractmethod
-    def list_param(self, values: Sequence[str]) -> object: ...
+    def list_param(self, values: Sequence[Any]) -> object: ...
 
     @abc.abstractmethod
     def hold_liveness(self, lock_key: int) -> Liveness:
@@ -77,6 +77,14 @@ class Backend(abc.ABC):
     def listen(self, on_notify: Callable[[str], None]) -> Liveness | None:
         """Call on_notify(queue) from a background thread on each notification, if supported."""
         return None
+
+    def is_conflict(self, exc: BaseException) -> bool:
+        """Whether the database aborted a transaction for a lock conflict worth retrying."""
+        return False
+
+    @abc.abstractmethod
+    def label_equals(self, key_param: str, value_param: str) -> str:
+        """SQL for a run's label `key_param` having the value `value_param`."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

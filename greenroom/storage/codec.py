@@ -6,7 +6,18 @@ import json
 from typing import Any
 
 from greenroom.errors import NotSerializable
-from greenroom.model import Run, RunEvent, RunState, StepRecord, StepStatus, WorkerInfo
+from greenroom.model import (
+    AuditEntry,
+    ErrorGroup,
+    Pause,
+    PauseScope,
+    Run,
+    RunEvent,
+    RunState,
+    StepRecord,
+    StepStatus,
+    WorkerInfo,
+)
 from greenroom.storage.backend import Row
 
 
@@ -49,6 +60,9 @@ def run_from_row(row: Row) -> Run:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        pause_requested=bool(row["pause_requested"]),
+        retry_of=row["retry_of"],
+        error_group=row["error_group"],
     )
 
 
@@ -89,4 +103,47 @@ def worker_from_row(row: Row, running: list[str]) -> WorkerInfo:
         started_at=row["started_at"],
         heartbeat_at=row["heartbeat_at"],
         running=running,
+    )
+
+
+def pause_from_row(row: Row) -> Pause:
+    return Pause(
+        id=int(row["id"]),
+        tenant=row["tenant"],
+        scope=PauseScope(row["scope"]),
+        label=row["label"],
+        value=row["value"],
+        drain=bool(row["drain"]),
+        paused_by=row["paused_by"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+    )
+
+
+def audit_from_row(row: Row) -> AuditEntry:
+    return AuditEntry(
+        id=int(row["id"]),
+        at=row["at"],
+        tenant=row["tenant"],
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        reason=row["reason"],
+        detail=loads(row["detail"]) or {},
+    )
+
+
+def error_group_from_row(row: Row) -> ErrorGroup:
+    return ErrorGroup(
+        tenant=row["tenant"],
+        fingerprint=row["fingerprint"],
+        workflow=row["workflow"],
+        step=row["step"],
+        type=row["type"],
+        message=row["message"],
+        error_class=row["error_class"],
+        occurrences=int(row["occurrences"]),
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        last_run_id=row["last_run_id"],
     )

@@ -106,7 +106,7 @@ class PostgresBackend(Backend):
     def member(self, column: str, param: str) -> str:
         return f"{column} = ANY(:{param})"
 
-    def list_param(self, values: Sequence[str]) -> object:
+    def list_param(self, values: Sequence[Any]) -> object:
         return list(values)
 
     def hold_liveness(self, lock_key: int) -> Liveness:
@@ -124,6 +124,14 @@ class PostgresBackend(Backend):
             )
         held = {int(row["key"]) for row in rows}
         return held & set(lock_keys)
+
+    def is_conflict(self, exc: BaseException) -> bool:
+        return isinstance(
+            exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+        )
+
+    def label_equals(self, key_param: str, value_param: str) -> str:
+        return f"(CAST(labels AS jsonb) ->> :{key_param}) = :{value_param}"
 
     def notify(self, tx: Tx, queue: str) -> None:
         tx.execute("SELECT pg_notify(:channel, :queue)", {"channel": CHANNEL, "queue": queue})

@@ -51,6 +51,11 @@ runs = Table(
     Column("started_at", Float),
     Column("finished_at", Float),
     Column("updated_at", Float, nullable=False),
+    # Added by migration 0002 (SQLite appends columns, so they stay last).
+    Column("pause_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("retry_of", String(40)),
+    Column("error_group", String(32)),
+    Column("lease_seconds", Float),
     Index(
         "runs_idempotency",
         "tenant",
@@ -59,9 +64,10 @@ runs = Table(
         sqlite_where=text("idempotency_key IS NOT NULL"),
         postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
-    # Ready runs without a session: claimed straight from this index.
+    # Ready runs without a session: claimed straight from this index, tenant by tenant.
     Index(
         "runs_ready_free",
+        "tenant",
         "queue",
         text("priority DESC"),
         "seq",
@@ -71,6 +77,7 @@ runs = Table(
     # Ready runs of one session: the lane head lookup.
     Index(
         "runs_ready_session",
+        "tenant",
         "session_key",
         text("priority DESC"),
         "seq",
@@ -92,6 +99,9 @@ runs = Table(
     ),
     Index("runs_listing", "tenant", "state", "seq"),
     Index("runs_workflow", "workflow", "seq"),
+    Index("runs_retry_of", "retry_of"),
+    Index("runs_error_group", "error_group"),
+    Index("runs_finished", "finished_at"),
 )
 
 steps = Table(
@@ -127,6 +137,7 @@ run_events = Table(
 lanes = Table(
     "lanes",
     metadata,
+    Column("tenant", String(200), primary_key=True),
     Column("session_key", String(500), primary_key=True),
     Column("active", Integer, nullable=False, server_default="0"),
     Column("max_active", Integer, nullable=False, server_default="1"),
@@ -135,6 +146,7 @@ lanes = Table(
     Column("head_queue", String(200)),
     Index(
         "lanes_ready",
+        "tenant",
         "head_queue",
         text("head_priority DESC"),
         "head_seq",
@@ -156,4 +168,98 @@ workers = Table(
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
     Index("workers_state", "state"),
+)
+
+# Queues are records, created on first use; limits and lock tuning change at run time.
+queues = Table(
+    "queues",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("concurrency", Integer),
+    Column("rate_limit", Integer),
+    Column("rate_period", Float),
+    Column("max_attempts", Integer),
+    Column("retry_initial_delay", Float),
+    Column("retry_backoff", Float),
+    Column("retry_max_delay", Float),
+    Column("lease_seconds", Float),
+    Column("heartbeat_seconds", Float),
+    Column("max_stalls", Integer),
+    # Running runs, kept only while a concurrency limit is set (else the row would be a hot spot).
+    Column("active", Integer, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Starts of rate-limited queues, for an exact sliding window shared by all workers.
+queue_starts = Table(
+    "queue_starts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("queue", String(200), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("queue_starts_window", "queue", "at"),
+)
+
+# Per-tenant fairness and limits: claims go to the ready tenant with the lowest pass, and each
+# claim moves the tenant's pass on by 1/weight (stride scheduling).
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("weight", Float, nullable=False, server_default="1"),
+    Column("concurrency", Integer),
+    Column("active", Integer, nullable=False, server_default="0"),
+    Column("ready", Integer, nullable=False, server_default="0"),
+    Column("pass", Float, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Index(
+        "tenants_ready", "pass", sqlite_where=text("ready > 0"), postgresql_where=text("ready > 0")
+    ),
+)
+
+pauses = Table(
+    "pauses",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    # "*": every tenant (a platform pause); else only that tenant's runs.
+    Column("tenant", String(200), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("label", String(200), nullable=False),
+    Column("value", String(500), nullable=False),
+    Column("drain", Boolean, nullable=False),
+    Column("paused_by", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("pauses_target", "tenant", "scope", "label", "value", unique=True),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("tenant", String(200)),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("detail", Text),
+    Index("audit_log_tenant", "tenant", "id"),
+)
+
+error_groups = Table(
+    "error_groups",
+    metadata,
+    Column("tenant", String(200), primary_key=True),
+    Column("fingerprint", String(32), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("step", String(200)),
+    Column("type", String(200), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("error_class", String(16), nullable=False),
+    Column("occurrences", Integer, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("last_run_id", String(40), nullable=False),
 )

@@ -86,8 +86,11 @@ class SQLiteBackend(Backend):
     def member(self, column: str, param: str) -> str:
         return f"{column} IN (SELECT value FROM json_each(:{param}))"
 
-    def list_param(self, values: Sequence[str]) -> object:
+    def list_param(self, values: Sequence[Any]) -> object:
         return json.dumps(list(values))
+
+    def label_equals(self, key_param: str, value_param: str) -> str:
+        return f"json_extract(labels, '$.\"' || :{key_param} || '\"') = :{value_param}"
 
     def _lock_path(self, lock_key: int) -> Path:
         return self._locks_dir / f"{lock_key}.lock"

@@ -6,13 +6,11 @@ they only apply while the run is still leased with the worker's token.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from greenroom.clock import Clock, SystemClock
-from greenroom.errors import LeaseLost, NotFound
+from greenroom.errors import InvalidInput, LeaseLost
 from greenroom.model import (
     Lease,
     NewRun,
@@ -23,7 +21,11 @@ from greenroom.model import (
     StepStatus,
     WorkerInfo,
 )
-from greenroom.storage.backend import Backend, Row, Tx
+from greenroom.storage import ready
+from greenroom.storage.admin import Admin
+from greenroom.storage.backend import Row, Tx
+from greenroom.storage.base import INSERT_EVENT, RunFilter, event_params, retry_conflicts
+from greenroom.storage.claim import claim as claim_runs
 from greenroom.storage.codec import (
     dumps,
     event_from_row,
@@ -31,35 +33,10 @@ from greenroom.storage.codec import (
     step_from_row,
     worker_from_row,
 )
+from greenroom.storage.controls import Controls
+from greenroom.storage.enqueue import insert_runs
 
-_RUN_COLUMNS = (
-    "id, tenant, workflow, queue, session_key, state, priority, input, labels, idempotency_key,"
-    " attempt, max_attempts, timeout, stalls, cancel_requested, lease_token, available_at,"
-    " created_at, updated_at"
-)
-_INSERT_RUN = (
-    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (:id, :tenant, :workflow, :queue, :session_key,"
-    " :state, :priority, :input, :labels, :idempotency_key, 1, :max_attempts, :timeout, 0, false,"
-    " 0, :available_at, :now, :now)"
-)
-_INSERT_EVENT = (
-    "INSERT INTO run_events (run_id, at, state, reason, worker_id, detail)"
-    " VALUES (:run_id, :at, :state, :reason, :worker_id, :detail)"
-)
-# Make the lane's head point at a newly ready run when it beats the current head.
-_LANE_OFFER = (
-    "INSERT INTO lanes (session_key, active, max_active, head_seq, head_priority, head_queue)"
-    " VALUES (:session_key, 0, 1, :seq, :priority, :queue)"
-    " ON CONFLICT (session_key) DO UPDATE SET head_seq = excluded.head_seq,"
-    " head_priority = excluded.head_priority, head_queue = excluded.head_queue"
-    " WHERE lanes.head_seq IS NULL OR excluded.head_priority > lanes.head_priority"
-    " OR (excluded.head_priority = lanes.head_priority AND excluded.head_seq < lanes.head_seq)"
-)
-_HEAD = (
-    "(SELECT r.seq, r.priority, r.queue FROM runs r WHERE r.session_key = lanes.session_key"
-    " AND r.state = 'queued' ORDER BY r.priority DESC, r.seq LIMIT 1)"
-)
-_CLEAR_LEASE = "lease_owner = NULL, lease_expires_at = NULL"
+_CLEAR_LEASE = "lease_owner = NULL, lease_expires_at = NULL, pause_requested = false"
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
 
 
@@ -67,17 +44,7 @@ _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
 class Heartbeat:
     held: set[str]
     cancel_requested: set[str]
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunFilter:
-    tenant: str | None = None
-    states: Sequence[RunState] = ()
-    workflow: str | None = None
-    queue: str | None = None
-    session_key: str | None = None
-    before_seq: int | None = None
-    limit: int = 50
+    pause_requested: set[str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,10 +54,8 @@ class Recovery:
     dead_workers: list[str]
 
 
-class RunStore:
-    def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
-        self.backend = backend
-        self.clock = clock or SystemClock()
+class RunStore(Controls, Admin):
+    """Runs from enqueue to their end, workers, and (from its parts) queue controls and admin."""
 
     # -- enqueue ---------------------------------------------------------------------------
 
@@ -99,121 +64,42 @@ class RunStore:
         runs = self.enqueue_many([new])
         return runs[0]
 
+    @retry_conflicts
     def enqueue_many(self, batch: Sequence[NewRun]) -> list[tuple[Run, bool]]:
-        now = self.clock.now()
-        out: list[tuple[Run, bool]] = []
-        queues: set[str] = set()
+        """Insert runs in one transaction; a used idempotency key returns its existing run."""
         with self.backend.transaction() as tx:
-            for new in batch:
-                available = new.available_at if new.available_at is not None else now
-                state = RunState.DELAYED if available > now else RunState.QUEUED
-                params = {
-                    "id": str(uuid.uuid4()),
-                    "tenant": new.tenant,
-                    "workflow": new.workflow,
-                    "queue": new.queue,
-                    "session_key": new.session_key,
-                    "state": state.value,
-                    "priority": new.priority,
-                    "input": dumps(new.input, "run input"),
-                    "labels": dumps(new.labels, "labels"),
-                    "idempotency_key": new.idempotency_key,
-                    "max_attempts": new.max_attempts,
-                    "timeout": new.timeout,
-                    "available_at": available,
-                    "now": now,
-                }
-                rows = tx.execute(
-                    _INSERT_RUN + " ON CONFLICT (tenant, idempotency_key)"
-                    " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *",
-                    params,
-                )
-                if not rows:
-                    existing = tx.execute(
-                        "SELECT * FROM runs WHERE tenant = :tenant"
-                        " AND idempotency_key = :idempotency_key",
-                        params,
-                    )
-                    out.append((run_from_row(existing[0]), False))
-                    continue
-                row = rows[0]
-                reason = "enqueued" if state is RunState.QUEUED else "enqueued with a delay"
-                self._event(tx, row["id"], state, reason, at=now)
-                if state is RunState.QUEUED:
-                    self._offer(tx, row)
-                    queues.add(new.queue)
-                out.append((run_from_row(row), True))
-            for queue in queues:
-                self.backend.notify(tx, queue)
-        return out
+            inserted = insert_runs(tx, self.backend, batch, self.clock.now())
+        return [(run_from_row(row), created) for row, created in inserted]
 
     # -- claim and lease -------------------------------------------------------------------
 
+    @retry_conflicts
     def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[Lease]:
-        """Lease up to `limit` ready runs: priority first, then FIFO, one per free session lane."""
-        if limit <= 0:
+        """Lease up to `limit` ready runs, fairly across tenants, within every limit."""
+        if limit <= 0 or not queues:
             return []
         now = self.clock.now()
-        b = self.backend
-        qs = b.list_param(queues)
-        with b.transaction() as tx:
-            free = tx.execute(
-                "SELECT seq, priority, NULL AS session_key FROM runs WHERE state = 'queued'"
-                f" AND session_key IS NULL AND {b.member('queue', 'queues')}"
-                f" ORDER BY priority DESC, seq LIMIT :limit {b.skip_locked}",
-                {"queues": qs, "limit": limit},
-            )
-            lanes = tx.execute(
-                "SELECT head_seq AS seq, head_priority AS priority, session_key FROM lanes"
-                f" WHERE head_seq IS NOT NULL AND active < max_active"
-                f" AND {b.member('head_queue', 'queues')}"
-                f" ORDER BY head_priority DESC, head_seq LIMIT :limit {b.skip_locked}",
-                {"queues": qs, "limit": limit},
-            )
-            chosen = sorted(free + lanes, key=lambda r: (-r["priority"], r["seq"]))[:limit]
-            if not chosen:
-                return []
-            expires = now + lease_seconds
-            rows = tx.execute(
-                "UPDATE runs SET state = 'running', lease_owner = :worker,"
-                " lease_token = lease_token + 1, lease_expires_at = :expires,"
-                " started_at = COALESCE(started_at, :now), updated_at = :now"
-                f" WHERE {b.member('seq', 'seqs')} AND state = 'queued' RETURNING *",
-                {
-                    "worker": worker_id,
-                    "expires": expires,
-                    "now": now,
-                    "seqs": b.list_param([r["seq"] for r in chosen]),
-                },
-            )
-            keys = [r["session_key"] for r in rows if r["session_key"] is not None]
-            if keys:
-                tx.execute(
-                    f"UPDATE lanes SET active = active + 1,"
-                    f" (head_seq, head_priority, head_queue) = {_HEAD}"
-                    f" WHERE {b.member('session_key', 'keys')}",
-                    {"keys": b.list_param(keys)},
-                )
-            # A head that was no longer ready (should not happen): repair it.
-            stale = {r["session_key"] for r in chosen if r["session_key"] is not None} - set(keys)
-            self._refresh_heads(tx, sorted(stale))
-            tx.execute_many(
-                _INSERT_EVENT,
-                [
-                    self._event_params(r["id"], RunState.RUNNING, "leased", now, worker_id)
-                    for r in rows
-                ],
+        with self.backend.transaction() as tx:
+            rows = claim_runs(
+                tx,
+                self.backend,
+                worker_id=worker_id,
+                queues=queues,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                now=now,
             )
         return [
             Lease(
                 run=run_from_row(r),
                 worker_id=worker_id,
                 token=int(r["lease_token"]),
-                expires_at=expires,
+                expires_at=float(r["lease_expires_at"]),
+                seconds=float(r["lease_seconds"]),
             )
-            for r in sorted(rows, key=lambda r: (-r["priority"], r["seq"]))
+            for r in rows
         ]
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat:
@@ -221,10 +107,10 @@ class RunStore:
         now = self.clock.now()
         with self.backend.transaction() as tx:
             rows = tx.execute(
-                "UPDATE runs SET lease_expires_at = :expires"
+                "UPDATE runs SET lease_expires_at = :now + COALESCE(lease_seconds, :default)"
                 " WHERE lease_owner = :worker AND state = 'running'"
-                " RETURNING id, cancel_requested",
-                {"expires": now + lease_seconds, "worker": worker_id},
+                " RETURNING id, cancel_requested, pause_requested",
+                {"now": now, "default": lease_seconds, "worker": worker_id},
             )
             tx.execute(
                 "UPDATE workers SET heartbeat_at = :now, state = 'alive' WHERE id = :worker",
@@ -233,16 +119,23 @@ class RunStore:
         return Heartbeat(
             held={r["id"] for r in rows},
             cancel_requested={r["id"] for r in rows if r["cancel_requested"]},
+            pause_requested={r["id"] for r in rows if r["pause_requested"]},
         )
 
-    def cancel_requests(self, worker_id: str) -> set[str]:
+    def control_requests(self, worker_id: str) -> Heartbeat:
+        """This worker's runs that an operator asked to stop (cancel) or to pause."""
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute(
-                "SELECT id FROM runs WHERE lease_owner = :worker AND state = 'running'"
-                " AND cancel_requested",
+                "SELECT id, cancel_requested, pause_requested FROM runs"
+                " WHERE lease_owner = :worker AND state = 'running'"
+                " AND (cancel_requested OR pause_requested)",
                 {"worker": worker_id},
             )
-        return {r["id"] for r in rows}
+        return Heartbeat(
+            held={r["id"] for r in rows},
+            cancel_requested={r["id"] for r in rows if r["cancel_requested"]},
+            pause_requested={r["id"] for r in rows if r["pause_requested"]},
+        )
 
     # -- fenced writes by the leasing worker -----------------------------------------------
 
@@ -278,7 +171,9 @@ class RunStore:
                 " ON CONFLICT (run_id, position) DO UPDATE SET name = excluded.name,"
                 " status = excluded.status, result = excluded.result, error = excluded.error,"
                 " attempts = excluded.attempts, lease_token = excluded.lease_token,"
-                " started_at = excluded.started_at, finished_at = excluded.finished_at",
+                " started_at = excluded.started_at, finished_at = excluded.finished_at"
+                # A checkpoint is final: nothing overwrites a completed step.
+                " WHERE steps.status <> 'completed'",
                 {
                     "run_id": lease.run.id,
                     "position": position,
@@ -293,6 +188,7 @@ class RunStore:
                 },
             )
 
+    @retry_conflicts
     def finish(
         self,
         lease: Lease,
@@ -302,113 +198,141 @@ class RunStore:
         output: str | None = None,
         error: dict[str, Any] | None = None,
         retry_at: float | None = None,
-    ) -> None:
-        """End this lease: succeeded, failed, cancelled, or back to the queue for a retry.
-
-        `state` QUEUED hands the run back without counting an attempt (graceful shutdown);
-        DELAYED schedules the next attempt at `retry_at`.
-        """
+    ) -> RunState:
+        """End this lease: succeeded, failed, cancelled, delayed for a retry at `retry_at`, or
+        QUEUED: handed back without counting an attempt (shutdown, a pause); a pause that holds
+        the run then makes it `paused`. Returns the state the run took."""
         now = self.clock.now()
         b = self.backend
-        sets = {"state": state.value, "now": now, "output": output}
-        sets["error"] = None if error is None else dumps(error)
+        params: dict[str, Any] = {"now": now, "output": output, "id": lease.run.id}
+        params["error"] = None if error is None else dumps(error)
+        params["token"] = lease.token
         extra = ""
         # A success clears the error of earlier attempts; their errors stay in the timeline.
         error_sql = "NULL" if state is RunState.SUCCEEDED else "COALESCE(:error, error)"
         if state is RunState.DELAYED:
             extra = ", attempt = attempt + 1, available_at = :retry_at"
-            sets["retry_at"] = retry_at if retry_at is not None else now
+            params["retry_at"] = retry_at if retry_at is not None else now
         elif state.finished:
             extra = ", finished_at = :now"
         with b.transaction() as tx:
-            rows = tx.execute(
+            current = tx.execute(
+                f"SELECT * FROM runs WHERE id = :id AND lease_token = :token"
+                f" AND state = 'running' {b.for_update}",
+                params,
+            )
+            if not current:
+                raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
+            if state is RunState.QUEUED:
+                state = ready.waiting_state(current[0], ready.load_pauses(tx))
+            params["state"] = state.value
+            row = tx.execute(
                 f"UPDATE runs SET state = :state, output = :output,"
                 f" error = {error_sql}, {_CLEAR_LEASE}, updated_at = :now{extra}"
-                " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING *",
-                {**sets, "id": lease.run.id, "token": lease.token},
-            )
-            if not rows:
-                raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
-            row = rows[0]
+                " WHERE id = :id AND lease_token = :token RETURNING *",
+                params,
+            )[0]
             detail = None if error is None else {k: error.get(k) for k in _EVENT_ERROR_KEYS}
             self._event(
                 tx, row["id"], state, reason, at=now, worker_id=lease.worker_id, detail=detail
             )
-            self._leave_running(tx, [row])
+            ready.leave_running(tx, [row])
             if state is RunState.QUEUED:
+                ready.enter_ready(tx, [row])
                 b.notify(tx, row["queue"])
+            if state is RunState.FAILED and error is not None:
+                self._record_error(tx, row, error, now)
+        return state
 
     # -- operator actions ------------------------------------------------------------------
 
-    def cancel(self, run_id: str, *, tenant: str | None = None, reason: str = "cancelled") -> Run:
-        """Cancel a waiting run now; ask the worker of a running one to stop."""
+    @retry_conflicts
+    def cancel(self, run_id: str, *, actor: str, reason: str, tenant: str | None = None) -> Run:
+        """Cancel a waiting run now; ask the worker of a running one to stop. Audited."""
+        if not reason.strip():
+            raise InvalidInput("a reason is required to cancel a run")
         now = self.clock.now()
-        key = self.get_run(run_id, tenant=tenant).session_key
         with self.backend.transaction() as tx:
-            if key is not None:  # lock order: lane before run, as claims do
-                tx.execute(
-                    f"SELECT active FROM lanes WHERE session_key = :key {self.backend.for_update}",
-                    {"key": key},
-                )
+            row = self._select_run(tx, run_id, tenant)
+            if row["session_key"] is not None:  # lock order: lane before run, as claims do
+                ready.lock_lanes(tx, self.backend, [row])
             row = self._select_run(tx, run_id, tenant, self.backend.for_update)
             state = RunState(row["state"])
-            if state in (RunState.QUEUED, RunState.DELAYED):
-                rows = tx.execute(
+            why = f"cancelled by {actor}: {reason}"
+            if state in (RunState.QUEUED, RunState.DELAYED, RunState.PAUSED):
+                row = tx.execute(
                     "UPDATE runs SET state = 'cancelled', finished_at = :now, updated_at = :now"
                     " WHERE id = :id RETURNING *",
                     {"now": now, "id": run_id},
-                )
-                self._event(tx, run_id, RunState.CANCELLED, reason, at=now)
+                )[0]
+                self._event(tx, run_id, RunState.CANCELLED, why, at=now)
                 if state is RunState.QUEUED:
-                    self._refresh_heads(tx, [row["session_key"]])
-                row = rows[0]
+                    ready.leave_ready(tx, [row])
             elif state is RunState.RUNNING:
-                rows = tx.execute(
+                row = tx.execute(
                     "UPDATE runs SET cancel_requested = true, updated_at = :now"
                     " WHERE id = :id RETURNING *",
                     {"now": now, "id": run_id},
-                )
-                row = rows[0]
+                )[0]
+            self._audit(
+                tx,
+                tenant=row["tenant"],
+                actor=actor,
+                action="cancel",
+                target=f"run {run_id}",
+                reason=reason,
+                detail={"state_before": state.value},
+            )
         return run_from_row(row)
 
     # -- recovery --------------------------------------------------------------------------
 
+    @retry_conflicts
     def promote_delayed(self, limit: int = 500) -> int:
-        """Make delayed runs whose time has come ready to claim."""
+        """Make delayed runs whose time has come ready to claim (or paused, if held)."""
         now = self.clock.now()
         b = self.backend
         with b.transaction() as tx:
-            rows = tx.execute(
-                "SELECT seq FROM runs WHERE state = 'delayed' AND available_at <= :now"
+            due = tx.execute(
+                "SELECT * FROM runs WHERE state = 'delayed' AND available_at <= :now"
                 f" ORDER BY available_at LIMIT :limit {b.skip_locked}",
                 {"now": now, "limit": limit},
             )
-            if not rows:
+            if not due:
                 return 0
-            ready = tx.execute(
-                "UPDATE runs SET state = 'queued', updated_at = :now"
-                f" WHERE {b.member('seq', 'seqs')} AND state = 'delayed' RETURNING *",
-                {"now": now, "seqs": b.list_param([r["seq"] for r in rows])},
-            )
-            tx.execute_many(
-                _INSERT_EVENT,
-                [self._event_params(r["id"], RunState.QUEUED, "delay elapsed", now) for r in ready],
-            )
-            for row in ready:
-                self._offer(tx, row)
-            for queue in {r["queue"] for r in ready}:
+            pauses = ready.load_pauses(tx)
+            became: list[Row] = []
+            for state in (RunState.QUEUED, RunState.PAUSED):
+                seqs = [r["seq"] for r in due if ready.waiting_state(r, pauses) is state]
+                if not seqs:
+                    continue
+                rows = tx.execute(
+                    "UPDATE runs SET state = :state, updated_at = :now"
+                    f" WHERE {b.member('seq', 'seqs')} AND state = 'delayed' RETURNING *",
+                    {"state": state.value, "now": now, "seqs": b.list_param(seqs)},
+                )
+                reason = "delay elapsed" if state is RunState.QUEUED else "delay elapsed; paused"
+                tx.execute_many(
+                    INSERT_EVENT, [event_params(r["id"], state, reason, now) for r in rows]
+                )
+                if state is RunState.QUEUED:
+                    became = rows
+            ready.enter_ready(tx, became)
+            for queue in sorted({r["queue"] for r in became}):
                 b.notify(tx, queue)
-        return len(ready)
+        return len(due)
 
     def next_delayed_at(self) -> float | None:
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute("SELECT MIN(available_at) AS at FROM runs WHERE state = 'delayed'")
         return rows[0]["at"] if rows else None
 
+    @retry_conflicts
     def recover(self, worker_id: str, max_stalls: int) -> Recovery:
         """Requeue runs of dead workers (found by liveness locks) and runs whose lease expired.
 
-        Any worker calls this on its maintenance tick: no extra process is needed.
+        Any worker calls this on its maintenance tick: no extra process is needed. A queue's own
+        max_stalls, when set, wins over the worker's.
         """
         dead = self._find_dead_workers(worker_id)
         now = self.clock.now()
@@ -421,49 +345,62 @@ class RunStore:
                     f"UPDATE workers SET state = 'dead' WHERE {b.member('id', 'ids')}",
                     {"ids": b.list_param(dead)},
                 )
-            dead_param = b.list_param(dead)
             stalled = tx.execute(
-                "SELECT seq, queue, lease_owner, lease_expires_at, stalls, cancel_requested"
-                " FROM runs"
-                " WHERE state = 'running' AND (lease_expires_at < :now"
-                f" OR {b.member('lease_owner', 'dead')}) {b.skip_locked}",
-                {"now": now, "dead": dead_param},
+                "SELECT * FROM runs WHERE state = 'running' AND (lease_expires_at < :now"
+                f" OR {b.member('lease_owner', 'dead')}) ORDER BY seq {b.skip_locked}",
+                {"now": now, "dead": b.list_param(dead)},
             )
+            if not stalled:
+                return Recovery(requeued=[], failed=[], dead_workers=dead)
+            limits = self._queue_max_stalls(tx, {r["queue"] for r in stalled})
+            pauses = ready.load_pauses(tx)
+            became: list[Row] = []
             for row in stalled:
                 why = (
                     f"worker {row['lease_owner']} died"
                     if row["lease_owner"] in dead
                     else f"lease of worker {row['lease_owner']} expired"
                 )
+                error = None
                 if row["cancel_requested"]:
-                    state, reason, error = RunState.CANCELLED, f"cancelled ({why})", None
-                elif row["stalls"] + 1 >= max_stalls:
+                    state, reason = RunState.CANCELLED, f"cancelled ({why})"
+                elif row["stalls"] + 1 >= limits.get(row["queue"], max_stalls):
                     state = RunState.FAILED
                     reason = f"stalled {row['stalls'] + 1} times ({why}); max_stalls reached"
-                    error = {"type": "Stalled", "message": reason}
+                    error = {"type": "Stalled", "message": reason, "class": "transient"}
                 else:
-                    state, reason, error = RunState.QUEUED, f"stalled: {why}", None
+                    state = ready.waiting_state(row, pauses)
+                    reason = f"stalled: {why}"
                 updated = tx.execute(
                     f"UPDATE runs SET state = :state, stalls = stalls + 1, {_CLEAR_LEASE},"
                     " error = COALESCE(:error, error), updated_at = :now,"
-                    " finished_at = :finished_at"
-                    " WHERE seq = :seq AND state = 'running' RETURNING *",
+                    " finished_at = :finished_at WHERE seq = :seq RETURNING *",
                     {
                         "state": state.value,
                         "error": None if error is None else dumps(error),
                         "now": now,
-                        "finished_at": None if state is RunState.QUEUED else now,
+                        "finished_at": now if state.finished else None,
                         "seq": row["seq"],
                     },
-                )
-                if not updated:
-                    continue
-                self._event(tx, updated[0]["id"], state, reason, at=now)
-                self._leave_running(tx, updated)
-                (requeued if state is RunState.QUEUED else failed).append(updated[0]["id"])
-            for queue in {r["queue"] for r in stalled}:
+                )[0]
+                self._event(tx, updated["id"], state, reason, at=now)
+                if state is RunState.QUEUED:
+                    became.append(updated)
+                (failed if state.finished else requeued).append(updated["id"])
+            ready.leave_running(tx, stalled)
+            ready.enter_ready(tx, became)
+            for queue in sorted({r["queue"] for r in became}):
                 b.notify(tx, queue)
         return Recovery(requeued=requeued, failed=failed, dead_workers=dead)
+
+    def _queue_max_stalls(self, tx: Tx, queues: set[str]) -> dict[str, int]:
+        b = self.backend
+        rows = tx.execute(
+            f"SELECT name, max_stalls FROM queues WHERE {b.member('name', 'names')}"
+            " AND max_stalls IS NOT NULL",
+            {"names": b.list_param(sorted(queues))},
+        )
+        return {r["name"]: int(r["max_stalls"]) for r in rows}
 
     def _find_dead_workers(self, worker_id: str) -> list[str]:
         with self.backend.transaction(write=False) as tx:
@@ -545,24 +482,14 @@ class RunStore:
         return [event_from_row(r) for r in rows]
 
     def list_runs(self, f: RunFilter) -> list[Run]:
-        b = self.backend
-        clauses = ["1 = 1"]
-        params: dict[str, Any] = {"limit": f.limit}
-        for column in ("tenant", "workflow", "queue", "session_key"):
-            value = getattr(f, column)
-            if value is not None:
-                clauses.append(f"{column} = :{column}")
-                params[column] = value
-        if f.states:
-            clauses.append(b.member("state", "states"))
-            params["states"] = b.list_param([s.value for s in f.states])
+        where, params = self.run_filter_sql(f)
         if f.before_seq is not None:
-            clauses.append("seq < :before_seq")
+            where += " AND seq < :before_seq"
             params["before_seq"] = f.before_seq
-        with b.transaction(write=False) as tx:
+        params["limit"] = f.limit
+        with self.backend.transaction(write=False) as tx:
             rows = tx.execute(
-                f"SELECT * FROM runs WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT :limit",
-                params,
+                f"SELECT * FROM runs WHERE {where} ORDER BY seq DESC LIMIT :limit", params
             )
         return [run_from_row(r) for r in rows]
 
@@ -572,76 +499,3 @@ class RunStore:
         return {RunState(r["state"]): int(r["n"]) for r in rows}
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _select_run(self, tx: Tx, run_id: str, tenant: str | None, lock: str = "") -> Row:
-        """The run, scoped to `tenant` when given: other tenants' runs are not found."""
-        scope = "" if tenant is None else " AND tenant = :tenant"
-        rows = tx.execute(
-            f"SELECT * FROM runs WHERE id = :id{scope} {lock}", {"id": run_id, "tenant": tenant}
-        )
-        if not rows:
-            raise NotFound(f"run {run_id} not found")
-        return rows[0]
-
-    def _offer(self, tx: Tx, row: Row) -> None:
-        if row["session_key"] is not None:
-            tx.execute(
-                _LANE_OFFER,
-                {
-                    "session_key": row["session_key"],
-                    "seq": row["seq"],
-                    "priority": row["priority"],
-                    "queue": row["queue"],
-                },
-            )
-
-    def _refresh_heads(self, tx: Tx, keys: Sequence[str | None]) -> None:
-        present = [k for k in keys if k is not None]
-        if present:
-            tx.execute(
-                f"UPDATE lanes SET (head_seq, head_priority, head_queue) = {_HEAD}"
-                f" WHERE {self.backend.member('session_key', 'keys')}",
-                {"keys": self.backend.list_param(present)},
-            )
-
-    def _leave_running(self, tx: Tx, rows: Sequence[Row]) -> None:
-        """A run stopped running: free its session lane slot and recompute the lane head."""
-        keys = [r["session_key"] for r in rows if r["session_key"] is not None]
-        if keys:
-            tx.execute(
-                f"UPDATE lanes SET active = active - 1,"
-                f" (head_seq, head_priority, head_queue) = {_HEAD}"
-                f" WHERE {self.backend.member('session_key', 'keys')}",
-                {"keys": self.backend.list_param(keys)},
-            )
-
-    @staticmethod
-    def _event_params(
-        run_id: str,
-        state: RunState,
-        reason: str,
-        at: float,
-        worker_id: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "run_id": run_id,
-            "at": at,
-            "state": state.value,
-            "reason": reason,
-            "worker_id": worker_id,
-            "detail": None if detail is None else dumps(detail),
-        }
-
-    def _event(
-        self,
-        tx: Tx,
-        run_id: str,
-        state: RunState,
-        reason: str,
-        *,
-        at: float,
-        worker_id: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        tx.execute(_INSERT_EVENT, self._event_params(run_id, state, reason, at, worker_id, detail))

@@ -19,15 +19,18 @@ import structlog
 from greenroom.app import App
 from greenroom.context import RunContext, current_run
 from greenroom.diagnostics import describe_error
-from greenroom.errors import LeaseLost, NonDeterminismError
-from greenroom.model import Lease, RunState
+from greenroom.errors import LeaseLost, NonDeterminismError, RunPaused
+from greenroom.model import Lease, QueueInfo, RunState
+from greenroom.retry import NO_RETRY, RetryPolicy
 from greenroom.settings import Settings
 from greenroom.storage import RunStore
 from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.codec import dumps
+from greenroom.storage.store import Heartbeat
 
 T = TypeVar("T")
 log = structlog.get_logger("greenroom.worker")
+SETTINGS_REFRESH_SECONDS = 2.0
 
 
 class _Stop:
@@ -43,6 +46,7 @@ class _Active:
     lease: Lease
     task: asyncio.Task[None]
     stop_reason: str | None = None
+    ctx: RunContext | None = None
 
 
 @dataclass
@@ -55,6 +59,7 @@ class WorkerStats:
     released: int = 0
     lost: int = 0
     recovered: int = 0
+    paused: int = 0
 
 
 class Worker:
@@ -78,7 +83,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stop_requested = False
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
-        self._renewed_until = 0.0
+        self._renewed_at = 0.0
+        self._queue_settings: dict[str, QueueInfo] = {}
+        self._settings_due = 0.0
         self._lock_key = secrets.randbelow(2**31 - 2) + 1
         self._liveness: Liveness | None = None
         self._listener: Liveness | None = None
@@ -139,7 +146,8 @@ class Worker:
             concurrency=self.concurrency,
             lock_key=self._lock_key,
         )
-        self._renewed_until = store.clock.now() + self.settings.lease_seconds
+        self._renewed_at = store.clock.now()
+        self._queue_settings = await self._db(store.queue_settings)
         self._listener = store.backend.listen(self._on_notify)
         self.log.info("worker started", queues=self.queues, concurrency=self.concurrency)
 
@@ -209,22 +217,39 @@ class Worker:
             wake.cancel()
             self._wake.clear()
 
+    def _heartbeat_interval(self) -> float:
+        """The worker's setting, or a served queue's shorter one (per-queue lock tuning)."""
+        tuned = [
+            q.heartbeat_seconds
+            for name, q in self._queue_settings.items()
+            if name in self.queues and q.heartbeat_seconds
+        ]
+        return min([self.settings.heartbeat_seconds, *tuned])
+
     async def _heartbeat_loop(self) -> None:
         s = self.settings
         while True:
-            await asyncio.sleep(s.heartbeat_seconds)
+            await asyncio.sleep(self._heartbeat_interval())
             started = self.store.clock.now()
             try:
                 beat = await self._db(self.store.heartbeat, self.id, s.lease_seconds)
             except Exception as exc:
                 self.log.warning("heartbeat failed", error=str(exc))
                 continue
-            self._renewed_until = started + s.lease_seconds
+            self._renewed_at = started
             for run_id, active in list(self._active.items()):
                 if run_id not in beat.held and not active.task.done():
                     self._interrupt(active, _Stop.LOST)
-                elif run_id in beat.cancel_requested:
-                    self._interrupt(active, _Stop.CANCEL)
+            self._apply_controls(beat)
+
+    def _apply_controls(self, requests: Heartbeat) -> None:
+        for run_id in requests.cancel_requested:
+            if run_id in self._active:
+                self._interrupt(self._active[run_id], _Stop.CANCEL)
+        for run_id in requests.pause_requested:
+            active = self._active.get(run_id)
+            if active is not None and active.ctx is not None:
+                active.ctx.request_pause()
 
     async def _maintenance_loop(self) -> None:
         s = self.settings
@@ -234,9 +259,10 @@ class Worker:
                 recovery = await self._db(self.store.recover, self.id, s.max_stalls)
                 promoted = await self._db(self.store.promote_delayed)
                 if self._active:
-                    for run_id in await self._db(self.store.cancel_requests, self.id):
-                        if run_id in self._active:
-                            self._interrupt(self._active[run_id], _Stop.CANCEL)
+                    self._apply_controls(await self._db(self.store.control_requests, self.id))
+                if self.store.clock.now() >= self._settings_due:
+                    self._queue_settings = await self._db(self.store.queue_settings)
+                    self._settings_due = self.store.clock.now() + SETTINGS_REFRESH_SECONDS
             except Exception as exc:
                 self.log.warning("maintenance failed", error=str(exc))
             else:
@@ -273,7 +299,7 @@ class Worker:
             active.task.cancel(reason)
 
     def _lease_valid_until(self, lease: Lease) -> Callable[[], float]:
-        return lambda: max(lease.expires_at, self._renewed_until)
+        return lambda: max(lease.expires_at, self._renewed_at + lease.seconds)
 
     async def _execute(self, lease: Lease) -> None:
         run = lease.run
@@ -296,7 +322,8 @@ class Worker:
             await self._finish(lease, RunState.FAILED, "unknown workflow", error=err)
             return
         # Steps are only written under a lease: a run leased for the first time has no history.
-        history = await self._db(self.store.steps, run.id) if lease.token > 1 else []
+        fresh = lease.token == 1 and run.retry_of is None  # a retry starts with copied steps
+        history = [] if fresh else await self._db(self.store.steps, run.id)
         ctx = RunContext(
             lease=lease,
             store=self.store,
@@ -304,6 +331,10 @@ class Worker:
             history=history,
             lease_valid_until=self._lease_valid_until(lease),
         )
+        if run.id in self._active:
+            self._active[run.id].ctx = ctx
+            if run.pause_requested:
+                ctx.request_pause()
         token = current_run.set(ctx)
         started = time.monotonic()
         try:
@@ -315,6 +346,9 @@ class Worker:
             return
         except LeaseLost:
             raise
+        except RunPaused:
+            await self._finish(lease, RunState.QUEUED, "stopped at a step boundary for a pause")
+            return
         except Exception as exc:
             await self._failed(lease, ctx, exc)
             return
@@ -346,10 +380,11 @@ class Worker:
     async def _failed(self, lease: Lease, ctx: RunContext, exc: Exception) -> None:
         run = lease.run
         wf = self.app.workflows[run.workflow]
+        policy = wf.retry or self._queue_policy(run.queue)
         error = describe_error(exc, step=ctx.failed_step, attempt=run.attempt)
-        retry = wf.retry.should_retry(exc, run.attempt) and not isinstance(exc, NonDeterminismError)
-        if retry:
-            delay = wf.retry.delay(run.attempt)
+        retry = run.attempt < run.max_attempts and policy.should_retry(exc, run.attempt)
+        if retry and not isinstance(exc, NonDeterminismError):
+            delay = policy.delay(run.attempt)
             ctx.log.warning("run failed; will retry", error=error["message"], retry_in=delay)
             await self._finish(
                 lease,
@@ -362,9 +397,22 @@ class Worker:
             ctx.log.error("run failed", error=error["message"], error_type=error["type"])
             await self._finish(lease, RunState.FAILED, f"failed: {error['type']}", error=error)
 
+    def _queue_policy(self, queue: str) -> RetryPolicy:
+        """The queue's default retry policy, for workflows that declare none."""
+        q = self._queue_settings.get(queue)
+        if q is None or q.max_attempts is None:
+            return NO_RETRY
+        return RetryPolicy(
+            max_attempts=q.max_attempts,
+            initial_delay=q.retry_initial_delay if q.retry_initial_delay is not None else 1.0,
+            backoff=q.retry_backoff or 2.0,
+            max_delay=q.retry_max_delay if q.retry_max_delay is not None else 60.0,
+        )
+
     async def _finish(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> None:
-        await self._db(self.store.finish, lease, state, reason=reason, **kw)
+        state = await self._db(self.store.finish, lease, state, reason=reason, **kw)
         counter = {
+            RunState.PAUSED: "paused",
             RunState.SUCCEEDED: "succeeded",
             RunState.FAILED: "failed",
             RunState.DELAYED: "retried",

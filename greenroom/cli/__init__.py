@@ -1,0 +1,216 @@
+"""The `greenroom` command: parses arguments, calls the library, prints with Rich.
+
+Every error a user can cause is one line on stderr with exit code 2, never a traceback
+(GREENROOM_DEBUG=1 shows tracebacks of unexpected errors). This module holds the Typer app,
+the options and helpers every command shares, and the entry point; the commands live in
+engine (db, worker, enqueue, workers, demo), runs, controls (queues, pauses, tenants) and
+admin (errors, audit).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import sqlite3
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+from greenroom.app import App
+from greenroom.errors import ConfigError, GreenroomError, InvalidInput, NotFound
+from greenroom.settings import load_settings
+from greenroom.storage import RunStore, open_store
+
+
+def _width() -> int | None:
+    """Rich's width, except that piped output is not squeezed into 80 columns."""
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        return None
+    return 160
+
+
+out = Console(highlight=False, width=_width())
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+cli = typer.Typer(
+    name="greenroom",
+    help="Durable, multi-tenant browser-automation workflows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL: sqlite:///path or postgresql://… (default: the app's db setting, "
+        "else $GREENROOM_DB or sqlite:///.greenroom/greenroom.db)",
+        show_default=False,
+    ),
+]
+AppOpt = Annotated[str, typer.Option("--app", help="Your App, as module:attribute.")]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option(help="Who acts, for the audit log (default: $GREENROOM_ACTOR, else user@host)."),
+]
+ReasonOpt = Annotated[str, typer.Option(help="Why (recorded in the audit log).")]
+
+
+def default_actor() -> str:
+    import getpass
+    import socket
+
+    return os.environ.get("GREENROOM_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+@cli.callback()
+def root(ctx: typer.Context, db: DbOpt = None) -> None:
+    """Durable, multi-tenant browser-automation workflows."""
+    ctx.obj = {"db": db}
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def given_db(ctx: typer.Context, db: str | None) -> str | None:
+    """The --db given on this command, else on a parent command, else None."""
+    if db:
+        return db
+    parent = ctx.parent
+    while parent is not None:
+        given = parent.params.get("db")
+        if isinstance(given, str) and given:
+            return given
+        parent = parent.parent
+    return None
+
+
+def db_url(ctx: typer.Context, db: str | None) -> str:
+    return given_db(ctx, db) or load_settings().db
+
+
+def redact(url: str) -> str:
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def quiet_driver_logs() -> None:
+    """The pool logs each failed connection attempt; a command reports the failure once."""
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+
+@contextmanager
+def existing_store(url: str) -> Iterator[RunStore]:
+    """A store over a database that must already exist and be migrated."""
+    quiet_driver_logs()
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise NotFound(f"no database at {path}: run `greenroom db upgrade` or pass --db")
+    store = open_store(url, migrate=False)
+    try:
+        yield store
+    finally:
+        store.backend.close()
+
+
+def load_app(ref: str) -> App:
+    """Import `module:attribute` (from the current directory too) and check it is an App."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidInput(f"--app must look like module:attribute, got {ref!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except GreenroomError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, App):
+        raise ConfigError(f"{ref} is a {type(obj).__name__}, not a greenroom App")
+    return obj
+
+
+def configure(app: App, **overrides: object) -> None:
+    """Apply command-line settings over the app's own, validated like any settings."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return
+    settings = load_settings(**{**app.settings.model_dump(), **given})
+    if settings.db != app.settings.db:
+        app.close()
+    app.settings = settings
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def is_database_error(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return isinstance(exc, sqlite3.Error) or module.startswith(
+        ("sqlalchemy", "psycopg", "psycopg_pool", "alembic")
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line; SQLAlchemy's wrapper gives way to the driver's own error."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, BaseException):
+        exc = orig
+    return f"{type(exc).__name__}: {exc}"
+
+
+def fail(message: str, code: int = 2) -> int:
+    err.print(f"error: {' '.join(message.split())}", markup=False)
+    return code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code."""
+    try:
+        result = cli(args=argv, prog_name="greenroom", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        out.print(exc.format_message(), markup=False, highlight=False)
+        return 2
+    except ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        return fail(f"{where}{exc.format_message()} (see --help)")
+    except GreenroomError as exc:
+        return fail(str(exc))
+    except (KeyboardInterrupt, typer.Abort):
+        return fail("interrupted", 130)
+    except Exception as exc:
+        if is_database_error(exc) or isinstance(exc, OSError):
+            return fail(describe(exc))
+        if os.environ.get("GREENROOM_DEBUG"):
+            raise
+        return fail(
+            f"internal error: {type(exc).__name__}: {exc} (GREENROOM_DEBUG=1 shows the traceback)",
+            1,
+        )
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+# The commands register themselves on `cli` when imported (they import the helpers above).
+from greenroom.cli import admin, controls, engine, runs  # noqa: E402
+
+__all__ = ["admin", "cli", "controls", "engine", "main", "run", "runs"]

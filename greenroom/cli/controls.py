@@ -1,0 +1,342 @@
+"""Queue controls: `greenroom queues`, `pause`, `resume`, `pauses` and `tenants`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from greenroom.cli import (
+    ActorOpt,
+    DbOpt,
+    ReasonOpt,
+    cli,
+    db_url,
+    default_actor,
+    existing_store,
+    out,
+)
+from greenroom.cli.display import ago, number
+from greenroom.cli.parse import parse_label, parse_rate_limit, parse_setting
+from greenroom.errors import InvalidInput
+from greenroom.model import ALL_TENANTS, PauseScope, QueueInfo, RunState
+from greenroom.storage import RunFilter
+
+queues_cli = typer.Typer(help="Queues: runs by state, limits; `queues set` changes them.")
+tenants_cli = typer.Typer(help="Tenants: fairness weight and limits; `tenants set` changes them.")
+cli.add_typer(queues_cli, name="queues")
+cli.add_typer(tenants_cli, name="tenants")
+
+COUNTED = (
+    RunState.QUEUED,
+    RunState.PAUSED,
+    RunState.DELAYED,
+    RunState.RUNNING,
+    RunState.SUCCEEDED,
+    RunState.FAILED,
+    RunState.CANCELLED,
+)
+
+
+# -- queues --------------------------------------------------------------------------------
+
+
+@queues_cli.callback(invoke_without_command=True)
+def queues(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Count only this tenant's runs.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """List queues: runs by state, paused or not, limits and runs finished in the last minute."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with existing_store(db_url(ctx, db)) as store:
+        found = store.queues(tenant=tenant)
+    if not found:
+        out.print("no queues")
+        return
+    table = Table("QUEUE", *(s.value.upper() for s in COUNTED), "PAUSED?", "CONCURRENCY")
+    table.add_column("RATE LIMIT")
+    table.add_column("DONE/MIN")
+    for q in found:
+        table.add_row(
+            escape(q.name),
+            *(str(q.counts.get(s.value, 0)) for s in COUNTED),
+            "[red]yes[/]" if q.paused else "no",
+            number(q.concurrency),
+            rate_text(q),
+            str(q.finished_last_minute),
+        )
+    out.print(table)
+
+
+def rate_text(q: QueueInfo) -> str:
+    if q.rate_limit is None or q.rate_period is None:
+        return "-"
+    return f"{q.rate_limit}/{number(q.rate_period)}s"
+
+
+@queues_cli.command("set")
+def queues_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Queue name (created if new).")],
+    reason: ReasonOpt,
+    concurrency: Annotated[
+        str | None, typer.Option(help="Runs at once across all workers, or none.")
+    ] = None,
+    rate_limit: Annotated[
+        str | None, typer.Option(help="Starts per period across all workers: 10/60s, or none.")
+    ] = None,
+    max_attempts: Annotated[str | None, typer.Option(help="Default attempts per run.")] = None,
+    retry_initial_delay: Annotated[
+        str | None, typer.Option(help="Default seconds before the first retry.")
+    ] = None,
+    retry_backoff: Annotated[str | None, typer.Option(help="Delay multiplier per retry.")] = None,
+    retry_max_delay: Annotated[str | None, typer.Option(help="Longest retry delay.")] = None,
+    lease_seconds: Annotated[str | None, typer.Option(help="Lease of a claimed run.")] = None,
+    heartbeat_seconds: Annotated[
+        str | None, typer.Option(help="Heartbeat interval (under half the lease).")
+    ] = None,
+    max_stalls: Annotated[str | None, typer.Option(help="Lost leases before a run fails.")] = None,
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Change a queue's limits, default retry policy or lock tuning ("none" clears one);
+    workers pick the change up within seconds."""
+    given = {
+        "concurrency": concurrency,
+        "max_attempts": max_attempts,
+        "retry_initial_delay": retry_initial_delay,
+        "retry_backoff": retry_backoff,
+        "retry_max_delay": retry_max_delay,
+        "lease_seconds": lease_seconds,
+        "heartbeat_seconds": heartbeat_seconds,
+        "max_stalls": max_stalls,
+    }
+    changes: dict[str, Any] = {
+        field: parse_setting(text, "--" + field.replace("_", "-"))
+        for field, text in given.items()
+        if text is not None
+    }
+    if rate_limit is not None:
+        rate = parse_rate_limit(rate_limit)
+        changes["rate_limit"], changes["rate_period"] = rate or (None, None)
+    if not changes:
+        raise InvalidInput("nothing to change: give at least one setting (see --help)")
+    with existing_store(db_url(ctx, db)) as store:
+        q = store.set_queue(name, actor=actor or default_actor(), reason=reason, **changes)
+    settings = {
+        "concurrency": number(q.concurrency),
+        "rate limit": rate_text(q),
+        "max attempts": number(q.max_attempts),
+        "retry initial delay": number(q.retry_initial_delay),
+        "retry backoff": number(q.retry_backoff),
+        "retry max delay": number(q.retry_max_delay),
+        "lease seconds": number(q.lease_seconds),
+        "heartbeat seconds": number(q.heartbeat_seconds),
+        "max stalls": number(q.max_stalls),
+    }
+    shown = ", ".join(f"{k} {v}" for k, v in settings.items() if v != "-") or "no limits"
+    out.print(f"queue {escape(q.name)}: {shown} (unset settings: the workers' defaults)")
+
+
+# -- pauses --------------------------------------------------------------------------------
+
+
+ScopeOpt = Annotated[str | None, typer.Option(show_default=False)]
+ForTenantOpt = Annotated[
+    str | None, typer.Option("--for-tenant", help="Only this tenant's runs (default: all).")
+]
+
+
+def pause_target(
+    queue: str | None,
+    tenant: str | None,
+    workflow: str | None,
+    session: str | None,
+    label: str | None,
+) -> tuple[PauseScope, str, str]:
+    """(scope, value, label key) from exactly one scope option."""
+    given = [
+        (scope, value)
+        for scope, value in (
+            (PauseScope.QUEUE, queue),
+            (PauseScope.TENANT, tenant),
+            (PauseScope.WORKFLOW, workflow),
+            (PauseScope.SESSION, session),
+            (PauseScope.LABEL, label),
+        )
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise InvalidInput(
+            "give exactly one of --queue, --tenant, --workflow, --session or --label"
+        )
+    scope, value = given[0]
+    if scope is PauseScope.LABEL:
+        key, value = parse_label(value)
+        return scope, value, key
+    return scope, value, ""
+
+
+@cli.command()
+def pause(
+    ctx: typer.Context,
+    reason: ReasonOpt,
+    queue: ScopeOpt = None,
+    tenant: ScopeOpt = None,
+    workflow: ScopeOpt = None,
+    session: Annotated[str | None, typer.Option(help="A session key.")] = None,
+    label: Annotated[str | None, typer.Option(help="key=value.")] = None,
+    for_tenant: ForTenantOpt = None,
+    no_drain: Annotated[
+        bool,
+        typer.Option("--no-drain", help="Running runs stop at their next step (default: finish)."),
+    ] = False,
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Hold every run of a queue, tenant, workflow, session or label that has not started."""
+    scope, value, key = pause_target(queue, tenant, workflow, session, label)
+    who = actor or default_actor()
+    with existing_store(db_url(ctx, db)) as store:
+        before = store.clock.now()
+        p = store.pause(
+            scope,
+            value,
+            actor=who,
+            reason=reason,
+            label=key,
+            tenant=for_tenant or ALL_TENANTS,
+            drain=not no_drain,
+        )
+    if p.created_at < before:
+        out.print(
+            f"{escape(p.describe())} was already paused by {escape(p.paused_by)}: "
+            f"{escape(p.reason)}"
+        )
+        return
+    running = "running runs finish" if p.drain else "running runs stop at their next step boundary"
+    out.print(f"paused {escape(p.describe())}: waiting runs are held, {running}")
+
+
+@cli.command()
+def resume(
+    ctx: typer.Context,
+    reason: ReasonOpt,
+    queue: ScopeOpt = None,
+    tenant: ScopeOpt = None,
+    workflow: ScopeOpt = None,
+    session: Annotated[str | None, typer.Option(help="A session key.")] = None,
+    label: Annotated[str | None, typer.Option(help="key=value.")] = None,
+    for_tenant: ForTenantOpt = None,
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Lift a pause: the runs it held go back to the queue in their order."""
+    scope, value, key = pause_target(queue, tenant, workflow, session, label)
+    with existing_store(db_url(ctx, db)) as store:
+        resumed = store.resume(
+            scope,
+            value,
+            actor=actor or default_actor(),
+            reason=reason,
+            label=key,
+            tenant=for_tenant or ALL_TENANTS,
+        )
+    what = f"label {key}={value}" if key else f"{scope.value} {value}"
+    out.print(f"resumed {escape(what)}: {resumed} runs queued again")
+
+
+@cli.command()
+def pauses(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Pauses that hold this tenant's runs.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """List pauses in force: scope, what, tenant, drain, who, when and why."""
+    with existing_store(db_url(ctx, db)) as store:
+        found = store.pauses(tenant=tenant)
+        now = store.clock.now()
+    if not found:
+        out.print("no pauses")
+        return
+    table = Table("SCOPE", "WHAT", "TENANT", "DRAIN", "BY", "WHEN", "REASON")
+    for p in found:
+        table.add_row(
+            p.scope.value,
+            escape(f"{p.label}={p.value}" if p.label else p.value),
+            "all" if p.tenant == ALL_TENANTS else escape(p.tenant),
+            "yes" if p.drain else "no",
+            escape(p.paused_by),
+            ago(p.created_at, now),
+            escape(p.reason),
+        )
+    out.print(table)
+
+
+# -- tenants -------------------------------------------------------------------------------
+
+
+@tenants_cli.callback(invoke_without_command=True)
+def tenants(ctx: typer.Context, db: DbOpt = None) -> None:
+    """List tenants: fairness weight, concurrency limit, runs running and ready."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with existing_store(db_url(ctx, db)) as store:
+        found = store.tenants()
+        # Running runs are few (at most the workers' slots): count them rather than trust the
+        # per-tenant counter, which is only kept for tenants with a limit.
+        running = Counter(
+            r.tenant for r in store.list_runs(RunFilter(states=[RunState.RUNNING], limit=1_000_000))
+        )
+    if not found:
+        out.print("no tenants")
+        return
+    table = Table("TENANT", "WEIGHT", "CONCURRENCY", "RUNNING", "READY")
+    for t in found:
+        table.add_row(
+            escape(t.name),
+            number(t.weight),
+            number(t.concurrency),
+            str(running[t.name]),
+            str(t.ready),
+        )
+    out.print(table)
+
+
+@tenants_cli.command("set")
+def tenants_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Tenant name.")],
+    reason: ReasonOpt,
+    weight: Annotated[
+        float | None, typer.Option(help="Share of contended slots (default 1).")
+    ] = None,
+    concurrency: Annotated[
+        str | None, typer.Option(help="Runs at once across all workers, or none.")
+    ] = None,
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Change a tenant's fairness weight or concurrency limit ("none" clears the limit)."""
+    limit = None if concurrency is None else parse_setting(concurrency, "--concurrency")
+    if isinstance(limit, float):
+        raise InvalidInput(f"--concurrency must be a whole number or none, got {concurrency!r}")
+    if weight is None and concurrency is None:
+        raise InvalidInput("nothing to change: give --weight or --concurrency")
+    with existing_store(db_url(ctx, db)) as store:
+        t = store.set_tenant(
+            name,
+            actor=actor or default_actor(),
+            reason=reason,
+            weight=weight,
+            concurrency=limit,
+            clear_concurrency=concurrency is not None and limit is None,
+        )
+    out.print(
+        f"tenant {escape(t.name)}: weight {number(t.weight)}, concurrency {number(t.concurrency)}"
+    )

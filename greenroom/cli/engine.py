@@ -1,0 +1,172 @@
+"""Commands that set up and drive the engine: db upgrade, worker, enqueue, workers, demo."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from greenroom.app import RunRequest
+from greenroom.cli import (
+    AppOpt,
+    DbOpt,
+    cli,
+    configure,
+    db_url,
+    existing_store,
+    given_db,
+    load_app,
+    out,
+    quiet_driver_logs,
+    redact,
+)
+from greenroom.cli.display import ago
+from greenroom.cli.parse import parse_input, parse_labels, split_list
+from greenroom.storage import open_backend
+
+db_cli = typer.Typer(no_args_is_help=True, help="Manage the database schema.")
+cli.add_typer(db_cli, name="db")
+
+
+@db_cli.command("upgrade")
+def db_upgrade(ctx: typer.Context, db: DbOpt = None) -> None:
+    """Create or migrate the database schema to the newest revision."""
+    from greenroom.storage.migrate import head_revision, upgrade
+
+    url = db_url(ctx, db)
+    quiet_driver_logs()
+    backend = open_backend(url)
+    try:
+        upgrade(backend.sqlalchemy_url())
+    finally:
+        backend.close()
+    out.print(f"database {escape(redact(url))} is at revision {head_revision()}")
+
+
+@cli.command()
+def worker(
+    ctx: typer.Context,
+    app: AppOpt,
+    db: DbOpt = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Runs executed at once (default: from settings)")
+    ] = None,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues (default: the app's queues)")
+    ] = None,
+    lease_seconds: Annotated[float | None, typer.Option(help="Lease duration.")] = None,
+    heartbeat_seconds: Annotated[float | None, typer.Option(help="Heartbeat interval.")] = None,
+) -> None:
+    """Run a worker: lease runs of the app's workflows and execute them (SIGTERM stops it)."""
+    from greenroom.worker import Worker
+
+    the_app = load_app(app)
+    configure(
+        the_app,
+        db=given_db(ctx, db),
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+    )
+    runner = Worker(the_app, queues=split_list(queues), concurrency=concurrency)
+    try:
+        asyncio.run(runner.run(install_signal_handlers=True))
+    finally:
+        the_app.close()
+
+
+@cli.command()
+def enqueue(
+    ctx: typer.Context,
+    workflow: Annotated[str, typer.Argument(help="Workflow name.")],
+    app: AppOpt,
+    input: Annotated[str, typer.Option("--input", help="Run input as a JSON object.")] = "{}",
+    tenant: Annotated[str, typer.Option(help="Tenant the run belongs to.")] = "default",
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Same key, same run: enqueue at most once.")
+    ] = None,
+    priority: Annotated[int | None, typer.Option(help="Higher runs first.")] = None,
+    delay: Annotated[
+        float | None, typer.Option(min=0, help="Start no earlier than this many seconds.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="key=value, repeatable.")
+    ] = None,
+    db: DbOpt = None,
+) -> None:
+    """Enqueue one run and print its id (an existing run's id for a used idempotency key)."""
+    the_app = load_app(app)
+    configure(the_app, db=given_db(ctx, db))
+    quiet_driver_logs()
+    request = RunRequest(
+        workflow=workflow,
+        input=parse_input(input),
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        priority=priority,
+        delay=delay,
+        labels=parse_labels(label or []),
+    )
+    try:
+        run, created = the_app.store.enqueue(the_app.prepare(request))
+    finally:
+        the_app.close()
+    if created:
+        out.print(f"{run.id} created ({run.state.value})")
+    else:
+        out.print(
+            f"{run.id} already existed (idempotency key {escape(repr(idempotency_key))}, "
+            f"{run.state.value})"
+        )
+
+
+@cli.command()
+def workers(
+    ctx: typer.Context,
+    all: Annotated[bool, typer.Option("--all", help="Include stopped and dead workers.")] = False,
+    db: DbOpt = None,
+) -> None:
+    """List workers: id, host, pid, state, last heartbeat and the runs they hold."""
+    with existing_store(db_url(ctx, db)) as store:
+        found = store.workers(include_gone=all)
+        now = store.clock.now()
+    if not found:
+        out.print("no workers" if all else "no live workers (--all shows stopped ones)")
+        return
+    table = Table("ID", "HOST", "PID", "STATE", "HEARTBEAT", "RUNNING", "QUEUES")
+    for w in found:
+        style = {"alive": "green", "dead": "red"}.get(w.state, "dim")
+        table.add_row(
+            escape(w.id),
+            escape(w.host),
+            str(w.pid),
+            f"[{style}]{w.state}[/]",
+            ago(w.heartbeat_at, now),
+            f"{len(w.running)}/{w.concurrency}",
+            escape(",".join(w.queues)),
+        )
+    out.print(table)
+
+
+@cli.command()
+def demo(
+    ctx: typer.Context,
+    runs: Annotated[int, typer.Option(min=1, max=1000, help="Runs to enqueue.")] = 24,
+    orgs: Annotated[int, typer.Option(min=1, max=100, help="Customer orgs (sessions).")] = 6,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="Worker processes.")] = 3,
+    no_chaos: Annotated[bool, typer.Option("--no-chaos", help="Do not kill a worker.")] = False,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Database URL (default: a fresh .greenroom/demo-<time>.db)"),
+    ] = None,
+) -> None:
+    """Watch workers run multi-step workflows, lose one to SIGKILL, and resume its runs."""
+    from greenroom.demo.engine import DemoOptions, run_demo
+
+    options = DemoOptions(
+        runs=runs, orgs=orgs, workers=workers, chaos=not no_chaos, db=given_db(ctx, db)
+    )
+    raise typer.Exit(run_demo(options, console=out))

@@ -1,0 +1,337 @@
+"""`greenroom runs`: list, inspect, cancel, retry and prune runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from greenroom.cli import (
+    ActorOpt,
+    DbOpt,
+    ReasonOpt,
+    cli,
+    db_url,
+    default_actor,
+    existing_store,
+    out,
+)
+from greenroom.cli.display import ago, seconds, short_json, state_text, when
+from greenroom.cli.parse import parse_duration, parse_input, parse_label, parse_states, parse_time
+from greenroom.errors import InvalidInput
+from greenroom.model import FINISHED_STATES, Run, RunState, StepRecord, StepStatus
+from greenroom.storage import RunFilter, RunStore
+
+runs_cli = typer.Typer(no_args_is_help=True, help="List, inspect, cancel, retry and prune runs.")
+cli.add_typer(runs_cli, name="runs")
+
+LabelOpt = Annotated[str | None, typer.Option("--label", help="key=value.")]
+ErrorGroupOpt = Annotated[
+    str | None, typer.Option("--error-group", help="Error group fingerprint (greenroom errors).")
+]
+
+
+@runs_cli.command("list")
+def runs_list(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="States, comma-separated.")] = None,
+    workflow: Annotated[str | None, typer.Option()] = None,
+    tenant: Annotated[str | None, typer.Option()] = None,
+    queue: Annotated[str | None, typer.Option()] = None,
+    label: LabelOpt = None,
+    error_group: ErrorGroupOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    db: DbOpt = None,
+) -> None:
+    """List runs, newest first."""
+    f = RunFilter(
+        tenant=tenant,
+        states=parse_states(state),
+        workflow=workflow,
+        queue=queue,
+        label=None if label is None else parse_label(label),
+        error_group=error_group,
+        limit=limit,
+    )
+    with existing_store(db_url(ctx, db)) as store:
+        found = store.list_runs(f)
+        now = store.clock.now()
+    if not found:
+        out.print("no runs")
+        return
+    table = Table("ID", "WORKFLOW", "TENANT", "STATE", "ATTEMPT", "STALLS", "CREATED", "TOOK")
+    table.columns[0].no_wrap = True
+    for run in found:
+        table.add_row(
+            run.id,
+            escape(run.workflow),
+            escape(run.tenant),
+            state_text(run.state),
+            f"{run.attempt}/{run.max_attempts}",
+            str(run.stalls),
+            ago(run.created_at, now),
+            seconds(run.started_at, run.finished_at),
+        )
+    out.print(table)
+
+
+@runs_cli.command("show")
+def runs_show(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="ID", help="Run id.")],
+    db: DbOpt = None,
+) -> None:
+    """Show a run: its fields, timeline, steps and error."""
+    with existing_store(db_url(ctx, db)) as store:
+        run = store.get_run(run_id)
+        steps = store.steps(run_id)
+        events = store.events(run_id)
+    show_fields(run)
+    timeline = Table("AT", "+SECONDS", "STATE", "REASON", "WORKER", title="Timeline")
+    for e in events:
+        timeline.add_row(
+            when(e.at),
+            f"{e.at - run.created_at:.3f}",
+            state_text(e.state),
+            escape(e.reason),
+            escape(e.worker_id or ""),
+        )
+    out.print(timeline)
+    show_steps(steps)
+    if run.error:
+        show_error(run.error)
+
+
+def show_fields(run: Run) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows: list[tuple[str, str]] = [
+        ("run", run.id),
+        ("workflow", escape(run.workflow)),
+        ("state", state_text(run.state) + (" (cancel requested)" if run.cancel_requested else "")),
+        ("tenant", escape(run.tenant)),
+        ("queue", escape(run.queue)),
+        ("session", escape(run.session_key or "-")),
+        ("priority", str(run.priority)),
+        ("attempt", f"{run.attempt} of {run.max_attempts}"),
+        ("stalls", str(run.stalls)),
+        ("idempotency key", escape(run.idempotency_key or "-")),
+        ("labels", short_json(run.labels)),
+        ("input", short_json(run.input)),
+        ("output", short_json(run.output)),
+        ("created", when(run.created_at)),
+        ("started", when(run.started_at)),
+        ("finished", when(run.finished_at)),
+    ]
+    if run.retry_of:
+        rows.append(("retry of", run.retry_of))
+    if run.error_group:
+        rows.append(("error group", escape(run.error_group)))
+    if run.lease_owner:
+        rows.append(("leased by", f"{escape(run.lease_owner)} until {when(run.lease_expires_at)}"))
+    for name, value in rows:
+        grid.add_row(name, value)
+    out.print(grid)
+
+
+def show_steps(steps: list[StepRecord]) -> None:
+    if not steps:
+        out.print("no steps recorded")
+        return
+    table = Table("#", "STEP", "STATUS", "ATTEMPTS", "DURATION", "FINISHED", title="Steps")
+    for s in steps:
+        style = "green" if s.status is StepStatus.COMPLETED else "red"
+        table.add_row(
+            str(s.position),
+            escape(s.name),
+            f"[{style}]{s.status.value}[/]",
+            str(s.attempts),
+            seconds(s.started_at, s.finished_at),
+            when(s.finished_at),
+        )
+    out.print(table)
+
+
+def show_error(error: dict[str, Any]) -> None:
+    where = []
+    if error.get("step"):
+        where.append(f"in step {error['step']!r}")
+    if error.get("attempt"):
+        where.append(f"attempt {error['attempt']}")
+    suffix = f" ({', '.join(where)})" if where else ""
+    out.print(
+        f"[bold red]Error[/]{escape(suffix)}: "
+        f"{escape(str(error.get('type')))}: {escape(str(error.get('message')))}"
+    )
+    if error.get("traceback"):
+        out.print(escape(str(error["traceback"]).rstrip()), soft_wrap=True)
+
+
+@runs_cli.command("cancel")
+def runs_cancel(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="ID", help="Run id.")],
+    reason: ReasonOpt,
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Cancel a run: at once if it waits, at its next await if it is running."""
+    with existing_store(db_url(ctx, db)) as store:
+        run = store.cancel(run_id, actor=actor or default_actor(), reason=reason)
+    if run.state is RunState.CANCELLED:
+        out.print(f"run {run.id} cancelled")
+    elif run.state is RunState.RUNNING:
+        out.print(f"run {run.id} is running: cancel requested, it stops at its next await")
+    else:
+        raise InvalidInput(f"run {run.id} already {run.state.value}: nothing to cancel")
+
+
+# -- retry ---------------------------------------------------------------------------------
+
+
+@runs_cli.command("retry")
+def runs_retry(
+    ctx: typer.Context,
+    reason: ReasonOpt,
+    run_id: Annotated[
+        str | None, typer.Argument(metavar="ID", help="The failed or cancelled run.")
+    ] = None,
+    where: Annotated[
+        bool, typer.Option("--where", help="Retry every run matching the filters below.")
+    ] = False,
+    from_scratch: Annotated[
+        bool, typer.Option("--from-scratch", help="Re-run every step, keep no results.")
+    ] = False,
+    input: Annotated[
+        str | None, typer.Option("--input", help="New input as a JSON object (one run only).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option()] = None,
+    workflow: Annotated[str | None, typer.Option()] = None,
+    queue: Annotated[str | None, typer.Option()] = None,
+    label: LabelOpt = None,
+    error_group: ErrorGroupOpt = None,
+    state: Annotated[
+        str | None, typer.Option(help="failed, cancelled or both (default: failed).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Finished since: a duration ago (12h) or an ISO time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Finished before: a duration ago or an ISO time.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be retried, change nothing.")
+    ] = False,
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Retry a failed or cancelled run (ID) or every matching one (--where): from the failed
+    step, completed steps keeping their results, or --from-scratch."""
+    filters = {
+        "--workflow": workflow,
+        "--queue": queue,
+        "--label": label,
+        "--error-group": error_group,
+        "--state": state,
+        "--since": since,
+        "--until": until,
+        "--dry-run": dry_run or None,
+    }
+    bulk_only = [name for name, value in filters.items() if value is not None]
+    if run_id is None and not where:
+        raise InvalidInput("give a run ID, or --where and filters (see --help)")
+    if run_id is not None and where:
+        raise InvalidInput("give a run ID or --where, not both")
+    if run_id is not None and bulk_only:
+        raise InvalidInput(f"{bulk_only[0]} goes with --where, not with a run ID")
+    if run_id is None and input is not None:
+        raise InvalidInput("--input applies to one run (ID), not to --where")
+    who = actor or default_actor()
+    if run_id is not None:
+        new_input = None if input is None else parse_input(input)
+        with existing_store(db_url(ctx, db)) as store:
+            retry_one(store, run_id, who, reason, tenant, from_scratch, new_input)
+        return
+    now = time.time()
+    f = RunFilter(
+        tenant=tenant,
+        workflow=workflow,
+        queue=queue,
+        label=None if label is None else parse_label(label),
+        error_group=error_group,
+        states=parse_states(state),
+        finished_after=None if since is None else parse_time(since, "--since", now),
+        finished_before=None if until is None else parse_time(until, "--until", now),
+    )
+    with existing_store(db_url(ctx, db)) as store:
+        result = store.retry_where(
+            f, actor=who, reason=reason, dry_run=dry_run, from_scratch=from_scratch
+        )
+    if not result.matched:
+        out.print("no runs match: nothing to retry")
+        return
+    table = Table("RE-RUNS FROM", "RUNS")
+    for step, count in sorted(result.rerun_from.items(), key=lambda kv: (-kv[1], kv[0])):
+        table.add_row(escape(step), str(count))
+    if dry_run:
+        out.print(f"dry run: {result.matched} runs would be retried (nothing changed)")
+    else:
+        out.print(f"retried {result.matched} runs: {len(result.new_runs)} new runs queued")
+    out.print(table)
+
+
+def retry_one(
+    store: RunStore,
+    run_id: str,
+    actor: str,
+    reason: str,
+    tenant: str | None,
+    from_scratch: bool,
+    new_input: dict[str, Any] | None,
+) -> None:
+    new = store.retry_run(
+        run_id,
+        actor=actor,
+        reason=reason,
+        tenant=tenant,
+        from_scratch=from_scratch,
+        input=new_input,
+    )
+    kept = store.steps(new.id)
+    if from_scratch:
+        start = "from scratch"
+    else:
+        pending = [s for s in store.steps(run_id) if s.status is not StepStatus.COMPLETED]
+        start = f"from step {pending[0].name!r}" if pending else "after its last completed step"
+        start += f", keeping {len(kept)} completed steps"
+    edited = " with the new input" if new_input is not None else ""
+    out.print(f"{new.id} created: retry of {run_id} {escape(start)}{edited}")
+
+
+# -- retention -----------------------------------------------------------------------------
+
+
+@runs_cli.command("prune")
+def runs_prune(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Finished longer ago than this: 30d, 12h, 15m.")
+    ],
+    status: Annotated[
+        str,
+        typer.Option(help="Finished states to delete, comma-separated."),
+    ] = "succeeded,failed,cancelled",
+    db: DbOpt = None,
+) -> None:
+    """Delete finished runs (and their steps and timelines), in small batches."""
+    age = parse_duration(older_than, "--older-than")
+    states = parse_states(status)
+    if any(s not in FINISHED_STATES for s in states):
+        raise InvalidInput("--status: only succeeded, failed and cancelled runs can be pruned")
+    with existing_store(db_url(ctx, db)) as store:
+        deleted = store.prune(older_than=age, states=states)
+    out.print(f"deleted {deleted} runs finished more than {older_than} ago")

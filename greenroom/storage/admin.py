@@ -1,0 +1,294 @@
+"""Admin retry framework: retry from the failed step or from scratch, bulk retry by filter,
+error groups, the audit log, and retention."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from greenroom.diagnostics import fingerprint
+from greenroom.errors import InvalidInput
+from greenroom.model import FINISHED_STATES, AuditEntry, ErrorGroup, NewRun, Run, RunState
+from greenroom.storage.backend import Row, Tx
+from greenroom.storage.base import RunFilter, StoreBase, require_reason, retry_conflicts
+from greenroom.storage.codec import (
+    audit_from_row,
+    error_group_from_row,
+    run_from_row,
+)
+from greenroom.storage.enqueue import insert_runs
+
+RETRYABLE = (RunState.FAILED, RunState.CANCELLED)
+BULK_LIMIT = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class BulkRetry:
+    """What a bulk retry did, or with dry_run what it would do."""
+
+    matched: int
+    dry_run: bool
+    #: Which step each run would start from (its first step without a stored result).
+    rerun_from: dict[str, int] = field(default_factory=dict)
+    new_runs: list[str] = field(default_factory=list)
+
+
+class Admin(StoreBase):
+    # -- retry -----------------------------------------------------------------------------
+
+    @retry_conflicts
+    def retry_run(
+        self,
+        run_id: str,
+        *,
+        actor: str,
+        reason: str,
+        tenant: str | None = None,
+        from_scratch: bool = False,
+        input: dict[str, Any] | None = None,
+    ) -> Run:
+        """A new run for a failed or cancelled one, linked to it (retry_of). From the failed
+        step, it starts with the old run's completed steps; from scratch, with none."""
+        require_reason(reason)
+        if input is not None and not isinstance(input, dict):
+            raise InvalidInput("run input must be a JSON object")
+        with self.backend.transaction() as tx:
+            old = self._select_run(tx, run_id, tenant)
+            new = self._retry_one(tx, old, actor, reason, from_scratch, input)
+        return run_from_row(new)
+
+    @retry_conflicts
+    def retry_where(
+        self,
+        f: RunFilter,
+        *,
+        actor: str,
+        reason: str,
+        dry_run: bool = True,
+        from_scratch: bool = False,
+    ) -> BulkRetry:
+        """Retry every failed or cancelled run matching the filter (failed only by default)."""
+        require_reason(reason)
+        from dataclasses import replace
+
+        if not f.states:
+            f = replace(f, states=[RunState.FAILED])
+        if any(s not in RETRYABLE for s in f.states):
+            raise InvalidInput("only failed or cancelled runs can be retried")
+        where, params = self.run_filter_sql(f)
+        with self.backend.transaction(write=not dry_run) as tx:
+            runs = tx.execute(
+                f"SELECT * FROM runs WHERE {where} ORDER BY seq LIMIT :limit",
+                {**params, "limit": BULK_LIMIT},
+            )
+            starts = Counter(self._restart_step(tx, r, from_scratch) for r in runs)
+            if dry_run:
+                return BulkRetry(matched=len(runs), dry_run=True, rerun_from=dict(starts))
+            new_ids = [
+                self._retry_one(tx, r, actor, reason, from_scratch, None)["id"] for r in runs
+            ]
+            self._audit(
+                tx,
+                tenant=f.tenant,
+                actor=actor,
+                action="retry.bulk",
+                target=f"{len(runs)} runs",
+                reason=reason,
+                detail={"filter": _filter_detail(f), "from_scratch": from_scratch},
+            )
+        return BulkRetry(
+            matched=len(runs), dry_run=False, rerun_from=dict(starts), new_runs=new_ids
+        )
+
+    def _restart_step(self, tx: Tx, run: Row, from_scratch: bool) -> str:
+        if from_scratch:
+            return "(from scratch)"
+        rows = tx.execute(
+            "SELECT name FROM steps WHERE run_id = :id AND status <> 'completed'"
+            " ORDER BY position LIMIT 1",
+            {"id": run["id"]},
+        )
+        return rows[0]["name"] if rows else "(after the last completed step)"
+
+    def _retry_one(
+        self,
+        tx: Tx,
+        old: Row,
+        actor: str,
+        reason: str,
+        from_scratch: bool,
+        input: dict[str, Any] | None,
+    ) -> Row:
+        state = RunState(old["state"])
+        if state not in RETRYABLE:
+            raise InvalidInput(
+                f"run {old['id']} is {state.value}: only failed or cancelled runs can be retried"
+            )
+        run = run_from_row(old)
+        how = "from scratch" if from_scratch else "from the failed step"
+        new, _ = insert_runs(
+            tx,
+            self.backend,
+            [
+                NewRun(
+                    workflow=run.workflow,
+                    input=run.input if input is None else input,
+                    tenant=run.tenant,
+                    queue=run.queue,
+                    session_key=run.session_key,
+                    priority=run.priority,
+                    labels=run.labels,
+                    max_attempts=run.max_attempts,
+                    timeout=run.timeout,
+                    retry_of=run.id,
+                )
+            ],
+            self.clock.now(),
+            reason=f"retry of {run.id} {how} by {actor}: {reason}",
+        )[0]
+        if not from_scratch:
+            tx.execute(
+                "INSERT INTO steps (run_id, position, name, status, result, error, attempts,"
+                " lease_token, started_at, finished_at) SELECT :new, position, name, status,"
+                " result, error, attempts, 0, started_at, finished_at FROM steps"
+                " WHERE run_id = :old AND status = 'completed'",
+                {"new": new["id"], "old": run.id},
+            )
+        self._event(
+            tx,
+            run.id,
+            state,
+            f"retried {how} as {new['id']} by {actor}: {reason}",
+            at=self.clock.now(),
+        )
+        self._audit(
+            tx,
+            tenant=run.tenant,
+            actor=actor,
+            action="retry",
+            target=f"run {run.id}",
+            reason=reason,
+            detail={
+                "new_run": new["id"],
+                "from_scratch": from_scratch,
+                "input_changed": input is not None,
+            },
+        )
+        return new
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _record_error(self, tx: Tx, run: Row, error: dict[str, Any], now: float) -> None:
+        """Count a run's final failure in its error group (type + normalized message + step)."""
+        group = error.get("fingerprint") or fingerprint(
+            str(error.get("type")), str(error.get("message")), error.get("step")
+        )
+        tx.execute(
+            "INSERT INTO error_groups (tenant, fingerprint, workflow, step, type, message,"
+            " error_class, occurrences, first_seen, last_seen, last_run_id) VALUES (:tenant,"
+            " :fingerprint, :workflow, :step, :type, :message, :error_class, 1, :now, :now,"
+            " :run_id) ON CONFLICT (tenant, fingerprint) DO UPDATE SET"
+            " occurrences = error_groups.occurrences + 1, last_seen = :now,"
+            " last_run_id = :run_id, message = :message",
+            {
+                "tenant": run["tenant"],
+                "fingerprint": group,
+                "workflow": run["workflow"],
+                "step": error.get("step"),
+                "type": str(error.get("type")),
+                "message": str(error.get("message"))[:2000],
+                "error_class": error.get("class") or "unknown",
+                "now": now,
+                "run_id": run["id"],
+            },
+        )
+        tx.execute(
+            "UPDATE runs SET error_group = :group WHERE seq = :seq",
+            {"group": group, "seq": run["seq"]},
+        )
+
+    def error_groups(self, *, tenant: str | None = None, limit: int = 50) -> list[ErrorGroup]:
+        scope = "" if tenant is None else " WHERE tenant = :tenant"
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"SELECT * FROM error_groups{scope} ORDER BY last_seen DESC LIMIT :limit",
+                {"tenant": tenant, "limit": limit},
+            )
+        return [error_group_from_row(r) for r in rows]
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def audit_log(
+        self, *, tenant: str | None = None, limit: int = 100, before_id: int | None = None
+    ) -> list[AuditEntry]:
+        clauses, params = ["1 = 1"], {"limit": limit, "tenant": tenant, "before": before_id}
+        if tenant is not None:
+            clauses.append("tenant = :tenant")
+        if before_id is not None:
+            clauses.append("id < :before")
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"SELECT * FROM audit_log WHERE {' AND '.join(clauses)}"
+                " ORDER BY id DESC LIMIT :limit",
+                params,
+            )
+        return [audit_from_row(r) for r in rows]
+
+    # -- retention -------------------------------------------------------------------------
+
+    def prune(
+        self,
+        *,
+        older_than: float,
+        states: Sequence[RunState] = tuple(FINISHED_STATES),
+        batch: int = 500,
+    ) -> int:
+        """Delete finished runs that ended more than `older_than` seconds ago, in small
+        transactions so no lock is held for long. Returns how many runs were deleted."""
+        if older_than < 0:
+            raise InvalidInput("older_than must not be negative")
+        if any(s not in FINISHED_STATES for s in states):
+            raise InvalidInput("only finished runs (succeeded, failed, cancelled) can be pruned")
+        b = self.backend
+        cutoff = self.clock.now() - older_than
+        deleted = 0
+        while True:
+            with b.transaction() as tx:
+                rows = tx.execute(
+                    f"SELECT id FROM runs WHERE finished_at < :cutoff"
+                    f" AND {b.member('state', 'states')} ORDER BY finished_at LIMIT :batch"
+                    f" {b.skip_locked}",
+                    {
+                        "cutoff": cutoff,
+                        "states": b.list_param([s.value for s in states]),
+                        "batch": batch,
+                    },
+                )
+                ids = b.list_param([r["id"] for r in rows])
+                for table in ("steps", "run_events"):
+                    tx.execute(
+                        f"DELETE FROM {table} WHERE {b.member('run_id', 'ids')}", {"ids": ids}
+                    )
+                tx.execute(f"DELETE FROM runs WHERE {b.member('id', 'ids')}", {"ids": ids})
+            deleted += len(rows)
+            if len(rows) < batch:
+                return deleted
+
+
+def _filter_detail(f: RunFilter) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in {
+            "tenant": f.tenant,
+            "workflow": f.workflow,
+            "queue": f.queue,
+            "label": list(f.label) if f.label else None,
+            "error_group": f.error_group,
+            "states": [s.value for s in f.states],
+            "finished_after": f.finished_after,
+            "finished_before": f.finished_before,
+        }.items()
+        if v
+    }

@@ -1,0 +1,156 @@
+"""What every part of the store shares: the backend, the clock, timeline events, run lookup."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from greenroom.clock import Clock, SystemClock
+from greenroom.errors import InvalidInput, NotFound
+from greenroom.model import RunState
+from greenroom.storage.backend import Backend, Row, Tx
+from greenroom.storage.codec import dumps
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+INSERT_EVENT = (
+    "INSERT INTO run_events (run_id, at, state, reason, worker_id, detail)"
+    " VALUES (:run_id, :at, :state, :reason, :worker_id, :detail)"
+)
+CONFLICT_RETRIES = 5
+
+
+def retry_conflicts(method: Callable[P, T]) -> Callable[P, T]:
+    """Run a store method again when the database aborted it for a lock conflict (deadlock)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        store: StoreBase = args[0]  # type: ignore[assignment]
+        for attempt in range(1, CONFLICT_RETRIES + 1):
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                if attempt == CONFLICT_RETRIES or not store.backend.is_conflict(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def event_params(
+    run_id: str,
+    state: RunState,
+    reason: str,
+    at: float,
+    worker_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "at": at,
+        "state": state.value,
+        "reason": reason,
+        "worker_id": worker_id,
+        "detail": None if detail is None else dumps(detail),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFilter:
+    tenant: str | None = None
+    states: Sequence[RunState] = ()
+    workflow: str | None = None
+    queue: str | None = None
+    session_key: str | None = None
+    label: tuple[str, str] | None = None
+    error_group: str | None = None
+    finished_after: float | None = None
+    finished_before: float | None = None
+    before_seq: int | None = None
+    limit: int = 50
+
+
+class StoreBase:
+    def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
+        self.backend = backend
+        self.clock = clock or SystemClock()
+
+    def _event(
+        self,
+        tx: Tx,
+        run_id: str,
+        state: RunState,
+        reason: str,
+        *,
+        at: float,
+        worker_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        tx.execute(INSERT_EVENT, event_params(run_id, state, reason, at, worker_id, detail))
+
+    def _select_run(self, tx: Tx, run_id: str, tenant: str | None, lock: str = "") -> Row:
+        """The run, scoped to `tenant` when given: other tenants' runs are not found."""
+        scope = "" if tenant is None else " AND tenant = :tenant"
+        rows = tx.execute(
+            f"SELECT * FROM runs WHERE id = :id{scope} {lock}", {"id": run_id, "tenant": tenant}
+        )
+        if not rows:
+            raise NotFound(f"run {run_id} not found")
+        return rows[0]
+
+    def run_filter_sql(self, f: RunFilter) -> tuple[str, dict[str, Any]]:
+        b = self.backend
+        clauses = ["1 = 1"]
+        params: dict[str, Any] = {}
+        for column in ("tenant", "workflow", "queue", "session_key", "error_group"):
+            value = getattr(f, column)
+            if value is not None:
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
+        if f.states:
+            clauses.append(b.member("state", "states"))
+            params["states"] = b.list_param([s.value for s in f.states])
+        if f.label is not None:
+            clauses.append(b.label_equals("label_key", "label_value"))
+            params["label_key"], params["label_value"] = f.label
+        if f.finished_after is not None:
+            clauses.append("finished_at >= :finished_after")
+            params["finished_after"] = f.finished_after
+        if f.finished_before is not None:
+            clauses.append("finished_at < :finished_before")
+            params["finished_before"] = f.finished_before
+        return " AND ".join(clauses), params
+
+    def _audit(
+        self,
+        tx: Tx,
+        *,
+        tenant: str | None,
+        actor: str,
+        action: str,
+        target: str,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an admin action: who, when, what, why."""
+        tx.execute(
+            "INSERT INTO audit_log (at, tenant, actor, action, target, reason, detail)"
+            " VALUES (:at, :tenant, :actor, :action, :target, :reason, :detail)",
+            {
+                "at": self.clock.now(),
+                "tenant": tenant,
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "reason": reason,
+                "detail": None if detail is None else dumps(detail),
+            },
+        )
+
+
+def require_reason(reason: str) -> None:
+    if not reason or not reason.strip():
+        raise InvalidInput("a reason is required for this action (it goes to the audit log)")

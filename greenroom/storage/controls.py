@@ -1,0 +1,407 @@
+"""Queue controls: queue records and their limits, tenant weights and limits, pauses."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from greenroom.errors import InvalidInput, NotFound
+from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState, TenantInfo
+from greenroom.storage import ready
+from greenroom.storage.backend import Row, Tx
+from greenroom.storage.base import (
+    INSERT_EVENT,
+    StoreBase,
+    event_params,
+    require_reason,
+    retry_conflicts,
+)
+from greenroom.storage.codec import pause_from_row
+
+# Settable queue fields and what each accepts.
+_QUEUE_FIELDS: dict[str, tuple[type, float, str]] = {
+    "concurrency": (int, 1, "at least 1"),
+    "rate_limit": (int, 1, "at least 1"),
+    "rate_period": (float, 0.001, "positive"),
+    "max_attempts": (int, 1, "at least 1"),
+    "retry_initial_delay": (float, 0, "at least 0"),
+    "retry_backoff": (float, 1, "at least 1"),
+    "retry_max_delay": (float, 0, "at least 0"),
+    "lease_seconds": (float, 0.001, "positive"),
+    "heartbeat_seconds": (float, 0.001, "positive"),
+    "max_stalls": (int, 1, "at least 1"),
+}
+MAX_NAME = 200
+
+
+def validate_queue_changes(current: Row, changes: dict[str, Any]) -> dict[str, Any]:
+    """Checked, normalized queue changes; None clears a field. Errors name the field."""
+    clean: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in _QUEUE_FIELDS:
+            raise InvalidInput(f"unknown queue setting {name!r}")
+        kind, minimum, words = _QUEUE_FIELDS[name]
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidInput(f"{name} must be a number")
+            if kind is int and value != int(value):
+                raise InvalidInput(f"{name} must be a whole number")
+            if not math.isfinite(value) or value < minimum:
+                raise InvalidInput(f"{name} must be {words}")
+            value = kind(value)
+        clean[name] = value
+    merged = {**{k: current.get(k) for k in _QUEUE_FIELDS}, **clean}
+    if (merged["rate_limit"] is None) != (merged["rate_period"] is None):
+        raise InvalidInput("rate_limit and rate_period go together: set both or neither")
+    lease, beat = merged["lease_seconds"], merged["heartbeat_seconds"]
+    if lease is not None and beat is not None and beat >= lease / 2:
+        raise InvalidInput(
+            f"heartbeat_seconds ({beat}) must be less than half of lease_seconds ({lease})"
+        )
+    return clean
+
+
+def _queue_info(row: Row, counts: dict[str, int], finished: int, paused: bool) -> QueueInfo:
+    return QueueInfo(
+        name=row["name"],
+        **{k: row[k] for k in _QUEUE_FIELDS},
+        counts=counts,
+        finished_last_minute=finished,
+        paused=paused,
+    )
+
+
+class Controls(StoreBase):
+    # -- queues ----------------------------------------------------------------------------
+
+    def queues(self, *, tenant: str | None = None) -> list[QueueInfo]:
+        """Every queue with its runs by state (of one tenant, if given) and its throughput."""
+        now = self.clock.now()
+        scope = "" if tenant is None else " AND tenant = :tenant"
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute("SELECT * FROM queues ORDER BY name")
+            counts = tx.execute(
+                f"SELECT queue, state, COUNT(*) AS n FROM runs WHERE 1 = 1{scope}"
+                " GROUP BY queue, state",
+                {"tenant": tenant},
+            )
+            done = tx.execute(
+                f"SELECT queue, COUNT(*) AS n FROM runs WHERE finished_at > :since{scope}"
+                " GROUP BY queue",
+                {"since": now - 60, "tenant": tenant},
+            )
+            pauses = ready.load_pauses(tx)
+        by_queue: dict[str, dict[str, int]] = {}
+        for c in counts:
+            by_queue.setdefault(c["queue"], {})[c["state"]] = int(c["n"])
+        finished = {d["queue"]: int(d["n"]) for d in done}
+        return [
+            _queue_info(
+                r,
+                by_queue.get(r["name"], {}),
+                finished.get(r["name"], 0),
+                any(
+                    p.scope is PauseScope.QUEUE
+                    and p.value == r["name"]
+                    and p.tenant in (ALL_TENANTS, tenant)
+                    for p in pauses
+                ),
+            )
+            for r in rows
+        ]
+
+    def queue_settings(self) -> dict[str, QueueInfo]:
+        """Every queue's settings without counting its runs (cheap: workers poll this)."""
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute("SELECT * FROM queues")
+        return {r["name"]: _queue_info(r, {}, 0, False) for r in rows}
+
+    def queue(self, name: str, *, tenant: str | None = None) -> QueueInfo:
+        for info in self.queues(tenant=tenant):
+            if info.name == name:
+                return info
+        raise NotFound(f"queue {name!r} not found")
+
+    @retry_conflicts
+    def set_queue(self, name: str, *, actor: str, reason: str, **changes: Any) -> QueueInfo:
+        """Change a queue's limits, retry defaults or lock tuning at run time (audited)."""
+        require_reason(reason)
+        if not 0 < len(name) <= MAX_NAME:
+            raise InvalidInput("queue name must be 1 to 200 characters")
+        now = self.clock.now()
+        with self.backend.transaction() as tx:
+            ready.ensure_records(tx, tenants=[], queues=[name], now=now)
+            current = tx.execute(
+                f"SELECT * FROM queues WHERE name = :name {self.backend.for_update}",
+                {"name": name},
+            )[0]
+            clean = validate_queue_changes(current, changes)
+            if clean:
+                sets = ", ".join(f"{k} = :{k}" for k in clean)
+                tx.execute(
+                    f"UPDATE queues SET {sets}, updated_at = :now WHERE name = :name",
+                    {**clean, "now": now, "name": name},
+                )
+            if "concurrency" in clean:  # its running count is only kept while limited
+                tx.execute(
+                    "UPDATE queues SET active = (SELECT COUNT(*) FROM runs"
+                    " WHERE queue = :name AND state = 'running') WHERE name = :name",
+                    {"name": name},
+                )
+            self._audit(
+                tx,
+                tenant=None,
+                actor=actor,
+                action="queue.set",
+                target=f"queue {name}",
+                reason=reason,
+                detail=clean,
+            )
+        return self.queue(name)
+
+    # -- tenants ---------------------------------------------------------------------------
+
+    def tenants(self) -> list[TenantInfo]:
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute("SELECT * FROM tenants ORDER BY name")
+        return [_tenant_info(r) for r in rows]
+
+    @retry_conflicts
+    def set_tenant(
+        self,
+        name: str,
+        *,
+        actor: str,
+        reason: str,
+        weight: float | None = None,
+        concurrency: int | None = None,
+        clear_concurrency: bool = False,
+    ) -> TenantInfo:
+        """A tenant's fairness weight and its concurrency limit across all workers (audited)."""
+        require_reason(reason)
+        if weight is not None and not (math.isfinite(weight) and weight > 0):
+            raise InvalidInput("weight must be a positive number")
+        if concurrency is not None and concurrency < 1:
+            raise InvalidInput("concurrency must be at least 1")
+        now = self.clock.now()
+        with self.backend.transaction() as tx:
+            ready.ensure_records(tx, tenants=[name], queues=[], now=now)
+            changes: dict[str, Any] = {}
+            if weight is not None:
+                changes["weight"] = weight
+            if concurrency is not None or clear_concurrency:
+                changes["concurrency"] = concurrency
+            if changes:
+                sets = ", ".join(f"{k} = :{k}" for k in changes)
+                tx.execute(
+                    f"UPDATE tenants SET {sets} WHERE name = :name", {**changes, "name": name}
+                )
+            if "concurrency" in changes:
+                tx.execute(
+                    "UPDATE tenants SET active = (SELECT COUNT(*) FROM runs"
+                    " WHERE tenant = :name AND state = 'running') WHERE name = :name",
+                    {"name": name},
+                )
+            self._audit(
+                tx,
+                tenant=name,
+                actor=actor,
+                action="tenant.set",
+                target=f"tenant {name}",
+                reason=reason,
+                detail=changes,
+            )
+            row = tx.execute("SELECT * FROM tenants WHERE name = :name", {"name": name})[0]
+        return _tenant_info(row)
+
+    # -- pauses ----------------------------------------------------------------------------
+
+    def pauses(self, *, tenant: str | None = None) -> list[Pause]:
+        """Pauses in force; for a tenant, its own and the platform's."""
+        with self.backend.transaction(write=False) as tx:
+            found = ready.load_pauses(tx)
+        return [p for p in found if tenant is None or p.tenant in (ALL_TENANTS, tenant)]
+
+    @retry_conflicts
+    def pause(
+        self,
+        scope: PauseScope | str,
+        value: str,
+        *,
+        actor: str,
+        reason: str,
+        label: str = "",
+        tenant: str = ALL_TENANTS,
+        drain: bool = True,
+    ) -> Pause:
+        """Hold every matching run that has not started; with drain=False, running ones stop
+        at their next step. Pausing what is already paused returns the existing pause."""
+        require_reason(reason)
+        wanted = _new_pause(scope, value, label, tenant, drain, actor, reason)
+        now = self.clock.now()
+        b = self.backend
+        with b.transaction() as tx:
+            rows = tx.execute(
+                "INSERT INTO pauses (tenant, scope, label, value, drain, paused_by, reason,"
+                " created_at) VALUES (:tenant, :scope, :label, :value, :drain, :actor,"
+                " :reason, :now) ON CONFLICT (tenant, scope, label, value) DO NOTHING"
+                " RETURNING *",
+                {
+                    "tenant": wanted.tenant,
+                    "scope": wanted.scope.value,
+                    "label": wanted.label,
+                    "value": wanted.value,
+                    "drain": wanted.drain,
+                    "actor": actor,
+                    "reason": reason,
+                    "now": now,
+                },
+            )
+            if not rows:
+                return self._find_pause(tx, wanted)
+            pause = pause_from_row(rows[0])
+            where, params = ready.pause_predicate(b, pause)
+            waiting = tx.execute(f"SELECT * FROM runs WHERE state = 'queued' AND {where}", params)
+            ready.lock_lanes(tx, b, waiting)
+            held = tx.execute(
+                f"UPDATE runs SET state = 'paused', updated_at = :now"
+                f" WHERE state = 'queued' AND {where} RETURNING *",
+                {**params, "now": now},
+            )
+            ready.leave_ready(tx, held)
+            why = f"paused ({pause.describe()}) by {actor}: {reason}"
+            tx.execute_many(
+                INSERT_EVENT, [event_params(r["id"], RunState.PAUSED, why, now) for r in held]
+            )
+            stopping = 0
+            if not pause.drain:
+                stopping = tx.execute_count(
+                    f"UPDATE runs SET pause_requested = true WHERE state = 'running' AND {where}",
+                    params,
+                )
+            self._audit(
+                tx,
+                tenant=None if pause.tenant == ALL_TENANTS else pause.tenant,
+                actor=actor,
+                action="pause",
+                target=pause.describe(),
+                reason=reason,
+                detail={"held": len(held), "stopping": stopping, "drain": pause.drain},
+            )
+        return pause
+
+    @retry_conflicts
+    def resume(
+        self,
+        scope: PauseScope | str,
+        value: str,
+        *,
+        actor: str,
+        reason: str,
+        label: str = "",
+        tenant: str = ALL_TENANTS,
+    ) -> int:
+        """Lift a pause; the runs it held (and no other pause holds) go back in their order."""
+        require_reason(reason)
+        target = _new_pause(scope, value, label, tenant, True, actor, reason)
+        now = self.clock.now()
+        b = self.backend
+        with b.transaction() as tx:
+            pause = self._find_pause(tx, target)
+            tx.execute("DELETE FROM pauses WHERE id = :id", {"id": pause.id})
+            others = ready.load_pauses(tx)
+            where, params = ready.pause_predicate(b, pause)
+            held = tx.execute(f"SELECT * FROM runs WHERE state = 'paused' AND {where}", params)
+            freed = [r for r in held if ready.waiting_state(r, others) is RunState.QUEUED]
+            ready.lock_lanes(tx, b, freed)
+            rows: list[Row] = []
+            for chunk in range(0, len(freed), 500):
+                rows += tx.execute(
+                    f"UPDATE runs SET state = 'queued', updated_at = :now"
+                    f" WHERE {b.member('seq', 'seqs')} AND state = 'paused' RETURNING *",
+                    {
+                        "now": now,
+                        "seqs": b.list_param([r["seq"] for r in freed[chunk : chunk + 500]]),
+                    },
+                )
+            why = f"resumed ({pause.describe()}) by {actor}: {reason}"
+            tx.execute_many(
+                INSERT_EVENT, [event_params(r["id"], RunState.QUEUED, why, now) for r in rows]
+            )
+            ready.enter_ready(tx, rows)
+            still_stopping = [p for p in others if not p.drain]
+            for r in tx.execute(
+                f"SELECT * FROM runs WHERE state = 'running' AND pause_requested AND {where}",
+                params,
+            ):
+                if not any(p.matches(ready.run_fields(r)) for p in still_stopping):
+                    tx.execute(
+                        "UPDATE runs SET pause_requested = false WHERE seq = :seq",
+                        {"seq": r["seq"]},
+                    )
+            for queue in sorted({r["queue"] for r in rows}):
+                b.notify(tx, queue)
+            self._audit(
+                tx,
+                tenant=None if pause.tenant == ALL_TENANTS else pause.tenant,
+                actor=actor,
+                action="resume",
+                target=pause.describe(),
+                reason=reason,
+                detail={"resumed": len(rows)},
+            )
+        return len(rows)
+
+    def _find_pause(self, tx: Tx, wanted: Pause) -> Pause:
+        rows = tx.execute(
+            "SELECT * FROM pauses WHERE tenant = :tenant AND scope = :scope AND label = :label"
+            " AND value = :value",
+            {
+                "tenant": wanted.tenant,
+                "scope": wanted.scope.value,
+                "label": wanted.label,
+                "value": wanted.value,
+            },
+        )
+        if not rows:
+            raise NotFound(f"no pause on {wanted.describe()}")
+        return pause_from_row(rows[0])
+
+
+def _new_pause(
+    scope: PauseScope | str,
+    value: str,
+    label: str,
+    tenant: str,
+    drain: bool,
+    actor: str,
+    reason: str,
+) -> Pause:
+    try:
+        kind = PauseScope(scope)
+    except ValueError:
+        choices = ", ".join(s.value for s in PauseScope)
+        raise InvalidInput(f"unknown pause scope {scope!r} (one of: {choices})") from None
+    if not value or len(value) > 500:
+        raise InvalidInput("what to pause must be 1 to 500 characters")
+    if kind is PauseScope.LABEL and not label:
+        raise InvalidInput("a label pause needs the label's key")
+    return Pause(
+        scope=kind,
+        value=value,
+        label=label if kind is PauseScope.LABEL else "",
+        tenant=tenant,
+        drain=drain,
+        paused_by=actor,
+        reason=reason,
+    )
+
+
+def _tenant_info(row: Row) -> TenantInfo:
+    return TenantInfo(
+        name=row["name"],
+        weight=float(row["weight"]),
+        concurrency=row["concurrency"],
+        active=int(row["active"]),
+        ready=int(row["ready"]),
+    )

@@ -1,0 +1,95 @@
+"""Inserting new runs: idempotency keys, delays, pauses, and the ready bookkeeping."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from greenroom.model import NewRun, RunState
+from greenroom.storage import ready
+from greenroom.storage.backend import Backend, Row, Tx
+from greenroom.storage.base import INSERT_EVENT, event_params
+from greenroom.storage.codec import dumps
+
+_RUN_COLUMNS = (
+    "id, tenant, workflow, queue, session_key, state, priority, input, labels, idempotency_key,"
+    " attempt, max_attempts, timeout, stalls, cancel_requested, pause_requested, retry_of,"
+    " lease_token, available_at, created_at, updated_at"
+)
+_INSERT_RUN = (
+    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (:id, :tenant, :workflow, :queue, :session_key,"
+    " :state, :priority, :input, :labels, :idempotency_key, 1, :max_attempts, :timeout, 0, false,"
+    " false, :retry_of, 0, :available_at, :now, :now)"
+    " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    " RETURNING *"
+)
+_REASONS = {
+    RunState.QUEUED: "enqueued",
+    RunState.DELAYED: "enqueued with a delay",
+    RunState.PAUSED: "enqueued while paused",
+}
+
+
+def _default_attempts(tx: Tx, b: Backend, queues: set[str]) -> dict[str, int]:
+    rows = tx.execute(
+        f"SELECT name, max_attempts FROM queues WHERE {b.member('name', 'names')}"
+        " AND max_attempts IS NOT NULL",
+        {"names": b.list_param(sorted(queues))},
+    )
+    return {r["name"]: int(r["max_attempts"]) for r in rows}
+
+
+def insert_runs(
+    tx: Tx, b: Backend, batch: Sequence[NewRun], now: float, *, reason: str | None = None
+) -> list[tuple[Row, bool]]:
+    """Insert runs; for a used idempotency key, the existing run and False."""
+    ready.ensure_records(
+        tx, tenants=[n.tenant for n in batch], queues=[n.queue for n in batch], now=now
+    )
+    pauses = ready.load_pauses(tx)
+    defaults = _default_attempts(tx, b, {n.queue for n in batch})
+    out: list[tuple[Row, bool]] = []
+    became_ready: list[Row] = []
+    events: list[dict[str, Any]] = []
+    for new in batch:
+        available = new.available_at if new.available_at is not None else now
+        params = {
+            "id": str(uuid.uuid4()),
+            "tenant": new.tenant,
+            "workflow": new.workflow,
+            "queue": new.queue,
+            "session_key": new.session_key,
+            "priority": new.priority,
+            "input": dumps(new.input, "run input"),
+            "labels": dumps(new.labels, "labels"),
+            "idempotency_key": new.idempotency_key,
+            "max_attempts": new.max_attempts or defaults.get(new.queue) or 1,
+            "timeout": new.timeout,
+            "retry_of": new.retry_of,
+            "available_at": available,
+            "now": now,
+        }
+        state = (
+            RunState.DELAYED
+            if available > now
+            else ready.waiting_state({**params, "labels": new.labels}, pauses)
+        )
+        rows = tx.execute(_INSERT_RUN, {**params, "state": state.value})
+        if not rows:
+            existing = tx.execute(
+                "SELECT * FROM runs WHERE tenant = :tenant AND idempotency_key = :idempotency_key",
+                params,
+            )
+            out.append((existing[0], False))
+            continue
+        row = rows[0]
+        events.append(event_params(row["id"], state, reason or _REASONS[state], now))
+        if state is RunState.QUEUED:
+            became_ready.append({**row, "max_active": new.session_concurrency})
+        out.append((row, True))
+    tx.execute_many(INSERT_EVENT, events)
+    ready.enter_ready(tx, became_ready)
+    for queue in sorted({r["queue"] for r in became_ready}):
+        b.notify(tx, queue)
+    return out

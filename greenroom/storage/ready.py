@@ -1,0 +1,174 @@
+"""Bookkeeping of ready and running runs that claims rely on.
+
+A run is ready when its state is `queued`. Claims never scan runs: they read small summaries that
+every transition keeps current here, in one place:
+- lanes: per tenant and session key, how many runs run and the best ready run (the head);
+- tenants: how many runs are ready (fairness picks among tenants with ready work) and, while a
+  concurrency limit is set, how many run;
+- queues: how many run, while a concurrency limit is set.
+Lock order, to stay free of deadlocks: lanes, then queues, then tenants (each sorted by key).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from greenroom.model import Pause, PauseScope, RunState
+from greenroom.storage.backend import Backend, Row, Tx
+
+LANE_HEAD = (
+    "(SELECT r.seq, r.priority, r.queue FROM runs r WHERE r.tenant = lanes.tenant"
+    " AND r.session_key = lanes.session_key AND r.state = 'queued'"
+    " ORDER BY r.priority DESC, r.seq LIMIT 1)"
+)
+_LANE_OFFER = (
+    "INSERT INTO lanes (tenant, session_key, active, max_active, head_seq, head_priority,"
+    " head_queue) VALUES (:tenant, :session_key, 0, :max_active, :seq, :priority, :queue)"
+    " ON CONFLICT (tenant, session_key) DO UPDATE SET head_seq = excluded.head_seq,"
+    " head_priority = excluded.head_priority, head_queue = excluded.head_queue"
+    " WHERE lanes.head_seq IS NULL OR excluded.head_priority > lanes.head_priority"
+    " OR (excluded.head_priority = lanes.head_priority AND excluded.head_seq < lanes.head_seq)"
+)
+
+
+def _lane_keys(rows: Iterable[Row]) -> list[tuple[str, str]]:
+    return sorted({(r["tenant"], r["session_key"]) for r in rows if r["session_key"] is not None})
+
+
+def lock_lanes(tx: Tx, backend: Backend, rows: Iterable[Row]) -> None:
+    """Lock the lanes of these runs, in key order, before locking the runs themselves."""
+    for tenant, session_key in _lane_keys(rows):
+        tx.execute(
+            "SELECT active FROM lanes WHERE tenant = :tenant AND session_key = :session_key"
+            f" {backend.for_update}",
+            {"tenant": tenant, "session_key": session_key},
+        )
+
+
+def refresh_lanes(tx: Tx, keys: Sequence[tuple[str, str]], active_delta: int = 0) -> None:
+    """Recompute the heads of these lanes (and move their running count)."""
+    for tenant, session_key in keys:
+        tx.execute(
+            f"UPDATE lanes SET active = active + :delta,"
+            f" (head_seq, head_priority, head_queue) = {LANE_HEAD}"
+            " WHERE tenant = :tenant AND session_key = :session_key",
+            {"delta": active_delta, "tenant": tenant, "session_key": session_key},
+        )
+
+
+# A tenant that starts to compete (new, or back from idle) starts at the lowest pass of the
+# tenants already competing: no burst for the time it was away.
+_CATCH_UP_PASS = (
+    "UPDATE tenants SET pass = (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0"
+    " AND o.name <> :tenant) WHERE name = :tenant AND ready = 0 AND pass < (SELECT MIN(o.pass)"
+    " FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
+)
+
+
+def _tenant_ready(tx: Tx, counts: Counter[str]) -> None:
+    for tenant in sorted(counts):
+        if counts[tenant] > 0:
+            tx.execute(_CATCH_UP_PASS, {"tenant": tenant})
+        if counts[tenant]:
+            tx.execute(
+                "UPDATE tenants SET ready = ready + :n WHERE name = :tenant",
+                {"n": counts[tenant], "tenant": tenant},
+            )
+
+
+def enter_ready(tx: Tx, rows: Sequence[Row]) -> None:
+    """These runs just became `queued` (a row may carry `max_active` for a new lane)."""
+    for row in sorted(rows, key=lambda r: (r["tenant"], r["session_key"] or "", r["seq"])):
+        if row["session_key"] is not None:
+            tx.execute(
+                _LANE_OFFER,
+                {
+                    "tenant": row["tenant"],
+                    "session_key": row["session_key"],
+                    "max_active": row.get("max_active", 1),
+                    "seq": row["seq"],
+                    "priority": row["priority"],
+                    "queue": row["queue"],
+                },
+            )
+    _tenant_ready(tx, Counter(r["tenant"] for r in rows))
+
+
+def leave_ready(tx: Tx, rows: Sequence[Row]) -> None:
+    """These runs were `queued` and are not any more (cancelled, paused; not claimed)."""
+    refresh_lanes(tx, _lane_keys(rows))
+    _tenant_ready(tx, Counter({t: -n for t, n in Counter(r["tenant"] for r in rows).items()}))
+
+
+def leave_running(tx: Tx, rows: Sequence[Row]) -> None:
+    """These runs stopped running: free their lane, queue and tenant slots.
+
+    A run that went back to `queued` is ready again: call enter_ready for it too.
+    """
+    refresh_lanes(tx, _lane_keys(rows), active_delta=-1)
+    for queue, n in sorted(Counter(r["queue"] for r in rows).items()):
+        tx.execute(
+            "UPDATE queues SET active = active - :n WHERE name = :queue"
+            " AND concurrency IS NOT NULL AND active > 0",
+            {"n": n, "queue": queue},
+        )
+    for tenant, n in sorted(Counter(r["tenant"] for r in rows).items()):
+        tx.execute(
+            "UPDATE tenants SET active = active - :n WHERE name = :tenant"
+            " AND concurrency IS NOT NULL AND active > 0",
+            {"n": n, "tenant": tenant},
+        )
+
+
+def ensure_records(tx: Tx, *, tenants: Iterable[str], queues: Iterable[str], now: float) -> None:
+    """Queues and tenants are records created on first use; concurrent first uses make one."""
+    for queue in sorted(set(queues)):
+        tx.execute(
+            "INSERT INTO queues (name, active, created_at, updated_at)"
+            " VALUES (:name, 0, :now, :now) ON CONFLICT (name) DO NOTHING",
+            {"name": queue, "now": now},
+        )
+    for tenant in sorted(set(tenants)):
+        tx.execute(
+            "INSERT INTO tenants (name, weight, active, ready, pass, created_at)"
+            " VALUES (:name, 1, 0, 0, 0, :now) ON CONFLICT (name) DO NOTHING",
+            {"name": tenant, "now": now},
+        )
+
+
+def load_pauses(tx: Tx) -> list[Pause]:
+    from greenroom.storage.codec import pause_from_row
+
+    return [pause_from_row(r) for r in tx.execute("SELECT * FROM pauses ORDER BY id")]
+
+
+def run_fields(row: Row) -> dict[str, Any]:
+    """A row as pauses match it: labels decoded."""
+    labels = row["labels"]
+    return {**row, "labels": json.loads(labels) if isinstance(labels, str) else labels}
+
+
+def waiting_state(row: Row, pauses: Sequence[Pause]) -> RunState:
+    """`paused` if a pause holds this run, else `queued`."""
+    fields = run_fields(row)
+    return RunState.PAUSED if any(p.matches(fields) for p in pauses) else RunState.QUEUED
+
+
+def pause_predicate(
+    backend: Backend, pause: Pause, prefix: str = "p"
+) -> tuple[str, dict[str, Any]]:
+    """SQL matching the runs a pause holds, with its parameters."""
+    params: dict[str, Any] = {f"{prefix}_value": pause.value}
+    if pause.scope is PauseScope.LABEL:
+        params[f"{prefix}_label"] = pause.label
+        sql = backend.label_equals(f"{prefix}_label", f"{prefix}_value")
+    else:
+        column = "session_key" if pause.scope is PauseScope.SESSION else pause.scope.value
+        sql = f"{column} = :{prefix}_value"
+    if pause.tenant != "*":
+        sql += f" AND tenant = :{prefix}_tenant"
+        params[f"{prefix}_tenant"] = pause.tenant
+    return f"({sql})", params

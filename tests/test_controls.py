@@ -1,0 +1,497 @@
+"""Queue controls at the store level, on SQLite and PostgreSQL: queue records and their settings,
+pauses at every scope, priorities and delays, concurrency caps and rate limits."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from greenroom import InvalidInput, ManualClock, NotFound, RunState
+from greenroom.model import Lease, NewRun, PauseScope, Run
+from greenroom.storage import RunStore, open_store
+
+LEASE = 30.0
+ACTOR = "ops@example.com"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(db_url: str, clock: ManualClock) -> Iterator[RunStore]:
+    s = open_store(db_url, clock=clock)
+    yield s
+    s.backend.close()
+
+
+def enqueue(store: RunStore, workflow: str = "wf", **kw: Any) -> Run:
+    return store.enqueue(NewRun(workflow=workflow, **kw))[0]
+
+
+def claim(
+    store: RunStore, limit: int = 10, queues: list[str] | None = None, worker: str = "w1"
+) -> list[Lease]:
+    return store.claim(worker, queues or ["default"], limit, LEASE)
+
+
+def ids(leases: list[Lease]) -> list[str]:
+    return [lease.run.id for lease in leases]
+
+
+def succeed(store: RunStore, lease: Lease) -> None:
+    store.finish(lease, RunState.SUCCEEDED, reason="done", output=json.dumps(None))
+
+
+def state(store: RunStore, run_id: str) -> RunState:
+    return store.get_run(run_id).state
+
+
+# -- queues as records ---------------------------------------------------------------------
+
+
+def test_a_queue_is_created_on_its_first_enqueue(store: RunStore) -> None:
+    assert "reports" not in [q.name for q in store.queues()]
+    enqueue(store, queue="reports")
+    enqueue(store, queue="reports")
+    info = store.queue("reports")
+    assert info.counts == {"queued": 2}
+    assert info.concurrency is None and info.rate_limit is None and not info.paused
+    with pytest.raises(NotFound):
+        store.queue("never-used")
+
+
+def test_concurrent_first_enqueues_create_one_queue_record(db_url: str) -> None:
+    stores = [open_store(db_url, pool_size=1) for _ in range(20)]
+    barrier = threading.Barrier(len(stores))
+
+    def first_enqueue(s: RunStore) -> str:
+        barrier.wait()
+        return enqueue(s, queue="brand-new", tenant="newcomer").id
+
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            run_ids = list(pool.map(first_enqueue, stores))
+        names = [q.name for q in stores[0].queues()]
+        assert names.count("brand-new") == 1
+        assert stores[0].queue("brand-new").counts == {"queued": 20}
+        assert [t.name for t in stores[0].tenants()].count("newcomer") == 1
+        assert len(set(run_ids)) == 20
+        assert len(claim(stores[0], limit=50, queues=["brand-new"])) == 20
+    finally:
+        for s in stores:
+            s.backend.close()
+
+
+BAD_QUEUE_SETTINGS: list[tuple[dict[str, Any], str]] = [
+    ({"concurrency": 0}, "concurrency"),
+    ({"concurrency": 2.5}, "concurrency"),
+    ({"concurrency": "ten"}, "concurrency"),
+    ({"concurrency": True}, "concurrency"),
+    ({"max_attempts": -1}, "max_attempts"),
+    ({"rate_period": 0}, "rate_period"),
+    ({"retry_backoff": 0.5}, "retry_backoff"),
+    ({"lease_seconds": float("nan")}, "lease_seconds"),
+    ({"rate_limit": 5}, "rate_period"),
+    ({"rate_period": 1.0}, "rate_limit"),
+    ({"lease_seconds": 2.0, "heartbeat_seconds": 1.0}, "heartbeat_seconds"),
+    ({"colour": "blue"}, "colour"),
+]
+
+
+def test_bad_queue_settings_are_refused_naming_the_field(store: RunStore) -> None:
+    store.set_queue("q", actor=ACTOR, reason="baseline", concurrency=4)
+    audited = len(store.audit_log())
+    for changes, field in BAD_QUEUE_SETTINGS:
+        with pytest.raises(InvalidInput, match=field):
+            store.set_queue("q", actor=ACTOR, reason="tune", **changes)
+    after = store.queue("q")
+    assert after.concurrency == 4
+    assert after.rate_limit is None and after.rate_period is None
+    assert after.lease_seconds is None and after.heartbeat_seconds is None
+    assert len(store.audit_log()) == audited, "a refused change is not applied nor audited"
+
+
+def test_heartbeat_must_stay_under_half_the_queue_lease(store: RunStore) -> None:
+    store.set_queue("q", actor=ACTOR, reason="tune", lease_seconds=4.0, heartbeat_seconds=1.0)
+    with pytest.raises(InvalidInput, match="heartbeat_seconds"):
+        store.set_queue("q", actor=ACTOR, reason="shorter lease", lease_seconds=2.0)
+    assert store.queue("q").lease_seconds == 4.0
+    info = store.set_queue("q", actor=ACTOR, reason="clear", rate_limit=None, rate_period=None)
+    assert info.heartbeat_seconds == 1.0
+
+
+def test_queue_settings_can_be_cleared_and_need_a_reason(store: RunStore) -> None:
+    store.set_queue("q", actor=ACTOR, reason="limit", rate_limit=5, rate_period=60.0)
+    with pytest.raises(InvalidInput, match="reason"):
+        store.set_queue("q", actor=ACTOR, reason=" ", concurrency=1)
+    info = store.set_queue("q", actor=ACTOR, reason="lift", rate_limit=None, rate_period=None)
+    assert info.rate_limit is None and info.rate_period is None and info.concurrency is None
+
+
+def test_lowering_a_queue_limit_while_runs_wait_applies_to_the_next_claims(
+    store: RunStore,
+) -> None:
+    store.set_queue("q", actor=ACTOR, reason="cap", concurrency=3)
+    for _ in range(12):
+        enqueue(store, queue="q")
+    first = claim(store, queues=["q"])
+    assert len(first) == 3
+    store.set_queue("q", actor=ACTOR, reason="app is struggling", concurrency=1)
+    assert claim(store, queues=["q"]) == []
+    succeed(store, first[0])
+    succeed(store, first[1])
+    assert claim(store, queues=["q"]) == [], "one run still holds the only slot"
+    succeed(store, first[2])
+    assert len(claim(store, queues=["q"])) == 1
+    store.set_queue("q", actor=ACTOR, reason="recovered", concurrency=4)
+    assert len(claim(store, queues=["q"])) == 3
+    store.set_queue("q", actor=ACTOR, reason="no limit", concurrency=None)
+    assert len(claim(store, queues=["q"])) == 5
+
+
+def test_queue_defaults_apply_to_new_runs_and_leases(store: RunStore) -> None:
+    before = enqueue(store, queue="q")
+    store.set_queue("q", actor=ACTOR, reason="tune", max_attempts=4, lease_seconds=7.0)
+    after = enqueue(store, queue="q")
+    own = enqueue(store, queue="q", max_attempts=2)
+    assert [before.max_attempts, after.max_attempts, own.max_attempts] == [1, 4, 2]
+    leases = claim(store, queues=["q"])
+    assert {lease.seconds for lease in leases} == {7.0}
+    assert {lease.expires_at for lease in leases} == {store.clock.now() + 7.0}
+
+
+# -- pause and resume ------------------------------------------------------------------------
+
+TARGET = {
+    "queue": "q1",
+    "tenant": "t1",
+    "workflow": "wf1",
+    "session_key": "s1",
+    "labels": {"app": "acme"},
+}
+OTHER = {
+    "queue": "q2",
+    "tenant": "t2",
+    "workflow": "wf2",
+    "session_key": "s2",
+    "labels": {"app": "globex"},
+}
+SCOPES = [
+    ("queue", "q1", ""),
+    ("tenant", "t1", ""),
+    ("workflow", "wf1", ""),
+    ("session", "s1", ""),
+    ("label", "acme", "app"),
+]
+
+
+def enqueue_as(store: RunStore, attrs: dict[str, Any], **kw: Any) -> Run:
+    fields = {**attrs, **kw}
+    return store.enqueue(NewRun(**fields))[0]
+
+
+def claim_all(store: RunStore, limit: int = 20) -> list[Lease]:
+    return claim(store, limit=limit, queues=["q1", "q2"])
+
+
+@pytest.mark.parametrize(("scope", "value", "label"), SCOPES)
+def test_pause_holds_matching_runs_at_every_scope(
+    store: RunStore, scope: str, value: str, label: str
+) -> None:
+    held = enqueue_as(store, TARGET)
+    free = enqueue_as(store, OTHER)
+    pause = store.pause(scope, value, label=label, actor=ACTOR, reason="vendor outage")
+    assert pause.scope is PauseScope(scope)
+    late = enqueue_as(store, TARGET)
+    assert late.state is RunState.PAUSED, "a run enqueued while paused is paused"
+    assert state(store, held.id) is RunState.PAUSED
+    assert [e.state for e in store.events(held.id)] == [RunState.QUEUED, RunState.PAUSED]
+    leases = claim_all(store)
+    assert ids(leases) == [free.id]
+    succeed(store, leases[0])
+    assert store.resume(scope, value, label=label, actor=ACTOR, reason="fixed") == 2
+    assert state(store, held.id) is RunState.QUEUED
+    leases = claim_all(store, limit=1)
+    assert ids(leases) == [held.id]
+    succeed(store, leases[0])
+    assert ids(claim_all(store)) == [late.id]
+    assert store.pauses() == []
+
+
+def test_delayed_runs_whose_time_comes_while_paused_become_paused(
+    store: RunStore, clock: ManualClock
+) -> None:
+    run = enqueue(store, queue="q", available_at=clock.now() + 10)
+    assert run.state is RunState.DELAYED
+    store.pause("queue", "q", actor=ACTOR, reason="maintenance")
+    assert state(store, run.id) is RunState.DELAYED, "it still waits for its time"
+    clock.advance(11)
+    assert store.promote_delayed() == 1
+    assert state(store, run.id) is RunState.PAUSED
+    assert claim(store, queues=["q"]) == []
+    store.resume("queue", "q", actor=ACTOR, reason="done")
+    assert ids(claim(store, queues=["q"])) == [run.id]
+
+
+def test_resume_restores_priority_then_fifo_order(store: RunStore) -> None:
+    before = [enqueue(store, priority=p) for p in (0, 5, 0, 5, 1)]
+    store.pause("queue", "default", actor=ACTOR, reason="hold")
+    during = [enqueue(store, priority=p) for p in (5, 0, 9)]
+    store.resume("queue", "default", actor=ACTOR, reason="go")
+    runs = before + during
+    expected = [r.id for r in sorted(runs, key=lambda r: (-r.priority, r.seq))]
+    order = []
+    for _ in runs:
+        (lease,) = claim(store, limit=1)
+        order.append(lease.run.id)
+        succeed(store, lease)
+    assert order == expected
+
+
+def test_resume_restores_the_order_within_a_session(store: RunStore) -> None:
+    runs = [enqueue(store, session_key="s", priority=p) for p in (0, 2, 0, 2)]
+    store.pause("session", "s", actor=ACTOR, reason="hold")
+    store.resume("session", "s", actor=ACTOR, reason="go")
+    order = []
+    for _ in runs:
+        (lease,) = claim(store)
+        order.append(lease.run.id)
+        succeed(store, lease)
+    assert order == [runs[1].id, runs[3].id, runs[0].id, runs[2].id]
+
+
+def test_overlapping_pauses_each_hold_until_lifted(store: RunStore) -> None:
+    run = enqueue_as(store, TARGET)
+    other_tenant = enqueue_as(store, {**TARGET, "tenant": "t9"})
+    store.pause("queue", "q1", actor=ACTOR, reason="queue")
+    store.pause("tenant", "t1", actor=ACTOR, reason="tenant")
+    assert store.resume("queue", "q1", actor=ACTOR, reason="queue ok") == 1
+    assert state(store, run.id) is RunState.PAUSED, "the tenant pause still holds it"
+    assert state(store, other_tenant.id) is RunState.QUEUED
+    assert [p.scope for p in store.pauses()] == [PauseScope.TENANT]
+    assert store.resume("tenant", "t1", actor=ACTOR, reason="tenant ok") == 1
+    assert state(store, run.id) is RunState.QUEUED
+
+
+def test_a_tenant_scoped_pause_leaves_other_tenants_alone(store: RunStore) -> None:
+    mine = [enqueue(store, queue="q", tenant="t1") for _ in range(2)]
+    theirs = [enqueue(store, queue="q", tenant="t2") for _ in range(2)]
+    pause = store.pause("queue", "q", tenant="t1", actor=ACTOR, reason="t1 app broken")
+    assert pause.tenant == "t1"
+    assert {state(store, r.id) for r in mine} == {RunState.PAUSED}
+    assert enqueue(store, queue="q", tenant="t1").state is RunState.PAUSED
+    theirs.append(enqueue(store, queue="q", tenant="t2"))
+    assert theirs[-1].state is RunState.QUEUED
+    assert set(ids(claim(store, queues=["q"]))) == {r.id for r in theirs}
+    assert store.queue("q", tenant="t1").paused
+    assert not store.queue("q", tenant="t2").paused
+    assert [p.tenant for p in store.pauses(tenant="t2")] == []
+    assert [p.tenant for p in store.pauses(tenant="t1")] == ["t1"]
+    with pytest.raises(NotFound):
+        store.resume("queue", "q", actor=ACTOR, reason="wrong scope")
+    assert store.resume("queue", "q", tenant="t1", actor=ACTOR, reason="fixed") == 3
+
+
+def test_drain_lets_running_runs_finish(store: RunStore) -> None:
+    running = enqueue(store, queue="q")
+    (lease,) = claim(store, queues=["q"])
+    waiting = enqueue(store, queue="q")
+    store.pause("queue", "q", actor=ACTOR, reason="drain")
+    beat = store.heartbeat("w1", LEASE)
+    assert beat.held == {running.id} and beat.pause_requested == set()
+    succeed(store, lease)
+    assert state(store, running.id) is RunState.SUCCEEDED
+    assert state(store, waiting.id) is RunState.PAUSED
+
+
+def test_pause_without_drain_asks_running_runs_to_stop_and_holds_them(store: RunStore) -> None:
+    run = enqueue(store, queue="q")
+    (lease,) = claim(store, queues=["q"])
+    store.pause("queue", "q", drain=False, actor=ACTOR, reason="stop now")
+    assert store.heartbeat("w1", LEASE).pause_requested == {run.id}
+    assert store.control_requests("w1").pause_requested == {run.id}
+    assert store.finish(lease, RunState.QUEUED, reason="stopped at a step") is RunState.PAUSED
+    assert state(store, run.id) is RunState.PAUSED
+    assert claim(store, queues=["q"]) == []
+    store.resume("queue", "q", actor=ACTOR, reason="go")
+    (again,) = claim(store, queues=["q"])
+    assert again.run.id == run.id and not again.run.pause_requested
+    assert again.run.attempt == 1, "a pause does not use up an attempt"
+
+
+def test_resume_withdraws_the_stop_request_of_running_runs(store: RunStore) -> None:
+    run = enqueue(store, queue="q")
+    claim(store, queues=["q"])
+    store.pause("queue", "q", drain=False, actor=ACTOR, reason="stop now")
+    store.resume("queue", "q", actor=ACTOR, reason="never mind")
+    assert store.heartbeat("w1", LEASE).pause_requested == set()
+    assert state(store, run.id) is RunState.RUNNING
+
+
+def test_pauses_are_listed_with_who_when_why_and_survive_reopening(
+    db_url: str, store: RunStore, clock: ManualClock
+) -> None:
+    store.pause("label", "acme", label="app", actor="alice", reason="layout change")
+    clock.advance(5)
+    store.pause("tenant", "t1", drain=False, actor="bob", reason="contract ended")
+    again = store.pause("tenant", "t1", actor="carol", reason="twice")
+    assert again.paused_by == "bob", "pausing what is paused returns the existing pause"
+    reopened = open_store(db_url, clock=clock)
+    try:
+        listed = reopened.pauses()
+    finally:
+        reopened.backend.close()
+    assert [(p.scope, p.label, p.value, p.drain) for p in listed] == [
+        (PauseScope.LABEL, "app", "acme", True),
+        (PauseScope.TENANT, "", "t1", False),
+    ]
+    assert [(p.paused_by, p.reason) for p in listed] == [
+        ("alice", "layout change"),
+        ("bob", "contract ended"),
+    ]
+    assert [p.created_at for p in listed] == [clock.now() - 5, clock.now()]
+
+
+def test_bad_pauses_are_refused(store: RunStore) -> None:
+    bad: list[tuple[tuple[str, str], dict[str, Any], str]] = [
+        (("planet", "x"), {}, "unknown pause scope"),
+        (("label", "acme"), {}, "label"),
+        (("queue", ""), {}, "1 to 500"),
+        (("queue", "q"), {"reason": ""}, "reason"),
+    ]
+    for args, kw, words in bad:
+        with pytest.raises(InvalidInput, match=words):
+            store.pause(*args, **{"actor": ACTOR, "reason": "why", **kw})
+    assert store.pauses() == []
+    assert store.audit_log() == []
+    with pytest.raises(NotFound):
+        store.resume("queue", "nothing-paused", actor=ACTOR, reason="why")
+
+
+# -- priorities and delays -----------------------------------------------------------------
+
+
+def test_higher_priority_first_then_fifo_across_tenants(store: RunStore) -> None:
+    low = enqueue(store, tenant="a", priority=0)
+    high = [enqueue(store, tenant="a", priority=7) for _ in range(2)]
+    order = []
+    for _ in range(3):
+        (lease,) = claim(store, limit=1)
+        order.append(lease.run.id)
+        succeed(store, lease)
+    assert order == [high[0].id, high[1].id, low.id]
+
+
+def test_a_run_waiting_for_its_retry_does_not_block_its_session(
+    store: RunStore, clock: ManualClock
+) -> None:
+    first = enqueue(store, session_key="s", max_attempts=3)
+    second = enqueue(store, session_key="s")
+    (lease,) = claim(store)
+    assert lease.run.id == first.id
+    store.finish(lease, RunState.DELAYED, reason="retry", retry_at=clock.now() + 60)
+    (next_lease,) = claim(store)
+    assert next_lease.run.id == second.id, "the ready run goes while the first waits"
+    clock.advance(61)
+    store.promote_delayed()
+    assert claim(store) == [], "the session is busy: runs of one session never overlap"
+    succeed(store, next_lease)
+    assert ids(claim(store)) == [first.id]
+
+
+def test_a_run_delayed_at_enqueue_does_not_block_its_session(
+    store: RunStore, clock: ManualClock
+) -> None:
+    later = enqueue(store, session_key="s", priority=10, available_at=clock.now() + 5)
+    now = [enqueue(store, session_key="s") for _ in range(2)]
+    for run in now:
+        (lease,) = claim(store)
+        assert lease.run.id == run.id
+        succeed(store, lease)
+    clock.advance(5)
+    store.promote_delayed()
+    assert ids(claim(store)) == [later.id]
+
+
+# -- concurrency caps ----------------------------------------------------------------------
+
+
+def test_queue_and_tenant_limits_hold_across_stores(db_url: str) -> None:
+    one, two = open_store(db_url), open_store(db_url)
+    try:
+        one.set_queue("q", actor=ACTOR, reason="cap", concurrency=5)
+        one.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=2)
+        for tenant in ("t1", "t2"):
+            for _ in range(6):
+                enqueue(one, queue="q", tenant=tenant)
+        got = claim(one, limit=1, queues=["q"]) + claim(two, limit=10, queues=["q"])
+        got += claim(one, limit=10, queues=["q"])
+        tenants = [lease.run.tenant for lease in got]
+        assert len(got) == 5, "the queue limit holds across both stores"
+        assert tenants.count("t1") == 2, "the tenant limit holds across both stores"
+        succeed(two, next(lease for lease in got if lease.run.tenant == "t1"))
+        more = claim(two, limit=10, queues=["q"])
+        assert [lease.run.tenant for lease in more] == ["t1"]
+        assert {t.name: t.active for t in one.tenants()}["t1"] == 2
+    finally:
+        one.backend.close()
+        two.backend.close()
+
+
+def test_session_concurrency_allows_n_runs_of_a_session_at_once(store: RunStore) -> None:
+    for _ in range(5):
+        enqueue(store, session_key="wide", session_concurrency=3)
+        enqueue(store, session_key="narrow")
+    leases: list[Lease] = []
+    for _ in range(6):  # a claim takes one run per lane; claims again fill the lane
+        leases += claim(store, limit=20)
+    keys = [lease.run.session_key for lease in leases]
+    assert keys.count("wide") == 3 and keys.count("narrow") == 1
+    succeed(store, next(lease for lease in leases if lease.run.session_key == "wide"))
+    assert [lease.run.session_key for lease in claim(store)] == ["wide"]
+
+
+def test_tenant_limit_can_be_changed_and_lifted(store: RunStore) -> None:
+    for _ in range(6):
+        enqueue(store, tenant="t1")
+    with pytest.raises(InvalidInput, match="concurrency"):
+        store.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=0)
+    with pytest.raises(InvalidInput, match="weight"):
+        store.set_tenant("t1", actor=ACTOR, reason="cap", weight=-1)
+    store.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=1)
+    assert len(claim(store)) == 1
+    info = store.set_tenant("t1", actor=ACTOR, reason="more", concurrency=3)
+    assert (info.concurrency, info.active) == (3, 1)
+    assert len(claim(store)) == 2
+    store.set_tenant("t1", actor=ACTOR, reason="lift", clear_concurrency=True)
+    assert len(claim(store)) == 3
+
+
+# -- rate limits ---------------------------------------------------------------------------
+
+
+def test_rate_limit_counts_starts_in_a_sliding_window(store: RunStore, clock: ManualClock) -> None:
+    store.set_queue("q", actor=ACTOR, reason="vendor limit", rate_limit=3, rate_period=10.0)
+    for _ in range(10):
+        enqueue(store, queue="q")
+    first = claim(store, queues=["q"])
+    assert len(first) == 3
+    for lease in first:
+        succeed(store, lease)
+    clock.advance(4)
+    assert claim(store, queues=["q"]) == [], "finishing runs does not free the rate"
+    clock.advance(5.9)
+    assert claim(store, queues=["q"]) == []
+    clock.advance(0.2)
+    assert len(claim(store, limit=2, queues=["q"])) == 2
+    clock.advance(3)
+    assert len(claim(store, queues=["q"])) == 1
+    clock.advance(7.1)
+    assert len(claim(store, queues=["q"])) == 2
