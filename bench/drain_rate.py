@@ -48,9 +48,10 @@ def count_finishes(store: RunStore) -> list[float]:
     finished: list[float] = []
     original = store.finish
 
-    def finish(*args: Any, **kwargs: Any) -> None:
-        original(*args, **kwargs)
+    def finish(*args: Any, **kwargs: Any) -> Any:
+        state = original(*args, **kwargs)
         finished.append(time.perf_counter())  # list.append is atomic across the worker's threads
+        return state
 
     store.finish = finish  # type: ignore[method-assign]
     return finished
