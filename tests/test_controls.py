@@ -304,7 +304,7 @@ def test_drain_lets_running_runs_finish(store: RunStore) -> None:
     (lease,) = claim(store, queues=["q"])
     waiting = enqueue(store, queue="q")
     store.pause("queue", "q", actor=ACTOR, reason="drain")
-    beat = store.heartbeat("w1", LEASE)
+    beat = store.heartbeat("w1", LEASE, [running.id])
     assert beat.held == {running.id} and beat.pause_requested == set()
     succeed(store, lease)
     assert state(store, running.id) is RunState.SUCCEEDED
@@ -315,7 +315,7 @@ def test_pause_without_drain_asks_running_runs_to_stop_and_holds_them(store: Run
     run = enqueue(store, queue="q")
     (lease,) = claim(store, queues=["q"])
     store.pause("queue", "q", drain=False, actor=ACTOR, reason="stop now")
-    assert store.heartbeat("w1", LEASE).pause_requested == {run.id}
+    assert store.heartbeat("w1", LEASE, [run.id]).pause_requested == {run.id}
     assert store.control_requests("w1").pause_requested == {run.id}
     assert store.finish(lease, RunState.QUEUED, reason="stopped at a step") is RunState.PAUSED
     assert state(store, run.id) is RunState.PAUSED
@@ -331,7 +331,7 @@ def test_resume_withdraws_the_stop_request_of_running_runs(store: RunStore) -> N
     claim(store, queues=["q"])
     store.pause("queue", "q", drain=False, actor=ACTOR, reason="stop now")
     store.resume("queue", "q", actor=ACTOR, reason="never mind")
-    assert store.heartbeat("w1", LEASE).pause_requested == set()
+    assert store.heartbeat("w1", LEASE, [run.id]).pause_requested == set()
     assert state(store, run.id) is RunState.RUNNING
 
 

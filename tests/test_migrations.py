@@ -241,3 +241,9 @@ def test_opening_an_old_database_without_migrating_is_a_clear_error(tmp_path: Pa
         assert current_revision(url) == head_revision()
     finally:
         store.backend.close()
+
+
+def test_schema_revision_constant_is_alembic_head() -> None:
+    from greenroom.storage import SCHEMA_REVISION
+
+    assert head_revision() == SCHEMA_REVISION

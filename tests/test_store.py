@@ -556,7 +556,7 @@ def test_heartbeat_renews_every_lease_of_its_worker(store: RunStore, clock: Manu
     theirs = enqueue(store)
     claim(store, "other")
     clock.advance(LEASE - 2)
-    beat = store.heartbeat("w1", LEASE)
+    beat = store.heartbeat("w1", LEASE, [r.id for r in mine])
     assert beat.held == {r.id for r in mine}
     assert beat.cancel_requested == set()
     clock.advance(4)  # past the first expiry, within the renewed one
@@ -565,6 +565,18 @@ def test_heartbeat_renews_every_lease_of_its_worker(store: RunStore, clock: Manu
         got = store.get_run(r.id)
         assert got.state is RunState.RUNNING
         assert got.lease_expires_at == pytest.approx(clock.now() - 4 + LEASE)
+
+
+def test_heartbeat_leaves_runs_the_worker_no_longer_executes_to_expire(
+    store: RunStore, clock: ManualClock
+) -> None:
+    kept, forgotten = enqueue(store), enqueue(store)
+    claim(store, "w1", limit=2)
+    clock.advance(LEASE - 1)
+    assert store.heartbeat("w1", LEASE, [kept.id]).held == {kept.id}
+    clock.advance(2)
+    assert store.recover("w2", max_stalls=3).requeued == [forgotten.id]
+    assert store.get_run(kept.id).state is RunState.RUNNING
 
 
 def test_cancel_of_queued_and_delayed_runs_is_immediate(
@@ -589,7 +601,7 @@ def test_cancel_of_a_running_run_asks_its_worker(store: RunStore) -> None:
     assert got.state is RunState.RUNNING and got.cancel_requested
     assert store.control_requests("w1").cancel_requested == {run.id}
     assert store.control_requests("w2").cancel_requested == set()
-    assert store.heartbeat("w1", LEASE).cancel_requested == {run.id}
+    assert store.heartbeat("w1", LEASE, [run.id]).cancel_requested == {run.id}
     store.finish(lease, RunState.CANCELLED, reason="cancelled while running")
     assert store.get_run(run.id).state is RunState.CANCELLED
 

@@ -23,6 +23,7 @@ from greenroom.cli.display import ago, seconds, short_json, state_text, when
 from greenroom.cli.parse import parse_duration, parse_input, parse_label, parse_states, parse_time
 from greenroom.errors import InvalidInput
 from greenroom.model import FINISHED_STATES, Run, RunState, StepRecord, StepStatus
+from greenroom.settings import load_settings
 from greenroom.storage import RunFilter, RunStore
 
 runs_cli = typer.Typer(no_args_is_help=True, help="List, inspect, cancel, retry and prune runs.")
@@ -332,6 +333,10 @@ def runs_prune(
     states = parse_states(status)
     if any(s not in FINISHED_STATES for s in states):
         raise InvalidInput("--status: only succeeded, failed and cancelled runs can be pruned")
-    with existing_store(db_url(ctx, db)) as store:
-        deleted = store.prune(older_than=age, states=states)
+    from greenroom.browser.artifacts import default_artifact_store
+
+    url = db_url(ctx, db)
+    files = default_artifact_store(load_settings(db=url))
+    with existing_store(url) as store:
+        deleted = store.prune(older_than=age, states=states, delete_files=files.delete_run)
     out.print(f"deleted {deleted} runs finished more than {older_than} ago")

@@ -4,7 +4,7 @@ error groups, the audit log, and retention."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,9 +244,11 @@ class Admin(StoreBase):
         older_than: float,
         states: Sequence[RunState] = tuple(FINISHED_STATES),
         batch: int = 500,
+        delete_files: Callable[[str], None] | None = None,
     ) -> int:
         """Delete finished runs that ended more than `older_than` seconds ago, in small
-        transactions so no lock is held for long. Returns how many runs were deleted."""
+        transactions so no lock is held for long; `delete_files(run_id)` removes each run's
+        stored artifacts once its rows are gone. Returns how many runs were deleted."""
         if older_than < 0:
             raise InvalidInput("older_than must not be negative")
         if any(s not in FINISHED_STATES for s in states):
@@ -267,12 +269,15 @@ class Admin(StoreBase):
                     },
                 )
                 ids = b.list_param([r["id"] for r in rows])
-                for table in ("steps", "run_events"):
+                for table in ("steps", "run_events", "artifacts"):
                     tx.execute(
                         f"DELETE FROM {table} WHERE {b.member('run_id', 'ids')}", {"ids": ids}
                     )
                 tx.execute(f"DELETE FROM runs WHERE {b.member('id', 'ids')}", {"ids": ids})
             deleted += len(rows)
+            if delete_files is not None:
+                for row in rows:
+                    delete_files(row["id"])
             if len(rows) < batch:
                 return deleted
 

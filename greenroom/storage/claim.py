@@ -109,22 +109,28 @@ def _tenants(tx: Tx, b: Backend) -> list[_Tenant]:
 
 
 def _candidates(tx: Tx, b: Backend, tenant: str, queues: list[str], n: int) -> list[Row]:
-    """A tenant's best ready runs: free runs and the heads of its free session lanes."""
-    params = {"tenant": tenant, "queues": b.list_param(queues), "n": n}
-    free = tx.execute(
-        "SELECT seq, priority, queue, NULL AS session_key FROM runs WHERE tenant = :tenant"
-        f" AND state = 'queued' AND session_key IS NULL AND {b.member('queue', 'queues')}"
-        f" ORDER BY priority DESC, seq LIMIT :n {b.skip_locked}",
-        params,
-    )
-    lanes = tx.execute(
-        "SELECT head_seq AS seq, head_priority AS priority, head_queue AS queue, session_key"
-        " FROM lanes WHERE tenant = :tenant AND head_seq IS NOT NULL AND active < max_active"
-        f" AND {b.member('head_queue', 'queues')}"
-        f" ORDER BY head_priority DESC, head_seq LIMIT :n {b.skip_locked}",
-        params,
-    )
-    return sorted(free + lanes, key=lambda r: (-r["priority"], r["seq"]), reverse=True)
+    """A tenant's best ready runs: free runs and the heads of its free session lanes.
+
+    One query per queue and kind, so each reads its index in order (a list of queues would make
+    PostgreSQL read and sort every ready row)."""
+    found: list[Row] = []
+    for queue in queues:
+        params = {"tenant": tenant, "queue": queue, "n": n}
+        found += tx.execute(
+            "SELECT seq, priority, queue, NULL AS session_key FROM runs WHERE tenant = :tenant"
+            " AND queue = :queue AND state = 'queued' AND session_key IS NULL"
+            f" ORDER BY priority DESC, seq LIMIT :n {b.skip_locked}",
+            params,
+        )
+        found += tx.execute(
+            "SELECT head_seq AS seq, head_priority AS priority, head_queue AS queue,"
+            " session_key FROM lanes WHERE tenant = :tenant AND head_queue = :queue"
+            " AND head_seq IS NOT NULL AND active < max_active"
+            f" ORDER BY head_priority DESC, head_seq LIMIT :n {b.skip_locked}",
+            params,
+        )
+    # Best last, so choosing pops from the end.
+    return sorted(found, key=lambda r: (-r["priority"], r["seq"]), reverse=True)
 
 
 def _choose(tx: Tx, b: Backend, plan: _Plan, tenants: list[_Tenant], limit: int) -> list[Row]:

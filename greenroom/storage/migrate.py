@@ -16,7 +16,8 @@ SCRIPTS = Path(__file__).with_name("migrations")
 def alembic_config(sqlalchemy_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(SCRIPTS))
-    config.set_main_option("sqlalchemy.url", sqlalchemy_url)
+    # ConfigParser interpolates %: a percent-encoded password must not break the URL.
+    config.set_main_option("sqlalchemy.url", sqlalchemy_url.replace("%", "%%"))
     return config
 
 

@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 import psycopg
+from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -18,6 +19,7 @@ from greenroom.storage.backend import Backend, Liveness, Row, Tx, pyformat
 
 LOCK_NAMESPACE = 0x67726D  # advisory lock class id for worker liveness locks
 CHANNEL = "greenroom_ready"
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 _sql = lru_cache(maxsize=512)(pyformat)
 
@@ -28,7 +30,9 @@ class _PostgresTx(Tx):
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
         cur = self._conn.execute(_sql(sql), params or {})
-        return cur.fetchall() if cur.description else []
+        # pgresult's status is cheaper than cur.description, which builds column objects.
+        result = cur.pgresult
+        return cur.fetchall() if result is not None and result.status == TUPLES_OK else []
 
     def execute_count(self, sql: str, params: dict[str, Any] | None = None) -> int:
         return self._conn.execute(_sql(sql), params or {}).rowcount
@@ -92,7 +96,6 @@ class PostgresBackend(Backend):
             max_size=pool_size,
             kwargs={"row_factory": dict_row},
             open=True,
-            check=ConnectionPool.check_connection,
         )
 
     @contextmanager

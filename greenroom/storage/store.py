@@ -6,7 +6,7 @@ they only apply while the run is still leased with the worker's token.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,15 +103,26 @@ class RunStore(Controls, Admin, Sessions):
             for r in rows
         ]
 
-    def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat:
-        """Renew every lease of this worker in one statement."""
+    def heartbeat(
+        self, worker_id: str, lease_seconds: float, run_ids: Collection[str]
+    ) -> Heartbeat:
+        """Renew, in one statement, the leases of the runs this worker is executing.
+
+        Only those: a run the worker no longer executes (say its end could not be written)
+        must be left to expire and be recovered, not kept alive forever."""
         now = self.clock.now()
-        with self.backend.transaction() as tx:
+        b = self.backend
+        with b.transaction() as tx:
             rows = tx.execute(
                 "UPDATE runs SET lease_expires_at = :now + COALESCE(lease_seconds, :default)"
-                " WHERE lease_owner = :worker AND state = 'running'"
+                f" WHERE lease_owner = :worker AND state = 'running' AND {b.member('id', 'ids')}"
                 " RETURNING id, cancel_requested, pause_requested",
-                {"now": now, "default": lease_seconds, "worker": worker_id},
+                {
+                    "now": now,
+                    "default": lease_seconds,
+                    "worker": worker_id,
+                    "ids": b.list_param(sorted(run_ids)),
+                },
             )
             tx.execute(
                 "UPDATE workers SET heartbeat_at = :now, state = 'alive' WHERE id = :worker",
@@ -172,7 +183,9 @@ class RunStore(Controls, Admin, Sessions):
                 " ON CONFLICT (run_id, position) DO UPDATE SET name = excluded.name,"
                 " status = excluded.status, result = excluded.result, error = excluded.error,"
                 " attempts = excluded.attempts, lease_token = excluded.lease_token,"
-                " started_at = excluded.started_at, finished_at = excluded.finished_at",
+                " started_at = excluded.started_at, finished_at = excluded.finished_at"
+                # A checkpoint is final: nothing overwrites a completed step.
+                " WHERE steps.status <> 'completed'",
                 {
                     "run_id": lease.run.id,
                     "position": position,

@@ -32,6 +32,7 @@ from greenroom.storage.store import Heartbeat
 T = TypeVar("T")
 log = structlog.get_logger("greenroom.worker")
 SETTINGS_REFRESH_SECONDS = 2.0
+END_WRITE_ATTEMPTS = 5
 
 
 class _Stop:
@@ -48,6 +49,8 @@ class _Active:
     task: asyncio.Task[None]
     stop_reason: str | None = None
     ctx: RunContext | None = None
+    #: Its end is being written: heartbeats and controls leave it alone.
+    finishing: bool = False
 
 
 @dataclass
@@ -235,14 +238,18 @@ class Worker:
         while True:
             await asyncio.sleep(self._heartbeat_interval())
             started = self.store.clock.now()
+            # Only runs held before the beat can be missing from it: a run claimed or finished
+            # while the beat was in flight is not lost.
+            known = {run_id for run_id, a in self._active.items() if not a.finishing}
             try:
-                beat = await self._db(self.store.heartbeat, self.id, s.lease_seconds)
+                beat = await self._db(self.store.heartbeat, self.id, s.lease_seconds, known)
             except Exception as exc:
                 self.log.warning("heartbeat failed", error=str(exc))
                 continue
             self._renewed_at = started
-            for run_id, active in list(self._active.items()):
-                if run_id not in beat.held and not active.task.done():
+            for run_id in known - beat.held:
+                active = self._active.get(run_id)
+                if active is not None and not active.finishing:
                     self._interrupt(active, _Stop.LOST)
             self._apply_controls(beat)
 
@@ -298,7 +305,7 @@ class Worker:
         self._active[lease.run.id] = _Active(lease=lease, task=task)
 
     def _interrupt(self, active: _Active, reason: str) -> None:
-        if active.stop_reason is None and not active.task.done():
+        if active.stop_reason is None and not active.finishing and not active.task.done():
             active.stop_reason = reason
             active.task.cancel(reason)
 
@@ -407,6 +414,26 @@ class Worker:
             ctx.log.error("run failed", error=error["message"], error_type=error["type"])
             await self._finish(lease, RunState.FAILED, f"failed: {error['type']}", error=error)
 
+    async def _write_end(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> RunState:
+        """Write a run's end, trying again through a brief database outage; a lost lease is
+        final. Whatever still fails leaves the run to expire and be recovered elsewhere."""
+        for attempt in range(1, END_WRITE_ATTEMPTS + 1):
+            try:
+                written: RunState = await self._db(
+                    self.store.finish, lease, state, reason=reason, **kw
+                )
+                return written
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if attempt == END_WRITE_ATTEMPTS:
+                    raise
+                self.log.warning(
+                    "writing a run's end failed; retrying", run_id=lease.run.id, error=str(exc)
+                )
+                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
+
     def _queue_policy(self, queue: str) -> RetryPolicy:
         """The queue's default retry policy, for workflows that declare none."""
         q = self._queue_settings.get(queue)
@@ -421,9 +448,11 @@ class Worker:
 
     async def _finish(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> None:
         active = self._active.get(lease.run.id)
-        if active is not None and active.ctx is not None and active.ctx.browser is not None:
-            await active.ctx.browser.close()  # back in the pool before the run's end is recorded
-        state = await self._db(self.store.finish, lease, state, reason=reason, **kw)
+        if active is not None:
+            active.finishing = True
+            if active.ctx is not None and active.ctx.browser is not None:
+                await active.ctx.browser.close()  # back in the pool before the end is recorded
+        state = await self._write_end(lease, state, reason, **kw)
         counter = {
             RunState.PAUSED: "paused",
             RunState.SUCCEEDED: "succeeded",

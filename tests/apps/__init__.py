@@ -1,0 +1,1 @@
+"""App modules that worker subprocesses load in tests."""
