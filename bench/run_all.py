@@ -28,7 +28,12 @@ BENCHMARKS = [
     "recovery",
     "checkpoint",
     "claim_latency",
+    "claim_scale",
+    "fairness",
+    "rate_limit",
 ]
+# Longer than --timeout allows by default: 1,000,000 runs to set up.
+TIMEOUTS = {"claim_scale": 600.0}
 CLOSE = 2.0  # claim p50 with 100,000 queued at most this many times the p50 with 1,000
 
 
@@ -43,6 +48,16 @@ def _claim_close_no_session(r: dict[str, Any]) -> tuple[Any, bool | None]:
         return "-", None
     worst = max(found.values())
     return worst, worst <= CLOSE
+
+
+def _scale_p50s(r: dict[str, Any], cell: str) -> tuple[Any, None]:
+    small, large = r["small"][cell]["claim_ms"]["p50"], r["large"][cell]["claim_ms"]["p50"]
+    return f"{large} vs {small}", None
+
+
+def _rate_window(r: dict[str, Any], record: str) -> tuple[Any, bool]:
+    most = r[record]["max_in_any_window"]
+    return most, most <= r["limit"]
 
 
 # (benchmark, backend or None for both, label, extract (value, met or None), target text)
@@ -125,6 +140,63 @@ CHECKS: list[Check] = [
         _claim_close_no_session,
         f"<= {CLOSE}x",
     ),
+    (
+        "claim_scale",
+        None,
+        "claim p50 ms, 1M vs 1k queued, batch 1",
+        lambda r: _scale_p50s(r, "batch1"),
+        "-",
+    ),
+    (
+        "claim_scale",
+        None,
+        "claim p50 ms, 1M vs 1k queued, batch 10",
+        lambda r: _scale_p50s(r, "batch10"),
+        "-",
+    ),
+    (
+        "claim_scale",
+        None,
+        "claim p50, 1M/1k queued, worst ratio",
+        lambda r: (r["worst_ratio"], r["worst_ratio"] <= CLOSE),
+        f"<= {CLOSE}x",
+    ),
+    (
+        "fairness",
+        None,
+        "B wait p50 ms, alone vs with A's backlog",
+        lambda r: (f"{r['b_wait_ms_p50_alone']} vs {r['b_wait_ms_p50_with_backlog']}", None),
+        "-",
+    ),
+    ("fairness", None, "B wait p50, with/without backlog", lambda r: (r["ratio"], None), "-"),
+    (
+        "fairness",
+        None,
+        "A runs waiting when B done (of 5000)",
+        lambda r: (r["a_waiting_when_b_done_min"], r["a_waiting_when_b_done_min"] > 4000),
+        "> 4000",
+    ),
+    (
+        "rate_limit",
+        None,
+        "max starts per window, claim times",
+        lambda r: _rate_window(r, "claimed"),
+        "<= limit",
+    ),
+    (
+        "rate_limit",
+        None,
+        "max starts per window, workflow starts",
+        lambda r: _rate_window(r, "started"),
+        "<= limit",
+    ),
+    (
+        "rate_limit",
+        None,
+        "rate achieved / limit",
+        lambda r: (r["claimed"]["rate_vs_limit"], None),
+        "-",
+    ),
 ]
 
 
@@ -186,7 +258,8 @@ def main() -> None:
         results[backend] = {}
         for name in names:
             print(f"[{backend}] {name} ...", file=sys.stderr, flush=True)
-            results[backend][name] = run_one(name, dbs[backend], args.timeout)
+            timeout = max(args.timeout, TIMEOUTS.get(name, 0.0))
+            results[backend][name] = run_one(name, dbs[backend], timeout)
     table = summarize(results)
     combined = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
