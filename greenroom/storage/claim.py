@@ -29,6 +29,8 @@ from greenroom.storage.ready import (
 
 #: How many ready tenants one claim looks at, at most.
 TENANT_SCAN = 64
+#: Seconds that rate-limit start records are kept beyond their window.
+START_RECORD_MARGIN = 60.0
 
 
 @dataclass
@@ -272,9 +274,11 @@ def _account(
                 [{"queue": queue, "now": now}] * per_queue[queue],
             )
     for queue, period in plan.rate_periods.items():
+        # Keep a margin: a claim that read its clock earlier, then waited for the queue's lock,
+        # still counts the starts of its own window.
         tx.execute(
             "DELETE FROM queue_starts WHERE queue = :queue AND at <= :before",
-            {"queue": queue, "before": now - period},
+            {"queue": queue, "before": now - period - START_RECORD_MARGIN},
         )
     per_tenant = Counter(r["tenant"] for r in rows)
     passes = {t.name: t.pass_ for t in tenants if t.taken}

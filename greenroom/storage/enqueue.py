@@ -48,7 +48,8 @@ def insert_runs(
         tx, tenants=[n.tenant for n in batch], queues=[n.queue for n in batch], now=now
     )
     pauses = ready.load_pauses(tx)
-    defaults = _default_attempts(tx, b, {n.queue for n in batch})
+    undecided = {n.queue for n in batch if n.max_attempts is None}
+    defaults = _default_attempts(tx, b, undecided) if undecided else {}
     out: list[tuple[Row, bool]] = []
     became_ready: list[Row] = []
     events: list[dict[str, Any]] = []
