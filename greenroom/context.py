@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from greenroom.diagnostics import describe_error
-from greenroom.errors import ConfigError, LeaseLost, NonDeterminismError, RunCancelled, RunPaused
+from greenroom.errors import (
+    ConfigError,
+    LeaseLost,
+    LoggedOut,
+    NonDeterminismError,
+    RunCancelled,
+    RunPaused,
+)
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
 
@@ -28,6 +38,16 @@ current_run: contextvars.ContextVar[RunContext] = contextvars.ContextVar("greenr
 
 #: Runs a blocking store call off the event loop.
 DbCall = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class _LoginCall:
+    """How the workflow called its login step, to call it again after a LoggedOut."""
+
+    defn: StepDef
+    fn: Callable[..., Awaitable[Any]]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
 
 class RunContext:
@@ -52,6 +72,9 @@ class RunContext:
         self._pause_requested = False
         self.steps_executed = 0
         self.steps_replayed = 0
+        #: Logins run again because a step found the session logged out (at most one).
+        self.relogins = 0
+        self._login: _LoginCall | None = None
         #: The run's browser (pages, saved session, diagnostics); set by the worker.
         self.browser: RunBrowser | None = None
         self.log = structlog.get_logger("greenroom.run").bind(
@@ -118,6 +141,8 @@ class RunContext:
     ) -> T:
         position = self._position
         self._position += 1
+        if defn.login:
+            self._login = _LoginCall(defn, fn, args, kwargs)
         recorded = self._history.get(position)
         if recorded is not None:
             if recorded.name != defn.name:
@@ -148,19 +173,23 @@ class RunContext:
             if self.browser is not None:
                 self.browser.step_started(position, defn.name, attempt)
             try:
-                async with asyncio.timeout(defn.timeout):
+                async with self._login_lock(defn), asyncio.timeout(defn.timeout):
                     value = await fn(*args, **kwargs)
                 encoded = dumps(value, f"result of step {defn.name!r}")
             except (LeaseLost, RunCancelled, RunPaused):
                 raise
             except Exception as exc:
-                if defn.retry.should_retry(exc, attempt):
+                error = await self._unless_logged_in_again(defn, exc)
+                if error is None:
+                    attempt -= 1  # the logged-out attempt does not count as a retry
+                    continue
+                if defn.retry.should_retry(error, attempt):
                     delay = defn.retry.delay(attempt)
                     self.log.warning(
                         "step failed, retrying",
                         step=defn.name,
                         step_attempt=attempt,
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=f"{type(error).__name__}: {error}",
                         retry_in=round(delay, 3),
                     )
                     await clock.sleep(delay)
@@ -173,12 +202,14 @@ class RunContext:
                     name=defn.name,
                     status=StepStatus.FAILED,
                     result=None,
-                    error=describe_error(exc, step=defn.name, attempt=attempt),
+                    error=describe_error(error, step=defn.name, attempt=attempt),
                     attempts=attempt,
                     started_at=started,
                 )
                 if self.browser is not None:
-                    await self.browser.step_failed(position, defn.name, attempt, exc)
+                    await self.browser.step_failed(position, defn.name, attempt, error)
+                if error is not exc:
+                    raise error from exc
                 raise
             if self.browser is not None:
                 await self.browser.step_completed(position, defn.name)
@@ -195,3 +226,40 @@ class RunContext:
             )
             self.steps_executed += 1
             return json.loads(encoded)  # type: ignore[no-any-return]
+
+    # -- logins ----------------------------------------------------------------------------
+
+    def _login_lock(self, defn: StepDef) -> AbstractAsyncContextManager[None]:
+        if defn.login and self.browser is not None:
+            return self.browser.login_lock()
+        return contextlib.nullcontext()
+
+    async def _unless_logged_in_again(self, defn: StepDef, exc: Exception) -> Exception | None:
+        """The error that counts for a failed step attempt; None when it was a LoggedOut and
+        the login step ran again, so the step is retried. That happens once per run attempt,
+        after the workflow called its login step (executed or replayed)."""
+        if not isinstance(exc, LoggedOut) or defn.login or self._login is None or self.relogins:
+            return exc
+        try:
+            await self._log_in_again(defn)
+        except (LeaseLost, RunCancelled, RunPaused):
+            raise
+        except Exception as login_error:
+            return login_error  # the failed login is the step's error
+        return None
+
+    async def _log_in_again(self, failed: StepDef) -> None:
+        """Discard the session's saved state and run the login step again (its checkpoint is
+        kept: the new login's result is not recorded), then save the new session."""
+        login = self._login
+        assert login is not None
+        self.relogins += 1
+        self._check_lease()
+        self.log.warning("session logged out; logging in again", step=failed.name)
+        async with self._login_lock(login.defn):
+            if self.browser is not None:
+                await self.browser.discard_session()
+            async with asyncio.timeout(login.defn.timeout):
+                await login.fn(*login.args, **login.kwargs)
+            if self.browser is not None:
+                await self.browser.save()

@@ -41,3 +41,8 @@ class RunCancelled(GreenroomError):
 
 class RunPaused(GreenroomError):
     """A pause asked this run to stop at its next step boundary."""
+
+
+class LoggedOut(GreenroomError):
+    """Raised by workflow code when a page shows the login form where a signed-in page was
+    expected: the run logs in again (its login step, once) and retries the step."""

@@ -64,6 +64,8 @@ class StepDef:
     name: str
     retry: RetryPolicy
     timeout: float | None
+    #: The workflow's login step: runs again, once, when a later step raises LoggedOut.
+    login: bool = False
 
 
 _DEFAULT_STEP_RETRY = RetryPolicy(max_attempts=3, initial_delay=1.0, max_delay=30.0)
@@ -75,7 +77,11 @@ def step(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
 
 @overload
 def step(
-    *, name: str | None = None, retry: RetryPolicy | None = None, timeout: float | None = None
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    login: bool = False,
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]: ...
 
 
@@ -86,11 +92,14 @@ def step(
     name: str | None = None,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    login: bool = False,
 ) -> Any:
     """Make an async function a checkpointed step.
 
     Inside a run its result is stored once it completes and replayed from storage when the run
-    resumes; outside a run it is a plain call.
+    resumes; outside a run it is a plain call. A login step (login=True) runs one session's
+    logins one at a time, and runs again, once, when a later step of the run raises LoggedOut
+    (a saved session that expired), even though it was checkpointed.
     """
 
     def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -99,7 +108,10 @@ def step(
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"step {func.__qualname__!r}: timeout must be positive")
         defn = StepDef(
-            name=name or func.__qualname__, retry=retry or _DEFAULT_STEP_RETRY, timeout=timeout
+            name=name or func.__qualname__,
+            retry=retry or _DEFAULT_STEP_RETRY,
+            timeout=timeout,
+            login=login,
         )
 
         async def run_step(*args: P.args, **kwargs: P.kwargs) -> T:

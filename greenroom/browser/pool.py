@@ -29,6 +29,7 @@ from greenroom.browser.launch import (
     group_rss_bytes,
     write_wrapper,
 )
+from greenroom.browser.locks import KeyedLocks
 from greenroom.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class BrowserPool:
         self._pw: Playwright | None = None
         self._browsers: list[PooledBrowser] = []
         self._sessions: dict[str, SessionContext] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._launch_lock = asyncio.Lock()
         self._dir: Path | None = None
         self._wrapper: Path | None = None
@@ -123,8 +124,7 @@ class BrowserPool:
             entry = await self._create(None, version, state)
             entry.users = 1
             return entry
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(key):
             warm = self._sessions.get(key)
             if warm is not None and warm.usable and (warm.version == version or warm.users):
                 self.stats.contexts_reused += 1
@@ -156,9 +156,6 @@ class BrowserPool:
         """Stop handing this context out (it is broken or about to close)."""
         if entry.key is not None and self._sessions.get(entry.key) is entry:
             del self._sessions[entry.key]
-            lock = self._locks.get(entry.key)
-            if lock is not None and not lock.locked():
-                del self._locks[entry.key]
 
     async def _close_extra_pages(self, entry: SessionContext, keep_page: Page | None) -> None:
         if keep_page is not None and not keep_page.is_closed() and entry.idle_page is None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenroom.browser.artifacts import ArtifactStore, default_artifact_store
 from greenroom.browser.diagnostics import Capture, ConsoleLog, Redactor, capture_failure
+from greenroom.browser.locks import KeyedLocks
 from greenroom.browser.pool import BrowserPool, InitialState, SessionContext
 from greenroom.browser.state import KeyRing, capture, load_keyring, seal, unseal
 from greenroom.model import Lease
@@ -41,6 +42,8 @@ class BrowserRuntime:
         self.pool = BrowserPool(settings)
         self._keyring: KeyRing | None = None
         self._artifacts = artifacts
+        #: One login at a time per session key (runs of a session may share its context).
+        self.logins = KeyedLocks()
 
     @property
     def keyring(self) -> KeyRing:
@@ -84,6 +87,7 @@ class RunBrowser:
         self._diagnosed: BaseException | None = None
         self._step: tuple[int, str, int] | None = None
         self._tracing = False
+        self._traces = 0  # a re-login starts a second trace in a new context
 
     # -- for workflows ---------------------------------------------------------------------
 
@@ -115,6 +119,29 @@ class RunBrowser:
     def add_secret(self, value: str) -> None:
         """A value (e.g. a password) that must never appear in artifacts."""
         self.redactor.add(value)
+
+    # -- logins ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def login_lock(self) -> AsyncIterator[None]:
+        """Held while a login step runs: one login per session key at a time in this worker
+        (the engine already keeps runs of one session apart across workers)."""
+        key = self._pool_key
+        if key is None:
+            yield
+            return
+        async with self.runtime.logins.hold(key):
+            yield
+
+    async def discard_session(self) -> None:
+        """The session turned out to be logged out: forget its saved state and its context,
+        so the next page starts from nothing and a login saves a fresh state."""
+        async with self._lock:
+            await self._release(keep=False)  # closed once no other run of the session uses it
+            run = self._lease.run
+            if run.session_key is not None:
+                await self._db(self._store.discard_session_state, run.tenant, run.session_key)
+        self._log.info("saved browser session discarded")
 
     # -- hooks called by the engine --------------------------------------------------------
 
@@ -318,7 +345,9 @@ class RunBrowser:
         if len(data) > self.settings.artifact_max_bytes:
             self._log.warning("trace larger than artifact_max_bytes; not stored", size=len(data))
             return
-        name = f"attempt{self._lease.run.attempt}-trace.zip"
+        self._traces += 1
+        part = "" if self._traces == 1 else f"-{self._traces}"
+        name = f"attempt{self._lease.run.attempt}-trace{part}.zip"
         trace = Capture(kind="trace", name=name, content_type="application/zip", data=data)
         try:
             await self._store_artifact(trace, None)

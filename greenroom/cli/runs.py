@@ -25,6 +25,7 @@ from greenroom.errors import InvalidInput
 from greenroom.model import FINISHED_STATES, Run, RunState, StepRecord, StepStatus
 from greenroom.settings import load_settings
 from greenroom.storage import RunFilter, RunStore
+from greenroom.storage.sessions import Artifact
 
 runs_cli = typer.Typer(no_args_is_help=True, help="List, inspect, cancel, retry and prune runs.")
 cli.add_typer(runs_cli, name="runs")
@@ -85,11 +86,13 @@ def runs_show(
     run_id: Annotated[str, typer.Argument(metavar="ID", help="Run id.")],
     db: DbOpt = None,
 ) -> None:
-    """Show a run: its fields, timeline, steps and error."""
-    with existing_store(db_url(ctx, db)) as store:
+    """Show a run: its fields, timeline, steps, error and failure artifacts."""
+    url = db_url(ctx, db)
+    with existing_store(url) as store:
         run = store.get_run(run_id)
         steps = store.steps(run_id)
         events = store.events(run_id)
+        artifacts = store.artifacts(run_id)
     show_fields(run)
     timeline = Table("AT", "+SECONDS", "STATE", "REASON", "WORKER", title="Timeline")
     for e in events:
@@ -104,6 +107,7 @@ def runs_show(
     show_steps(steps)
     if run.error:
         show_error(run.error)
+    show_artifacts(artifacts, url)
 
 
 def show_fields(run: Run) -> None:
@@ -154,6 +158,25 @@ def show_steps(steps: list[StepRecord]) -> None:
             seconds(s.started_at, s.finished_at),
             when(s.finished_at),
         )
+    out.print(table)
+
+
+def show_artifacts(artifacts: list[Artifact], url: str) -> None:
+    """Screenshots, HTML, console logs and traces of failed steps, with where to open them."""
+    if not artifacts:
+        return
+    from greenroom.browser.artifacts import LocalArtifactStore, default_artifact_store
+
+    files = default_artifact_store(load_settings(db=url))
+    table = Table("ATTEMPT", "STEP", "KIND", "SIZE", "LOCATION", title="Artifacts")
+    if isinstance(files, LocalArtifactStore):
+        table.caption = escape(f"locations are under {files.root.resolve()}")
+    for a in artifacts:
+        step = "run"
+        if a.step_name is not None:
+            step = f"{a.step_position} {a.step_name} (try {a.step_attempt})"
+        size = f"{a.size:,} B" + (" (truncated)" if a.truncated else "")
+        table.add_row(str(a.attempt), escape(step), escape(a.kind), size, escape(a.location))
     out.print(table)
 
 
