@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ class App:
         self.clock = clock
         self.workflows: dict[str, Workflow] = {}
         self._store: RunStore | None = None
+        self._store_lock = threading.Lock()
 
     def workflow(
         self,
@@ -83,9 +85,10 @@ class App:
 
     @property
     def store(self) -> RunStore:
-        if self._store is None:
-            self._store = open_store(self.settings.db, clock=self.clock)
-        return self._store
+        with self._store_lock:  # two threads opening it at once would both migrate
+            if self._store is None:
+                self._store = open_store(self.settings.db, clock=self.clock)
+            return self._store
 
     def close(self) -> None:
         if self._store is not None:

@@ -1,128 +1,195 @@
-"""`greenroom demo` end to end: real worker processes, a real SIGKILL, a real SQLite file."""
+"""`greenroom demo` end to end: the demo SaaS, worker processes with real Chromium, the example
+connector, a real SIGKILL and a real SQLite file."""
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from greenroom import RunState, StepStatus
+from greenroom.demo.saas import org_slugs, organization
 from greenroom.storage import RunFilter, RunStore, open_store
 
-
-def demo_cmd(db: str, *options: str) -> list[str]:
-    return [sys.executable, "-m", "greenroom.cli", "demo", "--db", db, *options]
-
-
-def assert_no_worker_left(url: str) -> None:
-    """No process of this demo's database is alive: every command line names the URL."""
-    left = []
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
-            continue
-        if url.encode() in cmdline and b"worker" in cmdline:
-            left.append(int(entry.name))
-    assert not left, f"worker processes left running: {left}"
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
 
 
-def test_demo_recovers_the_killed_workers_runs(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'demo.db'}"
+def demo_cmd(url: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "greenroom.cli", "demo", "--db", url, *options]
+
+
+def run_demo(tmp_path: Path, url: str, *options: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        demo_cmd(url, "--runs", "3", "--orgs", "2", "--workers", "2"),
+        demo_cmd(url, *options),
         cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "220"},
         capture_output=True,
         text=True,
         timeout=100,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "OK: all 3 runs succeeded" in done.stdout
-    assert "resumed on another worker from their last checkpoint" in done.stdout
-    assert "0 re-executed after a checkpoint" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    return done
+
+
+def summary_value(output: str, row: str) -> str:
+    """A row of the summary table, e.g. 'logins' -> '2 for 2 runs (demo SaaS counter)...'."""
+    found = re.search(rf"^\W*{row}\s*│\s*(.+?)\s*│?\s*$", output, re.MULTILINE)
+    assert found, f"no {row!r} row in:\n{output}"
+    return found.group(1)
+
+
+def live_processes(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    alive.append(pid)
+        except OSError:
+            continue
+    return alive
+
+
+def leftovers(url: str, worker_pids: list[int]) -> list[int]:
+    """Live workers of this demo's database, and live processes of their browsers (greenroom's
+    launcher marks those with GREENROOM_BROWSER_OF=<worker pid>)."""
+    markers = [f"GREENROOM_BROWSER_OF={pid}\0".encode() for pid in worker_pids]
+    found = live_processes(worker_pids)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        worker = url.encode() in cmdline and b"worker" in cmdline
+        if worker or any(m in env for m in markers):
+            found += live_processes([int(entry)])
+    return sorted(set(found))
+
+
+def assert_nothing_left(url: str, store: RunStore) -> None:
+    pids = [w.pid for w in store.workers(include_gone=True)]
+    assert pids, "no worker registered"
+    assert not leftovers(url, pids), "processes left behind"
+
+
+def users_of(orgs: int, per_org: int) -> dict[str, list[str]]:
+    return {slug: [u.email for u in organization(slug, per_org).users] for slug in org_slugs(orgs)}
+
+
+def test_demo_syncs_every_org_with_one_login_each(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    out = run_demo(tmp_path, url, "--orgs", "2", "--workers", "2", "--users-per-org", "60").stdout
+    assert "OK: all 2 syncs succeeded, 120 users collected" in out
+    assert summary_value(out, "runs").startswith("2 succeeded, 0 failed")
+    assert summary_value(out, "logins").startswith("2 for 2 runs (demo SaaS counter)")
+    assert summary_value(out, "users collected") == "120 of 120"
+    assert summary_value(out, "steps").startswith("8 executed and checkpointed (2 logins, 6 pages)")
 
     store = open_store(url, migrate=False)
     try:
-        runs = store.list_runs(RunFilter(limit=100))
-        assert [r.state for r in runs] == [RunState.SUCCEEDED] * 3
-        kept = {r.id: recovered_from_kill(store, r.id) for r in runs}
-        recovered = [run_id for run_id, n in kept.items() if n is not None]
-        assert any(kept.values()), "no run was resumed from a checkpoint after the kill"
-        pids = [w.pid for w in store.workers(include_gone=True)]
-        assert sum(w.state == "dead" for w in store.workers(include_gone=True)) == 1
-        checkpointed = {
-            r.id: len([s for s in store.steps(r.id) if s.status is StepStatus.COMPLETED])
-            for r in runs
-        }
+        runs = store.list_runs(RunFilter(limit=10))
+        assert [r.state for r in runs] == [RunState.SUCCEEDED] * 2
+        got = {r.output["org"]: [u["email"] for u in r.output["users"]] for r in runs}
+        assert got == users_of(2, 60)
+        workers = store.workers(include_gone=True)
+        assert len(workers) == 2 and {w.state for w in workers} == {"stopped"}
+        assert_nothing_left(url, store)
     finally:
         store.backend.close()
-    assert len(pids) >= 2
-    assert_no_worker_left(url)
-
-    # Every step ran once, except at most one per recovered run: the one in flight at the kill.
-    trace = (tmp_path / "demo.trace.jsonl").read_text().splitlines()
-    executions = [json.loads(line) for line in trace]
-    per_step = Counter((e["run"], e["step"]) for e in executions)
-    again = Counter(run_id for (run_id, _), n in per_step.items() if n > 1)
-    assert set(again) <= set(recovered)
-    assert all(n == 1 for n in again.values())
-    assert max(per_step.values()) <= 2
-    assert len(per_step) == sum(checkpointed.values())
 
 
-def recovered_from_kill(store: RunStore, run_id: str) -> int | None:
-    """For a run that stalled because its worker died and that another worker resumed: how many
-    of its checkpoints the killed worker had written (they were not written again)."""
+def test_demo_chaos_resumes_the_killed_workers_run_without_a_second_login(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    out = run_demo(
+        tmp_path, url, "--orgs", "2", "--workers", "2", "--users-per-org", "150", "--chaos"
+    ).stdout
+    assert "SIGKILLed holding" in summary_value(out, "workers")
+    assert "resumed by W" in summary_value(out, "recoveries")
+    # The demo SaaS counted one login per org: the resumed run reused the saved session.
+    assert summary_value(out, "logins").startswith("2 for 2 runs (demo SaaS counter): 1 saved")
+    assert "OK: all 2 syncs succeeded, 300 users collected" in out
+    assert "from the last checkpoint without logging in again" in out
+
+    store = open_store(url, migrate=False)
+    try:
+        runs = store.list_runs(RunFilter(limit=10))
+        assert [r.state for r in runs] == [RunState.SUCCEEDED] * 2
+        got = {r.output["org"]: [u["email"] for u in r.output["users"]] for r in runs}
+        assert got == users_of(2, 150)
+        recovered = [r for r in runs if recovery(store, r.id) is not None]
+        assert len(recovered) == 1, "the killed worker held one run"
+        before, after, checkpoints = recovery(store, recovered[0].id) or ("", "", 0)
+        assert after != before
+        assert checkpoints >= 2, "killed past its login step and a page"
+        steps = store.steps(recovered[0].id)
+        assert len(steps) == 7 and all(s.status is StepStatus.COMPLETED for s in steps)
+        assert [s.position for s in steps] == list(range(7))  # each step checkpointed once
+        states = sorted(w.state for w in store.workers(include_gone=True))
+        assert states == ["dead", "stopped", "stopped"]  # the killed one and its replacement
+        assert_nothing_left(url, store)
+    finally:
+        store.backend.close()
+
+
+def recovery(store: RunStore, run_id: str) -> tuple[str, str, int] | None:
+    """For a run whose worker died and that another worker resumed: (the dead worker, the
+    one that resumed it, how many steps were checkpointed before it resumed)."""
     events = store.events(run_id)
     stalls = [i for i, e in enumerate(events) if e.reason.startswith("stalled: worker")]
     if not stalls:
         return None
-    stall = events[stalls[0]]
+    assert "died" in events[stalls[0]].reason
     before = [e.worker_id for e in events[: stalls[0]] if e.state is RunState.RUNNING]
-    after = [e.worker_id for e in events[stalls[0] :] if e.state is RunState.RUNNING]
-    assert "died" in stall.reason
-    assert after and after[0] != before[-1]
-    return len([s for s in store.steps(run_id) if s.finished_at < stall.at])
+    resumed = [e for e in events[stalls[0] :] if e.state is RunState.RUNNING]
+    assert before and resumed
+    done = [s for s in store.steps(run_id) if s.finished_at <= resumed[0].at]
+    return before[-1] or "", resumed[0].worker_id or "", len(done)
 
 
-def test_demo_interrupted_leaves_no_worker_behind(tmp_path: Path) -> None:
+def test_demo_interrupted_leaves_no_worker_or_browser_behind(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     with subprocess.Popen(
-        demo_cmd(url, "--runs", "30", "--orgs", "2", "--workers", "2", "--no-chaos"),
+        demo_cmd(url, "--orgs", "2", "--workers", "2", "--users-per-org", "150"),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     ) as proc:
         try:
-            wait_for_running_runs(url, proc)
-            with pytest.raises(AssertionError):  # the check sees live workers
-                assert_no_worker_left(url)
+            pids = wait_for_a_synced_page(url, proc)
+            assert leftovers(url, pids), "the check does not see the live workers"
         finally:
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
             output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
     assert "Interrupted" in output
     assert "Traceback" not in output
-    assert_no_worker_left(url)
     store = open_store(url, migrate=False)
     try:
         assert {w.state for w in store.workers(include_gone=True)} == {"stopped"}
         assert not store.list_runs(RunFilter(states=[RunState.RUNNING]))
+        assert_nothing_left(url, store)
     finally:
         store.backend.close()
 
 
-def wait_for_running_runs(url: str, proc: subprocess.Popen[str]) -> None:
-    """Wait until the demo's two workers are up and executing runs."""
+def wait_for_a_synced_page(url: str, proc: subprocess.Popen[str]) -> list[int]:
+    """Wait until a run has read a page (its browser is up); the workers' pids."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
@@ -134,10 +201,28 @@ def wait_for_running_runs(url: str, proc: subprocess.Popen[str]) -> None:
         except Exception:
             continue  # the demo is still creating the database
         try:
-            workers = store.workers()
             running = store.list_runs(RunFilter(states=[RunState.RUNNING]))
+            if any(len(store.steps(r.id)) >= 2 for r in running):
+                return [w.pid for w in store.workers()]
+        except Exception:
+            continue
         finally:
             store.backend.close()
-        if len(workers) == 2 and running:
-            return
-    raise AssertionError("the demo's workers did not start")
+    raise AssertionError("the demo's runs did not start")
+
+
+def test_demo_without_a_browser_says_how_to_get_one(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-chromium"
+    done = subprocess.run(
+        demo_cmd(f"sqlite:///{tmp_path / 'demo.db'}"),
+        cwd=tmp_path,
+        env={**os.environ, "GREENROOM_BROWSER_EXECUTABLE": str(missing)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: browser_executable '{missing}' is not an executable")
+    assert not (tmp_path / "demo.db").exists(), "nothing starts without a browser"

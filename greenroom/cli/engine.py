@@ -154,19 +154,34 @@ def workers(
 @cli.command()
 def demo(
     ctx: typer.Context,
-    runs: Annotated[int, typer.Option(min=1, max=1000, help="Runs to enqueue.")] = 24,
-    orgs: Annotated[int, typer.Option(min=1, max=100, help="Customer orgs (sessions).")] = 6,
-    workers: Annotated[int, typer.Option(min=1, max=16, help="Worker processes.")] = 3,
-    no_chaos: Annotated[bool, typer.Option("--no-chaos", help="Do not kill a worker.")] = False,
+    orgs: Annotated[
+        int, typer.Option(min=1, max=50, help="Demo organizations to sync (one run each).")
+    ] = 5,
+    workers: Annotated[int, typer.Option(min=1, max=8, help="Worker processes.")] = 2,
+    chaos: Annotated[
+        bool, typer.Option("--chaos", help="SIGKILL a worker mid-run to show recovery.")
+    ] = False,
+    users_per_org: Annotated[
+        int | None,
+        typer.Option(min=1, help="Users in every org (default: each org its own, 20 to 312)."),
+    ] = None,
+    latency_ms: Annotated[
+        int, typer.Option(min=0, max=5000, help="Latency the demo SaaS adds to each page.")
+    ] = 100,
     db: Annotated[
         str | None,
         typer.Option("--db", help="Database URL (default: a fresh .greenroom/demo-<time>.db)"),
     ] = None,
 ) -> None:
-    """Watch workers run multi-step workflows, lose one to SIGKILL, and resume its runs."""
-    from greenroom.demo.engine import DemoOptions, run_demo
+    """Sync users from the demo SaaS with browser workflows on worker processes, live."""
+    from greenroom.demo.browser_demo import DemoOptions, run_demo
 
     options = DemoOptions(
-        runs=runs, orgs=orgs, workers=workers, chaos=not no_chaos, db=given_db(ctx, db)
+        orgs=orgs,
+        workers=workers,
+        chaos=chaos,
+        users_per_org=users_per_org,
+        latency_ms=latency_ms,
+        db=given_db(ctx, db),
     )
     raise typer.Exit(run_demo(options, console=out))

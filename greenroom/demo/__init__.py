@@ -1,1 +1,2 @@
-"""The bundled demo: an example app of multi-step workflows and a driver that runs it."""
+"""The bundled demo: the demo SaaS console (saas), its example connector (connector), and
+`greenroom demo` (browser_demo), which runs the connector on worker processes against it."""
