@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -96,8 +96,3 @@ _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 def pyformat(sql: str) -> str:
     """Turn :name parameters into psycopg's %(name)s."""
     return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
-
-
-def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

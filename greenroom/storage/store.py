@@ -334,11 +334,6 @@ class RunStore(Controls, Admin, Sessions):
                 b.notify(tx, queue)
         return len(due)
 
-    def next_delayed_at(self) -> float | None:
-        with self.backend.transaction(write=False) as tx:
-            rows = tx.execute("SELECT MIN(available_at) AS at FROM runs WHERE state = 'delayed'")
-        return rows[0]["at"] if rows else None
-
     @retry_conflicts
     def recover(self, worker_id: str, max_stalls: int) -> Recovery:
         """Requeue runs of dead workers (found by liveness locks) and runs whose lease expired.
