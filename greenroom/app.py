@@ -15,9 +15,9 @@ from greenroom.model import NewRun, Run
 from greenroom.retry import RetryPolicy
 from greenroom.settings import Settings, load_settings
 from greenroom.storage import RunStore, open_store
+from greenroom.storage.controls import MAX_NAME
 from greenroom.workflow import Workflow, WorkflowFn
 
-MAX_NAME = 200
 _LABEL_KEY = re.compile(r"[A-Za-z0-9_.:/-]{1,100}")
 
 

@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from greenroom.errors import InvalidInput, LeaseLost
+from greenroom.errors import LeaseLost
 from greenroom.model import (
     Lease,
     NewRun,
@@ -24,7 +24,13 @@ from greenroom.model import (
 from greenroom.storage import ready
 from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Row, Tx
-from greenroom.storage.base import INSERT_EVENT, RunFilter, event_params, retry_conflicts
+from greenroom.storage.base import (
+    INSERT_EVENT,
+    RunFilter,
+    event_params,
+    require_reason,
+    retry_conflicts,
+)
 from greenroom.storage.claim import claim as claim_runs
 from greenroom.storage.codec import (
     dumps,
@@ -261,8 +267,7 @@ class RunStore(Controls, Admin, Sessions):
     @retry_conflicts
     def cancel(self, run_id: str, *, actor: str, reason: str, tenant: str | None = None) -> Run:
         """Cancel a waiting run now; ask the worker of a running one to stop. Audited."""
-        if not reason.strip():
-            raise InvalidInput("a reason is required to cancel a run")
+        require_reason(reason)
         now = self.clock.now()
         with self.backend.transaction() as tx:
             row = self._select_run(tx, run_id, tenant)
