@@ -9,8 +9,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from greenroom.clock import Clock
+from greenroom.connectors import Connector, NoCredentials
 from greenroom.errors import ConfigError, InvalidInput
+from greenroom.integrations import INTEGRATION_LABEL
 from greenroom.model import NewRun, Run
 from greenroom.retry import RetryPolicy
 from greenroom.settings import Settings, load_settings
@@ -33,6 +37,8 @@ class RunRequest:
     delay: float | None = None
     start_at: float | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: Runs for an integration carry it as a label and open its credentials.
+    integration: str | None = None
 
 
 class App:
@@ -49,13 +55,24 @@ class App:
         self.settings = base if db is None else base.model_copy(update={"db": db})
         self.clock = clock
         self.workflows: dict[str, Workflow] = {}
+        self.connectors: dict[str, Connector] = {}
         self._store: RunStore | None = None
         self._store_lock = threading.Lock()
+
+    def connector(
+        self, name: str, *, credentials: type[BaseModel] = NoCredentials, title: str = ""
+    ) -> Connector:
+        """Declare a connector: give it to the workflows that drive its SaaS app."""
+        if name in self.connectors:
+            raise ConfigError(f"connector {name!r} is declared twice")
+        self.connectors[name] = Connector(name=name, credentials=credentials, title=title or name)
+        return self.connectors[name]
 
     def workflow(
         self,
         *,
         name: str | None = None,
+        connector: Connector | None = None,
         queue: str = "default",
         session: str | None = None,
         retry: RetryPolicy | None = None,
@@ -75,9 +92,14 @@ class App:
                 session_concurrency=session_concurrency,
                 timeout=timeout,
                 priority=priority,
+                connector=None if connector is None else connector.name,
             )
             if wf.name in self.workflows:
                 raise ConfigError(f"workflow {wf.name!r} is declared twice")
+            if connector is not None:
+                if self.connectors.get(connector.name) is not connector:
+                    raise ConfigError(f"connector {connector.name!r} belongs to another app")
+                connector.workflows.append(wf.name)
             self.workflows[wf.name] = wf
             return wf
 
@@ -94,6 +116,12 @@ class App:
         if self._store is not None:
             self._store.backend.close()
             self._store = None
+
+    def connector_of(self, workflow: str) -> Connector:
+        wf = self.get_workflow(workflow)
+        if wf.connector is None:
+            raise ConfigError(f"workflow {workflow!r} has no connector, so no credentials")
+        return self.connectors[wf.connector]
 
     def get_workflow(self, name: str) -> Workflow:
         try:
@@ -124,20 +152,37 @@ class App:
         available_at = req.start_at
         if req.delay:
             available_at = self.store.clock.now() + req.delay
+        labels = {str(k): str(v) for k, v in req.labels.items()}
+        if req.integration is not None:
+            labels[INTEGRATION_LABEL] = self._check_integration(wf, req.tenant, req.integration)
+        elif INTEGRATION_LABEL in labels:
+            raise InvalidInput(f"label {INTEGRATION_LABEL!r} is set by giving the integration")
         return NewRun(
             workflow=wf.name,
             input=req.input,
             tenant=req.tenant,
             queue=wf.queue,
-            session_key=wf.session_key(tenant=req.tenant, input=req.input, labels=req.labels),
+            session_key=wf.session_key(tenant=req.tenant, input=req.input, labels=labels),
             priority=wf.priority if req.priority is None else req.priority,
-            labels={str(k): str(v) for k, v in req.labels.items()},
+            labels=labels,
             idempotency_key=req.idempotency_key,
             available_at=available_at,
             max_attempts=None if wf.retry is None else wf.retry.max_attempts,
             session_concurrency=wf.session_concurrency,
             timeout=wf.timeout,
         )
+
+    def _check_integration(self, wf: Workflow, tenant: str, integration_id: str) -> str:
+        """The integration must be the tenant's, active, and for the workflow's connector."""
+        found = self.store.integration(integration_id, tenant=tenant)
+        if found.connector != wf.connector:
+            raise InvalidInput(
+                f"integration {integration_id} is for connector {found.connector!r}; "
+                f"workflow {wf.name!r} is for {wf.connector or 'no connector'}"
+            )
+        if found.status != "active":
+            raise InvalidInput(f"integration {integration_id} is {found.status}")
+        return found.id
 
     def enqueue_sync(
         self, workflow: str | Workflow, input: dict[str, Any] | None = None, **options: Any

@@ -27,12 +27,14 @@ from greenroom.storage.codec import dumps
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
+    from pydantic import BaseModel
 
     from greenroom.browser.runtime import RunBrowser
     from greenroom.storage import RunStore
     from greenroom.workflow import StepDef
 
 T = TypeVar("T")
+M = TypeVar("M", bound="BaseModel")
 
 current_run: contextvars.ContextVar[RunContext] = contextvars.ContextVar("greenroom_run")
 
@@ -77,6 +79,9 @@ class RunContext:
         self._login: _LoginCall | None = None
         #: The run's browser (pages, saved session, diagnostics); set by the worker.
         self.browser: RunBrowser | None = None
+        #: Opens the run's integration credentials; set by the worker.
+        self.credentials_source: Callable[[], Awaitable[BaseModel]] | None = None
+        self._credentials: BaseModel | None = None
         self.log = structlog.get_logger("greenroom.run").bind(
             run_id=self.run.id,
             tenant=self.run.tenant,
@@ -120,6 +125,21 @@ class RunContext:
         if self.browser is None:
             raise ConfigError(f"run {self.run_id} has no browser runtime")
         return await self.browser.page(restore_url=restore_url)
+
+    async def credentials(self, model: type[M]) -> M:
+        """The credentials of the integration this run was started for, as the connector's
+        model. Their secrets are redacted from this run's artifacts from now on; never log or
+        return them."""
+        if self._credentials is None:
+            if self.credentials_source is None:
+                raise ConfigError(f"run {self.run_id} has no credential source")
+            self._credentials = await self.credentials_source()
+        if not isinstance(self._credentials, model):
+            raise ConfigError(
+                f"workflow {self.run.workflow!r}: its connector's credentials are "
+                f"{type(self._credentials).__name__}, not {model.__name__}"
+            )
+        return self._credentials
 
     def request_pause(self) -> None:
         """Stop this run before its next step (a pause with drain=False)."""

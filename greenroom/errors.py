@@ -46,3 +46,7 @@ class RunPaused(GreenroomError):
 class LoggedOut(GreenroomError):
     """Raised by workflow code when a page shows the login form where a signed-in page was
     expected: the run logs in again (its login step, once) and retries the step."""
+
+
+class Conflict(GreenroomError):
+    """The request conflicts with what exists (a name taken, a key reused for another request)."""

@@ -59,6 +59,7 @@ class Run:
     pause_requested: bool = False
     retry_of: str | None = None
     error_group: str | None = None
+    request_hash: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +131,8 @@ class NewRun:
     timeout: float | None = None
     session_concurrency: int = 1
     retry_of: str | None = None
+    #: What an idempotent create asked for, so the same key with another request is refused.
+    request_hash: str | None = None
 
 
 class PauseScope(enum.StrEnum):
@@ -207,6 +210,7 @@ class TenantInfo:
     concurrency: int | None
     active: int
     ready: int
+    registered_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,3 +238,54 @@ class ErrorGroup:
     first_seen: float
     last_seen: float
     last_run_id: str
+
+
+class Role(enum.StrEnum):
+    """What an API key may do; each role may do everything the ones before it may."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+    #: Acts on every tenant (a key without a tenant).
+    PLATFORM = "platform"
+
+    def allows(self, needed: Role) -> bool:
+        order = list(Role)
+        return order.index(self) >= order.index(needed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey:
+    """An API key as stored: its id is the visible prefix of the secret; only a hash is kept."""
+
+    id: str
+    tenant: str | None
+    role: Role
+    name: str
+    hash: str
+    created_by: str
+    created_at: float
+    rate_limit: int | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Integration:
+    """A tenant's connection to one SaaS app. Its credentials stay sealed here: only a run's
+    context opens them."""
+
+    id: str
+    tenant: str
+    connector: str
+    name: str
+    settings: dict[str, Any]
+    status: str
+    key_id: str
+    credentials: str
+    credentials_updated_at: float
+    created_at: float
+    updated_at: float

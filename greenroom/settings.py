@@ -60,6 +60,17 @@ class Settings(BaseSettings):
         5.0, gt=0, description="time allowed for each capture from a failing page"
     )
 
+    # -- HTTP API (greenroom.api) ------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="address `greenroom api` and `up` listen on")
+    api_port: int = Field(8700, ge=0, le=65535)
+    api_max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="larger request bodies are refused with 413"
+    )
+    api_rate_limit: float = Field(
+        100.0, gt=0, description="requests per second per API key (a key may set its own)"
+    )
+    api_rate_burst: int = Field(200, ge=1, description="requests a key may make at once")
+
     @model_validator(mode="after")
     def _heartbeat_fits_lease(self) -> Settings:
         if self.heartbeat_seconds >= self.lease_seconds / 2:

@@ -29,6 +29,8 @@ class Workflow:
     priority: int = 0
     #: How many runs of one session key may run at once.
     session_concurrency: int = 1
+    #: The connector whose integrations this workflow runs for (and whose credentials it opens).
+    connector: str | None = None
 
     def __post_init__(self) -> None:
         if not inspect.iscoroutinefunction(self.fn):

@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,3 +74,12 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def api(db_url: str) -> Iterator[Any]:
+    """A real API server on loopback over a fresh database (both backends); see api_helpers."""
+    from tests.api_helpers import api_setup
+
+    with api_setup(db_url) as setup:
+        yield setup

@@ -18,7 +18,8 @@ from browser_site import Site, serve_site
 from helpers import fast_app, wait_for_states, worker_running
 
 from greenroom import App, ConfigError, LeaseLost, RetryPolicy, RunContext, RunState, step
-from greenroom.browser.state import KeyRing, Snapshot, key_id, load_keyring, seal, unseal
+from greenroom.browser.state import Snapshot, seal, unseal
+from greenroom.crypto import KeyRing, key_id, load_keyring
 from greenroom.settings import load_settings
 
 FLAKY: set[str] = set()

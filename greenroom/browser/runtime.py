@@ -19,7 +19,8 @@ from greenroom.browser.artifacts import ArtifactStore, default_artifact_store
 from greenroom.browser.diagnostics import Capture, ConsoleLog, Redactor, capture_failure
 from greenroom.browser.locks import KeyedLocks
 from greenroom.browser.pool import BrowserPool, InitialState, SessionContext
-from greenroom.browser.state import KeyRing, capture, load_keyring, seal, unseal
+from greenroom.browser.state import capture, seal, unseal
+from greenroom.crypto import KeyRing, load_keyring
 from greenroom.model import Lease
 from greenroom.settings import Settings
 

@@ -30,12 +30,24 @@ from urllib.parse import urlencode
 
 from playwright.async_api import Page
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+from pydantic import BaseModel, SecretStr
 
 from greenroom import App, LoggedOut, PermanentError, RetryPolicy, RunContext, step
 from greenroom.demo.saas import admin_credentials
 from greenroom.diagnostics import TransientError
+from greenroom.integrations import INTEGRATION_LABEL
 
 app = App()
+
+
+class DemoCredentials(BaseModel):
+    """What an integration with the console stores (sealed; the password is a secret)."""
+
+    email: str
+    password: SecretStr
+
+
+demo = app.connector("demo", credentials=DemoCredentials, title="Demo SaaS admin console")
 
 #: One browser session per tenant and organization: its runs never overlap, and each starts
 #: from the cookies the previous one left.
@@ -118,7 +130,7 @@ class Deactivated(TypedDict):
 # -- workflows -----------------------------------------------------------------------------
 
 
-@app.workflow(name="demo.sync_users", session=SESSION, retry=RUN_RETRY)
+@app.workflow(name="demo.sync_users", connector=demo, session=SESSION, retry=RUN_RETRY)
 async def sync_users(ctx: RunContext, org: str, base_url: str) -> Synced:
     """Every user of the organization, read one checkpointed page at a time."""
     verify_saves(ctx)
@@ -133,7 +145,7 @@ async def sync_users(ctx: RunContext, org: str, base_url: str) -> Synced:
     return {"org": org, "users": users, "pages": pages}
 
 
-@app.workflow(name="demo.deactivate_user", session=SESSION, retry=RUN_RETRY)
+@app.workflow(name="demo.deactivate_user", connector=demo, session=SESSION, retry=RUN_RETRY)
 async def deactivate_user(ctx: RunContext, org: str, base_url: str, email: str) -> Deactivated:
     """Deactivate one user, signing in only if the session's saved state is not."""
     verify_saves(ctx)
@@ -144,24 +156,34 @@ async def deactivate_user(ctx: RunContext, org: str, base_url: str, email: str) 
 # -- steps ---------------------------------------------------------------------------------
 
 
+async def sign_in_as(ctx: RunContext, org: str) -> tuple[str, str]:
+    """The integration's credentials (opening them registers the password as a secret, redacted
+    from every artifact); runs started without an integration (the engine demo's) use the demo
+    console's own admin account."""
+    if INTEGRATION_LABEL in ctx.labels:
+        creds = await ctx.credentials(DemoCredentials)
+        return creds.email, creds.password.get_secret_value()
+    own = admin_credentials(org)
+    if ctx.browser is not None:
+        ctx.browser.add_secret(own.password)
+    return own.email, own.password
+
+
 @step(name="demo.login", login=True, retry=STEP_RETRY, timeout=STEP_TIMEOUT)
 async def log_in(ctx: RunContext, base_url: str, org: str) -> SignedIn:
     """Sign in as the org's admin, unless the restored session still is: the users page shows
     either the console or the login form, which brings us back to it after signing in."""
     page = await ctx.page()
     await page.goto(users_url(base_url, org))
-    # Credentials come from the demo itself until greenroom's credential API exists.
-    creds = admin_credentials(org)
+    email, password = await sign_in_as(ctx, org)
     if await outcome(page, console=ACCOUNT, login=LOGIN_FORM) == "console":
-        return {"org": org, "account": creds.email, "restored": True}
-    if ctx.browser is not None:
-        ctx.browser.add_secret(creds.password)  # redacted from every artifact from now on
-    await page.get_by_test_id("email").fill(creds.email)
-    await page.get_by_test_id("password").fill(creds.password)
+        return {"org": org, "account": email, "restored": True}
+    await page.get_by_test_id("email").fill(email)
+    await page.get_by_test_id("password").fill(password)
     await page.get_by_test_id("login-submit").click()
     if await outcome(page, console=ACCOUNT, refused=LOGIN_ERROR) == "refused":
         raise PermanentError(f"the demo SaaS refused the admin credentials of {org!r}")
-    return {"org": org, "account": creds.email, "restored": False}
+    return {"org": org, "account": email, "restored": False}
 
 
 @step(name="demo.users_page", retry=STEP_RETRY, timeout=STEP_TIMEOUT)

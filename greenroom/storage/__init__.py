@@ -8,10 +8,18 @@ from greenroom.storage.backend import Backend
 from greenroom.storage.base import RunFilter
 from greenroom.storage.store import RunStore
 
-__all__ = ["SCHEMA_REVISION", "Backend", "RunFilter", "RunStore", "open_backend", "open_store"]
+__all__ = [
+    "SCHEMA_REVISION",
+    "Backend",
+    "RunFilter",
+    "RunStore",
+    "open_backend",
+    "open_store",
+    "schema_revision",
+]
 
 #: The newest migration; a test checks it against Alembic's head.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 
 def open_backend(url: str, *, pool_size: int = 8) -> Backend:
@@ -38,7 +46,7 @@ def open_store(
 ) -> RunStore:
     """Open the store; with `migrate`, bring the schema up to date first."""
     backend = open_backend(url, pool_size=pool_size)
-    if _schema_revision(backend) != SCHEMA_REVISION:
+    if schema_revision(backend) != SCHEMA_REVISION:
         if not migrate:
             backend.close()
             raise ConfigError("database schema is not current: run `greenroom db upgrade`")
@@ -48,7 +56,7 @@ def open_store(
     return RunStore(backend, clock)
 
 
-def _schema_revision(backend: Backend) -> str | None:
+def schema_revision(backend: Backend) -> str | None:
     try:
         with backend.transaction(write=False) as tx:
             rows = tx.execute("SELECT version_num FROM alembic_version")

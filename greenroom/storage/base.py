@@ -68,6 +68,8 @@ class RunFilter:
     label: tuple[str, str] | None = None
     error_group: str | None = None
     finished_after: float | None = None
+    created_after: float | None = None
+    created_before: float | None = None
     finished_before: float | None = None
     before_seq: int | None = None
     limit: int = 50
@@ -116,12 +118,16 @@ class StoreBase:
         if f.label is not None:
             clauses.append(b.label_equals("label_key", "label_value"))
             params["label_key"], params["label_value"] = f.label
-        if f.finished_after is not None:
-            clauses.append("finished_at >= :finished_after")
-            params["finished_after"] = f.finished_after
-        if f.finished_before is not None:
-            clauses.append("finished_at < :finished_before")
-            params["finished_before"] = f.finished_before
+        for column, op in (
+            ("finished_after", ">="),
+            ("finished_before", "<"),
+            ("created_after", ">="),
+            ("created_before", "<"),
+        ):
+            value = getattr(f, column)
+            if value is not None:
+                clauses.append(f"{column.split('_')[0]}_at {op} :{column}")
+                params[column] = value
         return " AND ".join(clauses), params
 
     def _audit(

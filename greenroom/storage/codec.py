@@ -7,15 +7,19 @@ from typing import Any
 
 from greenroom.errors import NotSerializable
 from greenroom.model import (
+    ApiKey,
     AuditEntry,
     ErrorGroup,
+    Integration,
     Pause,
     PauseScope,
+    Role,
     Run,
     RunEvent,
     RunState,
     StepRecord,
     StepStatus,
+    TenantInfo,
     WorkerInfo,
 )
 from greenroom.storage.backend import Row
@@ -63,6 +67,7 @@ def run_from_row(row: Row) -> Run:
         pause_requested=bool(row["pause_requested"]),
         retry_of=row["retry_of"],
         error_group=row["error_group"],
+        request_hash=row["request_hash"],
     )
 
 
@@ -146,4 +151,46 @@ def error_group_from_row(row: Row) -> ErrorGroup:
         first_seen=row["first_seen"],
         last_seen=row["last_seen"],
         last_run_id=row["last_run_id"],
+    )
+
+
+def tenant_from_row(row: Row) -> TenantInfo:
+    return TenantInfo(
+        name=row["name"],
+        weight=float(row["weight"]),
+        concurrency=row["concurrency"],
+        active=int(row["active"]),
+        ready=int(row["ready"]),
+        registered_at=row["registered_at"],
+    )
+
+
+def key_from_row(row: Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        tenant=row["tenant"],
+        role=Role(row["role"]),
+        name=row["name"],
+        hash=row["hash"],
+        rate_limit=row["rate_limit"],
+        created_by=row["created_by"],
+        created_at=float(row["created_at"]),
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def integration_from_row(row: Row) -> Integration:
+    return Integration(
+        id=row["id"],
+        tenant=row["tenant"],
+        connector=row["connector"],
+        name=row["name"],
+        settings=json.loads(row["settings"]),
+        status=row["status"],
+        key_id=row["key_id"],
+        credentials=row["credentials"],
+        credentials_updated_at=float(row["credentials_updated_at"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
     )

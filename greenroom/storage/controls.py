@@ -16,7 +16,7 @@ from greenroom.storage.base import (
     require_reason,
     retry_conflicts,
 )
-from greenroom.storage.codec import pause_from_row
+from greenroom.storage.codec import pause_from_row, tenant_from_row
 
 # Settable queue fields and what each accepts.
 _QUEUE_FIELDS: dict[str, tuple[type, float, str]] = {
@@ -164,7 +164,7 @@ class Controls(StoreBase):
     def tenants(self) -> list[TenantInfo]:
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute("SELECT * FROM tenants ORDER BY name")
-        return [_tenant_info(r) for r in rows]
+        return [tenant_from_row(r) for r in rows]
 
     @retry_conflicts
     def set_tenant(
@@ -212,7 +212,7 @@ class Controls(StoreBase):
                 detail=changes,
             )
             row = tx.execute("SELECT * FROM tenants WHERE name = :name", {"name": name})[0]
-        return _tenant_info(row)
+        return tenant_from_row(row)
 
     # -- pauses ----------------------------------------------------------------------------
 
@@ -394,14 +394,4 @@ def _new_pause(
         drain=drain,
         paused_by=actor,
         reason=reason,
-    )
-
-
-def _tenant_info(row: Row) -> TenantInfo:
-    return TenantInfo(
-        name=row["name"],
-        weight=float(row["weight"]),
-        concurrency=row["concurrency"],
-        active=int(row["active"]),
-        ready=int(row["ready"]),
     )

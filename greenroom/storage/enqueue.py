@@ -15,12 +15,12 @@ from greenroom.storage.codec import dumps
 _RUN_COLUMNS = (
     "id, tenant, workflow, queue, session_key, state, priority, input, labels, idempotency_key,"
     " attempt, max_attempts, timeout, stalls, cancel_requested, pause_requested, retry_of,"
-    " lease_token, available_at, created_at, updated_at"
+    " request_hash, lease_token, available_at, created_at, updated_at"
 )
 _INSERT_RUN = (
     f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (:id, :tenant, :workflow, :queue, :session_key,"
     " :state, :priority, :input, :labels, :idempotency_key, 1, :max_attempts, :timeout, 0, false,"
-    " false, :retry_of, 0, :available_at, :now, :now)"
+    " false, :retry_of, :request_hash, 0, :available_at, :now, :now)"
     " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
     " RETURNING *"
 )
@@ -68,6 +68,7 @@ def insert_runs(
             "max_attempts": new.max_attempts or defaults.get(new.queue) or 1,
             "timeout": new.timeout,
             "retry_of": new.retry_of,
+            "request_hash": new.request_hash,
             "available_at": available,
             "now": now,
         }

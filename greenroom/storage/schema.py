@@ -56,6 +56,8 @@ runs = Table(
     Column("retry_of", String(40)),
     Column("error_group", String(32)),
     Column("lease_seconds", Float),
+    # Added by migration 0004: what an idempotent API create asked for, to refuse a different body.
+    Column("request_hash", String(64)),
     Index(
         "runs_idempotency",
         "tenant",
@@ -102,6 +104,7 @@ runs = Table(
     Index("runs_retry_of", "retry_of"),
     Index("runs_error_group", "error_group"),
     Index("runs_finished", "finished_at"),
+    Index("runs_created", "tenant", "created_at"),
 )
 
 steps = Table(
@@ -213,6 +216,9 @@ tenants = Table(
     Column("ready", Integer, nullable=False, server_default="0"),
     Column("pass", Float, nullable=False, server_default="0"),
     Column("created_at", Float, nullable=False),
+    # Set when a platform operator registered the tenant (API keys need it); tenants that only
+    # appear through enqueue have none.
+    Column("registered_at", Float),
     Index(
         "tenants_ready", "pass", sqlite_where=text("ready > 0"), postgresql_where=text("ready > 0")
     ),
@@ -299,4 +305,40 @@ artifacts = Table(
     Column("truncated", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", Float, nullable=False),
     Index("artifacts_run", "run_id", "id"),
+)
+
+# API keys (migration 0004): only a hash of the secret is kept; the id is the visible prefix.
+# A key without a tenant is a platform key.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant", String(200)),
+    Column("role", String(16), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("rate_limit", Integer),
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("revoked_at", Float),
+    Index("api_keys_tenant", "tenant"),
+)
+
+# A tenant's connection to one SaaS app; credentials sealed with greenroom.crypto.
+integrations = Table(
+    "integrations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant", String(200), nullable=False),
+    Column("connector", String(200), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("settings", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("credentials", Text, nullable=False),
+    Column("credentials_updated_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("integrations_name", "tenant", "name", unique=True),
 )

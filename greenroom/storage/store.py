@@ -22,6 +22,7 @@ from greenroom.model import (
     WorkerInfo,
 )
 from greenroom.storage import ready
+from greenroom.storage.accounts import Accounts
 from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import (
@@ -61,8 +62,9 @@ class Recovery:
     dead_workers: list[str]
 
 
-class RunStore(Controls, Admin, Sessions):
-    """Runs from enqueue to their end, workers, and (from its parts) queue controls and admin."""
+class RunStore(Controls, Admin, Sessions, Accounts):
+    """Runs from enqueue to their end, workers, and (from its parts) queue controls, admin,
+    browser sessions and accounts."""
 
     # -- enqueue ---------------------------------------------------------------------------
 

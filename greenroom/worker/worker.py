@@ -15,9 +15,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 import structlog
+from pydantic import BaseModel
 
+from greenroom import integrations
 from greenroom.app import App
 from greenroom.browser.runtime import BrowserRuntime
+from greenroom.connectors import secret_values
 from greenroom.context import RunContext, current_run
 from greenroom.diagnostics import describe_error
 from greenroom.errors import LeaseLost, NonDeterminismError, RunPaused
@@ -309,6 +312,15 @@ class Worker:
             active.stop_reason = reason
             active.task.cancel(reason)
 
+    async def _open_credentials(self, ctx: RunContext) -> BaseModel:
+        connector = self.app.connector_of(ctx.run.workflow)
+        keyring = self.browser.keyring
+        creds = await self._db(integrations.open_for_run, self.store, keyring, connector, ctx.run)
+        if ctx.browser is not None:
+            for value in secret_values(creds):
+                ctx.browser.add_secret(value)
+        return creds
+
     def _lease_valid_until(self, lease: Lease) -> Callable[[], float]:
         return lambda: max(lease.expires_at, self._renewed_at + lease.seconds)
 
@@ -345,6 +357,7 @@ class Worker:
             lease_valid_until=self._lease_valid_until(lease),
         )
         ctx.browser = self.browser.for_run(lease, self.store, self._db, ctx.log)
+        ctx.credentials_source = partial(self._open_credentials, ctx)
         if run.id in self._active:
             self._active[run.id].ctx = ctx
             if run.pause_requested:

@@ -1,0 +1,44 @@
+"""The API app factory: everything the API needs hangs off the FastAPI app it returns."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from fastapi import FastAPI
+
+from greenroom.api import problems
+from greenroom.api.auth import RateLimiter
+from greenroom.api.limits import BodyLimit
+from greenroom.api.routes import accounts, controls, health, integrations, observe, runs
+from greenroom.api.state import ApiState
+from greenroom.app import App
+
+DESCRIPTION = """\
+Drive greenroom: start runs of your workflows for your integrations, follow and retry them,
+pause and resume work. Authenticate with `Authorization: Bearer <API key>`. A tenant's key
+sees only its tenant: another tenant's ids answer 404. Errors are problem+json (RFC 9457).
+"""
+
+
+def create_api(app: App) -> FastAPI:
+    """An API over `app`'s workflows, connectors and store."""
+    settings = app.settings
+    api = FastAPI(
+        title="greenroom",
+        version=version("greenroom"),
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "runs", "description": "Start, follow, cancel and retry runs."},
+            {"name": "queues and pauses", "description": "Queue settings, pause and resume."},
+            {"name": "integrations", "description": "Connectors and each tenant's integrations."},
+        ],
+    )
+    api.state.greenroom = ApiState(
+        app=app, limiter=RateLimiter(settings.api_rate_limit, settings.api_rate_burst)
+    )
+    problems.install(api)
+    api.include_router(health.router)
+    for module in (runs, controls, integrations, observe, accounts):
+        api.include_router(module.router, responses=problems.COMMON)
+    api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    return api

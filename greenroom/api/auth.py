@@ -1,0 +1,118 @@
+"""Who is calling: the API key from `Authorization: Bearer …`, its tenant and role, and its
+request rate. Every route declares the role it needs; a tenant key only ever sees its tenant."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+
+from greenroom.api.keys import matches, split_key
+from greenroom.api.problems import ApiError
+from greenroom.api.state import ApiState, get_state
+from greenroom.model import ApiKey, Role
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    #: None for a platform key, which acts on every tenant.
+    tenant: str | None
+    role: Role
+
+    @property
+    def actor(self) -> str:
+        """How this caller appears in the audit log."""
+        return f"key:{self.key_id}"
+
+    @property
+    def platform(self) -> bool:
+        return self.tenant is None
+
+    def acting_for(self, tenant: str | None) -> str:
+        """The tenant a create acts for: a tenant key's own; a platform key must name one."""
+        if self.tenant is None:
+            if not tenant:
+                raise ApiError(422, "a platform key must name the tenant to act for")
+            return tenant
+        if tenant is not None and tenant != self.tenant:
+            raise ApiError(403, f"this key acts for tenant {self.tenant!r} only")
+        return self.tenant
+
+
+class RateLimiter:
+    """A token bucket per key, on this API node: `rate` requests per second, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key_id: str, rate: float | None = None) -> float:
+        """0 if the request may go ahead, else the seconds until it may."""
+        rate = rate or self.rate
+        burst = max(self.burst, math.ceil(rate))
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(key_id, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - at) * rate)
+            if tokens >= 1:
+                self._buckets[key_id] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key_id] = (tokens, now)
+            return (1 - tokens) / rate
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="greenroom"'})
+
+
+def _authenticate(request: Request, state: ApiState) -> ApiKey:
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise _unauthorized("send an API key: Authorization: Bearer <key>")
+    presented = presented.strip()
+    key_id = split_key(presented)
+    key = None if key_id is None else state.store.api_key(key_id)
+    if key is None or not matches(key, presented):
+        raise _unauthorized("invalid API key")
+    if not key.usable(time.time()):
+        raise _unauthorized("API key revoked or expired")
+    return key
+
+
+def caller(needed: Role) -> Callable[..., Caller]:
+    """A dependency: the authenticated caller, if its role allows `needed` and its rate is
+    not exceeded."""
+
+    def dependency(request: Request, state: ApiState = Depends(get_state)) -> Caller:
+        key = _authenticate(request, state)
+        wait = state.limiter.take(key.id, key.rate_limit)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "request rate of this key exceeded",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        if not key.role.allows(needed):
+            raise ApiError(403, f"this key's role ({key.role}) may not do this (needs {needed})")
+        return Caller(key_id=key.id, tenant=key.tenant, role=key.role)
+
+    return dependency
+
+
+def platform_only(who: Caller) -> None:
+    if not who.platform:
+        raise ApiError(403, "only a platform key may do this")
+
+
+Viewer = Depends(caller(Role.VIEWER))
+Operator = Depends(caller(Role.OPERATOR))
+Admin = Depends(caller(Role.ADMIN))
+Platform = Depends(caller(Role.PLATFORM))

@@ -1,0 +1,96 @@
+"""/v1/tenants and /v1/keys: platform operators register tenants; admins manage their keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from greenroom.api.auth import Admin, Caller, Platform, Viewer
+from greenroom.api.keys import create_key
+from greenroom.api.problems import ApiError, responses
+from greenroom.api.routes.runs import scope
+from greenroom.api.schemas import (
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    TenantCreate,
+    TenantOut,
+    TenantUpdate,
+)
+from greenroom.api.state import ApiState, get_state
+from greenroom.errors import NotFound
+from greenroom.model import Role
+
+router = APIRouter(prefix="/v1")
+State = Annotated[ApiState, Depends(get_state)]
+NOT_FOUND = responses(404)
+
+
+@router.get("/tenants", response_model=list[TenantOut], tags=["tenants"])
+def list_tenants(state: State, who: Caller = Platform) -> list[TenantOut]:
+    return [TenantOut.of(t) for t in state.store.tenants()]
+
+
+@router.post("/tenants", status_code=201, response_model=TenantOut, tags=["tenants"])
+def create_tenant(body: TenantCreate, state: State, who: Caller = Platform) -> TenantOut:
+    return TenantOut.of(state.store.create_tenant(body.name, actor=who.actor))
+
+
+@router.get("/tenants/{name}", response_model=TenantOut, responses=NOT_FOUND, tags=["tenants"])
+def get_tenant(name: str, state: State, who: Caller = Viewer) -> TenantOut:
+    """A tenant key reads its own tenant; a platform key any."""
+    if who.tenant is not None and name != who.tenant:
+        raise NotFound(f"tenant {name} not found")
+    return TenantOut.of(state.store.tenant(name))
+
+
+@router.patch("/tenants/{name}", response_model=TenantOut, responses=NOT_FOUND, tags=["tenants"])
+def update_tenant(name: str, body: TenantUpdate, state: State, who: Caller = Platform) -> TenantOut:
+    """Fairness weight and concurrency limit (null clears the limit)."""
+    state.store.tenant(name)
+    given = body.model_dump(exclude_unset=True)
+    tenant = state.store.set_tenant(
+        name,
+        actor=who.actor,
+        reason=body.reason,
+        weight=body.weight,
+        concurrency=body.concurrency,
+        clear_concurrency="concurrency" in given and body.concurrency is None,
+    )
+    return TenantOut.of(tenant)
+
+
+@router.get("/keys", response_model=list[KeyOut], tags=["keys"])
+def list_keys(state: State, who: Caller = Admin, tenant: str | None = None) -> list[KeyOut]:
+    """Keys (never their secrets): a tenant admin sees its tenant's, a platform key all."""
+    return [KeyOut.of(k) for k in state.store.api_keys(tenant=scope(who, tenant))]
+
+
+@router.post("/keys", status_code=201, response_model=KeyCreated, tags=["keys"])
+def create_api_key(body: KeyCreate, state: State, who: Caller = Admin) -> KeyCreated:
+    """A new key; its secret is in this response only."""
+    if body.role is Role.PLATFORM:
+        if not who.platform:
+            raise ApiError(403, "only a platform key may create platform keys")
+        if body.tenant is not None:
+            raise ApiError(422, "platform keys have no tenant")
+        tenant = None
+    else:
+        tenant = who.acting_for(body.tenant)
+    key, secret = create_key(
+        state.store,
+        tenant=tenant,
+        role=body.role,
+        name=body.name,
+        actor=who.actor,
+        expires_at=body.expires_at,
+        rate_limit=body.rate_limit,
+    )
+    return KeyCreated(**KeyOut.of(key).model_dump(), key=secret)
+
+
+@router.delete("/keys/{key_id}", response_model=KeyOut, responses=NOT_FOUND, tags=["keys"])
+def revoke_api_key(key_id: str, state: State, who: Caller = Admin) -> KeyOut:
+    """Revoke a key: it is refused from the next request on."""
+    return KeyOut.of(state.store.revoke_api_key(key_id, actor=who.actor, tenant=who.tenant))

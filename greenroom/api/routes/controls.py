@@ -1,0 +1,132 @@
+"""/v1/queues and /v1/pauses: queue settings and counts, pause and resume at any scope.
+
+A tenant key's pauses hold only its tenant's runs; a platform key's hold every tenant's (or one
+tenant's, if it names it). Queue settings are shared by all tenants: only platform keys set them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from greenroom.api.auth import Caller, Operator, Platform, Viewer
+from greenroom.api.problems import ApiError, responses
+from greenroom.api.routes.runs import scope
+from greenroom.api.schemas import (
+    PauseCreate,
+    PauseOut,
+    QueueOut,
+    QueuePause,
+    QueueResume,
+    QueueUpdate,
+    ResumeOut,
+)
+from greenroom.api.state import ApiState, get_state
+from greenroom.model import ALL_TENANTS, PauseScope
+
+router = APIRouter(prefix="/v1", tags=["queues and pauses"])
+State = Annotated[ApiState, Depends(get_state)]
+NOT_FOUND = responses(404)
+
+
+def _pause_tenant(who: Caller, tenant: str | None) -> str:
+    """Whose runs a new pause holds."""
+    if who.tenant is None:
+        return tenant or ALL_TENANTS
+    return who.acting_for(tenant)
+
+
+@router.get("/queues", response_model=list[QueueOut], tags=["queues and pauses"])
+def list_queues(
+    state: State,
+    who: Caller = Viewer,
+    tenant: Annotated[str | None, Query(description="platform keys: count one tenant")] = None,
+) -> list[QueueOut]:
+    """Every queue: its settings, runs by state (the caller's tenant's), throughput, pause."""
+    return [QueueOut.of(q) for q in state.store.queues(tenant=scope(who, tenant))]
+
+
+@router.get("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)
+def get_queue(name: str, state: State, who: Caller = Viewer) -> QueueOut:
+    return QueueOut.of(state.store.queue(name, tenant=who.tenant))
+
+
+@router.patch("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)
+def update_queue(name: str, body: QueueUpdate, state: State, who: Caller = Platform) -> QueueOut:
+    """Change a queue's limits, retry defaults or lock tuning, at run time (audited)."""
+    state.store.queue(name)  # settings are for queues that exist
+    changes = body.model_dump(exclude_unset=True, exclude={"reason"})
+    state.store.set_queue(name, actor=who.actor, reason=body.reason, **changes)
+    return QueueOut.of(state.store.queue(name, tenant=who.tenant))
+
+
+@router.post("/queues/{name}/pause", response_model=PauseOut, responses=NOT_FOUND)
+def pause_queue(name: str, body: QueuePause, state: State, who: Caller = Operator) -> PauseOut:
+    state.store.queue(name)
+    pause = state.store.pause(
+        PauseScope.QUEUE,
+        name,
+        actor=who.actor,
+        reason=body.reason,
+        tenant=_pause_tenant(who, None),
+        drain=body.drain,
+    )
+    return PauseOut.of(pause)
+
+
+@router.post("/queues/{name}/resume", response_model=ResumeOut, responses=NOT_FOUND)
+def resume_queue(name: str, body: QueueResume, state: State, who: Caller = Operator) -> ResumeOut:
+    resumed = state.store.resume(
+        PauseScope.QUEUE,
+        name,
+        actor=who.actor,
+        reason=body.reason,
+        tenant=_pause_tenant(who, None),
+    )
+    return ResumeOut(resumed=resumed)
+
+
+@router.get("/pauses", response_model=list[PauseOut])
+def list_pauses(state: State, who: Caller = Viewer) -> list[PauseOut]:
+    """Pauses in force; a tenant sees its own and the platform's."""
+    return [PauseOut.of(p) for p in state.store.pauses(tenant=who.tenant)]
+
+
+@router.post("/pauses", status_code=201, response_model=PauseOut)
+def create_pause(body: PauseCreate, state: State, who: Caller = Operator) -> PauseOut:
+    """Hold every matching run that has not started (drain) or also stop running ones at their
+    next step (drain=false). Pausing what is already paused returns the existing pause."""
+    if body.scope == "tenant" and who.tenant is not None and body.value != who.tenant:
+        raise ApiError(403, f"this key acts for tenant {who.tenant!r} only")
+    pause = state.store.pause(
+        body.scope,
+        body.value,
+        actor=who.actor,
+        reason=body.reason,
+        label=body.label,
+        tenant=_pause_tenant(who, body.tenant),
+        drain=body.drain,
+    )
+    return PauseOut.of(pause)
+
+
+@router.post("/pauses/{pause_id}/resume", response_model=ResumeOut, responses=NOT_FOUND)
+def resume_pause(
+    pause_id: int, body: QueueResume, state: State, who: Caller = Operator
+) -> ResumeOut:
+    """Lift a pause: the runs it held (and no other pause holds) go back in their order."""
+    for pause in state.store.pauses(tenant=who.tenant):
+        if pause.id == pause_id:
+            if who.tenant is not None and pause.tenant != who.tenant:
+                raise ApiError(403, "a platform pause is lifted by a platform key")
+            resumed = state.store.resume(
+                pause.scope,
+                pause.value,
+                actor=who.actor,
+                reason=body.reason,
+                label=pause.label,
+                tenant=pause.tenant,
+            )
+            return ResumeOut(resumed=resumed)
+    raise ApiError(404, f"pause {pause_id} not found")

@@ -1,0 +1,259 @@
+"""/v1/runs: start runs idempotently, list and follow them, cancel, retry, download artifacts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import replace
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import JSONResponse
+
+from greenroom.api.auth import Caller, Operator, Viewer
+from greenroom.api.problems import ApiError, responses
+from greenroom.api.schemas import (
+    ArtifactOut,
+    BulkRetryOut,
+    BulkRetryRequest,
+    CancelRequest,
+    EventOut,
+    Page,
+    RetryRequest,
+    RunCreate,
+    RunDetail,
+    RunOut,
+    StepOut,
+)
+from greenroom.api.state import ApiState, get_state
+from greenroom.app import RunRequest
+from greenroom.errors import InvalidInput
+from greenroom.integrations import INTEGRATION_LABEL
+from greenroom.model import RunState
+from greenroom.storage import RunFilter
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+State = Annotated[ApiState, Depends(get_state)]
+NOT_FOUND = responses(c404="no such run (or another tenant's)")
+
+
+def request_hash(body: RunCreate, tenant: str) -> str:
+    """What an idempotent create asked for; the same key with another request is a 409."""
+    canonical = json.dumps(
+        {"tenant": tenant, **body.model_dump(exclude={"tenant"})}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def scope(who: Caller, tenant: str | None) -> str | None:
+    """The tenant a read is limited to: a tenant key's own; a platform key's choice (or all)."""
+    if who.tenant is None:
+        return tenant
+    if tenant is not None and tenant != who.tenant:
+        raise ApiError(403, f"this key acts for tenant {who.tenant!r} only")
+    return who.tenant
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidInput(f"label filter must look like key=value, got {text!r}")
+    return key, value
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"seq": seq}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        seq = doc["seq"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise InvalidInput("invalid cursor: pass next_cursor from the previous page") from None
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise InvalidInput("invalid cursor: pass next_cursor from the previous page")
+    return seq
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RunOut,
+    responses={
+        200: {"model": RunOut, "description": "replay: the run this Idempotency-Key created"},
+        **responses(c409="the Idempotency-Key was used for another request"),
+    },
+)
+def create_run(
+    body: RunCreate,
+    state: State,
+    who: Caller = Operator,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> Response:
+    """Start a run. With an Idempotency-Key, repeating the same request returns the same run."""
+    tenant = who.acting_for(body.tenant)
+    wanted = request_hash(body, tenant)
+    req = RunRequest(
+        workflow=body.workflow,
+        input=body.input,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        priority=body.priority,
+        delay=body.delay,
+        start_at=body.start_at,
+        labels=body.labels,
+        integration=body.integration,
+    )
+    run, created = state.store.enqueue(replace(state.app.prepare(req), request_hash=wanted))
+    if not created and run.request_hash != wanted:
+        raise ApiError(409, "this Idempotency-Key was used for a different request")
+    return JSONResponse(
+        RunOut.of(run).model_dump(mode="json"),
+        status_code=201 if created else 200,
+        headers={"Location": f"/v1/runs/{run.id}"}
+        | ({} if created else {"Idempotent-Replayed": "true"}),
+    )
+
+
+@router.get("", response_model=Page[RunOut])
+def list_runs(
+    state: State,
+    who: Caller = Viewer,
+    run_state: Annotated[list[RunState] | None, Query(alias="state")] = None,
+    workflow: str | None = None,
+    queue: str | None = None,
+    integration: str | None = None,
+    label: Annotated[str | None, Query(description="key=value")] = None,
+    error_group: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    tenant: Annotated[str | None, Query(description="platform keys: one tenant")] = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Page[RunOut]:
+    """Runs, newest first, a page at a time."""
+    if integration is not None and label is not None:
+        raise InvalidInput("filter by integration or by label, not both")
+    f = RunFilter(
+        tenant=scope(who, tenant),
+        states=run_state or (),
+        workflow=workflow,
+        queue=queue,
+        label=(INTEGRATION_LABEL, integration)
+        if integration is not None
+        else None
+        if label is None
+        else parse_label(label),
+        error_group=error_group,
+        created_after=None if created_after is None else created_after.timestamp(),
+        created_before=None if created_before is None else created_before.timestamp(),
+        before_seq=None if cursor is None else decode_cursor(cursor),
+        limit=limit + 1,
+    )
+    runs = state.store.list_runs(f)
+    more = len(runs) > limit
+    runs = runs[:limit]
+    return Page(
+        items=[RunOut.of(r) for r in runs],
+        next_cursor=encode_cursor(runs[-1].seq) if more else None,
+    )
+
+
+@router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
+def get_run(run_id: str, state: State, who: Caller = Viewer) -> RunDetail:
+    """A run with its steps, its timeline and its diagnostic artifacts."""
+    store = state.store
+    run = store.get_run(run_id, tenant=who.tenant)
+    return RunDetail(
+        **RunOut.of(run).model_dump(),
+        steps=[StepOut.of(s) for s in store.steps(run.id)],
+        timeline=[EventOut.of(e) for e in store.events(run.id)],
+        artifacts=[ArtifactOut.of(a) for a in store.artifacts(run.id)],
+    )
+
+
+@router.post("/{run_id}/cancel", response_model=RunOut, responses=NOT_FOUND)
+def cancel_run(run_id: str, body: CancelRequest, state: State, who: Caller = Operator) -> RunOut:
+    """Cancel a run: at once if it waits, at its next await if it runs."""
+    run = state.store.cancel(run_id, actor=who.actor, reason=body.reason, tenant=who.tenant)
+    return RunOut.of(run)
+
+
+@router.post("/{run_id}/retry", status_code=201, response_model=RunOut, responses=NOT_FOUND)
+def retry_run(run_id: str, body: RetryRequest, state: State, who: Caller = Operator) -> RunOut:
+    """A new run for a failed or cancelled one: from its failed step (its completed steps are
+    kept) or from scratch, optionally with new input."""
+    run = state.store.retry_run(
+        run_id,
+        actor=who.actor,
+        reason=body.reason,
+        tenant=who.tenant,
+        from_scratch=body.from_scratch,
+        input=body.input,
+    )
+    return RunOut.of(run)
+
+
+@router.post("/retry", response_model=BulkRetryOut)
+def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> BulkRetryOut:
+    """Retry every failed (or cancelled) run matching a filter; dry_run (the default) only
+    says how many and from which steps."""
+    if body.integration is not None and body.label is not None:
+        raise InvalidInput("filter by integration or by label, not both")
+    label = (
+        (INTEGRATION_LABEL, body.integration)
+        if body.integration is not None
+        else None
+        if body.label is None
+        else parse_label(body.label)
+    )
+    f = RunFilter(
+        tenant=scope(who, body.tenant),
+        states=[RunState(s) for s in body.state],
+        workflow=body.workflow,
+        queue=body.queue,
+        label=label,
+        error_group=body.error_group,
+    )
+    done = state.store.retry_where(
+        f,
+        actor=who.actor,
+        reason=body.reason,
+        dry_run=body.dry_run,
+        from_scratch=body.from_scratch,
+    )
+    return BulkRetryOut(
+        matched=done.matched,
+        dry_run=done.dry_run,
+        rerun_from={str(k): v for k, v in done.rerun_from.items()},
+        new_runs=done.new_runs,
+    )
+
+
+@router.get(
+    "/{run_id}/artifacts/{artifact_id}",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}, **NOT_FOUND},
+)
+def download_artifact(
+    run_id: str, artifact_id: int, state: State, who: Caller = Viewer
+) -> Response:
+    """One diagnostic file of a run: screenshot, page HTML, console log or Playwright trace."""
+    run = state.store.get_run(run_id, tenant=who.tenant)
+    for artifact in state.store.artifacts(run.id):
+        if artifact.id == artifact_id:
+            try:
+                data = state.artifacts.get(artifact.location)
+            except OSError:
+                raise ApiError(410, f"artifact {artifact_id} is no longer stored") from None
+            filename = artifact.location.rsplit("/", 1)[-1]
+            return Response(
+                data,
+                media_type=artifact.content_type,
+                headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            )
+    raise ApiError(404, f"artifact {artifact_id} of run {run_id} not found")
