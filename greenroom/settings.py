@@ -70,6 +70,9 @@ class Settings(BaseSettings):
         100.0, gt=0, description="requests per second per API key (a key may set its own)"
     )
     api_rate_burst: int = Field(200, ge=1, description="requests a key may make at once")
+    api_key_cache_seconds: float = Field(
+        5.0, ge=0, description="how long a node trusts a verified key (revocation elsewhere)"
+    )
 
     @model_validator(mode="after")
     def _heartbeat_fits_lease(self) -> Settings:

@@ -7,7 +7,7 @@ from importlib.metadata import version
 from fastapi import FastAPI
 
 from greenroom.api import problems
-from greenroom.api.auth import RateLimiter
+from greenroom.api.auth import KeyCache, RateLimiter
 from greenroom.api.limits import BodyLimit
 from greenroom.api.routes import accounts, controls, health, integrations, observe, runs
 from greenroom.api.state import ApiState
@@ -34,7 +34,9 @@ def create_api(app: App) -> FastAPI:
         ],
     )
     api.state.greenroom = ApiState(
-        app=app, limiter=RateLimiter(settings.api_rate_limit, settings.api_rate_burst)
+        app=app,
+        limiter=RateLimiter(settings.api_rate_limit, settings.api_rate_burst),
+        keys=KeyCache(settings.api_key_cache_seconds),
     )
     problems.install(api)
     api.include_router(health.router)

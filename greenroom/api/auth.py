@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.keys import matches, split_key
 from greenroom.api.problems import ApiError
@@ -68,31 +69,69 @@ class RateLimiter:
             return (1 - tokens) / rate
 
 
+class KeyCache:
+    """Keys verified in the last `seconds`, so most requests skip the database lookup. A key
+    revoked through this node is refused at once; through another node, within `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._verified: dict[str, tuple[ApiKey, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, presented: str) -> ApiKey | None:
+        with self._lock:
+            found = self._verified.get(presented)
+        if found is None or time.monotonic() - found[1] > self.seconds:
+            return None
+        return found[0]
+
+    def put(self, presented: str, key: ApiKey) -> None:
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            if len(self._verified) > 10_000:  # many keys: start over rather than grow
+                self._verified.clear()
+            self._verified[presented] = (key, time.monotonic())
+
+    def forget(self, key_id: str) -> None:
+        with self._lock:
+            for presented in [p for p, (k, _) in self._verified.items() if k.id == key_id]:
+                del self._verified[presented]
+
+
 def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="greenroom"'})
 
 
-def _authenticate(request: Request, state: ApiState) -> ApiKey:
+def _lookup(state: ApiState, presented: str) -> ApiKey:
+    key_id = split_key(presented)
+    key = None if key_id is None else state.store.api_key(key_id)
+    if key is None or not matches(key, presented):
+        raise _unauthorized("invalid API key")
+    state.keys.put(presented, key)
+    return key
+
+
+async def _authenticate(request: Request, state: ApiState) -> ApiKey:
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise _unauthorized("send an API key: Authorization: Bearer <key>")
     presented = presented.strip()
-    key_id = split_key(presented)
-    key = None if key_id is None else state.store.api_key(key_id)
-    if key is None or not matches(key, presented):
-        raise _unauthorized("invalid API key")
+    key = state.keys.get(presented)
+    if key is None:
+        key = await run_in_threadpool(_lookup, state, presented)
     if not key.usable(time.time()):
         raise _unauthorized("API key revoked or expired")
     return key
 
 
-def caller(needed: Role) -> Callable[..., Caller]:
+def caller(needed: Role) -> Callable[..., Awaitable[Caller]]:
     """A dependency: the authenticated caller, if its role allows `needed` and its rate is
     not exceeded."""
 
-    def dependency(request: Request, state: ApiState = Depends(get_state)) -> Caller:
-        key = _authenticate(request, state)
+    async def dependency(request: Request, state: ApiState = Depends(get_state)) -> Caller:
+        key = await _authenticate(request, state)
         wait = state.limiter.take(key.id, key.rate_limit)
         if wait > 0:
             raise ApiError(

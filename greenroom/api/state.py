@@ -14,13 +14,14 @@ from greenroom.crypto import KeyRing, load_keyring
 from greenroom.storage import RunStore
 
 if TYPE_CHECKING:
-    from greenroom.api.auth import RateLimiter
+    from greenroom.api.auth import KeyCache, RateLimiter
 
 
 @dataclass
 class ApiState:
     app: App
     limiter: RateLimiter
+    keys: KeyCache
     _keyring: KeyRing | None = None
     _artifacts: ArtifactStore | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)

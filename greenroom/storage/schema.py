@@ -104,7 +104,8 @@ runs = Table(
     Index("runs_retry_of", "retry_of"),
     Index("runs_error_group", "error_group"),
     Index("runs_finished", "finished_at"),
-    Index("runs_created", "tenant", "created_at"),
+    # A tenant's runs newest first (API listings).
+    Index("runs_tenant", "tenant", "seq"),
 )
 
 steps = Table(

@@ -60,7 +60,7 @@ def _saved_from_row(row: Row) -> SavedSession:
     )
 
 
-def _artifact_from_row(row: Row) -> Artifact:
+def artifact_from_row(row: Row) -> Artifact:
     return Artifact(
         id=int(row["id"]),
         run_id=row["run_id"],
@@ -193,7 +193,7 @@ class Sessions(StoreBase):
                     "now": self.clock.now(),
                 },
             )[0]
-        return _artifact_from_row(row)
+        return artifact_from_row(row)
 
     def artifacts(self, run_id: str, *, tenant: str | None = None) -> list[Artifact]:
         """A run's diagnostic files, oldest first (scoped to `tenant` when given)."""
@@ -203,4 +203,4 @@ class Sessions(StoreBase):
                 f"SELECT * FROM artifacts WHERE run_id = :id{scope} ORDER BY id",
                 {"id": run_id, "tenant": tenant},
             )
-        return [_artifact_from_row(r) for r in rows]
+        return [artifact_from_row(r) for r in rows]

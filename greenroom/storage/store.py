@@ -42,7 +42,7 @@ from greenroom.storage.codec import (
 )
 from greenroom.storage.controls import Controls
 from greenroom.storage.enqueue import insert_runs
-from greenroom.storage.sessions import Sessions
+from greenroom.storage.sessions import Artifact, Sessions, artifact_from_row
 
 _CLEAR_LEASE = "lease_owner = NULL, lease_expires_at = NULL, pause_requested = false"
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
@@ -53,6 +53,14 @@ class Heartbeat:
     held: set[str]
     cancel_requested: set[str]
     pause_requested: set[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunDetail:
+    run: Run
+    steps: list[StepRecord]
+    events: list[RunEvent]
+    artifacts: list[Artifact]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -480,6 +488,21 @@ class RunStore(Controls, Admin, Sessions, Accounts):
     def get_run(self, run_id: str, *, tenant: str | None = None) -> Run:
         with self.backend.transaction(write=False) as tx:
             return run_from_row(self._select_run(tx, run_id, tenant))
+
+    def run_detail(self, run_id: str, *, tenant: str | None = None) -> RunDetail:
+        """A run with its steps, timeline and artifacts, as one consistent read."""
+        params = {"id": run_id}
+        with self.backend.transaction(write=False) as tx:
+            run = run_from_row(self._select_run(tx, run_id, tenant))
+            steps = tx.execute("SELECT * FROM steps WHERE run_id = :id ORDER BY position", params)
+            events = tx.execute("SELECT * FROM run_events WHERE run_id = :id ORDER BY id", params)
+            files = tx.execute("SELECT * FROM artifacts WHERE run_id = :id ORDER BY id", params)
+        return RunDetail(
+            run=run,
+            steps=[step_from_row(r) for r in steps],
+            events=[event_from_row(r) for r in events],
+            artifacts=[artifact_from_row(r) for r in files],
+        )
 
     def steps(self, run_id: str) -> list[StepRecord]:
         with self.backend.transaction(write=False) as tx:

@@ -32,7 +32,13 @@ def list_tenants(state: State, who: Caller = Platform) -> list[TenantOut]:
     return [TenantOut.of(t) for t in state.store.tenants()]
 
 
-@router.post("/tenants", status_code=201, response_model=TenantOut, tags=["tenants"])
+@router.post(
+    "/tenants",
+    status_code=201,
+    response_model=TenantOut,
+    responses=responses(c409="a tenant by this name exists"),
+    tags=["tenants"],
+)
 def create_tenant(body: TenantCreate, state: State, who: Caller = Platform) -> TenantOut:
     return TenantOut.of(state.store.create_tenant(body.name, actor=who.actor))
 
@@ -67,7 +73,13 @@ def list_keys(state: State, who: Caller = Admin, tenant: str | None = None) -> l
     return [KeyOut.of(k) for k in state.store.api_keys(tenant=scope(who, tenant))]
 
 
-@router.post("/keys", status_code=201, response_model=KeyCreated, tags=["keys"])
+@router.post(
+    "/keys",
+    status_code=201,
+    response_model=KeyCreated,
+    responses=responses(c404="no such registered tenant"),
+    tags=["keys"],
+)
 def create_api_key(body: KeyCreate, state: State, who: Caller = Admin) -> KeyCreated:
     """A new key; its secret is in this response only."""
     if body.role is Role.PLATFORM:
@@ -93,4 +105,6 @@ def create_api_key(body: KeyCreate, state: State, who: Caller = Admin) -> KeyCre
 @router.delete("/keys/{key_id}", response_model=KeyOut, responses=NOT_FOUND, tags=["keys"])
 def revoke_api_key(key_id: str, state: State, who: Caller = Admin) -> KeyOut:
     """Revoke a key: it is refused from the next request on."""
-    return KeyOut.of(state.store.revoke_api_key(key_id, actor=who.actor, tenant=who.tenant))
+    revoked = state.store.revoke_api_key(key_id, actor=who.actor, tenant=who.tenant)
+    state.keys.forget(key_id)
+    return KeyOut.of(revoked)

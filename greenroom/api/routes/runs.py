@@ -85,7 +85,10 @@ def decode_cursor(cursor: str) -> int:
     response_model=RunOut,
     responses={
         200: {"model": RunOut, "description": "replay: the run this Idempotency-Key created"},
-        **responses(c409="the Idempotency-Key was used for another request"),
+        **responses(
+            c404="no such integration (or another tenant's)",
+            c409="the Idempotency-Key was used for another request",
+        ),
     },
 )
 def create_run(
@@ -166,13 +169,12 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
 def get_run(run_id: str, state: State, who: Caller = Viewer) -> RunDetail:
     """A run with its steps, its timeline and its diagnostic artifacts."""
-    store = state.store
-    run = store.get_run(run_id, tenant=who.tenant)
+    found = state.store.run_detail(run_id, tenant=who.tenant)
     return RunDetail(
-        **RunOut.of(run).model_dump(),
-        steps=[StepOut.of(s) for s in store.steps(run.id)],
-        timeline=[EventOut.of(e) for e in store.events(run.id)],
-        artifacts=[ArtifactOut.of(a) for a in store.artifacts(run.id)],
+        **RunOut.of(found.run).model_dump(),
+        steps=[StepOut.of(s) for s in found.steps],
+        timeline=[EventOut.of(e) for e in found.events],
+        artifacts=[ArtifactOut.of(a) for a in found.artifacts],
     )
 
 
@@ -237,7 +239,11 @@ def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> 
 @router.get(
     "/{run_id}/artifacts/{artifact_id}",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}, **NOT_FOUND},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **NOT_FOUND,
+        **responses(c410="the artifact's file was removed (retention)"),
+    },
 )
 def download_artifact(
     run_id: str, artifact_id: int, state: State, who: Caller = Viewer

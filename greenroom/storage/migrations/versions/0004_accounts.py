@@ -49,11 +49,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("integrations_name", "integrations", ["tenant", "name"], unique=True)
-    op.create_index("runs_created", "runs", ["tenant", "created_at"])
+    op.create_index("runs_tenant", "runs", ["tenant", "seq"])
 
 
 def downgrade() -> None:
-    op.drop_index("runs_created", "runs")
+    op.drop_index("runs_tenant", "runs")
     op.drop_index("integrations_name", "integrations")
     op.drop_table("integrations")
     op.drop_index("api_keys_tenant", "api_keys")
