@@ -7,7 +7,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -79,6 +79,7 @@ class App:
         timeout: float | None = None,
         priority: int = 0,
         session_concurrency: int = 1,
+        isolation: Literal["context", "process"] = "context",
     ) -> Callable[[WorkflowFn], Workflow]:
         """Declare a workflow: an async function of checkpointed steps taking a RunContext."""
 
@@ -93,6 +94,7 @@ class App:
                 timeout=timeout,
                 priority=priority,
                 connector=None if connector is None else connector.name,
+                isolation=isolation,
             )
             if wf.name in self.workflows:
                 raise ConfigError(f"workflow {wf.name!r} is declared twice")

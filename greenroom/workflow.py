@@ -6,7 +6,7 @@ import inspect
 import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from greenroom.errors import ConfigError, InvalidInput
 from greenroom.retry import RetryPolicy
@@ -31,12 +31,18 @@ class Workflow:
     session_concurrency: int = 1
     #: The connector whose integrations this workflow runs for (and whose credentials it opens).
     connector: str | None = None
+    #: "context": runs share the worker's browsers, each session in its own context.
+    #: "process": each run executes in its own OS process with its own browser, and the whole
+    #: process group is killed at its timeout (for pages or code that may hang the worker).
+    isolation: Literal["context", "process"] = "context"
 
     def __post_init__(self) -> None:
         if not inspect.iscoroutinefunction(self.fn):
             raise ConfigError(f"workflow {self.name!r} must be an async function")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"workflow {self.name!r}: timeout must be positive")
+        if self.isolation not in ("context", "process"):
+            raise ConfigError(f"workflow {self.name!r}: isolation must be 'context' or 'process'")
         if self.session_concurrency < 1:
             raise ConfigError(f"workflow {self.name!r}: session_concurrency must be at least 1")
         if self.session is not None:

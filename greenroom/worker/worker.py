@@ -15,12 +15,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 import structlog
-from pydantic import BaseModel
 
-from greenroom import integrations
 from greenroom.app import App
 from greenroom.browser.runtime import BrowserRuntime
-from greenroom.connectors import secret_values
 from greenroom.context import RunContext, current_run
 from greenroom.diagnostics import describe_error
 from greenroom.errors import LeaseLost, NonDeterminismError, RunPaused
@@ -31,6 +28,9 @@ from greenroom.storage import RunStore
 from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.codec import dumps
 from greenroom.storage.store import Heartbeat
+from greenroom.worker.credentials import credentials_source
+from greenroom.worker.isolated import IsolatedRun
+from greenroom.workflow import Workflow
 
 T = TypeVar("T")
 log = structlog.get_logger("greenroom.worker")
@@ -52,8 +52,16 @@ class _Active:
     task: asyncio.Task[None]
     stop_reason: str | None = None
     ctx: RunContext | None = None
+    #: Set while the run executes in its own process (isolation="process").
+    isolated: IsolatedRun | None = None
     #: Its end is being written: heartbeats and controls leave it alone.
     finishing: bool = False
+
+    def request_pause(self) -> None:
+        if self.isolated is not None:
+            self.isolated.request_pause()
+        elif self.ctx is not None:
+            self.ctx.request_pause()
 
 
 @dataclass
@@ -262,8 +270,8 @@ class Worker:
                 self._interrupt(self._active[run_id], _Stop.CANCEL)
         for run_id in requests.pause_requested:
             active = self._active.get(run_id)
-            if active is not None and active.ctx is not None:
-                active.ctx.request_pause()
+            if active is not None:
+                active.request_pause()
 
     async def _maintenance_loop(self) -> None:
         s = self.settings
@@ -312,15 +320,6 @@ class Worker:
             active.stop_reason = reason
             active.task.cancel(reason)
 
-    async def _open_credentials(self, ctx: RunContext) -> BaseModel:
-        connector = self.app.connector_of(ctx.run.workflow)
-        keyring = self.browser.keyring
-        creds = await self._db(integrations.open_for_run, self.store, keyring, connector, ctx.run)
-        if ctx.browser is not None:
-            for value in secret_values(creds):
-                ctx.browser.add_secret(value)
-        return creds
-
     def _lease_valid_until(self, lease: Lease) -> Callable[[], float]:
         return lambda: max(lease.expires_at, self._renewed_at + lease.seconds)
 
@@ -346,6 +345,9 @@ class Worker:
             err = {"type": "UnknownWorkflow", "message": f"no workflow {run.workflow!r} in app"}
             await self._finish(lease, RunState.FAILED, "unknown workflow", error=err)
             return
+        if wf.isolation == "process":
+            await self._execute_isolated(lease, wf)
+            return
         # Steps are only written under a lease: a run leased for the first time has no history.
         fresh = lease.token == 1 and run.retry_of is None  # a retry starts with copied steps
         history = [] if fresh else await self._db(self.store.steps, run.id)
@@ -357,7 +359,9 @@ class Worker:
             lease_valid_until=self._lease_valid_until(lease),
         )
         ctx.browser = self.browser.for_run(lease, self.store, self._db, ctx.log)
-        ctx.credentials_source = partial(self._open_credentials, ctx)
+        ctx.credentials_source = credentials_source(
+            ctx, self.app, self.store, self.browser, self._db
+        )
         if run.id in self._active:
             self._active[run.id].ctx = ctx
             if run.pause_requested:
@@ -378,7 +382,8 @@ class Worker:
             await self._finish(lease, RunState.QUEUED, "stopped at a step boundary for a pause")
             return
         except Exception as exc:
-            await self._failed(lease, ctx, exc)
+            await ctx.browser.run_failed(exc)  # diagnostics while the page is still open
+            await self._failed(lease, exc, failed_step=ctx.failed_step, log=ctx.log)
             return
         finally:
             current_run.reset(token)
@@ -389,6 +394,42 @@ class Worker:
             steps_replayed=ctx.steps_replayed,
         )
         await self._finish(lease, RunState.SUCCEEDED, "completed", output=encoded)
+
+    async def _execute_isolated(self, lease: Lease, wf: Workflow) -> None:
+        """The run executes in its own process group; this worker keeps its lease."""
+        run = lease.run
+        isolated = IsolatedRun(self.settings, lease, wf)
+        active = self._active.get(run.id)
+        if active is not None:
+            active.isolated = isolated
+            if run.pause_requested:
+                isolated.request_pause()
+        run_log = self.log.bind(run_id=run.id, workflow=run.workflow, attempt=run.attempt)
+        try:
+            async with asyncio.timeout(run.timeout):
+                outcome = await isolated.run()
+        except asyncio.CancelledError:
+            await self._stopped(lease)
+            return
+        except Exception as exc:  # the run timed out, or its process died before reporting
+            await self._failed(lease, exc, failed_step=None, log=run_log)
+            return
+        if outcome.kind == "succeeded":
+            run_log.info("run succeeded", isolation="process")
+            await self._finish(lease, RunState.SUCCEEDED, "completed", output=outcome.output)
+        elif outcome.kind == "paused":
+            await self._finish(lease, RunState.QUEUED, "stopped at a step boundary for a pause")
+        elif outcome.kind == "lost":
+            raise LeaseLost(f"run {run.id}: its process found the lease lost")
+        else:
+            assert outcome.error is not None
+            await self._failed(
+                lease,
+                outcome.error,
+                failed_step=outcome.failed_step,
+                log=run_log,
+                error=outcome.description or None,
+            )
 
     async def _stopped(self, lease: Lease) -> None:
         task = asyncio.current_task()
@@ -405,17 +446,25 @@ class Worker:
         else:
             raise asyncio.CancelledError
 
-    async def _failed(self, lease: Lease, ctx: RunContext, exc: Exception) -> None:
+    async def _failed(
+        self,
+        lease: Lease,
+        exc: BaseException,
+        *,
+        failed_step: str | None,
+        log: Any,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """Retry the run later or fail it; `error` is the stored description when it was made
+        elsewhere (an isolated run's process, with its traceback)."""
         run = lease.run
-        if ctx.browser is not None:
-            await ctx.browser.run_failed(exc)  # diagnostics while the page is still open
         wf = self.app.workflows[run.workflow]
         policy = wf.retry or self._queue_policy(run.queue)
-        error = describe_error(exc, step=ctx.failed_step, attempt=run.attempt)
+        error = error or describe_error(exc, step=failed_step, attempt=run.attempt)
         retry = run.attempt < run.max_attempts and policy.should_retry(exc, run.attempt)
         if retry and not isinstance(exc, NonDeterminismError):
             delay = policy.delay(run.attempt)
-            ctx.log.warning("run failed; will retry", error=error["message"], retry_in=delay)
+            log.warning("run failed; will retry", error=error["message"], retry_in=delay)
             await self._finish(
                 lease,
                 RunState.DELAYED,
@@ -424,7 +473,7 @@ class Worker:
                 retry_at=self.store.clock.now() + delay,
             )
         else:
-            ctx.log.error("run failed", error=error["message"], error_type=error["type"])
+            log.error("run failed", error=error["message"], error_type=error["type"])
             await self._finish(lease, RunState.FAILED, f"failed: {error['type']}", error=error)
 
     async def _write_end(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> RunState:

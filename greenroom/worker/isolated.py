@@ -1,0 +1,253 @@
+"""Process isolation: a run that executes in its own OS process, with its own browser.
+
+For workflows declared with isolation="process". The worker keeps the lease (heartbeats,
+cancellation, the run's end); the child imports the workflow's module, replays and executes the
+steps under the same fencing token, saves the session and diagnostics, and reports how the run
+ended in a file. The child leads its own process group: at a run timeout, a cancellation or a
+worker shutdown the worker kills the whole group; if the worker dies, the kernel kills the child
+(PR_SET_PDEATHSIG) and the browser's watchdog then kills the browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ctypes
+import importlib
+import json
+import math
+import os
+import pickle
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from greenroom.app import App
+from greenroom.diagnostics import describe_error
+from greenroom.errors import ConfigError, LeaseLost, RunPaused
+from greenroom.model import Lease
+from greenroom.settings import Settings
+from greenroom.workflow import Workflow
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How an isolated run ended: "succeeded" (with its encoded output), "failed" (with the
+    exception, its stored description and the failed step), "paused" or "lost"."""
+
+    kind: str
+    output: str | None = None
+    error: BaseException | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+    failed_step: str | None = None
+
+
+class IsolatedRun:
+    """The worker's side: start the child, forward pauses, kill its group when told to stop."""
+
+    def __init__(self, settings: Settings, lease: Lease, workflow: Workflow) -> None:
+        self.settings = settings
+        self.lease = lease
+        self.workflow = workflow
+        self.pid: int | None = None
+        self._pause_requested = False
+
+    def request_pause(self) -> None:
+        self._pause_requested = True
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGUSR1)
+
+    async def run(self) -> Outcome:
+        with tempfile.TemporaryDirectory(prefix="greenroom-run-") as tmp:
+            result = Path(tmp) / "result.json"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "from greenroom.worker.isolated import main; main()",
+                stdin=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+            self.pid = proc.pid
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(self._request(result)).encode())
+                await proc.stdin.drain()
+                proc.stdin.close()
+                if self._pause_requested:
+                    self.request_pause()
+                code = await proc.wait()
+            except BaseException:
+                kill_group(proc.pid)  # a timeout, a cancellation or a shutdown: nothing stays
+                await asyncio.shield(proc.wait())
+                raise
+            finally:
+                self.pid = None
+            if not result.exists():
+                raise RuntimeError(
+                    f"the run's process exited with {_exit_status(code)} before reporting"
+                )
+            return _outcome(json.loads(result.read_text()))
+
+    def _request(self, result: Path) -> dict[str, Any]:
+        lease = self.lease
+        return {
+            "module": self.workflow.fn.__module__,
+            "workflow": self.workflow.name,
+            # Secrets travel over the pipe, never on the command line or in the environment.
+            "settings": {
+                k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                for k, v in self.settings.model_dump().items()
+            },
+            "run_id": lease.run.id,
+            "worker_id": lease.worker_id,
+            "token": lease.token,
+            "expires_at": lease.expires_at,
+            "lease_seconds": lease.seconds,
+            "pause_requested": self._pause_requested,
+            "result": str(result),
+        }
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"
+
+
+def _outcome(doc: dict[str, Any]) -> Outcome:
+    error: BaseException | None = None
+    if doc.get("error"):
+        try:
+            error = pickle.loads(base64.b64decode(doc["error"]))
+        except Exception:  # a class the worker cannot import: keep the child's description
+            error = None
+    if doc["kind"] == "failed" and error is None:
+        desc = doc.get("description", {})
+        error = RuntimeError(f"{desc.get('type', 'Error')}: {desc.get('message', '')}")
+    return Outcome(
+        kind=doc["kind"],
+        output=doc.get("output"),
+        error=error,
+        description=doc.get("description") or {},
+        failed_step=doc.get("failed_step"),
+    )
+
+
+# -- the child -----------------------------------------------------------------------------
+
+
+def _find_app(module_name: str, workflow: str) -> App:
+    module = importlib.import_module(module_name)
+    for value in vars(module).values():
+        if isinstance(value, App) and workflow in value.workflows:
+            return value
+    raise ConfigError(
+        f"process isolation: module {module_name!r} has no App with workflow {workflow!r} "
+        "at module level (declare isolated workflows on an App defined in an importable module)"
+    )
+
+
+def _pickled(exc: BaseException) -> str | None:
+    try:
+        data = pickle.dumps(exc)
+        pickle.loads(data)
+    except Exception:
+        return None
+    return base64.b64encode(data).decode()
+
+
+async def _execute(request: dict[str, Any]) -> dict[str, Any]:
+    from greenroom.browser.runtime import BrowserRuntime
+    from greenroom.context import RunContext, current_run
+    from greenroom.storage import open_store
+    from greenroom.storage.codec import dumps
+    from greenroom.worker.credentials import credentials_source
+
+    settings = Settings(**request["settings"])
+    app = _find_app(request["module"], request["workflow"])
+    wf = app.workflows[request["workflow"]]
+    store = open_store(settings.db, migrate=False, pool_size=2)
+    runtime = BrowserRuntime(settings)
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    try:
+        run = store.get_run(request["run_id"])
+        lease = Lease(
+            run=run,
+            worker_id=request["worker_id"],
+            token=request["token"],
+            expires_at=request["expires_at"],
+            seconds=request["lease_seconds"],
+        )
+        ctx = RunContext(
+            lease=lease,
+            store=store,
+            db=db,
+            history=store.steps(run.id),
+            # The worker renews the lease; every write here is fenced by its token.
+            lease_valid_until=lambda: math.inf,
+        )
+        ctx.browser = runtime.for_run(lease, store, db, ctx.log)
+        ctx.credentials_source = credentials_source(ctx, app, store, runtime, db)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, ctx.request_pause)
+        if request["pause_requested"]:
+            ctx.request_pause()
+        token = current_run.set(ctx)
+        try:
+            output = await wf.fn(ctx, **run.input)
+            encoded = dumps(output, f"output of workflow {wf.name!r}")
+            await ctx.browser.run_completed()
+            return {"kind": "succeeded", "output": encoded}
+        except RunPaused:
+            return {"kind": "paused"}
+        except LeaseLost:
+            return {"kind": "lost"}
+        except Exception as exc:
+            await ctx.browser.run_failed(exc)
+            return {
+                "kind": "failed",
+                "error": _pickled(exc),
+                "description": describe_error(exc, step=ctx.failed_step, attempt=run.attempt),
+                "failed_step": ctx.failed_step,
+            }
+        finally:
+            current_run.reset(token)
+            await ctx.browser.close()
+    finally:
+        await runtime.close()
+        store.backend.close()
+
+
+def main() -> None:
+    if sys.platform.startswith("linux"):
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the worker died before the line above
+            sys.exit(1)
+    request = json.loads(sys.stdin.read())
+    try:
+        result = asyncio.run(_execute(request))
+    except Exception as exc:  # the run could not even start here (import, database)
+        result = {
+            "kind": "failed",
+            "error": _pickled(exc),
+            "description": describe_error(exc),
+        }
+    path = Path(request["result"])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)

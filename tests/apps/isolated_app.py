@@ -1,0 +1,77 @@
+"""Workflows declared with isolation="process": each run executes in its own process, which
+imports this module to find them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from greenroom import App, RetryPolicy, RunContext, step
+
+app = App()
+
+
+@step(name="whereami")
+async def whereami() -> dict[str, int]:
+    return {"pid": os.getpid(), "pgid": os.getpgid(0)}
+
+
+@app.workflow(name="iso.where", isolation="process")
+async def where(ctx: RunContext) -> dict[str, int]:
+    return await whereami()
+
+
+@step(name="count")
+async def count(marker: str) -> int:
+    path = Path(marker)
+    n = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(n))
+    return n
+
+
+@step(name="fail_once", retry=RetryPolicy(max_attempts=1))
+async def fail_once(marker: str) -> str:
+    path = Path(marker + ".failed")
+    if not path.exists():
+        path.write_text("1")
+        raise RuntimeError("first attempt fails")
+    return "ok"
+
+
+@app.workflow(
+    name="iso.resume",
+    isolation="process",
+    retry=RetryPolicy(max_attempts=2, initial_delay=0.05, jitter=0),
+)
+async def resume(ctx: RunContext, marker: str) -> dict[str, object]:
+    counted = await count(marker)
+    return {"counted": counted, "then": await fail_once(marker)}
+
+
+@step(name="spin")
+async def spin(pidfile: str) -> None:
+    Path(pidfile).write_text(str(os.getpid()))
+    while True:  # a busy loop: no await, so nothing inside this process can stop it
+        pass
+
+
+@app.workflow(name="iso.spin", isolation="process", timeout=1.5)
+async def spin_forever(ctx: RunContext, pidfile: str) -> None:
+    await spin(pidfile)
+
+
+@app.workflow(name="iso.browser", isolation="process", timeout=8)
+async def browser(ctx: RunContext, pidfile: str, hang: bool = False) -> str:
+    page = await ctx.page()
+    await page.goto("data:text/html,<title>isolated</title>")
+    Path(pidfile).write_text(str(os.getpid()))
+    if hang:
+        await page.evaluate("() => { while (true) {} }")
+    return await page.title()
+
+
+@app.workflow(name="iso.sleep", isolation="process")
+async def sleep(ctx: RunContext, pidfile: str) -> None:
+    Path(pidfile).write_text(str(os.getpid()))
+    await asyncio.sleep(60)
