@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     max_stalls: int = Field(3, ge=1, description="lease losses before a run fails")
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     concurrency: int = Field(10, ge=1)
+    memory_budget_mb: int | None = Field(
+        None, ge=1, description="a worker claims new runs only while it and its browsers fit"
+    )
+    memory_per_run_mb: int = Field(
+        150, ge=1, description="memory a run is assumed to need until runs have been measured"
+    )
 
     # -- browser runtime (greenroom.browser) --------------------------------------------
     browser_executable: str | None = Field(

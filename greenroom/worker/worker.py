@@ -30,6 +30,7 @@ from greenroom.storage.codec import dumps
 from greenroom.storage.store import Heartbeat
 from greenroom.worker.credentials import credentials_source
 from greenroom.worker.isolated import IsolatedRun
+from greenroom.worker.memory import MemoryAdmission
 from greenroom.workflow import Workflow
 
 T = TypeVar("T")
@@ -99,6 +100,9 @@ class Worker:
         self._stop_requested = False
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
         self._renewed_at = 0.0
+        self.memory = MemoryAdmission(
+            self.settings.memory_budget_mb, self.settings.memory_per_run_mb, self._process_groups
+        )
         self._queue_settings: dict[str, QueueInfo] = {}
         self._settings_due = 0.0
         self._lock_key = secrets.randbelow(2**31 - 2) + 1
@@ -205,6 +209,8 @@ class Worker:
         idle_wait = self.settings.poll_seconds
         while not self._stopping.is_set():
             free = self.concurrency - len(self._active)
+            if self.memory.budget is not None and free > 0:
+                free = min(free, await asyncio.to_thread(self.memory.room, len(self._active)))
             got = 0
             if free > 0:
                 try:
@@ -309,6 +315,11 @@ class Worker:
         self._liveness = await self._db(self.store.backend.hold_liveness, self._lock_key)
 
     # -- executing runs --------------------------------------------------------------------
+
+    def _process_groups(self) -> list[int]:
+        """Process groups this worker started: its browsers and its isolated runs."""
+        isolated = [a.isolated.pid for a in list(self._active.values()) if a.isolated]
+        return [*self.browser.pool.browser_pids(), *(pid for pid in isolated if pid)]
 
     def _start_run(self, lease: Lease) -> None:
         self.stats.claimed += 1

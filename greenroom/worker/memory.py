@@ -1,0 +1,66 @@
+"""Memory admission: a worker with a memory budget claims new runs only while there is room.
+
+What counts is the worker process, its browsers and its isolated runs' process groups. A run is
+assumed to need what the runs now executing need on average (or the configured estimate until
+some have run), so a worker full of heavy pages admits fewer new runs than one of light pages.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+
+from greenroom.browser.launch import group_rss_bytes
+
+MB = 1024 * 1024
+#: How long one measurement is trusted (scanning /proc costs a few milliseconds).
+MEASURE_EVERY = 1.0
+
+
+def process_rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+class MemoryAdmission:
+    def __init__(
+        self,
+        budget_mb: int | None,
+        per_run_mb: int,
+        groups: Callable[[], Iterable[int]],
+    ) -> None:
+        self.budget = None if budget_mb is None else budget_mb * MB
+        self.per_run = max(per_run_mb * MB, 1)
+        self._groups = groups
+        self._base = process_rss_bytes(os.getpid())
+        self._used = 0
+        self._measured_at = -MEASURE_EVERY
+
+    def used_bytes(self) -> int:
+        """The worker's memory with its browsers and isolated runs (measured at most once a
+        second)."""
+        now = time.monotonic()
+        if now - self._measured_at >= MEASURE_EVERY:
+            self._measured_at = now
+            self._used = process_rss_bytes(os.getpid()) + sum(
+                group_rss_bytes(pgid) for pgid in set(self._groups())
+            )
+        return self._used
+
+    def room(self, running: int) -> int:
+        """How many more runs fit under the budget. An idle worker always admits one, so a
+        budget below the worker's own size slows work down instead of stopping it."""
+        if self.budget is None:
+            raise ValueError("no memory budget")
+        used = self.used_bytes()
+        per_run = self.per_run
+        if running:
+            per_run = max(per_run, (used - self._base) // running)
+        # Runs that just started may not have grown yet: count each at least at the estimate.
+        expected = max(used, self._base + running * per_run)
+        fits = max(0, (self.budget - expected) // per_run)
+        return max(fits, 1) if running == 0 else fits
