@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import signal
 import stat
@@ -282,7 +283,11 @@ async def test_store_keeps_a_saved_session_over_an_empty_one_unless_logged_out(
             save, lease, key_id="k", state="out", cookie_count=0, logged_out=True
         )
         assert version == 3
-        assert await asyncio.to_thread(store.discard_session_state, "t1", "acct:erin")
+        stale = dataclasses.replace(lease, token=lease.token - 1)
+        with pytest.raises(LeaseLost):
+            await asyncio.to_thread(store.discard_session_state, stale)
+        assert await asyncio.to_thread(store.load_session_state, "t1", "acct:erin") is not None
+        assert await asyncio.to_thread(store.discard_session_state, lease)
         assert await asyncio.to_thread(store.load_session_state, "t1", "acct:erin") is None
     finally:
         app.close()

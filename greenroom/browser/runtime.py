@@ -139,9 +139,8 @@ class RunBrowser:
         so the next page starts from nothing and a login saves a fresh state."""
         async with self._lock:
             await self._release(keep=False)  # closed once no other run of the session uses it
-            run = self._lease.run
-            if run.session_key is not None:
-                await self._db(self._store.discard_session_state, run.tenant, run.session_key)
+            if self._lease.run.session_key is not None:
+                await self._db(self._store.discard_session_state, self._lease)
         self._log.info("saved browser session discarded")
 
     # -- hooks called by the engine --------------------------------------------------------

@@ -146,12 +146,16 @@ class Sessions(StoreBase):
             )
         return _saved_from_row(rows[0]) if rows else None
 
-    def discard_session_state(self, tenant: str, session_key: str) -> bool:
-        """Forget a saved session (e.g. it turned out to be logged out); whether one existed."""
+    @retry_conflicts
+    def discard_session_state(self, lease: Lease) -> bool:
+        """Forget the run's saved session (it turned out to be logged out), under the run's
+        fencing token like a save; whether one existed."""
+        run = lease.run
         with self.backend.transaction() as tx:
+            self._fence(tx, lease, self.clock.now())
             n = tx.execute_count(
                 "DELETE FROM browser_sessions WHERE tenant = :tenant AND session_key = :key",
-                {"tenant": tenant, "key": session_key},
+                {"tenant": run.tenant, "key": run.session_key},
             )
         return n > 0
 

@@ -403,6 +403,7 @@ class Worker:
             seconds=round(time.monotonic() - started, 3),
             steps_executed=ctx.steps_executed,
             steps_replayed=ctx.steps_replayed,
+            relogins=ctx.relogins,
         )
         await self._finish(lease, RunState.SUCCEEDED, "completed", output=encoded)
 
