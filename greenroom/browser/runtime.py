@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 DbCall = Callable[..., Awaitable[Any]]
 #: A workflow's "still logged in?" check, asked before a session's state is trusted and saved.
 Probe = Callable[["Page"], Awaitable[bool]]
+#: How often a run waiting for another worker's login of its session looks again.
+LOGIN_POLL_SECONDS = 0.2
 
 
 class BrowserRuntime:
@@ -125,14 +127,21 @@ class RunBrowser:
 
     @contextlib.asynccontextmanager
     async def login_lock(self) -> AsyncIterator[None]:
-        """Held while a login step runs: one login per session key at a time in this worker
-        (the engine already keeps runs of one session apart across workers)."""
+        """Held while a login step runs: one login per session key at a time, in this worker
+        (a lock) and across workers (a row in the database, which only counts while its run
+        holds its lease, so a dead worker's login does not block the next)."""
         key = self._pool_key
         if key is None:
             yield
             return
         async with self.runtime.logins.hold(key):
-            yield
+            while not await self._db(self._store.take_login, self._lease):
+                await asyncio.sleep(LOGIN_POLL_SECONDS)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):  # the holder's lease ending frees it too
+                    await self._db(self._store.release_login, self._lease)
 
     async def discard_session(self) -> None:
         """The session turned out to be logged out: forget its saved state and its context,

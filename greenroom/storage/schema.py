@@ -343,3 +343,15 @@ integrations = Table(
     Column("updated_at", Float, nullable=False),
     Index("integrations_name", "tenant", "name", unique=True),
 )
+
+# Who is logging in to a session (migration 0004): one login per session key at a time across
+# every worker. A holder counts only while its run still holds the lease it took it with.
+session_logins = Table(
+    "session_logins",
+    metadata,
+    Column("tenant", String(200), primary_key=True),
+    Column("session_key", String(500), primary_key=True),
+    Column("run_id", String(40), nullable=False),
+    Column("lease_token", BigInteger, nullable=False),
+    Column("since", Float, nullable=False),
+)

@@ -159,6 +159,43 @@ class Sessions(StoreBase):
             )
         return n > 0
 
+    # -- logins ----------------------------------------------------------------------------
+
+    @retry_conflicts
+    def take_login(self, lease: Lease) -> bool:
+        """Hold the login of the run's session; False while another run that still holds its
+        lease is logging in."""
+        run = lease.run
+        now = self.clock.now()
+        with self.backend.transaction() as tx:
+            self._fence(tx, lease, now)
+            rows = tx.execute(
+                "INSERT INTO session_logins (tenant, session_key, run_id, lease_token, since)"
+                " VALUES (:tenant, :key, :run_id, :token, :now)"
+                " ON CONFLICT (tenant, session_key) DO UPDATE SET run_id = excluded.run_id,"
+                " lease_token = excluded.lease_token, since = excluded.since"
+                " WHERE session_logins.run_id = excluded.run_id OR NOT EXISTS (SELECT 1 FROM"
+                " runs WHERE runs.id = session_logins.run_id AND runs.state = 'running'"
+                " AND runs.lease_token = session_logins.lease_token) RETURNING run_id",
+                {
+                    "tenant": run.tenant,
+                    "key": run.session_key,
+                    "run_id": run.id,
+                    "token": lease.token,
+                    "now": now,
+                },
+            )
+        return bool(rows)
+
+    def release_login(self, lease: Lease) -> None:
+        run = lease.run
+        with self.backend.transaction() as tx:
+            tx.execute(
+                "DELETE FROM session_logins WHERE tenant = :tenant AND session_key = :key"
+                " AND run_id = :run_id",
+                {"tenant": run.tenant, "key": run.session_key, "run_id": run.id},
+            )
+
     # -- artifacts -------------------------------------------------------------------------
 
     def add_artifact(

@@ -1,4 +1,5 @@
-"""accounts: API keys, integrations with sealed credentials, request hashes for idempotency
+"""accounts: API keys, integrations with sealed credentials, request hashes for idempotency,
+session logins
 
 Revision ID: 0004
 Revises: 0003
@@ -50,9 +51,19 @@ def upgrade() -> None:
     )
     op.create_index("integrations_name", "integrations", ["tenant", "name"], unique=True)
     op.create_index("runs_tenant", "runs", ["tenant", "seq"])
+    op.create_table(
+        "session_logins",
+        sa.Column("tenant", sa.String(200), nullable=False),
+        sa.Column("session_key", sa.String(500), nullable=False),
+        sa.Column("run_id", sa.String(40), nullable=False),
+        sa.Column("lease_token", sa.BigInteger(), nullable=False),
+        sa.Column("since", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant", "session_key"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("session_logins")
     op.drop_index("runs_tenant", "runs")
     op.drop_index("integrations_name", "integrations")
     op.drop_table("integrations")
