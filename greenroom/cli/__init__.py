@@ -5,6 +5,9 @@ Every error a user can cause is one line on stderr with exit code 2, never a tra
 the options and helpers every command shares, and the entry point; the commands live in
 engine (db, worker, enqueue, workers, demo), runs, controls (queues, pauses, tenants) and
 admin (errors, audit).
+
+Commands act on a database (--db), and the ones that have a remote mode act on a greenroom
+server through its API when given --url (or $GREENROOM_URL): see `remote_client`.
 """
 
 from __future__ import annotations
@@ -18,16 +21,21 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from typer._click.core import ParameterSource
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from greenroom.app import App
 from greenroom.errors import ConfigError, GreenroomError, InvalidInput, NotFound
 from greenroom.settings import load_settings
 from greenroom.storage import RunStore, open_store
+
+if TYPE_CHECKING:
+    from greenroom.client import Client
 
 
 def _width() -> int | None:
@@ -63,6 +71,25 @@ ActorOpt = Annotated[
     typer.Option(help="Who acts, for the audit log (default: $GREENROOM_ACTOR, else user@host)."),
 ]
 ReasonOpt = Annotated[str, typer.Option(help="Why (recorded in the audit log).")]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="GREENROOM_URL",
+        help="Act on this greenroom server through its API instead of on a database "
+        "(runs, enqueue, pause, resume, pauses, queues, errors, audit, workers).",
+        show_default=False,
+    ),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="GREENROOM_API_KEY",
+        help="API key for --url (prefer $GREENROOM_API_KEY: options show in process lists).",
+        show_default=False,
+    ),
+]
 
 
 def default_actor() -> str:
@@ -73,7 +100,7 @@ def default_actor() -> str:
 
 
 @cli.callback()
-def root(ctx: typer.Context, db: DbOpt = None) -> None:
+def root(ctx: typer.Context, db: DbOpt = None, url: UrlOpt = None, key: KeyOpt = None) -> None:
     """Durable, multi-tenant browser-automation workflows."""
     ctx.obj = {"db": db}
 
@@ -81,8 +108,7 @@ def root(ctx: typer.Context, db: DbOpt = None) -> None:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def given_db(ctx: typer.Context, db: str | None) -> str | None:
-    """The --db given on this command, else on a parent command, else None."""
+def _db_option(ctx: typer.Context, db: str | None) -> str | None:
     if db:
         return db
     parent = ctx.parent
@@ -92,6 +118,47 @@ def given_db(ctx: typer.Context, db: str | None) -> str | None:
             return given
         parent = parent.parent
     return None
+
+
+def _url_given(ctx: typer.Context) -> bool:
+    """Whether --url was on the command line (not only in the environment)."""
+    root = ctx.find_root()
+    return bool(root.params.get("url")) and (
+        root.get_parameter_source("url") is not ParameterSource.ENVIRONMENT
+    )
+
+
+def given_db(ctx: typer.Context, db: str | None) -> str | None:
+    """The --db given on this command, else on a parent command, else None. A command that
+    gets here with --url on the command line has no remote mode: it says so."""
+    if _url_given(ctx):
+        raise InvalidInput(
+            f"`{ctx.command_path}` has no remote mode: it acts on a database (--db), not --url"
+        )
+    return _db_option(ctx, db)
+
+
+def remote_client(
+    ctx: typer.Context, db: str | None, local_only: dict[str, object] | None = None
+) -> Client | None:
+    """A client for the server of --url (or $GREENROOM_URL), or None to act on the database.
+    An explicit --db wins over $GREENROOM_URL; `local_only` are options (by flag) that only
+    mean something on a database."""
+    root = ctx.find_root()
+    url = root.params.get("url")
+    if not url or (_db_option(ctx, db) and not _url_given(ctx)):
+        return None
+    if _db_option(ctx, db):
+        raise InvalidInput("give --url or --db, not both")
+    for flag, value in (local_only or {}).items():
+        if value is not None and value is not False:
+            raise InvalidInput(f"{flag} is not available with --url")
+    key = root.params.get("key")
+    if not key:
+        raise InvalidInput("--url needs an API key: set $GREENROOM_API_KEY or pass --key")
+    from greenroom.client import Client
+
+    return Client(str(url), str(key))
 
 
 def db_url(ctx: typer.Context, db: str | None) -> str:
@@ -192,6 +259,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return fail(f"{where}{exc.format_message()} (see --help)")
     except GreenroomError as exc:
         return fail(str(exc))
+    except ValidationError as exc:
+        return fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     except (KeyboardInterrupt, typer.Abort):
         return fail("interrupted", 130)
     except Exception as exc:
@@ -211,6 +280,17 @@ def main() -> None:
 
 
 # The commands register themselves on `cli` when imported (they import the helpers above).
-from greenroom.cli import admin, controls, engine, runs, saas  # noqa: E402
+from greenroom.cli import accounts, admin, controls, engine, runs, saas, service  # noqa: E402
 
-__all__ = ["admin", "cli", "controls", "engine", "main", "run", "runs", "saas"]
+__all__ = [
+    "accounts",
+    "admin",
+    "cli",
+    "controls",
+    "engine",
+    "main",
+    "run",
+    "runs",
+    "saas",
+    "service",
+]

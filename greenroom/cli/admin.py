@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from collections.abc import Sequence
+from itertools import islice
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.cli import DbOpt, cli, db_url, existing_store, out
+from greenroom.cli import DbOpt, cli, db_url, existing_store, out, remote_client
 from greenroom.cli.display import ago, short, when
+from greenroom.model import AuditEntry, ErrorGroup
+
+if TYPE_CHECKING:
+    from greenroom.api.schemas import AuditOut, ErrorGroupOut
 
 TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant.")]
 
@@ -23,9 +30,16 @@ def errors(
 ) -> None:
     """Failed runs grouped by error (type + normalized message + step), most recent first;
     `runs retry --where --error-group FP` retries a group."""
-    with existing_store(db_url(ctx, db)) as store:
-        groups = store.error_groups(tenant=tenant, limit=limit)
-        now = store.clock.now()
+    groups: Sequence[ErrorGroup | ErrorGroupOut]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            groups = gr.error_groups(tenant=tenant, limit=limit)
+        now = time.time()
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            groups = store.error_groups(tenant=tenant, limit=limit)
+            now = store.clock.now()
     if not groups:
         out.print("no errors")
         return
@@ -57,8 +71,15 @@ def audit(
     db: DbOpt = None,
 ) -> None:
     """Admin actions, newest first: who did what, when and why."""
-    with existing_store(db_url(ctx, db)) as store:
-        entries = store.audit_log(tenant=tenant, limit=limit)
+    entries: Sequence[AuditEntry | AuditOut]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            pages = gr.iter_audit_log(tenant=tenant, page_size=min(limit, 500))
+            entries = list(islice(pages, limit))
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            entries = store.audit_log(tenant=tenant, limit=limit)
     if not entries:
         out.print("no audit entries")
         return

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,12 +20,16 @@ from greenroom.cli import (
     default_actor,
     existing_store,
     out,
+    remote_client,
 )
 from greenroom.cli.display import ago, number
 from greenroom.cli.parse import parse_label, parse_rate_limit, parse_setting
-from greenroom.errors import InvalidInput
-from greenroom.model import ALL_TENANTS, PauseScope, QueueInfo, RunState
+from greenroom.errors import InvalidInput, NotFound
+from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState
 from greenroom.storage import RunFilter
+
+if TYPE_CHECKING:
+    from greenroom.api.schemas import PauseOut, QueueOut
 
 queues_cli = typer.Typer(help="Queues: runs by state, limits; `queues set` changes them.")
 tenants_cli = typer.Typer(help="Tenants: fairness weight and limits; `tenants set` changes them.")
@@ -53,8 +59,14 @@ def queues(
     """List queues: runs by state, paused or not, limits and runs finished in the last minute."""
     if ctx.invoked_subcommand is not None:
         return
-    with existing_store(db_url(ctx, db)) as store:
-        found = store.queues(tenant=tenant)
+    found: Sequence[QueueInfo | QueueOut]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            found = gr.queues(tenant=tenant)
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            found = store.queues(tenant=tenant)
     if not found:
         out.print("no queues")
         return
@@ -73,7 +85,7 @@ def queues(
     out.print(table)
 
 
-def rate_text(q: QueueInfo) -> str:
+def rate_text(q: QueueInfo | QueueOut) -> str:
     if q.rate_limit is None or q.rate_period is None:
         return "-"
     return f"{q.rate_limit}/{number(q.rate_period)}s"
@@ -201,19 +213,31 @@ def pause(
 ) -> None:
     """Hold every run of a queue, tenant, workflow, session or label that has not started."""
     scope, value, key = pause_target(queue, tenant, workflow, session, label)
-    who = actor or default_actor()
-    with existing_store(db_url(ctx, db)) as store:
-        before = store.clock.now()
-        p = store.pause(
-            scope,
-            value,
-            actor=who,
-            reason=reason,
-            label=key,
-            tenant=for_tenant or ALL_TENANTS,
-            drain=not no_drain,
-        )
-    if p.created_at < before:
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if gr is not None:
+        from greenroom.api.schemas import PauseCreate
+
+        wanted = {"scope": scope.value, "value": value, "label": key, "drain": not no_drain}
+        with gr:
+            existing = {p.id for p in gr.pauses()}
+            made = gr.create_pause(
+                PauseCreate.model_validate({**wanted, "reason": reason, "tenant": for_tenant})
+            )
+        p, already = as_pause(made), made.id in existing
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            before = store.clock.now()
+            p = store.pause(
+                scope,
+                value,
+                actor=actor or default_actor(),
+                reason=reason,
+                label=key,
+                tenant=for_tenant or ALL_TENANTS,
+                drain=not no_drain,
+            )
+        already = p.created_at < before
+    if already:
         out.print(
             f"{escape(p.describe())} was already paused by {escape(p.paused_by)}: "
             f"{escape(p.reason)}"
@@ -238,15 +262,21 @@ def resume(
 ) -> None:
     """Lift a pause: the runs it held go back to the queue in their order."""
     scope, value, key = pause_target(queue, tenant, workflow, session, label)
-    with existing_store(db_url(ctx, db)) as store:
-        resumed = store.resume(
-            scope,
-            value,
-            actor=actor or default_actor(),
-            reason=reason,
-            label=key,
-            tenant=for_tenant or ALL_TENANTS,
-        )
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if gr is not None:
+        with gr:
+            found = find_pause([as_pause(p) for p in gr.pauses()], scope, value, key, for_tenant)
+            resumed = gr.resume_pause(found.id, reason=reason).resumed
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            resumed = store.resume(
+                scope,
+                value,
+                actor=actor or default_actor(),
+                reason=reason,
+                label=key,
+                tenant=for_tenant or ALL_TENANTS,
+            )
     what = f"label {key}={value}" if key else f"{scope.value} {value}"
     out.print(f"resumed {escape(what)}: {resumed} runs queued again")
 
@@ -258,9 +288,16 @@ def pauses(
     db: DbOpt = None,
 ) -> None:
     """List pauses in force: scope, what, tenant, drain, who, when and why."""
-    with existing_store(db_url(ctx, db)) as store:
-        found = store.pauses(tenant=tenant)
-        now = store.clock.now()
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            found = [as_pause(p) for p in gr.pauses()]
+        found = [p for p in found if tenant is None or p.tenant in (ALL_TENANTS, tenant)]
+        now = time.time()
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            found = store.pauses(tenant=tenant)
+            now = store.clock.now()
     if not found:
         out.print("no pauses")
         return
@@ -276,6 +313,40 @@ def pauses(
             escape(p.reason),
         )
     out.print(table)
+
+
+def as_pause(p: PauseOut) -> Pause:
+    """A pause from the API as the store gives it (its tenant "*" when it holds every one)."""
+    return Pause(
+        scope=PauseScope(p.scope),
+        value=p.value,
+        label=p.label,
+        tenant=p.tenant or ALL_TENANTS,
+        drain=p.drain,
+        paused_by=p.paused_by,
+        reason=p.reason,
+        created_at=p.created_at,
+        id=p.id,
+    )
+
+
+def find_pause(
+    pauses: Sequence[Pause], scope: PauseScope, value: str, key: str, for_tenant: str | None
+) -> Pause:
+    """The pause `resume` lifts on a server. Without --for-tenant: the only one on that target,
+    else the platform's (as on a database); a tenant's key sees only its own and the platform's."""
+    found = [p for p in pauses if (p.scope, p.value, p.label) == (scope, value, key)]
+    if for_tenant is not None:
+        found = [p for p in found if p.tenant == for_tenant]
+    elif len(found) > 1:
+        found = [p for p in found if p.tenant == ALL_TENANTS] or found
+    target = Pause(scope=scope, value=value, label=key, tenant=for_tenant or ALL_TENANTS)
+    if not found:
+        raise NotFound(f"no pause on {target.describe()}")
+    if len(found) > 1:
+        tenants = ", ".join(sorted(p.tenant for p in found))
+        raise InvalidInput(f"{target.describe()} is paused for {tenants}: give --for-tenant")
+    return found[0]
 
 
 # -- tenants -------------------------------------------------------------------------------

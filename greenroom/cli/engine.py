@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -22,10 +24,16 @@ from greenroom.cli import (
     out,
     quiet_driver_logs,
     redact,
+    remote_client,
 )
 from greenroom.cli.display import ago
 from greenroom.cli.parse import parse_input, parse_labels, split_list
+from greenroom.errors import InvalidInput
+from greenroom.model import Run, WorkerInfo
 from greenroom.storage import open_backend
+
+if TYPE_CHECKING:
+    from greenroom.api.schemas import RunOut, WorkerOut
 
 db_cli = typer.Typer(no_args_is_help=True, help="Manage the database schema.")
 cli.add_typer(db_cli, name="db")
@@ -82,9 +90,15 @@ def worker(
 def enqueue(
     ctx: typer.Context,
     workflow: Annotated[str, typer.Argument(help="Workflow name.")],
-    app: AppOpt,
+    app: Annotated[
+        str | None,
+        typer.Option("--app", help="Your App, as module:attribute (not needed with --url)."),
+    ] = None,
     input: Annotated[str, typer.Option("--input", help="Run input as a JSON object.")] = "{}",
-    tenant: Annotated[str, typer.Option(help="Tenant the run belongs to.")] = "default",
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Tenant the run belongs to (default: default; with --url: the key's)."),
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Same key, same run: enqueue at most once.")
     ] = None,
@@ -98,22 +112,43 @@ def enqueue(
     db: DbOpt = None,
 ) -> None:
     """Enqueue one run and print its id (an existing run's id for a used idempotency key)."""
-    the_app = load_app(app)
-    configure(the_app, db=given_db(ctx, db))
-    quiet_driver_logs()
-    request = RunRequest(
-        workflow=workflow,
-        input=parse_input(input),
-        tenant=tenant,
-        idempotency_key=idempotency_key,
-        priority=priority,
-        delay=delay,
-        labels=parse_labels(label or []),
-    )
-    try:
-        run, created = the_app.store.enqueue(the_app.prepare(request))
-    finally:
-        the_app.close()
+    run: Run | RunOut
+    run_input, labels = parse_input(input), parse_labels(label or [])
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        from greenroom.api.schemas import RunCreate
+
+        body = RunCreate.model_validate(
+            {
+                "workflow": workflow,
+                "input": run_input,
+                "tenant": tenant,
+                "priority": priority,
+                "delay": delay,
+                "labels": labels,
+            }
+        )
+        with gr:
+            run, created = gr.create_run(body, idempotency_key=idempotency_key)
+    else:
+        if app is None:
+            raise InvalidInput("--app is needed to enqueue on a database (or give --url)")
+        the_app = load_app(app)
+        configure(the_app, db=given_db(ctx, db))
+        quiet_driver_logs()
+        request = RunRequest(
+            workflow=workflow,
+            input=run_input,
+            tenant=tenant or "default",
+            idempotency_key=idempotency_key,
+            priority=priority,
+            delay=delay,
+            labels=labels,
+        )
+        try:
+            run, created = the_app.store.enqueue(the_app.prepare(request))
+        finally:
+            the_app.close()
     if created:
         out.print(f"{run.id} created ({run.state.value})")
     else:
@@ -130,9 +165,16 @@ def workers(
     db: DbOpt = None,
 ) -> None:
     """List workers: id, host, pid, state, last heartbeat and the runs they hold."""
-    with existing_store(db_url(ctx, db)) as store:
-        found = store.workers(include_gone=all)
-        now = store.clock.now()
+    found: Sequence[WorkerInfo | WorkerOut]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            found = gr.workers(include_gone=all)
+        now = time.time()
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            found = store.workers(include_gone=all)
+            now = store.clock.now()
     if not found:
         out.print("no workers" if all else "no live workers (--all shows stopped ones)")
         return

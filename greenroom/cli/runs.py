@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from collections.abc import Sequence
+from itertools import islice
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,14 +20,20 @@ from greenroom.cli import (
     default_actor,
     existing_store,
     out,
+    remote_client,
 )
 from greenroom.cli.display import ago, seconds, short_json, state_text, when
 from greenroom.cli.parse import parse_duration, parse_input, parse_label, parse_states, parse_time
-from greenroom.errors import InvalidInput
-from greenroom.model import FINISHED_STATES, Run, RunState, StepRecord, StepStatus
+from greenroom.errors import InvalidInput, NotFound
+from greenroom.model import FINISHED_STATES, Run, RunEvent, RunState, StepRecord, StepStatus
 from greenroom.settings import load_settings
-from greenroom.storage import RunFilter, RunStore
+from greenroom.storage import RunFilter
+from greenroom.storage.admin import BulkRetry
 from greenroom.storage.sessions import Artifact
+
+if TYPE_CHECKING:
+    from greenroom.api.schemas import ArtifactOut, BulkRetryOut, EventOut, RunOut, StepOut
+    from greenroom.client import Client
 
 runs_cli = typer.Typer(no_args_is_help=True, help="List, inspect, cancel, retry and prune runs.")
 cli.add_typer(runs_cli, name="runs")
@@ -58,9 +66,25 @@ def runs_list(
         error_group=error_group,
         limit=limit,
     )
-    with existing_store(db_url(ctx, db)) as store:
-        found = store.list_runs(f)
-        now = store.clock.now()
+    found: Sequence[Run | RunOut]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            pages = gr.iter_runs(
+                page_size=min(limit, 500),
+                state=f.states or None,
+                workflow=workflow,
+                queue=queue,
+                label=None if f.label is None else "=".join(f.label),
+                error_group=error_group,
+                tenant=tenant,
+            )
+            found = list(islice(pages, limit))
+        now = time.time()
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            found = store.list_runs(f)
+            now = store.clock.now()
     if not found:
         out.print("no runs")
         return
@@ -87,12 +111,27 @@ def runs_show(
     db: DbOpt = None,
 ) -> None:
     """Show a run: its fields, timeline, steps, error and failure artifacts."""
-    url = db_url(ctx, db)
-    with existing_store(url) as store:
-        run = store.get_run(run_id)
-        steps = store.steps(run_id)
-        events = store.events(run_id)
-        artifacts = store.artifacts(run_id)
+    run: Run | RunOut
+    steps: Sequence[StepRecord | StepOut]
+    events: Sequence[RunEvent | EventOut]
+    artifacts: list[tuple[Artifact | ArtifactOut, str]]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            run = detail = gr.get_run(run_id)
+        steps, events = detail.steps, detail.timeline
+        path = f"/v1/runs/{run.id}/artifacts"
+        artifacts = [(a, f"{path}/{a.id}") for a in detail.artifacts]
+        where = f"locations are on {gr.url}: GET them with your API key"
+    else:
+        url = db_url(ctx, db)
+        with existing_store(url) as store:
+            run = store.get_run(run_id)
+            steps = store.steps(run_id)
+            events = store.events(run_id)
+            found = store.artifacts(run_id)
+        artifacts = [(a, a.location) for a in found]
+        where = local_artifacts(url) if found else ""
     show_fields(run)
     timeline = Table("AT", "+SECONDS", "STATE", "REASON", "WORKER", title="Timeline")
     for e in events:
@@ -107,10 +146,10 @@ def runs_show(
     show_steps(steps)
     if run.error:
         show_error(run.error)
-    show_artifacts(artifacts, url)
+    show_artifacts(artifacts, where)
 
 
-def show_fields(run: Run) -> None:
+def show_fields(run: Run | RunOut) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -136,24 +175,24 @@ def show_fields(run: Run) -> None:
         rows.append(("retry of", run.retry_of))
     if run.error_group:
         rows.append(("error group", escape(run.error_group)))
-    if run.lease_owner:
+    if isinstance(run, Run) and run.lease_owner:
         rows.append(("leased by", f"{escape(run.lease_owner)} until {when(run.lease_expires_at)}"))
     for name, value in rows:
         grid.add_row(name, value)
     out.print(grid)
 
 
-def show_steps(steps: list[StepRecord]) -> None:
+def show_steps(steps: Sequence[StepRecord | StepOut]) -> None:
     if not steps:
         out.print("no steps recorded")
         return
     table = Table("#", "STEP", "STATUS", "ATTEMPTS", "DURATION", "FINISHED", title="Steps")
     for s in steps:
-        style = "green" if s.status is StepStatus.COMPLETED else "red"
+        style = "green" if s.status == StepStatus.COMPLETED else "red"
         table.add_row(
             str(s.position),
             escape(s.name),
-            f"[{style}]{s.status.value}[/]",
+            f"[{style}]{s.status}[/]",
             str(s.attempts),
             seconds(s.started_at, s.finished_at),
             when(s.finished_at),
@@ -161,22 +200,28 @@ def show_steps(steps: list[StepRecord]) -> None:
     out.print(table)
 
 
-def show_artifacts(artifacts: list[Artifact], url: str) -> None:
-    """Screenshots, HTML, console logs and traces of failed steps, with where to open them."""
-    if not artifacts:
-        return
+def local_artifacts(url: str) -> str:
+    """Where the artifacts of runs in this database are, if they are in local files."""
     from greenroom.browser.artifacts import LocalArtifactStore, default_artifact_store
 
     files = default_artifact_store(load_settings(db=url))
-    table = Table("ATTEMPT", "STEP", "KIND", "SIZE", "LOCATION", title="Artifacts")
     if isinstance(files, LocalArtifactStore):
-        table.caption = escape(f"locations are under {files.root.resolve()}")
-    for a in artifacts:
+        return f"locations are under {files.root.resolve()}"
+    return ""
+
+
+def show_artifacts(artifacts: list[tuple[Artifact | ArtifactOut, str]], where: str) -> None:
+    """Screenshots, HTML, console logs and traces of failed steps, with where to open them."""
+    if not artifacts:
+        return
+    table = Table("ATTEMPT", "STEP", "KIND", "SIZE", "LOCATION", title="Artifacts")
+    table.caption = escape(where) or None
+    for a, location in artifacts:
         step = "run"
         if a.step_name is not None:
             step = f"{a.step_position} {a.step_name} (try {a.step_attempt})"
         size = f"{a.size:,} B" + (" (truncated)" if a.truncated else "")
-        table.add_row(str(a.attempt), escape(step), escape(a.kind), size, escape(a.location))
+        table.add_row(str(a.attempt), escape(step), escape(a.kind), size, escape(location))
     out.print(table)
 
 
@@ -204,8 +249,14 @@ def runs_cancel(
     db: DbOpt = None,
 ) -> None:
     """Cancel a run: at once if it waits, at its next await if it is running."""
-    with existing_store(db_url(ctx, db)) as store:
-        run = store.cancel(run_id, actor=actor or default_actor(), reason=reason)
+    run: Run | RunOut
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if gr is not None:
+        with gr:
+            run = gr.cancel_run(run_id, reason=reason)
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            run = store.cancel(run_id, actor=actor or default_actor(), reason=reason)
     if run.state is RunState.CANCELLED:
         out.print(f"run {run.id} cancelled")
     elif run.state is RunState.RUNNING:
@@ -274,27 +325,62 @@ def runs_retry(
         raise InvalidInput(f"{bulk_only[0]} goes with --where, not with a run ID")
     if run_id is None and input is not None:
         raise InvalidInput("--input applies to one run (ID), not to --where")
-    who = actor or default_actor()
-    if run_id is not None:
+    gr = remote_client(ctx, db, {"--since": since, "--until": until, "--actor": actor})
+    if gr is not None:
+        from greenroom.api.schemas import BulkRetryRequest
+
+        with gr:
+            if run_id is not None:
+                retry_remote(gr, run_id, reason, tenant, from_scratch, input)
+                return
+            request = {
+                "state": [s.value for s in parse_states(state)] or ["failed"],
+                "workflow": workflow,
+                "queue": queue,
+                "label": None if label is None else "=".join(parse_label(label)),
+                "error_group": error_group,
+                "from_scratch": from_scratch,
+                "dry_run": dry_run,
+                "reason": reason,
+                "tenant": tenant,
+            }
+            result: BulkRetry | BulkRetryOut = gr.retry_runs(
+                BulkRetryRequest.model_validate(request)
+            )
+    elif run_id is not None:
         new_input = None if input is None else parse_input(input)
         with existing_store(db_url(ctx, db)) as store:
-            retry_one(store, run_id, who, reason, tenant, from_scratch, new_input)
+            new = store.retry_run(
+                run_id,
+                actor=actor or default_actor(),
+                reason=reason,
+                tenant=tenant,
+                from_scratch=from_scratch,
+                input=new_input,
+            )
+            old, kept = store.steps(run_id), store.steps(new.id)
+        say_retried(new.id, run_id, old, kept, from_scratch, new_input is not None)
         return
-    now = time.time()
-    f = RunFilter(
-        tenant=tenant,
-        workflow=workflow,
-        queue=queue,
-        label=None if label is None else parse_label(label),
-        error_group=error_group,
-        states=parse_states(state),
-        finished_after=None if since is None else parse_time(since, "--since", now),
-        finished_before=None if until is None else parse_time(until, "--until", now),
-    )
-    with existing_store(db_url(ctx, db)) as store:
-        result = store.retry_where(
-            f, actor=who, reason=reason, dry_run=dry_run, from_scratch=from_scratch
+    else:
+        now = time.time()
+        f = RunFilter(
+            tenant=tenant,
+            workflow=workflow,
+            queue=queue,
+            label=None if label is None else parse_label(label),
+            error_group=error_group,
+            states=parse_states(state),
+            finished_after=None if since is None else parse_time(since, "--since", now),
+            finished_before=None if until is None else parse_time(until, "--until", now),
         )
+        with existing_store(db_url(ctx, db)) as store:
+            result = store.retry_where(
+                f,
+                actor=actor or default_actor(),
+                reason=reason,
+                dry_run=dry_run,
+                from_scratch=from_scratch,
+            )
     if not result.matched:
         out.print("no runs match: nothing to retry")
         return
@@ -308,32 +394,39 @@ def runs_retry(
     out.print(table)
 
 
-def retry_one(
-    store: RunStore,
+def retry_remote(
+    gr: Client,
     run_id: str,
-    actor: str,
     reason: str,
     tenant: str | None,
     from_scratch: bool,
-    new_input: dict[str, Any] | None,
+    input: str | None,
 ) -> None:
-    new = store.retry_run(
-        run_id,
-        actor=actor,
-        reason=reason,
-        tenant=tenant,
-        from_scratch=from_scratch,
-        input=new_input,
-    )
-    kept = store.steps(new.id)
+    new_input = None if input is None else parse_input(input)
+    old = gr.get_run(run_id)
+    if tenant is not None and old.tenant != tenant:
+        raise NotFound(f"run {run_id} not found")
+    new = gr.retry_run(run_id, reason=reason, from_scratch=from_scratch, input=new_input)
+    kept = gr.get_run(new.id).steps
+    say_retried(new.id, run_id, old.steps, kept, from_scratch, new_input is not None)
+
+
+def say_retried(
+    new_id: str,
+    run_id: str,
+    old_steps: Sequence[StepRecord | StepOut],
+    kept: Sequence[StepRecord | StepOut],
+    from_scratch: bool,
+    edited: bool = False,
+) -> None:
     if from_scratch:
         start = "from scratch"
     else:
-        pending = [s for s in store.steps(run_id) if s.status is not StepStatus.COMPLETED]
+        pending = [s for s in old_steps if s.status != StepStatus.COMPLETED]
         start = f"from step {pending[0].name!r}" if pending else "after its last completed step"
         start += f", keeping {len(kept)} completed steps"
-    edited = " with the new input" if new_input is not None else ""
-    out.print(f"{new.id} created: retry of {run_id} {escape(start)}{edited}")
+    with_input = " with the new input" if edited else ""
+    out.print(f"{new_id} created: retry of {run_id} {escape(start)}{with_input}")
 
 
 # -- retention -----------------------------------------------------------------------------

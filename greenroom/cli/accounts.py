@@ -1,0 +1,195 @@
+"""Bootstrap on the database itself: `tenants create`, `keys create|list|revoke`,
+`integrations list` and `secrets reseal`.
+
+Integrations are created through the API only, so that credentials never pass through a
+shell's history.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from greenroom.cli import ActorOpt, DbOpt, cli, db_url, default_actor, err, existing_store, out
+from greenroom.cli.controls import tenants_cli
+from greenroom.cli.display import ago, when
+from greenroom.cli.parse import parse_duration
+from greenroom.crypto import load_keyring
+from greenroom.errors import InvalidInput
+from greenroom.integrations import reseal_all
+from greenroom.model import ApiKey, Role
+from greenroom.settings import load_settings
+
+keys_cli = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
+integrations_cli = typer.Typer(
+    no_args_is_help=True,
+    help="Integrations (create them through the API: credentials stay out of shell history).",
+)
+secrets_cli = typer.Typer(no_args_is_help=True, help="The keys that encrypt stored credentials.")
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(integrations_cli, name="integrations")
+cli.add_typer(secrets_cli, name="secrets")
+
+TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant's.")]
+
+
+@tenants_cli.command("create")
+def tenants_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Tenant name.")],
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Register a tenant, so that it can have API keys and integrations."""
+    with existing_store(db_url(ctx, db)) as store:
+        tenant = store.create_tenant(name, actor=actor or default_actor())
+    out.print(
+        f"tenant {escape(tenant.name)} registered; an admin key for it: "
+        f"greenroom keys create --tenant {escape(tenant.name)} --role admin",
+        soft_wrap=True,
+    )
+
+
+def describe_key(key: ApiKey) -> str:
+    owner = "every tenant" if key.tenant is None else f"tenant {key.tenant}"
+    expiry = "never expires" if key.expires_at is None else f"expires {when(key.expires_at)}"
+    name = "" if key.name == key.role.value else f" ({key.name})"
+    return escape(f"{key.role.value} key {key.id}{name} for {owner}, {expiry}")
+
+
+ONCE = "shown only this once: greenroom keeps only its hash"
+
+
+@keys_cli.command("create")
+def keys_create(
+    ctx: typer.Context,
+    role: Annotated[Role, typer.Option(help="What the key may do.", show_default=False)],
+    tenant: Annotated[
+        str | None, typer.Option(help="The tenant it acts for (every role but platform).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="What it is for (default: its role).")] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime, like 90d or 12h (default: no expiry).")
+    ] = None,
+    rate_limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Requests per second (default: the api_rate_limit setting)."),
+    ] = None,
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Create an API key and print its secret, once (stdout: the secret alone; stderr: what
+    it is), e.g. KEY=$(greenroom keys create --tenant acme --role admin)."""
+    from greenroom.api.keys import create_key  # FastAPI is slow to import: only here
+
+    if role is Role.PLATFORM and tenant is not None:
+        raise InvalidInput("a platform key acts for every tenant: drop --tenant")
+    if role is not Role.PLATFORM and tenant is None:
+        raise InvalidInput(
+            f"--tenant is required for role {role.value} (only platform keys have none)"
+        )
+    lifetime = None if expires_in is None else parse_duration(expires_in, "--expires-in")
+    if lifetime is not None and lifetime <= 0:
+        raise InvalidInput("--expires-in must be longer than 0")
+    with existing_store(db_url(ctx, db)) as store:
+        key, secret = create_key(
+            store,
+            tenant=tenant,
+            role=role,
+            name=name or role.value,
+            actor=actor or default_actor(),
+            expires_at=None if lifetime is None else store.clock.now() + lifetime,
+            rate_limit=rate_limit,
+        )
+    err.print(f"created {describe_key(key)}; its secret is {ONCE}:")
+    out.print(secret, markup=False, highlight=False, soft_wrap=True)
+
+
+@keys_cli.command("list")
+def keys_list(ctx: typer.Context, tenant: TenantOpt = None, db: DbOpt = None) -> None:
+    """List API keys (never their secrets): id, tenant, role, name, state, age and expiry."""
+    with existing_store(db_url(ctx, db)) as store:
+        found = store.api_keys(tenant=tenant)
+        now = store.clock.now()
+    if not found:
+        out.print("no API keys")
+        return
+    table = Table("ID", "TENANT", "ROLE", "NAME", "STATE", "CREATED", "EXPIRES", "RATE LIMIT")
+    for k in found:
+        table.add_row(
+            escape(k.id),
+            "(platform)" if k.tenant is None else escape(k.tenant),
+            k.role.value,
+            escape(k.name),
+            key_state(k, now),
+            ago(k.created_at, now),
+            when(k.expires_at),
+            "-" if k.rate_limit is None else f"{k.rate_limit}/s",
+        )
+    out.print(table)
+
+
+def key_state(key: ApiKey, now: float) -> str:
+    if key.revoked_at is not None:
+        return "[red]revoked[/]"
+    return "[green]active[/]" if key.usable(now) else "[red]expired[/]"
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="Key id (grk_…).")],
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Revoke an API key: API servers refuse it within api_key_cache_seconds."""
+    with existing_store(db_url(ctx, db)) as store:
+        before = store.clock.now()
+        key = store.revoke_api_key(key_id, actor=actor or default_actor())
+    if key.revoked_at is not None and key.revoked_at < before:
+        out.print(f"{describe_key(key)} was already revoked")
+        return
+    out.print(f"revoked {describe_key(key)}")
+
+
+@integrations_cli.command("list")
+def integrations_list(ctx: typer.Context, tenant: TenantOpt = None, db: DbOpt = None) -> None:
+    """List integrations (never their credentials), with the key that seals each."""
+    with existing_store(db_url(ctx, db)) as store:
+        found = store.integrations(tenant=tenant)
+        now = store.clock.now()
+    if not found:
+        out.print("no integrations")
+        return
+    table = Table("ID", "TENANT", "CONNECTOR", "NAME", "STATUS", "SEALED WITH", "CREDENTIALS SET")
+    for i in found:
+        table.add_row(
+            escape(i.id),
+            escape(i.tenant),
+            escape(i.connector),
+            escape(i.name),
+            i.status,
+            escape(i.key_id),
+            ago(i.credentials_updated_at, now),
+        )
+    out.print(table)
+
+
+@secrets_cli.command("reseal")
+def secrets_reseal(ctx: typer.Context, db: DbOpt = None) -> None:
+    """Re-encrypt every integration's credentials under the current GREENROOM_SECRET_KEY.
+
+    After a key rotation: keep the old key in GREENROOM_PREVIOUS_SECRET_KEYS until this has
+    run, then drop it."""
+    url = db_url(ctx, db)
+    with existing_store(url) as store:
+        ring = load_keyring(load_settings(db=url))
+        total = len(store.integrations())
+        resealed = reseal_all(store, ring)
+    out.print(
+        f"resealed {resealed} of {total} integrations under key {ring.current_id} "
+        "(the others already were)"
+    )

@@ -1,0 +1,399 @@
+"""A typed Python client for greenroom's HTTP API.
+
+    with Client("https://greenroom.example", "grk_….…") as gr:
+        run, created = gr.create_run(RunCreate(workflow="demo.sync_users", input={"org": "acme"}),
+                                     idempotency_key="sync-acme-2026-11-25")
+        for failed in gr.iter_runs(state=["failed"]):
+            gr.retry_run(failed.id, reason="vendor outage is over")
+
+Responses are the API's own models (greenroom.api.schemas). Request bodies with more than a few
+fields are passed as their schema model, so only the fields set are sent (a field set to None
+clears a setting); the rest are keyword arguments. Every error answer raises ApiProblem, built
+from its problem+json body; a 404 is also a greenroom NotFound, a 409 a Conflict and a 422 an
+InvalidInput, so code written against the library catches the same errors. A server that does
+not answer raises ApiUnreachable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypedDict, TypeVar, Unpack
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from greenroom.api.schemas import (
+    AuditOut,
+    BulkRetryOut,
+    BulkRetryRequest,
+    ConnectorOut,
+    ErrorGroupOut,
+    IntegrationCreate,
+    IntegrationOut,
+    IntegrationUpdate,
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    Page,
+    PauseCreate,
+    PauseOut,
+    QueueOut,
+    QueueUpdate,
+    ResumeOut,
+    RunCreate,
+    RunDetail,
+    RunOut,
+    TenantOut,
+    TenantUpdate,
+    WorkerOut,
+    WorkflowOut,
+)
+from greenroom.errors import ConfigError, Conflict, GreenroomError, InvalidInput, NotFound
+from greenroom.model import RunState
+
+T = TypeVar("T")
+
+
+class ApiProblem(GreenroomError):
+    """The API answered with an error: its problem+json status, title, detail and, for a 422,
+    one entry per invalid field; for a 429, the seconds to wait before trying again."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors or []
+        self.retry_after = retry_after
+        fields = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in self.errors)
+        super().__init__(f"{detail or title}" + (f" ({fields})" if fields else ""))
+
+
+class ApiNotFound(ApiProblem, NotFound):
+    """404: no such resource, or another tenant's."""
+
+
+class ApiConflict(ApiProblem, Conflict):
+    """409: e.g. an Idempotency-Key used for another request, a name taken."""
+
+
+class ApiInvalid(ApiProblem, InvalidInput):
+    """422: the request named invalid fields (see `errors`)."""
+
+
+class ApiUnreachable(GreenroomError):
+    """No answer from the server: refused, timed out, or not an HTTP server."""
+
+
+_KINDS: dict[int, type[ApiProblem]] = {404: ApiNotFound, 409: ApiConflict, 422: ApiInvalid}
+
+
+def _problem(response: httpx.Response) -> ApiProblem:
+    """The error a failed response stands for, from its problem+json body when it has one."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"detail": " ".join(response.text.split())[:200] or None}
+    retry_after = response.headers.get("Retry-After", "")
+    errors = body.get("errors")
+    return _KINDS.get(response.status_code, ApiProblem)(
+        response.status_code,
+        str(body.get("title") or response.reason_phrase),
+        None if body.get("detail") is None else str(body["detail"]),
+        errors=errors if isinstance(errors, list) else None,
+        retry_after=float(retry_after) if retry_after.isdigit() else None,
+    )
+
+
+class RunFilters(TypedDict, total=False):
+    """Filters of the runs list; they combine, and None is no filter."""
+
+    state: Sequence[RunState | str] | None
+    workflow: str | None
+    queue: str | None
+    integration: str | None
+    #: key=value
+    label: str | None
+    error_group: str | None
+    #: a datetime, or Unix time
+    created_after: datetime | float | None
+    created_before: datetime | float | None
+    #: platform keys: one tenant
+    tenant: str | None
+
+
+_ADAPTERS: dict[object, TypeAdapter[Any]] = {}
+
+
+def _parse(tp: type[T], response: httpx.Response) -> T:
+    adapter = _ADAPTERS.get(tp) or _ADAPTERS.setdefault(tp, TypeAdapter(tp))
+    parsed: T = adapter.validate_json(response.content)
+    return parsed
+
+
+def _body(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+def _params(**given: Any) -> dict[str, Any]:
+    """Query parameters: None is left out, times go as ISO 8601."""
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else v
+        for k, v in given.items()
+        if v is not None
+    }
+
+
+def _q(segment: str) -> str:
+    return quote(segment, safe="")
+
+
+def _pages(fetch: Callable[[str | None], Page[T]]) -> Iterator[T]:
+    cursor = None
+    while True:
+        page = fetch(cursor)
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+class Client:
+    """A connection to one greenroom API server, acting with one API key."""
+
+    def __init__(self, url: str, key: str, *, timeout: float = 30.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"the API URL must start with http:// or https://, got {url!r}")
+        if not key:
+            raise ConfigError("an API key is needed: pass key (or set GREENROOM_API_KEY)")
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout
+        )
+
+    @classmethod
+    def from_env(cls, *, timeout: float = 30.0) -> Client:
+        """A client for $GREENROOM_URL with $GREENROOM_API_KEY."""
+        url = os.environ.get("GREENROOM_URL")
+        if not url:
+            raise ConfigError("GREENROOM_URL is not set")
+        return cls(url, os.environ.get("GREENROOM_API_KEY", ""), timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(f"cannot reach {self.url}: {type(exc).__name__}: {exc}") from exc
+        if response.is_error:
+            raise _problem(response)
+        return response
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def create_run(
+        self, run: RunCreate, *, idempotency_key: str | None = None
+    ) -> tuple[RunOut, bool]:
+        """Start a run; with an idempotency key used before for the same request, that run.
+        The run, and whether this call created it."""
+        headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
+        response = self._request("POST", "/v1/runs", json=_body(run), headers=headers)
+        return _parse(RunOut, response), response.status_code == 201
+
+    def list_runs(
+        self, *, cursor: str | None = None, limit: int = 50, **filters: Unpack[RunFilters]
+    ) -> Page[RunOut]:
+        """One page of runs, newest first; pass its next_cursor for the next."""
+        params = _params(**filters, cursor=cursor, limit=limit)
+        return _parse(Page[RunOut], self._request("GET", "/v1/runs", params=params))
+
+    def iter_runs(self, *, page_size: int = 100, **filters: Unpack[RunFilters]) -> Iterator[RunOut]:
+        """Every matching run, newest first, fetched a page at a time as you iterate."""
+        return _pages(lambda c: self.list_runs(cursor=c, limit=page_size, **filters))
+
+    def get_run(self, run_id: str) -> RunDetail:
+        return _parse(RunDetail, self._request("GET", f"/v1/runs/{_q(run_id)}"))
+
+    def cancel_run(self, run_id: str, *, reason: str) -> RunOut:
+        body = {"reason": reason}
+        return _parse(RunOut, self._request("POST", f"/v1/runs/{_q(run_id)}/cancel", json=body))
+
+    def retry_run(
+        self,
+        run_id: str,
+        *,
+        reason: str,
+        from_scratch: bool = False,
+        input: dict[str, Any] | None = None,
+    ) -> RunOut:
+        """A new run for a failed or cancelled one, from its failed step unless from_scratch."""
+        body = {"reason": reason, "from_scratch": from_scratch, "input": input}
+        return _parse(RunOut, self._request("POST", f"/v1/runs/{_q(run_id)}/retry", json=body))
+
+    def retry_runs(self, request: BulkRetryRequest) -> BulkRetryOut:
+        """Retry every matching run; a dry run (the default) only counts them."""
+        return _parse(BulkRetryOut, self._request("POST", "/v1/runs/retry", json=_body(request)))
+
+    def download_artifact(self, run_id: str, artifact_id: int) -> bytes:
+        return self._request("GET", f"/v1/runs/{_q(run_id)}/artifacts/{artifact_id}").content
+
+    # -- workflows, connectors, integrations -----------------------------------------------
+
+    def workflows(self) -> list[WorkflowOut]:
+        return _parse(list[WorkflowOut], self._request("GET", "/v1/workflows"))
+
+    def connectors(self) -> list[ConnectorOut]:
+        return _parse(list[ConnectorOut], self._request("GET", "/v1/connectors"))
+
+    def integrations(
+        self, *, connector: str | None = None, tenant: str | None = None
+    ) -> list[IntegrationOut]:
+        params = _params(connector=connector, tenant=tenant)
+        return _parse(list[IntegrationOut], self._request("GET", "/v1/integrations", params=params))
+
+    def create_integration(self, integration: IntegrationCreate) -> IntegrationOut:
+        body = _body(integration)
+        return _parse(IntegrationOut, self._request("POST", "/v1/integrations", json=body))
+
+    def get_integration(self, integration_id: str) -> IntegrationOut:
+        path = f"/v1/integrations/{_q(integration_id)}"
+        return _parse(IntegrationOut, self._request("GET", path))
+
+    def update_integration(self, integration_id: str, update: IntegrationUpdate) -> IntegrationOut:
+        path = f"/v1/integrations/{_q(integration_id)}"
+        return _parse(IntegrationOut, self._request("PATCH", path, json=_body(update)))
+
+    def replace_credentials(
+        self, integration_id: str, credentials: dict[str, Any]
+    ) -> IntegrationOut:
+        path = f"/v1/integrations/{_q(integration_id)}/credentials"
+        body = {"credentials": credentials}
+        return _parse(IntegrationOut, self._request("PUT", path, json=body))
+
+    def delete_integration(self, integration_id: str) -> None:
+        self._request("DELETE", f"/v1/integrations/{_q(integration_id)}")
+
+    # -- queues and pauses -----------------------------------------------------------------
+
+    def queues(self, *, tenant: str | None = None) -> list[QueueOut]:
+        params = _params(tenant=tenant)
+        return _parse(list[QueueOut], self._request("GET", "/v1/queues", params=params))
+
+    def get_queue(self, name: str) -> QueueOut:
+        return _parse(QueueOut, self._request("GET", f"/v1/queues/{_q(name)}"))
+
+    def update_queue(self, name: str, update: QueueUpdate) -> QueueOut:
+        path = f"/v1/queues/{_q(name)}"
+        return _parse(QueueOut, self._request("PATCH", path, json=_body(update)))
+
+    def pause_queue(self, name: str, *, reason: str, drain: bool = True) -> PauseOut:
+        body = {"reason": reason, "drain": drain}
+        return _parse(PauseOut, self._request("POST", f"/v1/queues/{_q(name)}/pause", json=body))
+
+    def resume_queue(self, name: str, *, reason: str) -> ResumeOut:
+        body = {"reason": reason}
+        return _parse(ResumeOut, self._request("POST", f"/v1/queues/{_q(name)}/resume", json=body))
+
+    def pauses(self) -> list[PauseOut]:
+        return _parse(list[PauseOut], self._request("GET", "/v1/pauses"))
+
+    def create_pause(self, pause: PauseCreate) -> PauseOut:
+        """Pausing what is already paused returns the existing pause."""
+        return _parse(PauseOut, self._request("POST", "/v1/pauses", json=_body(pause)))
+
+    def resume_pause(self, pause_id: int, *, reason: str) -> ResumeOut:
+        body = {"reason": reason}
+        path = f"/v1/pauses/{pause_id}/resume"
+        return _parse(ResumeOut, self._request("POST", path, json=body))
+
+    # -- errors, audit, workers ------------------------------------------------------------
+
+    def error_groups(self, *, tenant: str | None = None, limit: int = 50) -> list[ErrorGroupOut]:
+        params = _params(tenant=tenant, limit=limit)
+        return _parse(list[ErrorGroupOut], self._request("GET", "/v1/errors", params=params))
+
+    def audit_log(
+        self, *, tenant: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[AuditOut]:
+        """One page of the audit log, newest first."""
+        params = _params(tenant=tenant, cursor=cursor, limit=limit)
+        return _parse(Page[AuditOut], self._request("GET", "/v1/audit", params=params))
+
+    def iter_audit_log(
+        self, *, tenant: str | None = None, page_size: int = 100
+    ) -> Iterator[AuditOut]:
+        return _pages(lambda c: self.audit_log(tenant=tenant, cursor=c, limit=page_size))
+
+    def workers(self, *, include_gone: bool = False) -> list[WorkerOut]:
+        params = _params(include_gone=include_gone)
+        return _parse(list[WorkerOut], self._request("GET", "/v1/workers", params=params))
+
+    # -- tenants and keys ------------------------------------------------------------------
+
+    def tenants(self) -> list[TenantOut]:
+        return _parse(list[TenantOut], self._request("GET", "/v1/tenants"))
+
+    def create_tenant(self, name: str) -> TenantOut:
+        return _parse(TenantOut, self._request("POST", "/v1/tenants", json={"name": name}))
+
+    def get_tenant(self, name: str) -> TenantOut:
+        return _parse(TenantOut, self._request("GET", f"/v1/tenants/{_q(name)}"))
+
+    def update_tenant(self, name: str, update: TenantUpdate) -> TenantOut:
+        path = f"/v1/tenants/{_q(name)}"
+        return _parse(TenantOut, self._request("PATCH", path, json=_body(update)))
+
+    def api_keys(self, *, tenant: str | None = None) -> list[KeyOut]:
+        params = _params(tenant=tenant)
+        return _parse(list[KeyOut], self._request("GET", "/v1/keys", params=params))
+
+    def create_api_key(self, key: KeyCreate) -> KeyCreated:
+        """A new key; its secret (`.key`) is in this answer only."""
+        return _parse(KeyCreated, self._request("POST", "/v1/keys", json=_body(key)))
+
+    def revoke_api_key(self, key_id: str) -> KeyOut:
+        return _parse(KeyOut, self._request("DELETE", f"/v1/keys/{_q(key_id)}"))
+
+    # -- health ----------------------------------------------------------------------------
+
+    def healthz(self) -> dict[str, Any]:
+        """The process answers."""
+        return _parse(dict[str, Any], self._request("GET", "/healthz"))
+
+    def readyz(self) -> dict[str, Any]:
+        """Its database answers and is migrated; else ApiProblem with status 503."""
+        return _parse(dict[str, Any], self._request("GET", "/readyz"))

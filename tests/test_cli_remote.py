@@ -1,0 +1,170 @@
+"""The greenroom command acting on a real API server (--url, --key or the environment)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from greenroom.model import Role, RunState
+from tests.api_helpers import ApiSetup
+from tests.helpers import wait_for_states, worker_running
+from tests.test_cli import UUID, assert_one_line_error, cli
+
+
+@pytest.fixture(autouse=True)
+def no_server_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GREENROOM_URL", raising=False)
+    monkeypatch.delenv("GREENROOM_API_KEY", raising=False)
+
+
+def remote(api: ApiSetup, tenant: str | None, role: Role = Role.OPERATOR) -> tuple[str, ...]:
+    key = api.platform_key if tenant is None else api.keys[tenant][role]
+    return ("--url", api.url, "--key", key)
+
+
+def row(out: str, *cells: str) -> bool:
+    """Whether a table line holds these cells side by side (the last may be cut short)."""
+    return re.search("│ " + r"\s*│ ".join(re.escape(c) for c in cells), out) is not None
+
+
+async def test_enqueue_and_runs_commands(api: ApiSetup, capsys: pytest.CaptureFixture[str]) -> None:
+    acme = remote(api, "acme")
+    enqueue = (*acme, "enqueue", "plain.echo", "--input", '{"value": 1}', "--label", "org=o1")
+    code, out, err = cli(capsys, *enqueue, "--idempotency-key", "k1")
+    assert code == 0, err
+    [echo] = UUID.findall(out)
+    assert f"{echo} created (queued)" in out
+    code, out, _ = cli(capsys, *enqueue, "--idempotency-key", "k1")
+    assert f"{echo} already existed (idempotency key 'k1', queued)" in out
+    [fail] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.fail")[1])
+    code, out, _ = cli(capsys, *acme, "enqueue", "plain.echo", "--delay", "3600")
+    [later] = UUID.findall(out)
+    assert "created (delayed)" in out
+    async with worker_running(api.app):
+        await wait_for_states(api.app.store, [echo, fail])
+    capsys.readouterr()  # the worker's log
+
+    code, out, _ = cli(capsys, *acme, "runs", "list")
+    assert code == 0 and UUID.findall(out) == [later, fail, echo]
+    assert row(out, echo, "plain.echo", "acme", "succeeded", "1/1")
+    assert UUID.findall(cli(capsys, *acme, "runs", "list", "--state", "failed,delayed")[1]) == [
+        later,
+        fail,
+    ]
+    assert UUID.findall(cli(capsys, *acme, "runs", "list", "--label", "org=o1")[1]) == [echo]
+    assert UUID.findall(cli(capsys, *acme, "runs", "list", "--limit", "1")[1]) == [later]
+    code, out, _ = cli(capsys, *remote(api, "globex"), "runs", "list")
+    assert (code, out.strip()) == (0, "no runs")
+
+    code, out, err = cli(capsys, *acme, "runs", "show", fail)
+    assert code == 0, err
+    assert "plain.fail" in out and "enqueued" in out and "no steps recorded" in out
+    assert "RuntimeError: this workflow always fails" in out
+    assert_one_line_error(*cli(capsys, *acme, "runs", "show", "nope")[::2], "run nope not found")
+
+    code, out, _ = cli(capsys, *acme, "runs", "cancel", later, "--reason", "not needed")
+    assert (code, out.strip()) == (0, f"run {later} cancelled")
+    code, _, err = cli(capsys, *acme, "runs", "cancel", echo, "--reason", "too late")
+    assert_one_line_error(code, err, "already succeeded")
+
+    code, out, err = cli(capsys, *acme, "runs", "retry", fail, "--reason", "try again")
+    assert code == 0, err
+    [retried] = UUID.findall(out.replace(fail, ""))
+    assert f"created: retry of {fail} after its last completed step, keeping 0" in out
+    assert api.app.store.get_run(retried).retry_of == fail
+    where = (*acme, "runs", "retry", "--where", "--state", "cancelled", "--reason", "again")
+    code, out, err = cli(capsys, *where, "--dry-run")
+    assert code == 0, err
+    assert "dry run: 1 runs would be retried" in out
+    code, out, _ = cli(capsys, *where)
+    assert "retried 1 runs: 1 new runs queued" in out
+    assert api.app.store.get_run(later).state is RunState.CANCELLED
+
+    code, out, _ = cli(capsys, *acme, "errors")
+    assert code == 0 and row(out, "acme", "plain.fail", "-", "RuntimeError")
+    code, out, _ = cli(capsys, *acme, "audit")
+    assert code == 0
+    assert row(out, "key:grk_") and "retry" in out and row(out, "cancel", f"run {later}", "acme")
+    assert cli(capsys, *acme, "audit", "--limit", "1")[1].count("key:grk_") == 1
+
+
+async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFixture[str]) -> None:
+    acme, platform = remote(api, "acme"), remote(api, None)
+    cli(capsys, *acme, "enqueue", "plain.echo")
+    code, out, err = cli(capsys, *acme, "pause", "--queue", "default", "--reason", "upgrade")
+    assert code == 0, err
+    assert "paused queue default (tenant acme): waiting runs are held, running runs finish" in out
+    code, out, _ = cli(capsys, *acme, "pause", "--queue", "default", "--reason", "again")
+    assert "already paused by key:grk_" in out and "upgrade" in out
+    code, out, _ = cli(capsys, *acme, "pauses")
+    assert row(out, "queue", "default", "acme", "yes", "key:grk_")
+    code, out, _ = cli(capsys, *acme, "queues")
+    assert row(out, "default", "0", "1", "0", "0", "0", "0", "0", "yes")
+    code, out, _ = cli(capsys, *platform, "queues", "--tenant", "globex")
+    assert row(out, "default", "0", "0", "0", "0", "0", "0", "0")
+    assert cli(capsys, *platform, "pauses", "--tenant", "globex")[1].strip() == "no pauses"
+
+    code, out, _ = cli(capsys, *acme, "resume", "--queue", "default", "--reason", "done")
+    assert (code, out.strip()) == (0, "resumed queue default: 1 runs queued again")
+    code, _, err = cli(capsys, *acme, "resume", "--queue", "default", "--reason", "done")
+    assert_one_line_error(code, err, "no pause on queue default")
+
+    label = ("--label", "org=o1", "--reason", "vendor down")
+    code, out, _ = cli(capsys, *platform, "pause", *label, "--no-drain")
+    assert "paused label org=o1: waiting runs are held, running runs stop" in out
+    code, _, err = cli(capsys, *acme, "resume", *label)
+    assert_one_line_error(code, err, "a platform pause is lifted by a platform key")
+    assert cli(capsys, *platform, "resume", *label)[1].strip().startswith("resumed label org=o1")
+
+    async with worker_running(api.app) as worker:
+        code, out, err = cli(capsys, *platform, "workers")
+    assert code == 0, err
+    assert row(out, worker.id) and row(out, str(os.getpid()), "alive")
+    code, _, err = cli(capsys, *remote(api, "acme", Role.ADMIN), "workers")
+    assert_one_line_error(code, err, "may not do this (needs platform)")
+
+
+def test_remote_mode_errors_are_one_line(
+    api: ApiSetup,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bad = ("--url", api.url, "--key", "grk_000000000000.nope")
+    assert_one_line_error(*cli(capsys, *bad, "runs", "list")[::2], "error: invalid API key")
+    acme = remote(api, "acme")
+    code, _, err = cli(capsys, *acme, "runs", "cancel", "x", "--reason", "")
+    assert_one_line_error(code, err, "body.reason", "at least 1 character")
+    cases = [
+        (("enqueue", "plain.echo", "--priority", "2000000"), "priority: Input should be less"),
+        (("enqueue", "nope"), "unknown workflow 'nope'"),
+        (("runs", "prune", "--older-than", "1d"), "`greenroom runs prune` has no remote mode"),
+        (("queues", "set", "default", "--concurrency", "2", "--reason", "x"), "no remote mode"),
+        (("runs", "retry", "--where", "--since", "1h", "--reason", "x"), "--since is not"),
+        (("runs", "cancel", "x", "--reason", "x", "--actor", "me"), "--actor is not available"),
+        (("runs", "list", "--db", f"sqlite:///{tmp_path}/g.db"), "give --url or --db, not both"),
+    ]
+    for argv, fragment in cases:
+        assert_one_line_error(*cli(capsys, *acme, *argv)[::2], fragment)
+    code, _, err = cli(capsys, "--url", api.url, "runs", "list")
+    assert_one_line_error(code, err, "--url needs an API key")
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    code, _, err = cli(capsys, "--url", closed, "--key", "k", "workers")
+    assert_one_line_error(code, err, f"cannot reach {closed}")
+
+    monkeypatch.setenv("GREENROOM_URL", api.url)
+    monkeypatch.setenv("GREENROOM_API_KEY", api.keys["acme"][Role.OPERATOR])
+    code, out, err = cli(capsys, "enqueue", "plain.echo")
+    assert code == 0 and "created" in out, err
+    assert UUID.findall(cli(capsys, "runs", "list")[1]) == UUID.findall(out)
+    # An explicit --db wins over $GREENROOM_URL, and database-only commands ignore it.
+    db = f"sqlite:///{tmp_path}/g.db"
+    assert cli(capsys, "--db", db, "db", "upgrade")[0] == 0
+    assert cli(capsys, "runs", "list", "--db", db)[1].strip() == "no runs"
