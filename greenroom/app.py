@@ -159,12 +159,17 @@ class App:
             labels[INTEGRATION_LABEL] = self._check_integration(wf, req.tenant, req.integration)
         elif INTEGRATION_LABEL in labels:
             raise InvalidInput(f"label {INTEGRATION_LABEL!r} is set by giving the integration")
+        session_key = wf.session_key(tenant=req.tenant, input=req.input, labels=labels)
+        if session_key is not None and ("\0" in session_key or len(session_key) > 500):
+            raise InvalidInput(
+                f"session key of workflow {wf.name!r} must be at most 500 characters, without NUL"
+            )
         return NewRun(
             workflow=wf.name,
             input=req.input,
             tenant=req.tenant,
             queue=wf.queue,
-            session_key=wf.session_key(tenant=req.tenant, input=req.input, labels=labels),
+            session_key=session_key,
             priority=wf.priority if req.priority is None else req.priority,
             labels=labels,
             idempotency_key=req.idempotency_key,

@@ -18,7 +18,7 @@ import uvicorn
 from pydantic import BaseModel, SecretStr
 
 from greenroom import App, RunContext, step
-from greenroom.api import create_api
+from greenroom.api.app import create_api
 from greenroom.api.keys import create_key
 from greenroom.model import Role
 from tests.helpers import fast_app

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from browser_site import Site, serve_site
 from helpers import fast_app, wait_for_states, worker_running
+from pydantic import BaseModel, SecretStr
 
-from greenroom import App, RetryPolicy, RunContext, RunState, step
+from greenroom import App, RetryPolicy, RunContext, RunState, integrations, step
 from greenroom.browser.artifacts import default_artifact_store
+from greenroom.crypto import load_keyring
 from greenroom.storage.sessions import Artifact
 
 SECRET = "hunter2-very-secret"
@@ -176,4 +178,62 @@ async def test_tracing_on_records_every_run(sqlite_url: str, site: Site) -> None
     done = await run_to_end(app, "broken", {"site_url": site.url})
     kinds = [a.kind for a in await asyncio.to_thread(app.store.artifacts, done.id)]
     assert sorted(kinds) == ["html", "log", "screenshot", "trace"]
+    app.close()
+
+
+class SiteCredentials(BaseModel):
+    username: str
+    password: SecretStr
+
+
+@step(name="type_credentials", retry=ONCE)
+async def type_credentials(ctx: RunContext, site_url: str) -> None:
+    creds = await ctx.credentials(SiteCredentials)
+    password = creds.password.get_secret_value()
+    page = await ctx.page()
+    await page.goto(f"{site_url}/noisy")
+    await page.fill("#pw", password)
+    await page.fill("#note", f"the page echoes {password}")  # a page that shows it
+    await page.evaluate("pw => console.log('typed ' + pw)", password)
+    raise RuntimeError("the page did not accept the login")
+
+
+async def test_credentials_opened_by_a_run_never_reach_its_artifacts(
+    sqlite_url: str, site: Site
+) -> None:
+    """Nothing registers the password by hand: opening the credentials does."""
+    app = fast_app(sqlite_url, browser_trace="on")
+    connector = app.connector("site", credentials=SiteCredentials)
+
+    @app.workflow(name="site.login", connector=connector)
+    async def login(ctx: RunContext, site_url: str) -> None:
+        await type_credentials(ctx, site_url)
+
+    app.store.create_tenant("t1", actor="test")
+    integration = integrations.create(
+        app.store,
+        load_keyring(app.settings),
+        connector,
+        tenant="t1",
+        name="site",
+        credentials={"username": "bot", "password": SECRET},
+        settings={},
+        actor="test",
+    )
+    async with worker_running(app):
+        run = await app.enqueue(
+            "site.login", {"site_url": site.url}, tenant="t1", integration=integration.id
+        )
+        (done,) = await wait_for_states(app.store, [run.id], timeout=30)
+    assert done.state is RunState.FAILED
+    files = await asyncio.to_thread(_files, app, done.id)
+    assert {a.kind for a, _ in files} == {"screenshot", "html", "log", "trace"}
+    for a, data in files:
+        contents = data
+        if a.kind == "trace":
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                contents = b"".join(z.read(n) for n in z.namelist())
+        assert SECRET.encode() not in contents, f"the password leaked into the {a.kind}"
+    html = dict((a.kind, data) for a, data in files)["html"]
+    assert b"the page echoes [redacted]" in html
     app.close()

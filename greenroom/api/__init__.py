@@ -1,5 +1,5 @@
-"""The HTTP API (FastAPI): tenants, keys and roles, integrations, runs and controls."""
+"""The HTTP API (FastAPI): tenants, keys and roles, integrations, runs and controls.
 
-from greenroom.api.app import create_api
-
-__all__ = ["create_api"]
+`greenroom.api.app.create_api` builds it; this package imports nothing itself, so the client can
+use `greenroom.api.schemas` without loading FastAPI's routes.
+"""

@@ -9,7 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.keys import matches, split_key
@@ -55,9 +56,12 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def take(self, key_id: str, rate: float | None = None) -> float:
-        """0 if the request may go ahead, else the seconds until it may."""
-        rate = rate or self.rate
-        burst = max(self.burst, math.ceil(rate))
+        """0 if the request may go ahead, else the seconds until it may. A key with its own
+        rate may burst one second's worth of it."""
+        if rate is None:
+            rate, burst = self.rate, self.burst
+        else:
+            burst = max(1, math.ceil(rate))
         now = time.monotonic()
         with self._lock:
             tokens, at = self._buckets.get(key_id, (float(burst), now))
@@ -76,6 +80,8 @@ class KeyCache:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._verified: dict[str, tuple[ApiKey, float]] = {}
+        #: Keys revoked here lately: a lookup that was in flight must not cache them again.
+        self._forgotten: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def get(self, presented: str) -> ApiKey | None:
@@ -88,15 +94,23 @@ class KeyCache:
     def put(self, presented: str, key: ApiKey) -> None:
         if self.seconds <= 0:
             return
+        now = time.monotonic()
         with self._lock:
+            if now - self._forgotten.get(key.id, -math.inf) <= self.seconds:
+                return
             if len(self._verified) > 10_000:  # many keys: start over rather than grow
                 self._verified.clear()
-            self._verified[presented] = (key, time.monotonic())
+            self._verified[presented] = (key, now)
 
     def forget(self, key_id: str) -> None:
+        now = time.monotonic()
         with self._lock:
             for presented in [p for p, (k, _) in self._verified.items() if k.id == key_id]:
                 del self._verified[presented]
+            self._forgotten = {
+                k: at for k, at in self._forgotten.items() if now - at <= self.seconds
+            }
+            self._forgotten[key_id] = now
 
 
 def _unauthorized(detail: str) -> ApiError:
@@ -112,12 +126,14 @@ def _lookup(state: ApiState, presented: str) -> ApiKey:
     return key
 
 
-async def _authenticate(request: Request, state: ApiState) -> ApiKey:
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+#: The scheme, for the OpenAPI schema; a missing or malformed header is answered here (401).
+BEARER = HTTPBearer(auto_error=False, description="an API key: `grk_<id>.<secret>`")
+
+
+async def _authenticate(bearer: HTTPAuthorizationCredentials | None, state: ApiState) -> ApiKey:
+    if bearer is None:
         raise _unauthorized("send an API key: Authorization: Bearer <key>")
-    presented = presented.strip()
+    presented = bearer.credentials
     key = state.keys.get(presented)
     if key is None:
         key = await run_in_threadpool(_lookup, state, presented)
@@ -130,8 +146,11 @@ def caller(needed: Role) -> Callable[..., Awaitable[Caller]]:
     """A dependency: the authenticated caller, if its role allows `needed` and its rate is
     not exceeded."""
 
-    async def dependency(request: Request, state: ApiState = Depends(get_state)) -> Caller:
-        key = await _authenticate(request, state)
+    async def dependency(
+        state: ApiState = Depends(get_state),
+        bearer: HTTPAuthorizationCredentials | None = Depends(BEARER),
+    ) -> Caller:
+        key = await _authenticate(bearer, state)
         wait = state.limiter.take(key.id, key.rate_limit)
         if wait > 0:
             raise ApiError(
@@ -144,11 +163,6 @@ def caller(needed: Role) -> Callable[..., Awaitable[Caller]]:
         return Caller(key_id=key.id, tenant=key.tenant, role=key.role)
 
     return dependency
-
-
-def platform_only(who: Caller) -> None:
-    if not who.platform:
-        raise ApiError(403, "only a platform key may do this")
 
 
 Viewer = Depends(caller(Role.VIEWER))

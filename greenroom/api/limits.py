@@ -1,9 +1,15 @@
-"""Request body cap: a larger body is refused with 413 before it is read into memory."""
+"""What a request may hold: a body up to a cap (a larger one is refused with 413 before it is
+read into memory), and a path and query without NUL characters (PostgreSQL text cannot hold
+them; request bodies are checked by schemas.Body)."""
 
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from greenroom.api.problems import MEDIA_TYPE
@@ -25,31 +31,31 @@ class BodyLimit:
             await self._refuse(scope, send)
             return
         seen = 0
-        too_large = False
 
         async def counted() -> Message:
-            nonlocal seen, too_large
+            nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    too_large = True
-                    raise _TooLarge
+                    # An HTTPException reaches the app's error handlers (FastAPI turns any other
+                    # exception raised while it reads the body into a 400).
+                    raise HTTPException(413, self.detail)
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            if too_large:
-                await self._refuse(scope, send)
+        await self.app(scope, counted, send)
+
+    @property
+    def detail(self) -> str:
+        return f"request bodies are limited to {self.max_bytes} bytes"
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         body = json.dumps(
             {
                 "type": "about:blank",
-                "title": "Content Too Large",
+                "title": HTTPStatus(413).phrase,
                 "status": 413,
-                "detail": f"request bodies are limited to {self.max_bytes} bytes",
+                "detail": self.detail,
                 "instance": scope.get("path", ""),
             }
         ).encode()
@@ -66,5 +72,14 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+def no_nul(request: Request) -> None:
+    """A dependency of every route: 422 for a NUL character in a path or query parameter."""
+    given = [("path", *item) for item in request.path_params.items()]
+    given += [("query", *item) for item in request.query_params.multi_items()]
+    bad = [
+        {"loc": (where, name), "msg": "must not contain NUL characters", "type": "value_error"}
+        for where, name, value in given
+        if "\x00" in str(value)
+    ]
+    if bad:
+        raise RequestValidationError(bad)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from greenroom.model import (
     ApiKey,
@@ -25,14 +26,29 @@ from greenroom.storage.sessions import Artifact
 
 T = TypeVar("T")
 
-Name = Field(min_length=1, max_length=200)
+#: The largest count or limit a request may set (the database's integer columns hold 32 bits).
+MAX_INT = 2**31 - 1
+
 Reason = Field(min_length=1, max_length=2000, examples=["vendor outage is over"])
 
 
 class Body(BaseModel):
-    """Request bodies refuse unknown fields: a typo is an error, not silently ignored."""
+    """Request bodies refuse unknown fields: a typo is an error, not silently ignored. What
+    they hold must be storable: finite numbers, valid Unicode, and no NUL in text fields
+    (PostgreSQL text cannot hold it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        try:
+            json.dumps(value, ensure_ascii=False, default=str).encode()
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode (no lone surrogates)") from None
+        return value
 
 
 class Page(BaseModel, Generic[T]):
@@ -195,16 +211,16 @@ class QueueOut(BaseModel):
 class QueueUpdate(Body):
     """Only the fields given change; null clears a limit."""
 
-    concurrency: int | None = Field(None, ge=1)
-    rate_limit: int | None = Field(None, ge=1)
+    concurrency: int | None = Field(None, ge=1, le=MAX_INT)
+    rate_limit: int | None = Field(None, ge=1, le=MAX_INT)
     rate_period: float | None = Field(None, gt=0)
-    max_attempts: int | None = Field(None, ge=1)
+    max_attempts: int | None = Field(None, ge=1, le=MAX_INT)
     retry_initial_delay: float | None = Field(None, ge=0)
     retry_backoff: float | None = Field(None, ge=1)
     retry_max_delay: float | None = Field(None, ge=0)
     lease_seconds: float | None = Field(None, gt=0)
     heartbeat_seconds: float | None = Field(None, gt=0)
-    max_stalls: int | None = Field(None, ge=1)
+    max_stalls: int | None = Field(None, ge=1, le=MAX_INT)
     reason: str = Reason
 
 
@@ -375,7 +391,7 @@ class TenantCreate(Body):
 
 class TenantUpdate(Body):
     weight: float | None = Field(None, gt=0, le=1_000_000)
-    concurrency: int | None = Field(None, ge=1)
+    concurrency: int | None = Field(None, ge=1, le=MAX_INT)
     reason: str = Reason
 
 
@@ -396,7 +412,7 @@ class KeyCreate(Body):
     name: str = Field(min_length=1, max_length=200, examples=["billing sync"])
     role: Role = Field(examples=[Role.OPERATOR])
     expires_at: float | None = Field(None, ge=0, description="Unix time")
-    rate_limit: int | None = Field(None, ge=1, description="requests per second")
+    rate_limit: int | None = Field(None, ge=1, le=MAX_INT, description="requests per second")
     tenant: str | None = Field(None, max_length=200, description="platform keys only")
 
 

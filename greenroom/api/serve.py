@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from greenroom.errors import ConfigError
 from greenroom.settings import Settings
@@ -30,7 +31,9 @@ BACKLOG = 2048
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket, inheritable by worker processes; port 0 picks a free port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections of a TCP-protocol socket,
+    # and without it a response waits out the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -104,11 +107,11 @@ def serve_processes(
     factory: str, sock: socket.socket, settings: Settings, *, workers: int, access_log: bool
 ) -> None:
     """Serve with `workers` uvicorn processes, each building its API by calling `factory`
-    (a module:function import string); returns once SIGINT or SIGTERM has stopped them."""
-    uvicorn.run(
-        factory,
-        factory=True,
-        fd=sock.fileno(),
-        workers=workers,
-        **_options(settings, access_log),
+    (a module:function import string); returns once SIGINT or SIGTERM has stopped them.
+
+    The processes get the socket itself, not its file descriptor: uvicorn takes a descriptor
+    for a Unix socket, so its connections would lose TCP_NODELAY and wait out delayed ACKs."""
+    config = uvicorn.Config(
+        factory, factory=True, workers=workers, **_options(settings, access_log)
     )
+    Multiprocess(config, sockets=[sock]).run()

@@ -71,7 +71,7 @@ def check_schema(url: str) -> None:
 def api_process() -> FastAPI:
     """The API of one `greenroom api --workers N` process, built from the same --app and
     --db as its parent's, which it finds in the environment."""
-    from greenroom.api import create_api
+    from greenroom.api.app import create_api
 
     app = load_app(os.environ.get(APP_ENV) or DEMO_APP)
     configure(app, db=os.environ.get(DB_ENV))
@@ -97,7 +97,7 @@ def api(
     settings = the_app.settings
     quiet_driver_logs()
     check_schema(settings.db)
-    from greenroom.api import create_api  # FastAPI is slow to import: not before the checks
+    from greenroom.api.app import create_api  # FastAPI is slow to import: not before the checks
     from greenroom.api.serve import address, listen, serve, serve_processes, server
 
     sock = listen(settings.api_host, settings.api_port)
@@ -173,7 +173,7 @@ def up(
 ) -> None:
     """Run the API and a worker in one process (SQLite by default): migrates the database,
     then serves until Ctrl-C or SIGTERM, letting running runs finish."""
-    from greenroom.api import create_api
+    from greenroom.api.app import create_api
     from greenroom.api.serve import address, listen, serve, server
     from greenroom.worker import Worker
 

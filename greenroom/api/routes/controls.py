@@ -48,8 +48,13 @@ def list_queues(
 
 
 @router.get("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)
-def get_queue(name: str, state: State, who: Caller = Viewer) -> QueueOut:
-    return QueueOut.of(state.store.queue(name, tenant=who.tenant))
+def get_queue(
+    name: str,
+    state: State,
+    who: Caller = Viewer,
+    tenant: Annotated[str | None, Query(description="platform keys: count one tenant")] = None,
+) -> QueueOut:
+    return QueueOut.of(state.store.queue(name, tenant=scope(who, tenant)))
 
 
 @router.patch("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)

@@ -26,6 +26,7 @@ from greenroom.errors import InvalidInput
 router = APIRouter(prefix="/v1", tags=["integrations"])
 State = Annotated[ApiState, Depends(get_state)]
 NOT_FOUND = responses(c404="no such integration (or another tenant's)")
+NAME_TAKEN = responses(c409="the tenant has an integration by this name")
 
 
 def _connector(state: ApiState, name: str) -> Connector:
@@ -69,7 +70,12 @@ def list_integrations(
     return [IntegrationOut.of(i) for i in found]
 
 
-@router.post("/integrations", status_code=201, response_model=IntegrationOut)
+@router.post(
+    "/integrations",
+    status_code=201,
+    response_model=IntegrationOut,
+    responses={**responses(c404="no such registered tenant"), **NAME_TAKEN},
+)
 def create_integration(
     body: IntegrationCreate, state: State, who: Caller = Admin
 ) -> IntegrationOut:
@@ -93,7 +99,11 @@ def get_integration(integration_id: str, state: State, who: Caller = Viewer) -> 
     return IntegrationOut.of(state.store.integration(integration_id, tenant=who.tenant))
 
 
-@router.patch("/integrations/{integration_id}", response_model=IntegrationOut, responses=NOT_FOUND)
+@router.patch(
+    "/integrations/{integration_id}",
+    response_model=IntegrationOut,
+    responses={**NOT_FOUND, **NAME_TAKEN},
+)
 def update_integration(
     integration_id: str, body: IntegrationUpdate, state: State, who: Caller = Admin
 ) -> IntegrationOut:

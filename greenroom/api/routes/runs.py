@@ -7,11 +7,12 @@ import binascii
 import hashlib
 import json
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from greenroom.api.auth import Caller, Operator, Viewer
 from greenroom.api.problems import ApiError, responses
@@ -64,6 +65,20 @@ def parse_label(text: str) -> tuple[str, str]:
     return key, value
 
 
+#: A time in a query: ISO 8601 or Unix time.
+Moment = Annotated[
+    Annotated[float, Field(allow_inf_nan=False)] | datetime | None,
+    Query(description="ISO 8601 (UTC if it has no offset) or Unix time"),
+]
+
+
+def unix_time(moment: float | datetime) -> float:
+    """One without a UTC offset is UTC, not the server's local time."""
+    if isinstance(moment, datetime):
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return moment
+
+
 def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"seq": seq}).encode()).decode().rstrip("=")
 
@@ -74,7 +89,7 @@ def decode_cursor(cursor: str) -> int:
         seq = doc["seq"]
     except (binascii.Error, ValueError, TypeError, KeyError):
         raise InvalidInput("invalid cursor: pass next_cursor from the previous page") from None
-    if not isinstance(seq, int) or isinstance(seq, bool):
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
         raise InvalidInput("invalid cursor: pass next_cursor from the previous page")
     return seq
 
@@ -132,8 +147,8 @@ def list_runs(
     integration: str | None = None,
     label: Annotated[str | None, Query(description="key=value")] = None,
     error_group: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Moment = None,
+    created_before: Moment = None,
     tenant: Annotated[str | None, Query(description="platform keys: one tenant")] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -152,8 +167,8 @@ def list_runs(
         if label is None
         else parse_label(label),
         error_group=error_group,
-        created_after=None if created_after is None else created_after.timestamp(),
-        created_before=None if created_before is None else created_before.timestamp(),
+        created_after=None if created_after is None else unix_time(created_after),
+        created_before=None if created_before is None else unix_time(created_before),
         before_seq=None if cursor is None else decode_cursor(cursor),
         limit=limit + 1,
     )
