@@ -117,7 +117,8 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "greenroom.cli", "api", "--db", url, "--port", str(port)]
-        proc = subprocess.Popen([*cmd, "--workers", str(args.workers)])
+        # The server's banner goes to stderr: stdout carries the JSON result.
+        proc = subprocess.Popen([*cmd, "--workers", str(args.workers)], stdout=sys.stderr)
         try:
             wait_ready(base, proc)
             ids = seed(base, key, SEED_RUNS)
