@@ -50,10 +50,14 @@ class App:
         db: str | None = None,
         settings: Settings | None = None,
         clock: Clock | None = None,
+        migrate: bool = True,
     ) -> None:
+        """With migrate=False the store refuses a database whose schema is not current instead
+        of upgrading it (API nodes leave that to `greenroom db upgrade`)."""
         base = settings or load_settings()
         self.settings = base if db is None else base.model_copy(update={"db": db})
         self.clock = clock
+        self.migrate = migrate
         self.workflows: dict[str, Workflow] = {}
         self.connectors: dict[str, Connector] = {}
         self._store: RunStore | None = None
@@ -111,7 +115,7 @@ class App:
     def store(self) -> RunStore:
         with self._store_lock:  # two threads opening it at once would both migrate
             if self._store is None:
-                self._store = open_store(self.settings.db, clock=self.clock)
+                self._store = open_store(self.settings.db, clock=self.clock, migrate=self.migrate)
             return self._store
 
     def close(self) -> None:

@@ -75,6 +75,7 @@ def api_process() -> FastAPI:
 
     app = load_app(os.environ.get(APP_ENV) or DEMO_APP)
     configure(app, db=os.environ.get(DB_ENV))
+    app.migrate = False
     return create_api(app)
 
 
@@ -97,6 +98,7 @@ def api(
     settings = the_app.settings
     quiet_driver_logs()
     check_schema(settings.db)
+    the_app.migrate = False
     from greenroom.api.app import create_api  # FastAPI is slow to import: not before the checks
     from greenroom.api.serve import address, listen, serve, serve_processes, server
 
