@@ -114,7 +114,7 @@ def _problem(response: httpx.Response) -> ApiProblem:
         str(body.get("title") or response.reason_phrase),
         None if body.get("detail") is None else str(body["detail"]),
         errors=errors if isinstance(errors, list) else None,
-        retry_after=float(retry_after) if retry_after.isdigit() else None,
+        retry_after=float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None,
     )
 
 

@@ -33,11 +33,12 @@ Reason = Field(min_length=1, max_length=2000, examples=["vendor outage is over"]
 
 
 class Body(BaseModel):
-    """Request bodies refuse unknown fields: a typo is an error, not silently ignored. What
-    they hold must be storable: finite numbers, valid Unicode, and no NUL in text fields
-    (PostgreSQL text cannot hold it)."""
+    """Request bodies refuse unknown fields (a typo is an error, not silently ignored) and
+    values of another JSON type (no 0.0 for false, no "5" for 5). What they hold must be
+    storable: finite numbers, valid Unicode, and no NUL in text fields (PostgreSQL text cannot
+    hold it)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @field_validator("*")
     @classmethod
@@ -410,7 +411,7 @@ class TenantOut(BaseModel):
 
 class KeyCreate(Body):
     name: str = Field(min_length=1, max_length=200, examples=["billing sync"])
-    role: Role = Field(examples=[Role.OPERATOR])
+    role: Role = Field(examples=[Role.OPERATOR], strict=False)  # from its JSON string
     expires_at: float | None = Field(None, ge=0, description="Unix time")
     rate_limit: int | None = Field(None, ge=1, le=MAX_INT, description="requests per second")
     tenant: str | None = Field(None, max_length=200, description="platform keys only")

@@ -193,7 +193,7 @@ async def read_users_page(ctx: RunContext, base_url: str, org: str, number: int)
     await open_users(page, users_url(base_url, org, page=number))
     rows: list[UserRow] = await page.locator(USER_ROW).evaluate_all(READ_ROWS)
     pages = await page.locator(PAGE_INFO).get_attribute("data-pages")
-    if pages is None or not pages.isdigit():
+    if pages is None or not (pages.isascii() and pages.isdigit()):
         raise LayoutChanged(f"{page.url}: {PAGE_INFO} has no data-pages")
     return {"number": number, "pages": int(pages), "users": rows}
 

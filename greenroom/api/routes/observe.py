@@ -39,7 +39,7 @@ def audit_log(
     """Admin actions, newest first: who, when, what, why."""
     before = None
     if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 18:
+        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
             raise InvalidInput("invalid cursor: pass next_cursor from the previous page")
         before = int(cursor)
     entries = state.store.audit_log(tenant=scope(who, tenant), limit=limit + 1, before_id=before)
