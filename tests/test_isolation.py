@@ -143,3 +143,21 @@ def test_a_sigkilled_worker_takes_its_isolated_run_and_browser_with_it(
         worker.kill()
         worker.wait()
         app.close()
+
+
+async def test_a_pause_stops_an_isolated_run_at_its_next_step(app: App, tmp_path: Path) -> None:
+    """The pause reaches the run's process however early it comes (it once killed it)."""
+    run = await app.enqueue("iso.steps", {"pidfile": str(tmp_path / "steps.pid")})
+    async with worker_running(app):
+        await wait_for_states(app.store, [run.id], {RunState.RUNNING}, timeout=20)
+        await asyncio.to_thread(
+            app.store.pause, "workflow", "iso.steps", actor="test", reason="hold", drain=False
+        )
+        [held] = await wait_for_states(app.store, [run.id], {RunState.PAUSED}, timeout=30)
+        await asyncio.to_thread(
+            app.store.resume, "workflow", "iso.steps", actor="test", reason="go on"
+        )
+        [done] = await wait_for_states(app.store, [run.id], timeout=30)
+    assert held.attempt == 1 and held.error is None
+    assert done.state is RunState.SUCCEEDED, done.error
+    assert done.output == 20

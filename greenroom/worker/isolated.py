@@ -1,11 +1,14 @@
 """Process isolation: a run that executes in its own OS process, with its own browser.
 
 For workflows declared with isolation="process". The worker keeps the lease (heartbeats,
-cancellation, the run's end); the child imports the workflow's module, replays and executes the
-steps under the same fencing token, saves the session and diagnostics, and reports how the run
-ended in a file. The child leads its own process group: at a run timeout, a cancellation or a
-worker shutdown the worker kills the whole group; if the worker dies, the kernel kills the child
-(PR_SET_PDEATHSIG) and the browser's watchdog then kills the browser.
+cancellation, the run's end) and tells the child, one JSON line at a time on its stdin, the
+request, then each lease renewal and any pause; the child imports the workflow's module, replays
+and executes the steps under the same fencing token (and stops before a step once the lease may
+have lapsed, as in a worker), saves the session and diagnostics, and reports how the run ended
+in a file. The child leads its own process group: at a run timeout, a cancellation or a worker
+shutdown the worker kills that group; if the worker dies, the kernel kills the child
+(PR_SET_PDEATHSIG). Its browser, started in a group of its own, dies with the child through the
+launcher's watchdog (greenroom.browser.launch).
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import contextlib
 import ctypes
 import importlib
 import json
-import math
 import os
 import pickle
 import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,12 +60,18 @@ class IsolatedRun:
         self.workflow = workflow
         self.pid: int | None = None
         self._pause_requested = False
+        self._stdin: asyncio.StreamWriter | None = None
 
     def request_pause(self) -> None:
         self._pause_requested = True
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGUSR1)
+        self._send({"pause": True})
+
+    def lease_renewed(self, valid_until: float) -> None:
+        self._send({"valid_until": valid_until})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.write(json.dumps(message).encode() + b"\n")
 
     async def run(self) -> Outcome:
         with tempfile.TemporaryDirectory(prefix="greenroom-run-") as tmp:
@@ -75,20 +84,18 @@ class IsolatedRun:
                 start_new_session=True,
             )
             self.pid = proc.pid
+            assert proc.stdin is not None
             try:
-                assert proc.stdin is not None
-                proc.stdin.write(json.dumps(self._request(result)).encode())
-                await proc.stdin.drain()
-                proc.stdin.close()
-                if self._pause_requested:
-                    self.request_pause()
+                proc.stdin.write(json.dumps(self._request(result)).encode() + b"\n")
+                self._stdin = proc.stdin
                 code = await proc.wait()
             except BaseException:
                 kill_group(proc.pid)  # a timeout, a cancellation or a shutdown: nothing stays
                 await asyncio.shield(proc.wait())
                 raise
             finally:
-                self.pid = None
+                self.pid = self._stdin = None
+                proc.stdin.close()
             if not result.exists():
                 raise RuntimeError(
                     f"the run's process exited with {_exit_status(code)} before reporting"
@@ -168,6 +175,29 @@ def _pickled(exc: BaseException) -> str | None:
     return base64.b64encode(data).decode()
 
 
+class _Messages:
+    """What the worker tells the child after the request: lease renewals and pauses, read on a
+    thread so a step that blocks the event loop does not hold them up."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.valid_until: float = request["expires_at"]
+        self.paused = bool(request["pause_requested"])
+        self.on_pause: Any = None
+
+    def listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        def read() -> None:
+            for line in sys.stdin:
+                message = json.loads(line)
+                if "valid_until" in message:
+                    self.valid_until = float(message["valid_until"])
+                if message.get("pause"):
+                    self.paused = True
+                    if self.on_pause is not None:
+                        loop.call_soon_threadsafe(self.on_pause)
+
+        threading.Thread(target=read, name="greenroom-worker-messages", daemon=True).start()
+
+
 async def _execute(request: dict[str, Any]) -> dict[str, Any]:
     from greenroom.browser.runtime import BrowserRuntime
     from greenroom.context import RunContext, current_run
@@ -175,6 +205,8 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
     from greenroom.storage.codec import dumps
     from greenroom.worker.credentials import credentials_source
 
+    messages = _Messages(request)
+    messages.listen(asyncio.get_running_loop())
     settings = Settings(**request["settings"])
     app = _find_app(request["module"], request["workflow"])
     wf = app.workflows[request["workflow"]]
@@ -198,13 +230,12 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
             store=store,
             db=db,
             history=store.steps(run.id),
-            # The worker renews the lease; every write here is fenced by its token.
-            lease_valid_until=lambda: math.inf,
+            lease_valid_until=lambda: messages.valid_until,  # renewed by the worker
         )
         ctx.browser = runtime.for_run(lease, store, db, ctx.log)
         ctx.credentials_source = credentials_source(ctx, app, store, runtime, db)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, ctx.request_pause)
-        if request["pause_requested"]:
+        messages.on_pause = ctx.request_pause
+        if messages.paused:
             ctx.request_pause()
         token = current_run.set(ctx)
         try:
@@ -238,7 +269,7 @@ def main() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the worker died before the line above
             sys.exit(1)
-    request = json.loads(sys.stdin.read())
+    request = json.loads(sys.stdin.readline())
     try:
         result = asyncio.run(_execute(request))
     except Exception as exc:  # the run could not even start here (import, database)

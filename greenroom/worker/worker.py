@@ -264,6 +264,10 @@ class Worker:
                 self.log.warning("heartbeat failed", error=str(exc))
                 continue
             self._renewed_at = started
+            for run_id in beat.held:
+                active = self._active.get(run_id)
+                if active is not None and active.isolated is not None:
+                    active.isolated.lease_renewed(self._lease_valid_until(active.lease)())
             for run_id in known - beat.held:
                 active = self._active.get(run_id)
                 if active is not None and not active.finishing:

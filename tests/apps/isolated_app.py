@@ -75,3 +75,15 @@ async def browser(ctx: RunContext, pidfile: str, hang: bool = False) -> str:
 async def sleep(ctx: RunContext, pidfile: str) -> None:
     Path(pidfile).write_text(str(os.getpid()))
     await asyncio.sleep(60)
+
+
+@step(name="tick")
+async def tick(i: int) -> int:
+    await asyncio.sleep(0.1)
+    return i
+
+
+@app.workflow(name="iso.steps", isolation="process")
+async def steps(ctx: RunContext, pidfile: str) -> int:
+    Path(pidfile).write_text(str(os.getpid()))
+    return len([await tick(i) for i in range(20)])
