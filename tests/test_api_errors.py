@@ -3,6 +3,7 @@ naming what is wrong, and never a secret it was given."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -301,3 +302,26 @@ async def test_secrets_never_leave_in_answers_audit_or_logs(
             assert secret not in r.text, r.request.url
         assert secret not in repr(audit)
         assert secret not in caplog.text
+
+
+def test_concurrent_creates_of_one_integration_name_make_one(api: ApiSetup) -> None:
+    """Eight at once: one 201, the others 409 (never a 500 from the unique index)."""
+
+    async def create_all() -> list[int]:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api.keys['acme'][Role.ADMIN]}"}
+        body = {
+            "connector": "crm",
+            "name": "raced",
+            "credentials": {"username": "u", "password": "p4ssword"},
+        }
+        async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=60) as c:
+            answers = await asyncio.gather(
+                *(c.post("/v1/integrations", json=body) for _ in range(8))
+            )
+        return sorted(r.status_code for r in answers)
+
+    for _ in range(3):
+        codes = asyncio.run(create_all())
+        assert codes.count(201) <= 1 and set(codes) <= {201, 409}, codes

@@ -314,6 +314,11 @@ class Accounts(StoreBase):
             raise NotFound(f"tenant {tenant} not found (register it: greenroom tenants create)")
 
     def _name_free(self, tx: Tx, tenant: str, name: str) -> None:
+        """Check a name under the tenant's row lock, so two writes cannot both take it."""
+        tx.execute(
+            f"SELECT name FROM tenants WHERE name = :tenant {self.backend.for_update}",
+            {"tenant": tenant},
+        )
         taken = tx.execute(
             "SELECT id FROM integrations WHERE tenant = :tenant AND name = :name",
             {"tenant": tenant, "name": name},
