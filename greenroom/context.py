@@ -141,6 +141,10 @@ class RunContext:
             )
         return self._credentials
 
+    def redact(self, text: str) -> str:
+        """Text with this run's secrets (registered or from its credentials) replaced."""
+        return text if self.browser is None else self.browser.redactor.text(text)
+
     def request_pause(self) -> None:
         """Stop this run before its next step (a pause with drain=False)."""
         self._pause_requested = True
@@ -209,7 +213,7 @@ class RunContext:
                         "step failed, retrying",
                         step=defn.name,
                         step_attempt=attempt,
-                        error=f"{type(error).__name__}: {error}",
+                        error=self.redact(f"{type(error).__name__}: {error}"),
                         retry_in=round(delay, 3),
                     )
                     await clock.sleep(delay)
@@ -222,7 +226,9 @@ class RunContext:
                     name=defn.name,
                     status=StepStatus.FAILED,
                     result=None,
-                    error=describe_error(error, step=defn.name, attempt=attempt),
+                    error=describe_error(
+                        error, step=defn.name, attempt=attempt, redact=self.redact
+                    ),
                     attempts=attempt,
                     started_at=started,
                 )

@@ -6,6 +6,7 @@ import enum
 import hashlib
 import re
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from greenroom.errors import PermanentError
@@ -87,15 +88,21 @@ def fingerprint(error_type: str, message: str, step: str | None) -> str:
 
 
 def describe_error(
-    exc: BaseException, *, step: str | None = None, attempt: int | None = None
+    exc: BaseException,
+    *,
+    step: str | None = None,
+    attempt: int | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
-    """An error as stored on a run or step: type, message, traceback, where, class and group."""
+    """An error as stored on a run or step: type, message, traceback, where, class and group.
+    `redact` removes the run's secrets (a failed URL may carry a token) before anything is kept."""
+    clean = redact or (lambda text: text)
     error_type = type(exc).__qualname__
-    message = str(exc)
+    message = clean(str(exc))
     return {
         "type": error_type,
         "message": message,
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": clean("".join(traceback.format_exception(exc))),
         "step": step,
         "attempt": attempt,
         "class": classify(exc).value,

@@ -181,6 +181,9 @@ async def test_tracing_on_records_every_run(sqlite_url: str, site: Site) -> None
     app.close()
 
 
+ODD_SECRET = 'hunter2 "pässwörd" & <key>'
+
+
 class SiteCredentials(BaseModel):
     username: str
     password: SecretStr
@@ -195,13 +198,14 @@ async def type_credentials(ctx: RunContext, site_url: str) -> None:
     await page.fill("#pw", password)
     await page.fill("#note", f"the page echoes {password}")  # a page that shows it
     await page.evaluate("pw => console.log('typed ' + pw)", password)
-    raise RuntimeError("the page did not accept the login")
+    raise RuntimeError(f"the page did not accept {password}")
 
 
 async def test_credentials_opened_by_a_run_never_reach_its_artifacts(
     sqlite_url: str, site: Site
 ) -> None:
-    """Nothing registers the password by hand: opening the credentials does."""
+    """Nothing registers the password by hand: opening the credentials does. The password has
+    characters that JSON, HTML and URLs escape, and the step's error message carries it."""
     app = fast_app(sqlite_url, browser_trace="on")
     connector = app.connector("site", credentials=SiteCredentials)
 
@@ -216,7 +220,7 @@ async def test_credentials_opened_by_a_run_never_reach_its_artifacts(
         connector,
         tenant="t1",
         name="site",
-        credentials={"username": "bot", "password": SECRET},
+        credentials={"username": "bot", "password": ODD_SECRET},
         settings={},
         actor="test",
     )
@@ -228,12 +232,18 @@ async def test_credentials_opened_by_a_run_never_reach_its_artifacts(
     assert done.state is RunState.FAILED
     files = await asyncio.to_thread(_files, app, done.id)
     assert {a.kind for a, _ in files} == {"screenshot", "html", "log", "trace"}
+    forms = {ODD_SECRET, json.dumps(ODD_SECRET)[1:-1], "pässwörd", "p\\u00e4ssw"}
     for a, data in files:
         contents = data
         if a.kind == "trace":
             with zipfile.ZipFile(io.BytesIO(data)) as z:
                 contents = b"".join(z.read(n) for n in z.namelist())
-        assert SECRET.encode() not in contents, f"the password leaked into the {a.kind}"
+        for form in forms:
+            assert form.encode() not in contents, f"the password leaked into the {a.kind}"
     html = dict((a.kind, data) for a, data in files)["html"]
     assert b"the page echoes [redacted]" in html
+    assert done.error is not None
+    stored = json.dumps([done.error, [s.error for s in app.store.steps(done.id)]])
+    assert "pässwörd" not in stored and "p\\u00e4ssw" not in stored
+    assert "the page did not accept [redacted]" in done.error["message"]
     app.close()

@@ -5,6 +5,7 @@ worker) and in size; known secrets are replaced before anything is stored."""
 from __future__ import annotations
 
 import asyncio
+import html
 import io
 import json
 import time
@@ -13,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, quote_plus
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, ConsoleMessage, Page, WebError
@@ -43,8 +45,19 @@ class Redactor:
         self._values: set[str] = set()
 
     def add(self, value: str) -> None:
-        if len(value) >= 4:  # shorter strings would redact ordinary text
-            self._values.add(value)
+        """A secret, and the forms it takes in JSON, HTML and URLs (a console log, a page, a
+        trace's network log)."""
+        if len(value) < 4:  # shorter strings would redact ordinary text
+            return
+        self._values |= {
+            value,
+            json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            html.escape(value),
+            html.escape(value, quote=False),
+            quote(value, safe=""),
+            quote_plus(value),
+        }
 
     def text(self, value: str) -> str:
         for secret in sorted(self._values, key=len, reverse=True):

@@ -252,7 +252,9 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
             return {
                 "kind": "failed",
                 "error": _pickled(exc),
-                "description": describe_error(exc, step=ctx.failed_step, attempt=run.attempt),
+                "description": describe_error(
+                    exc, step=ctx.failed_step, attempt=run.attempt, redact=ctx.redact
+                ),
                 "failed_step": ctx.failed_step,
             }
         finally:

@@ -398,7 +398,10 @@ class Worker:
             return
         except Exception as exc:
             await ctx.browser.run_failed(exc)  # diagnostics while the page is still open
-            await self._failed(lease, exc, failed_step=ctx.failed_step, log=ctx.log)
+            error = describe_error(
+                exc, step=ctx.failed_step, attempt=run.attempt, redact=ctx.redact
+            )
+            await self._failed(lease, exc, failed_step=ctx.failed_step, log=ctx.log, error=error)
             return
         finally:
             current_run.reset(token)
