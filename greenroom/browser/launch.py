@@ -135,3 +135,31 @@ def group_rss_bytes(pgid: int) -> int:
         if int(fields[2]) == pgid:
             total += int(fields[21]) * page
     return total
+
+
+def browser_rss_by_owner() -> dict[int, int]:
+    """Resident memory of every browser process greenroom started, by the pid of the process
+    that started it (the GREENROOM_BROWSER_OF mark each browser process keeps; Linux)."""
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    mark = b"GREENROOM_BROWSER_OF="
+    owners: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return owners
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+            at = env.find(mark)
+            if at < 0:
+                continue
+            owner = int(env[at + len(mark) : env.index(b"\0", at)])
+            with open(f"/proc/{entry}/statm") as f:
+                rss = int(f.read().split()[1]) * page
+        except (OSError, ValueError):
+            continue
+        owners[owner] = owners.get(owner, 0) + rss
+    return owners

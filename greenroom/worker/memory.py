@@ -1,6 +1,7 @@
 """Memory admission: a worker with a memory budget claims new runs only while there is room.
 
-What counts is the worker process, its browsers and its isolated runs' process groups. A run is
+What counts is the worker process, its browsers, and its isolated runs' processes with their
+browsers. A run is
 assumed to need what the runs now executing need on average (or the configured estimate until
 some have run), so a worker full of heavy pages admits fewer new runs than one of light pages.
 """
@@ -11,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
-from greenroom.browser.launch import group_rss_bytes
+from greenroom.browser.launch import browser_rss_by_owner, group_rss_bytes
 
 MB = 1024 * 1024
 #: How long one measurement is trusted (scanning /proc costs a few milliseconds).
@@ -31,11 +32,11 @@ class MemoryAdmission:
         self,
         budget_mb: int | None,
         per_run_mb: int,
-        groups: Callable[[], Iterable[int]],
+        isolated: Callable[[], Iterable[int]],
     ) -> None:
         self.budget = None if budget_mb is None else budget_mb * MB
         self.per_run = max(per_run_mb * MB, 1)
-        self._groups = groups
+        self._isolated = isolated
         self._base = process_rss_bytes(os.getpid())
         self._used = 0
         self._measured_at = -MEASURE_EVERY
@@ -46,9 +47,11 @@ class MemoryAdmission:
         now = time.monotonic()
         if now - self._measured_at >= MEASURE_EVERY:
             self._measured_at = now
-            self._used = process_rss_bytes(os.getpid()) + sum(
-                group_rss_bytes(pgid) for pgid in set(self._groups())
-            )
+            browsers = browser_rss_by_owner()
+            me = os.getpid()
+            self._used = process_rss_bytes(me) + browsers.get(me, 0)
+            for child in set(self._isolated()):  # each leads its own group; its browser not
+                self._used += group_rss_bytes(child) + browsers.get(child, 0)
         return self._used
 
     def room(self, running: int) -> int:

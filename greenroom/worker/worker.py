@@ -101,7 +101,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
         self._renewed_at = 0.0
         self.memory = MemoryAdmission(
-            self.settings.memory_budget_mb, self.settings.memory_per_run_mb, self._process_groups
+            self.settings.memory_budget_mb, self.settings.memory_per_run_mb, self._isolated_pids
         )
         self._queue_settings: dict[str, QueueInfo] = {}
         self._settings_due = 0.0
@@ -320,10 +320,11 @@ class Worker:
 
     # -- executing runs --------------------------------------------------------------------
 
-    def _process_groups(self) -> list[int]:
-        """Process groups this worker started: its browsers and its isolated runs."""
-        isolated = [a.isolated.pid for a in list(self._active.values()) if a.isolated]
-        return [*self.browser.pool.browser_pids(), *(pid for pid in isolated if pid)]
+    def _isolated_pids(self) -> list[int]:
+        """The processes of this worker's isolated runs (each leads its own process group)."""
+        return [
+            a.isolated.pid for a in list(self._active.values()) if a.isolated and a.isolated.pid
+        ]
 
     def _start_run(self, lease: Lease) -> None:
         self.stats.claimed += 1
