@@ -183,7 +183,8 @@ def secrets_reseal(ctx: typer.Context, db: DbOpt = None) -> None:
     """Re-encrypt every integration's credentials under the current GREENROOM_SECRET_KEY.
 
     After a key rotation: keep the old key in GREENROOM_PREVIOUS_SECRET_KEYS until this has
-    run, then drop it."""
+    run, then drop it. Saved browser sessions are not resealed: each is saved again under the
+    new key by its session's next run, and one still under a dropped key means a new login."""
     url = db_url(ctx, db)
     with existing_store(url) as store:
         ring = load_keyring(load_settings(db=url))

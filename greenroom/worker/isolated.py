@@ -27,7 +27,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr
 
@@ -44,7 +44,7 @@ class Outcome:
     """How an isolated run ended: "succeeded" (with its encoded output), "failed" (with the
     exception, its stored description and the failed step), "paused" or "lost"."""
 
-    kind: str
+    kind: Literal["succeeded", "failed", "paused", "lost"]
     output: str | None = None
     error: BaseException | None = None
     description: dict[str, Any] = field(default_factory=dict)

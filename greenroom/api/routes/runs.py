@@ -58,10 +58,15 @@ def scope(who: Caller, tenant: str | None) -> str | None:
     return who.tenant
 
 
-def parse_label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
+def label_filter(integration: str | None, label: str | None) -> tuple[str, str] | None:
+    """The label a listing filters on: an integration's, or a `key=value` given as is."""
+    if integration is not None:
+        return INTEGRATION_LABEL, integration
+    if label is None:
+        return None
+    key, sep, value = label.partition("=")
     if not sep or not key:
-        raise InvalidInput(f"label filter must look like key=value, got {text!r}")
+        raise InvalidInput(f"label filter must look like key=value, got {label!r}")
     return key, value
 
 
@@ -161,11 +166,7 @@ def list_runs(
         states=run_state or (),
         workflow=workflow,
         queue=queue,
-        label=(INTEGRATION_LABEL, integration)
-        if integration is not None
-        else None
-        if label is None
-        else parse_label(label),
+        label=label_filter(integration, label),
         error_group=error_group,
         created_after=None if created_after is None else unix_time(created_after),
         created_before=None if created_before is None else unix_time(created_before),
@@ -219,21 +220,12 @@ def retry_run(run_id: str, body: RetryRequest, state: State, who: Caller = Opera
 def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> BulkRetryOut:
     """Retry every failed (or cancelled) run matching a filter; dry_run (the default) only
     says how many and from which steps."""
-    if body.integration is not None and body.label is not None:
-        raise InvalidInput("filter by integration or by label, not both")
-    label = (
-        (INTEGRATION_LABEL, body.integration)
-        if body.integration is not None
-        else None
-        if body.label is None
-        else parse_label(body.label)
-    )
     f = RunFilter(
         tenant=scope(who, body.tenant),
         states=[RunState(s) for s in body.state],
         workflow=body.workflow,
         queue=body.queue,
-        label=label,
+        label=label_filter(body.integration, body.label),
         error_group=body.error_group,
     )
     done = state.store.retry_where(
