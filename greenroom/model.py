@@ -289,3 +289,36 @@ class Integration:
     credentials_updated_at: float
     created_at: float
     updated_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SavedSession:
+    """A session's encrypted storage state as stored: decrypt it with greenroom.browser.state."""
+
+    tenant: str
+    session_key: str
+    version: int
+    key_id: str
+    state: str
+    cookie_count: int
+    run_id: str
+    saved_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """One diagnostic file of a run: where it is in the artifact store and what it shows."""
+
+    id: int
+    run_id: str
+    tenant: str
+    attempt: int
+    step_position: int | None
+    step_name: str | None
+    step_attempt: int | None
+    kind: str
+    content_type: str
+    location: str
+    size: int
+    truncated: bool
+    created_at: float

@@ -19,7 +19,7 @@ from pydantic import BaseModel, SecretStr
 from greenroom import App, RetryPolicy, RunContext, RunState, integrations, step
 from greenroom.browser.artifacts import default_artifact_store
 from greenroom.crypto import load_keyring
-from greenroom.storage.sessions import Artifact
+from greenroom.model import Artifact
 
 SECRET = "hunter2-very-secret"
 ONCE = RetryPolicy(max_attempts=1)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from greenroom.model import (
     ApiKey,
+    Artifact,
     AuditEntry,
     ErrorGroup,
     Integration,
@@ -22,7 +23,6 @@ from greenroom.model import (
     TenantInfo,
     WorkerInfo,
 )
-from greenroom.storage.sessions import Artifact
 
 T = TypeVar("T")
 

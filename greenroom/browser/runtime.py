@@ -27,8 +27,8 @@ from greenroom.settings import Settings
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
+    from greenroom.model import SavedSession
     from greenroom.storage import RunStore
-    from greenroom.storage.sessions import SavedSession
 
 DbCall = Callable[..., Awaitable[Any]]
 #: A workflow's "still logged in?" check, asked before a session's state is trusted and saved.

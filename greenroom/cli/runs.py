@@ -25,11 +25,18 @@ from greenroom.cli import (
 from greenroom.cli.display import ago, seconds, short_json, state_text, when
 from greenroom.cli.parse import parse_duration, parse_input, parse_label, parse_states, parse_time
 from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import FINISHED_STATES, Run, RunEvent, RunState, StepRecord, StepStatus
+from greenroom.model import (
+    FINISHED_STATES,
+    Artifact,
+    Run,
+    RunEvent,
+    RunState,
+    StepRecord,
+    StepStatus,
+)
 from greenroom.settings import load_settings
 from greenroom.storage import RunFilter
 from greenroom.storage.admin import BulkRetry
-from greenroom.storage.sessions import Artifact
 
 if TYPE_CHECKING:
     from greenroom.api.schemas import ArtifactOut, BulkRetryOut, EventOut, RunOut, StepOut

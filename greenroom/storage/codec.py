@@ -8,6 +8,7 @@ from typing import Any
 from greenroom.errors import NotSerializable
 from greenroom.model import (
     ApiKey,
+    Artifact,
     AuditEntry,
     ErrorGroup,
     Integration,
@@ -17,6 +18,7 @@ from greenroom.model import (
     Run,
     RunEvent,
     RunState,
+    SavedSession,
     StepRecord,
     StepStatus,
     TenantInfo,
@@ -193,4 +195,35 @@ def integration_from_row(row: Row) -> Integration:
         credentials_updated_at=float(row["credentials_updated_at"]),
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
+    )
+
+
+def saved_session_from_row(row: Row) -> SavedSession:
+    return SavedSession(
+        tenant=row["tenant"],
+        session_key=row["session_key"],
+        version=int(row["version"]),
+        key_id=row["key_id"],
+        state=row["state"],
+        cookie_count=int(row["cookie_count"]),
+        run_id=row["run_id"],
+        saved_at=float(row["saved_at"]),
+    )
+
+
+def artifact_from_row(row: Row) -> Artifact:
+    return Artifact(
+        id=int(row["id"]),
+        run_id=row["run_id"],
+        tenant=row["tenant"],
+        attempt=int(row["attempt"]),
+        step_position=row["step_position"],
+        step_name=row["step_name"],
+        step_attempt=row["step_attempt"],
+        kind=row["kind"],
+        content_type=row["content_type"],
+        location=row["location"],
+        size=int(row["size"]),
+        truncated=bool(row["truncated"]),
+        created_at=float(row["created_at"]),
     )

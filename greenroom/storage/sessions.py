@@ -6,76 +6,11 @@ so a worker whose lease expired cannot overwrite what the current holder saved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from greenroom.errors import LeaseLost
-from greenroom.model import Lease
-from greenroom.storage.backend import Row, Tx
+from greenroom.model import Artifact, Lease, SavedSession
+from greenroom.storage.backend import Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
-
-
-@dataclass(frozen=True, kw_only=True)
-class SavedSession:
-    """A session's encrypted storage state as stored: decrypt it with greenroom.browser.state."""
-
-    tenant: str
-    session_key: str
-    version: int
-    key_id: str
-    state: str
-    cookie_count: int
-    run_id: str
-    saved_at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class Artifact:
-    """One diagnostic file of a run: where it is in the artifact store and what it shows."""
-
-    id: int
-    run_id: str
-    tenant: str
-    attempt: int
-    step_position: int | None
-    step_name: str | None
-    step_attempt: int | None
-    kind: str
-    content_type: str
-    location: str
-    size: int
-    truncated: bool
-    created_at: float
-
-
-def _saved_from_row(row: Row) -> SavedSession:
-    return SavedSession(
-        tenant=row["tenant"],
-        session_key=row["session_key"],
-        version=int(row["version"]),
-        key_id=row["key_id"],
-        state=row["state"],
-        cookie_count=int(row["cookie_count"]),
-        run_id=row["run_id"],
-        saved_at=float(row["saved_at"]),
-    )
-
-
-def artifact_from_row(row: Row) -> Artifact:
-    return Artifact(
-        id=int(row["id"]),
-        run_id=row["run_id"],
-        tenant=row["tenant"],
-        attempt=int(row["attempt"]),
-        step_position=row["step_position"],
-        step_name=row["step_name"],
-        step_attempt=row["step_attempt"],
-        kind=row["kind"],
-        content_type=row["content_type"],
-        location=row["location"],
-        size=int(row["size"]),
-        truncated=bool(row["truncated"]),
-        created_at=float(row["created_at"]),
-    )
+from greenroom.storage.codec import artifact_from_row, saved_session_from_row
 
 
 class Sessions(StoreBase):
@@ -144,7 +79,7 @@ class Sessions(StoreBase):
                 "SELECT * FROM browser_sessions WHERE tenant = :tenant AND session_key = :key",
                 {"tenant": tenant, "key": session_key},
             )
-        return _saved_from_row(rows[0]) if rows else None
+        return saved_session_from_row(rows[0]) if rows else None
 
     @retry_conflicts
     def discard_session_state(self, lease: Lease) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 from greenroom.errors import LeaseLost
 from greenroom.model import (
+    Artifact,
     Lease,
     NewRun,
     Run,
@@ -34,6 +35,7 @@ from greenroom.storage.base import (
 )
 from greenroom.storage.claim import claim as claim_runs
 from greenroom.storage.codec import (
+    artifact_from_row,
     dumps,
     event_from_row,
     run_from_row,
@@ -42,7 +44,7 @@ from greenroom.storage.codec import (
 )
 from greenroom.storage.controls import Controls
 from greenroom.storage.enqueue import insert_runs
-from greenroom.storage.sessions import Artifact, Sessions, artifact_from_row
+from greenroom.storage.sessions import Sessions
 
 _CLEAR_LEASE = "lease_owner = NULL, lease_expires_at = NULL, pause_requested = false"
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
