@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 from greenroom.clock import Clock, SystemClock
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import RunState
+from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Row, Tx
 from greenroom.storage.codec import dumps
 
@@ -79,6 +80,7 @@ class StoreBase:
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
         self.clock = clock or SystemClock()
+        self._known_records = ready.KnownRecords()
 
     def _event(
         self,

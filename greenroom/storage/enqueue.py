@@ -41,11 +41,22 @@ def _default_attempts(tx: Tx, b: Backend, queues: set[str]) -> dict[str, int]:
 
 
 def insert_runs(
-    tx: Tx, b: Backend, batch: Sequence[NewRun], now: float, *, reason: str | None = None
+    tx: Tx,
+    b: Backend,
+    batch: Sequence[NewRun],
+    now: float,
+    *,
+    reason: str | None = None,
+    known: ready.KnownRecords | None = None,
 ) -> list[tuple[Row, bool]]:
-    """Insert runs; for a used idempotency key, the existing run and False."""
+    """Insert runs; for a used idempotency key, the existing run and False. Queue and tenant
+    records in `known` are not created again."""
+    known = known or ready.KnownRecords()
     ready.ensure_records(
-        tx, tenants=[n.tenant for n in batch], queues=[n.queue for n in batch], now=now
+        tx,
+        tenants=[n.tenant for n in batch if n.tenant not in known.tenants],
+        queues=[n.queue for n in batch if n.queue not in known.queues],
+        now=now,
     )
     pauses = ready.load_pauses(tx)
     undecided = {n.queue for n in batch if n.max_attempts is None}

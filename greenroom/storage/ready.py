@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from greenroom.model import Pause, PauseScope, RunState
+from greenroom.model import NewRun, Pause, PauseScope, RunState
 from greenroom.storage.backend import Backend, Row, Tx
 
 LANE_HEAD = (
@@ -121,6 +122,20 @@ def leave_running(tx: Tx, rows: Sequence[Row]) -> None:
             " AND concurrency IS NOT NULL AND active > 0",
             {"n": n, "tenant": tenant},
         )
+
+
+@dataclass(frozen=True)
+class KnownRecords:
+    """Queue and tenant records a store has seen committed: they are never deleted, so an
+    enqueue need not create them again (two statements fewer per enqueue)."""
+
+    queues: set[str] = field(default_factory=set)
+    tenants: set[str] = field(default_factory=set)
+
+    def add(self, batch: Iterable[NewRun]) -> None:
+        for new in batch:
+            self.queues.add(new.queue)
+            self.tenants.add(new.tenant)
 
 
 def ensure_records(tx: Tx, *, tenants: Iterable[str], queues: Iterable[str], now: float) -> None:

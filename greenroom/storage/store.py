@@ -87,7 +87,10 @@ class RunStore(Controls, Admin, Sessions, Accounts):
     def enqueue_many(self, batch: Sequence[NewRun]) -> list[tuple[Run, bool]]:
         """Insert runs in one transaction; a used idempotency key returns its existing run."""
         with self.backend.transaction() as tx:
-            inserted = insert_runs(tx, self.backend, batch, self.clock.now())
+            inserted = insert_runs(
+                tx, self.backend, batch, self.clock.now(), known=self._known_records
+            )
+        self._known_records.add(batch)  # committed: they exist from now on
         return [(run_from_row(row), created) for row, created in inserted]
 
     # -- claim and lease -------------------------------------------------------------------
