@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from greenroom.clock import Clock, SystemClock
-from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import RunState
+from greenroom.errors import InvalidInput, LeaseLost, NotFound
+from greenroom.model import Lease, RunState
 from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Row, Tx
 from greenroom.storage.codec import dumps
@@ -94,6 +94,16 @@ class StoreBase:
         detail: dict[str, Any] | None = None,
     ) -> None:
         tx.execute(INSERT_EVENT, event_params(run_id, state, reason, at, worker_id, detail))
+
+    def _fence(self, tx: Tx, lease: Lease, now: float) -> None:
+        """Every write a worker makes for a run first proves it still holds the run's lease."""
+        changed = tx.execute_count(
+            "UPDATE runs SET updated_at = :now WHERE id = :id AND lease_token = :token"
+            " AND state = 'running'",
+            {"now": now, "id": lease.run.id, "token": lease.token},
+        )
+        if changed != 1:
+            raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
 
     def _select_run(self, tx: Tx, run_id: str, tenant: str | None, lock: str = "") -> Row:
         """The run, scoped to `tenant` when given: other tenants' runs are not found."""

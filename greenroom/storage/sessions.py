@@ -6,24 +6,13 @@ so a worker whose lease expired cannot overwrite what the current holder saved.
 
 from __future__ import annotations
 
-from greenroom.errors import LeaseLost
 from greenroom.model import Artifact, Lease, SavedSession
-from greenroom.storage.backend import Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
 from greenroom.storage.codec import artifact_from_row, saved_session_from_row
 
 
 class Sessions(StoreBase):
     # -- browser sessions ------------------------------------------------------------------
-
-    def _fence(self, tx: Tx, lease: Lease, now: float) -> None:
-        changed = tx.execute_count(
-            "UPDATE runs SET updated_at = :now WHERE id = :id AND lease_token = :token"
-            " AND state = 'running'",
-            {"now": now, "id": lease.run.id, "token": lease.token},
-        )
-        if changed != 1:
-            raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
 
     @retry_conflicts
     def save_session_state(

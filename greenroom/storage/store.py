@@ -172,15 +172,6 @@ class RunStore(Controls, Admin, Sessions, Accounts):
 
     # -- fenced writes by the leasing worker -----------------------------------------------
 
-    def _guard(self, tx: Tx, lease: Lease, now: float) -> None:
-        changed = tx.execute_count(
-            "UPDATE runs SET updated_at = :now WHERE id = :id AND lease_token = :token"
-            " AND state = 'running'",
-            {"now": now, "id": lease.run.id, "token": lease.token},
-        )
-        if changed != 1:
-            raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
-
     def save_step(
         self,
         lease: Lease,
@@ -196,7 +187,7 @@ class RunStore(Controls, Admin, Sessions, Accounts):
         """Checkpoint a step's result (or its final failure) under the run's fencing token."""
         now = self.clock.now()
         with self.backend.transaction() as tx:
-            self._guard(tx, lease, now)
+            self._fence(tx, lease, now)
             tx.execute(
                 "INSERT INTO steps (run_id, position, name, status, result, error, attempts,"
                 " lease_token, started_at, finished_at) VALUES (:run_id, :position, :name,"
