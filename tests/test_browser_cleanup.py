@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from greenroom.browser.launch import browser_processes
+
 WORKER = textwrap.dedent(
     """
     import asyncio, sys
@@ -43,21 +45,7 @@ WORKER = textwrap.dedent(
 
 def _browser_processes(worker_pid: int) -> list[int]:
     """Every live process started for this worker's browsers (found by their environment)."""
-    marker = f"GREENROOM_BROWSER_OF={worker_pid}\0".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in env and state not in ("Z", "X"):
-            found.append(int(entry))
-    return found
+    return browser_processes().get(worker_pid, [])
 
 
 def _children(pid: int) -> list[int]:

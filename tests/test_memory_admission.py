@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from greenroom import RunContext, RunState
-from greenroom.browser.launch import browser_rss_by_owner, group_rss_bytes
-from greenroom.worker.memory import MB, process_rss_bytes
+from greenroom.browser.launch import browser_rss_by_owner, group_rss_bytes, process_rss_bytes
+from greenroom.worker.memory import MB
 from tests.apps import isolated_app
 from tests.helpers import fast_app, wait_for_states, worker_running
 

@@ -137,12 +137,20 @@ def group_rss_bytes(pgid: int) -> int:
     return total
 
 
-def browser_rss_by_owner() -> dict[int, int]:
-    """Resident memory of every browser process greenroom started, by the pid of the process
-    that started it (the GREENROOM_BROWSER_OF mark each browser process keeps; Linux)."""
-    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+def process_rss_bytes(pid: int) -> int:
+    """Resident memory of one process (Linux; 0 elsewhere or once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def browser_processes() -> dict[int, list[int]]:
+    """Live browser processes greenroom started, by the pid of the process that started them:
+    the launcher marks every one with GREENROOM_BROWSER_OF=<pid> in its environment (Linux)."""
     mark = b"GREENROOM_BROWSER_OF="
-    owners: dict[int, int] = {}
+    owners: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -157,9 +165,18 @@ def browser_rss_by_owner() -> dict[int, int]:
             if at < 0:
                 continue
             owner = int(env[at + len(mark) : env.index(b"\0", at)])
-            with open(f"/proc/{entry}/statm") as f:
-                rss = int(f.read().split()[1]) * page
-        except (OSError, ValueError):
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
             continue
-        owners[owner] = owners.get(owner, 0) + rss
+        if state not in ("Z", "X"):
+            owners.setdefault(owner, []).append(int(entry))
     return owners
+
+
+def browser_rss_by_owner() -> dict[int, int]:
+    """Resident memory of those browser processes, by the pid of the process that started them."""
+    return {
+        owner: sum(process_rss_bytes(pid) for pid in pids)
+        for owner, pids in browser_processes().items()
+    }

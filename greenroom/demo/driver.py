@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from greenroom.browser.launch import browser_processes
+
 STOP_SECONDS = 10.0
 SWEEP_SECONDS = 3.0
 
@@ -114,24 +116,9 @@ class Fleet:
             self._log = None
 
 
-def browser_processes(worker_pids: Iterable[int]) -> list[int]:
-    """Live processes started for these workers' browsers: greenroom's launcher marks every
-    one of them with GREENROOM_BROWSER_OF=<worker pid> in its environment."""
-    markers = [f"GREENROOM_BROWSER_OF={pid}\0".encode() for pid in worker_pids]
-    found = []
-    for entry in os.listdir("/proc") if markers else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state not in ("Z", "X") and any(m in env for m in markers):
-            found.append(int(entry))
-    return found
+def _browsers_of(worker_pids: list[int]) -> list[int]:
+    found = browser_processes()
+    return [pid for worker in worker_pids for pid in found.get(worker, [])]
 
 
 def sweep_browsers(worker_pids: Iterable[int], wait: float = SWEEP_SECONDS) -> list[int]:
@@ -141,7 +128,7 @@ def sweep_browsers(worker_pids: Iterable[int], wait: float = SWEEP_SECONDS) -> l
         return []
     pids = list(worker_pids)
     deadline = time.monotonic() + wait
-    while (left := browser_processes(pids)) and time.monotonic() < deadline:
+    while (left := _browsers_of(pids)) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in left:
         with suppress(ProcessLookupError, PermissionError):

@@ -12,19 +12,11 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
-from greenroom.browser.launch import browser_rss_by_owner, group_rss_bytes
+from greenroom.browser.launch import browser_rss_by_owner, group_rss_bytes, process_rss_bytes
 
 MB = 1024 * 1024
 #: How long one measurement is trusted (scanning /proc costs a few milliseconds).
 MEASURE_EVERY = 1.0
-
-
-def process_rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
 
 
 class MemoryAdmission:
