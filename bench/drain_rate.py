@@ -1,7 +1,7 @@
 """Drain rate: N no-op one-step runs enqueued beforehand, drained by one Worker (concurrency 10)
 running in this process's event loop. Timed from worker start until every run's end is committed.
 
-Ends are counted where they are committed (a wrapper around RunStore.finish), not from the
+Ends are counted where they are committed (a wrapper around RunStore.write), not from the
 worker's own counters. Each trial uses a fresh database. A trial that has not finished every run
 within --timeout stops there: `runs_per_s` then counts only what finished, and
 `runs_per_s_until_last_finish` shows the rate of the runs that did finish.
@@ -46,14 +46,15 @@ def fill(app: App, count: int, batch: int = 500) -> None:
 def count_finishes(store: RunStore) -> list[float]:
     """Record when each run's end was committed, at the store: independent of the worker's stats."""
     finished: list[float] = []
-    original = store.finish
+    original = store.write
 
-    def finish(*args: Any, **kwargs: Any) -> Any:
-        state = original(*args, **kwargs)
-        finished.append(time.perf_counter())  # list.append is atomic across the worker's threads
-        return state
+    def write(*args: Any, **kwargs: Any) -> Any:
+        written = original(*args, **kwargs)
+        now = time.perf_counter()
+        finished.extend([now] * len(written.states))  # atomic across the worker's threads
+        return written
 
-    store.finish = finish  # type: ignore[method-assign]
+    store.write = write  # type: ignore[method-assign]
     return finished
 
 
@@ -68,7 +69,7 @@ async def drain(app: App, count: int, concurrency: int, timeout: float) -> dict[
     elapsed = time.perf_counter() - start
     worker.stop()
     await task
-    del app.store.finish  # back to the class method
+    del app.store.write  # back to the class method
     done = len(finished)
     last = (max(finished) - start) if finished else elapsed
     return {

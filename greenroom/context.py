@@ -24,6 +24,7 @@ from greenroom.errors import (
 )
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
+from greenroom.storage.writes import Checkpoint
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -31,15 +32,13 @@ if TYPE_CHECKING:
 
     from greenroom.browser.runtime import RunBrowser
     from greenroom.storage import RunStore
+    from greenroom.worker.writer import RunWriter
     from greenroom.workflow import StepDef
 
 T = TypeVar("T")
 M = TypeVar("M", bound="BaseModel")
 
 current_run: contextvars.ContextVar[RunContext] = contextvars.ContextVar("greenroom_run")
-
-#: Runs a blocking store call off the event loop.
-DbCall = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -60,13 +59,15 @@ class RunContext:
         *,
         lease: Lease,
         store: RunStore,
-        db: DbCall,
+        writer: RunWriter,
         history: list[StepRecord],
         lease_valid_until: Callable[[], float],
     ) -> None:
         self._lease = lease
         self._store = store
-        self._db = db
+        self._writer = writer
+        #: The last checkpoint handed to the writer, until the next step waits for its commit.
+        self._saving: tuple[Checkpoint, asyncio.Future[None]] | None = None
         self._history = {s.position: s for s in history}
         self._position = 0
         self._lease_valid_until = lease_valid_until
@@ -188,6 +189,7 @@ class RunContext:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> T:
+        await self.saved()  # a step runs only once the one before it is checkpointed
         clock = self._store.clock
         started = clock.now()
         attempt = 0
@@ -219,9 +221,7 @@ class RunContext:
                     await clock.sleep(delay)
                     continue
                 self.failed_step = defn.name
-                await self._db(
-                    self._store.save_step,
-                    self._lease,
+                self._checkpoint(
                     position=position,
                     name=defn.name,
                     status=StepStatus.FAILED,
@@ -239,9 +239,7 @@ class RunContext:
                 raise
             if self.browser is not None:
                 await self.browser.step_completed(position, defn.name)
-            await self._db(
-                self._store.save_step,
-                self._lease,
+            self._checkpoint(
                 position=position,
                 name=defn.name,
                 status=StepStatus.COMPLETED,
@@ -252,6 +250,25 @@ class RunContext:
             )
             self.steps_executed += 1
             return json.loads(encoded)  # type: ignore[no-any-return]
+
+    def _checkpoint(self, **fields: Any) -> None:
+        checkpoint = Checkpoint(lease=self._lease, **fields)
+        self._saving = (checkpoint, self._writer.checkpoint(checkpoint))
+
+    async def saved(self) -> None:
+        """Wait until the last step's checkpoint is committed (LeaseLost if it was refused)."""
+        if self._saving is not None:
+            await self._saving[1]
+            self._saving = None
+
+    def unsaved(self) -> Checkpoint | None:
+        """The last checkpoint, unless it is known to be committed: the run's end carries it."""
+        if self._saving is None:
+            return None
+        checkpoint, future = self._saving
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return None
+        return checkpoint
 
     # -- logins ----------------------------------------------------------------------------
 

@@ -201,9 +201,10 @@ def overlaps(items: list[Execution]) -> list[tuple[Execution, Execution]]:
 def checkpoint_proofs(records: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
     """(run, position) -> a time by which the step's result was surely stored.
 
-    A process goes on to its next step (or returns) only once the checkpoint has committed, so
-    its next record after a step's `end` proves the checkpoint. This catches a step executed
-    again even when that execution overwrote the stored checkpoint (and its finished_at).
+    A process starts its next step only once the checkpoint has committed, so its next `start`
+    after a step's `end` proves the checkpoint (a `return` does not: the last step's checkpoint
+    commits with the run's end). This catches a step executed again even when that execution
+    overwrote the stored checkpoint (and its finished_at).
     """
     proofs: dict[tuple[str, int], float] = {}
     ended: dict[tuple[str, int], int] = {}
@@ -213,7 +214,7 @@ def checkpoint_proofs(records: list[dict[str, Any]]) -> dict[tuple[str, int], fl
             ended[key] = r["pos"]
             continue
         position = ended.pop(key, None)
-        if position is not None and r["ev"] in ("start", "return"):
+        if position is not None and r["ev"] == "start":
             at = proofs.get((r["run"], position), r["t"])
             proofs[r["run"], position] = min(at, r["t"])
     return proofs

@@ -28,9 +28,8 @@ if TYPE_CHECKING:
     from playwright.async_api import Page
 
     from greenroom.model import SavedSession
-    from greenroom.storage import RunStore
+    from greenroom.storage import DbCall, RunStore
 
-DbCall = Callable[..., Awaitable[Any]]
 #: A workflow's "still logged in?" check, asked before a session's state is trusted and saved.
 Probe = Callable[["Page"], Awaitable[bool]]
 #: How often a run waiting for another worker's login of its session looks again.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from greenroom.clock import Clock
 from greenroom.errors import ConfigError
 from greenroom.storage.backend import Backend
@@ -11,12 +14,16 @@ from greenroom.storage.store import RunStore
 __all__ = [
     "SCHEMA_REVISION",
     "Backend",
+    "DbCall",
     "RunFilter",
     "RunStore",
     "open_backend",
     "open_store",
     "schema_revision",
 ]
+
+#: Runs a blocking store call off the event loop (a worker's database threads).
+DbCall = Callable[..., Awaitable[Any]]
 
 #: The newest migration; a test checks it against Alembic's head.
 SCHEMA_REVISION = "0004"

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from greenroom.diagnostics import fingerprint
 from greenroom.errors import InvalidInput
 from greenroom.model import FINISHED_STATES, AuditEntry, ErrorGroup, NewRun, Run, RunState
 from greenroom.storage.backend import Row, Tx
@@ -179,35 +178,6 @@ class Admin(StoreBase):
         return new
 
     # -- errors ----------------------------------------------------------------------------
-
-    def _record_error(self, tx: Tx, run: Row, error: dict[str, Any], now: float) -> None:
-        """Count a run's final failure in its error group (type + normalized message + step)."""
-        group = error.get("fingerprint") or fingerprint(
-            str(error.get("type")), str(error.get("message")), error.get("step")
-        )
-        tx.execute(
-            "INSERT INTO error_groups (tenant, fingerprint, workflow, step, type, message,"
-            " error_class, occurrences, first_seen, last_seen, last_run_id) VALUES (:tenant,"
-            " :fingerprint, :workflow, :step, :type, :message, :error_class, 1, :now, :now,"
-            " :run_id) ON CONFLICT (tenant, fingerprint) DO UPDATE SET"
-            " occurrences = error_groups.occurrences + 1, last_seen = :now,"
-            " last_run_id = :run_id, message = :message",
-            {
-                "tenant": run["tenant"],
-                "fingerprint": group,
-                "workflow": run["workflow"],
-                "step": error.get("step"),
-                "type": str(error.get("type")),
-                "message": str(error.get("message"))[:2000],
-                "error_class": error.get("class") or "unknown",
-                "now": now,
-                "run_id": run["id"],
-            },
-        )
-        tx.execute(
-            "UPDATE runs SET error_group = :group WHERE seq = :seq",
-            {"group": group, "seq": run["seq"]},
-        )
 
     def error_groups(self, *, tenant: str | None = None, limit: int = 50) -> list[ErrorGroup]:
         scope = "" if tenant is None else " WHERE tenant = :tenant"

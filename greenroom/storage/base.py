@@ -17,10 +17,9 @@ from greenroom.storage.codec import dumps
 P = ParamSpec("P")
 T = TypeVar("T")
 
-INSERT_EVENT = (
-    "INSERT INTO run_events (run_id, at, state, reason, worker_id, detail)"
-    " VALUES (:run_id, :at, :state, :reason, :worker_id, :detail)"
-)
+_EVENT_COLUMNS = "run_id, at, state, reason, worker_id, detail"
+#: Rows in one multi-row statement, at most (databases cap the parameters of a statement).
+VALUES_CHUNK = 500
 CONFLICT_RETRIES = 5
 
 
@@ -59,6 +58,25 @@ def event_params(
     }
 
 
+def values_list(columns: str, rows: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
+    """A VALUES list of `rows` (dicts keyed like `columns`); its parameters go into `params`.
+    One statement for many rows costs little more than one for a single row."""
+    names = [c.strip() for c in columns.split(",")]
+    tuples = []
+    for i, row in enumerate(rows):
+        tuples.append("(" + ", ".join(f":{n}_{i}" for n in names) + ")")
+        params.update({f"{n}_{i}": row[n] for n in names})
+    return "VALUES " + ", ".join(tuples)
+
+
+def insert_events(tx: Tx, events: Sequence[dict[str, Any]]) -> None:
+    """Add timeline events (made by `event_params`)."""
+    for start in range(0, len(events), VALUES_CHUNK):
+        params: dict[str, Any] = {}
+        values = values_list(_EVENT_COLUMNS, events[start : start + VALUES_CHUNK], params)
+        tx.execute(f"INSERT INTO run_events ({_EVENT_COLUMNS}) {values}", params)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunFilter:
     tenant: str | None = None
@@ -93,7 +111,7 @@ class StoreBase:
         worker_id: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        tx.execute(INSERT_EVENT, event_params(run_id, state, reason, at, worker_id, detail))
+        insert_events(tx, [event_params(run_id, state, reason, at, worker_id, detail)])
 
     def _fence(self, tx: Tx, lease: Lease, now: float) -> None:
         """Every write a worker makes for a run first proves it still holds the run's lease."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from greenroom.model import RunState
 from greenroom.storage.backend import Backend, Row, Tx
-from greenroom.storage.base import INSERT_EVENT, event_params
+from greenroom.storage.base import event_params, insert_events
 from greenroom.storage.ready import (
     LANE_HEAD,
     leave_ready,
@@ -185,8 +185,8 @@ def claim(
     rows, held = _hold_paused(tx, rows, now)
     _account(tx, b, chosen, rows, plan, tenants, now=now)
     leave_ready(tx, held)
-    tx.execute_many(
-        INSERT_EVENT,
+    insert_events(
+        tx,
         [event_params(r["id"], RunState.RUNNING, "leased", now, worker_id) for r in rows],
     )
     return sorted(rows, key=lambda r: (-r["priority"], r["seq"]))
@@ -202,9 +202,7 @@ def _hold_paused(tx: Tx, rows: list[Row], now: float) -> tuple[list[Row], list[R
             " WHERE seq = :seq",
             {"seq": row["seq"]},
         )
-    tx.execute_many(
-        INSERT_EVENT, [event_params(r["id"], RunState.PAUSED, "paused", now) for r in held]
-    )
+    insert_events(tx, [event_params(r["id"], RunState.PAUSED, "paused", now) for r in held])
     return [r for r in rows if r not in held], held
 
 

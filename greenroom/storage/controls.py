@@ -10,9 +10,9 @@ from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState,
 from greenroom.storage import ready
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import (
-    INSERT_EVENT,
     StoreBase,
     event_params,
+    insert_events,
     require_reason,
     retry_conflicts,
 )
@@ -270,9 +270,7 @@ class Controls(StoreBase):
             )
             ready.leave_ready(tx, held)
             why = f"paused ({pause.describe()}) by {actor}: {reason}"
-            tx.execute_many(
-                INSERT_EVENT, [event_params(r["id"], RunState.PAUSED, why, now) for r in held]
-            )
+            insert_events(tx, [event_params(r["id"], RunState.PAUSED, why, now) for r in held])
             stopping = 0
             if not pause.drain:
                 stopping = tx.execute_count(
@@ -325,9 +323,7 @@ class Controls(StoreBase):
                     },
                 )
             why = f"resumed ({pause.describe()}) by {actor}: {reason}"
-            tx.execute_many(
-                INSERT_EVENT, [event_params(r["id"], RunState.QUEUED, why, now) for r in rows]
-            )
+            insert_events(tx, [event_params(r["id"], RunState.QUEUED, why, now) for r in rows])
             ready.enter_ready(tx, rows)
             still_stopping = [p for p in others if not p.drain]
             for r in tx.execute(

@@ -9,7 +9,7 @@ from typing import Any
 from greenroom.model import NewRun, RunState
 from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Row, Tx
-from greenroom.storage.base import INSERT_EVENT, event_params
+from greenroom.storage.base import event_params, insert_events
 from greenroom.storage.codec import dumps
 
 _RUN_COLUMNS = (
@@ -101,7 +101,7 @@ def insert_runs(
         if state is RunState.QUEUED:
             became_ready.append({**row, "max_active": new.session_concurrency})
         out.append((row, True))
-    tx.execute_many(INSERT_EVENT, events)
+    insert_events(tx, events)
     ready.enter_ready(tx, became_ready)
     for queue in sorted({r["queue"] for r in became_ready}):
         b.notify(tx, queue)

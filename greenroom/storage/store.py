@@ -22,14 +22,14 @@ from greenroom.model import (
     StepStatus,
     WorkerInfo,
 )
-from greenroom.storage import ready
+from greenroom.storage import ready, writes
 from greenroom.storage.accounts import Accounts
 from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import (
-    INSERT_EVENT,
     RunFilter,
     event_params,
+    insert_events,
     require_reason,
     retry_conflicts,
 )
@@ -45,6 +45,7 @@ from greenroom.storage.codec import (
 from greenroom.storage.controls import Controls
 from greenroom.storage.enqueue import insert_runs
 from greenroom.storage.sessions import Sessions
+from greenroom.storage.writes import Checkpoint, End, Written
 
 _CLEAR_LEASE = "lease_owner = NULL, lease_expires_at = NULL, pause_requested = false"
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
@@ -134,9 +135,11 @@ class RunStore(Controls, Admin, Sessions, Accounts):
         now = self.clock.now()
         b = self.backend
         with b.transaction() as tx:
+            # Locked in id order, as the worker's writes lock them: the two never deadlock.
             rows = tx.execute(
                 "UPDATE runs SET lease_expires_at = :now + COALESCE(lease_seconds, :default)"
-                f" WHERE lease_owner = :worker AND state = 'running' AND {b.member('id', 'ids')}"
+                " WHERE id IN (SELECT id FROM runs WHERE lease_owner = :worker"
+                f" AND state = 'running' AND {b.member('id', 'ids')} ORDER BY id {b.for_update})"
                 " RETURNING id, cancel_requested, pause_requested",
                 {
                     "now": now,
@@ -172,6 +175,13 @@ class RunStore(Controls, Admin, Sessions, Accounts):
 
     # -- fenced writes by the leasing worker -----------------------------------------------
 
+    @retry_conflicts
+    def write(self, checkpoints: Sequence[Checkpoint], ends: Sequence[End]) -> Written:
+        """Commit the fenced writes of a worker's runs in one transaction; a run whose lease is
+        no longer held is refused as a whole."""
+        with self.backend.transaction() as tx:
+            return writes.write(tx, self.backend, checkpoints, ends, self.clock.now())
+
     def save_step(
         self,
         lease: Lease,
@@ -184,35 +194,20 @@ class RunStore(Controls, Admin, Sessions, Accounts):
         attempts: int,
         started_at: float,
     ) -> None:
-        """Checkpoint a step's result (or its final failure) under the run's fencing token."""
-        now = self.clock.now()
-        with self.backend.transaction() as tx:
-            self._fence(tx, lease, now)
-            tx.execute(
-                "INSERT INTO steps (run_id, position, name, status, result, error, attempts,"
-                " lease_token, started_at, finished_at) VALUES (:run_id, :position, :name,"
-                " :status, :result, :error, :attempts, :token, :started_at, :now)"
-                " ON CONFLICT (run_id, position) DO UPDATE SET name = excluded.name,"
-                " status = excluded.status, result = excluded.result, error = excluded.error,"
-                " attempts = excluded.attempts, lease_token = excluded.lease_token,"
-                " started_at = excluded.started_at, finished_at = excluded.finished_at"
-                # A checkpoint is final: nothing overwrites a completed step.
-                " WHERE steps.status <> 'completed'",
-                {
-                    "run_id": lease.run.id,
-                    "position": position,
-                    "name": name,
-                    "status": status.value,
-                    "result": result,
-                    "error": None if error is None else dumps(error),
-                    "attempts": attempts,
-                    "token": lease.token,
-                    "started_at": started_at,
-                    "now": now,
-                },
-            )
+        """Checkpoint one step (a worker batches its checkpoints through `write`)."""
+        checkpoint = Checkpoint(
+            lease=lease,
+            position=position,
+            name=name,
+            status=status,
+            result=result,
+            error=error,
+            attempts=attempts,
+            started_at=started_at,
+        )
+        if self.write([checkpoint], []).refused:
+            raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
 
-    @retry_conflicts
     def finish(
         self,
         lease: Lease,
@@ -223,50 +218,14 @@ class RunStore(Controls, Admin, Sessions, Accounts):
         error: dict[str, Any] | None = None,
         retry_at: float | None = None,
     ) -> RunState:
-        """End this lease: succeeded, failed, cancelled, delayed for a retry at `retry_at`, or
-        QUEUED: handed back without counting an attempt (shutdown, a pause); a pause that holds
-        the run then makes it `paused`. Returns the state the run took."""
-        now = self.clock.now()
-        b = self.backend
-        params: dict[str, Any] = {"now": now, "output": output, "id": lease.run.id}
-        params["error"] = None if error is None else dumps(error)
-        params["token"] = lease.token
-        extra = ""
-        # A success clears the error of earlier attempts; their errors stay in the timeline.
-        error_sql = "NULL" if state is RunState.SUCCEEDED else "COALESCE(:error, error)"
-        if state is RunState.DELAYED:
-            extra = ", attempt = attempt + 1, available_at = :retry_at"
-            params["retry_at"] = retry_at if retry_at is not None else now
-        elif state.finished:
-            extra = ", finished_at = :now"
-        with b.transaction() as tx:
-            current = tx.execute(
-                f"SELECT * FROM runs WHERE id = :id AND lease_token = :token"
-                f" AND state = 'running' {b.for_update}",
-                params,
-            )
-            if not current:
-                raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
-            if state is RunState.QUEUED:
-                state = ready.waiting_state(current[0], ready.load_pauses(tx))
-            params["state"] = state.value
-            row = tx.execute(
-                f"UPDATE runs SET state = :state, output = :output,"
-                f" error = {error_sql}, {_CLEAR_LEASE}, updated_at = :now{extra}"
-                " WHERE id = :id AND lease_token = :token RETURNING *",
-                params,
-            )[0]
-            detail = None if error is None else {k: error.get(k) for k in _EVENT_ERROR_KEYS}
-            self._event(
-                tx, row["id"], state, reason, at=now, worker_id=lease.worker_id, detail=detail
-            )
-            ready.leave_running(tx, [row])
-            if state is RunState.QUEUED:
-                ready.enter_ready(tx, [row])
-                b.notify(tx, row["queue"])
-            if state is RunState.FAILED and error is not None:
-                self._record_error(tx, row, error, now)
-        return state
+        """End one lease (see `End`); the state the run took."""
+        end = End(
+            lease=lease, state=state, reason=reason, output=output, error=error, retry_at=retry_at
+        )
+        written = self.write([], [end])
+        if written.refused:
+            raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
+        return written.states[lease.run.id]
 
     # -- operator actions ------------------------------------------------------------------
 
@@ -335,9 +294,7 @@ class RunStore(Controls, Admin, Sessions, Accounts):
                     {"state": state.value, "now": now, "seqs": b.list_param(seqs)},
                 )
                 reason = "delay elapsed" if state is RunState.QUEUED else "delay elapsed; paused"
-                tx.execute_many(
-                    INSERT_EVENT, [event_params(r["id"], state, reason, now) for r in rows]
-                )
+                insert_events(tx, [event_params(r["id"], state, reason, now) for r in rows])
                 if state is RunState.QUEUED:
                     became = rows
             ready.enter_ready(tx, became)

@@ -10,8 +10,8 @@ from greenroom import integrations
 from greenroom.app import App
 from greenroom.browser.runtime import BrowserRuntime
 from greenroom.connectors import secret_values
-from greenroom.context import DbCall, RunContext
-from greenroom.storage import RunStore
+from greenroom.context import RunContext
+from greenroom.storage import DbCall, RunStore
 
 
 def credentials_source(

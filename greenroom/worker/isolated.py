@@ -204,6 +204,7 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
     from greenroom.storage import open_store
     from greenroom.storage.codec import dumps
     from greenroom.worker.credentials import credentials_source
+    from greenroom.worker.writer import RunWriter
 
     messages = _Messages(request)
     messages.listen(asyncio.get_running_loop())
@@ -228,7 +229,7 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
         ctx = RunContext(
             lease=lease,
             store=store,
-            db=db,
+            writer=RunWriter(store, db),
             history=store.steps(run.id),
             lease_valid_until=lambda: messages.valid_until,  # renewed by the worker
         )
@@ -241,6 +242,7 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
         try:
             output = await wf.fn(ctx, **run.input)
             encoded = dumps(output, f"output of workflow {wf.name!r}")
+            await ctx.saved()  # the worker writes the end: the last checkpoint goes first
             await ctx.browser.run_completed()
             return {"kind": "succeeded", "output": encoded}
         except RunPaused:
@@ -249,6 +251,10 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
             return {"kind": "lost"}
         except Exception as exc:
             await ctx.browser.run_failed(exc)
+            try:
+                await ctx.saved()  # the failed step's record
+            except LeaseLost:
+                return {"kind": "lost"}
             return {
                 "kind": "failed",
                 "error": _pickled(exc),

@@ -28,9 +28,11 @@ from greenroom.storage import RunStore
 from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.codec import dumps
 from greenroom.storage.store import Heartbeat
+from greenroom.storage.writes import End
 from greenroom.worker.credentials import credentials_source
 from greenroom.worker.isolated import IsolatedRun
 from greenroom.worker.memory import MemoryAdmission
+from greenroom.worker.writer import RunWriter
 from greenroom.workflow import Workflow
 
 T = TypeVar("T")
@@ -99,6 +101,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stop_requested = False
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
+        self.writer = RunWriter(self.store, self._db)
         self._renewed_at = 0.0
         self.memory = MemoryAdmission(
             self.settings.memory_budget_mb, self.settings.memory_per_run_mb, self._isolated_pids
@@ -208,9 +211,10 @@ class Worker:
     async def _claim_loop(self) -> None:
         idle_wait = self.settings.poll_seconds
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._active)
+            executing = self._executing()
+            free = self.concurrency - executing
             if self.memory.budget is not None and free > 0:
-                free = min(free, await asyncio.to_thread(self.memory.room, len(self._active)))
+                free = min(free, await asyncio.to_thread(self.memory.room, executing))
             got = 0
             if free > 0:
                 try:
@@ -225,7 +229,7 @@ class Worker:
                 got = len(leases)
             if got and got == free:
                 await asyncio.sleep(0)  # claimed all we could: look again once a slot frees
-                if len(self._active) >= self.concurrency:
+                if self._executing() >= self.concurrency:
                     await self._wait_wake(None)
                 continue
             if not got:
@@ -240,6 +244,10 @@ class Worker:
             stop.cancel()
             wake.cancel()
             self._wake.clear()
+
+    def _executing(self) -> int:
+        """Runs that hold a slot: a run whose end is being written has given its slot back."""
+        return sum(1 for a in self._active.values() if not a.finishing)
 
     def _heartbeat_interval(self) -> float:
         """The worker's setting, or a served queue's shorter one (per-queue lock tuning)."""
@@ -370,7 +378,7 @@ class Worker:
         ctx = RunContext(
             lease=lease,
             store=self.store,
-            db=self._db,
+            writer=self.writer,
             history=history,
             lease_valid_until=self._lease_valid_until(lease),
         )
@@ -496,15 +504,13 @@ class Worker:
             log.error("run failed", error=error["message"], error_type=error["type"])
             await self._finish(lease, RunState.FAILED, f"failed: {error['type']}", error=error)
 
-    async def _write_end(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> RunState:
+    async def _write_end(self, end: End) -> RunState:
         """Write a run's end, trying again through a brief database outage; a lost lease is
         final. Whatever still fails leaves the run to expire and be recovered elsewhere."""
+        lease = end.lease
         for attempt in range(1, END_WRITE_ATTEMPTS + 1):
             try:
-                written: RunState = await self._db(
-                    self.store.finish, lease, state, reason=reason, **kw
-                )
-                return written
+                return await self.writer.end(end)
             except LeaseLost:
                 raise
             except Exception as exc:
@@ -530,11 +536,16 @@ class Worker:
 
     async def _finish(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> None:
         active = self._active.get(lease.run.id)
+        checkpoint = None
         if active is not None:
             active.finishing = True
-            if active.ctx is not None and active.ctx.browser is not None:
-                await active.ctx.browser.close()  # back in the pool before the end is recorded
-        state = await self._write_end(lease, state, reason, **kw)
+            self._wake.set()  # its slot is free: claim the next run while the end is written
+            if active.ctx is not None:
+                checkpoint = active.ctx.unsaved()
+                if active.ctx.browser is not None:
+                    await active.ctx.browser.close()  # back in the pool before the end
+        end = End(lease=lease, state=state, reason=reason, checkpoint=checkpoint, **kw)
+        state = await self._write_end(end)
         counter = {
             RunState.PAUSED: "paused",
             RunState.SUCCEEDED: "succeeded",

@@ -1,0 +1,241 @@
+"""The leasing worker's fenced writes, many runs to a statement: step checkpoints and run ends.
+
+A worker commits the writes of its runs that fall due together in one transaction (group commit,
+`greenroom.worker.writer`). Each run's writes apply only while the run is still leased with the
+writer's token; a run whose lease is gone is refused as a whole and the rest of the batch applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from greenroom.diagnostics import fingerprint
+from greenroom.model import Lease, RunState, StepStatus
+from greenroom.storage import ready
+from greenroom.storage.backend import Backend, Row, Tx
+from greenroom.storage.base import event_params, insert_events, values_list
+from greenroom.storage.codec import dumps
+
+_EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
+_STEP_COLUMNS = (
+    "run_id, position, name, status, result, error, attempts, lease_token, started_at, finished_at"
+)
+#: What the bookkeeping of an ended run reads (lanes, tenants, pauses, error groups).
+_ENDED_COLUMNS = "id, seq, tenant, workflow, queue, session_key, priority, labels"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """A step's result, or its final failure."""
+
+    lease: Lease
+    position: int
+    name: str
+    status: StepStatus
+    result: str | None
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class End:
+    """The end of a lease: succeeded, failed, cancelled, delayed for a retry at `retry_at`, or
+    QUEUED: handed back without counting an attempt (shutdown, a pause); a pause that holds the
+    run then makes it `paused`."""
+
+    lease: Lease
+    state: RunState
+    reason: str
+    output: str | None = None
+    error: dict[str, Any] | None = None
+    retry_at: float | None = None
+    #: The run's last checkpoint while it may not be committed yet: it commits with the end.
+    checkpoint: Checkpoint | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    #: Runs whose lease was no longer held: none of their writes applied.
+    refused: set[str]
+    #: The state each applied end took.
+    states: dict[str, RunState]
+
+
+def _fence(tx: Tx, b: Backend, leases: Sequence[Lease], now: float) -> set[str]:
+    """Lock the runs still leased with these tokens, in id order (heartbeats lock in the same
+    order, so the two never deadlock); their ids."""
+    params: dict[str, Any] = {"now": now}
+    values = values_list(
+        "run_id, token", [{"run_id": x.run.id, "token": x.token} for x in leases], params
+    )
+    lock = f"{b.for_update} OF r" if b.for_update else ""
+    rows = tx.execute(
+        f"WITH w(run_id, token) AS ({values}) UPDATE runs SET updated_at = :now"
+        " WHERE id IN (SELECT r.id FROM runs r JOIN w ON r.id = w.run_id"
+        f" AND r.lease_token = w.token WHERE r.state = 'running' ORDER BY r.id {lock})"
+        " RETURNING id",
+        params,
+    )
+    return {r["id"] for r in rows}
+
+
+def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint], now: float) -> None:
+    # One row per step (a statement may not touch a row twice); the last write of a step wins.
+    latest = {(c.lease.run.id, c.position): c for c in checkpoints}
+    params: dict[str, Any] = {}
+    values = values_list(
+        _STEP_COLUMNS,
+        [
+            {
+                "run_id": c.lease.run.id,
+                "position": c.position,
+                "name": c.name,
+                "status": c.status.value,
+                "result": c.result,
+                "error": None if c.error is None else dumps(c.error),
+                "attempts": c.attempts,
+                "lease_token": c.lease.token,
+                "started_at": c.started_at,
+                "finished_at": now,
+            }
+            for c in latest.values()
+        ],
+        params,
+    )
+    tx.execute(
+        f"INSERT INTO steps ({_STEP_COLUMNS}) {values}"
+        " ON CONFLICT (run_id, position) DO UPDATE SET name = excluded.name,"
+        " status = excluded.status, result = excluded.result, error = excluded.error,"
+        " attempts = excluded.attempts, lease_token = excluded.lease_token,"
+        " started_at = excluded.started_at, finished_at = excluded.finished_at"
+        # A checkpoint is final: nothing overwrites a completed step.
+        " WHERE steps.status <> 'completed'",
+        params,
+    )
+
+
+def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> list[Row]:
+    params: dict[str, Any] = {"now": now}
+    values = values_list(
+        "run_id, new_state, new_output, new_error, retry_at",
+        [
+            {
+                "run_id": e.lease.run.id,
+                "new_state": e.state.value,
+                "new_output": e.output,
+                "new_error": None if e.error is None else dumps(e.error),
+                "retry_at": (e.retry_at if e.retry_at is not None else now)
+                if e.state is RunState.DELAYED
+                else None,
+            }
+            for e in ends
+        ],
+        params,
+    )
+    return tx.execute(
+        f"WITH w(run_id, new_state, new_output, new_error, retry_at) AS ({values})"
+        " UPDATE runs SET state = w.new_state, output = w.new_output,"
+        # A success clears the error of earlier attempts; their errors stay in the timeline.
+        " error = CASE WHEN w.new_state = 'succeeded' THEN NULL"
+        " ELSE COALESCE(w.new_error, runs.error) END,"
+        " lease_owner = NULL, lease_expires_at = NULL, pause_requested = false,"
+        " updated_at = :now,"
+        " attempt = CASE WHEN w.new_state = 'delayed' THEN runs.attempt + 1"
+        " ELSE runs.attempt END,"
+        " available_at = CASE WHEN w.new_state = 'delayed'"
+        " THEN CAST(w.retry_at AS DOUBLE PRECISION) ELSE runs.available_at END,"
+        " finished_at = CASE WHEN w.new_state IN ('succeeded', 'failed', 'cancelled')"
+        " THEN :now ELSE runs.finished_at END"
+        f" FROM w WHERE runs.id = w.run_id RETURNING {_ENDED_COLUMNS}",
+        params,
+    )
+
+
+def write(
+    tx: Tx,
+    b: Backend,
+    checkpoints: Sequence[Checkpoint],
+    ends: Sequence[End],
+    now: float,
+) -> Written:
+    """Apply the writes of the runs still leased with their tokens: checkpoints first, then ends
+    with their timeline events and bookkeeping."""
+    checkpoints = [*checkpoints, *(e.checkpoint for e in ends if e.checkpoint is not None)]
+    leases = {c.lease.run.id: c.lease for c in checkpoints} | {
+        e.lease.run.id: e.lease for e in ends
+    }
+    held = _fence(tx, b, list(leases.values()), now) if leases else set()
+    refused = set(leases) - held
+    checkpoints = [c for c in checkpoints if c.lease.run.id in held]
+    ends = [e for e in ends if e.lease.run.id in held]
+    if checkpoints:
+        _save_steps(tx, checkpoints, now)
+    if not ends:
+        return Written(refused=refused, states={})
+    rows = _end_runs(tx, ends, now)
+    by_id = {e.lease.run.id: e for e in ends}
+    states = {r["id"]: by_id[r["id"]].state for r in rows}
+    released = [r for r in rows if states[r["id"]] is RunState.QUEUED]
+    if released:
+        pauses = ready.load_pauses(tx)
+        held_back = [r for r in released if ready.waiting_state(r, pauses) is RunState.PAUSED]
+        if held_back:
+            tx.execute(
+                f"UPDATE runs SET state = 'paused' WHERE {b.member('seq', 'seqs')}",
+                {"seqs": b.list_param([r["seq"] for r in held_back])},
+            )
+            for r in held_back:
+                states[r["id"]] = RunState.PAUSED
+            released = [r for r in released if states[r["id"]] is RunState.QUEUED]
+    events = []
+    for r in rows:
+        end = by_id[r["id"]]
+        error = end.error
+        detail = None if error is None else {k: error.get(k) for k in _EVENT_ERROR_KEYS}
+        events.append(
+            event_params(r["id"], states[r["id"]], end.reason, now, end.lease.worker_id, detail)
+        )
+    insert_events(tx, events)
+    ready.leave_running(tx, rows)
+    if released:
+        ready.enter_ready(tx, released)
+        for queue in sorted({r["queue"] for r in released}):
+            b.notify(tx, queue)
+    for r in rows:
+        error = by_id[r["id"]].error
+        if states[r["id"]] is RunState.FAILED and error is not None:
+            _record_error(tx, r, error, now)
+    return Written(refused=refused, states=states)
+
+
+def _record_error(tx: Tx, run: Row, error: dict[str, Any], now: float) -> None:
+    """Count a run's final failure in its error group (type + normalized message + step)."""
+    group = error.get("fingerprint") or fingerprint(
+        str(error.get("type")), str(error.get("message")), error.get("step")
+    )
+    tx.execute(
+        "INSERT INTO error_groups (tenant, fingerprint, workflow, step, type, message,"
+        " error_class, occurrences, first_seen, last_seen, last_run_id) VALUES (:tenant,"
+        " :fingerprint, :workflow, :step, :type, :message, :error_class, 1, :now, :now,"
+        " :run_id) ON CONFLICT (tenant, fingerprint) DO UPDATE SET"
+        " occurrences = error_groups.occurrences + 1, last_seen = :now,"
+        " last_run_id = :run_id, message = :message",
+        {
+            "tenant": run["tenant"],
+            "fingerprint": group,
+            "workflow": run["workflow"],
+            "step": error.get("step"),
+            "type": str(error.get("type")),
+            "message": str(error.get("message"))[:2000],
+            "error_class": error.get("class") or "unknown",
+            "now": now,
+            "run_id": run["id"],
+        },
+    )
+    tx.execute(
+        "UPDATE runs SET error_group = :group WHERE seq = :seq",
+        {"group": group, "seq": run["seq"]},
+    )

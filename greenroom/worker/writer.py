@@ -1,0 +1,77 @@
+"""Group commit of a worker's run writes: checkpoints and ends that fall due together share one
+transaction, so under load the database sees a few statements per batch, not per run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from greenroom.errors import LeaseLost
+from greenroom.model import RunState
+from greenroom.storage import DbCall, RunStore
+from greenroom.storage.writes import Checkpoint, End
+
+#: Writes in one transaction, at most.
+MAX_BATCH = 100
+
+
+class RunWriter:
+    """Writes are committed in the order they were handed in: one batch at a time, and whatever
+    arrives while a batch commits goes into the next. Each caller learns its own outcome: done,
+    or LeaseLost for a run whose lease is gone, or the batch's database error."""
+
+    def __init__(self, store: RunStore, db: DbCall) -> None:
+        self._store = store
+        self._db = db
+        self._pending: list[tuple[Checkpoint | End, asyncio.Future[Any]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def checkpoint(self, checkpoint: Checkpoint) -> asyncio.Future[None]:
+        """Hand in a checkpoint; the future is done when it is committed. Its run need not wait
+        for it: the run's next step does, and the run's end carries it if still unsure."""
+        return self._submit(checkpoint)
+
+    async def end(self, end: End) -> RunState:
+        """The state the run took, once its end is committed."""
+        state: RunState = await self._submit(end)
+        return state
+
+    def _submit(self, write: Checkpoint | End) -> asyncio.Future[Any]:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((write, future))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush(), name="greenroom-writer")
+        return future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                await self._commit(batch)
+        finally:
+            self._flushing = None
+
+    async def _commit(self, batch: list[tuple[Checkpoint | End, asyncio.Future[Any]]]) -> None:
+        checkpoints = [w for w, _ in batch if isinstance(w, Checkpoint)]
+        ends = [w for w, _ in batch if isinstance(w, End)]
+        try:
+            written = await self._db(self._store.write, checkpoints, ends)
+        except Exception as exc:
+            for write, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+                    if isinstance(write, Checkpoint):
+                        future.exception()  # its run's end may carry it instead of awaiting it
+            return
+        for write, future in batch:
+            if future.done():  # its caller stopped waiting (cancelled)
+                continue
+            run_id = write.lease.run.id
+            if run_id in written.refused:
+                future.set_exception(
+                    LeaseLost(f"run {run_id}: lease {write.lease.token} is no longer held")
+                )
+            elif isinstance(write, End):
+                future.set_result(written.states[run_id])
+            else:
+                future.set_result(None)
