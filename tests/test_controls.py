@@ -156,6 +156,38 @@ def test_lowering_a_queue_limit_while_runs_wait_applies_to_the_next_claims(
     assert len(claim(store, queues=["q"])) == 5
 
 
+def test_running_counts_give_back_exactly_the_slots_claims_took(
+    store: RunStore, clock: ManualClock
+) -> None:
+    """A limit set, lifted or set again while runs run never leaves the count off by them."""
+
+    def active() -> tuple[int, int]:
+        with store.backend.transaction(write=False) as tx:
+            (queue,) = tx.execute("SELECT active FROM queues WHERE name = 'q'")
+        tenant = next(t for t in store.tenants() if t.name == "t1")
+        return queue["active"], tenant.active
+
+    for _ in range(8):
+        enqueue(store, queue="q", tenant="t1")
+    unlimited = claim(store, queues=["q"], limit=2)  # before any limit: they hold no slot
+    store.set_queue("q", actor=ACTOR, reason="cap", concurrency=5)
+    store.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=5)
+    assert active() == (2, 2), "runs already running count from the moment a limit is set"
+    limited = claim(store, queues=["q"], limit=2)
+    assert active() == (4, 4)
+    succeed(store, unlimited[0])
+    assert active() == (3, 3)
+    store.set_queue("q", actor=ACTOR, reason="lift", concurrency=None)
+    succeed(store, limited[0])  # held a slot of a limit that is gone: gives nothing back
+    store.set_queue("q", actor=ACTOR, reason="cap again", concurrency=5)
+    assert active() == (2, 2)
+    clock.advance(60)  # the rest stall: recovery gives their slots back
+    store.recover("w2", max_stalls=3)
+    assert active() == (0, 0)
+    assert len(claim(store, queues=["q"], limit=10)) == 5
+    assert active() == (5, 5)
+
+
 def test_queue_defaults_apply_to_new_runs_and_leases(store: RunStore) -> None:
     before = enqueue(store, queue="q")
     store.set_queue("q", actor=ACTOR, reason="tune", max_attempts=4, lease_seconds=7.0)

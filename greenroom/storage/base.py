@@ -21,6 +21,11 @@ _EVENT_COLUMNS = "run_id, at, state, reason, worker_id, detail"
 #: Rows in one multi-row statement, at most (databases cap the parameters of a statement).
 VALUES_CHUNK = 500
 CONFLICT_RETRIES = 5
+#: What ending a lease resets (the slots it held are given back by ready.leave_running).
+CLEAR_LEASE = (
+    "lease_owner = NULL, lease_expires_at = NULL, pause_requested = false,"
+    " holds_queue_slot = false, holds_tenant_slot = false"
+)
 
 
 def retry_conflicts(method: Callable[P, T]) -> Callable[P, T]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from greenroom.model import RunState
 from greenroom.storage.backend import Backend, Row, Tx
-from greenroom.storage.base import event_params, insert_events
+from greenroom.storage.base import CLEAR_LEASE, event_params, insert_events
 from greenroom.storage.ready import (
     LANE_HEAD,
     leave_ready,
@@ -39,6 +39,7 @@ class _Tenant:
     weight: float
     pass_: float
     room: float  # how many more runs its concurrency limit allows
+    limited: bool
     candidates: list[Row] | None = None
     taken: int = 0
 
@@ -48,6 +49,8 @@ class _Plan:
     allowance: dict[str, float]
     lease_seconds: dict[str, float | None]
     rate_periods: dict[str, float] = field(default_factory=dict)
+    #: Queues with a concurrency limit: their runs hold a slot.
+    limited: set[str] = field(default_factory=set)
 
 
 def _queue_plan(tx: Tx, b: Backend, queues: Sequence[str], limit: int, now: float) -> _Plan:
@@ -71,6 +74,7 @@ def _queue_plan(tx: Tx, b: Backend, queues: Sequence[str], limit: int, now: floa
         allow = float(limit)
         if r["concurrency"] is not None:
             allow = min(allow, r["concurrency"] - r["active"])
+            plan.limited.add(name)
         if r["rate_limit"] is not None and r["rate_period"]:
             started = tx.execute(
                 "SELECT COUNT(*) AS n FROM queue_starts WHERE queue = :q AND at > :since",
@@ -105,6 +109,7 @@ def _tenants(tx: Tx, b: Backend) -> list[_Tenant]:
             room=math.inf
             if r["concurrency"] is None
             else r["concurrency"] - active.get(r["name"], 0),
+            limited=r["concurrency"] is not None,
         )
         for r in rows
     ]
@@ -181,7 +186,17 @@ def claim(
     chosen = _choose(tx, b, plan, tenants, limit)
     if not chosen:
         return []
-    rows = _lease(tx, b, chosen, plan, worker_id=worker_id, lease_seconds=lease_seconds, now=now)
+    limited_tenants = [t.name for t in tenants if t.limited]
+    rows = _lease(
+        tx,
+        b,
+        chosen,
+        plan,
+        limited_tenants,
+        worker_id=worker_id,
+        lease_seconds=lease_seconds,
+        now=now,
+    )
     rows, held = _hold_paused(tx, rows, now)
     _account(tx, b, chosen, rows, plan, tenants, now=now)
     leave_ready(tx, held)
@@ -198,8 +213,7 @@ def _hold_paused(tx: Tx, rows: list[Row], now: float) -> tuple[list[Row], list[R
     held = [r for r in rows if pauses and waiting_state(r, pauses) is RunState.PAUSED]
     for row in held:
         tx.execute(
-            "UPDATE runs SET state = 'paused', lease_owner = NULL, lease_expires_at = NULL"
-            " WHERE seq = :seq",
+            f"UPDATE runs SET state = 'paused', {CLEAR_LEASE} WHERE seq = :seq",
             {"seq": row["seq"]},
         )
     insert_events(tx, [event_params(r["id"], RunState.PAUSED, "paused", now) for r in held])
@@ -211,6 +225,7 @@ def _lease(
     b: Backend,
     chosen: list[Row],
     plan: _Plan,
+    limited_tenants: list[str],
     *,
     worker_id: str,
     lease_seconds: float,
@@ -225,7 +240,9 @@ def _lease(
         rows += tx.execute(
             "UPDATE runs SET state = 'running', lease_owner = :worker,"
             " lease_token = lease_token + 1, lease_expires_at = :expires,"
-            " lease_seconds = :seconds, started_at = COALESCE(started_at, :now), updated_at = :now"
+            " lease_seconds = :seconds, started_at = COALESCE(started_at, :now), updated_at = :now,"
+            f" holds_queue_slot = {b.member('queue', 'limited_queues')},"
+            f" holds_tenant_slot = {b.member('tenant', 'limited_tenants')}"
             f" WHERE {b.member('seq', 'seqs')} AND state = 'queued' RETURNING *",
             {
                 "worker": worker_id,
@@ -233,6 +250,8 @@ def _lease(
                 "seconds": seconds,
                 "now": now,
                 "seqs": b.list_param(seqs),
+                "limited_queues": b.list_param(sorted(plan.limited)),
+                "limited_tenants": b.list_param(limited_tenants),
             },
         )
     return rows
@@ -260,12 +279,13 @@ def _account(
     stale = {(r["tenant"], r["session_key"]) for r in chosen if r["session_key"] is not None}
     refresh_lanes(tx, sorted(stale - set(leased)))
     per_queue = Counter(r["queue"] for r in rows)
+    slots = Counter(r["queue"] for r in rows if r["holds_queue_slot"])
     for queue in sorted(per_queue):
-        tx.execute(
-            "UPDATE queues SET active = active + :n WHERE name = :queue"
-            " AND concurrency IS NOT NULL",
-            {"n": per_queue[queue], "queue": queue},
-        )
+        if slots[queue]:
+            tx.execute(
+                "UPDATE queues SET active = active + :n WHERE name = :queue",
+                {"n": slots[queue], "queue": queue},
+            )
         if queue in plan.rate_periods:
             tx.execute_many(
                 "INSERT INTO queue_starts (queue, at) VALUES (:queue, :now)",
@@ -279,12 +299,16 @@ def _account(
             {"queue": queue, "before": now - period - START_RECORD_MARGIN},
         )
     per_tenant = Counter(r["tenant"] for r in rows)
+    tenant_slots = Counter(r["tenant"] for r in rows if r["holds_tenant_slot"])
     passes = {t.name: t.pass_ for t in tenants if t.taken}
     for tenant in sorted(passes):
-        n = per_tenant.get(tenant, 0)
         tx.execute(
-            "UPDATE tenants SET pass = :pass, ready = ready - :n,"
-            " active = active + CASE WHEN concurrency IS NULL THEN 0 ELSE :n END"
+            "UPDATE tenants SET pass = :pass, ready = ready - :n, active = active + :slots"
             " WHERE name = :tenant",
-            {"pass": passes[tenant], "n": n, "tenant": tenant},
+            {
+                "pass": passes[tenant],
+                "n": per_tenant[tenant],
+                "slots": tenant_slots[tenant],
+                "tenant": tenant,
+            },
         )

@@ -142,12 +142,8 @@ class Controls(StoreBase):
                     f"UPDATE queues SET {sets}, updated_at = :now WHERE name = :name",
                     {**clean, "now": now, "name": name},
                 )
-            if "concurrency" in clean:  # its running count is only kept while limited
-                tx.execute(
-                    "UPDATE queues SET active = (SELECT COUNT(*) FROM runs"
-                    " WHERE queue = :name AND state = 'running') WHERE name = :name",
-                    {"name": name},
-                )
+            if "concurrency" in clean:
+                _take_slots(tx, "queue", name, limited=clean["concurrency"] is not None)
             self._audit(
                 tx,
                 tenant=None,
@@ -197,11 +193,7 @@ class Controls(StoreBase):
                     f"UPDATE tenants SET {sets} WHERE name = :name", {**changes, "name": name}
                 )
             if "concurrency" in changes:
-                tx.execute(
-                    "UPDATE tenants SET active = (SELECT COUNT(*) FROM runs"
-                    " WHERE tenant = :name AND state = 'running') WHERE name = :name",
-                    {"name": name},
-                )
+                _take_slots(tx, "tenant", name, limited=concurrency is not None)
             self._audit(
                 tx,
                 tenant=name,
@@ -390,4 +382,18 @@ def _new_pause(
         drain=drain,
         paused_by=actor,
         reason=reason,
+    )
+
+
+def _take_slots(tx: Tx, kind: str, name: str, *, limited: bool) -> None:
+    """A queue's or tenant's concurrency limit was set or cleared: its running runs hold a slot
+    of it (or none) from now on, and its running count starts from them."""
+    tx.execute(
+        f"UPDATE runs SET holds_{kind}_slot = :limited WHERE {kind} = :name AND state = 'running'",
+        {"limited": limited, "name": name},
+    )
+    tx.execute(
+        f"UPDATE {kind}s SET active = (SELECT COUNT(*) FROM runs WHERE {kind} = :name"
+        f" AND state = 'running' AND holds_{kind}_slot) WHERE name = :name",
+        {"name": name},
     )

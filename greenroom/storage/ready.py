@@ -6,6 +6,8 @@ every transition keeps current here, in one place:
 - tenants: how many runs are ready (fairness picks among tenants with ready work) and, while a
   concurrency limit is set, how many run;
 - queues: how many run, while a concurrency limit is set.
+A run counts towards a limit while it holds that limit's slot (`holds_queue_slot`,
+`holds_tenant_slot`, set by its claim): its end gives back exactly what its claim took.
 Lock order, to stay free of deadlocks: lanes, then queues, then tenants (each sorted by key).
 """
 
@@ -105,23 +107,20 @@ def leave_ready(tx: Tx, rows: Sequence[Row]) -> None:
 
 
 def leave_running(tx: Tx, rows: Sequence[Row]) -> None:
-    """These runs stopped running: free their lane, queue and tenant slots.
-
-    A run that went back to `queued` is ready again: call enter_ready for it too.
+    """These runs stopped running: free their lane slots, and the queue and tenant slots they
+    hold. A run that went back to `queued` is ready again: call enter_ready for it too.
     """
     refresh_lanes(tx, _lane_keys(rows), active_delta=-1)
-    for queue, n in sorted(Counter(r["queue"] for r in rows).items()):
-        tx.execute(
-            "UPDATE queues SET active = active - :n WHERE name = :queue"
-            " AND concurrency IS NOT NULL AND active > 0",
-            {"n": n, "queue": queue},
-        )
-    for tenant, n in sorted(Counter(r["tenant"] for r in rows).items()):
-        tx.execute(
-            "UPDATE tenants SET active = active - :n WHERE name = :tenant"
-            " AND concurrency IS NOT NULL AND active > 0",
-            {"n": n, "tenant": tenant},
-        )
+    for table, key, flag in (
+        ("queues", "queue", "holds_queue_slot"),
+        ("tenants", "tenant", "holds_tenant_slot"),
+    ):
+        for name, n in sorted(Counter(r[key] for r in rows if r[flag]).items()):
+            tx.execute(
+                f"UPDATE {table} SET active = CASE WHEN active > :n THEN active - :n ELSE 0 END"
+                " WHERE name = :name",
+                {"n": n, "name": name},
+            )
 
 
 @dataclass(frozen=True)

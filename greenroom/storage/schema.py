@@ -58,6 +58,9 @@ runs = Table(
     Column("lease_seconds", Float),
     # Added by migration 0004: what an idempotent API create asked for, to refuse a different body.
     Column("request_hash", String(64)),
+    # Added by migration 0005: the run holds a slot of its queue's / tenant's concurrency limit.
+    Column("holds_queue_slot", Boolean, nullable=False, server_default=text("false")),
+    Column("holds_tenant_slot", Boolean, nullable=False, server_default=text("false")),
     Index(
         "runs_idempotency",
         "tenant",

@@ -27,6 +27,7 @@ from greenroom.storage.accounts import Accounts
 from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import (
+    CLEAR_LEASE,
     RunFilter,
     event_params,
     insert_events,
@@ -47,7 +48,6 @@ from greenroom.storage.enqueue import insert_runs
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.writes import Checkpoint, End, Written
 
-_CLEAR_LEASE = "lease_owner = NULL, lease_expires_at = NULL, pause_requested = false"
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
 
 
@@ -347,7 +347,7 @@ class RunStore(Controls, Admin, Sessions, Accounts):
                     state = ready.waiting_state(row, pauses)
                     reason = f"stalled: {why}"
                 updated = tx.execute(
-                    f"UPDATE runs SET state = :state, stalls = stalls + 1, {_CLEAR_LEASE},"
+                    f"UPDATE runs SET state = :state, stalls = stalls + 1, {CLEAR_LEASE},"
                     " error = COALESCE(:error, error), updated_at = :now,"
                     " finished_at = :finished_at WHERE seq = :seq RETURNING *",
                     {

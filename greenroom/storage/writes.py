@@ -15,7 +15,7 @@ from greenroom.diagnostics import fingerprint
 from greenroom.model import Lease, RunState, StepStatus
 from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Row, Tx
-from greenroom.storage.base import event_params, insert_events, values_list
+from greenroom.storage.base import CLEAR_LEASE, event_params, insert_events, values_list
 from greenroom.storage.codec import dumps
 
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
@@ -64,9 +64,9 @@ class Written:
     states: dict[str, RunState]
 
 
-def _fence(tx: Tx, b: Backend, leases: Sequence[Lease], now: float) -> set[str]:
+def _fence(tx: Tx, b: Backend, leases: Sequence[Lease], now: float) -> dict[str, Row]:
     """Lock the runs still leased with these tokens, in id order (heartbeats lock in the same
-    order, so the two never deadlock); their ids."""
+    order, so the two never deadlock); by id, what their end gives back (lane and slots)."""
     params: dict[str, Any] = {"now": now}
     values = values_list(
         "run_id, token", [{"run_id": x.run.id, "token": x.token} for x in leases], params
@@ -76,10 +76,10 @@ def _fence(tx: Tx, b: Backend, leases: Sequence[Lease], now: float) -> set[str]:
         f"WITH w(run_id, token) AS ({values}) UPDATE runs SET updated_at = :now"
         " WHERE id IN (SELECT r.id FROM runs r JOIN w ON r.id = w.run_id"
         f" AND r.lease_token = w.token WHERE r.state = 'running' ORDER BY r.id {lock})"
-        " RETURNING id",
+        " RETURNING id, tenant, queue, session_key, holds_queue_slot, holds_tenant_slot",
         params,
     )
-    return {r["id"] for r in rows}
+    return {r["id"]: r for r in rows}
 
 
 def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint], now: float) -> None:
@@ -141,8 +141,7 @@ def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> list[Row]:
         # A success clears the error of earlier attempts; their errors stay in the timeline.
         " error = CASE WHEN w.new_state = 'succeeded' THEN NULL"
         " ELSE COALESCE(w.new_error, runs.error) END,"
-        " lease_owner = NULL, lease_expires_at = NULL, pause_requested = false,"
-        " updated_at = :now,"
+        f" {CLEAR_LEASE}, updated_at = :now,"
         " attempt = CASE WHEN w.new_state = 'delayed' THEN runs.attempt + 1"
         " ELSE runs.attempt END,"
         " available_at = CASE WHEN w.new_state = 'delayed'"
@@ -167,8 +166,8 @@ def write(
     leases = {c.lease.run.id: c.lease for c in checkpoints} | {
         e.lease.run.id: e.lease for e in ends
     }
-    held = _fence(tx, b, list(leases.values()), now) if leases else set()
-    refused = set(leases) - held
+    held = _fence(tx, b, list(leases.values()), now) if leases else {}
+    refused = set(leases) - held.keys()
     checkpoints = [c for c in checkpoints if c.lease.run.id in held]
     ends = [e for e in ends if e.lease.run.id in held]
     if checkpoints:
@@ -199,7 +198,7 @@ def write(
             event_params(r["id"], states[r["id"]], end.reason, now, end.lease.worker_id, detail)
         )
     insert_events(tx, events)
-    ready.leave_running(tx, rows)
+    ready.leave_running(tx, [held[r["id"]] for r in rows])
     if released:
         ready.enter_ready(tx, released)
         for queue in sorted({r["queue"] for r in released}):
