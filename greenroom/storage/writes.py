@@ -58,8 +58,8 @@ class End:
 
 @dataclass(frozen=True)
 class Written:
-    #: Runs whose lease was no longer held: none of their writes applied.
-    refused: set[str]
+    #: Leases (run id, token) no longer held: none of their writes applied.
+    refused: set[tuple[str, int]]
     #: The state each applied end took.
     states: dict[str, RunState]
 
@@ -76,7 +76,8 @@ def _fence(tx: Tx, b: Backend, leases: Sequence[Lease], now: float) -> dict[str,
         f"WITH w(run_id, token) AS ({values}) UPDATE runs SET updated_at = :now"
         " WHERE id IN (SELECT r.id FROM runs r JOIN w ON r.id = w.run_id"
         f" AND r.lease_token = w.token WHERE r.state = 'running' ORDER BY r.id {lock})"
-        " RETURNING id, tenant, queue, session_key, holds_queue_slot, holds_tenant_slot",
+        " RETURNING id, lease_token AS token, tenant, queue, session_key, holds_queue_slot,"
+        " holds_tenant_slot",
         params,
     )
     return {r["id"]: r for r in rows}
@@ -163,13 +164,12 @@ def write(
     """Apply the writes of the runs still leased with their tokens: checkpoints first, then ends
     with their timeline events and bookkeeping."""
     checkpoints = [*checkpoints, *(e.checkpoint for e in ends if e.checkpoint is not None)]
-    leases = {c.lease.run.id: c.lease for c in checkpoints} | {
-        e.lease.run.id: e.lease for e in ends
-    }
+    writes: list[Checkpoint | End] = [*checkpoints, *ends]
+    leases = {(w.lease.run.id, w.lease.token): w.lease for w in writes}
     held = _fence(tx, b, list(leases.values()), now) if leases else {}
-    refused = set(leases) - held.keys()
-    checkpoints = [c for c in checkpoints if c.lease.run.id in held]
-    ends = [e for e in ends if e.lease.run.id in held]
+    refused = {key for key in leases if key[0] not in held or held[key[0]]["token"] != key[1]}
+    checkpoints = [c for c in checkpoints if (c.lease.run.id, c.lease.token) not in refused]
+    ends = [e for e in ends if (e.lease.run.id, e.lease.token) not in refused]
     if checkpoints:
         _save_steps(tx, checkpoints, now)
     if not ends:

@@ -58,20 +58,23 @@ class RunWriter:
             written = await self._db(self._store.write, checkpoints, ends)
         except Exception as exc:
             for write, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-                    if isinstance(write, Checkpoint):
-                        future.exception()  # its run's end may carry it instead of awaiting it
+                self._fail(write, future, exc)
             return
         for write, future in batch:
-            if future.done():  # its caller stopped waiting (cancelled)
+            lease = write.lease
+            if (lease.run.id, lease.token) in written.refused:
+                refused = LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
+                self._fail(write, future, refused)
+            elif future.done():  # its caller stopped waiting (cancelled)
                 continue
-            run_id = write.lease.run.id
-            if run_id in written.refused:
-                future.set_exception(
-                    LeaseLost(f"run {run_id}: lease {write.lease.token} is no longer held")
-                )
             elif isinstance(write, End):
-                future.set_result(written.states[run_id])
+                future.set_result(written.states[lease.run.id])
             else:
                 future.set_result(None)
+
+    @staticmethod
+    def _fail(write: Checkpoint | End, future: asyncio.Future[Any], exc: Exception) -> None:
+        if not future.done():
+            future.set_exception(exc)
+            if isinstance(write, Checkpoint):
+                future.exception()  # its run's end may carry it instead of awaiting it
