@@ -9,6 +9,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 Row = dict[str, Any]
+#: A column of rows passed as parameters (`Tx.rows`): its name and SQL type.
+Column = tuple[str, str]
 
 #: Notification payload meaning "something changed; any queue may have work".
 ANY_QUEUE = "*"
@@ -27,6 +29,19 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None: ...
+
+    def rows(
+        self, columns: Sequence[Column], rows: Sequence[dict[str, Any]], params: dict[str, Any]
+    ) -> str:
+        """A query whose result is `rows` (dicts keyed by column name), to name in a
+        `WITH w(...) AS (...)`; its parameters are added to `params`. One statement for many
+        rows costs little more than one for a single row."""
+        names = [name for name, _ in columns]
+        tuples = []
+        for i, row in enumerate(rows):
+            tuples.append("(" + ", ".join(f":{n}_{i}" for n in names) + ")")
+            params.update({f"{n}_{i}": row[n] for n in names})
+        return "VALUES " + ", ".join(tuples)
 
 
 class Liveness(abc.ABC):

@@ -11,15 +11,14 @@ from greenroom.clock import Clock, SystemClock
 from greenroom.errors import InvalidInput, LeaseLost, NotFound
 from greenroom.model import Lease, RunState
 from greenroom.storage import ready
-from greenroom.storage.backend import Backend, Row, Tx
+from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.codec import dumps
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_EVENT_COLUMNS = "run_id, at, state, reason, worker_id, detail"
 #: Rows in one multi-row statement, at most (databases cap the parameters of a statement).
-VALUES_CHUNK = 500
+ROWS_CHUNK = 500
 CONFLICT_RETRIES = 5
 #: What ending a lease resets (the slots it held are given back by ready.leave_running).
 CLEAR_LEASE = (
@@ -63,23 +62,27 @@ def event_params(
     }
 
 
-def values_list(columns: str, rows: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
-    """A VALUES list of `rows` (dicts keyed like `columns`); its parameters go into `params`.
-    One statement for many rows costs little more than one for a single row."""
-    names = [c.strip() for c in columns.split(",")]
-    tuples = []
-    for i, row in enumerate(rows):
-        tuples.append("(" + ", ".join(f":{n}_{i}" for n in names) + ")")
-        params.update({f"{n}_{i}": row[n] for n in names})
-    return "VALUES " + ", ".join(tuples)
+_EVENT_COLUMNS: list[Column] = [
+    ("run_id", "text"),
+    ("at", "double precision"),
+    ("state", "text"),
+    ("reason", "text"),
+    ("worker_id", "text"),
+    ("detail", "text"),
+]
+_EVENT_NAMES = ", ".join(name for name, _ in _EVENT_COLUMNS)
 
 
 def insert_events(tx: Tx, events: Sequence[dict[str, Any]]) -> None:
     """Add timeline events (made by `event_params`)."""
-    for start in range(0, len(events), VALUES_CHUNK):
+    for start in range(0, len(events), ROWS_CHUNK):
         params: dict[str, Any] = {}
-        values = values_list(_EVENT_COLUMNS, events[start : start + VALUES_CHUNK], params)
-        tx.execute(f"INSERT INTO run_events ({_EVENT_COLUMNS}) {values}", params)
+        rows = tx.rows(_EVENT_COLUMNS, events[start : start + ROWS_CHUNK], params)
+        tx.execute(
+            f"WITH w({_EVENT_NAMES}) AS ({rows})"
+            f" INSERT INTO run_events ({_EVENT_NAMES}) SELECT {_EVENT_NAMES} FROM w",
+            params,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

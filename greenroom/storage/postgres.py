@@ -4,6 +4,7 @@ own connection, released by the server the moment that connection drops."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from greenroom.storage.backend import Backend, Liveness, Row, Tx, pyformat
+from greenroom.storage.backend import Backend, Column, Liveness, Row, Tx, pyformat
 
 LOCK_NAMESPACE = 0x67726D  # advisory lock class id for worker liveness locks
 CHANNEL = "greenroom_ready"
@@ -40,6 +41,16 @@ class _PostgresTx(Tx):
     def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
         with self._conn.cursor() as cur:
             cur.executemany(_sql(sql), params)
+
+    def rows(
+        self, columns: Sequence[Column], rows: Sequence[dict[str, Any]], params: dict[str, Any]
+    ) -> str:
+        # One JSON parameter: the statement reads the same for any number of rows (its parsing
+        # is cached, the server keeps its plan), and encoding JSON costs the client far less
+        # than a parameter, or an array element, per value.
+        params["rows"] = json.dumps(rows)
+        types = ", ".join(f"{name} {sql_type}" for name, sql_type in columns)
+        return f"SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS x({types})"
 
 
 class _AdvisoryLock(Liveness):

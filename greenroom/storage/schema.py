@@ -104,9 +104,25 @@ runs = Table(
     ),
     Index("runs_listing", "tenant", "state", "seq"),
     Index("runs_workflow", "workflow", "seq"),
-    Index("runs_retry_of", "retry_of"),
-    Index("runs_error_group", "error_group"),
-    Index("runs_finished", "finished_at"),
+    # Partial (migration 0005): a run's claim and end add no entries for what it lacks.
+    Index(
+        "runs_retry_of",
+        "retry_of",
+        sqlite_where=text("retry_of IS NOT NULL"),
+        postgresql_where=text("retry_of IS NOT NULL"),
+    ),
+    Index(
+        "runs_error_group",
+        "error_group",
+        sqlite_where=text("error_group IS NOT NULL"),
+        postgresql_where=text("error_group IS NOT NULL"),
+    ),
+    Index(
+        "runs_finished",
+        "finished_at",
+        sqlite_where=text("finished_at IS NOT NULL"),
+        postgresql_where=text("finished_at IS NOT NULL"),
+    ),
     # A tenant's runs newest first (API listings).
     Index("runs_tenant", "tenant", "seq"),
 )

@@ -14,14 +14,32 @@ from typing import Any
 from greenroom.diagnostics import fingerprint
 from greenroom.model import Lease, RunState, StepStatus
 from greenroom.storage import ready
-from greenroom.storage.backend import Backend, Row, Tx
-from greenroom.storage.base import CLEAR_LEASE, event_params, insert_events, values_list
+from greenroom.storage.backend import Backend, Column, Row, Tx
+from greenroom.storage.base import CLEAR_LEASE, event_params, insert_events
 from greenroom.storage.codec import dumps
 
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
-_STEP_COLUMNS = (
-    "run_id, position, name, status, result, error, attempts, lease_token, started_at, finished_at"
-)
+_FENCE_COLUMNS: list[Column] = [("run_id", "text"), ("token", "bigint")]
+_STEP_COLUMNS: list[Column] = [
+    ("run_id", "text"),
+    ("position", "integer"),
+    ("name", "text"),
+    ("status", "text"),
+    ("result", "text"),
+    ("error", "text"),
+    ("attempts", "integer"),
+    ("lease_token", "bigint"),
+    ("started_at", "double precision"),
+    ("finished_at", "double precision"),
+]
+_STEP_NAMES = ", ".join(name for name, _ in _STEP_COLUMNS)
+_END_COLUMNS: list[Column] = [
+    ("run_id", "text"),
+    ("new_state", "text"),
+    ("new_output", "text"),
+    ("new_error", "text"),
+    ("retry_at", "double precision"),
+]
 #: What the bookkeeping of an ended run reads (lanes, tenants, pauses, error groups).
 _ENDED_COLUMNS = "id, seq, tenant, workflow, queue, session_key, priority, labels"
 
@@ -64,30 +82,27 @@ class Written:
     states: dict[str, RunState]
 
 
-def _fence(tx: Tx, b: Backend, leases: Sequence[Lease], now: float) -> dict[str, Row]:
+def _fence(tx: Tx, b: Backend, leases: Sequence[Lease]) -> dict[str, Row]:
     """Lock the runs still leased with these tokens, in id order (heartbeats lock in the same
     order, so the two never deadlock); by id, what their end gives back (lane and slots)."""
-    params: dict[str, Any] = {"now": now}
-    values = values_list(
-        "run_id, token", [{"run_id": x.run.id, "token": x.token} for x in leases], params
-    )
+    params: dict[str, Any] = {}
+    rows = tx.rows(_FENCE_COLUMNS, [{"run_id": x.run.id, "token": x.token} for x in leases], params)
     lock = f"{b.for_update} OF r" if b.for_update else ""
-    rows = tx.execute(
-        f"WITH w(run_id, token) AS ({values}) UPDATE runs SET updated_at = :now"
-        " WHERE id IN (SELECT r.id FROM runs r JOIN w ON r.id = w.run_id"
-        f" AND r.lease_token = w.token WHERE r.state = 'running' ORDER BY r.id {lock})"
-        " RETURNING id, lease_token AS token, tenant, queue, session_key, holds_queue_slot,"
-        " holds_tenant_slot",
+    found = tx.execute(
+        f"WITH w(run_id, token) AS ({rows}) SELECT r.id, r.lease_token AS token, r.tenant,"
+        " r.queue, r.session_key, r.holds_queue_slot, r.holds_tenant_slot FROM runs r"
+        " JOIN w ON r.id = w.run_id AND r.lease_token = w.token WHERE r.state = 'running'"
+        f" ORDER BY r.id {lock}",
         params,
     )
-    return {r["id"]: r for r in rows}
+    return {r["id"]: r for r in found}
 
 
 def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint], now: float) -> None:
     # One row per step (a statement may not touch a row twice); the last write of a step wins.
     latest = {(c.lease.run.id, c.position): c for c in checkpoints}
     params: dict[str, Any] = {}
-    values = values_list(
+    rows = tx.rows(
         _STEP_COLUMNS,
         [
             {
@@ -107,7 +122,9 @@ def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint], now: float) -> None:
         params,
     )
     tx.execute(
-        f"INSERT INTO steps ({_STEP_COLUMNS}) {values}"
+        f"WITH w({_STEP_NAMES}) AS ({rows}) INSERT INTO steps ({_STEP_NAMES})"
+        # WHERE true: SQLite needs it to read ON CONFLICT as the upsert clause.
+        f" SELECT {_STEP_NAMES} FROM w WHERE true"
         " ON CONFLICT (run_id, position) DO UPDATE SET name = excluded.name,"
         " status = excluded.status, result = excluded.result, error = excluded.error,"
         " attempts = excluded.attempts, lease_token = excluded.lease_token,"
@@ -120,8 +137,8 @@ def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint], now: float) -> None:
 
 def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> list[Row]:
     params: dict[str, Any] = {"now": now}
-    values = values_list(
-        "run_id, new_state, new_output, new_error, retry_at",
+    rows = tx.rows(
+        _END_COLUMNS,
         [
             {
                 "run_id": e.lease.run.id,
@@ -137,7 +154,7 @@ def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> list[Row]:
         params,
     )
     return tx.execute(
-        f"WITH w(run_id, new_state, new_output, new_error, retry_at) AS ({values})"
+        f"WITH w(run_id, new_state, new_output, new_error, retry_at) AS ({rows})"
         " UPDATE runs SET state = w.new_state, output = w.new_output,"
         # A success clears the error of earlier attempts; their errors stay in the timeline.
         " error = CASE WHEN w.new_state = 'succeeded' THEN NULL"
@@ -166,7 +183,7 @@ def write(
     checkpoints = [*checkpoints, *(e.checkpoint for e in ends if e.checkpoint is not None)]
     writes: list[Checkpoint | End] = [*checkpoints, *ends]
     leases = {(w.lease.run.id, w.lease.token): w.lease for w in writes}
-    held = _fence(tx, b, list(leases.values()), now) if leases else {}
+    held = _fence(tx, b, list(leases.values())) if leases else {}
     refused = {key for key in leases if key[0] not in held or held[key[0]]["token"] != key[1]}
     checkpoints = [c for c in checkpoints if (c.lease.run.id, c.lease.token) not in refused]
     ends = [e for e in ends if (e.lease.run.id, e.lease.token) not in refused]

@@ -1,5 +1,6 @@
-"""slots: a running run records whether it holds a slot of its queue's and its tenant's
-concurrency limit, so its end gives back exactly what its claim took
+"""slots and partial indexes: a running run records whether it holds a slot of its queue's
+and its tenant's concurrency limit, so its end gives back exactly what its claim took; indexes
+on columns most runs leave empty become partial, so claims and ends do not maintain them
 
 Revision ID: 0005
 Revises: 0004
@@ -14,6 +15,12 @@ revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
+
+_PARTIAL = (
+    ("runs_retry_of", "retry_of"),
+    ("runs_error_group", "error_group"),
+    ("runs_finished", "finished_at"),
+)
 
 
 def upgrade() -> None:
@@ -39,8 +46,20 @@ def upgrade() -> None:
         "UPDATE tenants SET active = (SELECT COUNT(*) FROM runs"
         " WHERE runs.tenant = tenants.name AND runs.state = 'running' AND runs.holds_tenant_slot)"
     )
+    for name, column in _PARTIAL:
+        op.drop_index(name, "runs")
+        op.create_index(
+            name,
+            "runs",
+            [column],
+            sqlite_where=sa.text(f"{column} IS NOT NULL"),
+            postgresql_where=sa.text(f"{column} IS NOT NULL"),
+        )
 
 
 def downgrade() -> None:
+    for name, column in _PARTIAL:
+        op.drop_index(name, "runs")
+        op.create_index(name, "runs", [column])
     op.drop_column("runs", "holds_tenant_slot")
     op.drop_column("runs", "holds_queue_slot")
