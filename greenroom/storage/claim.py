@@ -53,11 +53,24 @@ class _Plan:
     limited: set[str] = field(default_factory=set)
 
 
-def _queue_plan(tx: Tx, b: Backend, queues: Sequence[str], limit: int, now: float) -> _Plan:
+def _summaries(tx: Tx, b: Backend, queues: Sequence[str]) -> tuple[list[Row], list[Row]]:
+    """The served queues and the ready tenants first in turn, read together (one round trip)."""
     rows = tx.execute(
-        f"SELECT * FROM queues WHERE {b.member('name', 'queues')}",
-        {"queues": b.list_param(queues)},
+        "SELECT 'queue' AS kind, name, concurrency, active, rate_limit, rate_period,"
+        " lease_seconds, CAST(NULL AS DOUBLE PRECISION) AS weight,"
+        " CAST(NULL AS DOUBLE PRECISION) AS pass"
+        f" FROM queues WHERE {b.member('name', 'queues')}"
+        " UNION ALL SELECT * FROM (SELECT 'tenant' AS kind, name, concurrency, active,"
+        " CAST(NULL AS INTEGER), CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS DOUBLE PRECISION),"
+        " weight, pass FROM tenants WHERE ready > 0 ORDER BY pass LIMIT :n) AS ready_tenants",
+        {"queues": b.list_param(queues), "n": TENANT_SCAN},
     )
+    return [r for r in rows if r["kind"] == "queue"], [r for r in rows if r["kind"] == "tenant"]
+
+
+def _queue_plan(
+    tx: Tx, b: Backend, rows: list[Row], queues: Sequence[str], limit: int, now: float
+) -> _Plan:
     limited = sorted(
         r["name"] for r in rows if r["concurrency"] is not None or r["rate_limit"] is not None
     )
@@ -86,12 +99,7 @@ def _queue_plan(tx: Tx, b: Backend, queues: Sequence[str], limit: int, now: floa
     return plan
 
 
-def _tenants(tx: Tx, b: Backend) -> list[_Tenant]:
-    rows = tx.execute(
-        "SELECT name, weight, pass, concurrency, active FROM tenants WHERE ready > 0"
-        " ORDER BY pass LIMIT :n",
-        {"n": TENANT_SCAN},
-    )
+def _tenants(tx: Tx, b: Backend, rows: list[Row]) -> list[_Tenant]:
     capped = sorted(r["name"] for r in rows if r["concurrency"] is not None)
     active: dict[str, int] = {}
     if capped:  # lock tenants with a concurrency limit so it holds across workers
@@ -118,23 +126,20 @@ def _tenants(tx: Tx, b: Backend) -> list[_Tenant]:
 def _candidates(tx: Tx, b: Backend, tenant: str, queues: list[str], n: int) -> list[Row]:
     """A tenant's best ready runs: free runs and the heads of its free session lanes.
 
-    One query per queue and kind, so each reads its index in order (a list of queues would make
+    One query per queue, reading each kind from its index in order (a list of queues would make
     PostgreSQL read and sort every ready row)."""
     found: list[Row] = []
     for queue in queues:
-        params = {"tenant": tenant, "queue": queue, "n": n}
         found += tx.execute(
-            "SELECT seq, priority, queue, NULL AS session_key FROM runs WHERE tenant = :tenant"
-            " AND queue = :queue AND state = 'queued' AND session_key IS NULL"
-            f" ORDER BY priority DESC, seq LIMIT :n {b.skip_locked}",
-            params,
-        )
-        found += tx.execute(
-            "SELECT head_seq AS seq, head_priority AS priority, head_queue AS queue,"
+            "WITH free AS (SELECT seq, priority, queue, NULL AS session_key FROM runs"
+            " WHERE tenant = :tenant AND queue = :queue AND state = 'queued'"
+            f" AND session_key IS NULL ORDER BY priority DESC, seq LIMIT :n {b.skip_locked}),"
+            " heads AS (SELECT head_seq AS seq, head_priority AS priority, head_queue AS queue,"
             " session_key FROM lanes WHERE tenant = :tenant AND head_queue = :queue"
             " AND head_seq IS NOT NULL AND active < max_active"
-            f" ORDER BY head_priority DESC, head_seq LIMIT :n {b.skip_locked}",
-            params,
+            f" ORDER BY head_priority DESC, head_seq LIMIT :n {b.skip_locked})"
+            " SELECT * FROM free UNION ALL SELECT * FROM heads",
+            {"tenant": tenant, "queue": queue, "n": n},
         )
     # Best last, so choosing pops from the end.
     return sorted(found, key=lambda r: (-r["priority"], r["seq"]), reverse=True)
@@ -179,10 +184,11 @@ def claim(
     now: float,
 ) -> list[Row]:
     """Lease up to `limit` runs to `worker_id`; the leased rows, best first."""
-    plan = _queue_plan(tx, b, queues, limit, now)
+    queue_rows, tenant_rows = _summaries(tx, b, queues)
+    plan = _queue_plan(tx, b, queue_rows, queues, limit, now)
     if not any(a > 0 for a in plan.allowance.values()):
         return []
-    tenants = _tenants(tx, b)
+    tenants = _tenants(tx, b, tenant_rows)
     chosen = _choose(tx, b, plan, tenants, limit)
     if not chosen:
         return []
@@ -209,6 +215,8 @@ def claim(
 
 def _hold_paused(tx: Tx, rows: list[Row], now: float) -> tuple[list[Row], list[Row]]:
     """A run enqueued while its pause was being created can still be ready: never start it."""
+    if not any(r["pauses"] for r in rows):
+        return rows, []
     pauses = load_pauses(tx)
     held = [r for r in rows if pauses and waiting_state(r, pauses) is RunState.PAUSED]
     for row in held:
@@ -243,7 +251,9 @@ def _lease(
             " lease_seconds = :seconds, started_at = COALESCE(started_at, :now), updated_at = :now,"
             f" holds_queue_slot = {b.member('queue', 'limited_queues')},"
             f" holds_tenant_slot = {b.member('tenant', 'limited_tenants')}"
-            f" WHERE {b.member('seq', 'seqs')} AND state = 'queued' RETURNING *",
+            f" WHERE {b.member('seq', 'seqs')} AND state = 'queued'"
+            # Whether any pause exists, in the same round trip (there rarely is one).
+            " RETURNING *, (SELECT COUNT(*) FROM pauses) AS pauses",
             {
                 "worker": worker_id,
                 "expires": now + seconds,

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from greenroom.model import NewRun, RunState
+from greenroom.model import NewRun, Pause, RunState
 from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Row, Tx
 from greenroom.storage.base import event_params, insert_events
@@ -19,25 +19,18 @@ _RUN_COLUMNS = (
 )
 _INSERT_RUN = (
     f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (:id, :tenant, :workflow, :queue, :session_key,"
-    " :state, :priority, :input, :labels, :idempotency_key, 1, :max_attempts, :timeout, 0, false,"
+    " :state, :priority, :input, :labels, :idempotency_key, 1, COALESCE(:max_attempts,"
+    " (SELECT q.max_attempts FROM queues q WHERE q.name = :queue_name), 1), :timeout, 0, false,"
     " false, :retry_of, :request_hash, 0, :available_at, :now, :now)"
     " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-    " RETURNING *"
+    # Whether any pause exists, in the same round trip (there rarely is one).
+    " RETURNING *, (SELECT COUNT(*) FROM pauses) AS pauses"
 )
 _REASONS = {
     RunState.QUEUED: "enqueued",
     RunState.DELAYED: "enqueued with a delay",
     RunState.PAUSED: "enqueued while paused",
 }
-
-
-def _default_attempts(tx: Tx, b: Backend, queues: set[str]) -> dict[str, int]:
-    rows = tx.execute(
-        f"SELECT name, max_attempts FROM queues WHERE {b.member('name', 'names')}"
-        " AND max_attempts IS NOT NULL",
-        {"names": b.list_param(sorted(queues))},
-    )
-    return {r["name"]: int(r["max_attempts"]) for r in rows}
 
 
 def insert_runs(
@@ -58,9 +51,7 @@ def insert_runs(
         queues=[n.queue for n in batch if n.queue not in known.queues],
         now=now,
     )
-    pauses = ready.load_pauses(tx)
-    undecided = {n.queue for n in batch if n.max_attempts is None}
-    defaults = _default_attempts(tx, b, undecided) if undecided else {}
+    pauses: list[Pause] | None = None  # read once a run says a pause exists
     out: list[tuple[Row, bool]] = []
     became_ready: list[Row] = []
     events: list[dict[str, Any]] = []
@@ -76,18 +67,15 @@ def insert_runs(
             "input": dumps(new.input, "run input"),
             "labels": dumps(new.labels, "labels"),
             "idempotency_key": new.idempotency_key,
-            "max_attempts": new.max_attempts or defaults.get(new.queue) or 1,
+            "max_attempts": new.max_attempts,  # None: the queue's default, else 1
+            "queue_name": new.queue,  # another name: PostgreSQL types each use of a parameter
             "timeout": new.timeout,
             "retry_of": new.retry_of,
             "request_hash": new.request_hash,
             "available_at": available,
             "now": now,
         }
-        state = (
-            RunState.DELAYED
-            if available > now
-            else ready.waiting_state({**params, "labels": new.labels}, pauses)
-        )
+        state = RunState.DELAYED if available > now else RunState.QUEUED
         rows = tx.execute(_INSERT_RUN, {**params, "state": state.value})
         if not rows:
             existing = tx.execute(
@@ -97,6 +85,14 @@ def insert_runs(
             out.append((existing[0], False))
             continue
         row = rows[0]
+        if state is RunState.QUEUED and row["pauses"]:
+            pauses = ready.load_pauses(tx) if pauses is None else pauses
+            if ready.waiting_state(row, pauses) is RunState.PAUSED:
+                state = RunState.PAUSED
+                row = tx.execute(
+                    "UPDATE runs SET state = 'paused' WHERE seq = :seq RETURNING *",
+                    {"seq": row["seq"]},
+                )[0]
         events.append(event_params(row["id"], state, reason or _REASONS[state], now))
         if state is RunState.QUEUED:
             became_ready.append({**row, "max_active": new.session_concurrency})

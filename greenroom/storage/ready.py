@@ -62,24 +62,20 @@ def refresh_lanes(tx: Tx, keys: Sequence[tuple[str, str]], active_delta: int = 0
         )
 
 
-# A tenant that starts to compete (new, or back from idle) starts at the lowest pass of the
-# tenants already competing: no burst for the time it was away.
-_CATCH_UP_PASS = (
-    "UPDATE tenants SET pass = (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0"
-    " AND o.name <> :tenant) WHERE name = :tenant AND ready = 0 AND pass < (SELECT MIN(o.pass)"
-    " FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
+# Ready counts move on; a tenant that starts to compete (new, or back from idle) starts at the
+# lowest pass of the tenants already competing: no burst for the time it was away.
+_TENANT_READY = (
+    "UPDATE tenants SET ready = ready + :n, pass = CASE WHEN :n > 0 AND ready = 0"
+    " AND pass < (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
+    " THEN (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
+    " ELSE pass END WHERE name = :tenant"
 )
 
 
 def _tenant_ready(tx: Tx, counts: Counter[str]) -> None:
     for tenant in sorted(counts):
-        if counts[tenant] > 0:
-            tx.execute(_CATCH_UP_PASS, {"tenant": tenant})
         if counts[tenant]:
-            tx.execute(
-                "UPDATE tenants SET ready = ready + :n WHERE name = :tenant",
-                {"n": counts[tenant], "tenant": tenant},
-            )
+            tx.execute(_TENANT_READY, {"n": counts[tenant], "tenant": tenant})
 
 
 def enter_ready(tx: Tx, rows: Sequence[Row]) -> None:
