@@ -6,22 +6,39 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from greenroom.model import NewRun, Pause, RunState
+from greenroom.model import NewRun, RunState
 from greenroom.storage import ready
-from greenroom.storage.backend import Backend, Row, Tx
-from greenroom.storage.base import event_params, insert_events
+from greenroom.storage.backend import Backend, Column, Row, Tx
+from greenroom.storage.base import ROWS_CHUNK, event_params, insert_events
 from greenroom.storage.codec import dumps
 
-_RUN_COLUMNS = (
-    "id, tenant, workflow, queue, session_key, state, priority, input, labels, idempotency_key,"
-    " attempt, max_attempts, timeout, stalls, cancel_requested, pause_requested, retry_of,"
-    " request_hash, lease_token, available_at, created_at, updated_at"
-)
-_INSERT_RUN = (
-    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (:id, :tenant, :workflow, :queue, :session_key,"
-    " :state, :priority, :input, :labels, :idempotency_key, 1, COALESCE(:max_attempts,"
-    " (SELECT q.max_attempts FROM queues q WHERE q.name = :queue_name), 1), :timeout, 0, false,"
-    " false, :retry_of, :request_hash, 0, :available_at, :now, :now)"
+_NEW_COLUMNS: list[Column] = [
+    ("id", "text"),
+    ("tenant", "text"),
+    ("workflow", "text"),
+    ("queue", "text"),
+    ("session_key", "text"),
+    ("state", "text"),
+    ("priority", "integer"),
+    ("input", "text"),
+    ("labels", "text"),
+    ("idempotency_key", "text"),
+    ("max_attempts", "integer"),
+    ("timeout", "double precision"),
+    ("retry_of", "text"),
+    ("request_hash", "text"),
+    ("available_at", "double precision"),
+]
+_NEW_NAMES = ", ".join(name for name, _ in _NEW_COLUMNS)
+_INSERT_RUNS = (
+    "INSERT INTO runs (id, tenant, workflow, queue, session_key, state, priority, input, labels,"
+    " idempotency_key, attempt, max_attempts, timeout, stalls, cancel_requested,"
+    " pause_requested, retry_of, request_hash, lease_token, available_at, created_at,"
+    " updated_at) SELECT id, tenant, workflow, queue, session_key, state, priority, input,"
+    " labels, idempotency_key, 1, COALESCE(max_attempts, (SELECT q.max_attempts FROM queues q"
+    " WHERE q.name = w.queue), 1), timeout, 0, false, false, retry_of, request_hash, 0,"
+    # WHERE true: SQLite needs it to read ON CONFLICT as the upsert clause.
+    " available_at, :now, :now FROM w WHERE true"
     " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
     # Whether any pause exists, in the same round trip (there rarely is one).
     " RETURNING *, (SELECT COUNT(*) FROM pauses) AS pauses"
@@ -51,48 +68,27 @@ def insert_runs(
         queues=[n.queue for n in batch if n.queue not in known.queues],
         now=now,
     )
-    pauses: list[Pause] | None = None  # read once a run says a pause exists
+    new_rows = [_new_row(new, now) for new in batch]
+    inserted: dict[str, Row] = {}
+    for start in range(0, len(new_rows), ROWS_CHUNK):
+        params: dict[str, Any] = {"now": now}
+        rows = tx.rows(_NEW_COLUMNS, new_rows[start : start + ROWS_CHUNK], params)
+        for row in tx.execute(f"WITH w({_NEW_NAMES}) AS ({rows}) {_INSERT_RUNS}", params):
+            inserted[row["id"]] = row
+    held = _held_by_pauses(tx, [r for r in inserted.values() if r["state"] == "queued"])
     out: list[tuple[Row, bool]] = []
     became_ready: list[Row] = []
     events: list[dict[str, Any]] = []
-    for new in batch:
-        available = new.available_at if new.available_at is not None else now
-        params = {
-            "id": str(uuid.uuid4()),
-            "tenant": new.tenant,
-            "workflow": new.workflow,
-            "queue": new.queue,
-            "session_key": new.session_key,
-            "priority": new.priority,
-            "input": dumps(new.input, "run input"),
-            "labels": dumps(new.labels, "labels"),
-            "idempotency_key": new.idempotency_key,
-            "max_attempts": new.max_attempts,  # None: the queue's default, else 1
-            "queue_name": new.queue,  # another name: PostgreSQL types each use of a parameter
-            "timeout": new.timeout,
-            "retry_of": new.retry_of,
-            "request_hash": new.request_hash,
-            "available_at": available,
-            "now": now,
-        }
-        state = RunState.DELAYED if available > now else RunState.QUEUED
-        rows = tx.execute(_INSERT_RUN, {**params, "state": state.value})
-        if not rows:
+    for new, values in zip(batch, new_rows, strict=True):
+        if values["id"] not in inserted:  # its idempotency key was used: the run that has it
             existing = tx.execute(
-                "SELECT * FROM runs WHERE tenant = :tenant AND idempotency_key = :idempotency_key",
-                params,
+                "SELECT * FROM runs WHERE tenant = :tenant AND idempotency_key = :key",
+                {"tenant": new.tenant, "key": new.idempotency_key},
             )
             out.append((existing[0], False))
             continue
-        row = rows[0]
-        if state is RunState.QUEUED and row["pauses"]:
-            pauses = ready.load_pauses(tx) if pauses is None else pauses
-            if ready.waiting_state(row, pauses) is RunState.PAUSED:
-                state = RunState.PAUSED
-                row = tx.execute(
-                    "UPDATE runs SET state = 'paused' WHERE seq = :seq RETURNING *",
-                    {"seq": row["seq"]},
-                )[0]
+        row = held.get(values["id"]) or inserted[values["id"]]
+        state = RunState(row["state"])
         events.append(event_params(row["id"], state, reason or _REASONS[state], now))
         if state is RunState.QUEUED:
             became_ready.append({**row, "max_active": new.session_concurrency})
@@ -102,3 +98,41 @@ def insert_runs(
     for queue in sorted({r["queue"] for r in became_ready}):
         b.notify(tx, queue)
     return out
+
+
+def _new_row(new: NewRun, now: float) -> dict[str, Any]:
+    available = new.available_at if new.available_at is not None else now
+    return {
+        "id": str(uuid.uuid4()),
+        "tenant": new.tenant,
+        "workflow": new.workflow,
+        "queue": new.queue,
+        "session_key": new.session_key,
+        "state": (RunState.DELAYED if available > now else RunState.QUEUED).value,
+        "priority": new.priority,
+        "input": dumps(new.input, "run input"),
+        "labels": dumps(new.labels, "labels"),
+        "idempotency_key": new.idempotency_key,
+        "max_attempts": new.max_attempts,  # None: the queue's default, else 1
+        "timeout": new.timeout,
+        "retry_of": new.retry_of,
+        "request_hash": new.request_hash,
+        "available_at": available,
+    }
+
+
+def _held_by_pauses(tx: Tx, rows: list[Row]) -> dict[str, Row]:
+    """New ready runs that a pause holds, made `paused`; by id."""
+    if not any(r["pauses"] for r in rows):
+        return {}
+    pauses = ready.load_pauses(tx)
+    held = [r for r in rows if ready.waiting_state(r, pauses) is RunState.PAUSED]
+    if not held:
+        return {}
+    paused: dict[str, Row] = {}
+    for r in held:
+        (updated,) = tx.execute(
+            "UPDATE runs SET state = 'paused' WHERE seq = :seq RETURNING *", {"seq": r["seq"]}
+        )
+        paused[updated["id"]] = updated
+    return paused
