@@ -28,15 +28,16 @@ _sql = lru_cache(maxsize=512)(pyformat)
 class _PostgresTx(Tx):
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self._conn = conn
+        self._cursor = conn.cursor()  # one for the transaction's statements
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
-        cur = self._conn.execute(_sql(sql), params or {})
+        cur = self._cursor.execute(_sql(sql), params or {})
         # pgresult's status is cheaper than cur.description, which builds column objects.
         result = cur.pgresult
         return cur.fetchall() if result is not None and result.status == TUPLES_OK else []
 
     def execute_count(self, sql: str, params: dict[str, Any] | None = None) -> int:
-        return self._conn.execute(_sql(sql), params or {}).rowcount
+        return self._cursor.execute(_sql(sql), params or {}).rowcount
 
     def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
         with self._conn.cursor() as cur:
