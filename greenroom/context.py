@@ -62,10 +62,14 @@ class RunContext:
         writer: RunWriter,
         history: list[StepRecord],
         lease_valid_until: Callable[[], float],
+        await_checkpoints: bool = False,
     ) -> None:
         self._lease = lease
         self._store = store
         self._writer = writer
+        #: Wait for each checkpoint's commit before going on (else the next step, or the end,
+        #: does): for a run whose process can be killed with no end to carry its checkpoint.
+        self._await_checkpoints = await_checkpoints
         #: The last checkpoint handed to the writer, until the next step waits for its commit.
         self._saving: tuple[Checkpoint, asyncio.Future[None]] | None = None
         self._history = {s.position: s for s in history}
@@ -221,7 +225,7 @@ class RunContext:
                     await clock.sleep(delay)
                     continue
                 self.failed_step = defn.name
-                self._checkpoint(
+                await self._checkpoint(
                     position=position,
                     name=defn.name,
                     status=StepStatus.FAILED,
@@ -239,7 +243,7 @@ class RunContext:
                 raise
             if self.browser is not None:
                 await self.browser.step_completed(position, defn.name)
-            self._checkpoint(
+            await self._checkpoint(
                 position=position,
                 name=defn.name,
                 status=StepStatus.COMPLETED,
@@ -251,9 +255,11 @@ class RunContext:
             self.steps_executed += 1
             return json.loads(encoded)  # type: ignore[no-any-return]
 
-    def _checkpoint(self, **fields: Any) -> None:
-        checkpoint = Checkpoint(lease=self._lease, **fields)
+    async def _checkpoint(self, **fields: Any) -> None:
+        checkpoint = Checkpoint(lease=self._lease, finished_at=self._store.clock.now(), **fields)
         self._saving = (checkpoint, self._writer.checkpoint(checkpoint))
+        if self._await_checkpoints:
+            await self.saved()
 
     async def saved(self) -> None:
         """Wait until the last step's checkpoint is committed (LeaseLost if it was refused)."""

@@ -63,6 +63,7 @@ def checkpoint(
     error: dict[str, Any] | None = None,
     name: str | None = None,
     started_at: float = 0.0,
+    finished_at: float = 0.0,
 ) -> Checkpoint:
     return Checkpoint(
         lease=lease,
@@ -73,6 +74,7 @@ def checkpoint(
         error=error,
         attempts=1,
         started_at=started_at,
+        finished_at=finished_at,
     )
 
 
@@ -409,7 +411,9 @@ def test_an_end_commits_its_checkpoint_with_it(store: RunStore, clock: ManualClo
     run = enqueue(store)
     (lease,) = claim(store)
     clock.advance(2)
-    carried = checkpoint(lease, 0, {"rows": 3}, started_at=clock.now() - 1)
+    carried = checkpoint(
+        lease, 0, {"rows": 3}, started_at=clock.now() - 1, finished_at=clock.now() - 0.5
+    )
     written = store.write(
         [],
         [
@@ -428,9 +432,9 @@ def test_an_end_commits_its_checkpoint_with_it(store: RunStore, clock: ManualClo
         StepStatus.COMPLETED,
         {"rows": 3},
         clock.now() - 1,
-        clock.now(),
+        clock.now() - 0.5,  # when the step completed, not when its checkpoint committed
     )
-    assert store.get_run(run.id).finished_at == record.finished_at
+    assert store.get_run(run.id).finished_at == clock.now()
 
 
 def test_an_end_that_cannot_be_written_leaves_its_checkpoint_unwritten(
@@ -467,7 +471,7 @@ def test_a_completed_step_is_never_overwritten(store: RunStore, clock: ManualClo
         [
             checkpoint(lease, 0, "second", name="renamed"),
             checkpoint(lease, 1, status=StepStatus.FAILED, error=failure),
-            checkpoint(lease, 1, "retried ok"),
+            checkpoint(lease, 1, "retried ok", finished_at=clock.now()),
         ],
         [],
     )

@@ -289,13 +289,16 @@ def _account(
     stale = {(r["tenant"], r["session_key"]) for r in chosen if r["session_key"] is not None}
     refresh_lanes(tx, sorted(stale - set(leased)))
     per_queue = Counter(r["queue"] for r in rows)
-    slots = Counter(r["queue"] for r in rows if r["holds_queue_slot"])
     for queue in sorted(per_queue):
-        if slots[queue]:
-            tx.execute(
-                "UPDATE queues SET active = active + :n WHERE name = :queue",
-                {"n": slots[queue], "queue": queue},
-            )
+        # Counted where the limit stands now: a limit set after this claim read the queue
+        # (unlocked, as it was unlimited) counts these runs too.
+        counted = tx.execute(
+            "UPDATE queues SET active = active + :n WHERE name = :queue"
+            " AND concurrency IS NOT NULL RETURNING name",
+            {"n": per_queue[queue], "queue": queue},
+        )
+        if counted and queue not in plan.limited:
+            _hold_slots(tx, b, "queue", [r for r in rows if r["queue"] == queue])
         if queue in plan.rate_periods:
             tx.execute_many(
                 "INSERT INTO queue_starts (queue, at) VALUES (:queue, :now)",
@@ -309,16 +312,21 @@ def _account(
             {"queue": queue, "before": now - period - START_RECORD_MARGIN},
         )
     per_tenant = Counter(r["tenant"] for r in rows)
-    tenant_slots = Counter(r["tenant"] for r in rows if r["holds_tenant_slot"])
-    passes = {t.name: t.pass_ for t in tenants if t.taken}
-    for tenant in sorted(passes):
+    for t in sorted((t for t in tenants if t.taken), key=lambda t: t.name):
+        # Relative moves: a claim that waited for a queue lock may have read an older pass.
+        (row,) = tx.execute(
+            "UPDATE tenants SET pass = pass + :advance, ready = ready - :n,"
+            " active = active + CASE WHEN concurrency IS NULL THEN 0 ELSE :n END"
+            " WHERE name = :tenant RETURNING concurrency",
+            {"advance": t.taken / t.weight, "n": per_tenant[t.name], "tenant": t.name},
+        )
+        if row["concurrency"] is not None and not t.limited:  # a limit set meanwhile
+            _hold_slots(tx, b, "tenant", [r for r in rows if r["tenant"] == t.name])
+
+
+def _hold_slots(tx: Tx, b: Backend, kind: str, rows: list[Row]) -> None:
+    if rows:
         tx.execute(
-            "UPDATE tenants SET pass = :pass, ready = ready - :n, active = active + :slots"
-            " WHERE name = :tenant",
-            {
-                "pass": passes[tenant],
-                "n": per_tenant[tenant],
-                "slots": tenant_slots[tenant],
-                "tenant": tenant,
-            },
+            f"UPDATE runs SET holds_{kind}_slot = true WHERE {b.member('seq', 'seqs')}",
+            {"seqs": b.list_param([r["seq"] for r in rows])},
         )

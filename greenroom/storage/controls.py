@@ -8,7 +8,7 @@ from typing import Any
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState, TenantInfo
 from greenroom.storage import ready
-from greenroom.storage.backend import Row, Tx
+from greenroom.storage.backend import Backend, Row, Tx
 from greenroom.storage.base import (
     StoreBase,
     event_params,
@@ -130,6 +130,8 @@ class Controls(StoreBase):
             raise InvalidInput("queue name must be 1 to 200 characters")
         now = self.clock.now()
         with self.backend.transaction() as tx:
+            if "concurrency" in changes:
+                _lock_running(tx, self.backend, "queue", name)
             ready.ensure_records(tx, tenants=[], queues=[name], now=now)
             current = tx.execute(
                 f"SELECT * FROM queues WHERE name = :name {self.backend.for_update}",
@@ -181,6 +183,8 @@ class Controls(StoreBase):
             raise InvalidInput("concurrency must be at least 1")
         now = self.clock.now()
         with self.backend.transaction() as tx:
+            if concurrency is not None or clear_concurrency:
+                _lock_running(tx, self.backend, "tenant", name)
             ready.ensure_records(tx, tenants=[name], queues=[], now=now)
             changes: dict[str, Any] = {}
             if weight is not None:
@@ -382,6 +386,16 @@ def _new_pause(
         drain=drain,
         paused_by=actor,
         reason=reason,
+    )
+
+
+def _lock_running(tx: Tx, b: Backend, kind: str, name: str) -> None:
+    """Lock a queue's or tenant's running runs before its row, in id order, as a worker's
+    writes do (runs, then the queue and tenant rows they give slots back to)."""
+    tx.execute(
+        f"SELECT id FROM runs WHERE {kind} = :name AND state = 'running' ORDER BY id"
+        f" {b.for_update}",
+        {"name": name},
     )
 
 

@@ -26,9 +26,9 @@ _sql = lru_cache(maxsize=512)(pyformat)
 
 
 class _PostgresTx(Tx):
-    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+    def __init__(self, conn: psycopg.Connection[Row], cursor: psycopg.Cursor[Row]) -> None:
         self._conn = conn
-        self._cursor = conn.cursor()  # one for the transaction's statements
+        self._cursor = cursor  # one for the transaction's statements
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
         cur = self._cursor.execute(_sql(sql), params or {})
@@ -112,8 +112,8 @@ class PostgresBackend(Backend):
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Tx]:
-        with self._pool.connection() as conn, conn.transaction():
-            yield _PostgresTx(conn)
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield _PostgresTx(conn, cursor)
 
     def sqlalchemy_url(self) -> str:
         return "postgresql+psycopg://" + self.url.split("://", 1)[1]

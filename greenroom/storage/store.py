@@ -48,8 +48,6 @@ from greenroom.storage.enqueue import insert_runs
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.writes import Checkpoint, End, Written
 
-_EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
-
 
 @dataclass(frozen=True, kw_only=True)
 class Heartbeat:
@@ -204,6 +202,7 @@ class RunStore(Controls, Admin, Sessions, Accounts):
             error=error,
             attempts=attempts,
             started_at=started_at,
+            finished_at=self.clock.now(),
         )
         if self.write([checkpoint], []).refused:
             raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")

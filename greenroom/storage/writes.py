@@ -56,6 +56,7 @@ class Checkpoint:
     error: dict[str, Any] | None
     attempts: int
     started_at: float
+    finished_at: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,7 +99,7 @@ def _fence(tx: Tx, b: Backend, leases: Sequence[Lease]) -> dict[str, Row]:
     return {r["id"]: r for r in found}
 
 
-def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint], now: float) -> None:
+def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint]) -> None:
     # One row per step (a statement may not touch a row twice); the last write of a step wins.
     latest = {(c.lease.run.id, c.position): c for c in checkpoints}
     params: dict[str, Any] = {}
@@ -115,7 +116,7 @@ def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint], now: float) -> None:
                 "attempts": c.attempts,
                 "lease_token": c.lease.token,
                 "started_at": c.started_at,
-                "finished_at": now,
+                "finished_at": c.finished_at,
             }
             for c in latest.values()
         ],
@@ -188,7 +189,7 @@ def write(
     checkpoints = [c for c in checkpoints if (c.lease.run.id, c.lease.token) not in refused]
     ends = [e for e in ends if (e.lease.run.id, e.lease.token) not in refused]
     if checkpoints:
-        _save_steps(tx, checkpoints, now)
+        _save_steps(tx, checkpoints)
     if not ends:
         return Written(refused=refused, states={})
     rows = _end_runs(tx, ends, now)
@@ -220,18 +221,23 @@ def write(
         ready.enter_ready(tx, released)
         for queue in sorted({r["queue"] for r in released}):
             b.notify(tx, queue)
-    for r in rows:
-        error = by_id[r["id"]].error
-        if states[r["id"]] is RunState.FAILED and error is not None:
-            _record_error(tx, r, error, now)
+    failed = [(r, by_id[r["id"]].error) for r in rows if states[r["id"]] is RunState.FAILED]
+    groups = sorted((r["tenant"], _group(e), r["seq"], r, e) for r, e in failed if e is not None)
+    for _, group, _, r, e in groups:  # in key order: concurrent batches never deadlock on them
+        _record_error(tx, r, e, group, now)
     return Written(refused=refused, states=states)
 
 
-def _record_error(tx: Tx, run: Row, error: dict[str, Any], now: float) -> None:
-    """Count a run's final failure in its error group (type + normalized message + step)."""
-    group = error.get("fingerprint") or fingerprint(
-        str(error.get("type")), str(error.get("message")), error.get("step")
+def _group(error: dict[str, Any]) -> str:
+    """A failure's error group: type + normalized message + step."""
+    return str(
+        error.get("fingerprint")
+        or fingerprint(str(error.get("type")), str(error.get("message")), error.get("step"))
     )
+
+
+def _record_error(tx: Tx, run: Row, error: dict[str, Any], group: str, now: float) -> None:
+    """Count a run's final failure in its error group."""
     tx.execute(
         "INSERT INTO error_groups (tenant, fingerprint, workflow, step, type, message,"
         " error_class, occurrences, first_seen, last_seen, last_run_id) VALUES (:tenant,"

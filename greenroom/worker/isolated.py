@@ -232,6 +232,7 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
             writer=RunWriter(store, db),
             history=store.steps(run.id),
             lease_valid_until=lambda: messages.valid_until,  # renewed by the worker
+            await_checkpoints=True,  # the worker may kill this process group at any moment
         )
         ctx.browser = runtime.for_run(lease, store, db, ctx.log)
         ctx.credentials_source = credentials_source(ctx, app, store, runtime, db)
@@ -242,7 +243,6 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
         try:
             output = await wf.fn(ctx, **run.input)
             encoded = dumps(output, f"output of workflow {wf.name!r}")
-            await ctx.saved()  # the worker writes the end: the last checkpoint goes first
             await ctx.browser.run_completed()
             return {"kind": "succeeded", "output": encoded}
         except RunPaused:
@@ -251,10 +251,6 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
             return {"kind": "lost"}
         except Exception as exc:
             await ctx.browser.run_failed(exc)
-            try:
-                await ctx.saved()  # the failed step's record
-            except LeaseLost:
-                return {"kind": "lost"}
             return {
                 "kind": "failed",
                 "error": _pickled(exc),

@@ -357,9 +357,11 @@ class Worker:
         except Exception as exc:
             self.log.exception("could not record the end of a run", run_id=run.id, error=str(exc))
         finally:
-            active = self._active.pop(run.id, None)
-            if active is not None and active.ctx is not None and active.ctx.browser is not None:
-                await active.ctx.browser.close()
+            active = self._active.get(run.id)
+            if active is not None and active.task is asyncio.current_task():
+                del self._active[run.id]  # not a later lease of the same run, claimed meanwhile
+                if active.ctx is not None and active.ctx.browser is not None:
+                    await active.ctx.browser.close()
             self._wake.set()
 
     async def _execute_run(self, lease: Lease) -> None:

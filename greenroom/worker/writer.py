@@ -56,21 +56,25 @@ class RunWriter:
         ends = [w for w, _ in batch if isinstance(w, End)]
         try:
             written = await self._db(self._store.write, checkpoints, ends)
-        except Exception as exc:
             for write, future in batch:
-                self._fail(write, future, exc)
-            return
-        for write, future in batch:
-            lease = write.lease
-            if (lease.run.id, lease.token) in written.refused:
-                refused = LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
-                self._fail(write, future, refused)
-            elif future.done():  # its caller stopped waiting (cancelled)
-                continue
-            elif isinstance(write, End):
-                future.set_result(written.states[lease.run.id])
-            else:
-                future.set_result(None)
+                lease = write.lease
+                if (lease.run.id, lease.token) in written.refused:
+                    lost = LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
+                    self._fail(write, future, lost)
+                elif future.done():  # its caller stopped waiting (cancelled)
+                    continue
+                elif isinstance(write, End):
+                    future.set_result(written.states[lease.run.id])
+                else:
+                    future.set_result(None)
+        except BaseException as exc:  # nobody may wait forever, whatever happened
+            failure = (
+                exc if isinstance(exc, Exception) else RuntimeError(f"writer stopped: {exc!r}")
+            )
+            for write, future in batch:
+                self._fail(write, future, failure)
+            if not isinstance(exc, Exception):
+                raise
 
     @staticmethod
     def _fail(write: Checkpoint | End, future: asyncio.Future[Any], exc: Exception) -> None:
