@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 
+from greenroom import ManualClock
+from greenroom.storage import RunStore, open_store
+
 PG_ADMIN_URL = os.environ.get("GREENROOM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("GREENROOM_REQUIRE_POSTGRES") == "1"
 
@@ -74,6 +77,19 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(db_url: str, clock: ManualClock) -> Iterator[RunStore]:
+    """A store on the test's database, on a manual clock."""
+    s = open_store(db_url, clock=clock)
+    yield s
+    s.backend.close()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from greenroom import (
 )
 from greenroom.diagnostics import ErrorClass, TransientError, classify, describe_error
 from greenroom.model import Lease, NewRun, Run
-from greenroom.storage import RunFilter, RunStore, open_store
+from greenroom.storage import RunFilter, RunStore
 
 ACTOR = "admin@example.com"
 ONCE = RetryPolicy(max_attempts=1)
@@ -148,18 +148,6 @@ async def test_a_retry_of_a_retry_links_the_chain(app: App) -> None:
 
 
 # -- store-level admin (manual clock) --------------------------------------------------------
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def store(db_url: str, clock: ManualClock) -> Iterator[RunStore]:
-    s = open_store(db_url, clock=clock)
-    yield s
-    s.backend.close()
 
 
 def enqueue(store: RunStore, workflow: str = "sync", **kw: Any) -> Run:

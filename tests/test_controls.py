@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,18 +18,6 @@ from greenroom.storage import claim as claim_module
 
 LEASE = 30.0
 ACTOR = "ops@example.com"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def store(db_url: str, clock: ManualClock) -> Iterator[RunStore]:
-    s = open_store(db_url, clock=clock)
-    yield s
-    s.backend.close()
 
 
 def enqueue(store: RunStore, workflow: str = "wf", **kw: Any) -> Run:

@@ -34,18 +34,6 @@ LEASE = 10.0
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def store(db_url: str, clock: ManualClock) -> Iterator[RunStore]:
-    s = open_store(db_url, clock=clock)
-    yield s
-    s.backend.close()
-
-
-@pytest.fixture
 def app(db_url: str, clock: ManualClock) -> Iterator[App]:
     a = App(db=db_url, clock=clock)
 

@@ -7,7 +7,7 @@ import asyncio
 import gc
 import json
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +18,7 @@ from greenroom import LeaseLost, ManualClock, RunContext, RunState, StepStatus, 
 from greenroom.diagnostics import fingerprint
 from greenroom.errors import NotSerializable
 from greenroom.model import Lease, NewRun, Run
-from greenroom.storage import RunStore, open_store
+from greenroom.storage import RunStore
 from greenroom.storage.writes import Checkpoint, End, Written
 from greenroom.worker.writer import RunWriter
 
@@ -26,18 +26,6 @@ LEASE = 10.0
 ACTOR = "ops@example.com"
 #: The error fields a timeline event keeps (not the traceback).
 EVENT_KEYS = ("type", "message", "step", "attempt", "class")
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def store(db_url: str, clock: ManualClock) -> Iterator[RunStore]:
-    s = open_store(db_url, clock=clock)
-    yield s
-    s.backend.close()
 
 
 def enqueue(store: RunStore, workflow: str = "wf", **kw: Any) -> Run:
