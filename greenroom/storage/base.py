@@ -20,11 +20,6 @@ T = TypeVar("T")
 #: Rows in one multi-row statement, at most (databases cap the parameters of a statement).
 ROWS_CHUNK = 500
 CONFLICT_RETRIES = 5
-#: What ending a lease resets (the slots it held are given back by ready.leave_running).
-CLEAR_LEASE = (
-    "lease_owner = NULL, lease_expires_at = NULL, pause_requested = false,"
-    " holds_queue_slot = false, holds_tenant_slot = false"
-)
 
 
 def retry_conflicts(method: Callable[P, T]) -> Callable[P, T]:
@@ -71,6 +66,7 @@ _EVENT_COLUMNS: list[Column] = [
     ("detail", "text"),
 ]
 _EVENT_NAMES = ", ".join(name for name, _ in _EVENT_COLUMNS)
+_FENCE_COLUMNS: list[Column] = [("run_id", "text"), ("token", "bigint")]
 
 
 def insert_events(tx: Tx, events: Sequence[dict[str, Any]]) -> None:
@@ -83,6 +79,23 @@ def insert_events(tx: Tx, events: Sequence[dict[str, Any]]) -> None:
             f" INSERT INTO run_events ({_EVENT_NAMES}) SELECT {_EVENT_NAMES} FROM w",
             params,
         )
+
+
+def fence(tx: Tx, b: Backend, leases: Sequence[Lease]) -> dict[str, Row]:
+    """Every write a worker makes for a run first proves it still holds the run's lease: lock
+    the runs still leased with these tokens, in id order (heartbeats lock in the same order, so
+    the two never deadlock); by id, what their end gives back (lane and slots)."""
+    params: dict[str, Any] = {}
+    rows = tx.rows(_FENCE_COLUMNS, [{"run_id": x.run.id, "token": x.token} for x in leases], params)
+    lock = f"{b.for_update} OF r" if b.for_update else ""
+    found = tx.execute(
+        f"WITH w(run_id, token) AS ({rows}) SELECT r.id, r.lease_token AS token, r.tenant,"
+        " r.queue, r.session_key, r.holds_queue_slot, r.holds_tenant_slot FROM runs r"
+        " JOIN w ON r.id = w.run_id AND r.lease_token = w.token WHERE r.state = 'running'"
+        f" ORDER BY r.id {lock}",
+        params,
+    )
+    return {r["id"]: r for r in found}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,14 +134,9 @@ class StoreBase:
     ) -> None:
         insert_events(tx, [event_params(run_id, state, reason, at, worker_id, detail)])
 
-    def _fence(self, tx: Tx, lease: Lease, now: float) -> None:
-        """Every write a worker makes for a run first proves it still holds the run's lease."""
-        changed = tx.execute_count(
-            "UPDATE runs SET updated_at = :now WHERE id = :id AND lease_token = :token"
-            " AND state = 'running'",
-            {"now": now, "id": lease.run.id, "token": lease.token},
-        )
-        if changed != 1:
+    def _fence(self, tx: Tx, lease: Lease) -> None:
+        """A write a worker makes for one run first proves it still holds the run's lease."""
+        if not fence(tx, self.backend, [lease]):
             raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
 
     def _select_run(self, tx: Tx, run_id: str, tenant: str | None, lock: str = "") -> Row:

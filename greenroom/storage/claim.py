@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 
 from greenroom.model import RunState
 from greenroom.storage.backend import Backend, Row, Tx
-from greenroom.storage.base import CLEAR_LEASE, event_params, insert_events
+from greenroom.storage.base import event_params, insert_events
 from greenroom.storage.ready import (
     LANE_HEAD,
+    hold_paused,
     leave_ready,
-    load_pauses,
     refresh_lanes,
-    waiting_state,
 )
 
 #: How many ready tenants one claim looks at, at most.
@@ -203,7 +202,7 @@ def claim(
         lease_seconds=lease_seconds,
         now=now,
     )
-    rows, held = _hold_paused(tx, rows, now)
+    rows, held = _hold_paused(tx, b, rows, now)
     _account(tx, b, chosen, rows, plan, tenants, now=now)
     leave_ready(tx, held)
     insert_events(
@@ -213,19 +212,14 @@ def claim(
     return sorted(rows, key=lambda r: (-r["priority"], r["seq"]))
 
 
-def _hold_paused(tx: Tx, rows: list[Row], now: float) -> tuple[list[Row], list[Row]]:
+def _hold_paused(tx: Tx, b: Backend, rows: list[Row], now: float) -> tuple[list[Row], list[Row]]:
     """A run enqueued while its pause was being created can still be ready: never start it."""
     if not any(r["pauses"] for r in rows):
         return rows, []
-    pauses = load_pauses(tx)
-    held = [r for r in rows if pauses and waiting_state(r, pauses) is RunState.PAUSED]
-    for row in held:
-        tx.execute(
-            f"UPDATE runs SET state = 'paused', {CLEAR_LEASE} WHERE seq = :seq",
-            {"seq": row["seq"]},
-        )
+    held = hold_paused(tx, b, rows)
     insert_events(tx, [event_params(r["id"], RunState.PAUSED, "paused", now) for r in held])
-    return [r for r in rows if r not in held], held
+    seqs = {r["seq"] for r in held}
+    return [r for r in rows if r["seq"] not in seqs], held
 
 
 def _lease(

@@ -75,7 +75,10 @@ def insert_runs(
         rows = tx.rows(_NEW_COLUMNS, new_rows[start : start + ROWS_CHUNK], params)
         for row in tx.execute(f"WITH w({_NEW_NAMES}) AS ({rows}) {_INSERT_RUNS}", params):
             inserted[row["id"]] = row
-    held = _held_by_pauses(tx, [r for r in inserted.values() if r["state"] == "queued"])
+    ready_rows = [r for r in inserted.values() if r["state"] == RunState.QUEUED.value]
+    held = {}
+    if any(r["pauses"] for r in ready_rows):  # a pause exists: it may hold some of them
+        held = {r["id"]: r for r in ready.hold_paused(tx, b, ready_rows)}
     out: list[tuple[Row, bool]] = []
     became_ready: list[Row] = []
     events: list[dict[str, Any]] = []
@@ -119,20 +122,3 @@ def _new_row(new: NewRun, now: float) -> dict[str, Any]:
         "request_hash": new.request_hash,
         "available_at": available,
     }
-
-
-def _held_by_pauses(tx: Tx, rows: list[Row]) -> dict[str, Row]:
-    """New ready runs that a pause holds, made `paused`; by id."""
-    if not any(r["pauses"] for r in rows):
-        return {}
-    pauses = ready.load_pauses(tx)
-    held = [r for r in rows if ready.waiting_state(r, pauses) is RunState.PAUSED]
-    if not held:
-        return {}
-    paused: dict[str, Row] = {}
-    for r in held:
-        (updated,) = tx.execute(
-            "UPDATE runs SET state = 'paused' WHERE seq = :seq RETURNING *", {"seq": r["seq"]}
-        )
-        paused[updated["id"]] = updated
-    return paused

@@ -22,6 +22,11 @@ from typing import Any
 from greenroom.model import NewRun, Pause, PauseScope, RunState
 from greenroom.storage.backend import Backend, Row, Tx
 
+#: What ending a lease resets (the slots it held are given back by leave_running).
+CLEAR_LEASE = (
+    "lease_owner = NULL, lease_expires_at = NULL, pause_requested = false,"
+    " holds_queue_slot = false, holds_tenant_slot = false"
+)
 LANE_HEAD = (
     "(SELECT r.seq, r.priority, r.queue FROM runs r WHERE r.tenant = lanes.tenant"
     " AND r.session_key = lanes.session_key AND r.state = 'queued'"
@@ -159,6 +164,19 @@ def run_fields(row: Row) -> dict[str, Any]:
     """A row as pauses match it: labels decoded."""
     labels = row["labels"]
     return {**row, "labels": json.loads(labels) if isinstance(labels, str) else labels}
+
+
+def hold_paused(tx: Tx, b: Backend, rows: Sequence[Row]) -> list[Row]:
+    """Of these runs about to be ready (new, leased or handed back), those a pause holds, made
+    `paused` in one statement; as rows in their new state."""
+    pauses = load_pauses(tx)
+    held = [r for r in rows if pauses and waiting_state(r, pauses) is RunState.PAUSED]
+    if held:
+        tx.execute(
+            f"UPDATE runs SET state = 'paused', {CLEAR_LEASE} WHERE {b.member('seq', 'seqs')}",
+            {"seqs": b.list_param([r["seq"] for r in held])},
+        )
+    return [{**r, "state": RunState.PAUSED.value} for r in held]
 
 
 def waiting_state(row: Row, pauses: Sequence[Pause]) -> RunState:

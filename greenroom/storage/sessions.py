@@ -39,7 +39,7 @@ class Sessions(StoreBase):
             else " WHERE excluded.cookie_count > 0 OR browser_sessions.cookie_count = 0"
         )
         with self.backend.transaction() as tx:
-            self._fence(tx, lease, now)
+            self._fence(tx, lease)
             rows = tx.execute(
                 "INSERT INTO browser_sessions (tenant, session_key, version, key_id, state,"
                 " cookie_count, run_id, lease_token, saved_at) VALUES (:tenant, :key, 1,"
@@ -76,7 +76,7 @@ class Sessions(StoreBase):
         fencing token like a save; whether one existed."""
         run = lease.run
         with self.backend.transaction() as tx:
-            self._fence(tx, lease, self.clock.now())
+            self._fence(tx, lease)
             n = tx.execute_count(
                 "DELETE FROM browser_sessions WHERE tenant = :tenant AND session_key = :key",
                 {"tenant": run.tenant, "key": run.session_key},
@@ -92,7 +92,7 @@ class Sessions(StoreBase):
         run = lease.run
         now = self.clock.now()
         with self.backend.transaction() as tx:
-            self._fence(tx, lease, now)
+            self._fence(tx, lease)
             rows = tx.execute(
                 "INSERT INTO session_logins (tenant, session_key, run_id, lease_token, since)"
                 " VALUES (:tenant, :key, :run_id, :token, :now)"

@@ -27,7 +27,6 @@ from greenroom.storage.accounts import Accounts
 from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import (
-    CLEAR_LEASE,
     RunFilter,
     event_params,
     insert_events,
@@ -346,7 +345,7 @@ class RunStore(Controls, Admin, Sessions, Accounts):
                     state = ready.waiting_state(row, pauses)
                     reason = f"stalled: {why}"
                 updated = tx.execute(
-                    f"UPDATE runs SET state = :state, stalls = stalls + 1, {CLEAR_LEASE},"
+                    f"UPDATE runs SET state = :state, stalls = stalls + 1, {ready.CLEAR_LEASE},"
                     " error = COALESCE(:error, error), updated_at = :now,"
                     " finished_at = :finished_at WHERE seq = :seq RETURNING *",
                     {

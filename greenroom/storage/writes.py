@@ -15,11 +15,10 @@ from greenroom.diagnostics import fingerprint
 from greenroom.model import Lease, RunState, StepStatus
 from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Column, Row, Tx
-from greenroom.storage.base import CLEAR_LEASE, event_params, insert_events
+from greenroom.storage.base import event_params, fence, insert_events
 from greenroom.storage.codec import dumps
 
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
-_FENCE_COLUMNS: list[Column] = [("run_id", "text"), ("token", "bigint")]
 _STEP_COLUMNS: list[Column] = [
     ("run_id", "text"),
     ("position", "integer"),
@@ -83,22 +82,6 @@ class Written:
     states: dict[str, RunState]
 
 
-def _fence(tx: Tx, b: Backend, leases: Sequence[Lease]) -> dict[str, Row]:
-    """Lock the runs still leased with these tokens, in id order (heartbeats lock in the same
-    order, so the two never deadlock); by id, what their end gives back (lane and slots)."""
-    params: dict[str, Any] = {}
-    rows = tx.rows(_FENCE_COLUMNS, [{"run_id": x.run.id, "token": x.token} for x in leases], params)
-    lock = f"{b.for_update} OF r" if b.for_update else ""
-    found = tx.execute(
-        f"WITH w(run_id, token) AS ({rows}) SELECT r.id, r.lease_token AS token, r.tenant,"
-        " r.queue, r.session_key, r.holds_queue_slot, r.holds_tenant_slot FROM runs r"
-        " JOIN w ON r.id = w.run_id AND r.lease_token = w.token WHERE r.state = 'running'"
-        f" ORDER BY r.id {lock}",
-        params,
-    )
-    return {r["id"]: r for r in found}
-
-
 def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint]) -> None:
     # One row per step (a statement may not touch a row twice); the last write of a step wins.
     latest = {(c.lease.run.id, c.position): c for c in checkpoints}
@@ -160,7 +143,7 @@ def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> list[Row]:
         # A success clears the error of earlier attempts; their errors stay in the timeline.
         " error = CASE WHEN w.new_state = 'succeeded' THEN NULL"
         " ELSE COALESCE(w.new_error, runs.error) END,"
-        f" {CLEAR_LEASE}, updated_at = :now,"
+        f" {ready.CLEAR_LEASE}, updated_at = :now,"
         " attempt = CASE WHEN w.new_state = 'delayed' THEN runs.attempt + 1"
         " ELSE runs.attempt END,"
         " available_at = CASE WHEN w.new_state = 'delayed'"
@@ -184,7 +167,7 @@ def write(
     checkpoints = [*checkpoints, *(e.checkpoint for e in ends if e.checkpoint is not None)]
     writes: list[Checkpoint | End] = [*checkpoints, *ends]
     leases = {(w.lease.run.id, w.lease.token): w.lease for w in writes}
-    held = _fence(tx, b, list(leases.values())) if leases else {}
+    held = fence(tx, b, list(leases.values())) if leases else {}
     refused = {key for key in leases if key[0] not in held or held[key[0]]["token"] != key[1]}
     checkpoints = [c for c in checkpoints if (c.lease.run.id, c.lease.token) not in refused]
     ends = [e for e in ends if (e.lease.run.id, e.lease.token) not in refused]
@@ -197,16 +180,9 @@ def write(
     states = {r["id"]: by_id[r["id"]].state for r in rows}
     released = [r for r in rows if states[r["id"]] is RunState.QUEUED]
     if released:
-        pauses = ready.load_pauses(tx)
-        held_back = [r for r in released if ready.waiting_state(r, pauses) is RunState.PAUSED]
-        if held_back:
-            tx.execute(
-                f"UPDATE runs SET state = 'paused' WHERE {b.member('seq', 'seqs')}",
-                {"seqs": b.list_param([r["seq"] for r in held_back])},
-            )
-            for r in held_back:
-                states[r["id"]] = RunState.PAUSED
-            released = [r for r in released if states[r["id"]] is RunState.QUEUED]
+        for r in ready.hold_paused(tx, b, released):
+            states[r["id"]] = RunState.PAUSED
+        released = [r for r in released if states[r["id"]] is RunState.QUEUED]
     events = []
     for r in rows:
         end = by_id[r["id"]]
