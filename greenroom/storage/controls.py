@@ -320,7 +320,7 @@ class Controls(StoreBase):
                 )
             why = f"resumed ({pause.describe()}) by {actor}: {reason}"
             insert_events(tx, [event_params(r["id"], RunState.QUEUED, why, now) for r in rows])
-            ready.enter_ready(tx, rows)
+            ready.enter_ready(tx, b, rows)
             still_stopping = [p for p in others if not p.drain]
             for r in tx.execute(
                 f"SELECT * FROM runs WHERE state = 'running' AND pause_requested AND {where}",
@@ -331,8 +331,6 @@ class Controls(StoreBase):
                         "UPDATE runs SET pause_requested = false WHERE seq = :seq",
                         {"seq": r["seq"]},
                     )
-            for queue in sorted({r["queue"] for r in rows}):
-                b.notify(tx, queue)
             self._audit(
                 tx,
                 tenant=None if pause.tenant == ALL_TENANTS else pause.tenant,

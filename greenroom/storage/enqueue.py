@@ -97,9 +97,7 @@ def insert_runs(
             became_ready.append({**row, "max_active": new.session_concurrency})
         out.append((row, True))
     insert_events(tx, events)
-    ready.enter_ready(tx, became_ready)
-    for queue in sorted({r["queue"] for r in became_ready}):
-        b.notify(tx, queue)
+    ready.enter_ready(tx, b, became_ready)
     return out
 
 

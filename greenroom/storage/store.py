@@ -295,9 +295,7 @@ class RunStore(Controls, Admin, Sessions, Accounts):
                 insert_events(tx, [event_params(r["id"], state, reason, now) for r in rows])
                 if state is RunState.QUEUED:
                     became = rows
-            ready.enter_ready(tx, became)
-            for queue in sorted({r["queue"] for r in became}):
-                b.notify(tx, queue)
+            ready.enter_ready(tx, b, became)
         return len(due)
 
     @retry_conflicts
@@ -361,9 +359,7 @@ class RunStore(Controls, Admin, Sessions, Accounts):
                     became.append(updated)
                 (failed if state.finished else requeued).append(updated["id"])
             ready.leave_running(tx, stalled)
-            ready.enter_ready(tx, became)
-            for queue in sorted({r["queue"] for r in became}):
-                b.notify(tx, queue)
+            ready.enter_ready(tx, b, became)
         return Recovery(requeued=requeued, failed=failed, dead_workers=dead)
 
     def _queue_max_stalls(self, tx: Tx, queues: set[str]) -> dict[str, int]:

@@ -193,10 +193,7 @@ def write(
         )
     insert_events(tx, events)
     ready.leave_running(tx, [held[r["id"]] for r in rows])
-    if released:
-        ready.enter_ready(tx, released)
-        for queue in sorted({r["queue"] for r in released}):
-            b.notify(tx, queue)
+    ready.enter_ready(tx, b, released)
     failed = [(r, by_id[r["id"]].error) for r in rows if states[r["id"]] is RunState.FAILED]
     groups = sorted((r["tenant"], _group(e), r["seq"], r, e) for r, e in failed if e is not None)
     for _, group, _, r, e in groups:  # in key order: concurrent batches never deadlock on them
