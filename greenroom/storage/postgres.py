@@ -26,8 +26,7 @@ _sql = lru_cache(maxsize=512)(pyformat)
 
 
 class _PostgresTx(Tx):
-    def __init__(self, conn: psycopg.Connection[Row], cursor: psycopg.Cursor[Row]) -> None:
-        self._conn = conn
+    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
         self._cursor = cursor  # one for the transaction's statements
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
@@ -40,8 +39,7 @@ class _PostgresTx(Tx):
         return self._cursor.execute(_sql(sql), params or {}).rowcount
 
     def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
-        with self._conn.cursor() as cur:
-            cur.executemany(_sql(sql), params)
+        self._cursor.executemany(_sql(sql), params)
 
     def rows(
         self, columns: Sequence[Column], rows: Sequence[dict[str, Any]], params: dict[str, Any]
@@ -113,7 +111,7 @@ class PostgresBackend(Backend):
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Tx]:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            yield _PostgresTx(conn, cursor)
+            yield _PostgresTx(cursor)
 
     def sqlalchemy_url(self) -> str:
         return "postgresql+psycopg://" + self.url.split("://", 1)[1]
