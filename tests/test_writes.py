@@ -91,16 +91,15 @@ async def db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 class CountingWrites:
     """Wraps a store's `write` (the real one runs): the batches it was called with."""
 
-    def __init__(self, store: RunStore, fail_first: Exception | None = None) -> None:
+    def __init__(self, store: RunStore, failures: Sequence[Exception] = ()) -> None:
         self.real = store.write
         self.batches: list[tuple[list[Checkpoint], list[End]]] = []
-        self.fail_first = fail_first
+        self.failures = list(failures)  # raised by the first calls, one each
 
     def __call__(self, checkpoints: Sequence[Checkpoint], ends: Sequence[End]) -> Written:
         self.batches.append((list(checkpoints), list(ends)))
-        if self.fail_first is not None:
-            error, self.fail_first = self.fail_first, None
-            raise error
+        if self.failures:
+            raise self.failures.pop(0)
         return self.real(checkpoints, ends)
 
 
@@ -565,18 +564,21 @@ async def test_writer_puts_writes_handed_in_during_a_commit_into_the_next_batch(
     assert sizes == [(3, 0), (3, 6)], sizes
 
 
-async def test_a_database_error_fails_its_batch_and_the_writer_keeps_working(
+async def test_a_database_error_fails_its_batch_after_its_tries_and_the_writer_keeps_working(
     store: RunStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b, c = (enqueue(store) for _ in range(3))
     leases = by_run(claim(store))
-    writer = RunWriter(store, db)
+    writer = RunWriter(store, db, retry_delays=(0.01, 0.01))
     loop = asyncio.get_running_loop()
     unhandled: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    counting = CountingWrites(store)
+    monkeypatch.setattr(store, "write", counting)
 
-    # A real constraint violation (steps.name is NOT NULL) fails the whole batch. The end's
-    # task is scheduled first so that it hands its end in before the batch is taken.
+    # A real constraint violation (steps.name is NOT NULL) fails the whole batch, each of its
+    # three tries. The end's task is scheduled first so that it hands its end in before the
+    # batch is taken.
     end_b = asyncio.ensure_future(
         writer.end(End(lease=leases[b.id], state=RunState.SUCCEEDED, reason="done", output="1"))
     )
@@ -589,11 +591,22 @@ async def test_a_database_error_fails_its_batch_and_the_writer_keeps_working(
     with pytest.raises(type(raised.value)):
         await end_b
     assert bad.done() and bad.exception() is raised.value, "the same error for the batch"
+    assert [(len(cps), len(es)) for cps, es in counting.batches] == [(2, 1)] * 3
     assert await asyncio.to_thread(store.steps, a.id) == []
     assert (await asyncio.to_thread(store.get_run, b.id)).state is RunState.RUNNING
 
-    # An outage (the wrapped write raises once): that batch fails, the next one commits.
-    counting = CountingWrites(store, fail_first=ConnectionError("server closed the connection"))
+    # An outage shorter than the tries: the batch commits at its second try.
+    counting = CountingWrites(store, [ConnectionError("server closed the connection")])
+    monkeypatch.setattr(store, "write", counting)
+    saved = writer.checkpoint(checkpoint(leases[b.id], 0, "b0"))
+    await saved
+    assert [(len(cps), len(es)) for cps, es in counting.batches] == [(1, 0)] * 2
+    assert await asyncio.to_thread(steps_of, store, b.id) == [
+        (0, "step0", StepStatus.COMPLETED, "b0")
+    ]
+
+    # An outage longer than the tries: that batch fails, the next one commits.
+    counting = CountingWrites(store, [ConnectionError("server closed the connection")] * 3)
     monkeypatch.setattr(store, "write", counting)
     ended = asyncio.ensure_future(
         writer.end(End(lease=leases[a.id], state=RunState.SUCCEEDED, reason="done", output="1"))
@@ -603,7 +616,7 @@ async def test_a_database_error_fails_its_batch_and_the_writer_keeps_working(
         await asyncio.sleep(0.01)
     outage = ended.exception()
     assert isinstance(outage, ConnectionError) and str(outage) == "server closed the connection"
-    assert [(len(cps), len(es)) for cps, es in counting.batches] == [(1, 1)]
+    assert [(len(cps), len(es)) for cps, es in counting.batches] == [(1, 1)] * 3
     # Nobody awaits the checkpoint (its run's end would carry it): no "never retrieved" report.
     collected = weakref.ref(unawaited)
     del ended, unawaited, outage, bad
@@ -622,12 +635,18 @@ async def test_a_database_error_fails_its_batch_and_the_writer_keeps_working(
                 checkpoint=checkpoint(leases[r.id], 0, f"{r.id}"),
             )
         )
-        for r in (a, b, c)
+        for r in (a, c)
     ]
-    assert await asyncio.gather(*done) == [RunState.SUCCEEDED] * 3
-    assert len(counting.batches) == 2
+    assert await asyncio.gather(*done) == [RunState.SUCCEEDED] * 2
+    assert len(counting.batches) == 4
+    assert (
+        await writer.end(
+            End(lease=leases[b.id], state=RunState.SUCCEEDED, reason="done", output="1")
+        )
+        is RunState.SUCCEEDED
+    )
     monkeypatch.undo()
-    for r in (a, b, c):
+    for r in (a, c):
         assert await asyncio.to_thread(steps_of, store, r.id) == [
             (0, "step0", StepStatus.COMPLETED, r.id)
         ]

@@ -146,8 +146,14 @@ class PostgresBackend(Backend):
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Tx]:
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            yield _PostgresTx(cursor)
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                yield _PostgresTx(cursor)
+        except psycopg.OperationalError:
+            # The server may have dropped every connection (a restart, a failover): test the
+            # idle ones now, so that trying again does not take another dead one.
+            self._pool.check()
+            raise
 
     def sqlalchemy_url(self) -> str:
         return "postgresql+psycopg://" + self.url.split("://", 1)[1]

@@ -38,7 +38,6 @@ from greenroom.workflow import Workflow
 T = TypeVar("T")
 log = structlog.get_logger("greenroom.worker")
 SETTINGS_REFRESH_SECONDS = 2.0
-END_WRITE_ATTEMPTS = 5
 
 
 class _Stop:
@@ -506,24 +505,6 @@ class Worker:
             log.error("run failed", error=error["message"], error_type=error["type"])
             await self._finish(lease, RunState.FAILED, f"failed: {error['type']}", error=error)
 
-    async def _write_end(self, end: End) -> RunState:
-        """Write a run's end, trying again through a brief database outage; a lost lease is
-        final. Whatever still fails leaves the run to expire and be recovered elsewhere."""
-        lease = end.lease
-        for attempt in range(1, END_WRITE_ATTEMPTS + 1):
-            try:
-                return await self.writer.end(end)
-            except LeaseLost:
-                raise
-            except Exception as exc:
-                if attempt == END_WRITE_ATTEMPTS:
-                    raise
-                self.log.warning(
-                    "writing a run's end failed; retrying", run_id=lease.run.id, error=str(exc)
-                )
-                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
-        raise AssertionError("unreachable")
-
     def _queue_policy(self, queue: str) -> RetryPolicy:
         """The queue's default retry policy, for workflows that declare none."""
         q = self._queue_settings.get(queue)
@@ -547,7 +528,7 @@ class Worker:
                 if active.ctx.browser is not None:
                     await active.ctx.browser.close()  # back in the pool before the end
         end = End(lease=lease, state=state, reason=reason, checkpoint=checkpoint, **kw)
-        state = await self._write_end(end)
+        state = await self.writer.end(end)
         counter = {
             RunState.PAUSED: "paused",
             RunState.SUCCEEDED: "succeeded",

@@ -4,25 +4,36 @@ transaction, so under load the database sees a few statements per batch, not per
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
+
+import structlog
 
 from greenroom.errors import LeaseLost
 from greenroom.model import RunState
 from greenroom.storage import DbCall, RunStore
-from greenroom.storage.writes import Checkpoint, End
+from greenroom.storage.writes import Checkpoint, End, Written
 
 #: Writes in one transaction, at most.
 MAX_BATCH = 100
+#: Seconds between tries of a batch the database failed: about 5 s of outage are ridden out.
+RETRY_DELAYS = (0.4, 0.8, 1.6, 2.0)
+
+log = structlog.get_logger("greenroom.writer")
 
 
 class RunWriter:
     """Writes are committed in the order they were handed in: one batch at a time, and whatever
-    arrives while a batch commits goes into the next. Each caller learns its own outcome: done,
-    or LeaseLost for a run whose lease is gone, or the batch's database error."""
+    arrives while a batch commits goes into the next. A batch the database fails is tried again
+    (a write is fenced by its lease, so trying again is safe). Each caller learns its own outcome:
+    done, or LeaseLost for a run whose lease is gone, or the batch's last database error."""
 
-    def __init__(self, store: RunStore, db: DbCall) -> None:
+    def __init__(
+        self, store: RunStore, db: DbCall, *, retry_delays: Sequence[float] = RETRY_DELAYS
+    ) -> None:
         self._store = store
         self._db = db
+        self._retry_delays = retry_delays
         self._pending: list[tuple[Checkpoint | End, asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
@@ -55,7 +66,7 @@ class RunWriter:
         checkpoints = [w for w, _ in batch if isinstance(w, Checkpoint)]
         ends = [w for w, _ in batch if isinstance(w, End)]
         try:
-            written = await self._db(self._store.write, checkpoints, ends)
+            written = await self._write(checkpoints, ends)
             for write, future in batch:
                 lease = write.lease
                 if (lease.run.id, lease.token) in written.refused:
@@ -75,6 +86,20 @@ class RunWriter:
                 self._fail(write, future, failure)
             if not isinstance(exc, Exception):
                 raise
+
+    async def _write(self, checkpoints: list[Checkpoint], ends: list[End]) -> Written:
+        for delay in self._retry_delays:
+            try:
+                written: Written = await self._db(self._store.write, checkpoints, ends)
+                return written
+            except Exception as exc:
+                runs = sorted(
+                    {c.lease.run.id for c in checkpoints} | {e.lease.run.id for e in ends}
+                )
+                log.warning("writing runs failed; retrying", runs=runs, error=str(exc))
+                await asyncio.sleep(delay)
+        written = await self._db(self._store.write, checkpoints, ends)
+        return written
 
     @staticmethod
     def _fail(write: Checkpoint | End, future: asyncio.Future[Any], exc: Exception) -> None:
