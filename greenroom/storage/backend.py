@@ -9,8 +9,6 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 Row = dict[str, Any]
-#: One SQL statement with its :name parameters.
-Statement = tuple[str, dict[str, Any]]
 #: A column of rows passed as parameters (`Tx.rows`): its name and SQL type.
 Column = tuple[str, str]
 
@@ -31,14 +29,6 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None: ...
-
-    def execute_all(self, statements: Sequence[Statement]) -> list[list[Row]]:
-        """Run statements that each return rows (a SELECT, or RETURNING) and that neither
-        touch the same rows nor read what another of them changes; the rows of each, in order.
-
-        PostgreSQL runs them as one statement, in order, sharing its snapshot: one round trip
-        instead of one each."""
-        return [self.execute(sql, params) for sql, params in statements]
 
     def rows(
         self, columns: Sequence[Column], rows: Sequence[dict[str, Any]], params: dict[str, Any]
@@ -96,10 +86,8 @@ class Backend(abc.ABC):
     def alive(self, lock_keys: Sequence[int]) -> set[int]:
         """Which of these liveness locks are held by a live process right now."""
 
-    def notify(self, queue: str) -> Statement | None:
-        """A statement telling idle workers that `queue` has ready work, where the database
-        can (SQLite's workers watch the file for commits instead)."""
-        return None
+    def notify(self, tx: Tx, queue: str) -> None:  # noqa: B027 - optional hook
+        """Tell idle workers that `queue` has ready work (only where the database can)."""
 
     def listen(self, on_notify: Callable[[str], None]) -> Liveness | None:
         """Call on_notify(queue) from a background thread on each notification, if supported."""
@@ -117,10 +105,9 @@ class Backend(abc.ABC):
     def close(self) -> None: ...
 
 
-#: A :name parameter (not a :: cast).
-PARAM = re.compile(r"(?<![:\w]):(\w+)")
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
 
 
 def pyformat(sql: str) -> str:
     """Turn :name parameters into psycopg's %(name)s."""
-    return PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))

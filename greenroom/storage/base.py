@@ -11,7 +11,7 @@ from greenroom.clock import Clock, SystemClock
 from greenroom.errors import InvalidInput, LeaseLost, NotFound
 from greenroom.model import Lease, RunState
 from greenroom.storage import ready
-from greenroom.storage.backend import Backend, Column, Row, Statement, Tx
+from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.codec import dumps
 
 P = ParamSpec("P")
@@ -69,24 +69,16 @@ _EVENT_NAMES = ", ".join(name for name, _ in _EVENT_COLUMNS)
 _FENCE_COLUMNS: list[Column] = [("run_id", "text"), ("token", "bigint")]
 
 
-def event_statements(tx: Tx, events: Sequence[dict[str, Any]]) -> list[Statement]:
-    """Statements adding timeline events (made by `event_params`)."""
-    statements = []
+def insert_events(tx: Tx, events: Sequence[dict[str, Any]]) -> None:
+    """Add timeline events (made by `event_params`)."""
     for start in range(0, len(events), ROWS_CHUNK):
         params: dict[str, Any] = {}
         rows = tx.rows(_EVENT_COLUMNS, events[start : start + ROWS_CHUNK], params)
-        statements.append(
-            (
-                f"WITH w({_EVENT_NAMES}) AS ({rows}) INSERT INTO run_events ({_EVENT_NAMES})"
-                f" SELECT {_EVENT_NAMES} FROM w RETURNING run_id",
-                params,
-            )
+        tx.execute(
+            f"WITH w({_EVENT_NAMES}) AS ({rows})"
+            f" INSERT INTO run_events ({_EVENT_NAMES}) SELECT {_EVENT_NAMES} FROM w",
+            params,
         )
-    return statements
-
-
-def insert_events(tx: Tx, events: Sequence[dict[str, Any]]) -> None:
-    tx.execute_all(event_statements(tx, events))
 
 
 def fence(tx: Tx, b: Backend, leases: Sequence[Lease]) -> dict[str, Row]:

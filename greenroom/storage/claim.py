@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 
 from greenroom.model import RunState
 from greenroom.storage.backend import Backend, Row, Tx
-from greenroom.storage.base import event_params, event_statements, insert_events
-from greenroom.storage.ready import hold_paused, lane_refreshes, leave_ready, refresh_lanes
+from greenroom.storage.base import event_params, insert_events
+from greenroom.storage.ready import (
+    LANE_HEAD,
+    hold_paused,
+    leave_ready,
+    refresh_lanes,
+)
 
 #: How many ready tenants one claim looks at, at most.
 TENANT_SCAN = 64
@@ -198,8 +203,12 @@ def claim(
         now=now,
     )
     rows, held = _hold_paused(tx, b, rows, now)
+    _account(tx, b, chosen, rows, plan, tenants, now=now)
     leave_ready(tx, held)
-    _account(tx, b, chosen, rows, plan, tenants, worker_id=worker_id, now=now)
+    insert_events(
+        tx,
+        [event_params(r["id"], RunState.RUNNING, "leased", now, worker_id) for r in rows],
+    )
     return sorted(rows, key=lambda r: (-r["priority"], r["seq"]))
 
 
@@ -260,59 +269,51 @@ def _account(
     plan: _Plan,
     tenants: list[_Tenant],
     *,
-    worker_id: str,
     now: float,
 ) -> None:
-    """Move lanes, queues and tenants on by what was leased and add its events, in one round
-    trip where the database can (lock order: lanes, queues, tenants)."""
-    # A head that was no longer ready (it should not happen): repair it.
+    """Move lanes, queues and tenants on by what was leased (lock order: lanes, queues, tenants)."""
     leased = sorted({(r["tenant"], r["session_key"]) for r in rows if r["session_key"] is not None})
+    for tenant, session_key in leased:
+        tx.execute(
+            f"UPDATE lanes SET active = active + 1, (head_seq, head_priority, head_queue) ="
+            f" {LANE_HEAD} WHERE tenant = :tenant AND session_key = :session_key",
+            {"tenant": tenant, "session_key": session_key},
+        )
+    # A head that was no longer ready (it should not happen): repair it.
     stale = {(r["tenant"], r["session_key"]) for r in chosen if r["session_key"] is not None}
     refresh_lanes(tx, sorted(stale - set(leased)))
-    for queue, period in plan.rate_periods.items():
-        tx.execute_many(
-            "INSERT INTO queue_starts (queue, at) VALUES (:queue, :now)",
-            [{"queue": queue, "now": now}] * sum(1 for r in rows if r["queue"] == queue),
+    per_queue = Counter(r["queue"] for r in rows)
+    for queue in sorted(per_queue):
+        # Counted where the limit stands now: a limit set after this claim read the queue
+        # (unlocked, as it was unlimited) counts these runs too.
+        counted = tx.execute(
+            "UPDATE queues SET active = active + :n WHERE name = :queue"
+            " AND concurrency IS NOT NULL RETURNING name",
+            {"n": per_queue[queue], "queue": queue},
         )
+        if counted and queue not in plan.limited:
+            _hold_slots(tx, b, "queue", [r for r in rows if r["queue"] == queue])
+        if queue in plan.rate_periods:
+            tx.execute_many(
+                "INSERT INTO queue_starts (queue, at) VALUES (:queue, :now)",
+                [{"queue": queue, "now": now}] * per_queue[queue],
+            )
+    for queue, period in plan.rate_periods.items():
         # Keep a margin: a claim that read its clock earlier, then waited for the queue's lock,
         # still counts the starts of its own window.
         tx.execute(
             "DELETE FROM queue_starts WHERE queue = :queue AND at <= :before",
             {"queue": queue, "before": now - period - START_RECORD_MARGIN},
         )
-    statements = lane_refreshes(leased, active_delta=1)
-    per_queue = Counter(r["queue"] for r in rows)
-    queues = sorted(per_queue)
-    # Counted where the limit stands now: a limit set after this claim read the queue
-    # (unlocked, as it was unlimited) counts these runs too.
-    statements += [
-        (
-            "UPDATE queues SET active = active + :n WHERE name = :queue"
-            " AND concurrency IS NOT NULL RETURNING name",
-            {"n": per_queue[queue], "queue": queue},
-        )
-        for queue in queues
-    ]
     per_tenant = Counter(r["tenant"] for r in rows)
-    taken = sorted((t for t in tenants if t.taken), key=lambda t: t.name)
-    # Relative moves: a claim that waited for a queue lock may have read an older pass.
-    statements += [
-        (
+    for t in sorted((t for t in tenants if t.taken), key=lambda t: t.name):
+        # Relative moves: a claim that waited for a queue lock may have read an older pass.
+        (row,) = tx.execute(
             "UPDATE tenants SET pass = pass + :advance, ready = ready - :n,"
             " active = active + CASE WHEN concurrency IS NULL THEN 0 ELSE :n END"
             " WHERE name = :tenant RETURNING concurrency",
             {"advance": t.taken / t.weight, "n": per_tenant[t.name], "tenant": t.name},
         )
-        for t in taken
-    ]
-    events = [event_params(r["id"], RunState.RUNNING, "leased", now, worker_id) for r in rows]
-    results = tx.execute_all([*statements, *event_statements(tx, events)])
-    counted = results[len(leased) : len(leased) + len(queues)]
-    for queue, limited in zip(queues, counted, strict=True):
-        if limited and queue not in plan.limited:  # a limit set meanwhile
-            _hold_slots(tx, b, "queue", [r for r in rows if r["queue"] == queue])
-    capped = results[len(leased) + len(queues) : len(leased) + len(queues) + len(taken)]
-    for t, (row,) in zip(taken, capped, strict=True):
         if row["concurrency"] is not None and not t.limited:  # a limit set meanwhile
             _hold_slots(tx, b, "tenant", [r for r in rows if r["tenant"] == t.name])
 

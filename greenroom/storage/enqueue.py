@@ -9,7 +9,7 @@ from typing import Any
 from greenroom.model import NewRun, RunState
 from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Column, Row, Tx
-from greenroom.storage.base import ROWS_CHUNK, event_params, event_statements
+from greenroom.storage.base import ROWS_CHUNK, event_params, insert_events
 from greenroom.storage.codec import dumps
 
 _NEW_COLUMNS: list[Column] = [
@@ -96,7 +96,8 @@ def insert_runs(
         if state is RunState.QUEUED:
             became_ready.append({**row, "max_active": new.session_concurrency})
         out.append((row, True))
-    tx.execute_all([*event_statements(tx, events), *ready.entering_ready(b, became_ready)])
+    insert_events(tx, events)
+    ready.enter_ready(tx, b, became_ready)
     return out
 
 

@@ -16,36 +16,13 @@ from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from greenroom.storage.backend import (
-    PARAM,
-    Backend,
-    Column,
-    Liveness,
-    Row,
-    Statement,
-    Tx,
-    pyformat,
-)
+from greenroom.storage.backend import Backend, Column, Liveness, Row, Tx, pyformat
 
 LOCK_NAMESPACE = 0x67726D  # advisory lock class id for worker liveness locks
 CHANNEL = "greenroom_ready"
 TUPLES_OK = ExecStatus.TUPLES_OK
 
 _sql = lru_cache(maxsize=512)(pyformat)
-
-
-@lru_cache(maxsize=256)
-def _together(statements: tuple[str, ...]) -> str:
-    """One statement running these in order: each a WITH query read in turn (a change in
-    WITH runs once, to completion), its parameters prefixed by its place."""
-    parts = []
-    for i, sql in enumerate(statements):
-        prefixed = PARAM.sub(f":s{i}_\\1", sql)
-        parts.append(f"s{i} AS ({prefixed})")
-    reads = " UNION ALL ".join(
-        f"SELECT {i} AS part, row_to_json(s{i}) AS row FROM s{i}" for i in range(len(statements))
-    )
-    return pyformat(f"WITH {', '.join(parts)} {reads}")
 
 
 class _PostgresTx(Tx):
@@ -63,19 +40,6 @@ class _PostgresTx(Tx):
 
     def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
         self._cursor.executemany(_sql(sql), params)
-
-    def execute_all(self, statements: Sequence[Statement]) -> list[list[Row]]:
-        if len(statements) < 2:
-            return [self.execute(sql, params) for sql, params in statements]
-        params = {
-            f"s{i}_{name}": value
-            for i, (_, values) in enumerate(statements)
-            for name, value in values.items()
-        }
-        out: list[list[Row]] = [[] for _ in statements]
-        for row in self._cursor.execute(_together(tuple(s for s, _ in statements)), params):
-            out[row["part"]].append(row["row"])
-        return out
 
     def rows(
         self, columns: Sequence[Column], rows: Sequence[dict[str, Any]], params: dict[str, Any]
@@ -188,8 +152,8 @@ class PostgresBackend(Backend):
     def label_equals(self, key_param: str, value_param: str) -> str:
         return f"(CAST(labels AS jsonb) ->> :{key_param}) = :{value_param}"
 
-    def notify(self, queue: str) -> Statement:
-        return "SELECT pg_notify(:channel, :queue)", {"channel": CHANNEL, "queue": queue}
+    def notify(self, tx: Tx, queue: str) -> None:
+        tx.execute("SELECT pg_notify(:channel, :queue)", {"channel": CHANNEL, "queue": queue})
 
     def listen(self, on_notify: Callable[[str], None]) -> Liveness | None:
         return _Listener(self.url, on_notify)

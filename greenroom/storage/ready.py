@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greenroom.model import NewRun, Pause, PauseScope, RunState
-from greenroom.storage.backend import Backend, Row, Statement, Tx
+from greenroom.storage.backend import Backend, Row, Tx
 
 #: What ending a lease resets (the slots it held are given back by leave_running).
 CLEAR_LEASE = (
@@ -39,7 +39,6 @@ _LANE_OFFER = (
     " head_priority = excluded.head_priority, head_queue = excluded.head_queue"
     " WHERE lanes.head_seq IS NULL OR excluded.head_priority > lanes.head_priority"
     " OR (excluded.head_priority = lanes.head_priority AND excluded.head_seq < lanes.head_seq)"
-    " RETURNING active"
 )
 
 
@@ -57,21 +56,15 @@ def lock_lanes(tx: Tx, backend: Backend, rows: Iterable[Row]) -> None:
         )
 
 
-def lane_refreshes(keys: Sequence[tuple[str, str]], active_delta: int = 0) -> list[Statement]:
-    """Statements recomputing the heads of these lanes (and moving their running count)."""
-    return [
-        (
+def refresh_lanes(tx: Tx, keys: Sequence[tuple[str, str]], active_delta: int = 0) -> None:
+    """Recompute the heads of these lanes (and move their running count)."""
+    for tenant, session_key in keys:
+        tx.execute(
             f"UPDATE lanes SET active = active + :delta,"
             f" (head_seq, head_priority, head_queue) = {LANE_HEAD}"
-            " WHERE tenant = :tenant AND session_key = :session_key RETURNING active",
+            " WHERE tenant = :tenant AND session_key = :session_key",
             {"delta": active_delta, "tenant": tenant, "session_key": session_key},
         )
-        for tenant, session_key in keys
-    ]
-
-
-def refresh_lanes(tx: Tx, keys: Sequence[tuple[str, str]]) -> None:
-    tx.execute_all(lane_refreshes(keys))
 
 
 # Ready counts move on; a tenant that starts to compete (new, or back from idle) starts at the
@@ -80,83 +73,58 @@ _TENANT_READY = (
     "UPDATE tenants SET ready = ready + :n, pass = CASE WHEN :n > 0 AND ready = 0"
     " AND pass < (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
     " THEN (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
-    " ELSE pass END WHERE name = :tenant RETURNING ready"
+    " ELSE pass END WHERE name = :tenant"
 )
 
 
-def _tenants_ready(counts: Counter[str]) -> list[Statement]:
-    return [
-        (_TENANT_READY, {"n": counts[tenant], "tenant": tenant})
-        for tenant in sorted(counts)
-        if counts[tenant]
-    ]
-
-
-def entering_ready(b: Backend, rows: Sequence[Row]) -> list[Statement]:
-    """Statements for runs that just became `queued` (a row may carry `max_active` for a new
-    lane): their lanes' heads, their tenants' ready counts, and a word to idle workers."""
-    first: dict[tuple[str, str], Row] = {}  # per lane: the run that creates it, if new
-    best: dict[tuple[str, str], Row] = {}  # per lane: the head it is offered
-    for row in sorted(rows, key=lambda r: r["seq"]):
-        if row["session_key"] is not None:
-            key = (row["tenant"], row["session_key"])
-            first.setdefault(key, row)
-            if key not in best or row["priority"] > best[key]["priority"]:
-                best[key] = row
-    statements: list[Statement] = [
-        (
-            _LANE_OFFER,
-            {
-                "tenant": tenant,
-                "session_key": session_key,
-                "max_active": first[tenant, session_key].get("max_active", 1),
-                "seq": head["seq"],
-                "priority": head["priority"],
-                "queue": head["queue"],
-            },
-        )
-        for (tenant, session_key), head in sorted(best.items())
-    ]
-    statements += _tenants_ready(Counter(r["tenant"] for r in rows))
-    for queue in sorted({r["queue"] for r in rows}):
-        notify = b.notify(queue)
-        if notify is not None:
-            statements.append(notify)
-    return statements
+def _tenant_ready(tx: Tx, counts: Counter[str]) -> None:
+    for tenant in sorted(counts):
+        if counts[tenant]:
+            tx.execute(_TENANT_READY, {"n": counts[tenant], "tenant": tenant})
 
 
 def enter_ready(tx: Tx, b: Backend, rows: Sequence[Row]) -> None:
-    tx.execute_all(entering_ready(b, rows))
+    """These runs just became `queued` (a row may carry `max_active` for a new lane); idle
+    workers of their queues are told."""
+    for row in sorted(rows, key=lambda r: (r["tenant"], r["session_key"] or "", r["seq"])):
+        if row["session_key"] is not None:
+            tx.execute(
+                _LANE_OFFER,
+                {
+                    "tenant": row["tenant"],
+                    "session_key": row["session_key"],
+                    "max_active": row.get("max_active", 1),
+                    "seq": row["seq"],
+                    "priority": row["priority"],
+                    "queue": row["queue"],
+                },
+            )
+    _tenant_ready(tx, Counter(r["tenant"] for r in rows))
+    for queue in sorted({r["queue"] for r in rows}):
+        b.notify(tx, queue)
 
 
 def leave_ready(tx: Tx, rows: Sequence[Row]) -> None:
     """These runs were `queued` and are not any more (cancelled, paused; not claimed)."""
-    counts = Counter({t: -n for t, n in Counter(r["tenant"] for r in rows).items()})
-    tx.execute_all([*lane_refreshes(_lane_keys(rows)), *_tenants_ready(counts)])
+    refresh_lanes(tx, _lane_keys(rows))
+    _tenant_ready(tx, Counter({t: -n for t, n in Counter(r["tenant"] for r in rows).items()}))
 
 
-def leaving_running(rows: Sequence[Row]) -> list[Statement]:
-    """Statements for runs that stopped running: free their lane slots, and the queue and
-    tenant slots they hold. A run that went back to `queued` is ready again: enter it too,
-    after these (both move its lane)."""
-    statements = lane_refreshes(_lane_keys(rows), active_delta=-1)
+def leave_running(tx: Tx, rows: Sequence[Row]) -> None:
+    """These runs stopped running: free their lane slots, and the queue and tenant slots they
+    hold. A run that went back to `queued` is ready again: call enter_ready for it too.
+    """
+    refresh_lanes(tx, _lane_keys(rows), active_delta=-1)
     for table, key, flag in (
         ("queues", "queue", "holds_queue_slot"),
         ("tenants", "tenant", "holds_tenant_slot"),
     ):
         for name, n in sorted(Counter(r[key] for r in rows if r[flag]).items()):
-            statements.append(
-                (
-                    f"UPDATE {table} SET active = CASE WHEN active > :n THEN active - :n"
-                    " ELSE 0 END WHERE name = :name RETURNING name",
-                    {"n": n, "name": name},
-                )
+            tx.execute(
+                f"UPDATE {table} SET active = CASE WHEN active > :n THEN active - :n ELSE 0 END"
+                " WHERE name = :name",
+                {"n": n, "name": name},
             )
-    return statements
-
-
-def leave_running(tx: Tx, rows: Sequence[Row]) -> None:
-    tx.execute_all(leaving_running(rows))
 
 
 @dataclass(frozen=True)

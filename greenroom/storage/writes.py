@@ -14,8 +14,8 @@ from typing import Any
 from greenroom.diagnostics import fingerprint
 from greenroom.model import Lease, RunState, StepStatus
 from greenroom.storage import ready
-from greenroom.storage.backend import Backend, Column, Row, Statement, Tx
-from greenroom.storage.base import event_params, event_statements, fence
+from greenroom.storage.backend import Backend, Column, Row, Tx
+from greenroom.storage.base import event_params, fence, insert_events
 from greenroom.storage.codec import dumps
 
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
@@ -82,7 +82,7 @@ class Written:
     states: dict[str, RunState]
 
 
-def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint]) -> Statement:
+def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint]) -> None:
     # One row per step (a statement may not touch a row twice); the last write of a step wins.
     latest = {(c.lease.run.id, c.position): c for c in checkpoints}
     params: dict[str, Any] = {}
@@ -105,7 +105,7 @@ def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint]) -> Statement:
         ],
         params,
     )
-    return (
+    tx.execute(
         f"WITH w({_STEP_NAMES}) AS ({rows}) INSERT INTO steps ({_STEP_NAMES})"
         # WHERE true: SQLite needs it to read ON CONFLICT as the upsert clause.
         f" SELECT {_STEP_NAMES} FROM w WHERE true"
@@ -114,12 +114,12 @@ def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint]) -> Statement:
         " attempts = excluded.attempts, lease_token = excluded.lease_token,"
         " started_at = excluded.started_at, finished_at = excluded.finished_at"
         # A checkpoint is final: nothing overwrites a completed step.
-        " WHERE steps.status <> 'completed' RETURNING run_id",
+        " WHERE steps.status <> 'completed'",
         params,
     )
 
 
-def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> Statement:
+def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> list[Row]:
     params: dict[str, Any] = {"now": now}
     rows = tx.rows(
         _END_COLUMNS,
@@ -137,7 +137,7 @@ def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> Statement:
         ],
         params,
     )
-    return (
+    return tx.execute(
         f"WITH w(run_id, new_state, new_output, new_error, retry_at) AS ({rows})"
         " UPDATE runs SET state = w.new_state, output = w.new_output,"
         # A success clears the error of earlier attempts; their errors stay in the timeline.
@@ -171,11 +171,11 @@ def write(
     refused = {key for key in leases if key[0] not in held or held[key[0]]["token"] != key[1]}
     checkpoints = [c for c in checkpoints if (c.lease.run.id, c.lease.token) not in refused]
     ends = [e for e in ends if (e.lease.run.id, e.lease.token) not in refused]
-    steps = [_save_steps(tx, checkpoints)] if checkpoints else []
+    if checkpoints:
+        _save_steps(tx, checkpoints)
     if not ends:
-        tx.execute_all(steps)
         return Written(refused=refused, states={})
-    rows = tx.execute_all([*steps, _end_runs(tx, ends, now)])[-1]
+    rows = _end_runs(tx, ends, now)
     by_id = {e.lease.run.id: e for e in ends}
     states = {r["id"]: by_id[r["id"]].state for r in rows}
     released = [r for r in rows if states[r["id"]] is RunState.QUEUED]
@@ -191,8 +191,8 @@ def write(
         events.append(
             event_params(r["id"], states[r["id"]], end.reason, now, end.lease.worker_id, detail)
         )
-    leaving = ready.leaving_running([held[r["id"]] for r in rows])
-    tx.execute_all([*event_statements(tx, events), *leaving])
+    insert_events(tx, events)
+    ready.leave_running(tx, [held[r["id"]] for r in rows])
     ready.enter_ready(tx, b, released)
     failed = [(r, by_id[r["id"]].error) for r in rows if states[r["id"]] is RunState.FAILED]
     groups = sorted((r["tenant"], _group(e), r["seq"], r, e) for r, e in failed if e is not None)
