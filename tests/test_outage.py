@@ -11,6 +11,7 @@ from collections import Counter
 import psycopg
 import pytest
 from helpers import fast_app, wait_for_states, worker_running
+from structlog.testing import capture_logs
 
 from greenroom import RunContext, RunState, step
 from greenroom.storage import open_store
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.postgres
 #: The worker's pool connections: not its liveness lock nor its listener, whose loss is a
 #: different story (the worker would look dead, or deaf, for a moment).
 _VICTIMS = (
-    "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity"
+    "SELECT pg_terminate_backend(pid, 1000) AS killed FROM pg_stat_activity"
     " WHERE datname = current_database() AND application_name = 'outage-victim'"
     " AND pid <> pg_backend_pid() AND query NOT LIKE 'LISTEN%'"
     " AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')"
@@ -63,10 +64,11 @@ async def test_runs_ride_out_dropped_connections_without_failing_or_repeating_st
     runs = [await app.enqueue("outage.sum") for _ in range(30)]
     terminator = threading.Thread(target=_terminate_connections, args=(pg_url, stop, killed))
     try:
-        async with worker_running(app, concurrency=5):
-            terminator.start()
-            done = await wait_for_states(observer, [r.id for r in runs], timeout=60)
-            stop.set()
+        with capture_logs() as logs:
+            async with worker_running(app, concurrency=5):
+                terminator.start()
+                done = await wait_for_states(observer, [r.id for r in runs], timeout=60)
+                stop.set()
     finally:
         stop.set()
         if terminator.is_alive():
@@ -74,6 +76,8 @@ async def test_runs_ride_out_dropped_connections_without_failing_or_repeating_st
         observer.backend.close()
         app.close()
     assert sum(killed) > 0, "the test only means something if connections were dropped"
+    retried = [e for e in logs if e["event"] == "writing runs failed; retrying"]
+    assert retried, "and if some were dropped under the writer"
     assert [(r.state, r.output) for r in done] == [(RunState.SUCCEEDED, 45)] * 30
     assert executed == {(r.id, i): 1 for r in runs for i in range(10)}
 

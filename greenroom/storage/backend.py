@@ -98,6 +98,11 @@ class Backend(abc.ABC):
         return False
 
     @abc.abstractmethod
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether a failed transaction may succeed if tried again later (a lost connection,
+        a database restarting or busy), rather than fail the same way."""
+
+    @abc.abstractmethod
     def label_equals(self, key_param: str, value_param: str) -> str:
         """SQL for a run's label `key_param` having the value `value_param`."""
 

@@ -110,13 +110,15 @@ class PostgresBackend(Backend):
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+        conn = None
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
                 yield _PostgresTx(cursor)
         except psycopg.OperationalError:
-            # The server may have dropped every connection (a restart, a failover): test the
-            # idle ones now, so that trying again does not take another dead one.
-            self._pool.check()
+            if conn is not None and conn.broken:
+                # The server may have dropped every connection (a restart, a failover): test
+                # the idle ones now, so that trying again does not take another dead one.
+                self._pool.check()
             raise
 
     def sqlalchemy_url(self) -> str:
@@ -148,6 +150,10 @@ class PostgresBackend(Backend):
         return isinstance(
             exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
         )
+
+    def is_transient(self, exc: BaseException) -> bool:
+        # Lost connections, restarts, lock conflicts, waiting too long for a connection.
+        return isinstance(exc, psycopg.OperationalError)
 
     def label_equals(self, key_param: str, value_param: str) -> str:
         return f"(CAST(labels AS jsonb) ->> :{key_param}) = :{value_param}"

@@ -89,6 +89,10 @@ class SQLiteBackend(Backend):
     def list_param(self, values: Sequence[Any]) -> object:
         return json.dumps(list(values))
 
+    def is_transient(self, exc: BaseException) -> bool:
+        # "database is locked" past the busy timeout, a disk briefly full or unreadable.
+        return isinstance(exc, sqlite3.OperationalError)
+
     def label_equals(self, key_param: str, value_param: str) -> str:
         return f"json_extract(labels, '$.\"' || :{key_param} || '\"') = :{value_param}"
 

@@ -4,6 +4,7 @@ transaction, so under load the database sees a few statements per batch, not per
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,8 @@ from greenroom.storage.writes import Checkpoint, End, Written
 
 #: Writes in one transaction, at most.
 MAX_BATCH = 100
-#: Seconds between tries of a batch the database failed: about 5 s of outage are ridden out.
+#: Seconds between tries of a batch that failed for a reason that may pass (a lost connection,
+#: a restarting database); no try starts more than their sum after the first failure.
 RETRY_DELAYS = (0.4, 0.8, 1.6, 2.0)
 
 log = structlog.get_logger("greenroom.writer")
@@ -24,9 +26,10 @@ log = structlog.get_logger("greenroom.writer")
 
 class RunWriter:
     """Writes are committed in the order they were handed in: one batch at a time, and whatever
-    arrives while a batch commits goes into the next. A batch the database fails is tried again
-    (a write is fenced by its lease, so trying again is safe). Each caller learns its own outcome:
-    done, or LeaseLost for a run whose lease is gone, or the batch's last database error."""
+    arrives while a batch commits goes into the next. A batch that fails for a reason that may
+    pass is tried again (every write is fenced by its lease, so that is safe); one that fails
+    otherwise is written again a write at a time, so that one bad write fails alone. Each caller
+    learns its own outcome: done, or LeaseLost for a run whose lease is gone, or its error."""
 
     def __init__(
         self, store: RunStore, db: DbCall, *, retry_delays: Sequence[float] = RETRY_DELAYS
@@ -67,39 +70,70 @@ class RunWriter:
         ends = [w for w, _ in batch if isinstance(w, End)]
         try:
             written = await self._write(checkpoints, ends)
-            for write, future in batch:
-                lease = write.lease
-                if (lease.run.id, lease.token) in written.refused:
-                    lost = LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
-                    self._fail(write, future, lost)
-                elif future.done():  # its caller stopped waiting (cancelled)
-                    continue
-                elif isinstance(write, End):
-                    future.set_result(written.states[lease.run.id])
-                else:
-                    future.set_result(None)
+        except Exception as exc:
+            if len(batch) > 1 and not self._store.backend.is_transient(exc):
+                await self._commit_each(batch)
+            else:
+                for write, future in batch:
+                    self._fail(write, future, exc)
+            return
         except BaseException as exc:  # nobody may wait forever, whatever happened
-            failure = (
-                exc if isinstance(exc, Exception) else RuntimeError(f"writer stopped: {exc!r}")
-            )
             for write, future in batch:
-                self._fail(write, future, failure)
-            if not isinstance(exc, Exception):
+                self._fail(write, future, RuntimeError(f"writer stopped: {exc!r}"))
+            raise
+        for write, future in batch:
+            lease = write.lease
+            if (lease.run.id, lease.token) in written.refused:
+                lost = LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
+                self._fail(write, future, lost)
+            elif future.done():  # its caller stopped waiting (cancelled)
+                continue
+            elif isinstance(write, End):
+                future.set_result(written.states[lease.run.id])
+            else:
+                future.set_result(None)
+
+    async def _commit_each(self, batch: list[tuple[Checkpoint | End, asyncio.Future[Any]]]) -> None:
+        for i, item in enumerate(batch):
+            try:
+                await self._commit([item])
+            except BaseException as exc:
+                for write, future in batch[i + 1 :]:
+                    self._fail(write, future, RuntimeError(f"writer stopped: {exc!r}"))
                 raise
 
     async def _write(self, checkpoints: list[Checkpoint], ends: list[End]) -> Written:
-        for delay in self._retry_delays:
+        delays = iter(self._retry_delays)
+        deadline = None
+        while True:
             try:
                 written: Written = await self._db(self._store.write, checkpoints, ends)
-                return written
             except Exception as exc:
-                runs = sorted(
-                    {c.lease.run.id for c in checkpoints} | {e.lease.run.id for e in ends}
-                )
-                log.warning("writing runs failed; retrying", runs=runs, error=str(exc))
+                now = time.monotonic()
+                deadline = deadline or now + sum(self._retry_delays)
+                delay = next(delays, None)
+                if delay is None or now >= deadline or not self._store.backend.is_transient(exc):
+                    raise
+                runs = {c.lease.run.id for c in checkpoints} | {e.lease.run.id for e in ends}
+                log.warning("writing runs failed; retrying", runs=sorted(runs), error=str(exc))
                 await asyncio.sleep(delay)
-        written = await self._db(self._store.write, checkpoints, ends)
-        return written
+                continue
+            if deadline is not None:  # an earlier try may have committed, unacknowledged
+                await self._applied_before(ends, written)
+            return written
+
+    async def _applied_before(self, ends: list[End], written: Written) -> None:
+        """Ends refused because an earlier try committed them (its acknowledgement was lost):
+        the run is still on this lease's token, in the state the end gave it."""
+        for end in ends:
+            key = (end.lease.run.id, end.lease.token)
+            if key not in written.refused:
+                continue
+            run = await self._db(self._store.get_run, end.lease.run.id)
+            took = {end.state, RunState.PAUSED} if end.state is RunState.QUEUED else {end.state}
+            if run.lease_token == end.lease.token and run.state in took:
+                written.refused.discard(key)
+                written.states[run.id] = run.state
 
     @staticmethod
     def _fail(write: Checkpoint | End, future: asyncio.Future[Any], exc: Exception) -> None:
