@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 import sqlite3
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -771,5 +772,32 @@ async def test_a_step_starts_only_once_the_one_before_is_committed(db_url: str) 
                 if cp.lease.run.id == r.id
             ]
             assert 2 in carried + before
+    finally:
+        app.close()
+
+
+async def test_a_run_keeps_its_lease_while_its_end_waits_for_the_database(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = fast_app(db_url)  # leases of 1 s, renewed every 0.2 s
+    try:
+
+        @app.workflow(name="writes.one")
+        async def one(ctx: RunContext) -> int:
+            return 1
+
+        real = app.store.write
+
+        def slow_ends(checkpoints: Sequence[Checkpoint], ends: Sequence[End]) -> Written:
+            if ends:
+                time.sleep(2.5)  # the database answers after more than a lease
+            return real(checkpoints, ends)
+
+        monkeypatch.setattr(app.store, "write", slow_ends)
+        run = await app.enqueue("writes.one")
+        async with worker_running(app) as worker:
+            (done,) = await wait_for_states(app.store, [run.id])
+        assert (done.state, done.output, done.stalls) == (RunState.SUCCEEDED, 1, 0)
+        assert (worker.stats.succeeded, worker.stats.lost) == (1, 0)
     finally:
         app.close()

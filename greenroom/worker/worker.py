@@ -263,10 +263,12 @@ class Worker:
             await asyncio.sleep(self._heartbeat_interval())
             started = self.store.clock.now()
             # Only runs held before the beat can be missing from it: a run claimed or finished
-            # while the beat was in flight is not lost.
+            # while the beat was in flight is not lost. A run whose end is being written is
+            # renewed too: its end may be waiting out a database outage.
             known = {run_id for run_id, a in self._active.items() if not a.finishing}
+            renew = set(self._active)
             try:
-                beat = await self._db(self.store.heartbeat, self.id, s.lease_seconds, known)
+                beat = await self._db(self.store.heartbeat, self.id, s.lease_seconds, renew)
             except Exception as exc:
                 self.log.warning("heartbeat failed", error=str(exc))
                 continue
