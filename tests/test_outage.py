@@ -30,7 +30,7 @@ _VICTIMS = (
 
 def _terminate_connections(url: str, stop: threading.Event, killed: list[int]) -> None:
     """Four rounds, each dropping all of the worker's connections at once, as a server restart
-    or a failover would, about a second apart."""
+    or a failover would, 0.3 to 1 s apart."""
     with psycopg.connect(url, autocommit=True) as conn:
         for _ in range(4):
             if stop.wait(random.uniform(0.3, 1.0)):
