@@ -18,8 +18,11 @@ from greenroom.storage.writes import Checkpoint, End, Written
 #: Writes in one transaction, at most.
 MAX_BATCH = 100
 #: Seconds between tries of a batch that failed for a reason that may pass (a lost connection,
-#: a restarting database); no try starts more than their sum after the first failure.
+#: a restarting database).
 RETRY_DELAYS = (0.4, 0.8, 1.6, 2.0)
+#: A try that took longer than this to fail (waiting for a connection, say) is not repeated:
+#: trying again would keep the worker's other writes waiting as long again.
+SLOW_FAILURE_SECONDS = 5.0
 
 log = structlog.get_logger("greenroom.writer")
 
@@ -104,21 +107,22 @@ class RunWriter:
 
     async def _write(self, checkpoints: list[Checkpoint], ends: list[End]) -> Written:
         delays = iter(self._retry_delays)
-        deadline = None
+        retried = False
         while True:
+            started = time.monotonic()
             try:
                 written: Written = await self._db(self._store.write, checkpoints, ends)
             except Exception as exc:
-                now = time.monotonic()
-                deadline = deadline or now + sum(self._retry_delays)
+                slow = time.monotonic() - started > SLOW_FAILURE_SECONDS
                 delay = next(delays, None)
-                if delay is None or now >= deadline or not self._store.backend.is_transient(exc):
+                if delay is None or slow or not self._store.backend.is_transient(exc):
                     raise
                 runs = {c.lease.run.id for c in checkpoints} | {e.lease.run.id for e in ends}
                 log.warning("writing runs failed; retrying", runs=sorted(runs), error=str(exc))
                 await asyncio.sleep(delay)
+                retried = True
                 continue
-            if deadline is not None:  # an earlier try may have committed, unacknowledged
+            if retried:  # an earlier try may have committed, unacknowledged
                 await self._applied_before(ends, written)
             return written
 
