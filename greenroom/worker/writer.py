@@ -133,7 +133,10 @@ class RunWriter:
             key = (end.lease.run.id, end.lease.token)
             if key not in written.refused:
                 continue
-            run = await self._db(self._store.get_run, end.lease.run.id)
+            try:
+                run = await self._db(self._store.get_run, end.lease.run.id)
+            except Exception:  # the batch is written: this end stays reported as refused
+                continue
             took = {end.state, RunState.PAUSED} if end.state is RunState.QUEUED else {end.state}
             if run.lease_token == end.lease.token and run.state in took:
                 written.refused.discard(key)
