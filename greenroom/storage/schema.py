@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -21,6 +23,18 @@ metadata = MetaData()
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, PostgreSQL wants BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _partial_index(name: str, *columns: Any, where: str, unique: bool = False) -> Index:
+    """An index of the rows matching `where`, the same on both databases."""
+    return Index(
+        name,
+        *columns,
+        unique=unique,
+        sqlite_where=text(where),
+        postgresql_where=text(where),
+    )
+
 
 runs = Table(
     "runs",
@@ -61,67 +75,59 @@ runs = Table(
     # Added by migration 0005: the run holds a slot of its queue's / tenant's concurrency limit.
     Column("holds_queue_slot", Boolean, nullable=False, server_default=text("false")),
     Column("holds_tenant_slot", Boolean, nullable=False, server_default=text("false")),
-    Index(
+    _partial_index(
         "runs_idempotency",
         "tenant",
         "idempotency_key",
         unique=True,
-        sqlite_where=text("idempotency_key IS NOT NULL"),
-        postgresql_where=text("idempotency_key IS NOT NULL"),
+        where="idempotency_key IS NOT NULL",
     ),
     # Ready runs without a session: claimed straight from this index, tenant by tenant.
-    Index(
+    _partial_index(
         "runs_ready_free",
         "tenant",
         "queue",
         text("priority DESC"),
         "seq",
-        sqlite_where=text("state = 'queued' AND session_key IS NULL"),
-        postgresql_where=text("state = 'queued' AND session_key IS NULL"),
+        where="state = 'queued' AND session_key IS NULL",
     ),
     # Ready runs of one session: the lane head lookup.
-    Index(
+    _partial_index(
         "runs_ready_session",
         "tenant",
         "session_key",
         text("priority DESC"),
         "seq",
-        sqlite_where=text("state = 'queued'"),
-        postgresql_where=text("state = 'queued'"),
+        where="state = 'queued'",
     ),
-    Index(
+    _partial_index(
         "runs_delayed",
         "available_at",
-        sqlite_where=text("state = 'delayed'"),
-        postgresql_where=text("state = 'delayed'"),
+        where="state = 'delayed'",
     ),
-    Index(
+    _partial_index(
         "runs_leased",
         "lease_owner",
         "lease_expires_at",
-        sqlite_where=text("state = 'running'"),
-        postgresql_where=text("state = 'running'"),
+        where="state = 'running'",
     ),
     Index("runs_listing", "tenant", "state", "seq"),
     Index("runs_workflow", "workflow", "seq"),
     # Partial (migration 0005): a run's claim and end add no entries for what it lacks.
-    Index(
+    _partial_index(
         "runs_retry_of",
         "retry_of",
-        sqlite_where=text("retry_of IS NOT NULL"),
-        postgresql_where=text("retry_of IS NOT NULL"),
+        where="retry_of IS NOT NULL",
     ),
-    Index(
+    _partial_index(
         "runs_error_group",
         "error_group",
-        sqlite_where=text("error_group IS NOT NULL"),
-        postgresql_where=text("error_group IS NOT NULL"),
+        where="error_group IS NOT NULL",
     ),
-    Index(
+    _partial_index(
         "runs_finished",
         "finished_at",
-        sqlite_where=text("finished_at IS NOT NULL"),
-        postgresql_where=text("finished_at IS NOT NULL"),
+        where="finished_at IS NOT NULL",
     ),
     # A tenant's runs newest first (API listings).
     Index("runs_tenant", "tenant", "seq"),
@@ -167,14 +173,13 @@ lanes = Table(
     Column("head_seq", BigInteger),
     Column("head_priority", Integer),
     Column("head_queue", String(200)),
-    Index(
+    _partial_index(
         "lanes_ready",
         "tenant",
         "head_queue",
         text("head_priority DESC"),
         "head_seq",
-        sqlite_where=text("head_seq IS NOT NULL AND active < max_active"),
-        postgresql_where=text("head_seq IS NOT NULL AND active < max_active"),
+        where="head_seq IS NOT NULL AND active < max_active",
     ),
 )
 
@@ -239,9 +244,7 @@ tenants = Table(
     # Set when a platform operator registered the tenant (API keys need it); tenants that only
     # appear through enqueue have none.
     Column("registered_at", Float),
-    Index(
-        "tenants_ready", "pass", sqlite_where=text("ready > 0"), postgresql_where=text("ready > 0")
-    ),
+    _partial_index("tenants_ready", "pass", where="ready > 0"),
 )
 
 pauses = Table(
