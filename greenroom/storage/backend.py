@@ -63,9 +63,17 @@ class Backend(abc.ABC):
     skip_locked: str = ""
     #: Appended to SELECTs that lock one row for update.
     for_update: str = ""
+    #: Whether one statement can hold several writes (data-modifying WITH queries), so that a
+    #: common operation can be one statement that is its own transaction: one round trip.
+    composes_writes: bool = False
 
     @abc.abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]: ...
+
+    def single_statement(self) -> AbstractContextManager[Tx]:
+        """A transaction of one statement: where the database allows, that statement is its own
+        transaction, one round trip in all."""
+        return self.transaction()
 
     @abc.abstractmethod
     def sqlalchemy_url(self) -> str:
@@ -88,6 +96,11 @@ class Backend(abc.ABC):
 
     def notify(self, tx: Tx, queue: str) -> None:  # noqa: B027 - optional hook
         """Tell idle workers that `queue` has ready work (only where the database can)."""
+
+    def notify_sql(self, queue: str) -> str:
+        """An SQL expression telling idle workers that the queue named by SQL `queue` has ready
+        work, for statements that compose writes."""
+        raise NotImplementedError
 
     def listen(self, on_notify: Callable[[str], None]) -> Liveness | None:
         """Call on_notify(queue) from a background thread on each notification, if supported."""

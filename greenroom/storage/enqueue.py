@@ -37,11 +37,33 @@ _INSERT_RUNS = (
     " updated_at) SELECT id, tenant, workflow, queue, session_key, state, priority, input,"
     " labels, idempotency_key, 1, COALESCE(max_attempts, (SELECT q.max_attempts FROM queues q"
     " WHERE q.name = w.queue), 1), timeout, 0, false, false, retry_of, request_hash, 0,"
-    # WHERE true: SQLite needs it to read ON CONFLICT as the upsert clause.
-    " available_at, :now, :now FROM w WHERE true"
+    # A WHERE clause: SQLite needs one to read ON CONFLICT as the upsert clause.
+    " available_at, :now, :now FROM w WHERE {where}"
     " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
     # Whether any pause exists, in the same round trip (there rarely is one).
     " RETURNING *, (SELECT COUNT(*) FROM pauses) AS pauses"
+)
+# One tenant's new runs as one statement, where the database composes writes. While any pause
+# exists nothing is inserted, and the general path runs. Lanes are locked before the tenant (the
+# order every transaction keeps): the tenant's update reads the lanes' offer first.
+_INSERT_AT_ONCE = (
+    f"WITH w({_NEW_NAMES}, max_active) AS ({{rows}}),"
+    " ins AS (" + _INSERT_RUNS.format(where="NOT EXISTS (SELECT 1 FROM pauses)") + "),"
+    " ev AS (INSERT INTO run_events (run_id, at, state, reason) SELECT id, :now, state,"
+    " CASE WHEN state = 'queued' THEN 'enqueued' ELSE 'enqueued with a delay' END FROM ins),"
+    " queued AS (SELECT * FROM ins WHERE state = 'queued'),"
+    " offered AS ("
+    + ready.lane_offer(
+        "SELECT DISTINCT ON (r.session_key) r.tenant, r.session_key, 0, w.max_active, r.seq,"
+        " r.priority, r.queue FROM queued r JOIN w ON w.id = r.id WHERE r.session_key IS NOT NULL"
+        " ORDER BY r.session_key, r.priority DESC, r.seq"
+    )
+    + " RETURNING 1), counted AS ("
+    + ready.tenant_ready("(SELECT COUNT(*) FROM queued)")
+    + " AND (SELECT COUNT(*) FROM offered) >= 0 AND EXISTS (SELECT 1 FROM queued))"
+    " SELECT ins.*, p.n AS pauses_found FROM (SELECT COUNT(*) AS n,"
+    " (SELECT COUNT({notify}) FROM (SELECT DISTINCT queue FROM queued) q) AS notified"
+    " FROM pauses) p LEFT JOIN ins ON true"
 )
 _REASONS = {
     RunState.QUEUED: "enqueued",
@@ -73,7 +95,9 @@ def insert_runs(
     for start in range(0, len(new_rows), ROWS_CHUNK):
         params: dict[str, Any] = {"now": now}
         rows = tx.rows(_NEW_COLUMNS, new_rows[start : start + ROWS_CHUNK], params)
-        for row in tx.execute(f"WITH w({_NEW_NAMES}) AS ({rows}) {_INSERT_RUNS}", params):
+        for row in tx.execute(
+            f"WITH w({_NEW_NAMES}) AS ({rows}) {_INSERT_RUNS.format(where='true')}", params
+        ):
             inserted[row["id"]] = row
     ready_rows = [r for r in inserted.values() if r["state"] == RunState.QUEUED.value]
     held = {}
@@ -83,12 +107,8 @@ def insert_runs(
     became_ready: list[Row] = []
     events: list[dict[str, Any]] = []
     for new, values in zip(batch, new_rows, strict=True):
-        if values["id"] not in inserted:  # its idempotency key was used: the run that has it
-            existing = tx.execute(
-                "SELECT * FROM runs WHERE tenant = :tenant AND idempotency_key = :key",
-                {"tenant": new.tenant, "key": new.idempotency_key},
-            )
-            out.append((existing[0], False))
+        if values["id"] not in inserted:  # its idempotency key was used
+            out.append((_existing(tx, new), False))
             continue
         row = held.get(values["id"]) or inserted[values["id"]]
         state = RunState(row["state"])
@@ -99,6 +119,56 @@ def insert_runs(
     insert_events(tx, events)
     ready.enter_ready(tx, b, became_ready)
     return out
+
+
+def insert_runs_at_once(
+    b: Backend, batch: Sequence[NewRun], now: float, known: ready.KnownRecords
+) -> list[tuple[Row, bool]] | None:
+    """The common enqueue as one statement that is its own transaction, where the database
+    composes writes: runs of one tenant whose queue and tenant records exist, while no pause
+    exists. None when that does not hold, and nothing was written: take the general path."""
+    tenants = {new.tenant for new in batch}
+    if (
+        not b.composes_writes
+        or len(tenants) != 1
+        or len(batch) > ROWS_CHUNK
+        or not tenants <= known.tenants
+        or not {new.queue for new in batch} <= known.queues
+    ):
+        return None
+    new_rows = [_new_row(new, now) for new in batch]
+    params: dict[str, Any] = {"now": now, "tenant": batch[0].tenant}
+    with b.single_statement() as tx:
+        source = tx.rows(
+            [*_NEW_COLUMNS, ("max_active", "integer")],
+            [
+                {**values, "max_active": new.session_concurrency}
+                for new, values in zip(batch, new_rows, strict=True)
+            ],
+            params,
+        )
+        rows = tx.execute(
+            _INSERT_AT_ONCE.format(rows=source, notify=b.notify_sql("q.queue")), params
+        )
+    if rows[0]["pauses_found"]:
+        return None
+    inserted = {r["id"]: r for r in rows if r["id"] is not None}
+    out: list[tuple[Row, bool]] = []
+    for new, values in zip(batch, new_rows, strict=True):
+        if values["id"] in inserted:
+            out.append((inserted[values["id"]], True))
+        else:  # its idempotency key was used
+            with b.transaction(write=False) as tx:
+                out.append((_existing(tx, new), False))
+    return out
+
+
+def _existing(tx: Tx, new: NewRun) -> Row:
+    """The run that holds this new run's idempotency key."""
+    return tx.execute(
+        "SELECT * FROM runs WHERE tenant = :tenant AND idempotency_key = :key",
+        {"tenant": new.tenant, "key": new.idempotency_key},
+    )[0]
 
 
 def _new_row(new: NewRun, now: float) -> dict[str, Any]:

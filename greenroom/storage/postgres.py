@@ -97,6 +97,7 @@ class _Listener(Liveness):
 class PostgresBackend(Backend):
     skip_locked = "FOR UPDATE SKIP LOCKED"
     for_update = "FOR UPDATE"
+    composes_writes = True
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url
@@ -104,22 +105,33 @@ class PostgresBackend(Backend):
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"row_factory": dict_row},
+            # Transactions say BEGIN; a lone statement is its own transaction (`statement`).
+            kwargs={"row_factory": dict_row, "autocommit": True},
             open=True,
         )
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+    def _connection(self) -> Iterator[psycopg.Connection[Row]]:
         conn = None
         try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-                yield _PostgresTx(cursor)
+            with self._pool.connection() as conn:
+                yield conn
         except psycopg.OperationalError:
             if conn is not None and conn.broken:
                 # The server may have dropped every connection (a restart, a failover): test
                 # the idle ones now, so that trying again does not take another dead one.
                 self._pool.check()
             raise
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield _PostgresTx(cursor)
+
+    @contextmanager
+    def single_statement(self) -> Iterator[Tx]:
+        with self._connection() as conn, conn.cursor() as cursor:
+            yield _PostgresTx(cursor)
 
     def sqlalchemy_url(self) -> str:
         return "postgresql+psycopg://" + self.url.split("://", 1)[1]
@@ -159,7 +171,10 @@ class PostgresBackend(Backend):
         return f"(CAST(labels AS jsonb) ->> :{key_param}) = :{value_param}"
 
     def notify(self, tx: Tx, queue: str) -> None:
-        tx.execute("SELECT pg_notify(:channel, :queue)", {"channel": CHANNEL, "queue": queue})
+        tx.execute(f"SELECT {self.notify_sql(':queue')}", {"queue": queue})
+
+    def notify_sql(self, queue: str) -> str:
+        return f"pg_notify('{CHANNEL}', {queue})"
 
     def listen(self, on_notify: Callable[[str], None]) -> Liveness | None:
         return _Listener(self.url, on_notify)

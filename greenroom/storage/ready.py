@@ -32,14 +32,22 @@ LANE_HEAD = (
     " AND r.session_key = lanes.session_key AND r.state = 'queued'"
     " ORDER BY r.priority DESC, r.seq LIMIT 1)"
 )
-_LANE_OFFER = (
-    "INSERT INTO lanes (tenant, session_key, active, max_active, head_seq, head_priority,"
-    " head_queue) VALUES (:tenant, :session_key, 0, :max_active, :seq, :priority, :queue)"
-    " ON CONFLICT (tenant, session_key) DO UPDATE SET head_seq = excluded.head_seq,"
-    " head_priority = excluded.head_priority, head_queue = excluded.head_queue"
-    " WHERE lanes.head_seq IS NULL OR excluded.head_priority > lanes.head_priority"
-    " OR (excluded.head_priority = lanes.head_priority AND excluded.head_seq < lanes.head_seq)"
-)
+
+
+def lane_offer(source: str) -> str:
+    """Offer ready runs as heads of their lanes, creating lanes on first use: `source` yields
+    (tenant, session_key, active, max_active, seq, priority, queue), at most one per lane."""
+    return (
+        "INSERT INTO lanes (tenant, session_key, active, max_active, head_seq, head_priority,"
+        f" head_queue) {source} ON CONFLICT (tenant, session_key) DO UPDATE"
+        " SET head_seq = excluded.head_seq, head_priority = excluded.head_priority,"
+        " head_queue = excluded.head_queue WHERE lanes.head_seq IS NULL"
+        " OR excluded.head_priority > lanes.head_priority"
+        " OR (excluded.head_priority = lanes.head_priority AND excluded.head_seq < lanes.head_seq)"
+    )
+
+
+_LANE_OFFER = lane_offer("VALUES (:tenant, :session_key, 0, :max_active, :seq, :priority, :queue)")
 
 
 def _lane_keys(rows: Iterable[Row]) -> list[tuple[str, str]]:
@@ -67,14 +75,19 @@ def refresh_lanes(tx: Tx, keys: Sequence[tuple[str, str]], active_delta: int = 0
         )
 
 
-# Ready counts move on; a tenant that starts to compete (new, or back from idle) starts at the
-# lowest pass of the tenants already competing: no burst for the time it was away.
-_TENANT_READY = (
-    "UPDATE tenants SET ready = ready + :n, pass = CASE WHEN :n > 0 AND ready = 0"
-    " AND pass < (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
-    " THEN (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
-    " ELSE pass END WHERE name = :tenant"
-)
+def tenant_ready(n: str) -> str:
+    """Move tenant :tenant's ready count on by SQL `n`. A tenant that starts to compete (new,
+    or back from idle) starts at the lowest pass of the tenants already competing: no burst for
+    the time it was away."""
+    return (
+        f"UPDATE tenants SET ready = ready + {n}, pass = CASE WHEN {n} > 0 AND ready = 0"
+        " AND pass < (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
+        " THEN (SELECT MIN(o.pass) FROM tenants o WHERE o.ready > 0 AND o.name <> :tenant)"
+        " ELSE pass END WHERE name = :tenant"
+    )
+
+
+_TENANT_READY = tenant_ready(":n")
 
 
 def _tenant_ready(tx: Tx, counts: Counter[str]) -> None:

@@ -43,7 +43,7 @@ from greenroom.storage.codec import (
     worker_from_row,
 )
 from greenroom.storage.controls import Controls
-from greenroom.storage.enqueue import insert_runs
+from greenroom.storage.enqueue import insert_runs, insert_runs_at_once
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.writes import Checkpoint, End, Written
 
@@ -84,10 +84,11 @@ class RunStore(Controls, Admin, Sessions, Accounts):
     @retry_conflicts
     def enqueue_many(self, batch: Sequence[NewRun]) -> list[tuple[Run, bool]]:
         """Insert runs in one transaction; a used idempotency key returns its existing run."""
-        with self.backend.transaction() as tx:
-            inserted = insert_runs(
-                tx, self.backend, batch, self.clock.now(), known=self._known_records
-            )
+        now = self.clock.now()
+        inserted = insert_runs_at_once(self.backend, batch, now, self._known_records)
+        if inserted is None:
+            with self.backend.transaction() as tx:
+                inserted = insert_runs(tx, self.backend, batch, now, known=self._known_records)
         self._known_records.add(batch)  # committed: they exist from now on
         return [(run_from_row(row), created) for row, created in inserted]
 
