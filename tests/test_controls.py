@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import pytest
 
 from greenroom import InvalidInput, ManualClock, NotFound, RunState
 from greenroom.model import Lease, NewRun, PauseScope, Run
 from greenroom.storage import RunStore, open_store
-from greenroom.storage import claim as claim_module
 
 LEASE = 30.0
 ACTOR = "ops@example.com"
@@ -177,60 +179,79 @@ def test_running_counts_give_back_exactly_the_slots_claims_took(
     assert active() == (5, 5)
 
 
-def test_a_limit_set_while_a_claim_runs_counts_that_claims_runs(
-    store: RunStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+# Races between a claim and a concurrent change exist on PostgreSQL only (a SQLite claim holds
+# the write lock throughout). A row lock held from another connection stops a claim where it
+# waits for that row, after it read what the race is about.
+
+
+@contextmanager
+def _row_locked(url: str, sql: str) -> Iterator[Callable[[int], None]]:
+    """Hold the row lock `sql` takes until the block ends; yields a function that waits until
+    that many transactions wait for a lock."""
+    with psycopg.connect(url) as conn:
+        conn.execute(sql)
+        watcher = psycopg.connect(url, autocommit=True)
+
+        def wait_blocked(n: int) -> None:
+            deadline = time.monotonic() + 10
+            while (
+                watcher.execute("SELECT COUNT(*) FROM pg_locks WHERE NOT granted").fetchone()[0] < n
+            ):
+                assert time.monotonic() < deadline, "the claims never waited for the lock"
+                time.sleep(0.01)
+
+        try:
+            yield wait_blocked
+        finally:
+            watcher.close()
+            conn.commit()
+
+
+def test_a_limit_set_while_a_claim_runs_counts_that_claims_runs(pg_url: str) -> None:
+    store = open_store(pg_url)
     for _ in range(6):
         enqueue(store, queue="q")
-    plan = claim_module._queue_plan
-
-    def slow_plan(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.5)  # the limit is set after this claim read the queue as unlimited
-        return plan(*args, **kwargs)
-
-    monkeypatch.setattr(claim_module, "_queue_plan", slow_plan)
-    with ThreadPoolExecutor(2) as pool:
-        claiming = pool.submit(claim, store, 4, ["q"])
-        time.sleep(0.2)
-        pool.submit(store.set_queue, "q", actor=ACTOR, reason="cap", concurrency=2).result()
+    # With a tenant limit, the claim locks the tenant after it read the queue as unlimited.
+    store.set_tenant("default", actor=ACTOR, reason="a lock to wait for", concurrency=100)
+    with ThreadPoolExecutor(1) as pool:
+        with _row_locked(pg_url, "SELECT 1 FROM tenants WHERE name = 'default' FOR UPDATE") as (
+            wait_blocked
+        ):
+            claiming = pool.submit(claim, store, 4, ["q"])
+            wait_blocked(1)
+            store.set_queue("q", actor=ACTOR, reason="cap", concurrency=2)
         assert len(claiming.result()) == 4
-    monkeypatch.undo()
     assert claim(store, queues=["q"]) == [], "4 runs run under a limit of 2: no room"
     with store.backend.transaction(write=False) as tx:
         (queue,) = tx.execute("SELECT active FROM queues WHERE name = 'q'")
+        held = tx.execute("SELECT COUNT(*) AS n FROM runs WHERE holds_queue_slot")
     assert queue["active"] == 4
+    assert held[0]["n"] == 4, "their ends give the slots back"
+    store.backend.close()
 
 
-def test_concurrent_claims_both_move_their_tenants_on(
-    store: RunStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A claim that waited for a limited queue's lock adds to the pass, never overwrites it."""
+def test_concurrent_claims_both_move_their_tenants_on(pg_url: str) -> None:
+    """A claim that read the passes, then waited for a lock, adds to them: never overwrites."""
+    store = open_store(pg_url)
     for tenant in ("t1", "t2"):
         for _ in range(10):
             enqueue(store, queue="q", tenant=tenant)
-    store.set_queue("q", actor=ACTOR, reason="limited: claims take its lock", concurrency=100)
-    choose = claim_module._choose
-
-    def slow_choose(*args: Any, **kwargs: Any) -> Any:
-        chosen = choose(*args, **kwargs)
-        if threading.current_thread().name.startswith("first"):
-            time.sleep(0.5)  # holds the queue's lock while the second claim waits for it
-        return chosen
-
-    monkeypatch.setattr(claim_module, "_choose", slow_choose)
-    with (
-        ThreadPoolExecutor(1, thread_name_prefix="first") as first,
-        ThreadPoolExecutor(1, thread_name_prefix="second") as second,
-    ):
-        a = first.submit(claim, store, 4, ["q"], "w1")
-        time.sleep(0.2)
-        b = second.submit(claim, store, 2, ["q"], "w2")
+        # With a limit, claims lock the tenants after reading their passes.
+        store.set_tenant(tenant, actor=ACTOR, reason="a lock to wait for", concurrency=100)
+    with ThreadPoolExecutor(2) as pool:
+        with _row_locked(pg_url, "SELECT 1 FROM tenants WHERE name = 't1' FOR UPDATE") as (
+            wait_blocked
+        ):
+            a = pool.submit(claim, store, 4, ["q"], "w1")
+            b = pool.submit(claim, store, 2, ["q"], "w2")
+            wait_blocked(2)
         assert (len(a.result()), len(b.result())) == (4, 2)
     # Equal weights: 6 runs moved the two tenants on by 3 each.
     assert {t.name: t.ready for t in store.tenants()} == {"t1": 7, "t2": 7}
     with store.backend.transaction(write=False) as tx:
         passes = tx.execute("SELECT name, pass FROM tenants ORDER BY name")
     assert [(r["name"], r["pass"]) for r in passes] == [("t1", 3.0), ("t2", 3.0)]
+    store.backend.close()
 
 
 def test_queue_defaults_apply_to_new_runs_and_leases(store: RunStore) -> None:

@@ -222,13 +222,27 @@ def test_create_all_and_migrations_build_the_same_database(
     assert migrated == created
 
 
+def _functions_and_types(url: str) -> set[str]:
+    """greenroom's functions and types (PostgreSQL only: the claim function, migration 0006)."""
+    if not url.startswith("postgresql"):
+        return set()
+    sql = (
+        "SELECT proname FROM pg_proc WHERE starts_with(proname, 'greenroom')"
+        " UNION SELECT typname FROM pg_type WHERE starts_with(typname, 'greenroom')"
+    )
+    return _with_conn(url, lambda conn: {r[0] for r in conn.exec_driver_sql(sql)})
+
+
 def test_upgrade_is_idempotent_and_downgrade_removes_everything(empty_db: str) -> None:
     upgrade(empty_db)
     before = describe(empty_db)
+    if empty_db.startswith("postgresql"):
+        assert {"greenroom_claim", "greenroom_candidate"} <= _functions_and_types(empty_db)
     upgrade(empty_db)
     assert describe(empty_db) == before
     command.downgrade(alembic_config(empty_db), "base")
     assert not any(describe(empty_db).values()), "tables left after downgrade"
+    assert not _functions_and_types(empty_db), "functions or types left after downgrade"
     assert current_revision(empty_db) is None
 
 

@@ -66,6 +66,8 @@ class Backend(abc.ABC):
     #: Whether one statement can hold several writes (data-modifying WITH queries), so that a
     #: common operation can be one statement that is its own transaction: one round trip.
     composes_writes: bool = False
+    #: Whether the database claims in one statement (a function the migrations install).
+    claims_in_one_statement: bool = False
 
     @abc.abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]: ...

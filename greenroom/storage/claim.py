@@ -3,9 +3,13 @@
 Order of decisions, each read from a small summary rather than by scanning runs:
 1. queues: what their concurrency limit and rate limit still allow (limited rows are locked, so
    limits hold across all workers);
-2. tenants: ready tenants are served in turn by stride scheduling (lowest `pass` first, each
-   claim moves it on by 1/weight), so one tenant's backlog never delays another's runs;
+2. tenants: ready tenants are served in turn by stride scheduling (lowest `pass` first, then
+   by name; each claim moves it on by 1/weight), so one tenant's backlog never delays another's;
 3. within a tenant: priority first, then FIFO, one run per free session lane.
+
+On PostgreSQL the function `greenroom_claim` (migrations/sql/0006_claim.sql) takes the same
+decisions, so that a claim is one statement: a change here is made there too, in a new migration.
+tests/test_claim_function.py checks that both decide and write alike.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def _summaries(tx: Tx, b: Backend, queues: Sequence[str]) -> tuple[list[Row], li
         f" FROM queues WHERE {b.member('name', 'queues')}"
         " UNION ALL SELECT * FROM (SELECT 'tenant' AS kind, name, concurrency, active,"
         " CAST(NULL AS INTEGER), CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS DOUBLE PRECISION),"
-        " weight, pass FROM tenants WHERE ready > 0 ORDER BY pass LIMIT :n) AS ready_tenants",
+        " weight, pass FROM tenants WHERE ready > 0 ORDER BY pass, name LIMIT :n) AS ready_tenants",
         {"queues": b.list_param(queues), "n": TENANT_SCAN},
     )
     return [r for r in rows if r["kind"] == "queue"], [r for r in rows if r["kind"] == "tenant"]
@@ -173,6 +177,45 @@ def _choose(tx: Tx, b: Backend, plan: _Plan, tenants: list[_Tenant], limit: int)
 
 
 def claim(
+    b: Backend,
+    *,
+    worker_id: str,
+    queues: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+    now: float,
+) -> list[Row]:
+    """Lease up to `limit` runs to `worker_id`, in a transaction of its own; the leased rows,
+    best first."""
+    queues = list(dict.fromkeys(queues))
+    if b.claims_in_one_statement:
+        with b.single_statement() as tx:
+            return tx.execute(
+                "SELECT * FROM greenroom_claim(:worker_id, :queues, :limit, :lease_seconds,"
+                " :now, :tenant_scan, :margin)",
+                {
+                    "worker_id": worker_id,
+                    "queues": queues,
+                    "limit": limit,
+                    "lease_seconds": lease_seconds,
+                    "now": now,
+                    "tenant_scan": TENANT_SCAN,
+                    "margin": START_RECORD_MARGIN,
+                },
+            )
+    with b.transaction() as tx:
+        return _claim(
+            tx,
+            b,
+            worker_id=worker_id,
+            queues=queues,
+            limit=limit,
+            lease_seconds=lease_seconds,
+            now=now,
+        )
+
+
+def _claim(
     tx: Tx,
     b: Backend,
     *,
@@ -182,7 +225,6 @@ def claim(
     lease_seconds: float,
     now: float,
 ) -> list[Row]:
-    """Lease up to `limit` runs to `worker_id`; the leased rows, best first."""
     queue_rows, tenant_rows = _summaries(tx, b, queues)
     plan = _queue_plan(tx, b, queue_rows, queues, limit, now)
     if not any(a > 0 for a in plan.allowance.values()):

@@ -98,6 +98,7 @@ class PostgresBackend(Backend):
     skip_locked = "FOR UPDATE SKIP LOCKED"
     for_update = "FOR UPDATE"
     composes_writes = True
+    claims_in_one_statement = True
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url

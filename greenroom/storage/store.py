@@ -101,17 +101,14 @@ class RunStore(Controls, Admin, Sessions, Accounts):
         """Lease up to `limit` ready runs, fairly across tenants, within every limit."""
         if limit <= 0 or not queues:
             return []
-        now = self.clock.now()
-        with self.backend.transaction() as tx:
-            rows = claim_runs(
-                tx,
-                self.backend,
-                worker_id=worker_id,
-                queues=queues,
-                limit=limit,
-                lease_seconds=lease_seconds,
-                now=now,
-            )
+        rows = claim_runs(
+            self.backend,
+            worker_id=worker_id,
+            queues=queues,
+            limit=limit,
+            lease_seconds=lease_seconds,
+            now=self.clock.now(),
+        )
         return [
             Lease(
                 run=run_from_row(r),
