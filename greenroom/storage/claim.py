@@ -187,7 +187,7 @@ def claim(
 ) -> list[Row]:
     """Lease up to `limit` runs to `worker_id`, in a transaction of its own; the leased rows,
     best first."""
-    queues = list(dict.fromkeys(queues))
+    queues = sorted(set(queues))
     if b.claims_in_one_statement:
         with b.single_statement() as tx:
             return tx.execute(

@@ -9,79 +9,90 @@ CREATE TYPE greenroom_candidate AS (
 
 CREATE FUNCTION greenroom_claim(
     p_worker text,
-    p_queues text[],
+    p_queues text[],  -- sorted, no duplicates
     p_limit integer,
     p_lease double precision,
     p_now double precision,
     p_tenant_scan integer,
     p_start_margin double precision
 ) RETURNS SETOF runs LANGUAGE plpgsql AS $$
+-- Loops over arrays are plain expressions; every statement costs, so the common claim (one
+-- queue, no limits, no pause) runs as few as it can.
 DECLARE
     -- The served queues (claim.py's _Plan), by position.
     q_name text[] := p_queues;
     q_allow double precision[] := array_fill(p_limit::double precision, ARRAY[cardinality(p_queues)]);
     q_lease double precision[] := array_fill(NULL::double precision, ARRAY[cardinality(p_queues)]);
     q_period double precision[] := array_fill(NULL::double precision, ARRAY[cardinality(p_queues)]);
-    q_locked text[];             -- limited when read: locked, then read again
+    q_count integer[] := array_fill(0, ARRAY[cardinality(p_queues)]);
+    q_locked text[] := '{}';     -- limited when read: locked, then read again
     q_capped text[] := '{}';     -- with a concurrency limit: their runs hold a slot
     -- Ready tenants first in turn (claim.py's _Tenant), by position.
     t_name text[] := '{}';
     t_weight double precision[] := '{}';
     t_pass double precision[] := '{}';
+    t_concurrency integer[] := '{}';
     t_room double precision[] := '{}';
-    t_limited boolean[] := '{}';
     t_taken integer[] := '{}';
+    t_count integer[] := '{}';   -- leased (t_taken counts what was chosen)
+    t_held integer[] := '{}';
     t_served boolean[] := '{}';  -- out of the turn
     t_next integer[] := '{}';    -- its next candidate in cands; NULL: not read yet
     t_last integer[] := '{}';
+    t_capped text[] := '{}';
     cands greenroom_candidate[] := '{}';
-    -- What was chosen, in order.
+    -- What was chosen, in order: the run, its tenant (position) and its lease.
     c_seq bigint[] := '{}';
     c_queue text[] := '{}';
     c_session text[] := '{}';
-    c_tenant text[] := '{}';
+    c_tenant integer[] := '{}';
     c_seconds double precision[] := '{}';
-    limited_tenants text[];
-    -- What was leased, and held by a pause.
-    l_seq bigint[];
-    h_seq bigint[];
+    any_session boolean := false;
+    any_pause boolean;
+    l_seq bigint[];              -- leased, and not held by a pause
+    h_seq bigint[] := '{}';
     r record;
     i integer;
     best integer;
     open_queues text[];
     qn text;
-    limit_now integer;
-    found_cands greenroom_candidate[];
     cand greenroom_candidate;
     allow double precision;
     started bigint;
-    n integer;
+    limit_now integer;
 BEGIN
     -- 1. Queues: what their limits still allow (limited ones locked, then read again).
-    FOR r IN SELECT * FROM queues WHERE name = ANY(p_queues) LOOP
+    FOR r IN SELECT * FROM queues WHERE name = ANY(p_queues) ORDER BY name LOOP
         q_lease[array_position(q_name, r.name::text)] := r.lease_seconds;
-    END LOOP;
-    q_locked := ARRAY(
-        SELECT name FROM queues WHERE name = ANY(p_queues)
-        AND (concurrency IS NOT NULL OR rate_limit IS NOT NULL) ORDER BY name
-    );
-    FOR r IN SELECT * FROM queues WHERE name = ANY(q_locked) ORDER BY name FOR UPDATE LOOP
-        i := array_position(q_name, r.name::text);
-        q_lease[i] := r.lease_seconds;
-        allow := p_limit;
-        IF r.concurrency IS NOT NULL THEN
-            allow := least(allow, r.concurrency - r.active);
-            q_capped := array_append(q_capped, r.name::text);
+        IF r.concurrency IS NOT NULL OR r.rate_limit IS NOT NULL THEN
+            q_locked := array_append(q_locked, r.name::text);
         END IF;
-        IF r.rate_limit IS NOT NULL AND r.rate_period <> 0 THEN
-            SELECT COUNT(*) INTO started FROM queue_starts
-            WHERE queue = r.name AND at > p_now - r.rate_period;
-            allow := least(allow, r.rate_limit - started);
-            q_period[i] := r.rate_period;
-        END IF;
-        q_allow[i] := greatest(allow, 0);
     END LOOP;
-    IF NOT EXISTS (SELECT 1 FROM unnest(q_allow) AS a WHERE a > 0) THEN
+    IF cardinality(q_locked) > 0 THEN
+        FOR r IN SELECT * FROM queues WHERE name = ANY(q_locked) ORDER BY name FOR UPDATE LOOP
+            i := array_position(q_name, r.name::text);
+            q_lease[i] := r.lease_seconds;
+            allow := p_limit;
+            IF r.concurrency IS NOT NULL THEN
+                allow := least(allow, r.concurrency - r.active);
+                q_capped := array_append(q_capped, r.name::text);
+            END IF;
+            IF r.rate_limit IS NOT NULL AND r.rate_period <> 0 THEN
+                SELECT COUNT(*) INTO started FROM queue_starts
+                WHERE queue = r.name AND at > p_now - r.rate_period;
+                allow := least(allow, r.rate_limit - started);
+                q_period[i] := r.rate_period;
+            END IF;
+            q_allow[i] := greatest(allow, 0);
+        END LOOP;
+    END IF;
+    open_queues := '{}';
+    FOR i IN 1 .. cardinality(q_name) LOOP
+        IF q_allow[i] > 0 THEN
+            open_queues := array_append(open_queues, q_name[i]);
+        END IF;
+    END LOOP;
+    IF cardinality(open_queues) = 0 THEN
         RETURN;
     END IF;
 
@@ -93,22 +104,27 @@ BEGIN
         t_name := array_append(t_name, r.name::text);
         t_weight := array_append(t_weight, greatest(r.weight, 1e-6));
         t_pass := array_append(t_pass, r.pass);
+        t_concurrency := array_append(t_concurrency, r.concurrency);
         t_room := array_append(t_room, 'Infinity'::double precision);
-        t_limited := array_append(t_limited, r.concurrency IS NOT NULL);
         t_taken := array_append(t_taken, 0);
+        t_count := array_append(t_count, 0);
+        t_held := array_append(t_held, 0);
         t_served := array_append(t_served, false);
         t_next := array_append(t_next, NULL::integer);
         t_last := array_append(t_last, 0);
+        IF r.concurrency IS NOT NULL THEN
+            t_capped := array_append(t_capped, r.name::text);
+        END IF;
     END LOOP;
-    FOR r IN
-        SELECT t.name, t.concurrency, t.active FROM tenants t
-        WHERE t.name = ANY(t_name) AND t.concurrency IS NOT NULL ORDER BY t.name FOR UPDATE
-    LOOP
-        t_room[array_position(t_name, r.name::text)] := r.concurrency - r.active;
-    END LOOP;
-    limited_tenants := ARRAY(
-        SELECT t_name[j] FROM generate_subscripts(t_name, 1) AS j WHERE t_limited[j]
-    );
+    IF cardinality(t_capped) > 0 THEN
+        FOR r IN
+            SELECT t.name, t.active FROM tenants t WHERE t.name = ANY(t_capped)
+            ORDER BY t.name FOR UPDATE
+        LOOP
+            i := array_position(t_name, r.name::text);
+            t_room[i] := t_concurrency[i] - r.active;
+        END LOOP;
+    END IF;
 
     -- 3. Serve tenants in stride order until the slots or the allowances run out.
     WHILE cardinality(c_seq) < p_limit LOOP
@@ -123,15 +139,19 @@ BEGIN
             t_served[best] := true;
             CONTINUE;
         END IF;
-        open_queues := ARRAY(
-            SELECT q_name[j] FROM generate_subscripts(q_name, 1) AS j WHERE q_allow[j] > 0
-        );
+        open_queues := '{}';
+        FOR j IN 1 .. cardinality(q_name) LOOP
+            IF q_allow[j] > 0 THEN
+                open_queues := array_append(open_queues, q_name[j]);
+            END IF;
+        END LOOP;
         EXIT WHEN cardinality(open_queues) = 0;
         IF t_next[best] IS NULL THEN
-            -- Its best ready runs: free runs and heads of free lanes, one query per queue.
-            found_cands := '{}';
+            -- Its best ready runs, best first: free runs and heads of free lanes, one query per
+            -- queue (a list of queues would read and sort every ready row).
+            t_next[best] := cardinality(cands) + 1;
             FOREACH qn IN ARRAY open_queues LOOP
-                found_cands := found_cands || ARRAY(
+                cands := cands || ARRAY(
                     WITH free AS (
                         SELECT seq, priority, queue, NULL AS session_key FROM runs
                         WHERE tenant = t_name[best] AND queue = qn AND state = 'queued'
@@ -147,13 +167,15 @@ BEGIN
                     )
                     SELECT ROW(seq, priority, queue, session_key)::greenroom_candidate
                     FROM (SELECT * FROM free UNION ALL SELECT * FROM heads) AS both_kinds
+                    ORDER BY priority DESC, seq
                 );
             END LOOP;
-            t_next[best] := cardinality(cands) + 1;
-            cands := cands || ARRAY(
-                SELECT c FROM unnest(found_cands) AS c ORDER BY c.priority DESC, c.seq
-            );
             t_last[best] := cardinality(cands);
+            IF cardinality(open_queues) > 1 THEN
+                cands := cands[1 : t_next[best] - 1] || ARRAY(
+                    SELECT c FROM unnest(cands[t_next[best] :]) AS c ORDER BY c.priority DESC, c.seq
+                );
+            END IF;
         END IF;
         WHILE t_next[best] <= t_last[best]
             AND q_allow[array_position(q_name, (cands[t_next[best]]).queue)] <= 0 LOOP
@@ -169,8 +191,9 @@ BEGIN
         c_seq := array_append(c_seq, cand.seq);
         c_queue := array_append(c_queue, cand.queue);
         c_session := array_append(c_session, cand.session_key);
-        c_tenant := array_append(c_tenant, t_name[best]);
+        c_tenant := array_append(c_tenant, best);
         c_seconds := array_append(c_seconds, COALESCE(NULLIF(q_lease[i], 0), p_lease));
+        any_session := any_session OR cand.session_key IS NOT NULL;
         q_allow[i] := q_allow[i] - 1;
         t_taken[best] := t_taken[best] + 1;
         t_pass[best] := t_pass[best] + 1.0 / t_weight[best];
@@ -179,22 +202,22 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 4. The lease.
+    -- 4. The lease; whether any pause exists, in the same statement (there rarely is one).
     WITH leased AS (
         UPDATE runs SET state = 'running', lease_owner = p_worker,
             lease_token = lease_token + 1, lease_expires_at = p_now + c.seconds,
             lease_seconds = c.seconds, started_at = COALESCE(started_at, p_now),
             updated_at = p_now, holds_queue_slot = runs.queue = ANY(q_capped),
-            holds_tenant_slot = runs.tenant = ANY(limited_tenants)
+            holds_tenant_slot = runs.tenant = ANY(t_capped)
         FROM unnest(c_seq, c_seconds) AS c(seq, seconds)
         WHERE runs.seq = c.seq AND runs.state = 'queued'
         RETURNING runs.seq
     )
-    SELECT COALESCE(array_agg(seq), '{}') INTO l_seq FROM leased;
+    SELECT COALESCE(array_agg(seq), '{}'), EXISTS (SELECT 1 FROM pauses)
+    INTO l_seq, any_pause FROM leased;
 
     -- 5. A run enqueued while its pause was being created can still be ready: never start it.
-    h_seq := '{}';
-    IF EXISTS (SELECT 1 FROM pauses) THEN
+    IF any_pause THEN
         WITH held AS (
             UPDATE runs SET state = 'paused', lease_owner = NULL, lease_expires_at = NULL,
                 pause_requested = false, holds_queue_slot = false, holds_tenant_slot = false
@@ -216,34 +239,47 @@ BEGIN
         SELECT COALESCE(array_agg(seq), '{}') INTO h_seq FROM held;
         l_seq := ARRAY(SELECT s FROM unnest(l_seq) AS s WHERE s <> ALL(h_seq));
     END IF;
+    FOR k IN 1 .. cardinality(c_seq) LOOP
+        IF c_seq[k] = ANY(l_seq) THEN
+            i := array_position(q_name, c_queue[k]);
+            q_count[i] := q_count[i] + 1;
+            t_count[c_tenant[k]] := t_count[c_tenant[k]] + 1;
+        ELSIF c_seq[k] = ANY(h_seq) THEN
+            t_held[c_tenant[k]] := t_held[c_tenant[k]] + 1;
+        END IF;
+    END LOOP;
 
     -- 6. Lanes, queues and tenants move on by what was leased (lock order: lanes, queues,
     -- tenants). A chosen head that was not leased is refreshed.
-    FOR r IN
-        SELECT DISTINCT c.tenant, c.session_key, c.seq = ANY(l_seq) AS leased
-        FROM unnest(c_tenant, c_session, c_seq) AS c(tenant, session_key, seq)
-        WHERE c.session_key IS NOT NULL ORDER BY c.tenant, c.session_key
-    LOOP
-        UPDATE lanes SET active = active + CASE WHEN r.leased THEN 1 ELSE 0 END,
-            (head_seq, head_priority, head_queue) = (
-                SELECT x.seq, x.priority, x.queue FROM runs x WHERE x.tenant = lanes.tenant
-                AND x.session_key = lanes.session_key AND x.state = 'queued'
-                ORDER BY x.priority DESC, x.seq LIMIT 1
-            )
-        WHERE tenant = r.tenant AND session_key = r.session_key;
-    END LOOP;
-    FOR r IN
-        SELECT c.queue, COUNT(*) AS n FROM unnest(c_queue, c_seq) AS c(queue, seq)
-        WHERE c.seq = ANY(l_seq) GROUP BY c.queue ORDER BY c.queue
-    LOOP
-        -- Counted where the limit stands now: a limit set after this claim read the queue
-        -- (unlocked, as it was unlimited) counts these runs too.
-        UPDATE queues SET active = active + r.n WHERE name = r.queue AND concurrency IS NOT NULL;
-        IF FOUND AND r.queue <> ALL(q_capped) THEN
-            UPDATE runs SET holds_queue_slot = true WHERE seq = ANY(l_seq) AND queue = r.queue;
-        END IF;
-        IF q_period[array_position(q_name, r.queue)] IS NOT NULL THEN
-            INSERT INTO queue_starts (queue, at) SELECT r.queue, p_now FROM generate_series(1, r.n);
+    IF any_session THEN
+        FOR r IN
+            SELECT t_name[c.tenant] AS tenant, c.session_key, c.seq = ANY(l_seq) AS leased
+            FROM unnest(c_tenant, c_session, c_seq) AS c(tenant, session_key, seq)
+            WHERE c.session_key IS NOT NULL ORDER BY 1, 2
+        LOOP
+            UPDATE lanes SET active = active + CASE WHEN r.leased THEN 1 ELSE 0 END,
+                (head_seq, head_priority, head_queue) = (
+                    SELECT x.seq, x.priority, x.queue FROM runs x WHERE x.tenant = lanes.tenant
+                    AND x.session_key = lanes.session_key AND x.state = 'queued'
+                    ORDER BY x.priority DESC, x.seq LIMIT 1
+                )
+            WHERE tenant = r.tenant AND session_key = r.session_key;
+        END LOOP;
+    END IF;
+    FOR i IN 1 .. cardinality(q_name) LOOP
+        IF q_count[i] > 0 THEN
+            -- Counted where the limit stands now: a limit set after this claim read the queue
+            -- (unlocked, as it was unlimited) counts these runs too.
+            UPDATE queues SET active = active + q_count[i]
+            WHERE name = q_name[i] AND concurrency IS NOT NULL;
+            IF FOUND AND q_name[i] <> ALL(q_capped) THEN
+                UPDATE runs SET holds_queue_slot = true
+                WHERE seq = ANY(l_seq) AND queue = q_name[i];
+            END IF;
+            IF q_period[i] IS NOT NULL THEN
+                INSERT INTO queue_starts (queue, at)
+                SELECT q_name[i], p_now FROM generate_series(1, q_count[i]);
+            END IF;
         END IF;
     END LOOP;
     FOR i IN 1 .. cardinality(q_name) LOOP
@@ -252,28 +288,23 @@ BEGIN
             WHERE queue = q_name[i] AND at <= p_now - q_period[i] - p_start_margin;
         END IF;
     END LOOP;
-    FOR r IN
-        SELECT j, t_name[j] AS name FROM generate_subscripts(t_name, 1) AS j
-        WHERE t_taken[j] > 0 ORDER BY t_name[j]
-    LOOP
-        SELECT COUNT(*) INTO n FROM unnest(c_tenant, c_seq) AS c(tenant, seq)
-        WHERE c.tenant = r.name AND c.seq = ANY(l_seq);
-        -- Relative moves: a claim that waited for a queue lock may have read an older pass.
-        UPDATE tenants SET pass = pass + t_taken[r.j] / t_weight[r.j], ready = ready - n,
-            active = active + CASE WHEN concurrency IS NULL THEN 0 ELSE n END
-        WHERE name = r.name RETURNING concurrency INTO limit_now;
-        IF limit_now IS NOT NULL AND NOT t_limited[r.j] THEN  -- a limit set meanwhile
-            UPDATE runs SET holds_tenant_slot = true
-            WHERE seq = ANY(l_seq) AND tenant = r.name;
+    FOR i IN SELECT j FROM generate_subscripts(t_name, 1) AS j ORDER BY t_name[j] LOOP
+        CONTINUE WHEN t_taken[i] = 0;
+        -- Relative moves: a claim that waited for a lock may have read an older pass.
+        UPDATE tenants SET pass = pass + t_taken[i] / t_weight[i], ready = ready - t_count[i],
+            active = active + CASE WHEN concurrency IS NULL THEN 0 ELSE t_count[i] END
+        WHERE name = t_name[i] RETURNING concurrency INTO limit_now;
+        IF limit_now IS NOT NULL AND t_concurrency[i] IS NULL THEN  -- a limit set meanwhile
+            UPDATE runs SET holds_tenant_slot = true WHERE seq = ANY(l_seq) AND tenant = t_name[i];
         END IF;
     END LOOP;
-    -- The held runs are no longer ready.
-    FOR r IN
-        SELECT c.tenant, COUNT(*) AS n FROM unnest(c_tenant, c_seq) AS c(tenant, seq)
-        WHERE c.seq = ANY(h_seq) GROUP BY c.tenant ORDER BY c.tenant
-    LOOP
-        UPDATE tenants SET ready = ready - r.n WHERE name = r.tenant;
-    END LOOP;
+    IF cardinality(h_seq) > 0 THEN  -- the held runs are no longer ready
+        FOR i IN SELECT j FROM generate_subscripts(t_name, 1) AS j ORDER BY t_name[j] LOOP
+            IF t_held[i] > 0 THEN
+                UPDATE tenants SET ready = ready - t_held[i] WHERE name = t_name[i];
+            END IF;
+        END LOOP;
+    END IF;
 
     INSERT INTO run_events (run_id, at, state, reason, worker_id)
     SELECT id, p_now, 'running', 'leased', p_worker FROM runs WHERE seq = ANY(l_seq);
