@@ -556,6 +556,20 @@ def test_session_concurrency_allows_n_runs_of_a_session_at_once(store: RunStore)
     assert [lease.run.session_key for lease in claim(store)] == ["wide"]
 
 
+def test_a_new_lane_takes_its_limit_from_its_oldest_run(store: RunStore) -> None:
+    """Also in one batch where a later run has a higher priority (on PostgreSQL, a batch of
+    one tenant's runs is one statement once the queue and tenant records exist)."""
+    enqueue(store)  # the records exist
+    store.enqueue_many(
+        [
+            NewRun(workflow="wf", session_key="s", session_concurrency=2),
+            NewRun(workflow="wf", session_key="s", session_concurrency=1, priority=5),
+        ]
+    )
+    assert sorted(str(lease.run.session_key) for lease in claim(store)) == ["None", "s"]
+    assert [lease.run.session_key for lease in claim(store)] == ["s"], "the lane allows 2"
+
+
 def test_tenant_limit_can_be_changed_and_lifted(store: RunStore) -> None:
     for _ in range(6):
         enqueue(store, tenant="t1")

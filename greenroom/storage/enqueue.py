@@ -53,15 +53,17 @@ _INSERT_AT_ONCE = (
     " CASE WHEN state = 'queued' THEN 'enqueued' ELSE 'enqueued with a delay' END FROM ins),"
     " queued AS (SELECT * FROM ins WHERE state = 'queued'),"
     " offered AS ("
+    # A new lane's limit comes from its oldest run, as on the general path.
     + ready.lane_offer(
-        "SELECT DISTINCT ON (r.session_key) r.tenant, r.session_key, 0, w.max_active, r.seq,"
+        'SELECT DISTINCT ON (r.session_key COLLATE "C") r.tenant, r.session_key, 0,'
+        " first_value(w.max_active) OVER (PARTITION BY r.session_key ORDER BY r.seq), r.seq,"
         " r.priority, r.queue FROM queued r JOIN w ON w.id = r.id WHERE r.session_key IS NOT NULL"
-        " ORDER BY r.session_key, r.priority DESC, r.seq"
+        ' ORDER BY r.session_key COLLATE "C", r.priority DESC, r.seq'
     )
     + " RETURNING 1), counted AS ("
     + ready.tenant_ready("(SELECT COUNT(*) FROM queued)")
     + " AND (SELECT COUNT(*) FROM offered) >= 0 AND EXISTS (SELECT 1 FROM queued))"
-    " SELECT ins.*, p.n AS pauses_found FROM (SELECT COUNT(*) AS n,"
+    " SELECT ins.*, p.n AS pauses_found, p.notified FROM (SELECT COUNT(*) AS n,"
     " (SELECT COUNT({notify}) FROM (SELECT DISTINCT queue FROM queued) q) AS notified"
     " FROM pauses) p LEFT JOIN ins ON true"
 )

@@ -17,7 +17,8 @@ CREATE FUNCTION greenroom_claim(
     p_start_margin double precision
 ) RETURNS SETOF runs LANGUAGE plpgsql AS $$
 -- Loops over arrays are plain expressions; every statement costs, so the common claim (one
--- queue, no limits, no pause) runs as few as it can.
+-- queue, no limits, no pause) runs as few as it can. Rows are locked in code-point order
+-- (COLLATE "C"), as Python's sorted() orders them everywhere else.
 DECLARE
     -- The served queues (claim.py's _Plan), by position.
     q_name text[] := p_queues;
@@ -62,14 +63,16 @@ DECLARE
     limit_now integer;
 BEGIN
     -- 1. Queues: what their limits still allow (limited ones locked, then read again).
-    FOR r IN SELECT * FROM queues WHERE name = ANY(p_queues) ORDER BY name LOOP
+    FOR r IN SELECT * FROM queues WHERE name = ANY(p_queues) ORDER BY name COLLATE "C" LOOP
         q_lease[array_position(q_name, r.name::text)] := r.lease_seconds;
         IF r.concurrency IS NOT NULL OR r.rate_limit IS NOT NULL THEN
             q_locked := array_append(q_locked, r.name::text);
         END IF;
     END LOOP;
     IF cardinality(q_locked) > 0 THEN
-        FOR r IN SELECT * FROM queues WHERE name = ANY(q_locked) ORDER BY name FOR UPDATE LOOP
+        FOR r IN
+            SELECT * FROM queues WHERE name = ANY(q_locked) ORDER BY name COLLATE "C" FOR UPDATE
+        LOOP
             i := array_position(q_name, r.name::text);
             q_lease[i] := r.lease_seconds;
             allow := p_limit;
@@ -119,7 +122,7 @@ BEGIN
     IF cardinality(t_capped) > 0 THEN
         FOR r IN
             SELECT t.name, t.active FROM tenants t WHERE t.name = ANY(t_capped)
-            ORDER BY t.name FOR UPDATE
+            ORDER BY t.name COLLATE "C" FOR UPDATE
         LOOP
             i := array_position(t_name, r.name::text);
             t_room[i] := t_concurrency[i] - r.active;
@@ -255,7 +258,8 @@ BEGIN
         FOR r IN
             SELECT t_name[c.tenant] AS tenant, c.session_key, c.seq = ANY(l_seq) AS leased
             FROM unnest(c_tenant, c_session, c_seq) AS c(tenant, session_key, seq)
-            WHERE c.session_key IS NOT NULL ORDER BY 1, 2
+            WHERE c.session_key IS NOT NULL
+            ORDER BY t_name[c.tenant] COLLATE "C", c.session_key COLLATE "C"
         LOOP
             UPDATE lanes SET active = active + CASE WHEN r.leased THEN 1 ELSE 0 END,
                 (head_seq, head_priority, head_queue) = (
@@ -288,7 +292,7 @@ BEGIN
             WHERE queue = q_name[i] AND at <= p_now - q_period[i] - p_start_margin;
         END IF;
     END LOOP;
-    FOR i IN SELECT j FROM generate_subscripts(t_name, 1) AS j ORDER BY t_name[j] LOOP
+    FOR i IN SELECT j FROM generate_subscripts(t_name, 1) AS j ORDER BY t_name[j] COLLATE "C" LOOP
         CONTINUE WHEN t_taken[i] = 0;
         -- Relative moves: a claim that waited for a lock may have read an older pass.
         UPDATE tenants SET pass = pass + t_taken[i] / t_weight[i], ready = ready - t_count[i],
@@ -299,7 +303,7 @@ BEGIN
         END IF;
     END LOOP;
     IF cardinality(h_seq) > 0 THEN  -- the held runs are no longer ready
-        FOR i IN SELECT j FROM generate_subscripts(t_name, 1) AS j ORDER BY t_name[j] LOOP
+        FOR i IN SELECT j FROM generate_subscripts(t_name, 1) AS j ORDER BY t_name[j] COLLATE "C" LOOP
             IF t_held[i] > 0 THEN
                 UPDATE tenants SET ready = ready - t_held[i] WHERE name = t_name[i];
             END IF;
