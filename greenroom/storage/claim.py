@@ -204,21 +204,12 @@ def claim(
                 },
             )
     with b.transaction() as tx:
-        return _claim(
-            tx,
-            b,
-            worker_id=worker_id,
-            queues=queues,
-            limit=limit,
-            lease_seconds=lease_seconds,
-            now=now,
-        )
+        return _claim(tx, b, worker_id, queues, limit, lease_seconds, now)
 
 
 def _claim(
     tx: Tx,
     b: Backend,
-    *,
     worker_id: str,
     queues: Sequence[str],
     limit: int,

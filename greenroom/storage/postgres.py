@@ -106,7 +106,7 @@ class PostgresBackend(Backend):
             url,
             min_size=1,
             max_size=pool_size,
-            # Transactions say BEGIN; a lone statement is its own transaction (`statement`).
+            # Transactions say BEGIN; a lone statement is its own (`single_statement`).
             kwargs={"row_factory": dict_row, "autocommit": True},
             open=True,
         )

@@ -89,13 +89,7 @@ BEGIN
             q_allow[i] := greatest(allow, 0);
         END LOOP;
     END IF;
-    open_queues := '{}';
-    FOR i IN 1 .. cardinality(q_name) LOOP
-        IF q_allow[i] > 0 THEN
-            open_queues := array_append(open_queues, q_name[i]);
-        END IF;
-    END LOOP;
-    IF cardinality(open_queues) = 0 THEN
+    IF NOT 0 < ANY(q_allow) THEN
         RETURN;
     END IF;
 
