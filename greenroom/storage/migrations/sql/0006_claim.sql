@@ -1,7 +1,7 @@
 -- The claim on PostgreSQL: greenroom/storage/claim.py in one function, so that a claim is one
 -- statement that is its own transaction (one round trip, where the Python claim takes eight).
--- Same decisions, same statements, same lock order (lanes, queues, tenants); read claim.py for
--- why each is so. A change to claim.py's decisions needs the same change here, in a new migration.
+-- Same decisions, same writes, same lock order (lanes, queues, tenants); read claim.py for why
+-- each is so. A change to claim.py's decisions needs the same change here, in a new migration.
 
 CREATE TYPE greenroom_candidate AS (
     seq bigint, priority integer, queue text, session_key text
@@ -16,9 +16,8 @@ CREATE FUNCTION greenroom_claim(
     p_tenant_scan integer,
     p_start_margin double precision
 ) RETURNS SETOF runs LANGUAGE plpgsql AS $$
--- Loops over arrays are plain expressions; every statement costs, so the common claim (one
--- queue, no limits, no pause) runs as few as it can. Rows are locked in code-point order
--- (COLLATE "C"), as Python's sorted() orders them everywhere else.
+-- What claim.py keeps in objects is kept here in arrays, by position. Rows are locked in
+-- code-point order (COLLATE "C"), as Python's sorted() orders them everywhere else.
 DECLARE
     -- The served queues (claim.py's _Plan), by position.
     q_name text[] := p_queues;
