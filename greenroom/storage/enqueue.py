@@ -43,6 +43,11 @@ _INSERT_RUNS = (
     # Whether any pause exists, in the same round trip (there rarely is one).
     " RETURNING *, (SELECT COUNT(*) FROM pauses) AS pauses"
 )
+_REASONS = {
+    RunState.QUEUED: "enqueued",
+    RunState.DELAYED: "enqueued with a delay",
+    RunState.PAUSED: "enqueued while paused",
+}
 # One tenant's new runs as one statement, where the database composes writes. While any pause
 # exists nothing is inserted, and the general path runs. Lanes are locked before the tenant (the
 # order every transaction keeps): the tenant's update reads the lanes' offer first.
@@ -50,7 +55,8 @@ _INSERT_AT_ONCE = (
     f"WITH w({_NEW_NAMES}, max_active) AS ({{rows}}),"
     " ins AS (" + _INSERT_RUNS.format(where="NOT EXISTS (SELECT 1 FROM pauses)") + "),"
     " ev AS (INSERT INTO run_events (run_id, at, state, reason) SELECT id, :now, state,"
-    " CASE WHEN state = 'queued' THEN 'enqueued' ELSE 'enqueued with a delay' END FROM ins),"
+    f" CASE WHEN state = 'queued' THEN '{_REASONS[RunState.QUEUED]}'"
+    f" ELSE '{_REASONS[RunState.DELAYED]}' END FROM ins),"
     " queued AS (SELECT * FROM ins WHERE state = 'queued'),"
     " offered AS ("
     # A new lane's limit comes from its oldest run, as on the general path.
@@ -67,11 +73,6 @@ _INSERT_AT_ONCE = (
     " (SELECT COUNT({notify}) FROM (SELECT DISTINCT queue FROM queued) q) AS notified"
     " FROM pauses) p LEFT JOIN ins ON true"
 )
-_REASONS = {
-    RunState.QUEUED: "enqueued",
-    RunState.DELAYED: "enqueued with a delay",
-    RunState.PAUSED: "enqueued while paused",
-}
 
 
 def insert_runs(
@@ -155,14 +156,15 @@ def insert_runs_at_once(
     if rows[0]["pauses_found"]:
         return None
     inserted = {r["id"]: r for r in rows if r["id"] is not None}
-    out: list[tuple[Row, bool]] = []
-    for new, values in zip(batch, new_rows, strict=True):
-        if values["id"] in inserted:
-            out.append((inserted[values["id"]], True))
-        else:  # its idempotency key was used
-            with b.transaction(write=False) as tx:
-                out.append((_existing(tx, new), False))
-    return out
+    if len(inserted) == len(batch):
+        return [(inserted[values["id"]], True) for values in new_rows]
+    with b.transaction(write=False) as tx:  # some idempotency keys were used: their runs
+        return [
+            (inserted[values["id"]], True)
+            if values["id"] in inserted
+            else (_existing(tx, new), False)
+            for new, values in zip(batch, new_rows, strict=True)
+        ]
 
 
 def _existing(tx: Tx, new: NewRun) -> Row:
