@@ -153,7 +153,7 @@ def recovery(store: RunStore, run_id: str) -> tuple[str, str, int] | None:
     stalls = [i for i, e in enumerate(events) if e.reason.startswith("stalled: worker")]
     if not stalls:
         return None
-    assert "died" in events[stalls[0]].reason
+    assert "lost its liveness lock" in events[stalls[0]].reason
     before = [e.worker_id for e in events[: stalls[0]] if e.state is RunState.RUNNING]
     resumed = [e for e in events[stalls[0] :] if e.state is RunState.RUNNING]
     assert before and resumed

@@ -129,7 +129,7 @@ def test_sigkill_mid_step_resumes_on_another_worker_within_a_second(env: Env) ->
     assert env.step_workers(run) == ["A", "A", "A", "B", "B"]
     assert final.output["by"] == "B"
     reasons = [e.reason for e in env.store.events(run.id)]
-    assert any("worker A died" in r for r in reasons), reasons
+    assert any("worker A lost its liveness lock" in r for r in reasons), reasons
     assert not any("expired" in r for r in reasons), reasons
     assert final.stalls == 1
     states = {w.id: w.state for w in env.store.workers(include_gone=True)}
@@ -162,7 +162,10 @@ def test_frozen_worker_cannot_write_after_another_took_over(env: Env) -> None:
     time.sleep(1.0)  # a few more heartbeats and maintenance ticks of A
 
     assert a.alive(), a.log()
-    assert env.records(run=run.id, ev="end", pos=2, worker="A")  # it did try to checkpoint
+    # It tried to checkpoint, or (PostgreSQL) it stopped the step first: its lock went
+    # unconfirmed while it was frozen (docs/durability.md, "Liveness").
+    tried = env.records(run=run.id, ev="end", pos=2, worker="A")
+    assert tried or "cannot confirm its liveness lock" in a.log(), a.log()
     after = (env.store.get_run(run.id), env.store.steps(run.id), env.store.events(run.id))
     assert after == before
     assert not [r for r in env.records(run=run.id, worker="A", ev="start") if r["pos"] > 2]
@@ -324,7 +327,8 @@ def test_chaos_random_sigkills_lose_nothing_and_never_overlap(env: Env) -> None:
     assert recovered > 0
     stalls = [e.reason for r in runs for e in env.store.events(r.id) if "stalled" in e.reason]
     assert len(stalls) == recovered
-    assert all("died" in reason for reason in stalls), [r for r in stalls if "died" not in r]
+    gone = "lost its liveness lock"
+    assert all(gone in reason for reason in stalls), [r for r in stalls if gone not in r]
     print(
         f"chaos: {kills} kills, {recovered} stalls recovered, {len(done)} executions "
         f"of {CHAOS_RUNS} runs, {len([r for r in records if r['ev'] == 'start'])} step executions"

@@ -180,7 +180,7 @@ def workers(
         return
     table = Table("ID", "HOST", "PID", "STATE", "HEARTBEAT", "RUNNING", "QUEUES")
     for w in found:
-        style = {"alive": "green", "dead": "red"}.get(w.state, "dim")
+        style = {"alive": "green", "lost": "yellow", "dead": "red"}.get(w.state, "dim")
         table.add_row(
             escape(w.id),
             escape(w.host),

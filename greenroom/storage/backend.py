@@ -50,9 +50,15 @@ class Liveness(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
-    def healthy(self) -> bool:
-        """Whether the lock is still held (a server restart drops it; the worker takes it again)."""
-        return True
+    def unconfirmed(self) -> bool:
+        """Whether the worker cannot prove right now that it holds its lock: it must stop
+        executing its runs and claim none until it can (see docs/durability.md, "Liveness")."""
+        return False
+
+    def ended(self) -> bool:
+        """Whether the lock is gone for good (another worker declared this one dead): the
+        worker abandons its runs and takes a new identity."""
+        return False
 
 
 class Backend(abc.ABC):
@@ -68,6 +74,9 @@ class Backend(abc.ABC):
     composes_writes: bool = False
     #: Whether the database claims in one statement (a function the migrations install).
     claims_in_one_statement: bool = False
+    #: Seconds between declaring a worker lost and handing out its runs: longer than a live
+    #: worker that lost its lock takes to stop them; 0 where only a dead process loses its lock.
+    liveness_grace: float = 0.0
 
     @abc.abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]: ...
@@ -89,12 +98,17 @@ class Backend(abc.ABC):
     def list_param(self, values: Sequence[Any]) -> object: ...
 
     @abc.abstractmethod
-    def hold_liveness(self, lock_key: int) -> Liveness:
+    def hold_liveness(self, lock_key: int, worker_id: str) -> Liveness:
         """Take this worker's liveness lock, held until close() or process death."""
 
     @abc.abstractmethod
     def alive(self, lock_keys: Sequence[int]) -> set[int]:
         """Which of these liveness locks are held by a live process right now."""
+
+    def take_liveness(self, tx: Tx, lock_keys: Sequence[int]) -> set[int]:
+        """Of these locks that `alive` found free, the ones this transaction takes until it
+        commits, so that their workers cannot take them back before it declares them lost."""
+        return set(lock_keys)
 
     def notify(self, tx: Tx, queue: str) -> None:  # noqa: B027 - optional hook
         """Tell idle workers that `queue` has ready work (only where the database can)."""

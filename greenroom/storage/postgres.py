@@ -5,7 +5,9 @@ own connection, released by the server the moment that connection drops."""
 from __future__ import annotations
 
 import json
+import select
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -52,22 +54,124 @@ class _PostgresTx(Tx):
         return f"SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS x({types})"
 
 
+# The server drops a silent peer's session (and so its lock) within about 5 s, and a probe
+# never waits on a dead network for minutes.
+_LOCK_CONNECTION: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 2,
+    "keepalives_interval": 1,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 3000,
+    "connect_timeout": 2,
+    "application_name": "greenroom liveness",
+    "options": "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1"
+    " -c tcp_keepalives_count=3 -c tcp_user_timeout=3000",
+}
+
+
 class _AdvisoryLock(Liveness):
-    """An advisory lock held by a dedicated connection for as long as the worker lives."""
+    """A session advisory lock on a dedicated connection, probed every PROBE_SECONDS by its own
+    thread. The worker stops its runs once no probe has succeeded for STOP_AFTER seconds; others
+    hand them out GRACE seconds after declaring it lost, by then it has stopped them. A dropped
+    connection is taken again at once, unless a declaring worker took the lock first."""
 
-    def __init__(self, conninfo: str, lock_key: int) -> None:
-        self.conn = psycopg.connect(conninfo, autocommit=True)
-        self.conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, lock_key))
+    PROBE_SECONDS = 0.1
+    STOP_AFTER = 0.25
+    GRACE = 0.45
+    #: Past this without the lock (our old session not yet dropped by the server, say), the
+    #: worker gives this identity up: its runs have long been stopped.
+    GIVE_UP_AFTER = 5.0
 
-    def healthy(self) -> bool:
+    def __init__(self, conninfo: str, lock_key: int, worker_id: str) -> None:
+        self._conninfo = conninfo
+        self._key = lock_key
+        self._worker_id = worker_id
+        confirmed = time.monotonic()
+        self._conn: psycopg.Connection[Any] | None = self._connect()
+        self._conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, lock_key))
+        self._confirmed_at = confirmed
+        self._ended = False
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="greenroom-liveness", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self._conninfo, autocommit=True, **_LOCK_CONNECTION)
+
+    def unconfirmed(self) -> bool:
+        return self._ended or time.monotonic() - self._confirmed_at > self.STOP_AFTER
+
+    def ended(self) -> bool:
+        return self._ended
+
+    def _keep(self) -> None:
+        while not self._closed.is_set():
+            self._wait()
+            started = time.monotonic()
+            if self._probe():
+                self._confirmed_at = started  # the lock was held when this probe began
+            elif started - self._confirmed_at > self.GIVE_UP_AFTER:
+                self._ended = True
+            if self._ended:
+                return
+
+    def _wait(self) -> None:
+        """Until the next probe is due, or at once when the server closes the connection (it
+        sends a message, then EOF), so that the lock is taken back within milliseconds."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            self._closed.wait(self.PROBE_SECONDS)
+        else:
+            select.select([conn.fileno()], [], [], self.PROBE_SECONDS)
+
+    def _probe(self) -> bool:
+        """Whether the lock is held; a dropped connection is replaced and the lock taken back
+        at once, before another worker's maintenance tick is likely to find it free."""
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                self._drop()
         try:
-            self.conn.execute("SELECT 1")
+            return self._take_back()
         except psycopg.Error:
             return False
+
+    def _take_back(self) -> bool:
+        """Take the lock again on a new connection, unless this worker was declared lost."""
+        conn = self._connect()
+        try:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, self._key)
+            ).fetchone()
+            if not (row and row[0]):
+                conn.close()
+                return False  # a declaring worker holds it for a moment, or our old session
+            # A second statement, so that its snapshot follows the lock: a worker that declared
+            # this one lost held the lock until its commit, which this read therefore sees.
+            state = conn.execute(
+                "SELECT state FROM workers WHERE id = %s", (self._worker_id,)
+            ).fetchone()
+        except psycopg.Error:
+            conn.close()
+            raise
+        if state is not None and state[0] != "alive":
+            conn.close()
+            self._ended = True
+            return False
+        self._conn = conn
         return True
 
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def close(self) -> None:
-        self.conn.close()
+        self._closed.set()
+        self._thread.join(timeout=5)
+        self._drop()
 
 
 class _Listener(Liveness):
@@ -99,6 +203,7 @@ class PostgresBackend(Backend):
     for_update = "FOR UPDATE"
     composes_writes = True
     claims_in_one_statement = True
+    liveness_grace = _AdvisoryLock.GRACE
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url
@@ -143,8 +248,18 @@ class PostgresBackend(Backend):
     def list_param(self, values: Sequence[Any]) -> object:
         return list(values)
 
-    def hold_liveness(self, lock_key: int) -> Liveness:
-        return _AdvisoryLock(self.url, lock_key)
+    def hold_liveness(self, lock_key: int, worker_id: str) -> Liveness:
+        return _AdvisoryLock(self.url, lock_key, worker_id)
+
+    def take_liveness(self, tx: Tx, lock_keys: Sequence[int]) -> set[int]:
+        if not lock_keys:
+            return set()
+        rows = tx.execute(
+            "SELECT key FROM unnest(CAST(:keys AS bigint[])) AS key"
+            " WHERE pg_try_advisory_xact_lock(:ns, CAST(key AS integer))",
+            {"keys": list(lock_keys), "ns": LOCK_NAMESPACE},
+        )
+        return {int(row["key"]) for row in rows}
 
     def alive(self, lock_keys: Sequence[int]) -> set[int]:
         if not lock_keys:

@@ -195,6 +195,7 @@ workers = Table(
     Column("lock_key", Integer, nullable=False),
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
+    Column("lost_at", Float),
     Index("workers_state", "state"),
 )
 

@@ -99,7 +99,7 @@ class SQLiteBackend(Backend):
     def _lock_path(self, lock_key: int) -> Path:
         return self._locks_dir / f"{lock_key}.lock"
 
-    def hold_liveness(self, lock_key: int) -> Liveness:
+    def hold_liveness(self, lock_key: int, worker_id: str) -> Liveness:
         return _FileLock(self._lock_path(lock_key))
 
     def alive(self, lock_keys: Sequence[int]) -> set[int]:

@@ -67,7 +67,10 @@ class RunDetail:
 class Recovery:
     requeued: list[str]
     failed: list[str]
-    dead_workers: list[str]
+    #: Workers declared lost by this call: their runs are handed out after the grace.
+    lost_workers: list[str]
+    #: When the next lost worker's runs are due to be handed out, if any are pending.
+    next_due: float | None = None
 
 
 class RunStore(Controls, Admin, Sessions, Accounts):
@@ -144,7 +147,7 @@ class RunStore(Controls, Admin, Sessions, Accounts):
                 },
             )
             tx.execute(
-                "UPDATE workers SET heartbeat_at = :now, state = 'alive' WHERE id = :worker",
+                "UPDATE workers SET heartbeat_at = :now WHERE id = :worker",
                 {"now": now, "worker": worker_id},
             )
         return Heartbeat(
@@ -300,34 +303,42 @@ class RunStore(Controls, Admin, Sessions, Accounts):
     def recover(self, worker_id: str, max_stalls: int) -> Recovery:
         """Requeue runs of dead workers (found by liveness locks) and runs whose lease expired.
 
-        Any worker calls this on its maintenance tick: no extra process is needed. A queue's own
-        max_stalls, when set, wins over the worker's.
+        Any worker calls this on its maintenance tick: no extra process is needed. A worker
+        whose lock is free is declared lost, and its runs are handed out `liveness_grace`
+        seconds later (see docs/durability.md, "Liveness"). A queue's own max_stalls, when
+        set, wins over the worker's.
         """
-        dead = self._find_dead_workers(worker_id)
+        candidates = self._find_dead_workers(worker_id)
         now = self.clock.now()
         b = self.backend
         requeued: list[str] = []
         failed: list[str] = []
         with b.transaction() as tx:
-            if dead:
-                tx.execute(
-                    f"UPDATE workers SET state = 'dead' WHERE {b.member('id', 'ids')}",
-                    {"ids": b.list_param(dead)},
+            lost = self._declare_lost(tx, candidates, now)
+            gone = [
+                r["id"]
+                for r in tx.execute(
+                    "UPDATE workers SET state = 'dead' WHERE state = 'lost'"
+                    " AND lost_at <= :cutoff RETURNING id",
+                    {"cutoff": now - b.liveness_grace},
                 )
+            ]
+            pending = tx.execute("SELECT MIN(lost_at) AS at FROM workers WHERE state = 'lost'")
+            due = None if pending[0]["at"] is None else pending[0]["at"] + b.liveness_grace
             stalled = tx.execute(
                 "SELECT * FROM runs WHERE state = 'running' AND (lease_expires_at < :now"
-                f" OR {b.member('lease_owner', 'dead')}) ORDER BY seq {b.skip_locked}",
-                {"now": now, "dead": b.list_param(dead)},
+                f" OR {b.member('lease_owner', 'gone')}) ORDER BY seq {b.skip_locked}",
+                {"now": now, "gone": b.list_param(gone)},
             )
             if not stalled:
-                return Recovery(requeued=[], failed=[], dead_workers=dead)
+                return Recovery(requeued=[], failed=[], lost_workers=lost, next_due=due)
             limits = self._queue_max_stalls(tx, {r["queue"] for r in stalled})
             pauses = ready.load_pauses(tx)
             became: list[Row] = []
             for row in stalled:
                 why = (
-                    f"worker {row['lease_owner']} died"
-                    if row["lease_owner"] in dead
+                    f"worker {row['lease_owner']} lost its liveness lock"
+                    if row["lease_owner"] in gone
                     else f"lease of worker {row['lease_owner']} expired"
                 )
                 error = None
@@ -358,7 +369,24 @@ class RunStore(Controls, Admin, Sessions, Accounts):
                 (failed if state.finished else requeued).append(updated["id"])
             ready.leave_running(tx, stalled)
             ready.enter_ready(tx, b, became)
-        return Recovery(requeued=requeued, failed=failed, dead_workers=dead)
+        return Recovery(requeued=requeued, failed=failed, lost_workers=lost, next_due=due)
+
+    def _declare_lost(self, tx: Tx, candidates: list[Row], now: float) -> list[str]:
+        """Mark lost the workers whose locks this transaction takes: until it commits, none of
+        them can take its lock back, and afterwards each finds itself declared lost."""
+        if not candidates:
+            return []
+        b = self.backend
+        taken = b.take_liveness(tx, [int(r["lock_key"]) for r in candidates])
+        ids = [r["id"] for r in candidates if int(r["lock_key"]) in taken]
+        if not ids:
+            return []
+        rows = tx.execute(
+            "UPDATE workers SET state = 'lost', lost_at = :now"
+            f" WHERE {b.member('id', 'ids')} AND state = 'alive' RETURNING id",
+            {"now": now, "ids": b.list_param(ids)},
+        )
+        return [r["id"] for r in rows]
 
     def _queue_max_stalls(self, tx: Tx, queues: set[str]) -> dict[str, int]:
         b = self.backend
@@ -369,7 +397,8 @@ class RunStore(Controls, Admin, Sessions, Accounts):
         )
         return {r["name"]: int(r["max_stalls"]) for r in rows}
 
-    def _find_dead_workers(self, worker_id: str) -> list[str]:
+    def _find_dead_workers(self, worker_id: str) -> list[Row]:
+        """Workers recorded alive whose liveness locks nobody holds."""
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute(
                 "SELECT id, lock_key FROM workers WHERE state = 'alive' AND id <> :me",
@@ -378,7 +407,7 @@ class RunStore(Controls, Admin, Sessions, Accounts):
         if not rows:
             return []
         alive = self.backend.alive([int(r["lock_key"]) for r in rows])
-        return [r["id"] for r in rows if int(r["lock_key"]) not in alive]
+        return [r for r in rows if int(r["lock_key"]) not in alive]
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from greenroom.workflow import Workflow
 T = TypeVar("T")
 log = structlog.get_logger("greenroom.worker")
 SETTINGS_REFRESH_SECONDS = 2.0
+LIVENESS_CHECK_SECONDS = 0.05
 
 
 class _Stop:
@@ -46,6 +47,7 @@ class _Stop:
     CANCEL = "cancelled by request"
     LOST = "lease lost"
     SHUTDOWN = "worker shutting down"
+    UNCONFIRMED = "worker cannot confirm its liveness lock"
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Worker:
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
+            asyncio.create_task(self._liveness_loop(), name="liveness"),
         ]
         try:
             await self._claim_loop()
@@ -159,9 +162,17 @@ class Worker:
 
     async def _start(self) -> None:
         store = self.store
-        self._liveness = await self._db(store.backend.hold_liveness, self._lock_key)
+        await self._register()
+        self._renewed_at = store.clock.now()
+        self._queue_settings = await self._db(store.queue_settings)
+        self._listener = store.backend.listen(self._on_notify)
+        self.log.info("worker started", queues=self.queues, concurrency=self.concurrency)
+
+    async def _register(self) -> None:
+        """Take this identity's liveness lock, then record the worker."""
+        self._liveness = await self._db(self.store.backend.hold_liveness, self._lock_key, self.id)
         await self._db(
-            store.register_worker,
+            self.store.register_worker,
             self.id,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -169,10 +180,6 @@ class Worker:
             concurrency=self.concurrency,
             lock_key=self._lock_key,
         )
-        self._renewed_at = store.clock.now()
-        self._queue_settings = await self._db(store.queue_settings)
-        self._listener = store.backend.listen(self._on_notify)
-        self.log.info("worker started", queues=self.queues, concurrency=self.concurrency)
 
     def _on_notify(self, queue: str) -> None:
         if queue == ANY_QUEUE or queue in self.queues:
@@ -215,6 +222,8 @@ class Worker:
             if self.memory.budget is not None and free > 0:
                 free = min(free, await asyncio.to_thread(self.memory.room, executing))
             got = 0
+            if free > 0 and self._liveness is not None and self._liveness.unconfirmed():
+                free = 0  # it could not stop in time runs it claimed now
             if free > 0:
                 try:
                     leases = await self._db(
@@ -295,8 +304,8 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         s = self.settings
         while True:
+            wait = s.poll_seconds
             try:
-                await self._keep_liveness()
                 recovery = await self._db(self.store.recover, self.id, s.max_stalls)
                 promoted = await self._db(self.store.promote_delayed)
                 if self._active:
@@ -307,25 +316,55 @@ class Worker:
             except Exception as exc:
                 self.log.warning("maintenance failed", error=str(exc))
             else:
+                if recovery.lost_workers:
+                    self.log.warning("workers declared lost", workers=recovery.lost_workers)
                 if recovery.requeued or recovery.failed:
                     self.stats.recovered += len(recovery.requeued) + len(recovery.failed)
                     self.log.info(
                         "recovered stalled runs",
                         requeued=len(recovery.requeued),
                         failed=len(recovery.failed),
-                        dead_workers=recovery.dead_workers,
                     )
                 if recovery.requeued or promoted:
                     self._wake.set()
-            await asyncio.sleep(s.poll_seconds)
+                if recovery.next_due is not None:  # hand a lost worker's runs out on time
+                    wait = min(wait, max(0.0, recovery.next_due - self.store.clock.now()))
+            await asyncio.sleep(wait)
 
-    async def _keep_liveness(self) -> None:
-        """Take the liveness lock again if the database dropped it (e.g. a server restart)."""
-        if self._liveness is None or await self._db(self._liveness.healthy):
-            return
-        self.log.warning("liveness lock lost; taking it again")
-        self._liveness.close()
-        self._liveness = await self._db(self.store.backend.hold_liveness, self._lock_key)
+    async def _liveness_loop(self) -> None:
+        """Stop the runs this worker can no longer prove it owns, before others may take them;
+        take a new identity once another worker declared this one lost."""
+        while True:
+            await asyncio.sleep(LIVENESS_CHECK_SECONDS)
+            liveness = self._liveness
+            if liveness is None or not liveness.unconfirmed():
+                continue
+            ended = liveness.ended()
+            reason = _Stop.LOST if ended else _Stop.UNCONFIRMED
+            stopping = [a for a in self._active.values() if a.stop_reason is None]
+            if stopping:
+                self.log.warning(f"stopping runs: {_Stop.UNCONFIRMED}", runs=len(stopping))
+            for active in stopping:
+                self._interrupt(active, reason)
+            if ended:
+                await self._new_identity()
+
+    async def _new_identity(self) -> None:
+        """Declared lost, this worker's runs are being handed out; it goes on as a new worker."""
+        old = self.id
+        assert self._liveness is not None
+        await self._db(self._liveness.close)
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._lock_key = secrets.randbelow(2**31 - 2) + 1
+        self.log = log.bind(worker_id=self.id)
+        self.log.warning("declared lost by another worker; its runs were stopped", previous=old)
+        while True:
+            try:
+                await self._register()
+                return
+            except Exception as exc:
+                self.log.warning("could not register", error=str(exc))
+                await asyncio.sleep(self.settings.poll_seconds)
 
     # -- executing runs --------------------------------------------------------------------
 
@@ -472,6 +511,8 @@ class Worker:
             await self._finish(lease, RunState.CANCELLED, "cancelled while running")
         elif reason == _Stop.SHUTDOWN:
             await self._finish(lease, RunState.QUEUED, "released: worker shutting down")
+        elif reason == _Stop.UNCONFIRMED:
+            await self._finish(lease, RunState.QUEUED, f"released: {reason}")
         elif reason == _Stop.LOST:
             raise LeaseLost(f"run {lease.run.id}: lease lost")
         else:

@@ -3,7 +3,8 @@
 Every workflow records what really happens to an append-only file (one JSON line per event,
 each written with a single O_APPEND write, so a SIGKILL never leaves half a line behind):
 `begin` when an execution of the workflow function starts, `start` and `end` around every step
-execution, `return` when the function is about to return. The tests check the engine's
+execution (`stop` in place of `end` when the worker interrupts it), `return` when the function is
+about to return. The tests check the engine's
 guarantees against this record, not against what the engine says about itself.
 
     python -m tests.apps.durable_app DB_URL WORKER_ID [--lease 10 --heartbeat 2 ...]
@@ -52,7 +53,11 @@ def note(path: str, event: str, ctx: RunContext, position: int | None = None) ->
 @step(retry=RetryPolicy(max_attempts=1))
 async def work(ctx: RunContext, record: str, position: int, seconds: float) -> dict[str, Any]:
     note(record, "start", ctx, position)
-    await asyncio.sleep(seconds)
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        note(record, "stop", ctx, position)  # the execution ends here, not at its start
+        raise
     note(record, "end", ctx, position)
     return {"pos": position, "by": ctx.worker_id, "pid": os.getpid()}
 

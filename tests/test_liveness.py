@@ -1,0 +1,266 @@
+"""A live worker whose PostgreSQL connections are dropped is never taken for dead while it may
+still execute its runs (docs/durability.md, "Liveness").
+
+PostgreSQL only: there a liveness lock lives on a connection, which a failover, a restarted
+pooler or `pg_terminate_backend` drops while the worker lives on. SQLite's lock is a `flock`
+that only the process's death releases.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from greenroom import ManualClock, RunState
+from greenroom.model import NewRun
+from greenroom.storage import RunStore, open_store
+from tests.apps.durable_app import CHAIN, build_app
+from tests.procs import WorkerPool, executions, overlaps, read_records, wait_for
+
+pytestmark = pytest.mark.postgres
+
+OBSERVER = "liveness-observer"  # the test's own connections, never dropped
+_LOCK_HELD = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def terminate(url: str, where: str) -> int:
+    """Drop the connections to the test's database that match `where`; how many."""
+    with psycopg.connect(url, autocommit=True, application_name=OBSERVER) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid, 2000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            f" AND application_name <> '{OBSERVER}' AND ({where})"
+        ).fetchall()
+    return sum(1 for row in rows if row[0])
+
+
+ALL = "true"
+LIVENESS = "application_name = 'greenroom liveness'"
+
+
+@pytest.fixture
+def store(pg_url: str, clock: ManualClock) -> Iterator[RunStore]:
+    s = open_store(pg_url + f"?application_name={OBSERVER}", clock=clock)
+    yield s
+    s.backend.close()
+
+
+def lock_held(url: str, key: int) -> bool:
+    with psycopg.connect(url, autocommit=True, application_name=OBSERVER) as conn:
+        row = conn.execute(_LOCK_HELD, (key,)).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_dropped_lock_is_taken_back_and_its_worker_never_declared(
+    store: RunStore, pg_url: str
+) -> None:
+    holder = store.backend.hold_liveness(4242, "w1")
+    store.register_worker("w1", host="h", pid=1, queues=["default"], concurrency=1, lock_key=4242)
+    try:
+        for _ in range(5):
+            assert terminate(pg_url, LIVENESS) == 1
+            wait_for(lambda: lock_held(pg_url, 4242), 5, "the lock to be taken back")
+            assert store.recover("w2", max_stalls=3).lost_workers == []
+            assert not holder.ended()
+        wait_for(lambda: not holder.unconfirmed(), 2, "the lock to be confirmed")
+    finally:
+        holder.close()
+    [w1] = [w for w in store.workers() if w.id == "w1"]
+    assert w1.state == "alive"
+
+
+_FROZEN = """
+import sys, time
+from greenroom.storage import open_store
+store = open_store(sys.argv[1])
+handle = store.backend.hold_liveness(777, "frozen")
+store.register_worker("frozen", host="h", pid=0, queues=["default"], concurrency=1, lock_key=777)
+print(len(store.claim("frozen", ["default"], 1, 3600.0)), flush=True)
+sys.stdin.readline()
+deadline = time.monotonic() + 10
+while not handle.ended() and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("ended" if handle.ended() else "kept", handle.unconfirmed(), flush=True)
+"""
+
+
+def test_a_worker_declared_lost_cannot_take_its_lock_back(
+    store: RunStore, clock: ManualClock, pg_url: str
+) -> None:
+    """Frozen while its connection is dropped, the worker is declared lost; woken, it finds
+    its lock gone for good, and its runs are handed out only after the grace."""
+    run, _ = store.enqueue(NewRun(workflow="wf"))
+    with subprocess.Popen(
+        [sys.executable, "-c", _FROZEN, pg_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            assert proc.stdout.readline().strip() == "1"
+            proc.send_signal(signal.SIGSTOP)
+            assert terminate(pg_url, LIVENESS) == 1
+            wait_for(lambda: not lock_held(pg_url, 777), 5, "the server to drop the lock")
+            recovery = store.recover("w2", max_stalls=3)
+            assert recovery.lost_workers == ["frozen"]
+            assert recovery.requeued == []
+            grace = store.backend.liveness_grace
+            assert grace > 0 and recovery.next_due == clock.now() + grace
+            proc.send_signal(signal.SIGCONT)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().split() == ["ended", "True"]
+            assert not lock_held(pg_url, 777)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+    clock.advance(grace - 0.01)
+    assert store.recover("w2", max_stalls=3).requeued == []
+    clock.advance(0.01)
+    assert store.recover("w2", max_stalls=3).requeued == [run.id]
+    events = store.events(run.id)
+    assert events[-1].reason == "stalled: worker frozen lost its liveness lock"
+    states = {w.id: w.state for w in store.workers(include_gone=True)}
+    assert states["frozen"] == "dead"
+
+
+# -- three workers, long steps, connections dropped -----------------------------------------
+
+LONG_RUNS = 9
+LONG_STEP_MS = [3000.0, 3000.0]
+SHORT_RUNS = 300
+
+
+def _drop_repeatedly(url: str, rounds: list[str], stop: threading.Event, counts: list[int]) -> None:
+    rng = random.Random()
+    for where in rounds:
+        if stop.wait(rng.uniform(0.5, 1.0)):
+            return
+        counts.append(terminate(url, where))
+
+
+def _workers_under(
+    pg_url: str, tmp_path: Path, disturb: Callable[[Callable[[], bool]], None]
+) -> tuple[list[Any], str]:
+    """Nine runs of 3-second steps beside short ones on three workers of 8 slots, while
+    `disturb(done)` does its worst; every run's record and the workers' logs."""
+    observed = pg_url + f"?application_name={OBSERVER}"
+    app = build_app(observed)
+    app.store.count_by_state()
+    record = tmp_path / "record.jsonl"
+    pool = WorkerPool(pg_url, tmp_path, {"concurrency": 8, "max_stalls": 100})
+    try:
+        long_runs = [
+            app.enqueue_sync(CHAIN, {"record": str(record), "steps": 3, "step_ms": LONG_STEP_MS})
+            for _ in range(LONG_RUNS)
+        ]
+        short_runs = [
+            app.enqueue_sync(CHAIN, {"record": str(record), "steps": 3}) for _ in range(SHORT_RUNS)
+        ]
+        for name in ("A", "B", "C"):
+            pool.start(name)
+        wait_for(lambda: len(app.store.workers()) == 3, 30, "three workers")
+        wait_for(lambda: read_records(record), 10, "the first step")
+
+        def done() -> bool:
+            try:
+                counts = app.store.count_by_state()
+            except psycopg.OperationalError:
+                return False  # the server restarting
+            return not any(counts.get(s) for s in (RunState.QUEUED, RunState.RUNNING))
+
+        disturb(done)
+        try:
+            wait_for(done, 90, "every run to finish", interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{pool.logs()}") from None
+        finals = [app.store.get_run(r.id) for r in long_runs + short_runs]
+        failed = {r.id: r.error for r in finals if r.state is not RunState.SUCCEEDED}
+        assert not failed, failed
+        return read_records(record), pool.logs()
+    finally:
+        pool.close()
+        app.close()
+
+
+def _assert_no_run_executed_twice_at_once(records: list[dict[str, Any]]) -> None:
+    by_run: dict[str, list[Any]] = defaultdict(list)
+    for e in executions(records, killed={}):
+        by_run[e.run].append(e)
+    twice = [pair for items in by_run.values() for pair in overlaps(items)]
+    assert not twice, f"runs executed twice at once: {twice[:5]}"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("what", ["all connections", "liveness connections"])
+def test_dropped_connections_never_let_a_run_execute_twice_at_once(
+    pg_url: str, tmp_path: Path, what: str
+) -> None:
+    where = ALL if what == "all connections" else LIVENESS
+    counts: list[int] = []
+
+    def disturb(done: Callable[[], bool]) -> None:
+        stop = threading.Event()
+        _drop_repeatedly(pg_url, [where] * 8, stop, counts)
+
+    records, logs = _workers_under(pg_url, tmp_path, disturb)
+    assert sum(counts) >= 8 * 3, counts  # every round dropped at least each worker's lock
+    _assert_no_run_executed_twice_at_once(records)
+    long_steps = [r for r in records if r["ev"] == "start" and r["pos"] is not None]
+    assert long_steps
+    print(
+        f"{what}: {sum(counts)} connections dropped in 8 rounds;"
+        f" declared lost {logs.count('declared lost by another worker')} times;"
+        f" runs stopped unconfirmed {logs.count('stopping runs')} times"
+    )
+
+
+@pytest.fixture
+def restartable_server() -> Iterator[list[str]]:
+    """The command that restarts the local PostgreSQL cluster, where this machine has one."""
+    versions = Path("/etc/postgresql")
+    if shutil.which("pg_ctlcluster") is None or not versions.is_dir() or os.geteuid() != 0:
+        pytest.skip("restarting PostgreSQL needs root and pg_ctlcluster (a Debian cluster)")
+    [version] = [p.name for p in versions.iterdir()]
+    yield ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"]
+    wait_for(_server_up, 60, "PostgreSQL to come back")
+
+
+def _server_up() -> bool:
+    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0
+
+
+@pytest.mark.timeout(240)
+def test_a_database_restart_never_lets_a_run_execute_twice_at_once(
+    pg_url: str, tmp_path: Path, restartable_server: list[str]
+) -> None:
+    def disturb(done: Callable[[], bool]) -> None:
+        for _ in range(2):
+            time.sleep(random.uniform(1.0, 2.0))
+            subprocess.run(restartable_server, check=True, capture_output=True, timeout=120)
+            wait_for(_server_up, 60, "PostgreSQL to come back")
+
+    records, logs = _workers_under(pg_url, tmp_path, disturb)
+    _assert_no_run_executed_twice_at_once(records)
+    print(
+        f"restarts: declared lost {logs.count('declared lost by another worker')} times;"
+        f" runs stopped unconfirmed {logs.count('stopping runs')} times"
+    )
