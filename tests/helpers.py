@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Collection, Iterable
 from typing import Any
 
 from greenroom import App, Run, RunState, Worker, load_settings
+from greenroom.clock import Clock
 from greenroom.model import FINISHED_STATES
 from greenroom.storage import RunStore
 
 
-def fast_app(db_url: str, **settings: Any) -> App:
+def fast_app(db_url: str, clock: Clock | None = None, **settings: Any) -> App:
     """An App with sub-second lease, heartbeat and polling, as tests need."""
     values: dict[str, Any] = {
         "db": db_url,
@@ -23,7 +24,7 @@ def fast_app(db_url: str, **settings: Any) -> App:
         "shutdown_grace_seconds": 0.2,
     }
     values.update(settings)
-    return App(db=db_url, settings=load_settings(**values))
+    return App(db=db_url, settings=load_settings(**values), clock=clock)
 
 
 async def wait_for_states(

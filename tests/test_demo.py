@@ -164,7 +164,11 @@ def recovery(store: RunStore, run_id: str) -> tuple[str, str, int] | None:
 def test_demo_interrupted_leaves_no_worker_or_browser_behind(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     with subprocess.Popen(
-        demo_cmd(url, "--orgs", "2", "--workers", "2", "--users-per-org", "150"),
+        # Pages of 1.5 s: the runs are seconds from their end when the SIGINT comes, however
+        # slowly this test notices that they started.
+        demo_cmd(
+            url, "--orgs", "2", "--workers", "2", "--users-per-org", "150", "--latency-ms", "1500"
+        ),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -137,7 +137,7 @@ async def _authenticate(bearer: HTTPAuthorizationCredentials | None, state: ApiS
     key = state.keys.get(presented)
     if key is None:
         key = await run_in_threadpool(_lookup, state, presented)
-    if not key.usable(time.time()):
+    if not key.usable(state.store.clock.now()):
         raise _unauthorized("API key revoked or expired")
     return key
 
