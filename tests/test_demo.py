@@ -139,8 +139,10 @@ def test_demo_chaos_resumes_the_killed_workers_run_without_a_second_login(
         steps = store.steps(recovered[0].id)
         assert len(steps) == 7 and all(s.status is StepStatus.COMPLETED for s in steps)
         assert [s.position for s in steps] == list(range(7))  # each step checkpointed once
+        # The killed one, the other, and its replacement if it registered before the end (on a
+        # loaded machine its start-up may outlast the demo).
         states = sorted(w.state for w in store.workers(include_gone=True))
-        assert states == ["dead", "stopped", "stopped"]  # the killed one and its replacement
+        assert states in (["dead", "stopped"], ["dead", "stopped", "stopped"]), states
         assert_nothing_left(url, store)
     finally:
         store.backend.close()

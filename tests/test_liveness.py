@@ -1,17 +1,22 @@
-"""A live worker whose PostgreSQL connections are dropped is never taken for dead while it may
-still execute its runs (docs/durability.md, "Liveness").
+"""A worker never executes a run that another worker may have taken: a live worker whose
+PostgreSQL connections are dropped is never taken for dead while it may still execute its runs,
+and a run whose heartbeats cannot get through stops before its lease expires
+(docs/durability.md, "Liveness").
 
-PostgreSQL only: there a liveness lock lives on a connection, which a failover, a restarted
-pooler or `pg_terminate_backend` drops while the worker lives on. SQLite's lock is a `flock`
-that only the process's death releases.
+The connection tests are PostgreSQL's: there a liveness lock lives on a connection, which a
+failover, a restarted pooler or `pg_terminate_backend` drops while the worker lives on. SQLite's
+lock is a `flock` that only the process's death releases.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,13 +29,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from greenroom import ManualClock, RunState
+from greenroom import ManualClock, RunContext, RunState, step
 from greenroom.model import NewRun
 from greenroom.storage import RunStore, open_store
 from tests.apps.durable_app import CHAIN, build_app
+from tests.helpers import fast_app, worker_running
 from tests.procs import WorkerPool, executions, overlaps, read_records, wait_for
-
-pytestmark = pytest.mark.postgres
 
 OBSERVER = "liveness-observer"  # the test's own connections, never dropped
 _LOCK_HELD = (
@@ -67,6 +71,7 @@ def lock_held(url: str, key: int) -> bool:
     return bool(row and row[0])
 
 
+@pytest.mark.postgres
 def test_a_dropped_lock_is_taken_back_and_its_worker_never_declared(
     store: RunStore, pg_url: str
 ) -> None:
@@ -100,6 +105,7 @@ print("ended" if handle.ended() else "kept", handle.unconfirmed(), flush=True)
 """
 
 
+@pytest.mark.postgres
 def test_a_worker_declared_lost_cannot_take_its_lock_back(
     store: RunStore, clock: ManualClock, pg_url: str
 ) -> None:
@@ -209,6 +215,7 @@ def _assert_no_run_executed_twice_at_once(records: list[dict[str, Any]]) -> None
     assert not twice, f"runs executed twice at once: {twice[:5]}"
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("what", ["all connections", "liveness connections"])
 def test_dropped_connections_never_let_a_run_execute_twice_at_once(
@@ -248,6 +255,7 @@ def _server_up() -> bool:
     return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(240)
 def test_a_database_restart_never_lets_a_run_execute_twice_at_once(
     pg_url: str, tmp_path: Path, restartable_server: list[str]
@@ -264,3 +272,73 @@ def test_a_database_restart_never_lets_a_run_execute_twice_at_once(
         f"restarts: declared lost {logs.count('declared lost by another worker')} times;"
         f" runs stopped unconfirmed {logs.count('stopping runs')} times"
     )
+
+
+# -- heartbeats that cannot get through -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def runs_locked(db_url: str, run_id: str) -> Iterator[float]:
+    """Hold the run's row (SQLite: the whole database) so that no heartbeat can renew its
+    lease; the lease's expiry as stored, which therefore stays put."""
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            [(expires,)] = conn.execute(
+                "SELECT lease_expires_at FROM runs WHERE id = ?", (run_id,)
+            ).fetchall()
+            yield float(expires)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        return
+    with psycopg.connect(db_url, application_name=OBSERVER) as pg, pg.transaction():
+        row = pg.execute(
+            "SELECT lease_expires_at FROM runs WHERE id = %s FOR UPDATE", (run_id,)
+        ).fetchone()
+        assert row is not None
+        yield float(row[0])
+
+
+async def test_a_run_whose_heartbeats_are_held_up_stops_before_its_lease_expires(
+    db_url: str,
+) -> None:
+    app = fast_app(db_url, lease_seconds=1.0, heartbeat_seconds=0.2)
+    started = asyncio.Event()
+    stopped: list[float] = []
+
+    @step(name="long")
+    async def long() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.append(app.store.clock.now())
+            raise
+
+    @app.workflow(name="liveness.long")
+    async def workflow(ctx: RunContext) -> None:
+        await long()
+
+    run = await app.enqueue("liveness.long")
+    try:
+        async with worker_running(app, concurrency=1):
+            await asyncio.wait_for(started.wait(), 10)
+            locked = runs_locked(db_url, run.id)
+            expires = await asyncio.to_thread(locked.__enter__)
+            try:
+                deadline = time.monotonic() + 5
+                while not stopped and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            finally:
+                await asyncio.to_thread(locked.__exit__, None, None, None)
+            assert stopped, "the run went on with its lease expired"
+            assert stopped[0] < expires
+            reason = "released: its lease expires before a heartbeat renewed it"
+            deadline = time.monotonic() + 10
+            while reason not in [e.reason for e in app.store.events(run.id)]:
+                assert time.monotonic() < deadline, app.store.events(run.id)
+                await asyncio.sleep(0.05)
+    finally:
+        app.close()

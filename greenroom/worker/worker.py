@@ -48,6 +48,7 @@ class _Stop:
     LOST = "lease lost"
     SHUTDOWN = "worker shutting down"
     UNCONFIRMED = "worker cannot confirm its liveness lock"
+    EXPIRING = "its lease expires before a heartbeat renewed it"
 
 
 @dataclass
@@ -338,6 +339,7 @@ class Worker:
             await asyncio.sleep(LIVENESS_CHECK_SECONDS)
             liveness = self._liveness
             if liveness is None or not liveness.unconfirmed():
+                self._stop_expiring()
                 continue
             ended = liveness.ended()
             reason = _Stop.LOST if ended else _Stop.UNCONFIRMED
@@ -348,6 +350,18 @@ class Worker:
                 self._interrupt(active, reason)
             if ended:
                 await self._new_identity()
+
+    def _stop_expiring(self) -> None:
+        """Stop the runs whose lease expires before a heartbeat could still renew it (the
+        heartbeats failed, or waited for a connection): once expired, another worker may
+        take them."""
+        now = self.store.clock.now()
+        for active in list(self._active.values()):
+            lease = active.lease
+            margin = min(1.0, lease.seconds / 4)
+            if active.stop_reason is None and self._lease_valid_until(lease)() - now < margin:
+                self.log.warning(f"stopping run: {_Stop.EXPIRING}", run_id=lease.run.id)
+                self._interrupt(active, _Stop.EXPIRING)
 
     async def _new_identity(self) -> None:
         """Declared lost, this worker's runs are being handed out; it goes on as a new worker."""
@@ -511,7 +525,7 @@ class Worker:
             await self._finish(lease, RunState.CANCELLED, "cancelled while running")
         elif reason == _Stop.SHUTDOWN:
             await self._finish(lease, RunState.QUEUED, "released: worker shutting down")
-        elif reason == _Stop.UNCONFIRMED:
+        elif reason in (_Stop.UNCONFIRMED, _Stop.EXPIRING):
             await self._finish(lease, RunState.QUEUED, f"released: {reason}")
         elif reason == _Stop.LOST:
             raise LeaseLost(f"run {lease.run.id}: lease lost")
