@@ -133,6 +133,8 @@ class RunFilters(TypedDict, total=False):
     created_before: datetime | float | None
     #: platform keys: one tenant
     tenant: str | None
+    #: also failed or cancelled runs that were retried
+    include_superseded: bool
 
 
 _ADAPTERS: dict[object, TypeAdapter[Any]] = {}
@@ -259,9 +261,11 @@ class Client:
         reason: str,
         from_scratch: bool = False,
         input: dict[str, Any] | None = None,
+        force: bool = False,
     ) -> RunOut:
-        """A new run for a failed or cancelled one, from its failed step unless from_scratch."""
-        body = {"reason": reason, "from_scratch": from_scratch, "input": input}
+        """A new run for a failed or cancelled one, from its failed step unless from_scratch.
+        A run retried already raises Conflict, naming its retry, unless force."""
+        body = {"reason": reason, "from_scratch": from_scratch, "input": input, "force": force}
         return _parse(RunOut, self._request("POST", f"/v1/runs/{_q(run_id)}/retry", json=body))
 
     def retry_runs(self, request: BulkRetryRequest) -> BulkRetryOut:

@@ -58,6 +58,9 @@ class Run:
     finished_at: float | None = None
     pause_requested: bool = False
     retry_of: str | None = None
+    #: The newest run of this failed or cancelled run's chain of retries: it stands for this
+    #: one now.
+    superseded_by: str | None = None
     error_group: str | None = None
     request_hash: str | None = None
 
@@ -238,6 +241,10 @@ class ErrorGroup:
     first_seen: float
     last_seen: float
     last_run_id: str
+    #: Failed runs of the group not retried yet.
+    open: int = 0
+    #: Failed runs of the group whose retries succeeded.
+    resolved: int = 0
 
 
 class Role(enum.StrEnum):

@@ -313,7 +313,11 @@ def test_bulk_retry_creates_linked_runs_from_their_failed_steps(
     assert actions[1:3] == [("retry", ACTOR, "layout fixed")] * 2
     assert store.audit_log()[0].detail["filter"]["label"] == ["app", "acme"]
     again = store.retry_where(f, actor=ACTOR, reason="dry", dry_run=True)
-    assert again.matched == 2, "the old runs stay failed; their retries are queued"
+    assert (again.matched, again.skipped_superseded) == (0, 2), "their retries stand for them"
+    assert {store.get_run(r.id).superseded_by for r in new} == {None}
+    assert {
+        store.get_run(i).superseded_by for i in (failures["acme_1"].id, failures["acme_2"].id)
+    } == set(done.new_runs)
 
 
 def test_every_admin_action_lands_in_the_audit_log(store: RunStore, clock: ManualClock) -> None:
@@ -342,8 +346,7 @@ def test_every_admin_action_lands_in_the_audit_log(store: RunStore, clock: Manua
         "pause",
         "resume",
         "retry",
-        "retry",
-        "retry.bulk",
+        "retry.bulk",  # it retried nothing: the failed run was retried already
         "queue.set",
         "tenant.set",
     ]
@@ -351,6 +354,7 @@ def test_every_admin_action_lands_in_the_audit_log(store: RunStore, clock: Manua
     assert by_action["cancel"].target == f"run {waiting.id}"
     assert by_action["cancel"].actor == "user0" and by_action["cancel"].reason == "because cancel"
     assert by_action["retry"].target == f"run {failed.id}"
+    assert by_action["retry.bulk"].detail["skipped_superseded"] == 1
     assert "default" in by_action["pause"].target and "t1" in by_action["pause"].target
     assert by_action["queue.set"].target == "queue default"
     assert by_action["queue.set"].detail == {"concurrency": 2}

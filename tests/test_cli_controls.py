@@ -24,6 +24,7 @@ from greenroom.diagnostics import describe_error
 from greenroom.errors import InvalidInput
 from greenroom.retry import NO_RETRY
 from greenroom.storage import RunFilter, RunStore, open_store
+from tests.test_cli import listed, short
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 CALLS: Counter[str] = Counter()
@@ -216,9 +217,9 @@ def test_pause_a_label_holds_its_runs_and_resume_restores_them(
     assert "paused label app=crm" in out
     assert states(app.store, [*crm, erp]) == [RunState.PAUSED] * 3 + [RunState.QUEUED]
     out = ok(capsys, sqlite_url, "runs", "list", "--state", "paused")
-    assert set(UUID.findall(out)) == set(crm)
+    assert set(listed(out)) == set(short(*crm))
     out = ok(capsys, sqlite_url, "runs", "list", "--label", "app=crm")
-    assert set(UUID.findall(out)) == set(crm)
+    assert set(listed(out)) == set(short(*crm))
     out = ok(capsys, sqlite_url, "pauses")
     assert re.search(r"label\s+│\s+app=crm\s+│\s+all\s+│\s+yes\s+│\s+ops@acme", out), out
     assert "login page changed" in out
@@ -355,7 +356,9 @@ def test_bulk_retry_dry_run_changes_nothing_then_retries_the_group(
     assert (group.step, group.type, group.error_class) == ("read_users", "ValueError", "unknown")
     row = next(line for line in out.splitlines() if "acme" in line)
     assert group.fingerprint in row
-    assert re.search(r"sync_users\s+│\s+read_users\s+│\s+ValueError\s+│\s+unknown\s+│\s+2", row)
+    # Open, resolved, seen; the last failed run's id as tables show it.
+    assert re.search(r"sync_users\s+│\s+read_users\s+│\s+ValueError\s+│\s+2\s+│\s+0\s+│\s+2", row)
+    assert group.last_run_id[:8] in row
     assert "no users table on page" in row
     assert "globex" in ok(capsys, sqlite_url, "errors", "--tenant", "globex")
 
@@ -553,7 +556,7 @@ def test_controls_on_postgres(pg_url: str, capsys: pytest.CaptureFixture[str]) -
         globex = app.enqueue_sync("report", tenant="globex").id
         ok(capsys, pg_url, "pause", "--tenant", "acme", "--reason", "audit in progress")
         out = ok(capsys, pg_url, "runs", "list", "--state", "paused")
-        assert set(UUID.findall(out)) == set(acme)
+        assert set(listed(out)) == set(short(*acme))
         assert app.store.get_run(globex).state is RunState.QUEUED
         ok(capsys, pg_url, "queues", "set", "reports", "--rate-limit", "3/s", "--reason", "r")
         out = ok(capsys, pg_url, "queues")

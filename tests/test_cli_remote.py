@@ -12,7 +12,7 @@ import pytest
 from greenroom.model import Role, RunState
 from tests.api_helpers import ApiSetup
 from tests.helpers import wait_for_states, worker_running
-from tests.test_cli import UUID, assert_one_line_error, cli
+from tests.test_cli import UUID, assert_one_line_error, cli, listed, short
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +49,13 @@ async def test_enqueue_and_runs_commands(api: ApiSetup, capsys: pytest.CaptureFi
     capsys.readouterr()  # the worker's log
 
     code, out, _ = cli(capsys, *acme, "runs", "list")
-    assert code == 0 and UUID.findall(out) == [later, fail, echo]
-    assert row(out, echo, "plain.echo", "acme", "succeeded", "1/1")
-    assert UUID.findall(cli(capsys, *acme, "runs", "list", "--state", "failed,delayed")[1]) == [
-        later,
-        fail,
-    ]
-    assert UUID.findall(cli(capsys, *acme, "runs", "list", "--label", "org=o1")[1]) == [echo]
-    assert UUID.findall(cli(capsys, *acme, "runs", "list", "--limit", "1")[1]) == [later]
+    assert code == 0 and listed(out) == short(later, fail, echo)
+    assert row(out, echo[:8], "plain.echo", "acme", "succeeded", "1/1")
+    assert listed(cli(capsys, *acme, "runs", "list", "--state", "failed,delayed")[1]) == short(
+        later, fail
+    )
+    assert listed(cli(capsys, *acme, "runs", "list", "--label", "org=o1")[1]) == short(echo)
+    assert listed(cli(capsys, *acme, "runs", "list", "--limit", "1")[1]) == short(later)
     code, out, _ = cli(capsys, *remote(api, "globex"), "runs", "list")
     assert (code, out.strip()) == (0, "no runs")
 
@@ -163,7 +162,7 @@ def test_remote_mode_errors_are_one_line(
     monkeypatch.setenv("GREENROOM_API_KEY", api.keys["acme"][Role.OPERATOR])
     code, out, err = cli(capsys, "enqueue", "plain.echo")
     assert code == 0 and "created" in out, err
-    assert UUID.findall(cli(capsys, "runs", "list")[1]) == UUID.findall(out)
+    assert listed(cli(capsys, "runs", "list")[1]) == short(*UUID.findall(out))
     # An explicit --db wins over $GREENROOM_URL, and database-only commands ignore it.
     db = f"sqlite:///{tmp_path}/g.db"
     assert cli(capsys, "--db", db, "db", "upgrade")[0] == 0

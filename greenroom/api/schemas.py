@@ -98,6 +98,10 @@ class RunOut(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     retry_of: str | None = None
+    superseded_by: str | None = Field(
+        None,
+        description="retried: the newest run of its chain of retries, which stands for it",
+    )
     error_group: str | None = None
 
     @classmethod
@@ -162,6 +166,11 @@ class CancelRequest(Body):
 class RetryRequest(Body):
     from_scratch: bool = Field(False, description="else from the failed step")
     input: dict[str, Any] | None = Field(None, description="replaces the run's input")
+    force: bool = Field(
+        False,
+        description="retry a run that was retried already (refused with 409 otherwise);"
+        " the audit log records it",
+    )
     reason: str = Reason
 
 
@@ -179,8 +188,11 @@ class BulkRetryRequest(Body):
 
 
 class BulkRetryOut(BaseModel):
-    matched: int
+    matched: int = Field(description="runs retried, or with dry_run to be retried")
     dry_run: bool
+    skipped_superseded: int = Field(
+        0, description="runs the filter matched that were retried already: left alone"
+    )
     rerun_from: dict[str, int]
     new_runs: list[str]
 
@@ -291,6 +303,8 @@ class ErrorGroupOut(BaseModel):
     first_seen: float
     last_seen: float
     last_run_id: str
+    open: int = Field(0, description="failed runs of the group not retried yet")
+    resolved: int = Field(0, description="failed runs of the group whose retries succeeded")
 
     @classmethod
     def of(cls, group: ErrorGroup) -> ErrorGroupOut:

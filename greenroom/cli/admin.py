@@ -28,8 +28,10 @@ def errors(
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     db: DbOpt = None,
 ) -> None:
-    """Failed runs grouped by error (type + normalized message + step), most recent first;
-    `runs retry --where --error-group FP` retries a group."""
+    """Failed runs grouped by error (type + normalized message + step), most recent first:
+    OPEN failures not retried yet, RESOLVED ones whose retries succeeded, every failure SEEN,
+    and the LAST RUN that failed, for `runs show`; `runs retry --where --error-group FP`
+    retries a group."""
     groups: Sequence[ErrorGroup | ErrorGroupOut]
     gr = remote_client(ctx, db)
     if gr is not None:
@@ -43,8 +45,8 @@ def errors(
     if not groups:
         out.print("no errors")
         return
-    table = Table("FINGERPRINT", "TENANT", "WORKFLOW", "STEP", "TYPE", "CLASS", "COUNT")
-    for name in ("FIRST SEEN", "LAST SEEN", "MESSAGE"):
+    table = Table("FINGERPRINT", "TENANT", "WORKFLOW", "STEP", "TYPE", "OPEN", "RESOLVED")
+    for name in ("SEEN", "FIRST / LAST", "LAST RUN", "MESSAGE"):
         table.add_column(name)
     table.columns[0].no_wrap = True
     for g in groups:
@@ -54,10 +56,11 @@ def errors(
             escape(g.workflow),
             escape(g.step or "-"),
             escape(g.type),
-            g.error_class,
+            f"[red]{g.open}[/]" if g.open else "0",
+            f"[green]{g.resolved}[/]" if g.resolved else "0",
             str(g.occurrences),
-            ago(g.first_seen, now),
-            ago(g.last_seen, now),
+            f"{ago(g.first_seen, now)} / {ago(g.last_seen, now)}",
+            g.last_run_id[:8],
             short(g.message),
         )
     out.print(table)

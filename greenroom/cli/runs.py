@@ -60,10 +60,15 @@ def runs_list(
     queue: Annotated[str | None, typer.Option()] = None,
     label: LabelOpt = None,
     error_group: ErrorGroupOpt = None,
+    include_superseded: Annotated[
+        bool,
+        typer.Option("--include-superseded", help="Also failed runs that were retried."),
+    ] = False,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     db: DbOpt = None,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first (failed runs that were retried are left out: their retries
+    stand for them)."""
     f = RunFilter(
         tenant=tenant,
         states=parse_states(state),
@@ -72,6 +77,7 @@ def runs_list(
         label=None if label is None else parse_label(label),
         error_group=error_group,
         limit=limit,
+        include_superseded=include_superseded,
     )
     found: Sequence[Run | RunOut]
     gr = remote_client(ctx, db)
@@ -85,6 +91,7 @@ def runs_list(
                 label=None if f.label is None else "=".join(f.label),
                 error_group=error_group,
                 tenant=tenant,
+                include_superseded=include_superseded,
             )
             found = list(islice(pages, limit))
         now = time.time()
@@ -99,10 +106,10 @@ def runs_list(
     table.columns[0].no_wrap = True
     for run in found:
         table.add_row(
-            run.id,
+            run.id[:8],
             escape(run.workflow),
             escape(run.tenant),
-            state_text(run.state),
+            state_text(run.state) + (" [dim](retried)[/]" if run.superseded_by else ""),
             f"{run.attempt}/{run.max_attempts}",
             str(run.stalls),
             ago(run.created_at, now),
@@ -114,7 +121,9 @@ def runs_list(
 @runs_cli.command("show")
 def runs_show(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(metavar="ID", help="Run id.")],
+    run_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Run id, or a unique prefix of 8+ characters.")
+    ],
     db: DbOpt = None,
 ) -> None:
     """Show a run: its fields, timeline, steps, error and failure artifacts."""
@@ -133,10 +142,10 @@ def runs_show(
     else:
         url = db_url(ctx, db)
         with existing_store(url) as store:
-            run = store.get_run(run_id)
-            steps = store.steps(run_id)
-            events = store.events(run_id)
-            found = store.artifacts(run_id)
+            run = store.get_run(run_id)  # the id may be a prefix: go on with the whole one
+            steps = store.steps(run.id)
+            events = store.events(run.id)
+            found = store.artifacts(run.id)
         artifacts = [(a, a.location) for a in found]
         where = local_artifacts(url) if found else ""
     show_fields(run)
@@ -180,6 +189,8 @@ def show_fields(run: Run | RunOut) -> None:
     ]
     if run.retry_of:
         rows.append(("retry of", run.retry_of))
+    if run.superseded_by:
+        rows.append(("superseded by", f"{run.superseded_by} (its retry stands for it)"))
     if run.error_group:
         rows.append(("error group", escape(run.error_group)))
     if isinstance(run, Run) and run.lease_owner:
@@ -250,7 +261,9 @@ def show_error(error: dict[str, Any]) -> None:
 @runs_cli.command("cancel")
 def runs_cancel(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(metavar="ID", help="Run id.")],
+    run_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Run id, or a unique prefix of 8+ characters.")
+    ],
     reason: ReasonOpt,
     actor: ActorOpt = None,
     db: DbOpt = None,
@@ -280,7 +293,8 @@ def runs_retry(
     ctx: typer.Context,
     reason: ReasonOpt,
     run_id: Annotated[
-        str | None, typer.Argument(metavar="ID", help="The failed or cancelled run.")
+        str | None,
+        typer.Argument(metavar="ID", help="The failed or cancelled run (or an 8+ prefix)."),
     ] = None,
     where: Annotated[
         bool, typer.Option("--where", help="Retry every run matching the filters below.")
@@ -291,6 +305,12 @@ def runs_retry(
     input: Annotated[
         str | None, typer.Option("--input", help="New input as a JSON object (one run only).")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Retry a run that was retried already (one run only; audited)."
+        ),
+    ] = False,
     tenant: Annotated[str | None, typer.Option()] = None,
     workflow: Annotated[str | None, typer.Option()] = None,
     queue: Annotated[str | None, typer.Option()] = None,
@@ -332,13 +352,15 @@ def runs_retry(
         raise InvalidInput(f"{bulk_only[0]} goes with --where, not with a run ID")
     if run_id is None and input is not None:
         raise InvalidInput("--input applies to one run (ID), not to --where")
+    if run_id is None and force:
+        raise InvalidInput("--force applies to one run (ID): --where never retries a run twice")
     gr = remote_client(ctx, db, {"--since": since, "--until": until, "--actor": actor})
     if gr is not None:
         from greenroom.api.schemas import BulkRetryRequest
 
         with gr:
             if run_id is not None:
-                retry_remote(gr, run_id, reason, tenant, from_scratch, input)
+                retry_remote(gr, run_id, reason, tenant, from_scratch, input, force)
                 return
             request = {
                 "state": [s.value for s in parse_states(state)] or ["failed"],
@@ -364,9 +386,11 @@ def runs_retry(
                 tenant=tenant,
                 from_scratch=from_scratch,
                 input=new_input,
+                force=force,
             )
-            old, kept = store.steps(run_id), store.steps(new.id)
-        say_retried(new.id, run_id, old, kept, from_scratch, new_input is not None)
+            assert new.retry_of is not None  # the whole id of the run given (maybe a prefix)
+            old, kept = store.steps(new.retry_of), store.steps(new.id)
+        say_retried(new.id, new.retry_of, old, kept, from_scratch, new_input is not None)
         return
     else:
         now = time.time()
@@ -388,16 +412,21 @@ def runs_retry(
                 dry_run=dry_run,
                 from_scratch=from_scratch,
             )
+    skipped = (
+        f"; {result.skipped_superseded} matching runs were retried already and are left alone"
+        if result.skipped_superseded
+        else ""
+    )
     if not result.matched:
-        out.print("no runs match: nothing to retry")
+        out.print(f"no runs match: nothing to retry{skipped}")
         return
     table = Table("RE-RUNS FROM", "RUNS")
     for step, count in sorted(result.rerun_from.items(), key=lambda kv: (-kv[1], kv[0])):
         table.add_row(escape(step), str(count))
     if dry_run:
-        out.print(f"dry run: {result.matched} runs would be retried (nothing changed)")
+        out.print(f"dry run: {result.matched} runs would be retried (nothing changed){skipped}")
     else:
-        out.print(f"retried {result.matched} runs: {len(result.new_runs)} new runs queued")
+        out.print(f"retried {result.matched} runs: {len(result.new_runs)} new runs queued{skipped}")
     out.print(table)
 
 
@@ -408,14 +437,17 @@ def retry_remote(
     tenant: str | None,
     from_scratch: bool,
     input: str | None,
+    force: bool,
 ) -> None:
     new_input = None if input is None else parse_input(input)
     old = gr.get_run(run_id)
     if tenant is not None and old.tenant != tenant:
         raise NotFound(f"run {run_id} not found")
-    new = gr.retry_run(run_id, reason=reason, from_scratch=from_scratch, input=new_input)
+    new = gr.retry_run(
+        run_id, reason=reason, from_scratch=from_scratch, input=new_input, force=force
+    )
     kept = gr.get_run(new.id).steps
-    say_retried(new.id, run_id, old.steps, kept, from_scratch, new_input is not None)
+    say_retried(new.id, old.id, old.steps, kept, from_scratch, new_input is not None)
 
 
 def say_retried(

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from greenroom.errors import InvalidInput
+from greenroom.errors import Conflict, InvalidInput
 from greenroom.model import FINISHED_STATES, AuditEntry, ErrorGroup, NewRun, Run, RunState
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import RunFilter, StoreBase, require_reason, retry_conflicts
@@ -29,6 +29,8 @@ class BulkRetry:
 
     matched: int
     dry_run: bool
+    #: Runs the filter matched that were left alone: already retried (superseded).
+    skipped_superseded: int = 0
     #: Which step each run would start from (its first step without a stored result).
     rerun_from: dict[str, int] = field(default_factory=dict)
     new_runs: list[str] = field(default_factory=list)
@@ -47,14 +49,24 @@ class Admin(StoreBase):
         tenant: str | None = None,
         from_scratch: bool = False,
         input: dict[str, Any] | None = None,
+        force: bool = False,
     ) -> Run:
         """A new run for a failed or cancelled one, linked to it (retry_of). From the failed
-        step, it starts with the old run's completed steps; from scratch, with none."""
+        step, it starts with the old run's completed steps; from scratch, with none.
+
+        A run retried already is refused (its retry stands for it: a second one would repeat
+        what the first did), unless `force`, which the audit log records."""
         require_reason(reason)
         if input is not None and not isinstance(input, dict):
             raise InvalidInput("run input must be a JSON object")
         with self.backend.transaction() as tx:
-            old = self._select_run(tx, run_id, tenant)
+            # Locked: of two retries at once, the second sees the first's retry and is refused.
+            old = self._select_run(tx, run_id, tenant, self.backend.for_update)
+            if old["superseded_by"] is not None and not force:
+                raise Conflict(
+                    f"run {run_id} was already retried as {old['superseded_by']}: retry that"
+                    " run, or force a second retry of this one (force, with a reason)"
+                )
             new = self._retry_one(tx, old, actor, reason, from_scratch, input)
         return run_from_row(new)
 
@@ -70,21 +82,30 @@ class Admin(StoreBase):
     ) -> BulkRetry:
         """Retry every failed or cancelled run matching the filter (failed only by default)."""
         require_reason(reason)
-        from dataclasses import replace
-
         if not f.states:
             f = replace(f, states=[RunState.FAILED])
         if any(s not in RETRYABLE for s in f.states):
             raise InvalidInput("only failed or cancelled runs can be retried")
+        f = replace(f, include_superseded=True)
         where, params = self.run_filter_sql(f)
-        with self.backend.transaction(write=not dry_run) as tx:
-            runs = tx.execute(
-                f"SELECT * FROM runs WHERE {where} ORDER BY seq LIMIT :limit",
+        b = self.backend
+        with b.transaction(write=not dry_run) as tx:
+            # Locked (not in a dry run): a concurrent bulk retry waits, then skips these.
+            matched = tx.execute(
+                f"SELECT * FROM runs WHERE {where} ORDER BY seq LIMIT :limit"
+                f" {'' if dry_run else b.for_update}",
                 {**params, "limit": BULK_LIMIT},
             )
+            runs = [r for r in matched if r["superseded_by"] is None]
+            skipped = len(matched) - len(runs)
             starts = Counter(self._restart_step(tx, r, from_scratch) for r in runs)
             if dry_run:
-                return BulkRetry(matched=len(runs), dry_run=True, rerun_from=dict(starts))
+                return BulkRetry(
+                    matched=len(runs),
+                    dry_run=True,
+                    skipped_superseded=skipped,
+                    rerun_from=dict(starts),
+                )
             new_ids = [
                 self._retry_one(tx, r, actor, reason, from_scratch, None)["id"] for r in runs
             ]
@@ -95,10 +116,18 @@ class Admin(StoreBase):
                 action="retry.bulk",
                 target=f"{len(runs)} runs",
                 reason=reason,
-                detail={"filter": _filter_detail(f), "from_scratch": from_scratch},
+                detail={
+                    "filter": _filter_detail(f),
+                    "from_scratch": from_scratch,
+                    "skipped_superseded": skipped,
+                },
             )
         return BulkRetry(
-            matched=len(runs), dry_run=False, rerun_from=dict(starts), new_runs=new_ids
+            matched=len(runs),
+            dry_run=False,
+            skipped_superseded=skipped,
+            rerun_from=dict(starts),
+            new_runs=new_ids,
         )
 
     def _restart_step(self, tx: Tx, run: Row, from_scratch: bool) -> str:
@@ -147,6 +176,12 @@ class Admin(StoreBase):
             self.clock.now(),
             reason=f"retry of {run.id} {how} by {actor}: {reason}",
         )[0]
+        # The new run stands for this one, and for the runs this one stood for.
+        tx.execute(
+            "UPDATE runs SET superseded_by = :new, updated_at = :now"
+            " WHERE id = :old OR superseded_by = :old",
+            {"new": new["id"], "now": self.clock.now(), "old": run.id},
+        )
         if not from_scratch:
             tx.execute(
                 "INSERT INTO steps (run_id, position, name, status, result, error, attempts,"
@@ -173,6 +208,8 @@ class Admin(StoreBase):
                 "new_run": new["id"],
                 "from_scratch": from_scratch,
                 "input_changed": input is not None,
+                # A forced second retry: which retry already stood for the run.
+                **({"superseded_retry": run.superseded_by} if run.superseded_by else {}),
             },
         )
         return new
@@ -180,10 +217,16 @@ class Admin(StoreBase):
     # -- errors ----------------------------------------------------------------------------
 
     def error_groups(self, *, tenant: str | None = None, limit: int = 50) -> list[ErrorGroup]:
-        scope = "" if tenant is None else " WHERE tenant = :tenant"
+        scope = "" if tenant is None else " WHERE g.tenant = :tenant"
+        failed = "r.tenant = g.tenant AND r.error_group = g.fingerprint AND r.state = 'failed'"
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute(
-                f"SELECT * FROM error_groups{scope} ORDER BY last_seen DESC LIMIT :limit",
+                "SELECT g.*,"
+                f" (SELECT COUNT(*) FROM runs AS r WHERE {failed}"
+                " AND r.superseded_by IS NULL) AS open,"
+                " (SELECT COUNT(*) FROM runs AS r JOIN runs AS t ON t.id = r.superseded_by"
+                f" WHERE {failed} AND t.state = 'succeeded') AS resolved"
+                f" FROM error_groups AS g{scope} ORDER BY g.last_seen DESC LIMIT :limit",
                 {"tenant": tenant, "limit": limit},
             )
         return [error_group_from_row(r) for r in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -98,6 +99,10 @@ def fence(tx: Tx, b: Backend, leases: Sequence[Lease]) -> dict[str, Row]:
     return {r["id"]: r for r in found}
 
 
+#: What tables show of a run id (its first 8 characters), and longer prefixes of it.
+RUN_ID_PREFIX = re.compile(r"[0-9a-f-]{8,35}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunFilter:
     tenant: str | None = None
@@ -113,6 +118,8 @@ class RunFilter:
     finished_before: float | None = None
     before_seq: int | None = None
     limit: int = 50
+    #: Failed or cancelled runs that were retried: left out unless asked for.
+    include_superseded: bool = False
 
 
 class StoreBase:
@@ -140,8 +147,18 @@ class StoreBase:
             raise LeaseLost(f"run {lease.run.id}: lease {lease.token} is no longer held")
 
     def _select_run(self, tx: Tx, run_id: str, tenant: str | None, lock: str = "") -> Row:
-        """The run, scoped to `tenant` when given: other tenants' runs are not found."""
+        """The run, scoped to `tenant` when given: other tenants' runs are not found. A unique
+        prefix of at least 8 characters (as tables show ids) stands for the whole id."""
         scope = "" if tenant is None else " AND tenant = :tenant"
+        if RUN_ID_PREFIX.fullmatch(run_id):
+            found = tx.execute(
+                f"SELECT id FROM runs WHERE id LIKE :prefix{scope} ORDER BY id LIMIT 6",
+                {"prefix": run_id + "%", "tenant": tenant},
+            )
+            if len(found) > 1:
+                some = ", ".join(r["id"] for r in found[:5])
+                raise InvalidInput(f"run id prefix {run_id} is ambiguous: it may be {some}")
+            run_id = found[0]["id"] if found else run_id
         rows = tx.execute(
             f"SELECT * FROM runs WHERE id = :id{scope} {lock}", {"id": run_id, "tenant": tenant}
         )
@@ -158,6 +175,8 @@ class StoreBase:
             if value is not None:
                 clauses.append(f"{column} = :{column}")
                 params[column] = value
+        if not f.include_superseded:
+            clauses.append("superseded_by IS NULL")
         if f.states:
             clauses.append(b.member("state", "states"))
             params["states"] = b.list_param([s.value for s in f.states])

@@ -68,6 +68,7 @@ def run_from_row(row: Row) -> Run:
         finished_at=row["finished_at"],
         pause_requested=bool(row["pause_requested"]),
         retry_of=row["retry_of"],
+        superseded_by=row["superseded_by"],
         error_group=row["error_group"],
         request_hash=row["request_hash"],
     )
@@ -153,6 +154,8 @@ def error_group_from_row(row: Row) -> ErrorGroup:
         first_seen=row["first_seen"],
         last_seen=row["last_seen"],
         last_run_id=row["last_run_id"],
+        open=int(row.get("open") or 0),
+        resolved=int(row.get("resolved") or 0),
     )
 
 

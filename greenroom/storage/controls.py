@@ -81,7 +81,8 @@ class Controls(StoreBase):
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute("SELECT * FROM queues ORDER BY name")
             counts = tx.execute(
-                f"SELECT queue, state, COUNT(*) AS n FROM runs WHERE 1 = 1{scope}"
+                # Retried failures are left out: their retries stand for them.
+                f"SELECT queue, state, COUNT(*) AS n FROM runs WHERE superseded_by IS NULL{scope}"
                 " GROUP BY queue, state",
                 {"tenant": tenant},
             )

@@ -75,6 +75,8 @@ runs = Table(
     # Added by migration 0005: the run holds a slot of its queue's / tenant's concurrency limit.
     Column("holds_queue_slot", Boolean, nullable=False, server_default=text("false")),
     Column("holds_tenant_slot", Boolean, nullable=False, server_default=text("false")),
+    # Added by migration 0008: the newest retry of this failed or cancelled run.
+    Column("superseded_by", String(40)),
     _partial_index(
         "runs_idempotency",
         "tenant",

@@ -155,6 +155,9 @@ def list_runs(
     created_after: Moment = None,
     created_before: Moment = None,
     tenant: Annotated[str | None, Query(description="platform keys: one tenant")] = None,
+    include_superseded: Annotated[
+        bool, Query(description="also failed or cancelled runs that were retried")
+    ] = False,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Page[RunOut]:
@@ -172,6 +175,7 @@ def list_runs(
         created_before=None if created_before is None else unix_time(created_before),
         before_seq=None if cursor is None else decode_cursor(cursor),
         limit=limit + 1,
+        include_superseded=include_superseded,
     )
     runs = state.store.list_runs(f)
     more = len(runs) > limit
@@ -201,10 +205,16 @@ def cancel_run(run_id: str, body: CancelRequest, state: State, who: Caller = Ope
     return RunOut.of(run)
 
 
-@router.post("/{run_id}/retry", status_code=201, response_model=RunOut, responses=NOT_FOUND)
+@router.post(
+    "/{run_id}/retry",
+    status_code=201,
+    response_model=RunOut,
+    responses={**NOT_FOUND, **responses(c409="the run was retried already: retry its retry")},
+)
 def retry_run(run_id: str, body: RetryRequest, state: State, who: Caller = Operator) -> RunOut:
     """A new run for a failed or cancelled one: from its failed step (its completed steps are
-    kept) or from scratch, optionally with new input."""
+    kept) or from scratch, optionally with new input. A run retried already is refused (409,
+    naming its retry) unless `force`."""
     run = state.store.retry_run(
         run_id,
         actor=who.actor,
@@ -212,6 +222,7 @@ def retry_run(run_id: str, body: RetryRequest, state: State, who: Caller = Opera
         tenant=who.tenant,
         from_scratch=body.from_scratch,
         input=body.input,
+        force=body.force,
     )
     return RunOut.of(run)
 
@@ -238,6 +249,7 @@ def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> 
     return BulkRetryOut(
         matched=done.matched,
         dry_run=done.dry_run,
+        skipped_superseded=done.skipped_superseded,
         rerun_from={str(k): v for k, v in done.rerun_from.items()},
         new_runs=done.new_runs,
     )

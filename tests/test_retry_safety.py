@@ -1,0 +1,235 @@
+"""A retried failure cannot be retried again by accident: it is superseded by its retry, left
+out of lists and counts, and two operators retrying it at once create one retry, on both
+backends, through the store, the HTTP API and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from greenroom import RunState
+from greenroom.client import Client
+from greenroom.diagnostics import describe_error
+from greenroom.errors import Conflict
+from greenroom.model import NewRun, Role, Run
+from greenroom.storage import RunFilter, RunStore, open_store
+from tests.api_helpers import ApiSetup
+
+T = TypeVar("T")
+ACTOR = "oncall@example.com"
+
+
+def failed(
+    store: RunStore, tenant: str = "t1", message: str = "row 3 not found", queue: str = "default"
+) -> Run:
+    """A run that failed in its first step."""
+    run = store.enqueue(NewRun(workflow="sync", tenant=tenant, queue=queue))[0]
+    (lease,) = store.claim("w1", [queue], 1, 30.0)
+    assert lease.run.id == run.id
+    error = describe_error(LookupError(message), step="read_users", attempt=1)
+    store.finish(lease, RunState.FAILED, reason="failed", error=error)
+    return store.get_run(run.id)
+
+
+def end(store: RunStore, run: Run, state: RunState) -> None:
+    """Let the run be executed to `state` by a worker."""
+    (lease,) = store.claim("w1", [run.queue], 1, 30.0)
+    assert lease.run.id == run.id
+    error = None
+    if state is RunState.FAILED:
+        error = describe_error(LookupError("row 3 not found"), step="read_users", attempt=1)
+    store.finish(lease, state, reason="done", output="1", error=error)
+
+
+def test_a_retried_run_is_superseded_and_a_second_retry_is_refused(store: RunStore) -> None:
+    old = failed(store)
+    first = store.retry_run(old.id, actor=ACTOR, reason="layout fixed")
+    assert store.get_run(old.id).superseded_by == first.id
+    assert first.superseded_by is None
+    for state in (RunState.QUEUED, RunState.SUCCEEDED):  # pending, then done: refused alike
+        with pytest.raises(Conflict, match=f"already retried as {first.id}"):
+            store.retry_run(old.id, actor=ACTOR, reason="again")
+        if state is RunState.QUEUED:
+            end(store, first, RunState.SUCCEEDED)
+    assert [r.retry_of for r in store.list_runs(RunFilter(limit=10))] == [old.id]
+
+    forced = store.retry_run(old.id, actor=ACTOR, reason="re-check the export", force=True)
+    assert forced.retry_of == old.id
+    assert store.get_run(old.id).superseded_by == forced.id
+    audit = store.audit_log()[0]
+    assert (audit.action, audit.reason) == ("retry", "re-check the export")
+    assert audit.detail["superseded_retry"] == first.id
+
+
+def test_a_chain_of_retries_is_stood_for_by_its_newest_run(store: RunStore) -> None:
+    old = failed(store)
+    second = store.retry_run(old.id, actor=ACTOR, reason="try again")
+    end(store, second, RunState.FAILED)
+    third = store.retry_run(second.id, actor=ACTOR, reason="fixed now")
+    assert store.get_run(old.id).superseded_by == third.id
+    assert store.get_run(second.id).superseded_by == third.id
+    with pytest.raises(Conflict, match=third.id):
+        store.retry_run(old.id, actor=ACTOR, reason="by accident")
+    failures = store.list_runs(RunFilter(states=[RunState.FAILED]))
+    assert failures == []
+    shown = store.list_runs(RunFilter(states=[RunState.FAILED], include_superseded=True))
+    assert {r.id for r in shown} == {old.id, second.id}
+
+
+def test_views_show_that_a_fix_worked(store: RunStore) -> None:
+    runs = [failed(store) for _ in range(3)]
+    other = failed(store, message="password rejected")
+    [group] = {r.error_group for r in runs}
+    by_group = {g.fingerprint: g for g in store.error_groups()}
+    assert (by_group[group].open, by_group[group].resolved) == (3, 0)
+
+    plan = store.retry_where(RunFilter(error_group=group), actor=ACTOR, reason="layout fixed")
+    assert (plan.matched, plan.skipped_superseded) == (3, 0)
+    done = store.retry_where(
+        RunFilter(error_group=group), actor=ACTOR, reason="layout fixed", dry_run=False
+    )
+    assert len(done.new_runs) == 3
+    for run_id in done.new_runs[:2]:
+        end(store, store.get_run(run_id), RunState.SUCCEEDED)
+
+    by_group = {g.fingerprint: g for g in store.error_groups()}
+    assert (by_group[group].open, by_group[group].resolved) == (0, 2)
+    assert by_group[group].occurrences == 3
+    assert (by_group[other.error_group].open, by_group[other.error_group].resolved) == (1, 0)
+    assert [r.id for r in store.list_runs(RunFilter(states=[RunState.FAILED]))] == [other.id]
+    [queue] = store.queues()
+    assert queue.counts.get("failed") == 1
+    again = store.retry_where(RunFilter(error_group=group), actor=ACTOR, reason="again")
+    assert (again.matched, again.skipped_superseded) == (0, 3)
+    assert (
+        store.retry_where(
+            RunFilter(error_group=group), actor=ACTOR, reason="again", dry_run=False
+        ).new_runs
+        == []
+    )
+
+
+def _at_once(count: int, call: Callable[[int], T]) -> list[T | BaseException]:
+    """`call(i)` from `count` threads released together."""
+    start = threading.Barrier(count)
+
+    def one(i: int) -> T | BaseException:
+        start.wait()
+        try:
+            return call(i)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_concurrent_retries_of_one_run_create_one_retry(store: RunStore, db_url: str) -> None:
+    """Each operator on a connection of its own, as two processes or API nodes would be."""
+    stores = [open_store(db_url) for _ in range(4)]
+    try:
+        for attempt in range(5):
+            old = failed(store, queue=f"q{attempt}")
+
+            def retry(i: int, run_id: str = old.id) -> Run:
+                return stores[i].retry_run(run_id, actor=ACTOR, reason="at once")
+
+            outcomes = _at_once(4, retry)
+            made = [o for o in outcomes if isinstance(o, Run)]
+            refused = [o for o in outcomes if isinstance(o, Conflict)]
+            assert len(made) == 1 and len(refused) == 3, outcomes
+            retries = store.list_runs(RunFilter(limit=100))
+            assert [r.id for r in retries if r.retry_of == old.id] == [made[0].id]
+
+        many = [failed(store, queue="bulk") for _ in range(5)]
+        bulk = _at_once(
+            2,
+            lambda i: stores[i].retry_where(
+                RunFilter(states=[RunState.FAILED]), actor=ACTOR, reason="bulk", dry_run=False
+            ),
+        )
+        new_runs = [
+            run_id for b in bulk if not isinstance(b, BaseException) for run_id in b.new_runs
+        ]
+        assert len(new_runs) == 5, bulk
+        assert sorted(store.get_run(r).retry_of or "" for r in new_runs) == sorted(
+            r.id for r in many
+        )
+    finally:
+        for s in stores:
+            s.backend.close()
+
+
+def test_two_processes_retrying_one_run_create_one_retry(store: RunStore, db_url: str) -> None:
+    old = failed(store)
+    argv = [sys.executable, "-m", "greenroom.cli", "--db", db_url, "runs", "retry", old.id]
+    procs = [
+        subprocess.Popen(
+            [*argv, "--reason", f"on-call {i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        for i in range(2)
+    ]
+    results = [(p.wait(60), *p.communicate()) for p in procs]
+    assert sorted(code for code, _, _ in results) == [0, 2], results
+    [(_, out, _)] = [r for r in results if r[0] == 0]
+    [(_, _, err)] = [r for r in results if r[0] == 2]
+    new_id = store.get_run(old.id).superseded_by
+    assert new_id is not None and new_id in out
+    assert err.strip() == (
+        f"error: run {old.id} was already retried as {new_id}: retry that run, or force a"
+        " second retry of this one (force, with a reason)"
+    )
+    assert [r.retry_of for r in store.list_runs(RunFilter(limit=10))] == [old.id]
+
+
+def test_the_api_refuses_a_second_retry_and_makes_one_of_two_at_once(api: ApiSetup) -> None:
+    store = api.app.store
+    old = failed(store, tenant="acme")
+    url = f"{api.url}/v1/runs/{old.id}/retry"
+    headers = {"Authorization": f"Bearer {api.keys['acme'][Role.OPERATOR]}"}
+
+    def post(body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(url, json={"reason": "on-call", **body}, headers=headers, timeout=30)
+
+    answers = _at_once(2, lambda _: post({}))
+    codes = sorted(a.status_code for a in answers if isinstance(a, httpx.Response))
+    assert codes == [201, 409], answers
+    [made] = [a for a in answers if isinstance(a, httpx.Response) and a.status_code == 201]
+    [refused] = [a for a in answers if isinstance(a, httpx.Response) and a.status_code == 409]
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert made.json()["id"] in refused.json()["detail"]
+
+    shown = httpx.get(f"{api.url}/v1/runs/{old.id}", headers=headers).json()
+    assert shown["superseded_by"] == made.json()["id"]
+    listed = httpx.get(f"{api.url}/v1/runs", params={"state": "failed"}, headers=headers).json()
+    assert listed["items"] == []
+    everything = httpx.get(
+        f"{api.url}/v1/runs",
+        params={"state": "failed", "include_superseded": "true"},
+        headers=headers,
+    ).json()
+    assert [r["id"] for r in everything["items"]] == [old.id]
+
+    forced = post({"force": True})
+    assert forced.status_code == 201, forced.text
+    bulk = httpx.post(
+        f"{api.url}/v1/runs/retry", json={"reason": "bulk", "dry_run": True}, headers=headers
+    ).json()
+    assert (bulk["matched"], bulk["skipped_superseded"]) == (0, 1)
+    with (
+        Client(api.url, api.keys["acme"][Role.OPERATOR]) as client,
+        pytest.raises(Conflict, match=forced.json()["id"]),
+    ):
+        client.retry_run(old.id, reason="once more")
