@@ -18,7 +18,7 @@ import pytest
 from greenroom import RunState
 from greenroom.client import Client
 from greenroom.diagnostics import describe_error
-from greenroom.errors import Conflict
+from greenroom.errors import Conflict, InvalidInput, NotFound
 from greenroom.model import NewRun, Role, Run
 from greenroom.storage import RunFilter, RunStore, open_store
 from tests.api_helpers import ApiSetup
@@ -233,3 +233,26 @@ def test_the_api_refuses_a_second_retry_and_makes_one_of_two_at_once(api: ApiSet
         pytest.raises(Conflict, match=forced.json()["id"]),
     ):
         client.retry_run(old.id, reason="once more")
+
+
+def test_a_unique_prefix_of_eight_characters_stands_for_a_run_id(store: RunStore) -> None:
+    others = [store.enqueue(NewRun(workflow="sync", queue="other"))[0] for _ in range(2)]
+    with store.backend.transaction() as tx:  # two ids that share their first 9 characters
+        for run, new_id in zip(others, ("abcdef01-1111", "abcdef01-2222"), strict=True):
+            tx.execute("DELETE FROM run_events WHERE run_id = :old", {"old": run.id})
+            tx.execute(
+                "UPDATE runs SET id = :new WHERE id = :old",
+                {"new": new_id + run.id[13:], "old": run.id},
+            )
+    third = failed(store)
+    assert store.get_run(third.id[:8]).id == third.id
+    assert store.get_run(third.id[:20]).id == third.id
+    with pytest.raises(InvalidInput, match="abcdef01- is ambiguous: it may be abcdef01-1111"):
+        store.get_run("abcdef01-")
+    assert store.get_run("abcdef01-2").id.startswith("abcdef01-2222")
+    with pytest.raises(NotFound):
+        store.get_run(third.id[:7])  # too short to stand for an id
+    with pytest.raises(NotFound):
+        store.get_run(third.id[:8], tenant="another tenant")
+    new = store.retry_run(third.id[:8], actor=ACTOR, reason="by prefix")
+    assert new.retry_of == third.id
