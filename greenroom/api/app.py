@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import version
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from greenroom.api import problems
 from greenroom.api.auth import KeyCache, RateLimiter
@@ -23,7 +24,8 @@ sees only its tenant: another tenant's ids answer 404. Errors are problem+json (
 def create_api(app: App) -> FastAPI:
     """An API over `app`'s workflows, connectors and store."""
     settings = app.settings
-    api = FastAPI(
+    # /docs and /redoc with their scripts served from the package, not a CDN: they work offline.
+    api = FastAPIOffline(
         title="greenroom",
         version=version("greenroom"),
         description=DESCRIPTION,
