@@ -3,8 +3,10 @@
 from greenroom.app import App, RunRequest
 from greenroom.clock import Clock, ManualClock, SystemClock
 from greenroom.context import RunContext
+from greenroom.diagnostics import TransientError
 from greenroom.errors import (
     ConfigError,
+    Conflict,
     GreenroomError,
     InvalidInput,
     LeaseLost,
@@ -24,6 +26,7 @@ __all__ = [
     "App",
     "Clock",
     "ConfigError",
+    "Conflict",
     "GreenroomError",
     "InvalidInput",
     "LeaseLost",
@@ -43,6 +46,7 @@ __all__ = [
     "StepRecord",
     "StepStatus",
     "SystemClock",
+    "TransientError",
     "Worker",
     "WorkerInfo",
     "Workflow",

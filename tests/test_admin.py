@@ -21,9 +21,10 @@ from greenroom import (
     RunContext,
     RunState,
     StepStatus,
+    TransientError,
     step,
 )
-from greenroom.diagnostics import ErrorClass, TransientError, classify, describe_error
+from greenroom.diagnostics import ErrorClass, classify, describe_error
 from greenroom.model import Lease, NewRun, Run
 from greenroom.storage import RunFilter, RunStore
 
