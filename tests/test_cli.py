@@ -160,6 +160,9 @@ def test_runs_show_prints_timeline_steps_and_error(
     assert code == 0, err
     assert run_id in out
     assert "failed" in out
+    # Times are local with their UTC offset, to the millisecond.
+    assert re.search(r"created\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", out)
+    assert cli(capsys, "--db", sqlite_url, "runs", "show", run_id[:8])[1] == out
     for reason in ("enqueued", "leased", "failed: ValueError", "w-test"):
         assert reason in out
     assert re.search(r"login\s+│\s+completed\s+│\s+2\s+│\s+1\.\d\ds", out), out

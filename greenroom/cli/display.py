@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+from datetime import datetime
 from typing import Any
 
 from rich.markup import escape
@@ -35,9 +35,10 @@ def ago(at: float | None, now: float) -> str:
 
 
 def when(at: float | None) -> str:
+    """Local time with its UTC offset, to the millisecond: the one way times are printed."""
     if at is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+    return datetime.fromtimestamp(at).astimezone().isoformat(sep=" ", timespec="milliseconds")
 
 
 def seconds(start: float | None, end: float | None) -> str:
