@@ -5,7 +5,7 @@ local ids = {}
 for id in string.gmatch(os.getenv("GREENROOM_BENCH_RUNS"), "[^,]+") do
   ids[#ids + 1] = id
 end
-local create = '{"workflow":"demo.sync_users","input":{"org":"acme","base_url":"http://127.0.0.1:9"}}'
+local create = '{"workflow":"demo.sync_users","input":{"org":"acme"}}'
 local threads = {}
 local next_thread = 1
 

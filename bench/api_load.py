@@ -53,7 +53,7 @@ def bootstrap(url: str) -> str:
 
 def seed(base: str, key: str, n: int) -> list[str]:
     headers = {"Authorization": f"Bearer {key}"}
-    body = {"workflow": "demo.sync_users", "input": {"org": "acme", "base_url": "http://x"}}
+    body = {"workflow": "demo.sync_users", "input": {"org": "acme"}}
     with httpx.Client(base_url=base, headers=headers, timeout=30) as c:
         return [c.post("/v1/runs", json=body).raise_for_status().json()["id"] for _ in range(n)]
 

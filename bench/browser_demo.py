@@ -28,7 +28,9 @@ from pydantic import SecretStr
 from greenroom import RunState, Worker
 from greenroom.app import App, RunRequest
 from greenroom.cli import load_app
+from greenroom.crypto import load_keyring
 from greenroom.demo.saas import DemoSaaS, make_config, org_slugs
+from greenroom.demo.setup import connect_org, register_tenant
 from greenroom.model import Run
 from greenroom.storage import RunFilter
 
@@ -44,6 +46,15 @@ def connector(ref: str, url: str) -> App:
     app.settings = app.settings.model_copy(update={"db": url, "secret_key": key})
     app.store.count_by_state()  # open and migrate before the worker's threads use it
     return app
+
+
+def integration(app: App, tenant: str, org: str, base_url: str) -> str:
+    """The tenant's integration with the org of the console (the demo connector's credentials
+    and its base_url setting), as an admin would create it."""
+    register_tenant(app.store, tenant)
+    ring = load_keyring(app.settings)
+    demo = app.connector_of(WORKFLOW)
+    return connect_org(app.store, ring, demo, tenant=tenant, org=org, base_url=base_url).id
 
 
 async def wait_finished(app: App, tenant: str, count: int, timeout: float) -> list[Run]:
@@ -66,12 +77,22 @@ async def one_concurrency(
     task = asyncio.create_task(worker.run())
     try:
         warm = f"warmup-{concurrency}"
-        await app.enqueue(WORKFLOW, {"org": "warm-up", "base_url": saas.url}, tenant=warm)
+        await app.enqueue(
+            WORKFLOW,
+            {"org": "warm-up"},
+            tenant=warm,
+            integration=await asyncio.to_thread(integration, app, warm, "warm-up", saas.url),
+        )
         await wait_finished(app, warm, 1, timeout)
         saas.reset_stats()
         tenant = f"bench-{concurrency}"
         requests = [
-            RunRequest(workflow=WORKFLOW, input={"org": org, "base_url": saas.url}, tenant=tenant)
+            RunRequest(
+                workflow=WORKFLOW,
+                input={"org": org},
+                tenant=tenant,
+                integration=await asyncio.to_thread(integration, app, tenant, org, saas.url),
+            )
             for org in org_slugs(orgs)
         ]
         t0 = time.time()

@@ -15,8 +15,10 @@ from greenroom.errors import (
     NotFound,
     NotSerializable,
     PermanentError,
+    SecretRefused,
 )
 from greenroom.model import Run, RunEvent, RunState, StepRecord, StepStatus, WorkerInfo
+from greenroom.origins import SecretOrigin
 from greenroom.retry import RetryPolicy
 from greenroom.settings import Settings, load_settings
 from greenroom.worker import Worker
@@ -42,6 +44,8 @@ __all__ = [
     "RunEvent",
     "RunRequest",
     "RunState",
+    "SecretOrigin",
+    "SecretRefused",
     "Settings",
     "StepRecord",
     "StepStatus",

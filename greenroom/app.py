@@ -12,10 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from greenroom.clock import Clock
-from greenroom.connectors import Connector, NoCredentials
+from greenroom.connectors import Connector, NoCredentials, NoSettings
 from greenroom.errors import ConfigError, InvalidInput
-from greenroom.integrations import INTEGRATION_LABEL
-from greenroom.model import NewRun, Run
+from greenroom.model import INTEGRATION_LABEL, NewRun, Run
 from greenroom.retry import RetryPolicy
 from greenroom.settings import Settings, load_settings
 from greenroom.storage import RunStore, open_store
@@ -64,12 +63,21 @@ class App:
         self._store_lock = threading.Lock()
 
     def connector(
-        self, name: str, *, credentials: type[BaseModel] = NoCredentials, title: str = ""
+        self,
+        name: str,
+        *,
+        credentials: type[BaseModel] = NoCredentials,
+        settings: type[BaseModel] = NoSettings,
+        title: str = "",
     ) -> Connector:
-        """Declare a connector: give it to the workflows that drive its SaaS app."""
+        """Declare a connector: give it to the workflows that drive its SaaS app. Its
+        integrations hold `credentials` (sealed) and `settings` (set by their admins, read by
+        runs as ctx.integration.settings; SecretOrigin fields say where secrets may go)."""
         if name in self.connectors:
             raise ConfigError(f"connector {name!r} is declared twice")
-        self.connectors[name] = Connector(name=name, credentials=credentials, title=title or name)
+        self.connectors[name] = Connector(
+            name=name, credentials=credentials, settings=settings, title=title or name
+        )
         return self.connectors[name]
 
     def workflow(
@@ -158,11 +166,7 @@ class App:
         available_at = req.start_at
         if req.delay:
             available_at = self.store.clock.now() + req.delay
-        labels = {str(k): str(v) for k, v in req.labels.items()}
-        if req.integration is not None:
-            labels[INTEGRATION_LABEL] = self._check_integration(wf, req.tenant, req.integration)
-        elif INTEGRATION_LABEL in labels:
-            raise InvalidInput(f"label {INTEGRATION_LABEL!r} is set by giving the integration")
+        labels = self._labels(wf, req)
         session_key = wf.session_key(tenant=req.tenant, input=req.input, labels=labels)
         if session_key is not None and ("\0" in session_key or len(session_key) > 500):
             raise InvalidInput(
@@ -182,6 +186,18 @@ class App:
             session_concurrency=wf.session_concurrency,
             timeout=wf.timeout,
         )
+
+    def _labels(self, wf: Workflow, req: RunRequest) -> dict[str, str]:
+        """The run's labels, its integration's among them; a workflow of a connector takes
+        no input named like one of the connector's settings."""
+        labels = {str(k): str(v) for k, v in req.labels.items()}
+        if wf.connector is not None:
+            self.connectors[wf.connector].check_input(req.input)
+        if req.integration is not None:
+            labels[INTEGRATION_LABEL] = self._check_integration(wf, req.tenant, req.integration)
+        elif INTEGRATION_LABEL in labels:
+            raise InvalidInput(f"label {INTEGRATION_LABEL!r} is set by giving the integration")
+        return labels
 
     def _check_integration(self, wf: Workflow, tenant: str, integration_id: str) -> str:
         """The integration must be the tenant's, active, and for the workflow's connector."""

@@ -71,13 +71,13 @@ class ApiProblem(GreenroomError):
         errors: list[dict[str, Any]] | None = None,
         retry_after: float | None = None,
     ) -> None:
+        fields = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in errors or [])
+        super().__init__(f"{detail or title}" + (f" ({fields})" if fields else ""))
         self.status = status
         self.title = title
         self.detail = detail
-        self.errors = errors or []
+        self.errors = errors or []  # after __init__: InvalidInput's would reset it
         self.retry_after = retry_after
-        fields = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in self.errors)
-        super().__init__(f"{detail or title}" + (f" ({fields})" if fields else ""))
 
 
 class ApiNotFound(ApiProblem, NotFound):

@@ -19,6 +19,7 @@ from greenroom.errors import (
     LeaseLost,
     LoggedOut,
     NonDeterminismError,
+    PermanentError,
     RunCancelled,
     RunPaused,
 )
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from greenroom.browser.runtime import RunBrowser
+    from greenroom.integrations import RunIntegration
     from greenroom.storage import RunStore
     from greenroom.worker.writer import RunWriter
     from greenroom.workflow import StepDef
@@ -87,6 +89,7 @@ class RunContext:
         #: Opens the run's integration credentials; set by the worker.
         self.credentials_source: Callable[[], Awaitable[BaseModel]] | None = None
         self._credentials: BaseModel | None = None
+        self._integration: RunIntegration | None = None
         self.log = structlog.get_logger("greenroom.run").bind(
             run_id=self.run.id,
             tenant=self.run.tenant,
@@ -130,6 +133,21 @@ class RunContext:
         if self.browser is None:
             raise ConfigError(f"run {self.run_id} has no browser runtime")
         return await self.browser.page(restore_url=restore_url)
+
+    @property
+    def integration(self) -> RunIntegration:
+        """The integration this run was started for: its id, name and settings (validated,
+        as its admins set them), never its credentials (see credentials())."""
+        if self._integration is None:
+            raise PermanentError(f"run {self.run_id} was not started for an integration")
+        return self._integration
+
+    def bind_integration(self, integration: RunIntegration) -> None:
+        """Set by the worker before the workflow starts. From then on the browser sends the
+        integration's secrets only to pages and URLs of its secret origins."""
+        self._integration = integration
+        if self.browser is not None:
+            self.browser.guard_secrets(integration.secret_origins, integration=integration.id)
 
     async def credentials(self, model: type[M]) -> M:
         """The credentials of the integration this run was started for, as the connector's

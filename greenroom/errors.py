@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GreenroomError(Exception):
     """Root of greenroom's errors."""
@@ -16,11 +18,21 @@ class NotFound(GreenroomError):
 
 
 class InvalidInput(GreenroomError):
-    """A caller passed a value greenroom cannot accept."""
+    """A caller passed a value greenroom cannot accept; `errors` names each invalid field
+    ({"field": "settings.base_url", "message": ...}), never echoing its value."""
+
+    def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors or [])
 
 
 class PermanentError(GreenroomError):
     """Raised by workflow code for failures no retry can fix (bad credentials, bad input)."""
+
+
+class SecretRefused(PermanentError):
+    """The browser runtime refused to send a secret of the run's integration to a page (or
+    URL) whose origin the integration's settings do not allow."""
 
 
 class LeaseLost(GreenroomError):

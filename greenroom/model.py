@@ -23,6 +23,9 @@ class RunState(enum.StrEnum):
 
 FINISHED_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
 
+#: The run label that ties a run to its integration (set from RunRequest.integration).
+INTEGRATION_LABEL = "integration"
+
 
 class StepStatus(enum.StrEnum):
     COMPLETED = "completed"

@@ -17,7 +17,7 @@ import httpx
 import uvicorn
 from pydantic import BaseModel, SecretStr
 
-from greenroom import App, RunContext, step
+from greenroom import App, RunContext, SecretOrigin, step
 from greenroom.api.app import create_api
 from greenroom.api.keys import create_key
 from greenroom.model import Role
@@ -32,6 +32,12 @@ class CrmCredentials(BaseModel):
     password: SecretStr
 
 
+class CrmSettings(BaseModel):
+    region: str = "eu"
+    #: Where the CRM's pages are (its secrets may go there and nowhere else).
+    console: SecretOrigin | None = None
+
+
 def build_app(db_url: str, **settings: Any) -> App:
     """The test app: a `crm` connector whose workflows use its credentials."""
     values: dict[str, Any] = {
@@ -41,7 +47,7 @@ def build_app(db_url: str, **settings: Any) -> App:
     }
     values.update(settings)
     app = fast_app(db_url, **values)
-    crm = app.connector("crm", credentials=CrmCredentials, title="Test CRM")
+    crm = app.connector("crm", credentials=CrmCredentials, settings=CrmSettings, title="Test CRM")
 
     @step(name="crm.sign_in")
     async def sign_in(ctx: RunContext) -> dict[str, str]:
@@ -52,6 +58,12 @@ def build_app(db_url: str, **settings: Any) -> App:
     async def sync(ctx: RunContext, n: int = 1) -> dict[str, Any]:
         signed_in = await sign_in(ctx)
         return {"n": n, **signed_in}
+
+    @app.workflow(name="crm.settings", connector=crm)
+    async def settings(ctx: RunContext) -> dict[str, Any]:
+        """What a run sees of its integration."""
+        found = ctx.integration
+        return {"id": found.id, "name": found.name, "settings": found.settings.model_dump()}
 
     @app.workflow(name="plain.echo")
     async def echo(ctx: RunContext, value: Any = None) -> Any:

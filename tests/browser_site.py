@@ -1,9 +1,11 @@
 """A tiny web site for the browser tests: a login that sets a session cookie and counts logins,
-a protected page, storage-using pages, and hostile pages (one never loads, one loops forever)."""
+a protected page, storage-using pages, a form around another page's frame, and hostile pages
+(one never loads, one loops forever). It records every request it receives."""
 
 from __future__ import annotations
 
 import contextlib
+import html
 import secrets
 import threading
 from collections import Counter
@@ -48,6 +50,8 @@ class Site:
     def __init__(self) -> None:
         self.logins: Counter[str] = Counter()
         self.hits: Counter[str] = Counter()
+        #: Every request's path with its query, headers and body, as text (what the site saw).
+        self.received: list[str] = []
         self.sessions: dict[str, str] = {}
         self.release = threading.Event()
         handler = type("BoundHandler", (Handler,), {"site": self})
@@ -104,12 +108,18 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def _record(self, body: str = "") -> None:
+        self.site.received.append(f"{self.command} {self.path}\n{self.headers}\n{body}")
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
-        form = parse_qs(self.rfile.read(length).decode())
+        body = self.rfile.read(length).decode(errors="replace")
+        self._record(body)
+        form = parse_qs(body)
         self._login(form.get("user", [""])[0], form.get("password", [""])[0])
 
     def do_GET(self) -> None:
+        self._record()
         url = urlparse(self.path)
         self.site.hits[url.path] += 1
         query = parse_qs(url.query)
@@ -123,6 +133,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, (_HOME if url.path == "/home" else _ME).format(user=user))
         elif url.path == "/logout":
             self._send(200, "<p>bye</p>", {"Set-Cookie": "sid=; Path=/; Max-Age=0"})
+        elif url.path == "/framed":  # this site's form around a frame of `src`
+            src = html.escape(query.get("src", ["about:blank"])[0])
+            self._send(200, _FORM + f'<iframe id="inner" src="{src}"></iframe>')
         elif url.path == "/hang":
             self.site.release.wait(60)
             self._send(200, "<p>late</p>")

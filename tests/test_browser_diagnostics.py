@@ -16,7 +16,7 @@ from browser_site import Site, serve_site
 from helpers import fast_app, wait_for_states, worker_running
 from pydantic import BaseModel, SecretStr
 
-from greenroom import App, RetryPolicy, RunContext, RunState, integrations, step
+from greenroom import App, RetryPolicy, RunContext, RunState, SecretOrigin, integrations, step
 from greenroom.browser.artifacts import default_artifact_store
 from greenroom.crypto import load_keyring
 from greenroom.model import Artifact
@@ -189,12 +189,17 @@ class SiteCredentials(BaseModel):
     password: SecretStr
 
 
+class SiteSettings(BaseModel):
+    site: SecretOrigin
+
+
 @step(name="type_credentials", retry=ONCE)
-async def type_credentials(ctx: RunContext, site_url: str) -> None:
+async def type_credentials(ctx: RunContext) -> None:
     creds = await ctx.credentials(SiteCredentials)
     password = creds.password.get_secret_value()
+    settings: SiteSettings = ctx.integration.settings
     page = await ctx.page()
-    await page.goto(f"{site_url}/noisy")
+    await page.goto(f"{settings.site}/noisy")
     await page.fill("#pw", password)
     await page.fill("#note", f"the page echoes {password}")  # a page that shows it
     await page.evaluate("pw => console.log('typed ' + pw)", password)
@@ -207,11 +212,11 @@ async def test_credentials_opened_by_a_run_never_reach_its_artifacts(
     """Nothing registers the password by hand: opening the credentials does. The password has
     characters that JSON, HTML and URLs escape, and the step's error message carries it."""
     app = fast_app(sqlite_url, browser_trace="on")
-    connector = app.connector("site", credentials=SiteCredentials)
+    connector = app.connector("site", credentials=SiteCredentials, settings=SiteSettings)
 
     @app.workflow(name="site.login", connector=connector)
-    async def login(ctx: RunContext, site_url: str) -> None:
-        await type_credentials(ctx, site_url)
+    async def login(ctx: RunContext) -> None:
+        await type_credentials(ctx)
 
     app.store.create_tenant("t1", actor="test")
     integration = integrations.create(
@@ -221,13 +226,11 @@ async def test_credentials_opened_by_a_run_never_reach_its_artifacts(
         tenant="t1",
         name="site",
         credentials={"username": "bot", "password": ODD_SECRET},
-        settings={},
+        settings={"site": site.url},
         actor="test",
     )
     async with worker_running(app):
-        run = await app.enqueue(
-            "site.login", {"site_url": site.url}, tenant="t1", integration=integration.id
-        )
+        run = await app.enqueue("site.login", tenant="t1", integration=integration.id)
         (done,) = await wait_for_states(app.store, [run.id], timeout=30)
     assert done.state is RunState.FAILED
     files = await asyncio.to_thread(_files, app, done.id)

@@ -150,7 +150,8 @@ def test_workflows_connectors_and_integrations(api: ApiSetup) -> None:
         updated = gr.update_integration(
             made.id, IntegrationUpdate(name="renamed", status="disabled")
         )
-        assert (updated.name, updated.status, updated.settings) == ("renamed", "disabled", {})
+        defaults = {"region": "eu", "console": None}  # every setting is stored, and shown
+        assert (updated.name, updated.status, updated.settings) == ("renamed", "disabled", defaults)
         rotated = gr.replace_credentials(made.id, {"username": "u", "password": "new"})
         assert rotated.credentials_updated_at > made.credentials_updated_at
         with pytest.raises(ApiInvalid) as bad:

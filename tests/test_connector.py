@@ -21,9 +21,12 @@ from greenroom.browser.artifacts import default_artifact_store
 from greenroom.browser.locks import KeyedLocks
 from greenroom.browser.pool import BrowserPool, SessionContext
 from greenroom.cli import run as cli
+from greenroom.crypto import load_keyring
 from greenroom.demo import connector
 from greenroom.demo.saas import DemoSaaS, admin_credentials, organization, running_demo_saas
+from greenroom.demo.setup import connect_org, register_tenant
 
+TENANT = "default"
 USERS = 50  # per org: three pages of 20, 20 and 10
 PAGE_SIZE = 20
 SYNC = "demo.sync_users"
@@ -45,6 +48,7 @@ def saas(demo_saas: DemoSaaS) -> DemoSaaS:
 def connector_app(db_url: str, **settings: Any) -> App:
     """The connector's workflows in an App on the test's own database (as `--db` does)."""
     app = fast_app(db_url, **settings)
+    app.connectors.update(connector.app.connectors)
     app.workflows.update(connector.app.workflows)
     return app
 
@@ -56,8 +60,22 @@ def app(sqlite_url: str) -> Iterator[App]:
     a.close()
 
 
-def sync_input(saas: DemoSaaS, org: str) -> dict[str, Any]:
-    return {"org": org, "base_url": saas.url}
+def integration_for(app: App, saas: DemoSaaS, org: str) -> str:
+    """The test tenant's integration with `org` of the console, made once per database."""
+    for found in app.store.integrations(tenant=TENANT):
+        if found.name == f"demo console {org}":
+            return found.id
+    register_tenant(app.store, TENANT)
+    ring = load_keyring(app.settings)
+    return connect_org(
+        app.store, ring, app.connectors["demo"], tenant=TENANT, org=org, base_url=saas.url
+    ).id
+
+
+async def start(app: App, saas: DemoSaaS, workflow: str, org: str, **input: Any) -> Run:
+    """A run of the connector for the org's integration, as an operator starts one."""
+    integration = await asyncio.to_thread(integration_for, app, saas, org)
+    return await app.enqueue(workflow, {"org": org, **input}, integration=integration)
 
 
 def expected_users(org: str) -> list[dict[str, Any]]:
@@ -75,10 +93,10 @@ def expected_users(org: str) -> list[dict[str, Any]]:
     ]
 
 
-async def run_on_new_worker(app: App, workflow: str, input: dict[str, Any]) -> Run:
+async def run_on_new_worker(app: App, saas: DemoSaaS, workflow: str, org: str) -> Run:
     """One run on a worker of its own: nothing warm, its session comes from the database."""
     async with worker_running(app):
-        run = await app.enqueue(workflow, input)
+        run = await start(app, saas, workflow, org)
         (done,) = await wait_for_states(app.store, [run.id], timeout=60)
     return done
 
@@ -93,7 +111,7 @@ async def step_names(app: App, run_id: str) -> list[str]:
 async def test_sync_reads_each_page_in_a_step_and_the_sessions_next_runs_reuse_its_login(
     app: App, saas: DemoSaaS
 ) -> None:
-    first = await run_on_new_worker(app, SYNC, sync_input(saas, "acme"))
+    first = await run_on_new_worker(app, saas, SYNC, "acme")
     assert first.state is RunState.SUCCEEDED, first.error
     assert first.session_key == "default:acme"
     assert first.output == {"org": "acme", "users": expected_users("acme"), "pages": 3}
@@ -104,7 +122,7 @@ async def test_sync_reads_each_page_in_a_step_and_the_sessions_next_runs_reuse_i
     async with worker_running(app):  # another worker: the session comes from the database
 
         async def sync() -> Run:
-            run = await app.enqueue(SYNC, sync_input(saas, "acme"))
+            run = await start(app, saas, SYNC, "acme")
             (done,) = await wait_for_states(app.store, [run.id], timeout=60)
             assert done.state is RunState.SUCCEEDED, done.error
             assert done.output is not None and len(done.output["users"]) == USERS
@@ -136,7 +154,7 @@ async def stop_after_login(app: App, saas: DemoSaaS, org: str) -> str:
     checkpointed: the run goes back to the queue with pages still to read."""
     saas.set_faults(latency_ms=300)  # the first page cannot finish before the next line...
     async with worker_running(app) as worker:
-        run = await app.enqueue(SYNC, sync_input(saas, org))
+        run = await start(app, saas, SYNC, org)
         await wait_for_login_step(app, run.id)
         saas.set_faults(latency_ms=30_000)  # ...and the next one hangs until the stop
         worker.stop()
@@ -211,7 +229,7 @@ async def test_a_changed_layout_fails_at_once_with_a_clear_error_and_its_diagnos
     app = connector_app(sqlite_url, browser_action_timeout=2.0, browser_trace="on")
     saas.set_faults(changed_layout=True)
     try:
-        done = await run_on_new_worker(app, SYNC, sync_input(saas, "acme"))
+        done = await run_on_new_worker(app, saas, SYNC, "acme")
         assert done.state is RunState.FAILED and done.attempt == 1, "permanent: no retry"
         assert done.error is not None and done.error["type"] == "LayoutChanged"
         assert done.error["step"] == "demo.users_page"
@@ -249,11 +267,12 @@ async def test_deactivate_user_is_idempotent_and_reuses_the_session(
     app: App, saas: DemoSaaS
 ) -> None:
     email = organization("wonka", USERS).users[7].email
-    request = {"org": "wonka", "base_url": saas.url, "email": email}
     async with worker_running(app):
 
         async def deactivate(**changes: Any) -> Run:
-            run = await app.enqueue("demo.deactivate_user", {**request, **changes})
+            run = await start(
+                app, saas, "demo.deactivate_user", "wonka", **{"email": email, **changes}
+            )
             (done,) = await wait_for_states(app.store, [run.id], timeout=60)
             return done
 
@@ -266,7 +285,7 @@ async def test_deactivate_user_is_idempotent_and_reuses_the_session(
         unknown = await deactivate(email="nobody@wonka.example")
         assert unknown.state is RunState.FAILED and unknown.attempt == 1
         assert unknown.error is not None and "is not a user" in unknown.error["message"]
-        sync = await app.enqueue(SYNC, sync_input(saas, "wonka"))
+        sync = await start(app, saas, SYNC, "wonka")
         (synced,) = await wait_for_states(app.store, [sync.id], timeout=60)
     stats = saas.stats()["wonka"]
     assert stats["actions"] == 1, "the repeat changed nothing"

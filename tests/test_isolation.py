@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from greenroom import App, RunState
+from greenroom import App, RunState, integrations
+from greenroom.crypto import load_keyring
 from tests.apps import isolated_app
+from tests.browser_site import Site, serve_site
 from tests.helpers import fast_app, wait_for_states, worker_running
 from tests.test_browser_cleanup import _browser_processes
 
@@ -161,3 +163,41 @@ async def test_a_pause_stops_an_isolated_run_at_its_next_step(app: App, tmp_path
     assert held.attempt == 1 and held.error is None
     assert done.state is RunState.SUCCEEDED, done.error
     assert done.output == 20
+
+
+async def test_an_isolated_run_reads_its_settings_and_its_secrets_keep_to_their_origin(
+    sqlite_url: str,
+) -> None:
+    """In the run's own process too: ctx.integration, and the secret guard."""
+    app = fast_app(sqlite_url)
+    app.connectors.update(isolated_app.app.connectors)
+    app.workflows.update(isolated_app.app.workflows)
+    try:
+        app.store.create_tenant("t1", actor="test")
+        with serve_site() as good, serve_site() as evil:
+            made = integrations.create(
+                app.store,
+                load_keyring(app.settings),
+                app.connectors["site"],
+                tenant="t1",
+                name="site",
+                credentials={"user": "bot", "password": Site.password("bot")},
+                settings={"site": good.url},
+                actor="test",
+            )
+            runs = [
+                await app.enqueue(
+                    "iso.login", {"login_url": s.url}, tenant="t1", integration=made.id
+                )
+                for s in (good, evil)
+            ]
+            async with worker_running(app):
+                ok, refused = await wait_for_states(app.store, [r.id for r in runs], timeout=60)
+        assert ok.state is RunState.SUCCEEDED, ok.error
+        assert ok.output == {"site": good.url, "user": "bot"}
+        assert refused.state is RunState.FAILED and refused.error is not None
+        assert refused.error["type"] == "SecretRefused", refused.error
+        assert f"to {evil.url}" in refused.error["message"]
+        assert evil.received and Site.password("bot") not in "".join(evil.received)
+    finally:
+        app.close()

@@ -141,7 +141,8 @@ def install(app: FastAPI) -> None:
     async def greenroom_error(request: Request, exc: GreenroomError) -> JSONResponse:
         for kind, status in _STATUS.items():
             if isinstance(exc, kind):
-                return problem(request, status, str(exc))
+                errors = exc.errors if isinstance(exc, InvalidInput) and exc.errors else None
+                return problem(request, status, str(exc), errors=errors)
         if isinstance(exc, ConfigError):
             log.error("configuration error serving %s: %s", request.url.path, exc)
             return problem(request, 503, "the server is misconfigured; see its log")

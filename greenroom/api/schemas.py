@@ -64,7 +64,9 @@ class Page(BaseModel, Generic[T]):
 class RunCreate(Body):
     workflow: str = Field(min_length=1, max_length=200, examples=["demo.sync_users"])
     input: dict[str, Any] = Field(
-        default_factory=dict, examples=[{"org": "acme", "base_url": "http://127.0.0.1:8765"}]
+        default_factory=dict,
+        description="the workflow's arguments; never its integration's settings",
+        examples=[{"org": "acme"}],
     )
     integration: str | None = Field(
         None, max_length=40, description="run for this integration (its credentials, its label)"
@@ -356,6 +358,9 @@ class ConnectorOut(BaseModel):
     title: str
     workflows: list[str]
     credential_schema: dict[str, Any]
+    #: What an integration's admins set; fields marked x-secret-origin say where its secrets
+    #: may be sent.
+    settings_schema: dict[str, Any]
 
 
 class IntegrationCreate(Body):
@@ -365,13 +370,19 @@ class IntegrationCreate(Body):
         description="validated against the connector's credential schema; write-only",
         examples=[{"email": "admin@acme.example", "password": "…"}],
     )
-    settings: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="validated against the connector's settings schema; shown to viewers",
+        examples=[{"base_url": "https://acme.example"}],
+    )
     tenant: str | None = Field(None, max_length=200, description="platform keys only")
 
 
 class IntegrationUpdate(Body):
     name: str | None = Field(None, min_length=1, max_length=200)
-    settings: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = Field(
+        None, description="replaces all settings; validated against the connector's schema"
+    )
     status: Literal["active", "disabled"] | None = None
 
 

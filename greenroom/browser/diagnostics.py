@@ -59,6 +59,14 @@ class Redactor:
             quote_plus(value),
         }
 
+    @property
+    def empty(self) -> bool:
+        return not self._values
+
+    def found_in(self, text: str) -> bool:
+        """Whether `text` holds a secret, in any of its forms."""
+        return any(secret in text for secret in self._values)
+
     def text(self, value: str) -> str:
         for secret in sorted(self._values, key=len, reverse=True):
             value = value.replace(secret, REDACTED)

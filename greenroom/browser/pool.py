@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from greenroom.browser.guard import Shield, trusted
 from greenroom.browser.launch import (
     CHROMIUM_ARGS,
     FoundBrowser,
@@ -112,6 +113,8 @@ class BrowserPool:
         self._dir: Path | None = None
         self._wrapper: Path | None = None
         self._closed = False
+        #: Keeps runs' integration secrets to the origins they may go to (guard.py).
+        self.shield = Shield()
 
     # -- acquiring contexts ----------------------------------------------------------------
 
@@ -181,10 +184,11 @@ class BrowserPool:
         options: dict[str, Any] = {}
         if initial is not None:
             options["storage_state"] = initial.storage_state
-        context = await pooled.browser.new_context(**options)
-        context.set_default_timeout(self.settings.browser_action_timeout * 1000)
-        if initial is not None and initial.init_script:
-            await context.add_init_script(script=initial.init_script)
+        with trusted():  # a saved session goes back to the origins that stored it
+            context = await pooled.browser.new_context(**options)
+            context.set_default_timeout(self.settings.browser_action_timeout * 1000)
+            if initial is not None and initial.init_script:
+                await context.add_init_script(script=initial.init_script)
         entry = SessionContext(
             key=key,
             context=context,
@@ -218,7 +222,13 @@ class BrowserPool:
         if self._pw is None:
             from playwright.async_api import async_playwright
 
-            self._pw = await async_playwright().start()
+            pw = await async_playwright().start()
+            try:
+                self.shield.install(pw)
+            except BaseException:
+                await pw.stop()
+                raise
+            self._pw = pw
             self._dir = Path(tempfile.mkdtemp(prefix="greenroom-browser-"))
             self._wrapper = write_wrapper(self._dir)
         return self._pw

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenroom.browser.artifacts import ArtifactStore, default_artifact_store
 from greenroom.browser.diagnostics import Capture, ConsoleLog, Redactor, capture_failure
+from greenroom.browser.guard import SecretGuard
 from greenroom.browser.locks import KeyedLocks
 from greenroom.browser.pool import BrowserPool, InitialState, SessionContext
 from greenroom.browser.state import capture, seal, unseal
@@ -90,6 +91,7 @@ class RunBrowser:
         self._step: tuple[int, str, int] | None = None
         self._tracing = False
         self._traces = 0  # a re-login starts a second trace in a new context
+        self.guard: SecretGuard | None = None
 
     # -- for workflows ---------------------------------------------------------------------
 
@@ -119,8 +121,19 @@ class RunBrowser:
         self._probe = probe
 
     def add_secret(self, value: str) -> None:
-        """A value (e.g. a password) that must never appear in artifacts."""
+        """A value (e.g. a password) that must never appear in artifacts; in a run for an
+        integration, also one that only goes to the integration's secret origins."""
         self.redactor.add(value)
+
+    def guard_secrets(self, origins: frozenset[str], *, integration: str) -> None:
+        """From now on this run's secrets go only to pages and URLs of `origins` (guard.py).
+        Called by the run's task, before its workflow starts, for a run with an integration."""
+        self.guard = SecretGuard(
+            integration=integration, redactor=self.redactor, origins=origins, log=self._log
+        )
+        self.guard.act()
+        if self._entry is not None:
+            self.runtime.pool.shield.attach(self.guard, self._entry.context)
 
     # -- logins ----------------------------------------------------------------------------
 
@@ -197,6 +210,8 @@ class RunBrowser:
                 factory = self._state_factory(saved)
         entry = await self.runtime.pool.acquire(self._pool_key, version=version, state=factory)
         self._entry = entry
+        if self.guard is not None:
+            self.runtime.pool.shield.attach(self.guard, entry.context)
         self.console.attach(entry.context)
         await self._start_tracing(entry)
 
@@ -275,6 +290,8 @@ class RunBrowser:
         self._entry = self._page = None
         if entry is None:
             return
+        if self.guard is not None:
+            self.runtime.pool.shield.detach(self.guard)
         await self._stop_tracing(entry)
         with contextlib.suppress(Exception):
             self.console.detach(entry.context)

@@ -1,8 +1,8 @@
 """Bootstrap on the database itself: `tenants create`, `keys create|list|revoke`,
-`integrations list` and `secrets reseal`.
+`integrations list|update` and `secrets reseal`.
 
 Integrations are created through the API only, so that credentials never pass through a
-shell's history.
+shell's history; their settings (not secret) can be changed here too.
 """
 
 from __future__ import annotations
@@ -13,10 +13,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.cli import ActorOpt, DbOpt, cli, db_url, default_actor, err, existing_store, out
+from greenroom import integrations
+from greenroom.cli import (
+    ActorOpt,
+    DbOpt,
+    cli,
+    db_url,
+    default_actor,
+    err,
+    existing_store,
+    load_app,
+    out,
+    remote_client,
+)
 from greenroom.cli.controls import tenants_cli
-from greenroom.cli.display import ago, when
-from greenroom.cli.parse import parse_duration
+from greenroom.cli.display import ago, short_json, when
+from greenroom.cli.parse import parse_duration, parse_input
 from greenroom.crypto import load_keyring
 from greenroom.errors import InvalidInput
 from greenroom.integrations import reseal_all
@@ -26,7 +38,8 @@ from greenroom.settings import load_settings
 keys_cli = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
 integrations_cli = typer.Typer(
     no_args_is_help=True,
-    help="Integrations (create them through the API: credentials stay out of shell history).",
+    help="Integrations: list, update settings (create them through the API: credentials stay "
+    "out of shell history).",
 )
 secrets_cli = typer.Typer(no_args_is_help=True, help="The keys that encrypt stored credentials.")
 cli.add_typer(keys_cli, name="keys")
@@ -164,7 +177,9 @@ def integrations_list(ctx: typer.Context, tenant: TenantOpt = None, db: DbOpt = 
     if not found:
         out.print("no integrations")
         return
-    table = Table("ID", "TENANT", "CONNECTOR", "NAME", "STATUS", "SEALED WITH", "CREDENTIALS SET")
+    table = Table(
+        "ID", "TENANT", "CONNECTOR", "NAME", "STATUS", "SETTINGS", "SEALED WITH", "CREDENTIALS SET"
+    )
     for i in found:
         table.add_row(
             escape(i.id),
@@ -172,10 +187,67 @@ def integrations_list(ctx: typer.Context, tenant: TenantOpt = None, db: DbOpt = 
             escape(i.connector),
             escape(i.name),
             i.status,
+            short_json(i.settings),
             escape(i.key_id),
             ago(i.credentials_updated_at, now),
         )
     out.print(table)
+
+
+@integrations_cli.command("update")
+def integrations_update(
+    ctx: typer.Context,
+    integration_id: Annotated[str, typer.Argument(metavar="ID", help="Integration id (int_…).")],
+    settings: Annotated[
+        str | None,
+        typer.Option(help="All its settings, as a JSON object (checked by the connector)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A new name.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="active, or disabled (new runs for it are refused).")
+    ] = None,
+    app: Annotated[
+        str | None,
+        typer.Option("--app", help="Your App (module:attribute), whose connector checks settings."),
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="The tenant it must belong to.")] = None,
+    actor: ActorOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Change an integration's settings (replaced whole, validated, audited), name or status;
+    with --url, through the API as an admin key."""
+    new_settings = None if settings is None else parse_input(settings, "--settings")
+    if new_settings is None and name is None and status is None:
+        raise InvalidInput("nothing to change: give --settings, --name or --status")
+    gr = remote_client(ctx, db, {"--app": app, "--actor": actor, "--tenant": tenant})
+    if gr is not None:
+        from greenroom.api.schemas import IntegrationUpdate
+
+        update = IntegrationUpdate.model_validate(
+            {"settings": new_settings, "name": name, "status": status}
+        )
+        with gr:
+            done = gr.update_integration(integration_id, update)
+        out.print(f"integration {escape(done.id)} updated: settings {short_json(done.settings)}")
+        return
+    if new_settings is not None and app is None:
+        raise InvalidInput("--settings on a database needs --app: its connector checks them")
+    the_app = None if app is None else load_app(app)
+    with existing_store(db_url(ctx, db)) as store:
+        current = store.integration(integration_id, tenant=tenant)
+        connector = None if the_app is None else the_app.connectors.get(current.connector)
+        if the_app is not None and connector is None:
+            raise InvalidInput(f"{app} has no connector {current.connector!r}")
+        updated = integrations.update(
+            store,
+            connector,
+            current,
+            actor=actor or default_actor(),
+            name=name,
+            settings=new_settings,
+            status=status,
+        )
+    out.print(f"integration {escape(updated.id)} updated: settings {short_json(updated.settings)}")
 
 
 @secrets_cli.command("reseal")

@@ -109,6 +109,10 @@ def enqueue(
     label: Annotated[
         list[str] | None, typer.Option("--label", "-l", help="key=value, repeatable.")
     ] = None,
+    integration: Annotated[
+        str | None,
+        typer.Option(help="Run for this integration (int_…): its settings and credentials."),
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Enqueue one run and print its id (an existing run's id for a used idempotency key)."""
@@ -126,6 +130,7 @@ def enqueue(
                 "priority": priority,
                 "delay": delay,
                 "labels": labels,
+                "integration": integration,
             }
         )
         with gr:
@@ -144,6 +149,7 @@ def enqueue(
             priority=priority,
             delay=delay,
             labels=labels,
+            integration=integration,
         )
         try:
             run, created = the_app.store.enqueue(the_app.prepare(request))

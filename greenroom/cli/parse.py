@@ -38,13 +38,14 @@ def parse_states(value: str | None) -> list[RunState]:
     return states
 
 
-def parse_input(text: str) -> dict[str, Any]:
+def parse_input(text: str, option: str = "--input") -> dict[str, Any]:
+    """A JSON object given on the command line (a run's input, an integration's settings)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"--input is not valid JSON: {exc}") from None
+        raise InvalidInput(f"{option} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise InvalidInput('--input must be a JSON object, e.g. \'{"org": "acme"}\'')
+        raise InvalidInput(f'{option} must be a JSON object, e.g. \'{{"org": "acme"}}\'')
     return value
 
 

@@ -1,10 +1,12 @@
 """`greenroom demo`: real browser workflows end to end.
 
-It serves the demo SaaS console, enqueues one `demo.sync_users` run per demo organization,
-starts `greenroom worker` processes with the example connector (each with its own Chromium),
-shows their progress live and prints a summary. With --chaos it SIGKILLs a worker while it holds
-a run past its login step: another worker resumes the run from its last checkpoint with the
-saved browser session, so the demo SaaS counts no second login.
+It serves the demo SaaS console, makes a tenant with one integration per demo organization (its
+admin's credentials; the console's URL as the setting that says where they may go), enqueues one
+`demo.sync_users` run per integration, starts `greenroom worker` processes with the example
+connector (each with its own Chromium), shows their progress live and prints a summary. With
+--chaos it SIGKILLs a worker while it holds a run past its login step: another worker resumes the
+run from its last checkpoint with the saved browser session, so the demo SaaS counts no second
+login.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ from sqlalchemy.engine import make_url
 
 from greenroom.app import App, RunRequest
 from greenroom.browser.launch import BrowserNotFound, FoundBrowser, find_chromium
+from greenroom.crypto import load_keyring
 from greenroom.demo.driver import Fleet, Kill, WorkerProc
 from greenroom.demo.progress import Header, Observer, Progress, clock_title, render
 from greenroom.demo.saas import DemoSaaS, org_slugs, organization, running_demo_saas
+from greenroom.demo.setup import connect_org, register_tenant
 from greenroom.demo.summary import Outcome, print_summary
 from greenroom.errors import ConfigError, GreenroomError
 from greenroom.settings import Settings, load_settings
-from greenroom.storage import RunStore, open_store
+from greenroom.storage import RunStore
 
 CONNECTOR = "greenroom.demo.connector:app"
 WORKFLOW = "demo.sync_users"
@@ -126,6 +130,11 @@ class BrowserDemo:
         self.log_path = base.with_name(base.name + ".workers.log")
         self.tenant = f"demo-{stamp}-{os.getpid()}"
         self.settings = load_settings(db=self.url)
+        if self.settings.secret_key is None and not self.url.startswith("sqlite:///"):
+            # Credentials and browser sessions are encrypted; on a server database the demo and
+            # its workers share a key made for this demo (SQLite keeps a key file beside it).
+            key = base64.b64encode(os.urandom(32)).decode()
+            self.settings = load_settings(db=self.url, secret_key=key)
         self.concurrency = math.ceil(options.orgs / options.workers)
         self.started = time.monotonic()
         self.notes: list[tuple[float, str]] = []
@@ -151,8 +160,10 @@ class BrowserDemo:
                 )
             )
             self.note(f"demo SaaS console at {self.saas.url}")
-            store = open_store(self.url)
-            stack.callback(store.backend.close)
+            connector.close()
+            connector.settings = self.settings  # enqueueing checks the integrations it names
+            stack.callback(connector.close)
+            store = connector.store
             self.fleet = Fleet(
                 db=self.url,
                 app=self.options.app,
@@ -182,10 +193,8 @@ class BrowserDemo:
         env = {"PYTHONUNBUFFERED": "1"}
         if "GREENROOM_SHUTDOWN_GRACE_SECONDS" not in os.environ:
             env["GREENROOM_SHUTDOWN_GRACE_SECONDS"] = "2"
-        if self.settings.secret_key is None and not self.url.startswith("sqlite:///"):
-            # Saved browser sessions are encrypted; on a server database the workers share a
-            # key, here one made for this demo (SQLite keeps a key file beside the database).
-            env["GREENROOM_SECRET_KEY"] = base64.b64encode(os.urandom(32)).decode()
+        if self.settings.secret_key is not None:
+            env["GREENROOM_SECRET_KEY"] = self.settings.secret_key.get_secret_value()
         return env
 
     def drive(self, live: Live, store: RunStore, connector: App) -> None:
@@ -243,16 +252,23 @@ class BrowserDemo:
         for slug in org_slugs(self.options.orgs):
             users = len(organization(slug, self.options.users_per_org).users)
             self.plans.append(OrgPlan(slug=slug, users=users, pages=math.ceil(users / size)))
+        ring = load_keyring(self.settings)
+        register_tenant(store, self.tenant)
+        demo = connector.connector_of(WORKFLOW)
         requests = [
             RunRequest(
                 workflow=WORKFLOW,
-                input={"org": p.slug, "base_url": self.saas.url},
+                input={"org": p.slug},
                 tenant=self.tenant,
                 idempotency_key=f"sync-{p.slug}",
                 labels={"org": p.slug, "pages": str(p.pages)},
+                integration=connect_org(
+                    store, ring, demo, tenant=self.tenant, org=p.slug, base_url=self.saas.url
+                ).id,
             )
             for p in self.plans
         ]
+        self.note(f"{len(requests)} integrations with the console for tenant {self.tenant}")
         store.enqueue_many([connector.prepare(r) for r in requests])
         pages = sum(p.pages for p in self.plans)
         self.note(f"enqueued {len(requests)} syncs of {pages} pages of users")

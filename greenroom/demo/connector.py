@@ -2,10 +2,17 @@
 
     greenroom demo-saas                                   # the console, on 127.0.0.1:8765
     greenroom worker --app greenroom.demo.connector:app   # workers that run these workflows
+    # an admin creates an integration (POST /v1/integrations) with the org admin's e-mail and
+    # password as credentials and {"base_url": "http://127.0.0.1:8765"} as settings, then:
     greenroom enqueue demo.sync_users --app greenroom.demo.connector:app \\
-        --input '{"org": "acme", "base_url": "http://127.0.0.1:8765"}'
+        --integration int_… --tenant acme --input '{"org": "acme"}'
 
 What makes it durable, and why it is written this way:
+
+- Where the console is (`base_url`) is a setting of the integration, typed SecretOrigin: its
+  admins decide it, a run reads it (ctx.integration.settings), and the password is only ever
+  sent to that origin. A URL taken from a run's input would let whoever starts a run send the
+  integration's password to a page of their choosing.
 
 - One login step (`@step(login=True)`), then one checkpointed step per page of users. A run
   resumed on another worker replays the steps it has and reads only the pages it is missing,
@@ -18,8 +25,9 @@ What makes it durable, and why it is written this way:
   for something the page shows, never for a fixed time. A page that shows none of what was
   expected fails at once with LayoutChanged (no retry can fix it), and greenroom keeps its
   screenshot and HTML with the failed step.
-- The password is registered as a secret before it is typed: it never appears in artifacts,
-  traces or logs.
+- The password is registered as a secret before it is typed (by ctx.credentials): it never
+  appears in artifacts, traces or logs, and greenroom refuses to type it into a page of any
+  other origin than the integration's.
 """
 
 from __future__ import annotations
@@ -32,10 +40,8 @@ from playwright.async_api import Page
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from pydantic import BaseModel, SecretStr
 
-from greenroom import App, LoggedOut, PermanentError, RetryPolicy, RunContext, step
-from greenroom.demo.saas import admin_credentials
+from greenroom import App, LoggedOut, PermanentError, RetryPolicy, RunContext, SecretOrigin, step
 from greenroom.diagnostics import TransientError
-from greenroom.integrations import INTEGRATION_LABEL
 
 app = App()
 
@@ -47,7 +53,16 @@ class DemoCredentials(BaseModel):
     password: SecretStr
 
 
-demo = app.connector("demo", credentials=DemoCredentials, title="Demo SaaS admin console")
+class DemoSettings(BaseModel):
+    """What an integration's admins set: where the console is. Its origin is the only one the
+    credentials may be sent to."""
+
+    base_url: SecretOrigin
+
+
+demo = app.connector(
+    "demo", credentials=DemoCredentials, settings=DemoSettings, title="Demo SaaS admin console"
+)
 
 #: One browser session per tenant and organization: its runs never overlap, and each starts
 #: from the cookies the previous one left.
@@ -131,9 +146,10 @@ class Deactivated(TypedDict):
 
 
 @app.workflow(name="demo.sync_users", connector=demo, session=SESSION, retry=RUN_RETRY)
-async def sync_users(ctx: RunContext, org: str, base_url: str) -> Synced:
+async def sync_users(ctx: RunContext, org: str) -> Synced:
     """Every user of the organization, read one checkpointed page at a time."""
     verify_saves(ctx)
+    base_url = console_url(ctx)
     await log_in(ctx, base_url, org)
     users: list[UserRow] = []
     number, pages = 1, 1
@@ -146,9 +162,10 @@ async def sync_users(ctx: RunContext, org: str, base_url: str) -> Synced:
 
 
 @app.workflow(name="demo.deactivate_user", connector=demo, session=SESSION, retry=RUN_RETRY)
-async def deactivate_user(ctx: RunContext, org: str, base_url: str, email: str) -> Deactivated:
+async def deactivate_user(ctx: RunContext, org: str, email: str) -> Deactivated:
     """Deactivate one user, signing in only if the session's saved state is not."""
     verify_saves(ctx)
+    base_url = console_url(ctx)
     await log_in(ctx, base_url, org)
     return await deactivate(ctx, base_url, org, email)
 
@@ -156,17 +173,17 @@ async def deactivate_user(ctx: RunContext, org: str, base_url: str, email: str) 
 # -- steps ---------------------------------------------------------------------------------
 
 
-async def sign_in_as(ctx: RunContext, org: str) -> tuple[str, str]:
-    """The integration's credentials (opening them registers the password as a secret, redacted
-    from every artifact); runs started without an integration (the engine demo's) use the demo
-    console's own admin account."""
-    if INTEGRATION_LABEL in ctx.labels:
-        creds = await ctx.credentials(DemoCredentials)
-        return creds.email, creds.password.get_secret_value()
-    own = admin_credentials(org)
-    if ctx.browser is not None:
-        ctx.browser.add_secret(own.password)
-    return own.email, own.password
+def console_url(ctx: RunContext) -> str:
+    """The console's URL, from the integration's settings (never from the run's input)."""
+    settings: DemoSettings = ctx.integration.settings
+    return settings.base_url
+
+
+async def sign_in_as(ctx: RunContext) -> tuple[str, str]:
+    """The integration's credentials: opening them registers the password as a secret,
+    redacted from every artifact and sent only to the integration's origin."""
+    creds = await ctx.credentials(DemoCredentials)
+    return creds.email, creds.password.get_secret_value()
 
 
 @step(name="demo.login", login=True, retry=STEP_RETRY, timeout=STEP_TIMEOUT)
@@ -175,7 +192,7 @@ async def log_in(ctx: RunContext, base_url: str, org: str) -> SignedIn:
     either the console or the login form, which brings us back to it after signing in."""
     page = await ctx.page()
     await page.goto(users_url(base_url, org))
-    email, password = await sign_in_as(ctx, org)
+    email, password = await sign_in_as(ctx)
     if await outcome(page, console=ACCOUNT, login=LOGIN_FORM) == "console":
         return {"org": org, "account": email, "restored": True}
     await page.get_by_test_id("email").fill(email)

@@ -192,7 +192,7 @@ class Accounts(StoreBase):
                 action="integration.create",
                 target=integration_id,
                 reason="created",
-                detail={"connector": connector, "name": name},
+                detail={"connector": connector, "name": name, "settings": settings},
             )
             return self._integration(tx, integration_id, tenant)
 
@@ -239,7 +239,7 @@ class Accounts(StoreBase):
             if name is not None and name != current.name:
                 self._name_free(tx, current.tenant, name)
                 changes["name"] = name
-            if settings is not None:
+            if settings is not None and settings != current.settings:
                 changes["settings"] = dumps(settings, "settings")
             if status is not None:
                 changes["status"] = status
@@ -252,6 +252,9 @@ class Accounts(StoreBase):
                     {**changes, "now": now, "id": integration_id},
                 )
                 action = "integration.credentials" if sealed is not None else "integration.update"
+                detail = {k: v for k, v in changes.items() if k in ("name", "status")}
+                if "settings" in changes:  # not secret: what they were and what they are
+                    detail.update(settings=settings, previous_settings=current.settings)
                 self._audit(
                     tx,
                     tenant=current.tenant,
@@ -259,7 +262,7 @@ class Accounts(StoreBase):
                     action=action,
                     target=integration_id,
                     reason="updated",
-                    detail={k: v for k, v in changes.items() if k in ("name", "status")} or None,
+                    detail=detail or None,
                 )
             return self._integration(tx, integration_id, tenant)
 

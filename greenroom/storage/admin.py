@@ -3,13 +3,23 @@ error groups, the audit log, and retention."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from greenroom.connectors import refuse_settings_in_input
 from greenroom.errors import Conflict, InvalidInput
-from greenroom.model import FINISHED_STATES, AuditEntry, ErrorGroup, NewRun, Run, RunState
+from greenroom.model import (
+    FINISHED_STATES,
+    INTEGRATION_LABEL,
+    AuditEntry,
+    ErrorGroup,
+    NewRun,
+    Run,
+    RunState,
+)
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import RunFilter, StoreBase, require_reason, retry_conflicts
 from greenroom.storage.codec import (
@@ -67,8 +77,25 @@ class Admin(StoreBase):
                     f"run {run_id} was already retried as {old['superseded_by']}: retry that"
                     " run, or force a second retry of this one (force, with a reason)"
                 )
+            if input is not None:
+                self._refuse_settings(tx, run_from_row(old), input)
             new = self._retry_one(tx, old, actor, reason, from_scratch, input)
         return run_from_row(new)
+
+    def _refuse_settings(self, tx: Tx, run: Run, input: dict[str, Any]) -> None:
+        """A retry's new input may not name a setting of the run's integration, as a new
+        run's may not (App.prepare checks the connector's whole settings model; the store
+        knows the integration's stored settings, which hold every field)."""
+        integration = run.labels.get(INTEGRATION_LABEL)
+        if integration is None:
+            return
+        rows = tx.execute(
+            "SELECT settings FROM integrations WHERE id = :id AND tenant = :tenant",
+            {"id": integration, "tenant": run.tenant},
+        )
+        if rows:
+            settings = json.loads(rows[0]["settings"])
+            refuse_settings_in_input(input, settings, f"integration {integration}")
 
     @retry_conflicts
     def retry_where(

@@ -1,4 +1,5 @@
-"""How a run opens its integration's credentials, in a worker or in an isolated run's process."""
+"""How a run gets its integration, in a worker or in an isolated run's process: its settings
+before the workflow starts, its credentials when the workflow asks for them."""
 
 from __future__ import annotations
 
@@ -14,10 +15,23 @@ from greenroom.context import RunContext
 from greenroom.storage import DbCall, RunStore
 
 
+async def bind_integration(ctx: RunContext, app: App, store: RunStore, db: DbCall) -> None:
+    """Give the run its integration's settings (ctx.integration) and the browser the origins
+    its secrets may go to. A run of a connector's workflow whose input names a setting, or
+    whose integration's settings no longer validate, fails here (PermanentError)."""
+    wf = app.get_workflow(ctx.run.workflow)
+    if wf.connector is None:
+        return
+    found = await db(integrations.for_run, store, app.connectors[wf.connector], ctx.run)
+    if found is not None:
+        ctx.bind_integration(found)
+
+
 def credentials_source(
     ctx: RunContext, app: App, store: RunStore, runtime: BrowserRuntime, db: DbCall
 ) -> Callable[[], Awaitable[BaseModel]]:
-    """Opens the credentials of the run's integration; their secrets join the run's redactor."""
+    """Opens the credentials of the run's integration; their secrets join the run's redactor
+    (and, as the run has an integration, its secret guard)."""
 
     async def open_credentials() -> BaseModel:
         connector = app.connector_of(ctx.run.workflow)

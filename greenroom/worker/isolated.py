@@ -203,7 +203,7 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
     from greenroom.context import RunContext, current_run
     from greenroom.storage import open_store
     from greenroom.storage.codec import dumps
-    from greenroom.worker.credentials import credentials_source
+    from greenroom.worker.credentials import bind_integration, credentials_source
     from greenroom.worker.writer import RunWriter
 
     messages = _Messages(request)
@@ -241,6 +241,7 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
             ctx.request_pause()
         token = current_run.set(ctx)
         try:
+            await bind_integration(ctx, app, store, db)
             output = await wf.fn(ctx, **run.input)
             encoded = dumps(output, f"output of workflow {wf.name!r}")
             await ctx.browser.run_completed()

@@ -29,7 +29,7 @@ from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.codec import dumps
 from greenroom.storage.store import Heartbeat
 from greenroom.storage.writes import End
-from greenroom.worker.credentials import credentials_source
+from greenroom.worker.credentials import bind_integration, credentials_source
 from greenroom.worker.isolated import IsolatedRun
 from greenroom.worker.memory import MemoryAdmission
 from greenroom.worker.writer import RunWriter
@@ -450,6 +450,7 @@ class Worker:
         started = time.monotonic()
         try:
             async with asyncio.timeout(run.timeout):
+                await bind_integration(ctx, self.app, self.store, self._db)
                 output = await wf.fn(ctx, **run.input)
             encoded = dumps(output, f"output of workflow {wf.name!r}")
             await ctx.browser.run_completed()  # the session's final state, before the end

@@ -7,7 +7,9 @@ import asyncio
 import os
 from pathlib import Path
 
-from greenroom import App, RetryPolicy, RunContext, step
+from pydantic import BaseModel, SecretStr
+
+from greenroom import App, RetryPolicy, RunContext, SecretOrigin, step
 
 app = App()
 
@@ -87,3 +89,31 @@ async def tick(i: int) -> int:
 async def steps(ctx: RunContext, pidfile: str) -> int:
     Path(pidfile).write_text(str(os.getpid()))
     return len([await tick(i) for i in range(20)])
+
+
+class SiteCredentials(BaseModel):
+    user: str
+    password: SecretStr
+
+
+class SiteSettings(BaseModel):
+    site: SecretOrigin
+
+
+site = app.connector("site", credentials=SiteCredentials, settings=SiteSettings)
+
+
+@app.workflow(
+    name="iso.login", connector=site, isolation="process", retry=RetryPolicy(max_attempts=1)
+)
+async def login(ctx: RunContext, login_url: str) -> dict[str, str]:
+    """Logs in where its input says (a mistake): the secret guard holds in the run's process."""
+    settings: SiteSettings = ctx.integration.settings
+    creds = await ctx.credentials(SiteCredentials)
+    page = await ctx.page()
+    await page.goto(f"{login_url}/form")
+    await page.fill("#user", creds.user)
+    await page.fill("#password", creds.password.get_secret_value())
+    await page.click("#go")
+    await page.wait_for_url("**/home")
+    return {"site": str(settings.site), "user": await page.inner_text("#user")}

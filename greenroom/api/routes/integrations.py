@@ -46,6 +46,7 @@ def list_connectors(state: State, who: Caller = Viewer) -> list[ConnectorOut]:
             title=c.title,
             workflows=list(c.workflows),
             credential_schema=c.credential_schema(),
+            settings_schema=c.settings_schema(),
         )
         for c in state.app.connectors.values()
     ]
@@ -107,12 +108,15 @@ def get_integration(integration_id: str, state: State, who: Caller = Viewer) -> 
 def update_integration(
     integration_id: str, body: IntegrationUpdate, state: State, who: Caller = Admin
 ) -> IntegrationOut:
-    """Rename, change settings, or disable (new runs for it are refused; running ones fail
-    when they open its credentials)."""
-    updated = state.store.update_integration(
-        integration_id,
+    """Rename, replace the settings (validated against the connector's schema; audited with
+    what they were), or disable (new runs for it are refused; running ones fail when they open
+    its credentials)."""
+    current = state.store.integration(integration_id, tenant=who.tenant)
+    updated = integrations.update(
+        state.store,
+        state.app.connectors.get(current.connector),
+        current,
         actor=who.actor,
-        tenant=who.tenant,
         name=body.name,
         settings=body.settings,
         status=body.status,

@@ -32,8 +32,7 @@ from greenroom.api.schemas import (
 from greenroom.api.state import ApiState, get_state
 from greenroom.app import RunRequest
 from greenroom.errors import InvalidInput
-from greenroom.integrations import INTEGRATION_LABEL
-from greenroom.model import RunState
+from greenroom.model import INTEGRATION_LABEL, RunState
 from greenroom.storage import RunFilter
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
