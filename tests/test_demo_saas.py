@@ -401,10 +401,11 @@ def test_error_rate_from_startup_settings_and_hooks_never_fail() -> None:
 
 
 def test_sessions_expire_and_redirect_to_login(saas: DemoSaaS) -> None:
-    saas.set_faults(session_seconds=0.6)
     with signed_in(saas) as client:
         assert client.get("/orgs/acme/users").status_code == 200
-        time.sleep(0.7)
+        # Expiry applies to existing sessions too: this one, signed in over 10 ms ago, is over.
+        saas.set_faults(session_seconds=0.01)
+        time.sleep(0.02)
         expired = client.get("/orgs/acme/users")
         assert expired.status_code == 303 and expired.headers["location"].startswith(
             "/orgs/acme/login"

@@ -58,7 +58,8 @@ async def spin(pidfile: str) -> None:
         pass
 
 
-@app.workflow(name="iso.spin", isolation="process", timeout=1.5)
+# Its timeout leaves the child seconds to start on a loaded machine before it spins.
+@app.workflow(name="iso.spin", isolation="process", timeout=4)
 async def spin_forever(ctx: RunContext, pidfile: str) -> None:
     await spin(pidfile)
 
