@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
-from greenroom.api import problems
+from greenroom.api import openapi, problems
 from greenroom.api.auth import KeyCache, RateLimiter
-from greenroom.api.limits import BodyLimit, no_nul
+from greenroom.api.limits import BodyLimit
 from greenroom.api.routes import accounts, controls, health, integrations, observe, runs
 from greenroom.api.state import ApiState
 from greenroom.app import App
@@ -39,8 +39,9 @@ def create_api(app: App) -> FastAPI:
         keys=KeyCache(settings.api_key_cache_seconds),
     )
     problems.install(api)
+    openapi.install(api, app)
     api.include_router(health.router)
     for module in (runs, controls, integrations, observe, accounts):
-        api.include_router(module.router, responses=problems.COMMON, dependencies=[Depends(no_nul)])
+        api.include_router(module.router, responses=problems.COMMON)
     api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     return api

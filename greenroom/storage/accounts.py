@@ -12,18 +12,20 @@ from typing import Any
 
 from greenroom.errors import Conflict, InvalidInput, NotFound
 from greenroom.model import ApiKey, Integration, Role, TenantInfo
+from greenroom.rules import MAX_NAME, check_keys, check_name, check_text
 from greenroom.storage import ready
 from greenroom.storage.backend import Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
 from greenroom.storage.codec import dumps, integration_from_row, key_from_row, tenant_from_row
-from greenroom.storage.controls import MAX_NAME
 
 INTEGRATION_STATUSES = ("active", "disabled")
 
 
 def _check_name(name: str, what: str) -> None:
-    if not name or not name.strip() or len(name) > MAX_NAME:
-        raise InvalidInput(f"{what} must be 1 to {MAX_NAME} characters")
+    """A display name (of a key, an integration): text, not only spaces."""
+    check_text(name, what, max_length=MAX_NAME, min_length=1)
+    if not name.strip():
+        raise InvalidInput(f"{what} must not be blank")
 
 
 class Accounts(StoreBase):
@@ -32,9 +34,7 @@ class Accounts(StoreBase):
     @retry_conflicts
     def create_tenant(self, name: str, *, actor: str) -> TenantInfo:
         """Register a tenant (one that so far only had runs keeps them)."""
-        _check_name(name, "tenant name")
-        if name == "*":
-            raise InvalidInput("'*' means every tenant; choose another name")
+        check_name(name, "tenant name")
         now = self.clock.now()
         with self.backend.transaction() as tx:
             ready.ensure_records(tx, tenants=[name], queues=[], now=now)
@@ -169,7 +169,7 @@ class Accounts(StoreBase):
             "tenant": tenant,
             "connector": connector,
             "name": name,
-            "settings": dumps(settings, "settings"),
+            "settings": dumps(check_keys(settings, "settings"), "settings"),
             "status": "active",
             "key_id": sealed[0],
             "credentials": sealed[1],
@@ -240,7 +240,7 @@ class Accounts(StoreBase):
                 self._name_free(tx, current.tenant, name)
                 changes["name"] = name
             if settings is not None:
-                changes["settings"] = dumps(settings, "settings")
+                changes["settings"] = dumps(check_keys(settings, "settings"), "settings")
             if status is not None:
                 changes["status"] = status
             if sealed is not None:

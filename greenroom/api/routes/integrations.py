@@ -14,6 +14,7 @@ from greenroom.api.routes.runs import scope
 from greenroom.api.schemas import (
     ConnectorOut,
     CredentialsIn,
+    Id,
     IntegrationCreate,
     IntegrationOut,
     IntegrationUpdate,
@@ -22,6 +23,7 @@ from greenroom.api.schemas import (
 from greenroom.api.state import ApiState, get_state
 from greenroom.connectors import Connector
 from greenroom.errors import InvalidInput
+from greenroom.rules import Name, Text
 
 router = APIRouter(prefix="/v1", tags=["integrations"])
 State = Annotated[ApiState, Depends(get_state)]
@@ -63,8 +65,8 @@ def list_workflows(state: State, who: Caller = Viewer) -> list[WorkflowOut]:
 def list_integrations(
     state: State,
     who: Caller = Viewer,
-    connector: str | None = None,
-    tenant: Annotated[str | None, Query(description="platform keys: one tenant")] = None,
+    connector: Text | None = None,
+    tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
 ) -> list[IntegrationOut]:
     found = state.store.integrations(tenant=scope(who, tenant), connector=connector)
     return [IntegrationOut.of(i) for i in found]
@@ -95,7 +97,7 @@ def create_integration(
 
 
 @router.get("/integrations/{integration_id}", response_model=IntegrationOut, responses=NOT_FOUND)
-def get_integration(integration_id: str, state: State, who: Caller = Viewer) -> IntegrationOut:
+def get_integration(integration_id: Id, state: State, who: Caller = Viewer) -> IntegrationOut:
     return IntegrationOut.of(state.store.integration(integration_id, tenant=who.tenant))
 
 
@@ -105,7 +107,7 @@ def get_integration(integration_id: str, state: State, who: Caller = Viewer) -> 
     responses={**NOT_FOUND, **NAME_TAKEN},
 )
 def update_integration(
-    integration_id: str, body: IntegrationUpdate, state: State, who: Caller = Admin
+    integration_id: Id, body: IntegrationUpdate, state: State, who: Caller = Admin
 ) -> IntegrationOut:
     """Rename, change settings, or disable (new runs for it are refused; running ones fail
     when they open its credentials)."""
@@ -126,7 +128,7 @@ def update_integration(
     responses=NOT_FOUND,
 )
 def replace_credentials(
-    integration_id: str, body: CredentialsIn, state: State, who: Caller = Admin
+    integration_id: Id, body: CredentialsIn, state: State, who: Caller = Admin
 ) -> IntegrationOut:
     """Rotate credentials: runs that open them from now on get the new ones."""
     current = state.store.integration(integration_id, tenant=who.tenant)
@@ -147,6 +149,6 @@ def replace_credentials(
     response_class=Response,
     responses=NOT_FOUND,
 )
-def delete_integration(integration_id: str, state: State, who: Caller = Admin) -> Response:
+def delete_integration(integration_id: Id, state: State, who: Caller = Admin) -> Response:
     state.store.delete_integration(integration_id, actor=who.actor, tenant=who.tenant)
     return Response(status_code=204)
