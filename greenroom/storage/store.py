@@ -44,6 +44,7 @@ from greenroom.storage.codec import (
 )
 from greenroom.storage.controls import Controls
 from greenroom.storage.enqueue import insert_runs, insert_runs_at_once
+from greenroom.storage.repair import Repair
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.writes import Checkpoint, End, Written
 
@@ -70,9 +71,9 @@ class Recovery:
     dead_workers: list[str]
 
 
-class RunStore(Controls, Admin, Sessions, Accounts):
+class RunStore(Controls, Admin, Sessions, Accounts, Repair):
     """Runs from enqueue to their end, workers, and (from its parts) queue controls, admin,
-    browser sessions and accounts."""
+    browser sessions, accounts and the repair of runs stored before the rules held."""
 
     # -- enqueue ---------------------------------------------------------------------------
 
