@@ -56,6 +56,7 @@ COMMON = responses(
     422,
     429,
     c400="the request body could not be read (JSON must be UTF-8)",
+    c503="the database is unavailable for now: retry after Retry-After seconds",
 )
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from greenroom.api.auth import Admin, Caller, Platform, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.keys import create_key
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.routes.runs import scope
@@ -24,7 +25,7 @@ from greenroom.errors import NotFound
 from greenroom.model import Role
 from greenroom.rules import Name
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 NOT_FOUND = responses(404)
 

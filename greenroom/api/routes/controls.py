@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from greenroom.api.auth import Caller, Operator, Platform, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.routes.runs import scope
 from greenroom.api.schemas import (
@@ -27,7 +28,7 @@ from greenroom.api.state import ApiState, get_state
 from greenroom.model import ALL_TENANTS, PauseScope
 from greenroom.rules import Name, text
 
-router = APIRouter(prefix="/v1", tags=["queues and pauses"])
+router = APIRouter(prefix="/v1", tags=["queues and pauses"], route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 NOT_FOUND = responses(404)
 QueueName = Annotated[str, text(200, 1)]

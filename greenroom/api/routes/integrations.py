@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from greenroom import integrations
 from greenroom.api.auth import Admin, Caller, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.problems import responses
 from greenroom.api.routes.runs import scope
 from greenroom.api.schemas import (
@@ -25,7 +26,7 @@ from greenroom.connectors import Connector
 from greenroom.errors import InvalidInput
 from greenroom.rules import Name, Text
 
-router = APIRouter(prefix="/v1", tags=["integrations"])
+router = APIRouter(prefix="/v1", tags=["integrations"], route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 NOT_FOUND = responses(c404="no such integration (or another tenant's)")
 NAME_TAKEN = responses(c409="the tenant has an integration by this name")

@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from greenroom.api.auth import Caller, Platform, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.routes.runs import scope
 from greenroom.api.schemas import AuditOut, ErrorGroupOut, Page, WorkerOut
 from greenroom.api.state import ApiState, get_state
 from greenroom.rules import Name
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 
 

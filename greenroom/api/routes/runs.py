@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
 
 from greenroom.api.auth import Caller, Operator, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.schemas import (
     ArtifactOut,
@@ -40,7 +41,7 @@ from greenroom.model import RunState
 from greenroom.rules import MAX_NAME, Name, Text, text
 from greenroom.storage import RunFilter
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 NOT_FOUND = responses(c404="no such run (or another tenant's)")
 
