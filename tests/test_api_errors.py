@@ -187,6 +187,15 @@ def test_422_names_the_invalid_field(api: ApiSetup) -> None:
     with api.platform() as c:
         huge = c.patch("/v1/tenants/acme", json={"reason": "r", "concurrency": 10**20})
         assert _fields(huge) == ["body.concurrency"]
+        beat = c.patch("/v1/queues/default", json={"reason": "r", "heartbeat_seconds": 1e9})
+        assert _fields(beat) == ["body.heartbeat_seconds"]
+        api.app.enqueue_sync("plain.echo", tenant="acme")  # the queue exists from now on
+        alone = c.patch("/v1/queues/default", json={"reason": "r", "heartbeat_seconds": 5})
+        assert "lease_seconds" in assert_problem(alone, 422)["detail"]
+        c.patch("/v1/queues/default", json={"reason": "r", "lease_seconds": 8})
+        half = c.patch("/v1/queues/default", json={"reason": "r", "heartbeat_seconds": 5})
+        assert "less than half" in assert_problem(half, 422)["detail"]
+        assert c.get("/v1/queues/default").json()["heartbeat_seconds"] is None
 
 
 _JSON = {"content-type": "application/json"}
@@ -248,6 +257,55 @@ def test_429_with_retry_after_for_a_key_over_its_rate(api: ApiSetup) -> None:
         assert c.get("/v1/runs").status_code == 200
     with api.as_("acme", Role.VIEWER) as c:  # other keys keep their own budget
         assert all(c.get("/v1/runs").status_code == 200 for _ in range(5))
+
+
+def test_429_for_failed_authentication_per_key_id_and_address(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wrong secrets for a real key id: a few are looked up, then they are refused before any
+    lookup, for that key id and from that address; a key this node verified keeps working."""
+    throttled = {"api_auth_failure_burst": 5, "api_auth_failure_rate": 1.0}
+    with api_setup(db_url, api_key_cache_seconds=60, **throttled) as api:
+        store = api.app.store
+        lookups: list[str] = []
+        real_lookup = store.api_key
+        monkeypatch.setattr(
+            store, "api_key", lambda key_id: lookups.append(key_id) or real_lookup(key_id)
+        )
+        real = api.keys["acme"][Role.VIEWER]
+        key_id = real.split(".")[0]
+        with api.client(real) as c:
+            assert c.get("/v1/runs").status_code == 200  # verified: cached by this node
+        lookups.clear()
+        started = time.monotonic()
+        with api.client(None) as attacker:
+            answers = [
+                attacker.get("/v1/runs", headers={"Authorization": f"Bearer {key_id}.guess{i}"})
+                for i in range(100)
+            ]
+        elapsed = time.monotonic() - started
+        codes = [r.status_code for r in answers]
+        assert codes[:5] == [401] * 5 and codes.count(429) >= 100 - 5 - elapsed - 1, codes
+        refused = next(r for r in answers if r.status_code == 429)
+        assert "failed authentications" in assert_problem(refused, 429)["detail"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 2
+        assert len(lookups) <= 5 + elapsed + 1, (len(lookups), elapsed)
+        with api.client(real) as c:  # verified lately: not held up
+            assert c.get("/v1/runs").status_code == 200
+        # From this address, other key ids are refused too (about one a second gets through).
+        others = [
+            httpx.get(f"{api.url}/v1/runs", headers={"Authorization": f"Bearer grk_{i}.x"})
+            for i in range(4)
+        ]
+        assert sum(r.status_code == 429 for r in others) >= 3, [r.status_code for r in others]
+        # A wrong key tried again is remembered: refused without a lookup.
+        time.sleep(int(refused.headers["retry-after"]))
+        lookups.clear()
+        again = httpx.get(
+            f"{api.url}/v1/runs", headers={"Authorization": f"Bearer {key_id}.guess0"}
+        )
+        assert assert_problem(again, 401)["detail"] == "invalid API key"
+        assert lookups == []
 
 
 # -- secrets ---------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ from importlib.metadata import version
 from fastapi import FastAPI
 
 from greenroom.api import openapi, problems
-from greenroom.api.auth import KeyCache, RateLimiter
+from greenroom.api.auth import KeyCache
 from greenroom.api.limits import BodyLimit
 from greenroom.api.routes import accounts, controls, health, integrations, observe, runs
 from greenroom.api.state import ApiState
+from greenroom.api.throttle import FailedAuth, RateLimiter
 from greenroom.app import App
 
 DESCRIPTION = """\
@@ -37,6 +38,7 @@ def create_api(app: App) -> FastAPI:
         app=app,
         limiter=RateLimiter(settings.api_rate_limit, settings.api_rate_burst),
         keys=KeyCache(settings.api_key_cache_seconds),
+        failures=FailedAuth(settings.api_auth_failure_rate, settings.api_auth_failure_burst),
     )
     problems.install(api)
     openapi.install(api, app)
