@@ -308,6 +308,32 @@ def test_429_for_failed_authentication_per_key_id_and_address(
         assert lookups == []
 
 
+def test_a_tenant_admin_grants_at_most_its_own_rate(api: ApiSetup) -> None:
+    """The platform sets each tenant's ceiling with the rate of the admin keys it gives it (the
+    node's default when it gives none); a tenant admin once minted keys of 2**31 - 1."""
+    most = 2**31 - 1
+    with api.platform() as c:
+        capped = c.post(
+            "/v1/keys", json={"name": "a", "role": "admin", "tenant": "acme", "rate_limit": 50}
+        ).json()
+        assert (
+            c.post("/v1/keys", json={**_KEY, "tenant": "acme", "rate_limit": most}).status_code
+            == 201
+        )
+    with api.client(capped["key"]) as c:
+        too_many = c.post("/v1/keys", json={**_KEY, "rate_limit": 51})
+        assert "at most 50" in assert_problem(too_many, 422)["detail"]
+        assert c.post("/v1/keys", json={**_KEY, "rate_limit": 50}).json()["rate_limit"] == 50
+        assert c.post("/v1/keys", json=_KEY).json()["rate_limit"] == 50  # not the default
+    with api.as_("acme", Role.ADMIN) as c:  # no rate of its own: the node's default (10,000)
+        assert_problem(c.post("/v1/keys", json={**_KEY, "rate_limit": most}), 422)
+        assert c.post("/v1/keys", json={**_KEY, "rate_limit": 10_000}).status_code == 201
+        assert c.post("/v1/keys", json=_KEY).json()["rate_limit"] is None
+
+
+_KEY = {"name": "minted", "role": "viewer"}
+
+
 # -- secrets ---------------------------------------------------------------------------------
 
 

@@ -26,6 +26,8 @@ class Caller:
     #: None for a platform key, which acts on every tenant.
     tenant: str | None
     role: Role
+    #: The requests per second this key may make (its own rate, else the node's default).
+    rate: float = math.inf
 
     @property
     def actor(self) -> str:
@@ -35,6 +37,24 @@ class Caller:
     @property
     def platform(self) -> bool:
         return self.tenant is None
+
+    def granted_rate(self, asked: int | None, default: float) -> int | None:
+        """The rate a key this caller creates may have. A tenant admin grants at most its own
+        key's rate, which the platform set (or the node's `default`): the platform sets the
+        ceiling of each tenant with the rate of the admin keys it gives it. None: the node's
+        default rate."""
+        if self.platform:
+            return asked
+        ceiling = max(1, math.floor(self.rate))
+        if asked is None:
+            return None if default <= self.rate else ceiling
+        if asked > ceiling:
+            raise ApiError(
+                422,
+                f"rate_limit may be at most {ceiling} requests per second (the rate of the key"
+                " that grants it; a platform key may grant more)",
+            )
+        return asked
 
     def acting_for(self, tenant: str | None) -> str:
         """The tenant a create acts for: a tenant key's own; a platform key must name one."""
@@ -158,7 +178,8 @@ def caller(needed: Role) -> Callable[..., Awaitable[Caller]]:
             )
         if not key.role.allows(needed):
             raise ApiError(403, f"this key's role ({key.role}) may not do this (needs {needed})")
-        return Caller(key_id=key.id, tenant=key.tenant, role=key.role)
+        rate = state.limiter.rate if key.rate_limit is None else key.rate_limit
+        return Caller(key_id=key.id, tenant=key.tenant, role=key.role, rate=rate)
 
     return dependency
 

@@ -455,7 +455,12 @@ class KeyCreate(Body):
     expires_at: float | None = Field(
         None, ge=0, le=MAX_UNIX_TIME, description="Unix time, in the future"
     )
-    rate_limit: int | None = Field(None, ge=1, le=MAX_INT, description="requests per second")
+    rate_limit: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_INT,
+        description="requests per second; a tenant admin grants at most its own key's rate",
+    )
     tenant: Name | None = Field(None, description="platform keys only")
 
 

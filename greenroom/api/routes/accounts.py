@@ -106,7 +106,7 @@ def create_api_key(body: KeyCreate, state: State, who: Caller = Admin) -> KeyCre
         name=body.name,
         actor=who.actor,
         expires_at=body.expires_at,
-        rate_limit=body.rate_limit,
+        rate_limit=who.granted_rate(body.rate_limit, state.limiter.rate),
     )
     return KeyCreated(**KeyOut.of(key).model_dump(), key=secret)
 
