@@ -184,6 +184,13 @@ def test_422_names_the_invalid_field(api: ApiSetup) -> None:
             "/v1/runs", content=b'{"workflow": "plain.echo", "delay": Infinity}', headers=_JSON
         )
         assert _fields(inf) == ["body.delay"]
+        # JSON has numbers: 2.0 is the integer 2, as the schema's "integer" says; 2.5 and "2"
+        # are not integers.
+        for priority in (2.5, "2", True):
+            body = {"workflow": "plain.echo", "priority": priority}
+            assert _fields(c.post("/v1/runs", json=body)) == ["body.priority"], priority
+        whole = c.post("/v1/runs", json={"workflow": "plain.echo", "priority": 2.0})
+        assert whole.status_code == 201 and whole.json()["priority"] == 2
     with api.platform() as c:
         huge = c.patch("/v1/tenants/acme", json={"reason": "r", "concurrency": 10**20})
         assert _fields(huge) == ["body.concurrency"]

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from greenroom.model import (
     ApiKey,
@@ -60,11 +67,22 @@ RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 class Body(BaseModel):
     """Request bodies refuse unknown fields (a typo is an error, not silently ignored) and
-    values of another JSON type (no 0.0 for false, no "5" for 5). What they hold must be
+    values of another JSON type (no 0.0 for false, no "5" for 5; 5.0 is 5). What they hold must be
     storable: finite numbers and valid Unicode everywhere (text fields also follow
     greenroom.text's rule, stated in their patterns)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON has numbers, not integers: 5.0 is the integer 5 (as JSON Schema says, so
+        clients and generators may send it), 5.5 is not."""
+        if isinstance(value, float) and value.is_integer() and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is int or int in get_args(annotation):
+                return int(value)
+        return value
 
     @field_validator("*")
     @classmethod
