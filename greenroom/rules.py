@@ -37,6 +37,8 @@ LABEL_FILTER_PATTERN = rf"^{_LABEL_KEY}=[^{_CONTROLS}]*$"
 
 #: The largest count or limit (the database's integer columns hold 32 bits).
 MAX_INT = 2**31 - 1
+#: The largest fairness weight of a tenant.
+MAX_WEIGHT = 1_000_000
 #: Priorities run from -MAX_PRIORITY to MAX_PRIORITY.
 MAX_PRIORITY = 1_000_000
 #: The longest wait before a run starts (`delay`), and the longest duration a queue setting takes.

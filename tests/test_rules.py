@@ -14,6 +14,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from greenroom.api.keys import create_key
 from greenroom.errors import InvalidInput
 from greenroom.model import PauseScope, Role
 from greenroom.storage import RunFilter
@@ -219,6 +220,12 @@ def test_the_python_api_and_the_store_follow_the_same_rule(api: ApiSetup) -> Non
         lambda: store.pause(PauseScope.QUEUE, "default", actor="t", reason="why\x85"),
         lambda: store.list_runs(RunFilter(workflow="w\x00")),
         lambda: store.list_runs(RunFilter(label=("k", "v\x00"))),
+        # Numbers the database's 32-bit columns cannot hold are refused, not a database error.
+        lambda: store.set_tenant("acme", actor="t", reason="r", concurrency=2**31),
+        lambda: create_key(
+            store, tenant="acme", role=Role.VIEWER, name="k", actor="t", rate_limit=2**31
+        ),
+        lambda: store.set_queue("default", actor="t", reason="r", max_attempts=2**31),
     ]:
         with pytest.raises(InvalidInput):
             call()

@@ -60,8 +60,10 @@ def _integer_bounds(schema: dict[str, Any]) -> None:
 
 
 def _enum(schema: dict[str, Any], names: list[str]) -> None:
+    """The names the app declares (its examples among them)."""
     if names:
         schema["enum"] = names
+        schema["examples"] = names[:1]
 
 
 def _schemas(node: Any) -> Iterator[dict[str, Any]]:

@@ -40,6 +40,7 @@ from greenroom.rules import (
     MAX_REASON,
     MAX_SECONDS,
     MAX_UNIX_TIME,
+    MAX_WEIGHT,
     OPTIONAL_LABEL_KEY_PATTERN,
     JsonObject,
     Labels,
@@ -449,7 +450,7 @@ class TenantCreate(Body):
 
 
 class TenantUpdate(Body):
-    weight: float | None = Field(None, gt=0, le=1_000_000)
+    weight: float | None = Field(None, gt=0, le=MAX_WEIGHT)
     concurrency: int | None = Field(None, ge=1, le=MAX_INT)
     reason: Reason
 

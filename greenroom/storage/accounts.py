@@ -12,7 +12,14 @@ from typing import Any
 
 from greenroom.errors import Conflict, InvalidInput, NotFound
 from greenroom.model import ApiKey, Integration, Role, TenantInfo
-from greenroom.rules import MAX_NAME, check_keys, check_name, check_text
+from greenroom.rules import (
+    MAX_INT,
+    MAX_NAME,
+    MAX_UNIX_TIME,
+    check_keys,
+    check_name,
+    check_text,
+)
 from greenroom.storage import ready
 from greenroom.storage.backend import Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
@@ -34,6 +41,8 @@ class Accounts(StoreBase):
     @retry_conflicts
     def create_tenant(self, name: str, *, actor: str) -> TenantInfo:
         """Register a tenant (one that so far only had runs keeps them)."""
+        if name == "*":
+            raise InvalidInput("'*' means every tenant; choose another name")
         check_name(name, "tenant name")
         now = self.clock.now()
         with self.backend.transaction() as tx:
@@ -78,10 +87,10 @@ class Accounts(StoreBase):
         if (tenant is None) != (role is Role.PLATFORM):
             raise InvalidInput("platform keys have no tenant; every other role needs one")
         now = self.clock.now()
-        if expires_at is not None and expires_at <= now:
-            raise InvalidInput("expires_at must be in the future")
-        if rate_limit is not None and rate_limit < 1:
-            raise InvalidInput("rate_limit must be at least 1 request per second")
+        if expires_at is not None and not now < expires_at <= MAX_UNIX_TIME:
+            raise InvalidInput("expires_at must be in the future, and before 2100")
+        if rate_limit is not None and not 1 <= rate_limit <= MAX_INT:
+            raise InvalidInput(f"rate_limit must be from 1 to {MAX_INT} requests per second")
         row = {
             "id": key_id,
             "tenant": tenant,

@@ -15,6 +15,7 @@ from greenroom.rules import (
     MAX_NAME,
     MAX_PAUSE_VALUE,
     MAX_SECONDS,
+    MAX_WEIGHT,
     check_name,
     check_text,
 )
@@ -193,10 +194,10 @@ class Controls(StoreBase):
     ) -> TenantInfo:
         """A tenant's fairness weight and its concurrency limit across all workers (audited)."""
         require_reason(reason)
-        if weight is not None and not (math.isfinite(weight) and weight > 0):
-            raise InvalidInput("weight must be a positive number")
-        if concurrency is not None and concurrency < 1:
-            raise InvalidInput("concurrency must be at least 1")
+        if weight is not None and not 0 < weight <= MAX_WEIGHT:  # NaN too
+            raise InvalidInput(f"weight must be a positive number, at most {MAX_WEIGHT}")
+        if concurrency is not None and not 1 <= concurrency <= MAX_INT:
+            raise InvalidInput(f"concurrency must be from 1 to {MAX_INT}")
         now = self.clock.now()
         with self.backend.transaction() as tx:
             if concurrency is not None or clear_concurrency:
