@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,12 +15,19 @@ from greenroom.connectors import Connector, NoCredentials, NoSettings
 from greenroom.errors import ConfigError, InvalidInput
 from greenroom.model import INTEGRATION_LABEL, NewRun, Run
 from greenroom.retry import RetryPolicy
+from greenroom.rules import (
+    MAX_NAME,
+    MAX_PRIORITY,
+    MAX_SECONDS,
+    MAX_UNIX_TIME,
+    check_keys,
+    check_labels,
+    check_name,
+    check_text,
+)
 from greenroom.settings import Settings, load_settings
 from greenroom.storage import RunStore, open_store
-from greenroom.storage.controls import MAX_NAME
 from greenroom.workflow import Workflow, WorkflowFn
-
-_LABEL_KEY = re.compile(r"[A-Za-z0-9_.:/-]{1,100}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,33 +151,33 @@ class App:
             raise InvalidInput(f"unknown workflow {name!r} (known: {known})") from None
 
     def prepare(self, req: RunRequest) -> NewRun:
-        """Validate a request and render its session key."""
+        """Validate a request (by the rules of greenroom.rules, as the HTTP API does) and
+        render its session key."""
         wf = req.workflow if isinstance(req.workflow, Workflow) else self.get_workflow(req.workflow)
-        if not isinstance(req.input, dict):
-            raise InvalidInput("run input must be a JSON object")
-        if not req.tenant or len(req.tenant) > MAX_NAME:
-            raise InvalidInput("tenant must be 1 to 200 characters")
-        if req.idempotency_key is not None and not 0 < len(req.idempotency_key) <= MAX_NAME:
-            raise InvalidInput("idempotency key must be 1 to 200 characters")
-        for key, value in req.labels.items():
-            if not _LABEL_KEY.fullmatch(str(key)) or len(str(value)) > 500:
-                raise InvalidInput(
-                    f"label {key!r}: keys are 1-100 letters, digits or _.-/: and values at most "
-                    "500 characters"
-                )
+        check_keys(req.input, "run input")
+        check_name(req.tenant, "tenant")
+        if req.idempotency_key is not None:
+            check_text(req.idempotency_key, "idempotency key", max_length=MAX_NAME, min_length=1)
+        if req.priority is not None and not -MAX_PRIORITY <= req.priority <= MAX_PRIORITY:
+            raise InvalidInput(f"priority must be from {-MAX_PRIORITY} to {MAX_PRIORITY}")
         if req.delay is not None and req.start_at is not None:
             raise InvalidInput("give either delay or start_at, not both")
-        if req.delay is not None and req.delay < 0:
+        if req.delay is not None and not req.delay >= 0:  # NaN too
             raise InvalidInput("delay must not be negative")
+        if req.delay is not None and req.delay > MAX_SECONDS:
+            raise InvalidInput(f"delay must be at most {MAX_SECONDS:.0f} seconds (366 days)")
+        if req.start_at is not None and not 0 <= req.start_at <= MAX_UNIX_TIME:  # NaN too
+            raise InvalidInput(
+                f"start_at must be a Unix time from 0 to {MAX_UNIX_TIME:.0f} (the year 2100)"
+            )
         available_at = req.start_at
         if req.delay:
             available_at = self.store.clock.now() + req.delay
         labels = self._labels(wf, req)
+        check_labels(labels)
         session_key = wf.session_key(tenant=req.tenant, input=req.input, labels=labels)
-        if session_key is not None and ("\0" in session_key or len(session_key) > 500):
-            raise InvalidInput(
-                f"session key of workflow {wf.name!r} must be at most 500 characters, without NUL"
-            )
+        if session_key is not None:
+            check_text(session_key, f"session key of workflow {wf.name!r}", max_length=500)
         return NewRun(
             workflow=wf.name,
             input=req.input,
@@ -201,6 +207,7 @@ class App:
 
     def _check_integration(self, wf: Workflow, tenant: str, integration_id: str) -> str:
         """The integration must be the tenant's, active, and for the workflow's connector."""
+        check_text(integration_id, "integration", min_length=1)
         found = self.store.integration(integration_id, tenant=tenant)
         if found.connector != wf.connector:
             raise InvalidInput(

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = Field(
         5.0, ge=0, description="how long a node trusts a verified key (revocation elsewhere)"
     )
+    api_auth_failure_rate: float = Field(
+        1.0, gt=0, description="failed authentications per second per key id and per address"
+    )
+    api_auth_failure_burst: int = Field(
+        20, ge=1, description="failed authentications a key id or an address may make at once"
+    )
 
     @model_validator(mode="after")
     def _heartbeat_fits_lease(self) -> Settings:

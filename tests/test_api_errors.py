@@ -197,9 +197,25 @@ def test_422_names_the_invalid_field(api: ApiSetup) -> None:
             "/v1/runs", content=b'{"workflow": "plain.echo", "delay": Infinity}', headers=_JSON
         )
         assert _fields(inf) == ["body.delay"]
+        # JSON has numbers: 2.0 is the integer 2, as the schema's "integer" says; 2.5 and "2"
+        # are not integers.
+        for priority in (2.5, "2", True):
+            body = {"workflow": "plain.echo", "priority": priority}
+            assert _fields(c.post("/v1/runs", json=body)) == ["body.priority"], priority
+        whole = c.post("/v1/runs", json={"workflow": "plain.echo", "priority": 2.0})
+        assert whole.status_code == 201 and whole.json()["priority"] == 2
     with api.platform() as c:
         huge = c.patch("/v1/tenants/acme", json={"reason": "r", "concurrency": 10**20})
         assert _fields(huge) == ["body.concurrency"]
+        beat = c.patch("/v1/queues/default", json={"reason": "r", "heartbeat_seconds": 1e9})
+        assert _fields(beat) == ["body.heartbeat_seconds"]
+        api.app.enqueue_sync("plain.echo", tenant="acme")  # the queue exists from now on
+        alone = c.patch("/v1/queues/default", json={"reason": "r", "heartbeat_seconds": 5})
+        assert "lease_seconds" in assert_problem(alone, 422)["detail"]
+        c.patch("/v1/queues/default", json={"reason": "r", "lease_seconds": 8})
+        half = c.patch("/v1/queues/default", json={"reason": "r", "heartbeat_seconds": 5})
+        assert "less than half" in assert_problem(half, 422)["detail"]
+        assert c.get("/v1/queues/default").json()["heartbeat_seconds"] is None
 
 
 _JSON = {"content-type": "application/json"}
@@ -261,6 +277,73 @@ def test_429_with_retry_after_for_a_key_over_its_rate(api: ApiSetup) -> None:
         assert c.get("/v1/runs").status_code == 200
     with api.as_("acme", Role.VIEWER) as c:  # other keys keep their own budget
         assert all(c.get("/v1/runs").status_code == 200 for _ in range(5))
+
+
+def test_429_for_failed_authentication_per_key_id_and_address(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wrong secrets for a real key id (once, 1,000 ran at 350 a second, each a lookup): a few
+    are looked up, then they are refused before any lookup, for that key id and from that
+    address; a wrong key tried again is not looked up again; a key this node verified keeps
+    working."""
+    throttled = {"api_auth_failure_burst": 5, "api_auth_failure_rate": 0.05}  # then one in 20 s
+    with api_setup(db_url, api_key_cache_seconds=60, **throttled) as api:
+        store = api.app.store
+        lookups: list[str] = []
+        real_lookup = store.api_key
+        monkeypatch.setattr(
+            store, "api_key", lambda key_id: lookups.append(key_id) or real_lookup(key_id)
+        )
+        real = api.keys["acme"][Role.VIEWER]
+        key_id = real.split(".")[0]
+        with api.client(real) as c:
+            assert c.get("/v1/runs").status_code == 200  # verified: cached by this node
+        lookups.clear()
+        with api.client(None) as attacker:
+
+            def guess(secret: str, key: str = key_id) -> httpx.Response:
+                return attacker.get("/v1/runs", headers={"Authorization": f"Bearer {key}.{secret}"})
+
+            for _ in range(2):  # the same wrong key twice: looked up once
+                assert assert_problem(guess("same"), 401)["detail"] == "invalid API key"
+            assert lookups == [key_id]
+            codes = [guess(f"guess{i}").status_code for i in range(100)]
+            assert codes[:3] == [401] * 3 and codes.count(429) >= 95, codes
+            assert len(lookups) <= 5
+            refused = guess("more")
+            assert "failed authentications" in assert_problem(refused, 429)["detail"]
+            assert 1 <= int(refused.headers["retry-after"]) <= 21
+            # From this address, other key ids are refused too, before any lookup.
+            others = [guess("x", key=f"grk_{i:012d}").status_code for i in range(3)]
+            assert others == [429] * 3 and len(lookups) <= 5
+        with api.client(real) as c:  # verified lately: not held up
+            assert c.get("/v1/runs").status_code == 200
+
+
+def test_a_tenant_admin_grants_at_most_its_own_rate(api: ApiSetup) -> None:
+    """The platform sets each tenant's ceiling with the rate of the admin keys it gives it (the
+    node's default when it gives none); a tenant admin once minted keys of 2**31 - 1."""
+    most = 2**31 - 1
+    with api.platform() as c:
+        capped = c.post(
+            "/v1/keys", json={"name": "a", "role": "admin", "tenant": "acme", "rate_limit": 50}
+        ).json()
+        assert (
+            c.post("/v1/keys", json={**_KEY, "tenant": "acme", "rate_limit": most}).status_code
+            == 201
+        )
+    with api.client(capped["key"]) as c:
+        too_many = c.post("/v1/keys", json={**_KEY, "rate_limit": 51})
+        assert "at most 50" in assert_problem(too_many, 422)["detail"]
+        assert c.post("/v1/keys", json={**_KEY, "rate_limit": 50}).json()["rate_limit"] == 50
+        assert c.post("/v1/keys", json=_KEY).json()["rate_limit"] == 50  # not the default
+    with api.as_("acme", Role.ADMIN) as c:  # no rate of its own: the node's default (10,000)
+        assert_problem(c.post("/v1/keys", json={**_KEY, "rate_limit": most}), 422)
+        assert c.post("/v1/keys", json={**_KEY, "rate_limit": 10_000}).status_code == 201
+        assert c.post("/v1/keys", json=_KEY).json()["rate_limit"] is None
+
+
+_KEY = {"name": "minted", "role": "viewer"}
 
 
 # -- secrets ---------------------------------------------------------------------------------

@@ -118,6 +118,26 @@ def test_heartbeat_must_stay_under_half_the_queue_lease(store: RunStore) -> None
     assert info.heartbeat_seconds == 1.0
 
 
+def test_the_heartbeat_rule_holds_against_the_stored_settings(store: RunStore) -> None:
+    """A heartbeat alone was once accepted whatever its value: the rule was only checked when
+    the same change set the lease."""
+    with pytest.raises(InvalidInput, match="needs the queue's lease_seconds"):
+        store.set_queue("q", actor=ACTOR, reason="tune", heartbeat_seconds=1.0)
+    store.set_queue("q", actor=ACTOR, reason="tune", lease_seconds=4.0)
+    for beat in (2.0, 1e9):
+        with pytest.raises(InvalidInput, match="heartbeat_seconds"):
+            store.set_queue("q", actor=ACTOR, reason="tune", heartbeat_seconds=beat)
+    store.set_queue("q", actor=ACTOR, reason="tune", heartbeat_seconds=1.0)
+    with pytest.raises(InvalidInput, match="needs the queue's lease_seconds"):
+        store.set_queue("q", actor=ACTOR, reason="no lease", lease_seconds=None)
+    cleared = store.set_queue(
+        "q", actor=ACTOR, reason="both", lease_seconds=None, heartbeat_seconds=None
+    )
+    assert cleared.lease_seconds is None and cleared.heartbeat_seconds is None
+    with pytest.raises(InvalidInput, match="lease_seconds must be at most 86400"):
+        store.set_queue("q", actor=ACTOR, reason="tune", lease_seconds=1e308)
+
+
 def test_queue_settings_can_be_cleared_and_need_a_reason(store: RunStore) -> None:
     store.set_queue("q", actor=ACTOR, reason="limit", rate_limit=5, rate_period=60.0)
     with pytest.raises(InvalidInput, match="reason"):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from greenroom.api import problems
-from greenroom.api.auth import KeyCache, RateLimiter
-from greenroom.api.limits import BodyLimit, no_nul
+from greenroom.api import openapi, problems
+from greenroom.api.auth import KeyCache
+from greenroom.api.limits import BodyLimit
 from greenroom.api.routes import accounts, controls, health, integrations, observe, runs
 from greenroom.api.state import ApiState
+from greenroom.api.throttle import FailedAuth, RateLimiter
 from greenroom.app import App
 
 DESCRIPTION = """\
@@ -39,10 +40,12 @@ def create_api(app: App) -> FastAPI:
         app=app,
         limiter=RateLimiter(settings.api_rate_limit, settings.api_rate_burst),
         keys=KeyCache(settings.api_key_cache_seconds),
+        failures=FailedAuth(settings.api_auth_failure_rate, settings.api_auth_failure_burst),
     )
     problems.install(api)
+    openapi.install(api, app)
     api.include_router(health.router)
     for module in (runs, controls, integrations, observe, accounts):
-        api.include_router(module.router, responses=problems.COMMON, dependencies=[Depends(no_nul)])
+        api.include_router(module.router, responses=problems.COMMON)
     api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     return api

@@ -1,5 +1,6 @@
 """Who is calling: the API key from `Authorization: Bearer …`, its tenant and role, and its
-request rate. Every route declares the role it needs; a tenant key only ever sees its tenant."""
+request rate. Every route declares the role it needs; a tenant key only ever sees its tenant.
+Failed authentications are throttled per key id and per client address (api.throttle)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -25,6 +26,8 @@ class Caller:
     #: None for a platform key, which acts on every tenant.
     tenant: str | None
     role: Role
+    #: The requests per second this key may make (its own rate, else the node's default).
+    rate: float = math.inf
 
     @property
     def actor(self) -> str:
@@ -35,6 +38,24 @@ class Caller:
     def platform(self) -> bool:
         return self.tenant is None
 
+    def granted_rate(self, asked: int | None, default: float) -> int | None:
+        """The rate a key this caller creates may have. A tenant admin grants at most its own
+        key's rate, which the platform set (or the node's `default`): the platform sets the
+        ceiling of each tenant with the rate of the admin keys it gives it. None: the node's
+        default rate."""
+        if self.platform:
+            return asked
+        ceiling = max(1, math.floor(self.rate))
+        if asked is None:
+            return None if default <= self.rate else ceiling
+        if asked > ceiling:
+            raise ApiError(
+                422,
+                f"rate_limit may be at most {ceiling} requests per second (the rate of the key"
+                " that grants it; a platform key may grant more)",
+            )
+        return asked
+
     def acting_for(self, tenant: str | None) -> str:
         """The tenant a create acts for: a tenant key's own; a platform key must name one."""
         if self.tenant is None:
@@ -44,33 +65,6 @@ class Caller:
         if tenant is not None and tenant != self.tenant:
             raise ApiError(403, f"this key acts for tenant {self.tenant!r} only")
         return self.tenant
-
-
-class RateLimiter:
-    """A token bucket per key, on this API node: `rate` requests per second, `burst` at once."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key_id: str, rate: float | None = None) -> float:
-        """0 if the request may go ahead, else the seconds until it may. A key with its own
-        rate may burst one second's worth of it."""
-        if rate is None:
-            rate, burst = self.rate, self.burst
-        else:
-            burst = max(1, math.ceil(rate))
-        now = time.monotonic()
-        with self._lock:
-            tokens, at = self._buckets.get(key_id, (float(burst), now))
-            tokens = min(float(burst), tokens + (now - at) * rate)
-            if tokens >= 1:
-                self._buckets[key_id] = (tokens - 1, now)
-                return 0.0
-            self._buckets[key_id] = (tokens, now)
-            return (1 - tokens) / rate
 
 
 class KeyCache:
@@ -117,11 +111,14 @@ def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="greenroom"'})
 
 
-def _lookup(state: ApiState, presented: str) -> ApiKey:
-    key_id = split_key(presented)
+INVALID = "invalid API key"
+UNUSABLE = "API key revoked or expired"
+
+
+def _lookup(state: ApiState, presented: str, key_id: str | None) -> ApiKey | None:
     key = None if key_id is None else state.store.api_key(key_id)
     if key is None or not matches(key, presented):
-        raise _unauthorized("invalid API key")
+        return None
     state.keys.put(presented, key)
     return key
 
@@ -130,15 +127,34 @@ def _lookup(state: ApiState, presented: str) -> ApiKey:
 BEARER = HTTPBearer(auto_error=False, description="an API key: `grk_<id>.<secret>`")
 
 
-async def _authenticate(bearer: HTTPAuthorizationCredentials | None, state: ApiState) -> ApiKey:
+async def _authenticate(
+    bearer: HTTPAuthorizationCredentials | None, state: ApiState, address: str | None
+) -> ApiKey:
+    """The caller's key: verified lately by this node (no lookup), else looked up, unless its
+    key id or the caller's address failed too often lately (429) or it failed itself (401)."""
     if bearer is None:
         raise _unauthorized("send an API key: Authorization: Bearer <key>")
     presented = bearer.credentials
     key = state.keys.get(presented)
+    key_id = split_key(presented)
     if key is None:
-        key = await run_in_threadpool(_lookup, state, presented)
+        wait = state.failures.wait(key_id, address)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "too many failed authentications for this key or from this address",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        why = state.failures.known(presented)
+        if why is None:
+            key = await run_in_threadpool(_lookup, state, presented, key_id)
+        if key is None:
+            why = why or INVALID
+            state.failures.failed(presented, key_id, address, why)
+            raise _unauthorized(why)
     if not key.usable(state.store.clock.now()):
-        raise _unauthorized("API key revoked or expired")
+        state.failures.failed(presented, key_id, address, UNUSABLE)
+        raise _unauthorized(UNUSABLE)
     return key
 
 
@@ -147,10 +163,12 @@ def caller(needed: Role) -> Callable[..., Awaitable[Caller]]:
     not exceeded."""
 
     async def dependency(
+        request: Request,
         state: ApiState = Depends(get_state),
         bearer: HTTPAuthorizationCredentials | None = Depends(BEARER),
     ) -> Caller:
-        key = await _authenticate(bearer, state)
+        address = request.client.host if request.client else None
+        key = await _authenticate(bearer, state, address)
         wait = state.limiter.take(key.id, key.rate_limit)
         if wait > 0:
             raise ApiError(
@@ -160,7 +178,8 @@ def caller(needed: Role) -> Callable[..., Awaitable[Caller]]:
             )
         if not key.role.allows(needed):
             raise ApiError(403, f"this key's role ({key.role}) may not do this (needs {needed})")
-        return Caller(key_id=key.id, tenant=key.tenant, role=key.role)
+        rate = state.limiter.rate if key.rate_limit is None else key.rate_limit
+        return Caller(key_id=key.id, tenant=key.tenant, role=key.role, rate=rate)
 
     return dependency
 

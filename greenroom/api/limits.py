@@ -1,14 +1,11 @@
 """What a request may hold: a body up to a cap (a larger one is refused with 413 before it is
-read into memory), and a path and query without NUL characters (PostgreSQL text cannot hold
-them; request bodies are checked by schemas.Body)."""
+read into memory). What its fields may hold is stated by their types (greenroom.rules)."""
 
 from __future__ import annotations
 
 import json
 from http import HTTPStatus
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -70,16 +67,3 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-def no_nul(request: Request) -> None:
-    """A dependency of every route: 422 for a NUL character in a path or query parameter."""
-    given = [("path", *item) for item in request.path_params.items()]
-    given += [("query", *item) for item in request.query_params.multi_items()]
-    bad = [
-        {"loc": (where, name), "msg": "must not contain NUL characters", "type": "value_error"}
-        for where, name, value in given
-        if "\x00" in str(value)
-    ]
-    if bad:
-        raise RequestValidationError(bad)

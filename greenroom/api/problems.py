@@ -56,6 +56,7 @@ COMMON = responses(
     422,
     429,
     c400="the request body could not be read (JSON must be UTF-8)",
+    c503="the database is unavailable for now: retry after Retry-After seconds",
 )
 
 
@@ -109,29 +110,8 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
-def _document(app: FastAPI) -> None:
-    """Document error responses with the media type they are sent with (FastAPI would say
-    application/json)."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = generate()  # FastAPI keeps it in app.openapi_schema
-        for path in schema["paths"].values():
-            for operation in path.values():
-                for status, response in operation.get("responses", {}).items():
-                    content = response.get("content", {})
-                    if status[0] in "45" and "application/json" in content:
-                        content[MEDIA_TYPE] = content.pop("application/json")
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def install(app: FastAPI) -> None:
     """Turn every error into a problem: greenroom's, HTTP, validation, and unexpected ones."""
-    _document(app)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from greenroom.model import (
     ApiKey,
@@ -23,28 +30,64 @@ from greenroom.model import (
     TenantInfo,
     WorkerInfo,
 )
+from greenroom.rules import (
+    LABEL_FILTER_PATTERN,
+    MAX_INT,
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_PAUSE_VALUE,
+    MAX_PRIORITY,
+    MAX_REASON,
+    MAX_SECONDS,
+    MAX_UNIX_TIME,
+    MAX_WEIGHT,
+    OPTIONAL_LABEL_KEY_PATTERN,
+    JsonObject,
+    Labels,
+    Name,
+    Text,
+    text,
+)
+from greenroom.storage.controls import QUEUE_LIMITS
 
 T = TypeVar("T")
 
-#: The largest count or limit a request may set (the database's integer columns hold 32 bits).
-MAX_INT = 2**31 - 1
-
-Reason = Field(min_length=1, max_length=2000, examples=["vendor outage is over"])
+Reason = Annotated[
+    str, text(MAX_REASON, 1), Field(examples=["vendor outage is over"], description="audited")
+]
+#: A label filter, `key=value`.
+LabelFilter = Annotated[
+    str,
+    StringConstraints(max_length=MAX_LABEL_KEY + 1 + MAX_LABEL_VALUE, pattern=LABEL_FILTER_PATTERN),
+]
+#: The id of a run, an integration or an API key.
+Id = Annotated[str, text(40, 1)]
+#: An id made by the database (pauses, artifacts, audit entries).
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class Body(BaseModel):
     """Request bodies refuse unknown fields (a typo is an error, not silently ignored) and
-    values of another JSON type (no 0.0 for false, no "5" for 5). What they hold must be
-    storable: finite numbers, valid Unicode, and no NUL in text fields (PostgreSQL text cannot
-    hold it)."""
+    values of another JSON type (no 0.0 for false, no "5" for 5; 5.0 is 5). What they hold must be
+    storable: finite numbers and valid Unicode everywhere (text fields also follow
+    greenroom.text's rule, stated in their patterns)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON has numbers, not integers: 5.0 is the integer 5 (as JSON Schema says, so
+        clients and generators may send it), 5.5 is not."""
+        if isinstance(value, float) and value.is_integer() and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is int or int in get_args(annotation):
+                return int(value)
+        return value
 
     @field_validator("*")
     @classmethod
     def _storable(cls, value: Any) -> Any:
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not contain NUL characters")
         try:
             json.dumps(value, ensure_ascii=False, default=str).encode()
         except UnicodeEncodeError:
@@ -62,20 +105,26 @@ class Page(BaseModel, Generic[T]):
 
 
 class RunCreate(Body):
-    workflow: str = Field(min_length=1, max_length=200, examples=["demo.sync_users"])
-    input: dict[str, Any] = Field(
+    workflow: Annotated[str, text(200, 1)] = Field(
+        examples=["demo.sync_users"], description="one of the app's workflows (GET /v1/workflows)"
+    )
+    input: JsonObject = Field(
         default_factory=dict,
         description="the workflow's arguments; never its integration's settings",
         examples=[{"org": "acme"}],
     )
-    integration: str | None = Field(
-        None, max_length=40, description="run for this integration (its credentials, its label)"
+    integration: Id | None = Field(
+        None, description="run for this integration (its credentials, its label)"
     )
-    priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
-    delay: float | None = Field(None, ge=0, le=366 * 86400, description="seconds from now")
-    start_at: float | None = Field(None, ge=0, description="Unix time to start at")
-    labels: dict[str, str] = Field(default_factory=dict, examples=[{"source": "nightly"}])
-    tenant: str | None = Field(None, max_length=200, description="platform keys only")
+    priority: int | None = Field(None, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+    delay: float | None = Field(
+        None, ge=0, le=MAX_SECONDS, description="seconds from now; not with start_at"
+    )
+    start_at: float | None = Field(
+        None, ge=0, le=MAX_UNIX_TIME, description="Unix time to start at; not with delay"
+    )
+    labels: Labels = Field(default_factory=dict, examples=[{"source": "nightly"}])
+    tenant: Name | None = Field(None, description="platform keys only")
 
 
 class RunOut(BaseModel):
@@ -162,31 +211,31 @@ class RunDetail(RunOut):
 
 
 class CancelRequest(Body):
-    reason: str = Reason
+    reason: Reason
 
 
 class RetryRequest(Body):
     from_scratch: bool = Field(False, description="else from the failed step")
-    input: dict[str, Any] | None = Field(None, description="replaces the run's input")
+    input: JsonObject | None = Field(None, description="replaces the run's input")
     force: bool = Field(
         False,
         description="retry a run that was retried already (refused with 409 otherwise);"
         " the audit log records it",
     )
-    reason: str = Reason
+    reason: Reason
 
 
 class BulkRetryRequest(Body):
-    state: list[Literal["failed", "cancelled"]] = ["failed"]
-    workflow: str | None = None
-    queue: str | None = None
-    integration: str | None = None
-    label: str | None = Field(None, description="key=value")
-    error_group: str | None = None
+    state: list[Literal["failed", "cancelled"]] = Field(["failed"], min_length=1, max_length=2)
+    workflow: Text | None = None
+    queue: Text | None = None
+    integration: Id | None = Field(None, description="not with label")
+    label: LabelFilter | None = Field(None, description="key=value; not with integration")
+    error_group: Text | None = None
     from_scratch: bool = False
     dry_run: bool = True
-    reason: str = Reason
-    tenant: str | None = Field(None, description="platform keys: only this tenant's runs")
+    reason: Reason
+    tenant: Name | None = Field(None, description="platform keys: only this tenant's runs")
 
 
 class BulkRetryOut(BaseModel):
@@ -223,40 +272,48 @@ class QueueOut(BaseModel):
         return cls.model_validate(queue, from_attributes=True)
 
 
+def _queue_setting(name: str, description: str | None = None) -> Any:
+    """A queue setting's range, as the store checks it."""
+    _, low, high = QUEUE_LIMITS[name]
+    return Field(None, ge=low, le=high, description=description)
+
+
 class QueueUpdate(Body):
     """Only the fields given change; null clears a limit."""
 
-    concurrency: int | None = Field(None, ge=1, le=MAX_INT)
-    rate_limit: int | None = Field(None, ge=1, le=MAX_INT)
-    rate_period: float | None = Field(None, gt=0)
-    max_attempts: int | None = Field(None, ge=1, le=MAX_INT)
-    retry_initial_delay: float | None = Field(None, ge=0)
-    retry_backoff: float | None = Field(None, ge=1)
-    retry_max_delay: float | None = Field(None, ge=0)
-    lease_seconds: float | None = Field(None, gt=0)
-    heartbeat_seconds: float | None = Field(None, gt=0)
-    max_stalls: int | None = Field(None, ge=1, le=MAX_INT)
-    reason: str = Reason
+    concurrency: int | None = _queue_setting("concurrency")
+    rate_limit: int | None = _queue_setting("rate_limit", "with rate_period")
+    rate_period: float | None = _queue_setting("rate_period", "with rate_limit")
+    max_attempts: int | None = _queue_setting("max_attempts")
+    retry_initial_delay: float | None = _queue_setting("retry_initial_delay")
+    retry_backoff: float | None = _queue_setting("retry_backoff")
+    retry_max_delay: float | None = _queue_setting("retry_max_delay")
+    lease_seconds: float | None = _queue_setting("lease_seconds")
+    heartbeat_seconds: float | None = _queue_setting(
+        "heartbeat_seconds", "less than half of the queue's lease_seconds, which must be set"
+    )
+    max_stalls: int | None = _queue_setting("max_stalls")
+    reason: Reason
 
 
 class QueuePause(Body):
     drain: bool = Field(True, description="false: running runs stop at their next step")
-    reason: str = Reason
+    reason: Reason
 
 
 class QueueResume(Body):
-    reason: str = Reason
+    reason: Reason
 
 
 class PauseCreate(Body):
     scope: Literal["queue", "tenant", "workflow", "session", "label"]
-    value: str = Field(min_length=1, max_length=500)
-    label: str = Field("", max_length=200, description="the label key, for scope=label")
+    value: Annotated[str, text(MAX_PAUSE_VALUE, 1)]
+    label: Annotated[
+        str, StringConstraints(max_length=MAX_LABEL_KEY, pattern=OPTIONAL_LABEL_KEY_PATTERN)
+    ] = Field("", description="the label key: needed for scope=label, else empty")
     drain: bool = True
-    reason: str = Reason
-    tenant: str | None = Field(
-        None, max_length=200, description="platform keys: one tenant, else every tenant"
-    )
+    reason: Reason
+    tenant: Name | None = Field(None, description="platform keys: one tenant, else every tenant")
 
 
 class PauseOut(BaseModel):
@@ -364,23 +421,25 @@ class ConnectorOut(BaseModel):
 
 
 class IntegrationCreate(Body):
-    connector: str = Field(min_length=1, max_length=200, examples=["demo"])
-    name: str = Field(min_length=1, max_length=200, examples=["acme admin console"])
+    connector: Annotated[str, text(200, 1)] = Field(
+        examples=["demo"], description="one of the app's connectors (GET /v1/connectors)"
+    )
+    name: Annotated[str, text(200, 1)] = Field(examples=["acme admin console"])
     credentials: dict[str, Any] = Field(
         description="validated against the connector's credential schema; write-only",
         examples=[{"email": "admin@acme.example", "password": "…"}],
     )
-    settings: dict[str, Any] = Field(
+    settings: JsonObject = Field(
         default_factory=dict,
         description="validated against the connector's settings schema; shown to viewers",
         examples=[{"base_url": "https://acme.example"}],
     )
-    tenant: str | None = Field(None, max_length=200, description="platform keys only")
+    tenant: Name | None = Field(None, description="platform keys only")
 
 
 class IntegrationUpdate(Body):
-    name: str | None = Field(None, min_length=1, max_length=200)
-    settings: dict[str, Any] | None = Field(
+    name: Annotated[str, text(200, 1)] | None = None
+    settings: JsonObject | None = Field(
         None, description="replaces all settings; validated against the connector's schema"
     )
     status: Literal["active", "disabled"] | None = None
@@ -412,13 +471,13 @@ class IntegrationOut(BaseModel):
 
 
 class TenantCreate(Body):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^*\s][^\s]*$")
+    name: Name
 
 
 class TenantUpdate(Body):
-    weight: float | None = Field(None, gt=0, le=1_000_000)
+    weight: float | None = Field(None, gt=0, le=MAX_WEIGHT)
     concurrency: int | None = Field(None, ge=1, le=MAX_INT)
-    reason: str = Reason
+    reason: Reason
 
 
 class TenantOut(BaseModel):
@@ -435,11 +494,18 @@ class TenantOut(BaseModel):
 
 
 class KeyCreate(Body):
-    name: str = Field(min_length=1, max_length=200, examples=["billing sync"])
+    name: Annotated[str, text(200, 1)] = Field(examples=["billing sync"])
     role: Role = Field(examples=[Role.OPERATOR], strict=False)  # from its JSON string
-    expires_at: float | None = Field(None, ge=0, description="Unix time")
-    rate_limit: int | None = Field(None, ge=1, le=MAX_INT, description="requests per second")
-    tenant: str | None = Field(None, max_length=200, description="platform keys only")
+    expires_at: float | None = Field(
+        None, ge=0, le=MAX_UNIX_TIME, description="Unix time, in the future"
+    )
+    rate_limit: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_INT,
+        description="requests per second; a tenant admin grants at most its own key's rate",
+    )
+    tenant: Name | None = Field(None, description="platform keys only")
 
 
 class KeyOut(BaseModel):

@@ -14,7 +14,8 @@ from greenroom.crypto import KeyRing, load_keyring
 from greenroom.storage import RunStore
 
 if TYPE_CHECKING:
-    from greenroom.api.auth import KeyCache, RateLimiter
+    from greenroom.api.auth import KeyCache
+    from greenroom.api.throttle import FailedAuth, RateLimiter
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ApiState:
     app: App
     limiter: RateLimiter
     keys: KeyCache
+    failures: FailedAuth
     _keyring: KeyRing | None = None
     _artifacts: ArtifactStore | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -12,18 +12,27 @@ from typing import Any
 
 from greenroom.errors import Conflict, InvalidInput, NotFound
 from greenroom.model import ApiKey, Integration, Role, TenantInfo
+from greenroom.rules import (
+    MAX_INT,
+    MAX_NAME,
+    MAX_UNIX_TIME,
+    check_keys,
+    check_name,
+    check_text,
+)
 from greenroom.storage import ready
 from greenroom.storage.backend import Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
 from greenroom.storage.codec import dumps, integration_from_row, key_from_row, tenant_from_row
-from greenroom.storage.controls import MAX_NAME
 
 INTEGRATION_STATUSES = ("active", "disabled")
 
 
 def _check_name(name: str, what: str) -> None:
-    if not name or not name.strip() or len(name) > MAX_NAME:
-        raise InvalidInput(f"{what} must be 1 to {MAX_NAME} characters")
+    """A display name (of a key, an integration): text, not only spaces."""
+    check_text(name, what, max_length=MAX_NAME, min_length=1)
+    if not name.strip():
+        raise InvalidInput(f"{what} must not be blank")
 
 
 class Accounts(StoreBase):
@@ -32,9 +41,9 @@ class Accounts(StoreBase):
     @retry_conflicts
     def create_tenant(self, name: str, *, actor: str) -> TenantInfo:
         """Register a tenant (one that so far only had runs keeps them)."""
-        _check_name(name, "tenant name")
         if name == "*":
             raise InvalidInput("'*' means every tenant; choose another name")
+        check_name(name, "tenant name")
         now = self.clock.now()
         with self.backend.transaction() as tx:
             ready.ensure_records(tx, tenants=[name], queues=[], now=now)
@@ -78,10 +87,10 @@ class Accounts(StoreBase):
         if (tenant is None) != (role is Role.PLATFORM):
             raise InvalidInput("platform keys have no tenant; every other role needs one")
         now = self.clock.now()
-        if expires_at is not None and expires_at <= now:
-            raise InvalidInput("expires_at must be in the future")
-        if rate_limit is not None and rate_limit < 1:
-            raise InvalidInput("rate_limit must be at least 1 request per second")
+        if expires_at is not None and not now < expires_at <= MAX_UNIX_TIME:
+            raise InvalidInput("expires_at must be in the future, and before 2100")
+        if rate_limit is not None and not 1 <= rate_limit <= MAX_INT:
+            raise InvalidInput(f"rate_limit must be from 1 to {MAX_INT} requests per second")
         row = {
             "id": key_id,
             "tenant": tenant,
@@ -169,7 +178,7 @@ class Accounts(StoreBase):
             "tenant": tenant,
             "connector": connector,
             "name": name,
-            "settings": dumps(settings, "settings"),
+            "settings": dumps(check_keys(settings, "settings"), "settings"),
             "status": "active",
             "key_id": sealed[0],
             "credentials": sealed[1],
@@ -240,7 +249,7 @@ class Accounts(StoreBase):
                 self._name_free(tx, current.tenant, name)
                 changes["name"] = name
             if settings is not None and settings != current.settings:
-                changes["settings"] = dumps(settings, "settings")
+                changes["settings"] = dumps(check_keys(settings, "settings"), "settings")
             if status is not None:
                 changes["status"] = status
             if sealed is not None:

@@ -126,6 +126,11 @@ class Backend(abc.ABC):
         """Whether the database aborted a transaction for a lock conflict worth retrying."""
         return False
 
+    def is_data_error(self, exc: BaseException) -> bool:
+        """Whether the database refused a statement for data it could not read or take: the
+        same statement fails the same way until that data changes (see storage.repair)."""
+        return False
+
     @abc.abstractmethod
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a failed transaction may succeed if tried again later (a lost connection,

@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 from greenroom.clock import Clock, SystemClock
 from greenroom.errors import InvalidInput, LeaseLost, NotFound
 from greenroom.model import Lease, RunState
+from greenroom.rules import MAX_REASON, check_text
 from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.codec import dumps
@@ -174,7 +175,7 @@ class StoreBase:
             value = getattr(f, column)
             if value is not None:
                 clauses.append(f"{column} = :{column}")
-                params[column] = value
+                params[column] = check_text(value, column, max_length=500)
         if not f.include_superseded:
             clauses.append("superseded_by IS NULL")
         if f.states:
@@ -182,7 +183,8 @@ class StoreBase:
             params["states"] = b.list_param([s.value for s in f.states])
         if f.label is not None:
             clauses.append(b.label_equals("label_key", "label_value"))
-            params["label_key"], params["label_value"] = f.label
+            params["label_key"] = check_text(f.label[0], "label key", min_length=1)
+            params["label_value"] = check_text(f.label[1], "label value", max_length=500)
         for column, op in (
             ("finished_after", ">="),
             ("finished_before", "<"),
@@ -225,3 +227,4 @@ class StoreBase:
 def require_reason(reason: str) -> None:
     if not reason or not reason.strip():
         raise InvalidInput("a reason is required for this action (it goes to the audit log)")
+    check_text(reason, "reason", max_length=MAX_REASON)

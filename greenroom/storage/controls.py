@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState, TenantInfo
+from greenroom.rules import (
+    LABEL_KEY_PATTERN,
+    MAX_INT,
+    MAX_LABEL_KEY,
+    MAX_NAME,
+    MAX_PAUSE_VALUE,
+    MAX_SECONDS,
+    MAX_WEIGHT,
+    check_name,
+    check_text,
+)
 from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Row, Tx
 from greenroom.storage.base import (
@@ -18,45 +30,51 @@ from greenroom.storage.base import (
 )
 from greenroom.storage.codec import pause_from_row, tenant_from_row
 
-# Settable queue fields and what each accepts.
-_QUEUE_FIELDS: dict[str, tuple[type, float, str]] = {
-    "concurrency": (int, 1, "at least 1"),
-    "rate_limit": (int, 1, "at least 1"),
-    "rate_period": (float, 0.001, "positive"),
-    "max_attempts": (int, 1, "at least 1"),
-    "retry_initial_delay": (float, 0, "at least 0"),
-    "retry_backoff": (float, 1, "at least 1"),
-    "retry_max_delay": (float, 0, "at least 0"),
-    "lease_seconds": (float, 0.001, "positive"),
-    "heartbeat_seconds": (float, 0.001, "positive"),
-    "max_stalls": (int, 1, "at least 1"),
+#: Settable queue fields: the type and the range of values each accepts.
+QUEUE_LIMITS: dict[str, tuple[type, float, float]] = {
+    "concurrency": (int, 1, MAX_INT),
+    "rate_limit": (int, 1, MAX_INT),
+    "rate_period": (float, 0.001, MAX_SECONDS),
+    "max_attempts": (int, 1, MAX_INT),
+    "retry_initial_delay": (float, 0, MAX_SECONDS),
+    "retry_backoff": (float, 1, 1000),
+    "retry_max_delay": (float, 0, MAX_SECONDS),
+    "lease_seconds": (float, 0.001, 86400),
+    "heartbeat_seconds": (float, 0.001, 43200),
+    "max_stalls": (int, 1, MAX_INT),
 }
-MAX_NAME = 200
 
 
 def validate_queue_changes(current: Row, changes: dict[str, Any]) -> dict[str, Any]:
-    """Checked, normalized queue changes; None clears a field. Errors name the field."""
+    """Checked, normalized queue changes; None clears a field. Errors name the field. The
+    rules that tie fields together hold for the settings the queue has after the change."""
     clean: dict[str, Any] = {}
     for name, value in changes.items():
-        if name not in _QUEUE_FIELDS:
+        if name not in QUEUE_LIMITS:
             raise InvalidInput(f"unknown queue setting {name!r}")
-        kind, minimum, words = _QUEUE_FIELDS[name]
+        kind, minimum, maximum = QUEUE_LIMITS[name]
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidInput(f"{name} must be a number")
             if kind is int and value != int(value):
                 raise InvalidInput(f"{name} must be a whole number")
             if not math.isfinite(value) or value < minimum:
-                raise InvalidInput(f"{name} must be {words}")
+                raise InvalidInput(f"{name} must be at least {minimum:.12g}")
+            if value > maximum:
+                raise InvalidInput(f"{name} must be at most {maximum:.12g}")
             value = kind(value)
         clean[name] = value
-    merged = {**{k: current.get(k) for k in _QUEUE_FIELDS}, **clean}
+    merged = {**{k: current.get(k) for k in QUEUE_LIMITS}, **clean}
     if (merged["rate_limit"] is None) != (merged["rate_period"] is None):
         raise InvalidInput("rate_limit and rate_period go together: set both or neither")
     lease, beat = merged["lease_seconds"], merged["heartbeat_seconds"]
+    if beat is not None and lease is None:
+        raise InvalidInput(
+            "heartbeat_seconds needs the queue's lease_seconds: set both (or clear both)"
+        )
     if lease is not None and beat is not None and beat >= lease / 2:
         raise InvalidInput(
-            f"heartbeat_seconds ({beat}) must be less than half of lease_seconds ({lease})"
+            f"heartbeat_seconds ({beat:g}) must be less than half of lease_seconds ({lease:g})"
         )
     return clean
 
@@ -64,7 +82,7 @@ def validate_queue_changes(current: Row, changes: dict[str, Any]) -> dict[str, A
 def _queue_info(row: Row, counts: dict[str, int], finished: int, paused: bool) -> QueueInfo:
     return QueueInfo(
         name=row["name"],
-        **{k: row[k] for k in _QUEUE_FIELDS},
+        **{k: row[k] for k in QUEUE_LIMITS},
         counts=counts,
         finished_last_minute=finished,
         paused=paused,
@@ -127,8 +145,7 @@ class Controls(StoreBase):
     def set_queue(self, name: str, *, actor: str, reason: str, **changes: Any) -> QueueInfo:
         """Change a queue's limits, retry defaults or lock tuning at run time (audited)."""
         require_reason(reason)
-        if not 0 < len(name) <= MAX_NAME:
-            raise InvalidInput("queue name must be 1 to 200 characters")
+        check_text(name, "queue name", max_length=MAX_NAME, min_length=1)
         now = self.clock.now()
         with self.backend.transaction() as tx:
             if "concurrency" in changes:
@@ -178,10 +195,10 @@ class Controls(StoreBase):
     ) -> TenantInfo:
         """A tenant's fairness weight and its concurrency limit across all workers (audited)."""
         require_reason(reason)
-        if weight is not None and not (math.isfinite(weight) and weight > 0):
-            raise InvalidInput("weight must be a positive number")
-        if concurrency is not None and concurrency < 1:
-            raise InvalidInput("concurrency must be at least 1")
+        if weight is not None and not 0 < weight <= MAX_WEIGHT:  # NaN too
+            raise InvalidInput(f"weight must be a positive number, at most {MAX_WEIGHT}")
+        if concurrency is not None and not 1 <= concurrency <= MAX_INT:
+            raise InvalidInput(f"concurrency must be from 1 to {MAX_INT}")
         now = self.clock.now()
         with self.backend.transaction() as tx:
             if concurrency is not None or clear_concurrency:
@@ -235,6 +252,7 @@ class Controls(StoreBase):
         at their next step. Pausing what is already paused returns the existing pause."""
         require_reason(reason)
         wanted = _new_pause(scope, value, label, tenant, drain, actor, reason)
+        _check_pause(wanted)
         now = self.clock.now()
         b = self.backend
         with b.transaction() as tx:
@@ -373,8 +391,8 @@ def _new_pause(
     except ValueError:
         choices = ", ".join(s.value for s in PauseScope)
         raise InvalidInput(f"unknown pause scope {scope!r} (one of: {choices})") from None
-    if not value or len(value) > 500:
-        raise InvalidInput("what to pause must be 1 to 500 characters")
+    if not value or len(value) > MAX_PAUSE_VALUE:
+        raise InvalidInput(f"what to pause must be 1 to {MAX_PAUSE_VALUE} characters")
     if kind is PauseScope.LABEL and not label:
         raise InvalidInput("a label pause needs the label's key")
     return Pause(
@@ -386,6 +404,20 @@ def _new_pause(
         paused_by=actor,
         reason=reason,
     )
+
+
+def _check_pause(pause: Pause) -> None:
+    """What a new pause holds is text that follows the rules (lifting one does not check: a
+    pause made before they held can still be lifted)."""
+    check_text(pause.value, "what to pause", max_length=MAX_PAUSE_VALUE, min_length=1)
+    if pause.scope is PauseScope.LABEL and (
+        len(pause.label) > MAX_LABEL_KEY or not re.match(LABEL_KEY_PATTERN, pause.label)
+    ):
+        raise InvalidInput(
+            f"the label key of a pause must be 1 to {MAX_LABEL_KEY} letters, digits or _.:/-"
+        )
+    if pause.tenant != ALL_TENANTS:
+        check_name(pause.tenant)
 
 
 def _lock_running(tx: Tx, b: Backend, kind: str, name: str) -> None:

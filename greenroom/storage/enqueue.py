@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from greenroom.model import NewRun, RunState
+from greenroom.rules import check_keys, check_labels
 from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.base import ROWS_CHUNK, event_params, insert_events
@@ -185,8 +186,9 @@ def _new_row(new: NewRun, now: float) -> dict[str, Any]:
         "session_key": new.session_key,
         "state": (RunState.DELAYED if available > now else RunState.QUEUED).value,
         "priority": new.priority,
-        "input": dumps(new.input, "run input"),
-        "labels": dumps(new.labels, "labels"),
+        "input": dumps(check_keys(new.input, "run input"), "run input"),
+        # Labels are read as JSON by the database: what it could not read never gets in.
+        "labels": dumps(check_labels(new.labels), "labels"),
         "idempotency_key": new.idempotency_key,
         "max_attempts": new.max_attempts,  # None: the queue's default, else 1
         "timeout": new.timeout,

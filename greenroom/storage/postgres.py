@@ -279,6 +279,10 @@ class PostgresBackend(Backend):
             exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
         )
 
+    def is_data_error(self, exc: BaseException) -> bool:
+        # SQLSTATE class 22 (data exception): "unsupported Unicode escape sequence" and kin.
+        return isinstance(exc, psycopg.DataError)
+
     def is_transient(self, exc: BaseException) -> bool:
         # Lost connections, restarts, lock conflicts, waiting too long for a connection.
         return isinstance(exc, psycopg.OperationalError)

@@ -44,6 +44,7 @@ from greenroom.storage.codec import (
 )
 from greenroom.storage.controls import Controls
 from greenroom.storage.enqueue import insert_runs, insert_runs_at_once
+from greenroom.storage.repair import Repair
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.writes import Checkpoint, End, Written
 
@@ -73,9 +74,9 @@ class Recovery:
     next_due: float | None = None
 
 
-class RunStore(Controls, Admin, Sessions, Accounts):
+class RunStore(Controls, Admin, Sessions, Accounts, Repair):
     """Runs from enqueue to their end, workers, and (from its parts) queue controls, admin,
-    browser sessions and accounts."""
+    browser sessions, accounts and the repair of runs stored before the rules held."""
 
     # -- enqueue ---------------------------------------------------------------------------
 

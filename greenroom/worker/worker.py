@@ -80,6 +80,8 @@ class WorkerStats:
     lost: int = 0
     recovered: int = 0
     paused: int = 0
+    #: Runs failed (or repaired) because the database could not read their labels.
+    quarantined: int = 0
 
 
 class Worker:
@@ -231,6 +233,8 @@ class Worker:
                         self.store.claim, self.id, self.queues, free, self.settings.lease_seconds
                     )
                 except Exception as exc:
+                    if await self._quarantine(exc):
+                        continue  # the runs that failed it are out of the way: claim again
                     self.log.warning("claim failed", error=str(exc))
                     leases = []
                 for lease in leases:
@@ -243,6 +247,28 @@ class Worker:
                 continue
             if not got:
                 await self._wait_wake(idle_wait)
+
+    async def _quarantine(self, exc: Exception) -> bool:
+        """After a claim failed on data the database could not read (a run stored before the
+        rules held), quarantine such runs so that they stop no one's claims; whether any was."""
+        if not self.store.backend.is_data_error(exc):
+            return False
+        try:
+            found = await self._db(self.store.quarantine_unreadable)
+        except Exception as repair_exc:
+            self.log.error("quarantine failed", error=str(repair_exc), claim_error=str(exc))
+            return False
+        for q in found:
+            self.log.error(
+                "run quarantined",
+                run_id=q.run_id,
+                tenant=q.tenant,
+                state=q.state.value,
+                reason=q.reason,
+                claim_error=str(exc),
+            )
+        self.stats.quarantined += len(found)
+        return bool(found)
 
     async def _wait_wake(self, timeout: float | None) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())

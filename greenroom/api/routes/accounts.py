@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from greenroom.api.auth import Admin, Caller, Platform, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.keys import create_key
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.routes.runs import scope
 from greenroom.api.schemas import (
+    Id,
     KeyCreate,
     KeyCreated,
     KeyOut,
@@ -21,8 +23,9 @@ from greenroom.api.schemas import (
 from greenroom.api.state import ApiState, get_state
 from greenroom.errors import NotFound
 from greenroom.model import Role
+from greenroom.rules import Name
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 NOT_FOUND = responses(404)
 
@@ -44,7 +47,7 @@ def create_tenant(body: TenantCreate, state: State, who: Caller = Platform) -> T
 
 
 @router.get("/tenants/{name}", response_model=TenantOut, responses=NOT_FOUND, tags=["tenants"])
-def get_tenant(name: str, state: State, who: Caller = Viewer) -> TenantOut:
+def get_tenant(name: Name, state: State, who: Caller = Viewer) -> TenantOut:
     """A tenant key reads its own tenant; a platform key any."""
     if who.tenant is not None and name != who.tenant:
         raise NotFound(f"tenant {name} not found")
@@ -52,7 +55,9 @@ def get_tenant(name: str, state: State, who: Caller = Viewer) -> TenantOut:
 
 
 @router.patch("/tenants/{name}", response_model=TenantOut, responses=NOT_FOUND, tags=["tenants"])
-def update_tenant(name: str, body: TenantUpdate, state: State, who: Caller = Platform) -> TenantOut:
+def update_tenant(
+    name: Name, body: TenantUpdate, state: State, who: Caller = Platform
+) -> TenantOut:
     """Fairness weight and concurrency limit (null clears the limit)."""
     state.store.tenant(name)
     given = body.model_dump(exclude_unset=True)
@@ -68,7 +73,11 @@ def update_tenant(name: str, body: TenantUpdate, state: State, who: Caller = Pla
 
 
 @router.get("/keys", response_model=list[KeyOut], tags=["keys"])
-def list_keys(state: State, who: Caller = Admin, tenant: str | None = None) -> list[KeyOut]:
+def list_keys(
+    state: State,
+    who: Caller = Admin,
+    tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
+) -> list[KeyOut]:
     """Keys (never their secrets): a tenant admin sees its tenant's, a platform key all."""
     return [KeyOut.of(k) for k in state.store.api_keys(tenant=scope(who, tenant))]
 
@@ -97,13 +106,13 @@ def create_api_key(body: KeyCreate, state: State, who: Caller = Admin) -> KeyCre
         name=body.name,
         actor=who.actor,
         expires_at=body.expires_at,
-        rate_limit=body.rate_limit,
+        rate_limit=who.granted_rate(body.rate_limit, state.limiter.rate),
     )
     return KeyCreated(**KeyOut.of(key).model_dump(), key=secret)
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut, responses=NOT_FOUND, tags=["keys"])
-def revoke_api_key(key_id: str, state: State, who: Caller = Admin) -> KeyOut:
+def revoke_api_key(key_id: Id, state: State, who: Caller = Admin) -> KeyOut:
     """Revoke a key: it is refused from the next request on."""
     revoked = state.store.revoke_api_key(key_id, actor=who.actor, tenant=who.tenant)
     state.keys.forget(key_id)

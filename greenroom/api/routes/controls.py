@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from greenroom.api.auth import Caller, Operator, Platform, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.routes.runs import scope
 from greenroom.api.schemas import (
@@ -21,13 +22,17 @@ from greenroom.api.schemas import (
     QueueResume,
     QueueUpdate,
     ResumeOut,
+    RowId,
 )
 from greenroom.api.state import ApiState, get_state
 from greenroom.model import ALL_TENANTS, PauseScope
+from greenroom.rules import Name, text
 
-router = APIRouter(prefix="/v1", tags=["queues and pauses"])
+router = APIRouter(prefix="/v1", tags=["queues and pauses"], route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 NOT_FOUND = responses(404)
+QueueName = Annotated[str, text(200, 1)]
+TenantQuery = Annotated[Name | None, Query(description="platform keys: count one tenant")]
 
 
 def _pause_tenant(who: Caller, tenant: str | None) -> str:
@@ -41,7 +46,7 @@ def _pause_tenant(who: Caller, tenant: str | None) -> str:
 def list_queues(
     state: State,
     who: Caller = Viewer,
-    tenant: Annotated[str | None, Query(description="platform keys: count one tenant")] = None,
+    tenant: TenantQuery = None,
 ) -> list[QueueOut]:
     """Every queue: its settings, runs by state (the caller's tenant's), throughput, pause."""
     return [QueueOut.of(q) for q in state.store.queues(tenant=scope(who, tenant))]
@@ -49,16 +54,18 @@ def list_queues(
 
 @router.get("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)
 def get_queue(
-    name: str,
+    name: QueueName,
     state: State,
     who: Caller = Viewer,
-    tenant: Annotated[str | None, Query(description="platform keys: count one tenant")] = None,
+    tenant: TenantQuery = None,
 ) -> QueueOut:
     return QueueOut.of(state.store.queue(name, tenant=scope(who, tenant)))
 
 
 @router.patch("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)
-def update_queue(name: str, body: QueueUpdate, state: State, who: Caller = Platform) -> QueueOut:
+def update_queue(
+    name: QueueName, body: QueueUpdate, state: State, who: Caller = Platform
+) -> QueueOut:
     """Change a queue's limits, retry defaults or lock tuning, at run time (audited)."""
     state.store.queue(name)  # settings are for queues that exist
     changes = body.model_dump(exclude_unset=True, exclude={"reason"})
@@ -67,7 +74,9 @@ def update_queue(name: str, body: QueueUpdate, state: State, who: Caller = Platf
 
 
 @router.post("/queues/{name}/pause", response_model=PauseOut, responses=NOT_FOUND)
-def pause_queue(name: str, body: QueuePause, state: State, who: Caller = Operator) -> PauseOut:
+def pause_queue(
+    name: QueueName, body: QueuePause, state: State, who: Caller = Operator
+) -> PauseOut:
     state.store.queue(name)
     pause = state.store.pause(
         PauseScope.QUEUE,
@@ -81,7 +90,9 @@ def pause_queue(name: str, body: QueuePause, state: State, who: Caller = Operato
 
 
 @router.post("/queues/{name}/resume", response_model=ResumeOut, responses=NOT_FOUND)
-def resume_queue(name: str, body: QueueResume, state: State, who: Caller = Operator) -> ResumeOut:
+def resume_queue(
+    name: QueueName, body: QueueResume, state: State, who: Caller = Operator
+) -> ResumeOut:
     resumed = state.store.resume(
         PauseScope.QUEUE,
         name,
@@ -118,7 +129,7 @@ def create_pause(body: PauseCreate, state: State, who: Caller = Operator) -> Pau
 
 @router.post("/pauses/{pause_id}/resume", response_model=ResumeOut, responses=NOT_FOUND)
 def resume_pause(
-    pause_id: int, body: QueueResume, state: State, who: Caller = Operator
+    pause_id: RowId, body: QueueResume, state: State, who: Caller = Operator
 ) -> ResumeOut:
     """Lift a pause: the runs it held (and no other pause holds) go back in their order."""
     for pause in state.store.pauses(tenant=who.tenant):

@@ -9,11 +9,13 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from greenroom import integrations
 from greenroom.api.auth import Admin, Caller, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.problems import responses
 from greenroom.api.routes.runs import scope
 from greenroom.api.schemas import (
     ConnectorOut,
     CredentialsIn,
+    Id,
     IntegrationCreate,
     IntegrationOut,
     IntegrationUpdate,
@@ -22,8 +24,9 @@ from greenroom.api.schemas import (
 from greenroom.api.state import ApiState, get_state
 from greenroom.connectors import Connector
 from greenroom.errors import InvalidInput
+from greenroom.rules import Name, Text
 
-router = APIRouter(prefix="/v1", tags=["integrations"])
+router = APIRouter(prefix="/v1", tags=["integrations"], route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 NOT_FOUND = responses(c404="no such integration (or another tenant's)")
 NAME_TAKEN = responses(c409="the tenant has an integration by this name")
@@ -64,8 +67,8 @@ def list_workflows(state: State, who: Caller = Viewer) -> list[WorkflowOut]:
 def list_integrations(
     state: State,
     who: Caller = Viewer,
-    connector: str | None = None,
-    tenant: Annotated[str | None, Query(description="platform keys: one tenant")] = None,
+    connector: Text | None = None,
+    tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
 ) -> list[IntegrationOut]:
     found = state.store.integrations(tenant=scope(who, tenant), connector=connector)
     return [IntegrationOut.of(i) for i in found]
@@ -96,7 +99,7 @@ def create_integration(
 
 
 @router.get("/integrations/{integration_id}", response_model=IntegrationOut, responses=NOT_FOUND)
-def get_integration(integration_id: str, state: State, who: Caller = Viewer) -> IntegrationOut:
+def get_integration(integration_id: Id, state: State, who: Caller = Viewer) -> IntegrationOut:
     return IntegrationOut.of(state.store.integration(integration_id, tenant=who.tenant))
 
 
@@ -106,7 +109,7 @@ def get_integration(integration_id: str, state: State, who: Caller = Viewer) -> 
     responses={**NOT_FOUND, **NAME_TAKEN},
 )
 def update_integration(
-    integration_id: str, body: IntegrationUpdate, state: State, who: Caller = Admin
+    integration_id: Id, body: IntegrationUpdate, state: State, who: Caller = Admin
 ) -> IntegrationOut:
     """Rename, replace the settings (validated against the connector's schema; audited with
     what they were), or disable (new runs for it are refused; running ones fail when they open
@@ -130,7 +133,7 @@ def update_integration(
     responses=NOT_FOUND,
 )
 def replace_credentials(
-    integration_id: str, body: CredentialsIn, state: State, who: Caller = Admin
+    integration_id: Id, body: CredentialsIn, state: State, who: Caller = Admin
 ) -> IntegrationOut:
     """Rotate credentials: runs that open them from now on get the new ones."""
     current = state.store.integration(integration_id, tenant=who.tenant)
@@ -151,6 +154,6 @@ def replace_credentials(
     response_class=Response,
     responses=NOT_FOUND,
 )
-def delete_integration(integration_id: str, state: State, who: Caller = Admin) -> Response:
+def delete_integration(integration_id: Id, state: State, who: Caller = Admin) -> Response:
     state.store.delete_integration(integration_id, actor=who.actor, tenant=who.tenant)
     return Response(status_code=204)

@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from greenroom.api.auth import Caller, Platform, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.routes.runs import scope
 from greenroom.api.schemas import AuditOut, ErrorGroupOut, Page, WorkerOut
 from greenroom.api.state import ApiState, get_state
-from greenroom.errors import InvalidInput
+from greenroom.rules import Name
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 
 
@@ -20,7 +21,7 @@ State = Annotated[ApiState, Depends(get_state)]
 def list_error_groups(
     state: State,
     who: Caller = Viewer,
-    tenant: Annotated[str | None, Query(description="platform keys: one tenant")] = None,
+    tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[ErrorGroupOut]:
     """Failures grouped by fingerprint (error type, step, normalized message), latest first."""
@@ -32,16 +33,15 @@ def list_error_groups(
 def audit_log(
     state: State,
     who: Caller = Viewer,
-    tenant: Annotated[str | None, Query(description="platform keys: one tenant")] = None,
-    cursor: str | None = None,
+    tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Page[AuditOut]:
     """Admin actions, newest first: who, when, what, why."""
-    before = None
-    if cursor is not None:
-        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
-            raise InvalidInput("invalid cursor: pass next_cursor from the previous page")
-        before = int(cursor)
+    before = None if cursor is None else int(cursor)
     entries = state.store.audit_log(tenant=scope(who, tenant), limit=limit + 1, before_id=before)
     more = len(entries) > limit
     entries = entries[:limit]

@@ -12,9 +12,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from greenroom.api.auth import Caller, Operator, Viewer
+from greenroom.api.database import DatabaseRoute
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.schemas import (
     ArtifactOut,
@@ -22,8 +23,11 @@ from greenroom.api.schemas import (
     BulkRetryRequest,
     CancelRequest,
     EventOut,
+    Id,
+    LabelFilter,
     Page,
     RetryRequest,
+    RowId,
     RunCreate,
     RunDetail,
     RunOut,
@@ -33,9 +37,10 @@ from greenroom.api.state import ApiState, get_state
 from greenroom.app import RunRequest
 from greenroom.errors import InvalidInput
 from greenroom.model import INTEGRATION_LABEL, RunState
+from greenroom.rules import MAX_NAME, Name, Text, text
 from greenroom.storage import RunFilter
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
 NOT_FOUND = responses(c404="no such run (or another tenant's)")
 
@@ -58,14 +63,15 @@ def scope(who: Caller, tenant: str | None) -> str | None:
 
 
 def label_filter(integration: str | None, label: str | None) -> tuple[str, str] | None:
-    """The label a listing filters on: an integration's, or a `key=value` given as is."""
+    """The label a listing filters on: an integration's, or a `key=value` (its pattern is
+    checked by the schema; the value is everything after the first `=`)."""
     if integration is not None:
+        if label is not None:
+            raise InvalidInput("filter by integration or by label, not both")
         return INTEGRATION_LABEL, integration
     if label is None:
         return None
-    key, sep, value = label.partition("=")
-    if not sep or not key:
-        raise InvalidInput(f"label filter must look like key=value, got {label!r}")
+    key, _, value = label.partition("=")
     return key, value
 
 
@@ -73,6 +79,10 @@ def label_filter(integration: str | None, label: str | None) -> tuple[str, str] 
 Moment = Annotated[
     Annotated[float, Field(allow_inf_nan=False)] | datetime | None,
     Query(description="ISO 8601 (UTC if it has no offset) or Unix time"),
+]
+#: A page cursor: base64url, as next_cursor gives it.
+Cursor = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")
 ]
 
 
@@ -114,7 +124,10 @@ def create_run(
     body: RunCreate,
     state: State,
     who: Caller = Operator,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    idempotency_key: Annotated[
+        Annotated[str, text(MAX_NAME, 1)] | None,
+        Header(description="the same key and body answer the same run"),
+    ] = None,
 ) -> Response:
     """Start a run. With an Idempotency-Key, repeating the same request returns the same run."""
     tenant = who.acting_for(body.tenant)
@@ -145,24 +158,24 @@ def create_run(
 def list_runs(
     state: State,
     who: Caller = Viewer,
-    run_state: Annotated[list[RunState] | None, Query(alias="state")] = None,
-    workflow: str | None = None,
-    queue: str | None = None,
-    integration: str | None = None,
-    label: Annotated[str | None, Query(description="key=value")] = None,
-    error_group: str | None = None,
+    run_state: Annotated[list[RunState] | None, Query(alias="state", max_length=7)] = None,
+    workflow: Text | None = None,
+    queue: Text | None = None,
+    integration: Annotated[Id | None, Query(description="not with label")] = None,
+    label: Annotated[
+        LabelFilter | None, Query(description="key=value; not with integration")
+    ] = None,
+    error_group: Text | None = None,
     created_after: Moment = None,
     created_before: Moment = None,
-    tenant: Annotated[str | None, Query(description="platform keys: one tenant")] = None,
+    tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
     include_superseded: Annotated[
         bool, Query(description="also failed or cancelled runs that were retried")
     ] = False,
-    cursor: str | None = None,
+    cursor: Annotated[Cursor | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Page[RunOut]:
     """Runs, newest first, a page at a time."""
-    if integration is not None and label is not None:
-        raise InvalidInput("filter by integration or by label, not both")
     f = RunFilter(
         tenant=scope(who, tenant),
         states=run_state or (),
@@ -186,7 +199,7 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
-def get_run(run_id: str, state: State, who: Caller = Viewer) -> RunDetail:
+def get_run(run_id: Id, state: State, who: Caller = Viewer) -> RunDetail:
     """A run with its steps, its timeline and its diagnostic artifacts."""
     found = state.store.run_detail(run_id, tenant=who.tenant)
     return RunDetail(
@@ -198,7 +211,7 @@ def get_run(run_id: str, state: State, who: Caller = Viewer) -> RunDetail:
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, responses=NOT_FOUND)
-def cancel_run(run_id: str, body: CancelRequest, state: State, who: Caller = Operator) -> RunOut:
+def cancel_run(run_id: Id, body: CancelRequest, state: State, who: Caller = Operator) -> RunOut:
     """Cancel a run: at once if it waits, at its next await if it runs."""
     run = state.store.cancel(run_id, actor=who.actor, reason=body.reason, tenant=who.tenant)
     return RunOut.of(run)
@@ -210,7 +223,7 @@ def cancel_run(run_id: str, body: CancelRequest, state: State, who: Caller = Ope
     response_model=RunOut,
     responses={**NOT_FOUND, **responses(c409="the run was retried already: retry its retry")},
 )
-def retry_run(run_id: str, body: RetryRequest, state: State, who: Caller = Operator) -> RunOut:
+def retry_run(run_id: Id, body: RetryRequest, state: State, who: Caller = Operator) -> RunOut:
     """A new run for a failed or cancelled one: from its failed step (its completed steps are
     kept) or from scratch, optionally with new input. A run retried already is refused (409,
     naming its retry) unless `force`."""
@@ -264,7 +277,7 @@ def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> 
     },
 )
 def download_artifact(
-    run_id: str, artifact_id: int, state: State, who: Caller = Viewer
+    run_id: Id, artifact_id: RowId, state: State, who: Caller = Viewer
 ) -> Response:
     """One diagnostic file of a run: screenshot, page HTML, console log or Playwright trace."""
     run = state.store.get_run(run_id, tenant=who.tenant)

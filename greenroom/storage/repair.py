@@ -1,0 +1,116 @@
+"""Runs stored before greenroom.rules held, whose labels the database cannot read.
+
+PostgreSQL's JSON functions refuse a NUL (`\\u0000`) or a lone surrogate in a document, so a
+query that reads such a run's labels as JSON fails as a whole: a label filter, a label pause,
+and the claim of every worker while a label pause exists (the claim checks the runs it leases
+against the pauses). The store no longer takes such labels; this repairs runs stored before.
+A caller that meets a data error (a claim, an API request) quarantines them and tries again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from greenroom.model import RunState
+from greenroom.storage import ready
+from greenroom.storage.base import StoreBase, retry_conflicts
+from greenroom.storage.codec import dumps
+
+#: States in which a run waits to start: a quarantined one is failed rather than started.
+_WAITING = (RunState.QUEUED, RunState.DELAYED, RunState.PAUSED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quarantined:
+    run_id: str
+    tenant: str
+    #: The run's state before; waiting runs are now failed, the others keep theirs.
+    state: RunState
+    #: Why, as the run's timeline says.
+    reason: str
+
+
+def _unreadable(text: str) -> bool:
+    """What the database's JSON functions cannot read: a NUL or a lone surrogate."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+class Repair(StoreBase):
+    @retry_conflicts
+    def quarantine_unreadable(self) -> list[Quarantined]:
+        """Find runs whose labels the database cannot read; remove those labels (the original
+        ones are kept in the run's timeline) and fail the runs that wait to start, with a
+        reason that says so. The runs repaired; none when there are none."""
+        b = self.backend
+        now = self.clock.now()
+        out: list[Quarantined] = []
+        with b.transaction() as tx:
+            # Such labels are stored as JSON escapes (the encoder escapes all non-ASCII text).
+            found = tx.execute(
+                "SELECT seq, tenant, session_key, labels FROM runs"
+                " WHERE labels LIKE :escape ESCAPE '!' ORDER BY seq",
+                {"escape": "%\\u%"},
+            )
+            bad = [r for r in found if _bad_keys(json.loads(r["labels"]))]
+            if not bad:
+                return []
+            ready.lock_lanes(tx, b, bad)  # lock order: lanes, then runs
+            rows = tx.execute(
+                f"SELECT * FROM runs WHERE {b.member('seq', 'seqs')} ORDER BY seq {b.for_update}",
+                {"seqs": b.list_param([r["seq"] for r in bad])},
+            )
+            left_ready = []
+            for row in rows:
+                labels: dict[str, Any] = json.loads(row["labels"])
+                keys = _bad_keys(labels)
+                if not keys:
+                    continue
+                state = RunState(row["state"])
+                reason = (
+                    f"quarantined: labels {', '.join(keys)} hold text the database cannot read"
+                    " (NUL or invalid Unicode); they were removed, the original labels are in"
+                    " this event's detail"
+                )
+                kept = dumps({k: v for k, v in labels.items() if repr(k) not in keys})
+                params = {"labels": kept, "now": now, "seq": row["seq"]}
+                new_state = state
+                if state in _WAITING:
+                    new_state = RunState.FAILED
+                    error = {"type": "UnreadableLabels", "message": reason, "class": "permanent"}
+                    tx.execute(
+                        "UPDATE runs SET labels = :labels, state = 'failed', error = :error,"
+                        " finished_at = :now, updated_at = :now WHERE seq = :seq",
+                        {**params, "error": dumps(error)},
+                    )
+                else:
+                    tx.execute(
+                        "UPDATE runs SET labels = :labels, updated_at = :now WHERE seq = :seq",
+                        params,
+                    )
+                self._event(
+                    tx, row["id"], new_state, reason, at=now, detail={"labels": row["labels"]}
+                )
+                if state is RunState.QUEUED:
+                    left_ready.append(row)
+                out.append(
+                    Quarantined(run_id=row["id"], tenant=row["tenant"], state=state, reason=reason)
+                )
+            ready.leave_ready(tx, left_ready)
+        return out
+
+
+def _bad_keys(labels: dict[str, Any]) -> list[str]:
+    """The keys (as repr, which shows what is wrong) of labels the database cannot read."""
+    return [
+        repr(k)
+        for k, v in labels.items()
+        if _unreadable(str(k)) or (isinstance(v, str) and _unreadable(v))
+    ]
