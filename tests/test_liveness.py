@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import random
 import shutil
 import signal
@@ -325,14 +326,24 @@ async def test_a_run_whose_heartbeats_are_held_up_stops_before_its_lease_expires
     try:
         async with worker_running(app, concurrency=1):
             await asyncio.wait_for(started.wait(), 10)
-            locked = runs_locked(db_url, run.id)
-            expires = await asyncio.to_thread(locked.__enter__)
+            taken: queue.Queue[float] = queue.Queue()
+            release = threading.Event()
+
+            def hold() -> None:  # one thread: a SQLite connection stays in its own
+                with runs_locked(db_url, run.id) as expires:
+                    taken.put(expires)
+                    release.wait(10)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
             try:
+                expires = await asyncio.to_thread(taken.get, True, 10)
                 deadline = time.monotonic() + 5
                 while not stopped and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
             finally:
-                await asyncio.to_thread(locked.__exit__, None, None, None)
+                release.set()
+                await asyncio.to_thread(holder.join)
             assert stopped, "the run went on with its lease expired"
             assert stopped[0] < expires
             reason = "released: its lease expires before a heartbeat renewed it"
