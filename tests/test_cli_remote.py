@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,3 +169,40 @@ def test_remote_mode_errors_are_one_line(
     db = f"sqlite:///{tmp_path}/g.db"
     assert cli(capsys, "--db", db, "db", "upgrade")[0] == 0
     assert cli(capsys, "runs", "list", "--db", db)[1].strip() == "no runs"
+
+
+async def test_json_output_is_the_apis_locally_and_remotely(
+    api: ApiSetup, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--json` prints the API's shapes, the same on a database and through the API."""
+    acme, platform = remote(api, "acme"), remote(api, None)
+    [failed] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.fail")[1])
+    [echo] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.echo", "--input", '{"value": 7}')[1])
+    async with worker_running(api.app):
+        await wait_for_states(api.app.store, [failed, echo])
+    capsys.readouterr()  # the worker's log
+    assert cli(capsys, *acme, "pause", "--queue", "slow", "--reason", "upgrade")[0] == 0
+
+    def both(*argv: str) -> Any:
+        code, local, err = cli(capsys, "--db", db_url, *argv, "--json")
+        assert code == 0, err
+        code, through_api, err = cli(capsys, *platform, *argv, "--json")
+        assert code == 0, err
+        assert json.loads(local) == json.loads(through_api)
+        return json.loads(local)
+
+    runs = both("runs", "list")
+    assert [r["id"] for r in runs] == [echo, failed]
+    assert runs[0]["output"] == 7 and runs[1]["state"] == "failed"
+    detail = both("runs", "show", failed[:8])
+    assert detail["id"] == failed and detail["error"]["type"] == "RuntimeError"
+    assert [e["state"] for e in detail["timeline"]][-1] == "failed"
+    assert both("runs", "list", "--state", "failed")[0]["id"] == failed
+    [group] = both("errors")
+    assert group["last_run_id"] == failed and group["open"] == 1
+    [pause] = both("pauses")
+    assert (pause["scope"], pause["value"], pause["tenant"]) == ("queue", "slow", "acme")
+    assert [q["name"] for q in both("queues")] == ["default"]
+    assert any(e["action"] == "pause" for e in both("audit"))
+    assert len(both("workers", "--all")) == 1
+    assert both("runs", "list", "--state", "queued") == []

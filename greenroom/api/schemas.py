@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -49,6 +49,9 @@ from greenroom.rules import (
     text,
 )
 from greenroom.storage.controls import QUEUE_LIMITS
+
+if TYPE_CHECKING:
+    from greenroom.storage.store import RunDetail as StoredRunDetail
 
 T = TypeVar("T")
 
@@ -208,6 +211,15 @@ class RunDetail(RunOut):
     steps: list[StepOut]
     timeline: list[EventOut]
     artifacts: list[ArtifactOut]
+
+    @classmethod
+    def of(cls, detail: StoredRunDetail) -> RunDetail:  # type: ignore[override]
+        return cls(
+            **RunOut.of(detail.run).model_dump(),
+            steps=[StepOut.of(s) for s in detail.steps],
+            timeline=[EventOut.of(e) for e in detail.events],
+            artifacts=[ArtifactOut.of(a) for a in detail.artifacts],
+        )
 
 
 class CancelRequest(Body):

@@ -13,18 +13,19 @@ server through its API when given --url (or $GREENROOM_URL): see `remote_client`
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from typer._click.core import ParameterSource
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -88,6 +89,13 @@ KeyOpt = Annotated[
         envvar="GREENROOM_API_KEY",
         help="API key for --url (prefer $GREENROOM_API_KEY: options show in process lists).",
         show_default=False,
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print JSON instead of a table: the API's shapes, for scripts (… --json | jq).",
     ),
 ]
 
@@ -159,6 +167,19 @@ def remote_client(
     from greenroom.client import Client
 
     return Client(str(url), str(key))
+
+
+def print_json(found: object, of: Callable[[Any], BaseModel]) -> None:
+    """Print a list (or one item) as one JSON document in the API's shapes: items from the API
+    are printed as they came, local ones converted with `of` (a schema's `.of`), so that local
+    and --url output are the same."""
+
+    def shape(item: object) -> Any:
+        return (item if isinstance(item, BaseModel) else of(item)).model_dump(mode="json")
+
+    data = [shape(i) for i in found] if isinstance(found, Sequence) else shape(found)
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def db_url(ctx: typer.Context, db: str | None) -> str:

@@ -5,21 +5,24 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from greenroom.api.schemas import PauseOut, QueueOut
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
+    JsonOpt,
     ReasonOpt,
     cli,
     db_url,
     default_actor,
     existing_store,
     out,
+    print_json,
     remote_client,
 )
 from greenroom.cli.display import ago, number
@@ -27,9 +30,6 @@ from greenroom.cli.parse import parse_label, parse_rate_limit, parse_setting
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState
 from greenroom.storage import RunFilter
-
-if TYPE_CHECKING:
-    from greenroom.api.schemas import PauseOut, QueueOut
 
 queues_cli = typer.Typer(help="Queues: runs by state, limits; `queues set` changes them.")
 tenants_cli = typer.Typer(help="Tenants: fairness weight and limits; `tenants set` changes them.")
@@ -54,6 +54,7 @@ COUNTED = (
 def queues(
     ctx: typer.Context,
     tenant: Annotated[str | None, typer.Option(help="Count only this tenant's runs.")] = None,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List queues: runs by state, paused or not, limits and runs finished in the last minute."""
@@ -67,6 +68,9 @@ def queues(
     else:
         with existing_store(db_url(ctx, db)) as store:
             found = store.queues(tenant=tenant)
+    if json_out:
+        print_json(found, QueueOut.of)
+        return
     if not found:
         out.print("no queues")
         return
@@ -285,6 +289,7 @@ def resume(
 def pauses(
     ctx: typer.Context,
     tenant: Annotated[str | None, typer.Option(help="Pauses that hold this tenant's runs.")] = None,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List pauses in force: scope, what, tenant, drain, who, when and why."""
@@ -298,6 +303,9 @@ def pauses(
         with existing_store(db_url(ctx, db)) as store:
             found = store.pauses(tenant=tenant)
             now = store.clock.now()
+    if json_out:
+        print_json(found, PauseOut.of)
+        return
     if not found:
         out.print("no pauses")
         return

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from greenroom.api.schemas import RunOut, WorkerOut
 from greenroom.app import RunRequest
 from greenroom.cli import (
     AppOpt,
     DbOpt,
+    JsonOpt,
     cli,
     configure,
     db_url,
@@ -22,6 +24,7 @@ from greenroom.cli import (
     given_db,
     load_app,
     out,
+    print_json,
     quiet_driver_logs,
     redact,
     remote_client,
@@ -31,9 +34,6 @@ from greenroom.cli.parse import parse_input, parse_labels, split_list
 from greenroom.errors import InvalidInput
 from greenroom.model import Run, WorkerInfo
 from greenroom.storage import open_backend
-
-if TYPE_CHECKING:
-    from greenroom.api.schemas import RunOut, WorkerOut
 
 db_cli = typer.Typer(no_args_is_help=True, help="Manage the database schema.")
 cli.add_typer(db_cli, name="db")
@@ -168,6 +168,7 @@ def enqueue(
 def workers(
     ctx: typer.Context,
     all: Annotated[bool, typer.Option("--all", help="Include stopped and dead workers.")] = False,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List workers: id, host, pid, state, last heartbeat and the runs they hold."""
@@ -181,6 +182,9 @@ def workers(
         with existing_store(db_url(ctx, db)) as store:
             found = store.workers(include_gone=all)
             now = store.clock.now()
+    if json_out:
+        print_json(found, WorkerOut.of)
+        return
     if not found:
         out.print("no workers" if all else "no live workers (--all shows stopped ones)")
         return

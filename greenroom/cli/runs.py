@@ -11,15 +11,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from greenroom.api.schemas import RunDetail, RunOut
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
+    JsonOpt,
     ReasonOpt,
     cli,
     db_url,
     default_actor,
     existing_store,
     out,
+    print_json,
     remote_client,
 )
 from greenroom.cli.display import ago, seconds, short_json, state_text, when
@@ -39,7 +42,7 @@ from greenroom.storage import RunFilter
 from greenroom.storage.admin import BulkRetry
 
 if TYPE_CHECKING:
-    from greenroom.api.schemas import ArtifactOut, BulkRetryOut, EventOut, RunOut, StepOut
+    from greenroom.api.schemas import ArtifactOut, BulkRetryOut, EventOut, StepOut
     from greenroom.client import Client
 
 runs_cli = typer.Typer(no_args_is_help=True, help="List, inspect, cancel, retry and prune runs.")
@@ -64,11 +67,19 @@ def runs_list(
         bool,
         typer.Option("--include-superseded", help="Also failed runs that were retried."),
     ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="Created since: a duration ago (12h) or an ISO time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Created before: a duration ago or an ISO time.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List runs, newest first (failed runs that were retried are left out: their retries
     stand for them)."""
+    asked = time.time()
     f = RunFilter(
         tenant=tenant,
         states=parse_states(state),
@@ -78,6 +89,8 @@ def runs_list(
         error_group=error_group,
         limit=limit,
         include_superseded=include_superseded,
+        created_after=None if since is None else parse_time(since, "--since", asked),
+        created_before=None if until is None else parse_time(until, "--until", asked),
     )
     found: Sequence[Run | RunOut]
     gr = remote_client(ctx, db)
@@ -92,6 +105,8 @@ def runs_list(
                 error_group=error_group,
                 tenant=tenant,
                 include_superseded=include_superseded,
+                created_after=f.created_after,
+                created_before=f.created_before,
             )
             found = list(islice(pages, limit))
         now = time.time()
@@ -99,6 +114,9 @@ def runs_list(
         with existing_store(db_url(ctx, db)) as store:
             found = store.list_runs(f)
             now = store.clock.now()
+    if json_out:
+        print_json(found, RunOut.of)
+        return
     if not found:
         out.print("no runs")
         return
@@ -124,9 +142,11 @@ def runs_show(
     run_id: Annotated[
         str, typer.Argument(metavar="ID", help="Run id, or a unique prefix of 8+ characters.")
     ],
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
-    """Show a run: its fields, timeline, steps, error and failure artifacts."""
+    """Show a run: its fields, timeline, steps, error and failure artifacts (--json: all of
+    it, output and error whole, as the API's RunDetail)."""
     run: Run | RunOut
     steps: Sequence[StepRecord | StepOut]
     events: Sequence[RunEvent | EventOut]
@@ -135,6 +155,9 @@ def runs_show(
     if gr is not None:
         with gr:
             run = detail = gr.get_run(run_id)
+        if json_out:
+            print_json(detail, RunDetail.of)
+            return
         steps, events = detail.steps, detail.timeline
         path = f"/v1/runs/{run.id}/artifacts"
         artifacts = [(a, f"{path}/{a.id}") for a in detail.artifacts]
@@ -142,10 +165,11 @@ def runs_show(
     else:
         url = db_url(ctx, db)
         with existing_store(url) as store:
-            run = store.get_run(run_id)  # the id may be a prefix: go on with the whole one
-            steps = store.steps(run.id)
-            events = store.events(run.id)
-            found = store.artifacts(run.id)
+            stored = store.run_detail(run_id)  # the id may be a prefix
+        if json_out:
+            print_json(stored, RunDetail.of)
+            return
+        run, steps, events, found = stored.run, stored.steps, stored.events, stored.artifacts
         artifacts = [(a, a.location) for a in found]
         where = local_artifacts(url) if found else ""
     show_fields(run)

@@ -18,11 +18,9 @@ from greenroom.api.auth import Caller, Operator, Viewer
 from greenroom.api.database import DatabaseRoute
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.schemas import (
-    ArtifactOut,
     BulkRetryOut,
     BulkRetryRequest,
     CancelRequest,
-    EventOut,
     Id,
     LabelFilter,
     Page,
@@ -31,7 +29,6 @@ from greenroom.api.schemas import (
     RunCreate,
     RunDetail,
     RunOut,
-    StepOut,
 )
 from greenroom.api.state import ApiState, get_state
 from greenroom.app import RunRequest
@@ -201,13 +198,7 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
 def get_run(run_id: Id, state: State, who: Caller = Viewer) -> RunDetail:
     """A run with its steps, its timeline and its diagnostic artifacts."""
-    found = state.store.run_detail(run_id, tenant=who.tenant)
-    return RunDetail(
-        **RunOut.of(found.run).model_dump(),
-        steps=[StepOut.of(s) for s in found.steps],
-        timeline=[EventOut.of(e) for e in found.events],
-        artifacts=[ArtifactOut.of(a) for a in found.artifacts],
-    )
+    return RunDetail.of(state.store.run_detail(run_id, tenant=who.tenant))
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, responses=NOT_FOUND)
