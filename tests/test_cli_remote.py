@@ -144,7 +144,8 @@ def test_remote_mode_errors_are_one_line(
         (("enqueue", "plain.echo", "--priority", "2000000"), "priority: Input should be less"),
         (("enqueue", "nope"), "unknown workflow 'nope'"),
         (("runs", "prune", "--older-than", "1d"), "`greenroom runs prune` has no remote mode"),
-        (("queues", "set", "default", "--concurrency", "2", "--reason", "x"), "no remote mode"),
+        (("secrets", "reseal"), "`greenroom secrets reseal` has no remote mode"),
+        (("queues", "set", "default", "--concurrency", "2", "--reason", "x"), "may not do this"),
         (("runs", "retry", "--where", "--since", "1h", "--reason", "x"), "--since is not"),
         (("runs", "cancel", "x", "--reason", "x", "--actor", "me"), "--actor is not available"),
         (("runs", "list", "--db", f"sqlite:///{tmp_path}/g.db"), "give --url or --db, not both"),
@@ -206,3 +207,75 @@ async def test_json_output_is_the_apis_locally_and_remotely(
     assert any(e["action"] == "pause" for e in both("audit"))
     assert len(both("workers", "--all")) == 1
     assert both("runs", "list", "--state", "queued") == []
+
+
+def test_tenants_keys_and_integrations_through_the_api(
+    api: ApiSetup,
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    platform, admin = remote(api, None), remote(api, "acme", Role.ADMIN)
+    code, out, err = cli(capsys, *platform, "tenants", "create", "initech")
+    assert code == 0, err
+    assert "tenant initech registered" in out
+    tune = (*platform, "tenants", "set", "initech", "--reason", "big customer")
+    code, out, err = cli(capsys, *tune, "--weight", "3", "--concurrency", "2")
+    assert (code, out.strip()) == (0, "tenant initech: weight 3, concurrency 2"), err
+    code, out, _ = cli(capsys, *tune, "--concurrency", "none")
+    assert out.strip() == "tenant initech: weight 3, concurrency -"
+    code, out, _ = cli(capsys, *platform, "tenants")
+    assert code == 0 and row(out, "initech", "3", "-", "0", "0")
+    assert_one_line_error(*cli(capsys, *admin, "tenants")[::2], "may not do this")
+    assert cli(capsys, *remote(api, "acme"), "enqueue", "plain.echo")[0] == 0
+    code, out, err = cli(
+        capsys, *platform, "queues", "set", "default", "--concurrency", "4", "--reason", "x"
+    )
+    assert code == 0 and out.startswith("queue default: concurrency 4"), err
+
+    code, out, err = cli(capsys, *admin, "keys", "create", "--role", "viewer", "--name", "dash")
+    assert code == 0 and "created viewer key grk_" in err and "(dash) for tenant acme" in err
+    secret = out.strip()
+    viewer = ("--url", api.url, "--key", secret)
+    assert cli(capsys, *viewer, "runs", "list")[0] == 0
+    [key_id] = re.findall(r"grk_[0-9a-f]+", err)
+    code, out, _ = cli(capsys, *admin, "keys", "list")
+    assert code == 0 and row(out, key_id, "acme", "viewer", "dash", "active")
+    local = cli(capsys, "--db", db_url, "keys", "list", "--tenant", "acme", "--json")[1]
+    assert json.loads(cli(capsys, *admin, "keys", "list", "--json")[1]) == json.loads(local)
+    code, out, _ = cli(capsys, *admin, "keys", "revoke", key_id)
+    assert (code, out.strip()) == (
+        0,
+        f"revoked viewer key {key_id} (dash) for tenant acme, never expires",
+    )
+    assert "was already revoked" in cli(capsys, *admin, "keys", "revoke", key_id)[1]
+    assert_one_line_error(*cli(capsys, *viewer, "runs", "list")[::2], "API key")
+
+    from greenroom.api.schemas import IntegrationCreate
+    from greenroom.client import Client
+
+    with Client(api.url, api.keys["acme"][Role.ADMIN]) as gr:
+        credentials = {"username": "u", "password": "p"}
+        made = gr.create_integration(
+            IntegrationCreate(connector="crm", name="acme crm", credentials=credentials)
+        )
+    code, out, err = cli(capsys, *admin, "integrations", "list")
+    assert code == 0 and row(out, made.id, "acme", "crm", "acme crm", "active"), err
+    code, out, err = cli(capsys, *admin, "integrations", "show", made.id)
+    assert code == 0 and "acme crm" in out and '"region": "eu"' in out, err
+    local = cli(capsys, "--db", db_url, "integrations", "show", made.id, "--json")[1]
+    shown = json.loads(cli(capsys, *admin, "integrations", "show", made.id, "--json")[1])
+    assert shown == json.loads(local) and shown["settings"] == {"region": "eu", "console": None}
+    local = cli(capsys, "--db", db_url, "integrations", "list", "--json")[1]
+    assert json.loads(cli(capsys, *platform, "integrations", "list", "--json")[1]) == json.loads(
+        local
+    )
+    missing = cli(capsys, *remote(api, "globex", Role.ADMIN), "integrations", "show", made.id)
+    assert_one_line_error(*missing[::2], "not found")
+
+    # $GREENROOM_URL is enough: no misleading "no database".
+    monkeypatch.setenv("GREENROOM_URL", api.url)
+    monkeypatch.setenv("GREENROOM_API_KEY", api.platform_key)
+    code, out, err = cli(capsys, "tenants", "--json")
+    assert code == 0, err
+    assert {"acme", "globex", "initech"} <= {t["name"] for t in json.loads(out)}

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.api.schemas import PauseOut, QueueOut
+from greenroom.api.schemas import PauseOut, QueueOut, QueueUpdate, TenantOut, TenantUpdate
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
@@ -28,7 +28,7 @@ from greenroom.cli import (
 from greenroom.cli.display import ago, number
 from greenroom.cli.parse import parse_label, parse_rate_limit, parse_setting
 from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState
+from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState, TenantInfo
 from greenroom.storage import RunFilter
 
 queues_cli = typer.Typer(help="Queues: runs by state, limits; `queues set` changes them.")
@@ -142,8 +142,14 @@ def queues_set(
         changes["rate_limit"], changes["rate_period"] = rate or (None, None)
     if not changes:
         raise InvalidInput("nothing to change: give at least one setting (see --help)")
-    with existing_store(db_url(ctx, db)) as store:
-        q = store.set_queue(name, actor=actor or default_actor(), reason=reason, **changes)
+    q: QueueInfo | QueueOut
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if gr is not None:
+        with gr:  # the API changes queues that exist only
+            q = gr.update_queue(name, QueueUpdate.model_validate({**changes, "reason": reason}))
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            q = store.set_queue(name, actor=actor or default_actor(), reason=reason, **changes)
     settings = {
         "concurrency": number(q.concurrency),
         "rate limit": rate_text(q),
@@ -361,17 +367,26 @@ def find_pause(
 
 
 @tenants_cli.callback(invoke_without_command=True)
-def tenants(ctx: typer.Context, db: DbOpt = None) -> None:
+def tenants(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """List tenants: fairness weight, concurrency limit, runs running and ready."""
     if ctx.invoked_subcommand is not None:
         return
-    with existing_store(db_url(ctx, db)) as store:
-        found = store.tenants()
-        # Running runs are few (at most the workers' slots): count them rather than trust the
-        # per-tenant counter, which is only kept for tenants with a limit.
-        running = Counter(
-            r.tenant for r in store.list_runs(RunFilter(states=[RunState.RUNNING], limit=1_000_000))
-        )
+    # Running runs are few (at most the workers' slots): count them rather than trust the
+    # per-tenant counter, which is only kept for tenants with a limit.
+    found: Sequence[TenantInfo | TenantOut]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            found = gr.tenants()
+            running = Counter(r.tenant for r in gr.iter_runs(state=["running"], page_size=500))
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            found = store.tenants()
+            everything = RunFilter(states=[RunState.RUNNING], limit=1_000_000)
+            running = Counter(r.tenant for r in store.list_runs(everything))
+    if json_out:
+        print_json(found, TenantOut.of)
+        return
     if not found:
         out.print("no tenants")
         return
@@ -407,15 +422,26 @@ def tenants_set(
         raise InvalidInput(f"--concurrency must be a whole number or none, got {concurrency!r}")
     if weight is None and concurrency is None:
         raise InvalidInput("nothing to change: give --weight or --concurrency")
-    with existing_store(db_url(ctx, db)) as store:
-        t = store.set_tenant(
-            name,
-            actor=actor or default_actor(),
-            reason=reason,
-            weight=weight,
-            concurrency=limit,
-            clear_concurrency=concurrency is not None and limit is None,
-        )
+    t: TenantInfo | TenantOut
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if gr is not None:
+        given: dict[str, Any] = {"reason": reason}
+        if weight is not None:
+            given["weight"] = weight
+        if concurrency is not None:
+            given["concurrency"] = limit  # None clears the limit
+        with gr:
+            t = gr.update_tenant(name, TenantUpdate.model_validate(given))
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            t = store.set_tenant(
+                name,
+                actor=actor or default_actor(),
+                reason=reason,
+                weight=weight,
+                concurrency=limit,
+                clear_concurrency=concurrency is not None and limit is None,
+            )
     out.print(
         f"tenant {escape(t.name)}: weight {number(t.weight)}, concurrency {number(t.concurrency)}"
     )
