@@ -6,11 +6,13 @@ import json
 import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from greenroom.client import Client
 from greenroom.model import Role, RunState
 from tests.api_helpers import ApiSetup
 from tests.helpers import wait_for_states, worker_running
@@ -146,7 +148,6 @@ def test_remote_mode_errors_are_one_line(
         (("runs", "prune", "--older-than", "1d"), "`greenroom runs prune` has no remote mode"),
         (("secrets", "reseal"), "`greenroom secrets reseal` has no remote mode"),
         (("queues", "set", "default", "--concurrency", "2", "--reason", "x"), "may not do this"),
-        (("runs", "retry", "--where", "--since", "1h", "--reason", "x"), "--since is not"),
         (("runs", "cancel", "x", "--reason", "x", "--actor", "me"), "--actor is not available"),
         (("runs", "list", "--db", f"sqlite:///{tmp_path}/g.db"), "give --url or --db, not both"),
     ]
@@ -208,6 +209,19 @@ async def test_json_output_is_the_apis_locally_and_remotely(
     assert len(both("workers", "--all")) == 1
     assert both("runs", "list", "--state", "queued") == []
 
+    # --since/--until: runs created (list) or finished (retry) then, on a database or a server.
+    assert both("runs", "list", "--since", "1h") == runs
+    assert both("runs", "list", "--until", "1h") == []
+    retry = ("runs", "retry", "--where", "--dry-run", "--reason", "again")
+    for where in (("--db", db_url), platform):
+        code, out, err = cli(capsys, *where, *retry, "--since", "1h")
+        assert code == 0 and "dry run: 1 runs would be retried" in out, err
+        assert "no runs match" in cli(capsys, *where, *retry, "--until", "1h")[1]
+    with Client(api.url, api.platform_key) as gr:
+        finished = gr.list_runs(finished_after=time.time() - 3600).items
+        assert [r.id for r in finished] == [echo, failed]
+        assert gr.list_runs(finished_before=time.time() - 3600).items == []
+
 
 def test_tenants_keys_and_integrations_through_the_api(
     api: ApiSetup,
@@ -252,7 +266,6 @@ def test_tenants_keys_and_integrations_through_the_api(
     assert_one_line_error(*cli(capsys, *viewer, "runs", "list")[::2], "API key")
 
     from greenroom.api.schemas import IntegrationCreate
-    from greenroom.client import Client
 
     with Client(api.url, api.keys["acme"][Role.ADMIN]) as gr:
         credentials = {"username": "u", "password": "p"}

@@ -244,6 +244,12 @@ class BulkRetryRequest(Body):
     integration: Id | None = Field(None, description="not with label")
     label: LabelFilter | None = Field(None, description="key=value; not with integration")
     error_group: Text | None = None
+    finished_after: float | None = Field(
+        None, ge=0, le=MAX_UNIX_TIME, description="Unix time: runs that finished at or after it"
+    )
+    finished_before: float | None = Field(
+        None, ge=0, le=MAX_UNIX_TIME, description="Unix time: runs that finished before it"
+    )
     from_scratch: bool = False
     dry_run: bool = True
     reason: Reason

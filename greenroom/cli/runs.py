@@ -378,7 +378,10 @@ def runs_retry(
         raise InvalidInput("--input applies to one run (ID), not to --where")
     if run_id is None and force:
         raise InvalidInput("--force applies to one run (ID): --where never retries a run twice")
-    gr = remote_client(ctx, db, {"--since": since, "--until": until, "--actor": actor})
+    now = time.time()
+    finished_after = None if since is None else parse_time(since, "--since", now)
+    finished_before = None if until is None else parse_time(until, "--until", now)
+    gr = remote_client(ctx, db, {"--actor": actor})
     if gr is not None:
         from greenroom.api.schemas import BulkRetryRequest
 
@@ -392,6 +395,8 @@ def runs_retry(
                 "queue": queue,
                 "label": None if label is None else "=".join(parse_label(label)),
                 "error_group": error_group,
+                "finished_after": finished_after,
+                "finished_before": finished_before,
                 "from_scratch": from_scratch,
                 "dry_run": dry_run,
                 "reason": reason,
@@ -417,7 +422,6 @@ def runs_retry(
         say_retried(new.id, new.retry_of, old, kept, from_scratch, new_input is not None)
         return
     else:
-        now = time.time()
         f = RunFilter(
             tenant=tenant,
             workflow=workflow,
@@ -425,8 +429,8 @@ def runs_retry(
             label=None if label is None else parse_label(label),
             error_group=error_group,
             states=parse_states(state),
-            finished_after=None if since is None else parse_time(since, "--since", now),
-            finished_before=None if until is None else parse_time(until, "--until", now),
+            finished_after=finished_after,
+            finished_before=finished_before,
         )
         with existing_store(db_url(ctx, db)) as store:
             result = store.retry_where(

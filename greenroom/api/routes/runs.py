@@ -165,6 +165,8 @@ def list_runs(
     error_group: Text | None = None,
     created_after: Moment = None,
     created_before: Moment = None,
+    finished_after: Moment = None,
+    finished_before: Moment = None,
     tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
     include_superseded: Annotated[
         bool, Query(description="also failed or cancelled runs that were retried")
@@ -182,6 +184,8 @@ def list_runs(
         error_group=error_group,
         created_after=None if created_after is None else unix_time(created_after),
         created_before=None if created_before is None else unix_time(created_before),
+        finished_after=None if finished_after is None else unix_time(finished_after),
+        finished_before=None if finished_before is None else unix_time(finished_before),
         before_seq=None if cursor is None else decode_cursor(cursor),
         limit=limit + 1,
         include_superseded=include_superseded,
@@ -241,6 +245,8 @@ def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> 
         queue=body.queue,
         label=label_filter(body.integration, body.label),
         error_group=body.error_group,
+        finished_after=body.finished_after,
+        finished_before=body.finished_before,
     )
     done = state.store.retry_where(
         f,
