@@ -100,11 +100,11 @@ async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFi
     cli(capsys, *acme, "enqueue", "plain.echo")
     code, out, err = cli(capsys, *acme, "pause", "--queue", "default", "--reason", "upgrade")
     assert code == 0, err
-    assert "paused queue default (tenant acme): waiting runs are held, running runs finish" in out
+    assert "paused queue default (tenant acme): 1 waiting runs held, running runs finish" in out
     code, out, _ = cli(capsys, *acme, "pause", "--queue", "default", "--reason", "again")
-    assert "already paused by key:grk_" in out and "upgrade" in out
+    assert "already paused by key:grk_" in out and "upgrade (1 runs held)" in out
     code, out, _ = cli(capsys, *acme, "pauses")
-    assert row(out, "queue", "default", "acme", "yes", "key:grk_")
+    assert row(out, "queue", "default", "acme", "1", "yes", "key:grk_")
     code, out, _ = cli(capsys, *acme, "queues")
     assert row(out, "default", "0", "1", "0", "0", "0", "0", "0", "yes")
     code, out, _ = cli(capsys, *platform, "queues", "--tenant", "globex")
@@ -118,7 +118,7 @@ async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFi
 
     label = ("--label", "org=o1", "--reason", "vendor down")
     code, out, _ = cli(capsys, *platform, "pause", *label, "--no-drain")
-    assert "paused label org=o1: waiting runs are held, running runs stop" in out
+    assert "paused label org=o1: 0 waiting runs held, running runs stop" in out
     code, _, err = cli(capsys, *acme, "resume", *label)
     assert_one_line_error(code, err, "a platform pause is lifted by a platform key")
     assert cli(capsys, *platform, "resume", *label)[1].strip().startswith("resumed label org=o1")
@@ -129,6 +129,15 @@ async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFi
     assert row(out, worker.id) and row(out, str(os.getpid()), "alive")
     code, _, err = cli(capsys, *remote(api, "acme", Role.ADMIN), "workers")
     assert_one_line_error(code, err, "may not do this (needs platform)")
+
+    code, out, err = cli(capsys, *platform, "pause", "--tenant", "initech", "--reason", "early")
+    assert (code, err.strip()) == (
+        0,
+        "warning: there is no tenant 'initech' (yet): the pause holds its runs when they come",
+    )
+    assert "paused tenant initech: 0 waiting runs held" in out
+    code, out, err = cli(capsys, *acme, "pause", "--queue", "nope", "--reason", "typo")
+    assert "there is no queue 'nope'" in err and ": 0 waiting runs held" in out
 
 
 def test_remote_mode_errors_are_one_line(

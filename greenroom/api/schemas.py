@@ -345,6 +345,7 @@ class PauseOut(BaseModel):
     paused_by: str
     reason: str
     created_at: float
+    held: int = Field(0, description="runs it holds now (waiting for it to be lifted)")
 
     @classmethod
     def of(cls, pause: Pause) -> PauseOut:
@@ -358,6 +359,7 @@ class PauseOut(BaseModel):
             paused_by=pause.paused_by,
             reason=pause.reason,
             created_at=pause.created_at,
+            held=pause.held,
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +20,7 @@ from greenroom.cli import (
     cli,
     db_url,
     default_actor,
+    err,
     existing_store,
     out,
     print_json,
@@ -221,7 +222,9 @@ def pause(
     actor: ActorOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Hold every run of a queue, tenant, workflow, session or label that has not started."""
+    """Hold every run of a queue, tenant, workflow, session or label that has not started (a
+    pause may be set before its runs arrive: one on a tenant, queue or integration that does
+    not exist yet is set, with a warning)."""
     scope, value, key = pause_target(queue, tenant, workflow, session, label)
     gr = remote_client(ctx, db, {"--actor": actor})
     if gr is not None:
@@ -229,6 +232,9 @@ def pause(
 
         wanted = {"scope": scope.value, "value": value, "label": key, "drain": not no_drain}
         with gr:
+            unknown = unknown_target(
+                scope, value, key, gr.get_tenant, gr.get_queue, gr.get_integration
+            )
             existing = {p.id for p in gr.pauses()}
             made = gr.create_pause(
                 PauseCreate.model_validate({**wanted, "reason": reason, "tenant": for_tenant})
@@ -236,6 +242,9 @@ def pause(
         p, already = as_pause(made), made.id in existing
     else:
         with existing_store(db_url(ctx, db)) as store:
+            unknown = unknown_target(
+                scope, value, key, store.tenant, store.queue, store.integration
+            )
             before = store.clock.now()
             p = store.pause(
                 scope,
@@ -247,14 +256,44 @@ def pause(
                 drain=not no_drain,
             )
         already = p.created_at < before
+    if unknown:
+        warning = f"warning: {unknown} (yet): the pause holds its runs when they come"
+        err.print(warning, markup=False)
     if already:
         out.print(
             f"{escape(p.describe())} was already paused by {escape(p.paused_by)}: "
-            f"{escape(p.reason)}"
+            f"{escape(p.reason)} ({p.held} runs held)"
         )
         return
     running = "running runs finish" if p.drain else "running runs stop at their next step boundary"
-    out.print(f"paused {escape(p.describe())}: waiting runs are held, {running}")
+    out.print(f"paused {escape(p.describe())}: {p.held} waiting runs held, {running}")
+
+
+def unknown_target(
+    scope: PauseScope,
+    value: str,
+    key: str,
+    tenant: Callable[[str], object],
+    queue: Callable[[str], object],
+    integration: Callable[[str], object],
+) -> str | None:
+    """What a pause names that does not exist, if it does: a typo would hold nothing. Looked
+    up with the store's or the client's getters, which raise NotFound."""
+    lookups = {
+        PauseScope.TENANT: ("tenant", tenant),
+        PauseScope.QUEUE: ("queue", queue),
+    }
+    if scope is PauseScope.LABEL and key == "integration":
+        lookups[PauseScope.LABEL] = ("integration", integration)
+    found = lookups.get(scope)
+    if found is None:
+        return None
+    what, get = found
+    try:
+        get(value)
+    except NotFound:
+        return f"there is no {what} {value!r}"
+    return None
 
 
 @cli.command()
@@ -315,12 +354,13 @@ def pauses(
     if not found:
         out.print("no pauses")
         return
-    table = Table("SCOPE", "WHAT", "TENANT", "DRAIN", "BY", "WHEN", "REASON")
+    table = Table("SCOPE", "WHAT", "TENANT", "HELD", "DRAIN", "BY", "WHEN", "REASON")
     for p in found:
         table.add_row(
             p.scope.value,
             escape(f"{p.label}={p.value}" if p.label else p.value),
             "all" if p.tenant == ALL_TENANTS else escape(p.tenant),
+            str(p.held),
             "yes" if p.drain else "no",
             escape(p.paused_by),
             ago(p.created_at, now),
@@ -341,6 +381,7 @@ def as_pause(p: PauseOut) -> Pause:
         reason=p.reason,
         created_at=p.created_at,
         id=p.id,
+        held=p.held,
     )
 
 
