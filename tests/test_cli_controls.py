@@ -440,6 +440,12 @@ def test_prune_deletes_old_finished_runs_only(
         then.backend.close()
     [recent] = finish_runs(app.store, app, [RunState.SUCCEEDED])
 
+    out = ok(capsys, sqlite_url, "runs", "prune", "--older-than", "30d", "--dry-run")
+    assert out.strip() == (
+        "dry run: 2 runs finished more than 30d ago would be deleted (nothing deleted)"
+    )
+    assert len(app.store.list_runs(RunFilter(limit=100))) == 4
+    assert app.store.events(old_ok) != []
     out = ok(capsys, sqlite_url, "runs", "prune", "--older-than", "30d", "--status", "succeeded")
     assert "deleted 1 runs" in out
     left = {r.id for r in app.store.list_runs(RunFilter(limit=100))}

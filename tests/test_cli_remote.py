@@ -94,6 +94,10 @@ async def test_enqueue_and_runs_commands(api: ApiSetup, capsys: pytest.CaptureFi
     assert row(out, "key:grk_") and "retry" in out and row(out, "cancel", f"run {later}", "acme")
     assert cli(capsys, *acme, "audit", "--limit", "1")[1].count("key:grk_") == 1
 
+    at = ("--start-at", "2099-01-02T03:04:05+00:00")
+    [start_at] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.echo", *at)[1])
+    assert api.app.store.get_run(start_at).available_at == 4071006245.0
+
 
 async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFixture[str]) -> None:
     acme, platform = remote(api, "acme"), remote(api, None)

@@ -30,7 +30,7 @@ from greenroom.cli import (
     remote_client,
 )
 from greenroom.cli.display import ago
-from greenroom.cli.parse import parse_input, parse_labels, split_list
+from greenroom.cli.parse import parse_input, parse_iso, parse_labels, split_list
 from greenroom.errors import InvalidInput
 from greenroom.model import Run, WorkerInfo
 from greenroom.storage import open_backend
@@ -106,6 +106,12 @@ def enqueue(
     delay: Annotated[
         float | None, typer.Option(min=0, help="Start no earlier than this many seconds.")
     ] = None,
+    start_at: Annotated[
+        str | None,
+        typer.Option(
+            help="Start no earlier than this ISO time (local unless it says); not with --delay."
+        ),
+    ] = None,
     label: Annotated[
         list[str] | None, typer.Option("--label", "-l", help="key=value, repeatable.")
     ] = None,
@@ -118,6 +124,9 @@ def enqueue(
     """Enqueue one run and print its id (an existing run's id for a used idempotency key)."""
     run: Run | RunOut
     run_input, labels = parse_input(input), parse_labels(label or [])
+    at = None if start_at is None else parse_iso(start_at, "--start-at")
+    if at is not None and delay is not None:
+        raise InvalidInput("give --delay or --start-at, not both")
     gr = remote_client(ctx, db)
     if gr is not None:
         from greenroom.api.schemas import RunCreate
@@ -129,6 +138,7 @@ def enqueue(
                 "tenant": tenant,
                 "priority": priority,
                 "delay": delay,
+                "start_at": at,
                 "labels": labels,
                 "integration": integration,
             }
@@ -148,6 +158,7 @@ def enqueue(
             idempotency_key=idempotency_key,
             priority=priority,
             delay=delay,
+            start_at=at,
             labels=labels,
             integration=integration,
         )

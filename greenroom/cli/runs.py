@@ -509,9 +509,12 @@ def runs_prune(
         str,
         typer.Option(help="Finished states to delete, comma-separated."),
     ] = "succeeded,failed,cancelled",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say how many runs would be deleted, delete none.")
+    ] = False,
     db: DbOpt = None,
 ) -> None:
-    """Delete finished runs (and their steps and timelines), in small batches."""
+    """Delete finished runs (and their steps, timelines and artifacts), in small batches."""
     age = parse_duration(older_than, "--older-than")
     states = parse_states(status)
     if any(s not in FINISHED_STATES for s in states):
@@ -521,5 +524,13 @@ def runs_prune(
     url = db_url(ctx, db)
     files = default_artifact_store(load_settings(db=url))
     with existing_store(url) as store:
-        deleted = store.prune(older_than=age, states=states, delete_files=files.delete_run)
+        deleted = store.prune(
+            older_than=age, states=states, delete_files=files.delete_run, dry_run=dry_run
+        )
+    if dry_run:
+        out.print(
+            f"dry run: {deleted} runs finished more than {older_than} ago would be deleted "
+            "(nothing deleted)"
+        )
+        return
     out.print(f"deleted {deleted} runs finished more than {older_than} ago")
