@@ -192,7 +192,9 @@ async def test_json_output_is_the_apis_locally_and_remotely(
     """`--json` prints the API's shapes, the same on a database and through the API."""
     acme, platform = remote(api, "acme"), remote(api, None)
     [failed] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.fail")[1])
-    [echo] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.echo", "--input", '{"value": 7}')[1])
+    long = "x" * 400
+    value = json.dumps({"value": long})
+    [echo] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.echo", "--input", value)[1])
     async with worker_running(api.app):
         await wait_for_states(api.app.store, [failed, echo])
     capsys.readouterr()  # the worker's log
@@ -208,7 +210,9 @@ async def test_json_output_is_the_apis_locally_and_remotely(
 
     runs = both("runs", "list")
     assert [r["id"] for r in runs] == [echo, failed]
-    assert runs[0]["output"] == 7 and runs[1]["state"] == "failed"
+    assert runs[0]["output"] == long and runs[1]["state"] == "failed"
+    for where in (("--db", db_url), platform):  # `runs show` shows the output whole
+        assert f'"{long}"' in "".join(cli(capsys, *where, "runs", "show", echo)[1].split())
     detail = both("runs", "show", failed[:8])
     assert detail["id"] == failed and detail["error"]["type"] == "RuntimeError"
     assert [e["state"] for e in detail["timeline"]][-1] == "failed"

@@ -279,7 +279,7 @@ def integrations_show(
         return
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(overflow="fold")  # whole values, folded, never cut
     rows = [
         ("integration", found.id),
         ("tenant", found.tenant),

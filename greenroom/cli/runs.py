@@ -25,7 +25,7 @@ from greenroom.cli import (
     print_json,
     remote_client,
 )
-from greenroom.cli.display import ago, seconds, short_json, state_text, when
+from greenroom.cli.display import ago, full_json, seconds, short_json, state_text, when
 from greenroom.cli.parse import parse_duration, parse_input, parse_label, parse_states, parse_time
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import (
@@ -192,7 +192,7 @@ def runs_show(
 def show_fields(run: Run | RunOut) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(overflow="fold")  # whole values, folded, never cut
     rows: list[tuple[str, str]] = [
         ("run", run.id),
         ("workflow", escape(run.workflow)),
@@ -205,8 +205,8 @@ def show_fields(run: Run | RunOut) -> None:
         ("stalls", str(run.stalls)),
         ("idempotency key", escape(run.idempotency_key or "-")),
         ("labels", short_json(run.labels)),
-        ("input", short_json(run.input)),
-        ("output", short_json(run.output)),
+        ("input", full_json(run.input)),
+        ("output", full_json(run.output)),
         ("created", when(run.created_at)),
         ("started", when(run.started_at)),
         ("finished", when(run.finished_at)),
