@@ -180,6 +180,9 @@ def test_remote_mode_errors_are_one_line(
     code, out, err = cli(capsys, "enqueue", "plain.echo")
     assert code == 0 and "created" in out, err
     assert listed(cli(capsys, "runs", "list")[1]) == short(*UUID.findall(out))
+    monkeypatch.delenv("GREENROOM_DB", raising=False)
+    code, _, err = cli(capsys, "runs", "prune", "--older-than", "1d")
+    assert_one_line_error(code, err, "`greenroom runs prune` has no remote mode ($GREENROOM_URL")
     # An explicit --db wins over $GREENROOM_URL, and database-only commands ignore it.
     db = f"sqlite:///{tmp_path}/g.db"
     assert cli(capsys, "--db", db, "db", "upgrade")[0] == 0

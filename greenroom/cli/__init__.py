@@ -183,7 +183,17 @@ def print_json(found: object, of: Callable[[Any], BaseModel]) -> None:
 
 
 def db_url(ctx: typer.Context, db: str | None) -> str:
-    return given_db(ctx, db) or load_settings().db
+    """The database a command acts on. One with no remote mode, run with only $GREENROOM_URL
+    set, says so rather than look for a default database that is not there."""
+    given = given_db(ctx, db)
+    if given:
+        return given
+    if ctx.find_root().params.get("url") and not os.environ.get("GREENROOM_DB"):
+        raise InvalidInput(
+            f"`{ctx.command_path}` has no remote mode ($GREENROOM_URL is set): it acts on a "
+            "database: pass --db or set $GREENROOM_DB"
+        )
+    return load_settings().db
 
 
 def redact(url: str) -> str:
