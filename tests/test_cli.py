@@ -140,6 +140,10 @@ def test_enqueue_is_idempotent_and_runs_list_filters(
     code, _, err = cli(capsys, *args, "--start-at", "tomorrow")
     assert_one_line_error(code, err, "--start-at must be an ISO time")
 
+    [backfill] = UUID.findall(cli(capsys, *args, "--queue", "backfill")[1])
+    out = cli(capsys, "--db", db_url, "runs", "list", "--queue", "backfill", "--json")[1]
+    assert [(r["id"], r["queue"]) for r in json.loads(out)] == [(backfill, "backfill")]
+
 
 def test_runs_show_prints_timeline_steps_and_error(
     sqlite_url: str, app_ref: str, capsys: pytest.CaptureFixture[str]

@@ -97,6 +97,9 @@ async def test_enqueue_and_runs_commands(api: ApiSetup, capsys: pytest.CaptureFi
     at = ("--start-at", "2099-01-02T03:04:05+00:00")
     [start_at] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.echo", *at)[1])
     assert api.app.store.get_run(start_at).available_at == 4071006245.0
+    code, out, err = cli(capsys, *acme, "enqueue", "plain.echo", "--queue", "backfill")
+    assert code == 0, err
+    assert api.app.store.get_run(UUID.findall(out)[0]).queue == "backfill"
 
 
 async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFixture[str]) -> None:

@@ -127,6 +127,9 @@ class RunCreate(Body):
         None, ge=0, le=MAX_UNIX_TIME, description="Unix time to start at; not with delay"
     )
     labels: Labels = Field(default_factory=dict, examples=[{"source": "nightly"}])
+    queue: Annotated[str, text(200, 1)] | None = Field(
+        None, description="another queue than the workflow's (a worker must serve it)"
+    )
     tenant: Name | None = Field(None, description="platform keys only")
 
 

@@ -119,6 +119,10 @@ def enqueue(
         str | None,
         typer.Option(help="Run for this integration (int_…): its settings and credentials."),
     ] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(help="Another queue than the workflow's (a worker must serve it)."),
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Enqueue one run and print its id (an existing run's id for a used idempotency key)."""
@@ -141,6 +145,7 @@ def enqueue(
                 "start_at": at,
                 "labels": labels,
                 "integration": integration,
+                "queue": queue,
             }
         )
         with gr:
@@ -161,6 +166,7 @@ def enqueue(
             start_at=at,
             labels=labels,
             integration=integration,
+            queue=queue,
         )
         try:
             run, created = the_app.store.enqueue(the_app.prepare(request))

@@ -44,8 +44,11 @@ NOT_FOUND = responses(c404="no such run (or another tenant's)")
 
 def request_hash(body: RunCreate, tenant: str) -> str:
     """What an idempotent create asked for; the same key with another request is a 409."""
+    # Without a queue, the hash is the one of bodies from before `queue` existed: replays of
+    # runs created then still match.
+    left_out = {"tenant"} if body.queue is not None else {"tenant", "queue"}
     canonical = json.dumps(
-        {"tenant": tenant, **body.model_dump(exclude={"tenant"})}, sort_keys=True, default=str
+        {"tenant": tenant, **body.model_dump(exclude=left_out)}, sort_keys=True, default=str
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -139,6 +142,7 @@ def create_run(
         start_at=body.start_at,
         labels=body.labels,
         integration=body.integration,
+        queue=body.queue,
     )
     run, created = state.store.enqueue(replace(state.app.prepare(req), request_hash=wanted))
     if not created and run.request_hash != wanted:
