@@ -78,7 +78,7 @@ UrlOpt = Annotated[
         "--url",
         envvar="GREENROOM_URL",
         help="Act on this greenroom server through its API instead of on a database "
-        "(every command but db, worker, api, up, demo, runs prune and secrets reseal).",
+        "(every command but db, worker, api, up, demo, demo-saas, runs prune, secrets reseal).",
         show_default=False,
     ),
 ]

@@ -222,9 +222,10 @@ def pause(
     actor: ActorOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Hold every run of a queue, tenant, workflow, session or label that has not started (a
-    pause may be set before its runs arrive: one on a tenant, queue or integration that does
-    not exist yet is set, with a warning)."""
+    """Hold every run of a queue, tenant, workflow, session or label that has not started.
+
+    A pause may be set before its runs arrive: one on a tenant, queue or integration that does
+    not exist (yet) is set, with a warning, since a typo would hold nothing."""
     scope, value, key = pause_target(queue, tenant, workflow, session, label)
     gr = remote_client(ctx, db, {"--actor": actor})
     if gr is not None:
