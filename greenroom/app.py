@@ -44,6 +44,9 @@ class RunRequest:
     labels: dict[str, str] = field(default_factory=dict)
     #: Runs for an integration carry it as a label and open its credentials.
     integration: str | None = None
+    #: Another queue than the workflow's, e.g. a backfill kept apart from live runs (some
+    #: worker must serve it: `greenroom worker --queues`).
+    queue: str | None = None
 
 
 class App:
@@ -156,6 +159,8 @@ class App:
         wf = req.workflow if isinstance(req.workflow, Workflow) else self.get_workflow(req.workflow)
         check_keys(req.input, "run input")
         check_name(req.tenant, "tenant")
+        if req.queue is not None:
+            check_text(req.queue, "queue", max_length=200, min_length=1)
         if req.idempotency_key is not None:
             check_text(req.idempotency_key, "idempotency key", max_length=MAX_NAME, min_length=1)
         if req.priority is not None and not -MAX_PRIORITY <= req.priority <= MAX_PRIORITY:
@@ -182,7 +187,7 @@ class App:
             workflow=wf.name,
             input=req.input,
             tenant=req.tenant,
-            queue=wf.queue,
+            queue=wf.queue if req.queue is None else req.queue,
             session_key=session_key,
             priority=wf.priority if req.priority is None else req.priority,
             labels=labels,

@@ -131,6 +131,8 @@ class RunFilters(TypedDict, total=False):
     #: a datetime, or Unix time
     created_after: datetime | float | None
     created_before: datetime | float | None
+    finished_after: datetime | float | None
+    finished_before: datetime | float | None
     #: platform keys: one tenant
     tenant: str | None
     #: also failed or cancelled runs that were retried

@@ -166,6 +166,9 @@ class Pause:
     reason: str = ""
     created_at: float = 0.0
     id: int = 0
+    #: Runs it holds (paused, waiting): counted by the store's pause() and pauses() only, so
+    #: that whoever sets a pause sees what it caught; 0 elsewhere.
+    held: int = 0
 
     def matches(self, run: dict[str, Any]) -> bool:
         """Whether a run (as a row or a dict with the run's fields) falls under this pause."""

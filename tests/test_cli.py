@@ -3,6 +3,7 @@ process itself matters (exit codes, stderr, signals)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -128,6 +129,20 @@ def test_enqueue_is_idempotent_and_runs_list_filters(
     assert listed(out) == short(first)
     code, out, _ = cli(capsys, "--db", db_url, "runs", "list", "--workflow", "boom")
     assert (code, out.strip()) == (0, "no runs")
+
+    code, out, err = cli(capsys, *args, "--start-at", "2099-01-02T03:04:05+00:00")
+    assert code == 0 and "created (delayed)" in out, err
+    [later] = UUID.findall(out)
+    shown = json.loads(cli(capsys, "--db", db_url, "runs", "show", later, "--json")[1])
+    assert shown["available_at"] == 4071006245.0
+    code, _, err = cli(capsys, *args, "--start-at", "2099-01-02", "--delay", "5")
+    assert_one_line_error(code, err, "give --delay or --start-at, not both")
+    code, _, err = cli(capsys, *args, "--start-at", "tomorrow")
+    assert_one_line_error(code, err, "--start-at must be an ISO time")
+
+    [backfill] = UUID.findall(cli(capsys, *args, "--queue", "backfill")[1])
+    out = cli(capsys, "--db", db_url, "runs", "list", "--queue", "backfill", "--json")[1]
+    assert [(r["id"], r["queue"]) for r in json.loads(out)] == [(backfill, "backfill")]
 
 
 def test_runs_show_prints_timeline_steps_and_error(

@@ -214,14 +214,14 @@ def test_pause_a_label_holds_its_runs_and_resume_restores_them(
         "--actor",
         "ops@acme",
     )
-    assert "paused label app=crm" in out
+    assert "paused label app=crm: 3 waiting runs held, running runs finish" in out
     assert states(app.store, [*crm, erp]) == [RunState.PAUSED] * 3 + [RunState.QUEUED]
     out = ok(capsys, sqlite_url, "runs", "list", "--state", "paused")
     assert set(listed(out)) == set(short(*crm))
     out = ok(capsys, sqlite_url, "runs", "list", "--label", "app=crm")
     assert set(listed(out)) == set(short(*crm))
     out = ok(capsys, sqlite_url, "pauses")
-    assert re.search(r"label\s+│\s+app=crm\s+│\s+all\s+│\s+yes\s+│\s+ops@acme", out), out
+    assert re.search(r"label\s+│\s+app=crm\s+│\s+all\s+│\s+3\s+│\s+yes\s+│\s+ops@acme", out), out
     assert "login page changed" in out
     out = ok(capsys, sqlite_url, "queues")
     row = next(line for line in out.splitlines() if "reports" in line)
@@ -229,7 +229,7 @@ def test_pause_a_label_holds_its_runs_and_resume_restores_them(
 
     # Pausing again keeps the first pause.
     out = ok(capsys, sqlite_url, "pause", "--label", "app=crm", "--reason", "again")
-    assert "already paused by ops@acme" in out
+    assert "already paused by ops@acme" in out and "(3 runs held)" in out
 
     out = ok(capsys, sqlite_url, "resume", "--label", "app=crm", "--reason", "connector fixed")
     assert "3 runs queued again" in out
@@ -281,6 +281,26 @@ def test_pause_a_queue_for_one_tenant_only(
     )
     assert "1 runs queued again" in out
     assert app.store.get_run(acme).state is RunState.QUEUED
+
+
+def test_pause_warns_about_what_does_not_exist_and_sets_it(
+    app: App, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo would hold nothing: say so; but a pause may rightly come before its runs."""
+    app.enqueue_sync("report", tenant="acme")
+    targets = {
+        ("--queue", "reprots"): "there is no queue 'reprots'",
+        ("--tenant", "acmee"): "there is no tenant 'acmee'",
+        ("--label", "integration=int_nope"): "there is no integration 'int_nope'",
+    }
+    for target, warning in targets.items():
+        code, out, err = cli(capsys, "--db", sqlite_url, "pause", *target, "--reason", "r")
+        assert code == 0, err
+        assert err.strip() == f"warning: {warning} (yet): the pause holds its runs when they come"
+        assert ": 0 waiting runs held" in out
+    assert len(app.store.pauses()) == 3
+    out = ok(capsys, sqlite_url, "pause", "--queue", "reports", "--reason", "r")
+    assert "paused queue reports: 1 waiting runs held" in out
 
 
 # -- retry -----------------------------------------------------------------------------------
@@ -420,6 +440,12 @@ def test_prune_deletes_old_finished_runs_only(
         then.backend.close()
     [recent] = finish_runs(app.store, app, [RunState.SUCCEEDED])
 
+    out = ok(capsys, sqlite_url, "runs", "prune", "--older-than", "30d", "--dry-run")
+    assert out.strip() == (
+        "dry run: 2 runs finished more than 30d ago would be deleted (nothing deleted)"
+    )
+    assert len(app.store.list_runs(RunFilter(limit=100))) == 4
+    assert app.store.events(old_ok) != []
     out = ok(capsys, sqlite_url, "runs", "prune", "--older-than", "30d", "--status", "succeeded")
     assert "deleted 1 runs" in out
     left = {r.id for r in app.store.list_runs(RunFilter(limit=100))}

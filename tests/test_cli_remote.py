@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from greenroom.client import Client
 from greenroom.model import Role, RunState
 from tests.api_helpers import ApiSetup
 from tests.helpers import wait_for_states, worker_running
@@ -90,17 +94,24 @@ async def test_enqueue_and_runs_commands(api: ApiSetup, capsys: pytest.CaptureFi
     assert row(out, "key:grk_") and "retry" in out and row(out, "cancel", f"run {later}", "acme")
     assert cli(capsys, *acme, "audit", "--limit", "1")[1].count("key:grk_") == 1
 
+    at = ("--start-at", "2099-01-02T03:04:05+00:00")
+    [start_at] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.echo", *at)[1])
+    assert api.app.store.get_run(start_at).available_at == 4071006245.0
+    code, out, err = cli(capsys, *acme, "enqueue", "plain.echo", "--queue", "backfill")
+    assert code == 0, err
+    assert api.app.store.get_run(UUID.findall(out)[0]).queue == "backfill"
+
 
 async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFixture[str]) -> None:
     acme, platform = remote(api, "acme"), remote(api, None)
     cli(capsys, *acme, "enqueue", "plain.echo")
     code, out, err = cli(capsys, *acme, "pause", "--queue", "default", "--reason", "upgrade")
     assert code == 0, err
-    assert "paused queue default (tenant acme): waiting runs are held, running runs finish" in out
+    assert "paused queue default (tenant acme): 1 waiting runs held, running runs finish" in out
     code, out, _ = cli(capsys, *acme, "pause", "--queue", "default", "--reason", "again")
-    assert "already paused by key:grk_" in out and "upgrade" in out
+    assert "already paused by key:grk_" in out and "upgrade (1 runs held)" in out
     code, out, _ = cli(capsys, *acme, "pauses")
-    assert row(out, "queue", "default", "acme", "yes", "key:grk_")
+    assert row(out, "queue", "default", "acme", "1", "yes", "key:grk_")
     code, out, _ = cli(capsys, *acme, "queues")
     assert row(out, "default", "0", "1", "0", "0", "0", "0", "0", "yes")
     code, out, _ = cli(capsys, *platform, "queues", "--tenant", "globex")
@@ -114,7 +125,7 @@ async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFi
 
     label = ("--label", "org=o1", "--reason", "vendor down")
     code, out, _ = cli(capsys, *platform, "pause", *label, "--no-drain")
-    assert "paused label org=o1: waiting runs are held, running runs stop" in out
+    assert "paused label org=o1: 0 waiting runs held, running runs stop" in out
     code, _, err = cli(capsys, *acme, "resume", *label)
     assert_one_line_error(code, err, "a platform pause is lifted by a platform key")
     assert cli(capsys, *platform, "resume", *label)[1].strip().startswith("resumed label org=o1")
@@ -125,6 +136,15 @@ async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFi
     assert row(out, worker.id) and row(out, str(os.getpid()), "alive")
     code, _, err = cli(capsys, *remote(api, "acme", Role.ADMIN), "workers")
     assert_one_line_error(code, err, "may not do this (needs platform)")
+
+    code, out, err = cli(capsys, *platform, "pause", "--tenant", "initech", "--reason", "early")
+    assert (code, err.strip()) == (
+        0,
+        "warning: there is no tenant 'initech' (yet): the pause holds its runs when they come",
+    )
+    assert "paused tenant initech: 0 waiting runs held" in out
+    code, out, err = cli(capsys, *acme, "pause", "--queue", "nope", "--reason", "typo")
+    assert "there is no queue 'nope'" in err and ": 0 waiting runs held" in out
 
 
 def test_remote_mode_errors_are_one_line(
@@ -142,8 +162,8 @@ def test_remote_mode_errors_are_one_line(
         (("enqueue", "plain.echo", "--priority", "2000000"), "priority: Input should be less"),
         (("enqueue", "nope"), "unknown workflow 'nope'"),
         (("runs", "prune", "--older-than", "1d"), "`greenroom runs prune` has no remote mode"),
-        (("queues", "set", "default", "--concurrency", "2", "--reason", "x"), "no remote mode"),
-        (("runs", "retry", "--where", "--since", "1h", "--reason", "x"), "--since is not"),
+        (("secrets", "reseal"), "`greenroom secrets reseal` has no remote mode"),
+        (("queues", "set", "default", "--concurrency", "2", "--reason", "x"), "may not do this"),
         (("runs", "cancel", "x", "--reason", "x", "--actor", "me"), "--actor is not available"),
         (("runs", "list", "--db", f"sqlite:///{tmp_path}/g.db"), "give --url or --db, not both"),
     ]
@@ -163,7 +183,135 @@ def test_remote_mode_errors_are_one_line(
     code, out, err = cli(capsys, "enqueue", "plain.echo")
     assert code == 0 and "created" in out, err
     assert listed(cli(capsys, "runs", "list")[1]) == short(*UUID.findall(out))
+    monkeypatch.delenv("GREENROOM_DB", raising=False)
+    code, _, err = cli(capsys, "runs", "prune", "--older-than", "1d")
+    assert_one_line_error(code, err, "`greenroom runs prune` has no remote mode ($GREENROOM_URL")
     # An explicit --db wins over $GREENROOM_URL, and database-only commands ignore it.
     db = f"sqlite:///{tmp_path}/g.db"
     assert cli(capsys, "--db", db, "db", "upgrade")[0] == 0
     assert cli(capsys, "runs", "list", "--db", db)[1].strip() == "no runs"
+
+
+async def test_json_output_is_the_apis_locally_and_remotely(
+    api: ApiSetup, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--json` prints the API's shapes, the same on a database and through the API."""
+    acme, platform = remote(api, "acme"), remote(api, None)
+    [failed] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.fail")[1])
+    long = "x" * 400
+    value = json.dumps({"value": long})
+    [echo] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.echo", "--input", value)[1])
+    async with worker_running(api.app):
+        await wait_for_states(api.app.store, [failed, echo])
+    capsys.readouterr()  # the worker's log
+    assert cli(capsys, *acme, "pause", "--queue", "slow", "--reason", "upgrade")[0] == 0
+
+    def both(*argv: str) -> Any:
+        code, local, err = cli(capsys, "--db", db_url, *argv, "--json")
+        assert code == 0, err
+        code, through_api, err = cli(capsys, *platform, *argv, "--json")
+        assert code == 0, err
+        assert json.loads(local) == json.loads(through_api)
+        return json.loads(local)
+
+    runs = both("runs", "list")
+    assert [r["id"] for r in runs] == [echo, failed]
+    assert runs[0]["output"] == long and runs[1]["state"] == "failed"
+    for where in (("--db", db_url), platform):  # `runs show` shows the output whole
+        assert f'"{long}"' in "".join(cli(capsys, *where, "runs", "show", echo)[1].split())
+    detail = both("runs", "show", failed[:8])
+    assert detail["id"] == failed and detail["error"]["type"] == "RuntimeError"
+    assert [e["state"] for e in detail["timeline"]][-1] == "failed"
+    assert both("runs", "list", "--state", "failed")[0]["id"] == failed
+    [group] = both("errors")
+    assert group["last_run_id"] == failed and group["open"] == 1
+    [pause] = both("pauses")
+    assert (pause["scope"], pause["value"], pause["tenant"]) == ("queue", "slow", "acme")
+    assert [q["name"] for q in both("queues")] == ["default"]
+    assert any(e["action"] == "pause" for e in both("audit"))
+    assert len(both("workers", "--all")) == 1
+    assert both("runs", "list", "--state", "queued") == []
+
+    # --since/--until: runs created (list) or finished (retry) then, on a database or a server.
+    assert both("runs", "list", "--since", "1h") == runs
+    assert both("runs", "list", "--until", "1h") == []
+    retry = ("runs", "retry", "--where", "--dry-run", "--reason", "again")
+    for where in (("--db", db_url), platform):
+        code, out, err = cli(capsys, *where, *retry, "--since", "1h")
+        assert code == 0 and "dry run: 1 runs would be retried" in out, err
+        assert "no runs match" in cli(capsys, *where, *retry, "--until", "1h")[1]
+    with Client(api.url, api.platform_key) as gr:
+        finished = gr.list_runs(finished_after=time.time() - 3600).items
+        assert [r.id for r in finished] == [echo, failed]
+        assert gr.list_runs(finished_before=time.time() - 3600).items == []
+
+
+def test_tenants_keys_and_integrations_through_the_api(
+    api: ApiSetup,
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    platform, admin = remote(api, None), remote(api, "acme", Role.ADMIN)
+    code, out, err = cli(capsys, *platform, "tenants", "create", "initech")
+    assert code == 0, err
+    assert "tenant initech registered" in out
+    tune = (*platform, "tenants", "set", "initech", "--reason", "big customer")
+    code, out, err = cli(capsys, *tune, "--weight", "3", "--concurrency", "2")
+    assert (code, out.strip()) == (0, "tenant initech: weight 3, concurrency 2"), err
+    code, out, _ = cli(capsys, *tune, "--concurrency", "none")
+    assert out.strip() == "tenant initech: weight 3, concurrency -"
+    code, out, _ = cli(capsys, *platform, "tenants")
+    assert code == 0 and row(out, "initech", "3", "-", "0", "0")
+    assert_one_line_error(*cli(capsys, *admin, "tenants")[::2], "may not do this")
+    assert cli(capsys, *remote(api, "acme"), "enqueue", "plain.echo")[0] == 0
+    code, out, err = cli(
+        capsys, *platform, "queues", "set", "default", "--concurrency", "4", "--reason", "x"
+    )
+    assert code == 0 and out.startswith("queue default: concurrency 4"), err
+
+    code, out, err = cli(capsys, *admin, "keys", "create", "--role", "viewer", "--name", "dash")
+    assert code == 0 and "created viewer key grk_" in err and "(dash) for tenant acme" in err
+    secret = out.strip()
+    viewer = ("--url", api.url, "--key", secret)
+    assert cli(capsys, *viewer, "runs", "list")[0] == 0
+    [key_id] = re.findall(r"grk_[0-9a-f]+", err)
+    code, out, _ = cli(capsys, *admin, "keys", "list")
+    assert code == 0 and row(out, key_id, "acme", "viewer", "dash", "active")
+    local = cli(capsys, "--db", db_url, "keys", "list", "--tenant", "acme", "--json")[1]
+    assert json.loads(cli(capsys, *admin, "keys", "list", "--json")[1]) == json.loads(local)
+    code, out, _ = cli(capsys, *admin, "keys", "revoke", key_id)
+    assert (code, out.strip()) == (
+        0,
+        f"revoked viewer key {key_id} (dash) for tenant acme, never expires",
+    )
+    assert "was already revoked" in cli(capsys, *admin, "keys", "revoke", key_id)[1]
+    assert_one_line_error(*cli(capsys, *viewer, "runs", "list")[::2], "API key")
+
+    from greenroom.api.schemas import IntegrationCreate
+
+    with Client(api.url, api.keys["acme"][Role.ADMIN]) as gr:
+        credentials = {"username": "u", "password": "p"}
+        made = gr.create_integration(
+            IntegrationCreate(connector="crm", name="acme crm", credentials=credentials)
+        )
+    code, out, err = cli(capsys, *admin, "integrations", "list")
+    assert code == 0 and row(out, made.id, "acme", "crm", "acme crm", "active"), err
+    code, out, err = cli(capsys, *admin, "integrations", "show", made.id)
+    assert code == 0 and "acme crm" in out and '"region": "eu"' in out, err
+    local = cli(capsys, "--db", db_url, "integrations", "show", made.id, "--json")[1]
+    shown = json.loads(cli(capsys, *admin, "integrations", "show", made.id, "--json")[1])
+    assert shown == json.loads(local) and shown["settings"] == {"region": "eu", "console": None}
+    local = cli(capsys, "--db", db_url, "integrations", "list", "--json")[1]
+    assert json.loads(cli(capsys, *platform, "integrations", "list", "--json")[1]) == json.loads(
+        local
+    )
+    missing = cli(capsys, *remote(api, "globex", Role.ADMIN), "integrations", "show", made.id)
+    assert_one_line_error(*missing[::2], "not found")
+
+    # $GREENROOM_URL is enough: no misleading "no database".
+    monkeypatch.setenv("GREENROOM_URL", api.url)
+    monkeypatch.setenv("GREENROOM_API_KEY", api.platform_key)
+    code, out, err = cli(capsys, "tenants", "--json")
+    assert code == 0, err
+    assert {"acme", "globex", "initech"} <= {t["name"] for t in json.loads(out)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -49,6 +49,9 @@ from greenroom.rules import (
     text,
 )
 from greenroom.storage.controls import QUEUE_LIMITS
+
+if TYPE_CHECKING:
+    from greenroom.storage.store import RunDetail as StoredRunDetail
 
 T = TypeVar("T")
 
@@ -124,6 +127,9 @@ class RunCreate(Body):
         None, ge=0, le=MAX_UNIX_TIME, description="Unix time to start at; not with delay"
     )
     labels: Labels = Field(default_factory=dict, examples=[{"source": "nightly"}])
+    queue: Annotated[str, text(200, 1)] | None = Field(
+        None, description="another queue than the workflow's (a worker must serve it)"
+    )
     tenant: Name | None = Field(None, description="platform keys only")
 
 
@@ -209,6 +215,15 @@ class RunDetail(RunOut):
     timeline: list[EventOut]
     artifacts: list[ArtifactOut]
 
+    @classmethod
+    def of(cls, detail: StoredRunDetail) -> RunDetail:  # type: ignore[override]
+        return cls(
+            **RunOut.of(detail.run).model_dump(),
+            steps=[StepOut.of(s) for s in detail.steps],
+            timeline=[EventOut.of(e) for e in detail.events],
+            artifacts=[ArtifactOut.of(a) for a in detail.artifacts],
+        )
+
 
 class CancelRequest(Body):
     reason: Reason
@@ -232,6 +247,12 @@ class BulkRetryRequest(Body):
     integration: Id | None = Field(None, description="not with label")
     label: LabelFilter | None = Field(None, description="key=value; not with integration")
     error_group: Text | None = None
+    finished_after: float | None = Field(
+        None, ge=0, le=MAX_UNIX_TIME, description="Unix time: runs that finished at or after it"
+    )
+    finished_before: float | None = Field(
+        None, ge=0, le=MAX_UNIX_TIME, description="Unix time: runs that finished before it"
+    )
     from_scratch: bool = False
     dry_run: bool = True
     reason: Reason
@@ -327,6 +348,7 @@ class PauseOut(BaseModel):
     paused_by: str
     reason: str
     created_at: float
+    held: int = Field(0, description="runs it holds now (waiting for it to be lifted)")
 
     @classmethod
     def of(cls, pause: Pause) -> PauseOut:
@@ -340,6 +362,7 @@ class PauseOut(BaseModel):
             paused_by=pause.paused_by,
             reason=pause.reason,
             created_at=pause.created_at,
+            held=pause.held,
         )
 
 

@@ -13,18 +13,19 @@ server through its API when given --url (or $GREENROOM_URL): see `remote_client`
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from typer._click.core import ParameterSource
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -77,7 +78,7 @@ UrlOpt = Annotated[
         "--url",
         envvar="GREENROOM_URL",
         help="Act on this greenroom server through its API instead of on a database "
-        "(runs, enqueue, pause, resume, pauses, queues, errors, audit, workers).",
+        "(every command but db, worker, api, up, demo, demo-saas, runs prune, secrets reseal).",
         show_default=False,
     ),
 ]
@@ -88,6 +89,13 @@ KeyOpt = Annotated[
         envvar="GREENROOM_API_KEY",
         help="API key for --url (prefer $GREENROOM_API_KEY: options show in process lists).",
         show_default=False,
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print JSON instead of a table: the API's shapes, for scripts (… --json | jq).",
     ),
 ]
 
@@ -161,8 +169,31 @@ def remote_client(
     return Client(str(url), str(key))
 
 
+def print_json(found: object, of: Callable[[Any], BaseModel]) -> None:
+    """Print a list (or one item) as one JSON document in the API's shapes: items from the API
+    are printed as they came, local ones converted with `of` (a schema's `.of`), so that local
+    and --url output are the same."""
+
+    def shape(item: object) -> Any:
+        return (item if isinstance(item, BaseModel) else of(item)).model_dump(mode="json")
+
+    data = [shape(i) for i in found] if isinstance(found, Sequence) else shape(found)
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
 def db_url(ctx: typer.Context, db: str | None) -> str:
-    return given_db(ctx, db) or load_settings().db
+    """The database a command acts on. One with no remote mode, run with only $GREENROOM_URL
+    set, says so rather than look for a default database that is not there."""
+    given = given_db(ctx, db)
+    if given:
+        return given
+    if ctx.find_root().params.get("url") and not os.environ.get("GREENROOM_DB"):
+        raise InvalidInput(
+            f"`{ctx.command_path}` has no remote mode ($GREENROOM_URL is set): it acts on a "
+            "database: pass --db or set $GREENROOM_DB"
+        )
+    return load_settings().db
 
 
 def redact(url: str) -> str:

@@ -1,5 +1,6 @@
-"""Bootstrap on the database itself: `tenants create`, `keys create|list|revoke`,
-`integrations list|update` and `secrets reseal`.
+"""Tenants, keys and integrations: `tenants create`, `keys create|list|revoke`,
+`integrations list|show|update` (on a database to bootstrap, or through the API with --url),
+and `secrets reseal` (on the database only).
 
 Integrations are created through the API only, so that credentials never pass through a
 shell's history; their settings (not secret) can be changed here too.
@@ -7,16 +8,21 @@ shell's history; their settings (not secret) can be changed here too.
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from greenroom import integrations
+from greenroom.api.schemas import IntegrationOut, KeyCreate, KeyOut
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
+    JsonOpt,
     cli,
     db_url,
     default_actor,
@@ -24,21 +30,22 @@ from greenroom.cli import (
     existing_store,
     load_app,
     out,
+    print_json,
     remote_client,
 )
 from greenroom.cli.controls import tenants_cli
 from greenroom.cli.display import ago, short_json, when
 from greenroom.cli.parse import parse_duration, parse_input
 from greenroom.crypto import load_keyring
-from greenroom.errors import InvalidInput
+from greenroom.errors import InvalidInput, NotFound
 from greenroom.integrations import reseal_all
-from greenroom.model import ApiKey, Role
+from greenroom.model import ApiKey, Integration, Role
 from greenroom.settings import load_settings
 
 keys_cli = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
 integrations_cli = typer.Typer(
     no_args_is_help=True,
-    help="Integrations: list, update settings (create them through the API: credentials stay "
+    help="Integrations: list, show, update settings (create them through the API: credentials stay "
     "out of shell history).",
 )
 secrets_cli = typer.Typer(no_args_is_help=True, help="The keys that encrypt stored credentials.")
@@ -57,16 +64,21 @@ def tenants_create(
     db: DbOpt = None,
 ) -> None:
     """Register a tenant, so that it can have API keys and integrations."""
-    with existing_store(db_url(ctx, db)) as store:
-        tenant = store.create_tenant(name, actor=actor or default_actor())
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if gr is not None:
+        with gr:
+            tenant_name = gr.create_tenant(name).name
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            tenant_name = store.create_tenant(name, actor=actor or default_actor()).name
     out.print(
-        f"tenant {escape(tenant.name)} registered; an admin key for it: "
-        f"greenroom keys create --tenant {escape(tenant.name)} --role admin",
+        f"tenant {escape(tenant_name)} registered; an admin key for it: "
+        f"greenroom keys create --tenant {escape(tenant_name)} --role admin",
         soft_wrap=True,
     )
 
 
-def describe_key(key: ApiKey) -> str:
+def describe_key(key: ApiKey | KeyOut) -> str:
     owner = "every tenant" if key.tenant is None else f"tenant {key.tenant}"
     expiry = "never expires" if key.expires_at is None else f"expires {when(key.expires_at)}"
     name = "" if key.name == key.role.value else f" ({key.name})"
@@ -81,7 +93,10 @@ def keys_create(
     ctx: typer.Context,
     role: Annotated[Role, typer.Option(help="What the key may do.", show_default=False)],
     tenant: Annotated[
-        str | None, typer.Option(help="The tenant it acts for (every role but platform).")
+        str | None,
+        typer.Option(
+            help="The tenant it acts for (every role but platform; with --url: the key's)."
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="What it is for (default: its role).")] = None,
     expires_in: Annotated[
@@ -100,33 +115,57 @@ def keys_create(
 
     if role is Role.PLATFORM and tenant is not None:
         raise InvalidInput("a platform key acts for every tenant: drop --tenant")
-    if role is not Role.PLATFORM and tenant is None:
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if role is not Role.PLATFORM and tenant is None and gr is None:  # with --url: the key's
         raise InvalidInput(
             f"--tenant is required for role {role.value} (only platform keys have none)"
         )
     lifetime = None if expires_in is None else parse_duration(expires_in, "--expires-in")
     if lifetime is not None and lifetime <= 0:
         raise InvalidInput("--expires-in must be longer than 0")
-    with existing_store(db_url(ctx, db)) as store:
-        key, secret = create_key(
-            store,
-            tenant=tenant,
-            role=role,
-            name=name or role.value,
-            actor=actor or default_actor(),
-            expires_at=None if lifetime is None else store.clock.now() + lifetime,
-            rate_limit=rate_limit,
-        )
+    key: ApiKey | KeyOut
+    if gr is not None:
+        wanted: dict[str, Any] = {"name": name or role.value, "role": role, "tenant": tenant}
+        if lifetime is not None:
+            wanted["expires_at"] = time.time() + lifetime
+        if rate_limit is not None:
+            wanted["rate_limit"] = rate_limit
+        with gr:
+            created = gr.create_api_key(KeyCreate.model_validate(wanted))
+        key, secret = created, created.key
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            key, secret = create_key(
+                store,
+                tenant=tenant,
+                role=role,
+                name=name or role.value,
+                actor=actor or default_actor(),
+                expires_at=None if lifetime is None else store.clock.now() + lifetime,
+                rate_limit=rate_limit,
+            )
     err.print(f"created {describe_key(key)}; its secret is {ONCE}:")
     out.print(secret, markup=False, highlight=False, soft_wrap=True)
 
 
 @keys_cli.command("list")
-def keys_list(ctx: typer.Context, tenant: TenantOpt = None, db: DbOpt = None) -> None:
+def keys_list(
+    ctx: typer.Context, tenant: TenantOpt = None, json_out: JsonOpt = False, db: DbOpt = None
+) -> None:
     """List API keys (never their secrets): id, tenant, role, name, state, age and expiry."""
-    with existing_store(db_url(ctx, db)) as store:
-        found = store.api_keys(tenant=tenant)
-        now = store.clock.now()
+    found: Sequence[ApiKey | KeyOut]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            found = gr.api_keys(tenant=tenant)
+        now = time.time()
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            found = store.api_keys(tenant=tenant)
+            now = store.clock.now()
+    if json_out:
+        print_json(found, KeyOut.of)
+        return
     if not found:
         out.print("no API keys")
         return
@@ -145,10 +184,12 @@ def keys_list(ctx: typer.Context, tenant: TenantOpt = None, db: DbOpt = None) ->
     out.print(table)
 
 
-def key_state(key: ApiKey, now: float) -> str:
+def key_state(key: ApiKey | KeyOut, now: float) -> str:
     if key.revoked_at is not None:
         return "[red]revoked[/]"
-    return "[green]active[/]" if key.usable(now) else "[red]expired[/]"
+    return (
+        "[green]active[/]" if key.expires_at is None or now < key.expires_at else "[red]expired[/]"
+    )
 
 
 @keys_cli.command("revoke")
@@ -159,9 +200,16 @@ def keys_revoke(
     db: DbOpt = None,
 ) -> None:
     """Revoke an API key: API servers refuse it within api_key_cache_seconds."""
-    with existing_store(db_url(ctx, db)) as store:
-        before = store.clock.now()
-        key = store.revoke_api_key(key_id, actor=actor or default_actor())
+    key: ApiKey | KeyOut
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if gr is not None:
+        with gr:
+            before = time.time()
+            key = gr.revoke_api_key(key_id)
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            before = store.clock.now()
+            key = store.revoke_api_key(key_id, actor=actor or default_actor())
     if key.revoked_at is not None and key.revoked_at < before:
         out.print(f"{describe_key(key)} was already revoked")
         return
@@ -169,11 +217,24 @@ def keys_revoke(
 
 
 @integrations_cli.command("list")
-def integrations_list(ctx: typer.Context, tenant: TenantOpt = None, db: DbOpt = None) -> None:
-    """List integrations (never their credentials), with the key that seals each."""
-    with existing_store(db_url(ctx, db)) as store:
-        found = store.integrations(tenant=tenant)
-        now = store.clock.now()
+def integrations_list(
+    ctx: typer.Context, tenant: TenantOpt = None, json_out: JsonOpt = False, db: DbOpt = None
+) -> None:
+    """List integrations (never their credentials), with the key that seals each (on a
+    database: the API does not say)."""
+    found: Sequence[Integration | IntegrationOut]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            found = gr.integrations(tenant=tenant)
+        now = time.time()
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            found = store.integrations(tenant=tenant)
+            now = store.clock.now()
+    if json_out:
+        print_json(found, IntegrationOut.of)
+        return
     if not found:
         out.print("no integrations")
         return
@@ -188,10 +249,53 @@ def integrations_list(ctx: typer.Context, tenant: TenantOpt = None, db: DbOpt = 
             escape(i.name),
             i.status,
             short_json(i.settings),
-            escape(i.key_id),
+            escape(i.key_id) if isinstance(i, Integration) else "-",
             ago(i.credentials_updated_at, now),
         )
     out.print(table)
+
+
+@integrations_cli.command("show")
+def integrations_show(
+    ctx: typer.Context,
+    integration_id: Annotated[str, typer.Argument(metavar="ID", help="Integration id (int_…).")],
+    tenant: Annotated[str | None, typer.Option(help="The tenant it must belong to.")] = None,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+) -> None:
+    """Show an integration (never its credentials): its settings whole, status and times."""
+    found: Integration | IntegrationOut
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            found = gr.get_integration(integration_id)
+        if tenant is not None and found.tenant != tenant:
+            raise NotFound(f"integration {integration_id} not found")
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            found = store.integration(integration_id, tenant=tenant)
+    if json_out:
+        print_json(found, IntegrationOut.of)
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")  # whole values, folded, never cut
+    rows = [
+        ("integration", found.id),
+        ("tenant", found.tenant),
+        ("connector", found.connector),
+        ("name", found.name),
+        ("status", found.status),
+        ("settings", json.dumps(found.settings, indent=2, ensure_ascii=False)),
+        ("credentials set", when(found.credentials_updated_at)),
+        ("created", when(found.created_at)),
+        ("updated", when(found.updated_at)),
+    ]
+    if isinstance(found, Integration):
+        rows.append(("sealed with", found.key_id))
+    for name, value in rows:
+        grid.add_row(name, escape(value))
+    out.print(grid)
 
 
 @integrations_cli.command("update")

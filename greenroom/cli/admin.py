@@ -5,18 +5,25 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from itertools import islice
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.cli import DbOpt, cli, db_url, existing_store, out, remote_client
+from greenroom.api.schemas import AuditOut, ErrorGroupOut
+from greenroom.cli import (
+    DbOpt,
+    JsonOpt,
+    cli,
+    db_url,
+    existing_store,
+    out,
+    print_json,
+    remote_client,
+)
 from greenroom.cli.display import ago, short, when
 from greenroom.model import AuditEntry, ErrorGroup
-
-if TYPE_CHECKING:
-    from greenroom.api.schemas import AuditOut, ErrorGroupOut
 
 TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant.")]
 
@@ -26,6 +33,7 @@ def errors(
     ctx: typer.Context,
     tenant: TenantOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """Failed runs grouped by error (type + normalized message + step), most recent first:
@@ -42,6 +50,9 @@ def errors(
         with existing_store(db_url(ctx, db)) as store:
             groups = store.error_groups(tenant=tenant, limit=limit)
             now = store.clock.now()
+    if json_out:
+        print_json(groups, ErrorGroupOut.of)
+        return
     if not groups:
         out.print("no errors")
         return
@@ -71,6 +82,7 @@ def audit(
     ctx: typer.Context,
     tenant: TenantOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """Admin actions, newest first: who did what, when and why."""
@@ -83,6 +95,9 @@ def audit(
     else:
         with existing_store(db_url(ctx, db)) as store:
             entries = store.audit_log(tenant=tenant, limit=limit)
+    if json_out:
+        print_json(entries, AuditOut.of)
+        return
     if not entries:
         out.print("no audit entries")
         return

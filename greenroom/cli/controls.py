@@ -4,32 +4,33 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from greenroom.api.schemas import PauseOut, QueueOut, QueueUpdate, TenantOut, TenantUpdate
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
+    JsonOpt,
     ReasonOpt,
     cli,
     db_url,
     default_actor,
+    err,
     existing_store,
     out,
+    print_json,
     remote_client,
 )
 from greenroom.cli.display import ago, number
 from greenroom.cli.parse import parse_label, parse_rate_limit, parse_setting
 from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState
+from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState, TenantInfo
 from greenroom.storage import RunFilter
-
-if TYPE_CHECKING:
-    from greenroom.api.schemas import PauseOut, QueueOut
 
 queues_cli = typer.Typer(help="Queues: runs by state, limits; `queues set` changes them.")
 tenants_cli = typer.Typer(help="Tenants: fairness weight and limits; `tenants set` changes them.")
@@ -54,6 +55,7 @@ COUNTED = (
 def queues(
     ctx: typer.Context,
     tenant: Annotated[str | None, typer.Option(help="Count only this tenant's runs.")] = None,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List queues: runs by state, paused or not, limits and runs finished in the last minute."""
@@ -67,6 +69,9 @@ def queues(
     else:
         with existing_store(db_url(ctx, db)) as store:
             found = store.queues(tenant=tenant)
+    if json_out:
+        print_json(found, QueueOut.of)
+        return
     if not found:
         out.print("no queues")
         return
@@ -138,8 +143,14 @@ def queues_set(
         changes["rate_limit"], changes["rate_period"] = rate or (None, None)
     if not changes:
         raise InvalidInput("nothing to change: give at least one setting (see --help)")
-    with existing_store(db_url(ctx, db)) as store:
-        q = store.set_queue(name, actor=actor or default_actor(), reason=reason, **changes)
+    q: QueueInfo | QueueOut
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if gr is not None:
+        with gr:  # the API changes queues that exist only
+            q = gr.update_queue(name, QueueUpdate.model_validate({**changes, "reason": reason}))
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            q = store.set_queue(name, actor=actor or default_actor(), reason=reason, **changes)
     settings = {
         "concurrency": number(q.concurrency),
         "rate limit": rate_text(q),
@@ -211,7 +222,10 @@ def pause(
     actor: ActorOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Hold every run of a queue, tenant, workflow, session or label that has not started."""
+    """Hold every run of a queue, tenant, workflow, session or label that has not started.
+
+    A pause may be set before its runs arrive: one on a tenant, queue or integration that does
+    not exist (yet) is set, with a warning, since a typo would hold nothing."""
     scope, value, key = pause_target(queue, tenant, workflow, session, label)
     gr = remote_client(ctx, db, {"--actor": actor})
     if gr is not None:
@@ -219,6 +233,9 @@ def pause(
 
         wanted = {"scope": scope.value, "value": value, "label": key, "drain": not no_drain}
         with gr:
+            unknown = unknown_target(
+                scope, value, key, gr.get_tenant, gr.get_queue, gr.get_integration
+            )
             existing = {p.id for p in gr.pauses()}
             made = gr.create_pause(
                 PauseCreate.model_validate({**wanted, "reason": reason, "tenant": for_tenant})
@@ -226,6 +243,9 @@ def pause(
         p, already = as_pause(made), made.id in existing
     else:
         with existing_store(db_url(ctx, db)) as store:
+            unknown = unknown_target(
+                scope, value, key, store.tenant, store.queue, store.integration
+            )
             before = store.clock.now()
             p = store.pause(
                 scope,
@@ -237,14 +257,44 @@ def pause(
                 drain=not no_drain,
             )
         already = p.created_at < before
+    if unknown:
+        warning = f"warning: {unknown} (yet): the pause holds its runs when they come"
+        err.print(warning, markup=False)
     if already:
         out.print(
             f"{escape(p.describe())} was already paused by {escape(p.paused_by)}: "
-            f"{escape(p.reason)}"
+            f"{escape(p.reason)} ({p.held} runs held)"
         )
         return
     running = "running runs finish" if p.drain else "running runs stop at their next step boundary"
-    out.print(f"paused {escape(p.describe())}: waiting runs are held, {running}")
+    out.print(f"paused {escape(p.describe())}: {p.held} waiting runs held, {running}")
+
+
+def unknown_target(
+    scope: PauseScope,
+    value: str,
+    key: str,
+    tenant: Callable[[str], object],
+    queue: Callable[[str], object],
+    integration: Callable[[str], object],
+) -> str | None:
+    """What a pause names that does not exist, if it does: a typo would hold nothing. Looked
+    up with the store's or the client's getters, which raise NotFound."""
+    lookups = {
+        PauseScope.TENANT: ("tenant", tenant),
+        PauseScope.QUEUE: ("queue", queue),
+    }
+    if scope is PauseScope.LABEL and key == "integration":
+        lookups[PauseScope.LABEL] = ("integration", integration)
+    found = lookups.get(scope)
+    if found is None:
+        return None
+    what, get = found
+    try:
+        get(value)
+    except NotFound:
+        return f"there is no {what} {value!r}"
+    return None
 
 
 @cli.command()
@@ -285,6 +335,7 @@ def resume(
 def pauses(
     ctx: typer.Context,
     tenant: Annotated[str | None, typer.Option(help="Pauses that hold this tenant's runs.")] = None,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List pauses in force: scope, what, tenant, drain, who, when and why."""
@@ -298,15 +349,19 @@ def pauses(
         with existing_store(db_url(ctx, db)) as store:
             found = store.pauses(tenant=tenant)
             now = store.clock.now()
+    if json_out:
+        print_json(found, PauseOut.of)
+        return
     if not found:
         out.print("no pauses")
         return
-    table = Table("SCOPE", "WHAT", "TENANT", "DRAIN", "BY", "WHEN", "REASON")
+    table = Table("SCOPE", "WHAT", "TENANT", "HELD", "DRAIN", "BY", "WHEN", "REASON")
     for p in found:
         table.add_row(
             p.scope.value,
             escape(f"{p.label}={p.value}" if p.label else p.value),
             "all" if p.tenant == ALL_TENANTS else escape(p.tenant),
+            str(p.held),
             "yes" if p.drain else "no",
             escape(p.paused_by),
             ago(p.created_at, now),
@@ -327,6 +382,7 @@ def as_pause(p: PauseOut) -> Pause:
         reason=p.reason,
         created_at=p.created_at,
         id=p.id,
+        held=p.held,
     )
 
 
@@ -353,17 +409,26 @@ def find_pause(
 
 
 @tenants_cli.callback(invoke_without_command=True)
-def tenants(ctx: typer.Context, db: DbOpt = None) -> None:
+def tenants(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """List tenants: fairness weight, concurrency limit, runs running and ready."""
     if ctx.invoked_subcommand is not None:
         return
-    with existing_store(db_url(ctx, db)) as store:
-        found = store.tenants()
-        # Running runs are few (at most the workers' slots): count them rather than trust the
-        # per-tenant counter, which is only kept for tenants with a limit.
-        running = Counter(
-            r.tenant for r in store.list_runs(RunFilter(states=[RunState.RUNNING], limit=1_000_000))
-        )
+    # Running runs are few (at most the workers' slots): count them rather than trust the
+    # per-tenant counter, which is only kept for tenants with a limit.
+    found: Sequence[TenantInfo | TenantOut]
+    gr = remote_client(ctx, db)
+    if gr is not None:
+        with gr:
+            found = gr.tenants()
+            running = Counter(r.tenant for r in gr.iter_runs(state=["running"], page_size=500))
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            found = store.tenants()
+            everything = RunFilter(states=[RunState.RUNNING], limit=1_000_000)
+            running = Counter(r.tenant for r in store.list_runs(everything))
+    if json_out:
+        print_json(found, TenantOut.of)
+        return
     if not found:
         out.print("no tenants")
         return
@@ -399,15 +464,26 @@ def tenants_set(
         raise InvalidInput(f"--concurrency must be a whole number or none, got {concurrency!r}")
     if weight is None and concurrency is None:
         raise InvalidInput("nothing to change: give --weight or --concurrency")
-    with existing_store(db_url(ctx, db)) as store:
-        t = store.set_tenant(
-            name,
-            actor=actor or default_actor(),
-            reason=reason,
-            weight=weight,
-            concurrency=limit,
-            clear_concurrency=concurrency is not None and limit is None,
-        )
+    t: TenantInfo | TenantOut
+    gr = remote_client(ctx, db, {"--actor": actor})
+    if gr is not None:
+        given: dict[str, Any] = {"reason": reason}
+        if weight is not None:
+            given["weight"] = weight
+        if concurrency is not None:
+            given["concurrency"] = limit  # None clears the limit
+        with gr:
+            t = gr.update_tenant(name, TenantUpdate.model_validate(given))
+    else:
+        with existing_store(db_url(ctx, db)) as store:
+            t = store.set_tenant(
+                name,
+                actor=actor or default_actor(),
+                reason=reason,
+                weight=weight,
+                concurrency=limit,
+                clear_concurrency=concurrency is not None and limit is None,
+            )
     out.print(
         f"tenant {escape(t.name)}: weight {number(t.weight)}, concurrency {number(t.concurrency)}"
     )

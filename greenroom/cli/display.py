@@ -63,6 +63,11 @@ def short_json(value: Any, limit: int = 300) -> str:
     return escape(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
+def full_json(value: Any) -> str:
+    """A value whole, indented: what `runs show` owes someone reading a run's input or output."""
+    return escape(json.dumps(value, indent=2, ensure_ascii=False))
+
+
 def short(text: str, limit: int = 80) -> str:
     one_line = " ".join(text.split())
     return escape(one_line if len(one_line) <= limit else one_line[: limit - 1] + "…")

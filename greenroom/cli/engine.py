@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from greenroom.api.schemas import RunOut, WorkerOut
 from greenroom.app import RunRequest
 from greenroom.cli import (
     AppOpt,
     DbOpt,
+    JsonOpt,
     cli,
     configure,
     db_url,
@@ -22,18 +24,16 @@ from greenroom.cli import (
     given_db,
     load_app,
     out,
+    print_json,
     quiet_driver_logs,
     redact,
     remote_client,
 )
 from greenroom.cli.display import ago
-from greenroom.cli.parse import parse_input, parse_labels, split_list
+from greenroom.cli.parse import parse_input, parse_iso, parse_labels, split_list
 from greenroom.errors import InvalidInput
 from greenroom.model import Run, WorkerInfo
 from greenroom.storage import open_backend
-
-if TYPE_CHECKING:
-    from greenroom.api.schemas import RunOut, WorkerOut
 
 db_cli = typer.Typer(no_args_is_help=True, help="Manage the database schema.")
 cli.add_typer(db_cli, name="db")
@@ -106,6 +106,12 @@ def enqueue(
     delay: Annotated[
         float | None, typer.Option(min=0, help="Start no earlier than this many seconds.")
     ] = None,
+    start_at: Annotated[
+        str | None,
+        typer.Option(
+            help="Start no earlier than this ISO time (local unless it says); not with --delay."
+        ),
+    ] = None,
     label: Annotated[
         list[str] | None, typer.Option("--label", "-l", help="key=value, repeatable.")
     ] = None,
@@ -113,11 +119,18 @@ def enqueue(
         str | None,
         typer.Option(help="Run for this integration (int_…): its settings and credentials."),
     ] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(help="Another queue than the workflow's (a worker must serve it)."),
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Enqueue one run and print its id (an existing run's id for a used idempotency key)."""
     run: Run | RunOut
     run_input, labels = parse_input(input), parse_labels(label or [])
+    at = None if start_at is None else parse_iso(start_at, "--start-at")
+    if at is not None and delay is not None:
+        raise InvalidInput("give --delay or --start-at, not both")
     gr = remote_client(ctx, db)
     if gr is not None:
         from greenroom.api.schemas import RunCreate
@@ -129,8 +142,10 @@ def enqueue(
                 "tenant": tenant,
                 "priority": priority,
                 "delay": delay,
+                "start_at": at,
                 "labels": labels,
                 "integration": integration,
+                "queue": queue,
             }
         )
         with gr:
@@ -148,8 +163,10 @@ def enqueue(
             idempotency_key=idempotency_key,
             priority=priority,
             delay=delay,
+            start_at=at,
             labels=labels,
             integration=integration,
+            queue=queue,
         )
         try:
             run, created = the_app.store.enqueue(the_app.prepare(request))
@@ -168,6 +185,7 @@ def enqueue(
 def workers(
     ctx: typer.Context,
     all: Annotated[bool, typer.Option("--all", help="Include stopped and dead workers.")] = False,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List workers: id, host, pid, state, last heartbeat and the runs they hold."""
@@ -181,6 +199,9 @@ def workers(
         with existing_store(db_url(ctx, db)) as store:
             found = store.workers(include_gone=all)
             now = store.clock.now()
+    if json_out:
+        print_json(found, WorkerOut.of)
+        return
     if not found:
         out.print("no workers" if all else "no live workers (--all shows stopped ones)")
         return

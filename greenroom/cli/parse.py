@@ -75,11 +75,21 @@ def parse_time(text: str, option: str, now: float) -> float:
     except InvalidInput:
         pass
     try:
-        return datetime.fromisoformat(text.strip()).timestamp()
-    except ValueError:
+        return parse_iso(text, option)
+    except InvalidInput:
         raise InvalidInput(
             f"{option} must be {DURATION_HINT} (that long ago) or an ISO time like "
             f"2024-05-01T02:00, got {text!r}"
+        ) from None
+
+
+def parse_iso(text: str, option: str) -> float:
+    """An ISO time (local time unless it says) as Unix time."""
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise InvalidInput(
+            f"{option} must be an ISO time like 2024-05-01T02:00 (or with +01:00), got {text!r}"
         ) from None
 
 

@@ -11,18 +11,21 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from greenroom.api.schemas import RunDetail, RunOut
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
+    JsonOpt,
     ReasonOpt,
     cli,
     db_url,
     default_actor,
     existing_store,
     out,
+    print_json,
     remote_client,
 )
-from greenroom.cli.display import ago, seconds, short_json, state_text, when
+from greenroom.cli.display import ago, full_json, seconds, short_json, state_text, when
 from greenroom.cli.parse import parse_duration, parse_input, parse_label, parse_states, parse_time
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import (
@@ -39,7 +42,7 @@ from greenroom.storage import RunFilter
 from greenroom.storage.admin import BulkRetry
 
 if TYPE_CHECKING:
-    from greenroom.api.schemas import ArtifactOut, BulkRetryOut, EventOut, RunOut, StepOut
+    from greenroom.api.schemas import ArtifactOut, BulkRetryOut, EventOut, StepOut
     from greenroom.client import Client
 
 runs_cli = typer.Typer(no_args_is_help=True, help="List, inspect, cancel, retry and prune runs.")
@@ -64,11 +67,19 @@ def runs_list(
         bool,
         typer.Option("--include-superseded", help="Also failed runs that were retried."),
     ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="Created since: a duration ago (12h) or an ISO time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Created before: a duration ago or an ISO time.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List runs, newest first (failed runs that were retried are left out: their retries
     stand for them)."""
+    asked = time.time()
     f = RunFilter(
         tenant=tenant,
         states=parse_states(state),
@@ -78,6 +89,8 @@ def runs_list(
         error_group=error_group,
         limit=limit,
         include_superseded=include_superseded,
+        created_after=None if since is None else parse_time(since, "--since", asked),
+        created_before=None if until is None else parse_time(until, "--until", asked),
     )
     found: Sequence[Run | RunOut]
     gr = remote_client(ctx, db)
@@ -92,6 +105,8 @@ def runs_list(
                 error_group=error_group,
                 tenant=tenant,
                 include_superseded=include_superseded,
+                created_after=f.created_after,
+                created_before=f.created_before,
             )
             found = list(islice(pages, limit))
         now = time.time()
@@ -99,6 +114,9 @@ def runs_list(
         with existing_store(db_url(ctx, db)) as store:
             found = store.list_runs(f)
             now = store.clock.now()
+    if json_out:
+        print_json(found, RunOut.of)
+        return
     if not found:
         out.print("no runs")
         return
@@ -124,9 +142,11 @@ def runs_show(
     run_id: Annotated[
         str, typer.Argument(metavar="ID", help="Run id, or a unique prefix of 8+ characters.")
     ],
+    json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
-    """Show a run: its fields, timeline, steps, error and failure artifacts."""
+    """Show a run: its fields, timeline, steps, error and failure artifacts (--json: all of
+    it, output and error whole, as the API's RunDetail)."""
     run: Run | RunOut
     steps: Sequence[StepRecord | StepOut]
     events: Sequence[RunEvent | EventOut]
@@ -135,6 +155,9 @@ def runs_show(
     if gr is not None:
         with gr:
             run = detail = gr.get_run(run_id)
+        if json_out:
+            print_json(detail, RunDetail.of)
+            return
         steps, events = detail.steps, detail.timeline
         path = f"/v1/runs/{run.id}/artifacts"
         artifacts = [(a, f"{path}/{a.id}") for a in detail.artifacts]
@@ -142,10 +165,11 @@ def runs_show(
     else:
         url = db_url(ctx, db)
         with existing_store(url) as store:
-            run = store.get_run(run_id)  # the id may be a prefix: go on with the whole one
-            steps = store.steps(run.id)
-            events = store.events(run.id)
-            found = store.artifacts(run.id)
+            stored = store.run_detail(run_id)  # the id may be a prefix
+        if json_out:
+            print_json(stored, RunDetail.of)
+            return
+        run, steps, events, found = stored.run, stored.steps, stored.events, stored.artifacts
         artifacts = [(a, a.location) for a in found]
         where = local_artifacts(url) if found else ""
     show_fields(run)
@@ -168,7 +192,7 @@ def runs_show(
 def show_fields(run: Run | RunOut) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(overflow="fold")  # whole values, folded, never cut
     rows: list[tuple[str, str]] = [
         ("run", run.id),
         ("workflow", escape(run.workflow)),
@@ -181,8 +205,8 @@ def show_fields(run: Run | RunOut) -> None:
         ("stalls", str(run.stalls)),
         ("idempotency key", escape(run.idempotency_key or "-")),
         ("labels", short_json(run.labels)),
-        ("input", short_json(run.input)),
-        ("output", short_json(run.output)),
+        ("input", full_json(run.input)),
+        ("output", full_json(run.output)),
         ("created", when(run.created_at)),
         ("started", when(run.started_at)),
         ("finished", when(run.finished_at)),
@@ -354,7 +378,10 @@ def runs_retry(
         raise InvalidInput("--input applies to one run (ID), not to --where")
     if run_id is None and force:
         raise InvalidInput("--force applies to one run (ID): --where never retries a run twice")
-    gr = remote_client(ctx, db, {"--since": since, "--until": until, "--actor": actor})
+    now = time.time()
+    finished_after = None if since is None else parse_time(since, "--since", now)
+    finished_before = None if until is None else parse_time(until, "--until", now)
+    gr = remote_client(ctx, db, {"--actor": actor})
     if gr is not None:
         from greenroom.api.schemas import BulkRetryRequest
 
@@ -368,6 +395,8 @@ def runs_retry(
                 "queue": queue,
                 "label": None if label is None else "=".join(parse_label(label)),
                 "error_group": error_group,
+                "finished_after": finished_after,
+                "finished_before": finished_before,
                 "from_scratch": from_scratch,
                 "dry_run": dry_run,
                 "reason": reason,
@@ -393,7 +422,6 @@ def runs_retry(
         say_retried(new.id, new.retry_of, old, kept, from_scratch, new_input is not None)
         return
     else:
-        now = time.time()
         f = RunFilter(
             tenant=tenant,
             workflow=workflow,
@@ -401,8 +429,8 @@ def runs_retry(
             label=None if label is None else parse_label(label),
             error_group=error_group,
             states=parse_states(state),
-            finished_after=None if since is None else parse_time(since, "--since", now),
-            finished_before=None if until is None else parse_time(until, "--until", now),
+            finished_after=finished_after,
+            finished_before=finished_before,
         )
         with existing_store(db_url(ctx, db)) as store:
             result = store.retry_where(
@@ -481,9 +509,12 @@ def runs_prune(
         str,
         typer.Option(help="Finished states to delete, comma-separated."),
     ] = "succeeded,failed,cancelled",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say how many runs would be deleted, delete none.")
+    ] = False,
     db: DbOpt = None,
 ) -> None:
-    """Delete finished runs (and their steps and timelines), in small batches."""
+    """Delete finished runs (and their steps, timelines and artifacts), in small batches."""
     age = parse_duration(older_than, "--older-than")
     states = parse_states(status)
     if any(s not in FINISHED_STATES for s in states):
@@ -493,5 +524,13 @@ def runs_prune(
     url = db_url(ctx, db)
     files = default_artifact_store(load_settings(db=url))
     with existing_store(url) as store:
-        deleted = store.prune(older_than=age, states=states, delete_files=files.delete_run)
+        deleted = store.prune(
+            older_than=age, states=states, delete_files=files.delete_run, dry_run=dry_run
+        )
+    if dry_run:
+        out.print(
+            f"dry run: {deleted} runs finished more than {older_than} ago would be deleted "
+            "(nothing deleted)"
+        )
+        return
     out.print(f"deleted {deleted} runs finished more than {older_than} ago")

@@ -285,16 +285,26 @@ class Admin(StoreBase):
         states: Sequence[RunState] = tuple(FINISHED_STATES),
         batch: int = 500,
         delete_files: Callable[[str], None] | None = None,
+        dry_run: bool = False,
     ) -> int:
         """Delete finished runs that ended more than `older_than` seconds ago, in small
         transactions so no lock is held for long; `delete_files(run_id)` removes each run's
-        stored artifacts once its rows are gone. Returns how many runs were deleted."""
+        stored artifacts once its rows are gone. Returns how many runs were deleted (with
+        dry_run: how many would be, deleting nothing)."""
         if older_than < 0:
             raise InvalidInput("older_than must not be negative")
         if any(s not in FINISHED_STATES for s in states):
             raise InvalidInput("only finished runs (succeeded, failed, cancelled) can be pruned")
         b = self.backend
         cutoff = self.clock.now() - older_than
+        if dry_run:
+            with b.transaction(write=False) as tx:
+                rows = tx.execute(
+                    f"SELECT COUNT(*) AS n FROM runs WHERE finished_at < :cutoff"
+                    f" AND {b.member('state', 'states')}",
+                    {"cutoff": cutoff, "states": b.list_param([s.value for s in states])},
+                )
+            return int(rows[0]["n"])
         deleted = 0
         while True:
             with b.transaction() as tx:

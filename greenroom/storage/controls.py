@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from typing import Any
 
 from greenroom.errors import InvalidInput, NotFound
@@ -234,7 +235,11 @@ class Controls(StoreBase):
         """Pauses in force; for a tenant, its own and the platform's."""
         with self.backend.transaction(write=False) as tx:
             found = ready.load_pauses(tx)
-        return [p for p in found if tenant is None or p.tenant in (ALL_TENANTS, tenant)]
+            return [
+                self._counted(tx, p)
+                for p in found
+                if tenant is None or p.tenant in (ALL_TENANTS, tenant)
+            ]
 
     @retry_conflicts
     def pause(
@@ -273,7 +278,7 @@ class Controls(StoreBase):
                 },
             )
             if not rows:
-                return self._find_pause(tx, wanted)
+                return self._counted(tx, self._find_pause(tx, wanted))
             pause = pause_from_row(rows[0])
             where, params = ready.pause_predicate(b, pause)
             waiting = tx.execute(f"SELECT * FROM runs WHERE state = 'queued' AND {where}", params)
@@ -301,7 +306,14 @@ class Controls(StoreBase):
                 reason=reason,
                 detail={"held": len(held), "stopping": stopping, "drain": pause.drain},
             )
-        return pause
+            return self._counted(tx, pause)
+
+    def _counted(self, tx: Tx, pause: Pause) -> Pause:
+        """The pause with how many runs it holds (some may be held by another pause too)."""
+        where, params = ready.pause_predicate(self.backend, pause)
+        sql = f"SELECT COUNT(*) AS n FROM runs WHERE state = 'paused' AND {where}"
+        rows = tx.execute(sql, params)
+        return replace(pause, held=int(rows[0]["n"]))
 
     @retry_conflicts
     def resume(

@@ -466,9 +466,9 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
 
     def run_detail(self, run_id: str, *, tenant: str | None = None) -> RunDetail:
         """A run with its steps, timeline and artifacts, as one consistent read."""
-        params = {"id": run_id}
         with self.backend.transaction(write=False) as tx:
             run = run_from_row(self._select_run(tx, run_id, tenant))
+            params = {"id": run.id}  # run_id may be a prefix
             steps = tx.execute("SELECT * FROM steps WHERE run_id = :id ORDER BY position", params)
             events = tx.execute("SELECT * FROM run_events WHERE run_id = :id ORDER BY id", params)
             files = tx.execute("SELECT * FROM artifacts WHERE run_id = :id ORDER BY id", params)

@@ -18,11 +18,9 @@ from greenroom.api.auth import Caller, Operator, Viewer
 from greenroom.api.database import DatabaseRoute
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.schemas import (
-    ArtifactOut,
     BulkRetryOut,
     BulkRetryRequest,
     CancelRequest,
-    EventOut,
     Id,
     LabelFilter,
     Page,
@@ -31,7 +29,6 @@ from greenroom.api.schemas import (
     RunCreate,
     RunDetail,
     RunOut,
-    StepOut,
 )
 from greenroom.api.state import ApiState, get_state
 from greenroom.app import RunRequest
@@ -47,8 +44,11 @@ NOT_FOUND = responses(c404="no such run (or another tenant's)")
 
 def request_hash(body: RunCreate, tenant: str) -> str:
     """What an idempotent create asked for; the same key with another request is a 409."""
+    # Without a queue, the hash is the one of bodies from before `queue` existed: replays of
+    # runs created then still match.
+    left_out = {"tenant"} if body.queue is not None else {"tenant", "queue"}
     canonical = json.dumps(
-        {"tenant": tenant, **body.model_dump(exclude={"tenant"})}, sort_keys=True, default=str
+        {"tenant": tenant, **body.model_dump(exclude=left_out)}, sort_keys=True, default=str
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -142,6 +142,7 @@ def create_run(
         start_at=body.start_at,
         labels=body.labels,
         integration=body.integration,
+        queue=body.queue,
     )
     run, created = state.store.enqueue(replace(state.app.prepare(req), request_hash=wanted))
     if not created and run.request_hash != wanted:
@@ -168,6 +169,8 @@ def list_runs(
     error_group: Text | None = None,
     created_after: Moment = None,
     created_before: Moment = None,
+    finished_after: Moment = None,
+    finished_before: Moment = None,
     tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
     include_superseded: Annotated[
         bool, Query(description="also failed or cancelled runs that were retried")
@@ -185,6 +188,8 @@ def list_runs(
         error_group=error_group,
         created_after=None if created_after is None else unix_time(created_after),
         created_before=None if created_before is None else unix_time(created_before),
+        finished_after=None if finished_after is None else unix_time(finished_after),
+        finished_before=None if finished_before is None else unix_time(finished_before),
         before_seq=None if cursor is None else decode_cursor(cursor),
         limit=limit + 1,
         include_superseded=include_superseded,
@@ -201,13 +206,7 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
 def get_run(run_id: Id, state: State, who: Caller = Viewer) -> RunDetail:
     """A run with its steps, its timeline and its diagnostic artifacts."""
-    found = state.store.run_detail(run_id, tenant=who.tenant)
-    return RunDetail(
-        **RunOut.of(found.run).model_dump(),
-        steps=[StepOut.of(s) for s in found.steps],
-        timeline=[EventOut.of(e) for e in found.events],
-        artifacts=[ArtifactOut.of(a) for a in found.artifacts],
-    )
+    return RunDetail.of(state.store.run_detail(run_id, tenant=who.tenant))
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, responses=NOT_FOUND)
@@ -250,6 +249,8 @@ def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> 
         queue=body.queue,
         label=label_filter(body.integration, body.label),
         error_group=body.error_group,
+        finished_after=body.finished_after,
+        finished_before=body.finished_before,
     )
     done = state.store.retry_where(
         f,
