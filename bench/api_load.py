@@ -1,4 +1,5 @@
-"""HTTP API throughput under a mixed load: 80% reads (run details and lists), 20% run creates.
+"""HTTP API throughput under a mixed load: 80% reads (run details and lists), 20% run creates
+(`--mix reads`: run details and lists only, half each).
 
 Starts `greenroom api` (N uvicorn processes) on a fresh database, seeds runs to read, then runs wrk
 (Debian package `wrk`) on loopback at increasing connection counts, each for --seconds. A level
@@ -30,6 +31,8 @@ from greenroom.storage import open_store
 
 LUA = Path(__file__).with_name("api_load.lua")
 SEED_RUNS = 2000
+#: Share of run creates in each mix; the rest is half run details, half run lists.
+MIXES = {"mixed": 0.2, "reads": 0.0}
 
 
 def free_port() -> int:
@@ -109,6 +112,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=60, help="length of each level")
     p.add_argument("--levels", default="2,4,8,16,32", help="wrk connection counts")
     p.add_argument("--p99-ms", type=float, default=50.0)
+    p.add_argument("--mix", choices=sorted(MIXES), default="mixed")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk: apt-get install wrk")
@@ -126,6 +130,7 @@ def main() -> None:
                 **os.environ,
                 "GREENROOM_BENCH_KEY": key,
                 "GREENROOM_BENCH_RUNS": ",".join(ids),
+                "GREENROOM_BENCH_CREATES": str(MIXES[args.mix]),
             }
             levels = []
             for connections in (int(c) for c in args.levels.split(",")):
@@ -143,7 +148,10 @@ def main() -> None:
             "backend": benchlib.backend_name(url),
             "api_processes": args.workers,
             "seconds_per_level": args.seconds,
-            "mix": "40% run detail, 40% run list (20 per page), 20% run create",
+            "mix": {
+                "mixed": "40% run detail, 40% run list (20 per page), 20% run create",
+                "reads": "50% run detail, 50% run list (20 per page)",
+            }[args.mix],
             "levels": levels,
             "sustained_requests_per_s": None if best is None else best["requests_per_s"],
             "at_p99_ms": None if best is None else best["p99_ms"],
