@@ -65,7 +65,8 @@ class Bench:
         """`greenroom worker` with default settings; its output goes to a log file. Its bytecode
         comes from `bytecode` (default: the warm cache); a new directory means none at all."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
-        env.update(PYTHONPATH=str(HERE), BENCH_MARKS=str(self.marks), BENCH_ROLE=role)
+        path = [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]  # e.g. another tree
+        env.update(PYTHONPATH=os.pathsep.join(path), BENCH_MARKS=str(self.marks), BENCH_ROLE=role)
         env["PYTHONPYCACHEPREFIX"] = str(bytecode or self.warm_bytecode)
         if bytecode is None or bytecode == self.warm_bytecode:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
