@@ -72,8 +72,9 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def no_nul(request: Request) -> None:
-    """A dependency of every route: 422 for a NUL character in a path or query parameter."""
+async def no_nul(request: Request) -> None:
+    """A dependency of every route: 422 for a NUL character in a path or query parameter.
+    Async, so that it runs on the event loop rather than in the thread pool."""
     given = [("path", *item) for item in request.path_params.items()]
     given += [("query", *item) for item in request.query_params.multi_items()]
     bad = [
