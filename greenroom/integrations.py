@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from greenroom.connectors import Connector, dump_credentials
-from greenroom.crypto import KeyRing
 from greenroom.errors import ConfigError, NotFound, PermanentError
 from greenroom.model import Integration, Run
 from greenroom.storage import RunStore
+
+if TYPE_CHECKING:
+    from greenroom.crypto import KeyRing
 
 #: The run label that ties a run to its integration (set from RunRequest.integration).
 INTEGRATION_LABEL = "integration"
