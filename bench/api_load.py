@@ -5,7 +5,9 @@ Starts `greenroom api` (N uvicorn processes) on a fresh database, seeds runs to 
 (Debian package `wrk`) on loopback at increasing connection counts, each for --seconds. A level
 counts if it had no errors and p99 <= --p99-ms; the result is the highest such request rate.
 wrk is closed-loop: each connection sends its next request when the last one is answered, so
-the rate at a level is what the server sustained while keeping that latency.
+the rate at a level is what the server sustained while keeping that latency. wrk's percentiles
+are corrected for coordinated omission (a stall counts once per request it held up, as if the
+load were open-loop); `--client python` (bench/http_load.py) reports each request as measured.
 
     uv run python bench/api_load.py --db postgresql://postgres@127.0.0.1:5432/postgres
 """
@@ -30,6 +32,7 @@ from greenroom.model import Role
 from greenroom.storage import open_store
 
 LUA = Path(__file__).with_name("api_load.lua")
+HTTP_LOAD = Path(__file__).with_name("http_load.py")
 SEED_RUNS = 2000
 #: Share of run creates in each mix; the rest is half run details, half run lists.
 MIXES = {"mixed": 0.2, "reads": 0.0}
@@ -75,24 +78,18 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) ->
     raise SystemExit("greenroom api did not become ready")
 
 
-def wrk(base: str, env: dict[str, str], connections: int, seconds: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{min(2, connections)}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            "5s",
-            "-s",
-            str(LUA),
-            base,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def load(
+    client: str, base: str, env: dict[str, str], connections: int, seconds: int
+) -> dict[str, Any]:
+    """One level: wrk (latencies corrected for coordinated omission) or http_load.py (each
+    request's own latency)."""
+    if client == "wrk":
+        command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s"]
+        command += ["--timeout", "5s", "-s", str(LUA), base]
+    else:
+        port = base.rsplit(":", 1)[1]
+        command = [sys.executable, str(HTTP_LOAD), port, str(seconds), str(connections)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     stats = json.loads(out.stdout.strip().splitlines()[-1])
     rate = stats["requests"] / (stats["duration_us"] / 1e6)
     return {
@@ -113,8 +110,15 @@ def main() -> None:
     p.add_argument("--levels", default="2,4,8,16,32", help="wrk connection counts")
     p.add_argument("--p99-ms", type=float, default=50.0)
     p.add_argument("--mix", choices=sorted(MIXES), default="mixed")
+    p.add_argument(
+        "--client",
+        choices=("wrk", "python"),
+        default="wrk",
+        help="wrk (percentiles corrected for coordinated omission) or bench/http_load.py "
+        "(every request as measured)",
+    )
     args = p.parse_args()
-    if shutil.which("wrk") is None:
+    if args.client == "wrk" and shutil.which("wrk") is None:
         raise SystemExit("needs wrk: apt-get install wrk")
     with benchlib.fresh_database(args.db, "api") as url:
         key = bootstrap(url)
@@ -134,7 +138,7 @@ def main() -> None:
             }
             levels = []
             for connections in (int(c) for c in args.levels.split(",")):
-                level = wrk(base, load_env, connections, args.seconds)
+                level = load(args.client, base, load_env, connections, args.seconds)
                 print(json.dumps(level), file=sys.stderr)
                 levels.append(level)
         finally:
@@ -147,6 +151,7 @@ def main() -> None:
             "benchmark": "api_load",
             "backend": benchlib.backend_name(url),
             "api_processes": args.workers,
+            "client": args.client,
             "seconds_per_level": args.seconds,
             "mix": {
                 "mixed": "40% run detail, 40% run list (20 per page), 20% run create",
