@@ -1,6 +1,8 @@
--- Mixed API load for wrk: 40% run details, 40% run lists, 20% run creates.
+-- Mixed API load for wrk: 40% run details, 40% run lists, 20% run creates; with
+-- GREENROOM_BENCH_CREATES=0, reads only (half details, half lists).
 -- The key and the run ids to read come from the environment (bench/api_load.py sets them).
 local key = os.getenv("GREENROOM_BENCH_KEY")
+local creates = tonumber(os.getenv("GREENROOM_BENCH_CREATES") or "0.2")
 local ids = {}
 for id in string.gmatch(os.getenv("GREENROOM_BENCH_RUNS"), "[^,]+") do
   ids[#ids + 1] = id
@@ -22,10 +24,10 @@ end
 function request()
   local headers = { ["Authorization"] = "Bearer " .. key }
   local r = math.random()
-  if r < 0.2 then
+  if r < creates then
     headers["Content-Type"] = "application/json"
     return wrk.format("POST", "/v1/runs", headers, create)
-  elseif r < 0.6 then
+  elseif r < creates + (1 - creates) / 2 then
     return wrk.format("GET", "/v1/runs/" .. ids[math.random(#ids)], headers)
   end
   return wrk.format("GET", "/v1/runs?limit=20", headers)

@@ -31,9 +31,10 @@ BENCHMARKS = [
     "claim_scale",
     "fairness",
     "rate_limit",
+    "user_config",
 ]
-# Longer than --timeout allows by default: 1,000,000 runs to set up.
-TIMEOUTS = {"claim_scale": 600.0}
+# Longer than --timeout allows by default: 1,000,000 runs to set up; worker processes to start.
+TIMEOUTS = {"claim_scale": 600.0, "user_config": 600.0}
 CLOSE = 2.0  # claim p50 with 100,000 queued at most this many times the p50 with 1,000
 
 
@@ -197,7 +198,75 @@ CHECKS: list[Check] = [
         lambda r: (r["claimed"]["rate_vs_limit"], None),
         "-",
     ),
+    (
+        "user_config",
+        None,
+        "user config: start-up to claim (s)",
+        lambda r: _startup(r, "bytecode"),
+        "<= 0.5",
+    ),
+    (
+        "user_config",
+        None,
+        "user config: start-up, no bytecode (s)",
+        lambda r: _startup(r, "no_bytecode"),
+        "-",
+    ),
+    (
+        "user_config",
+        "postgresql",
+        "user config: drain (runs/s)",
+        lambda r: (r["drain_prefilled"]["runs_per_s"], r["drain_prefilled"]["runs_per_s"] >= 1500),
+        ">= 1500",
+    ),
+    (
+        "user_config",
+        "sqlite",
+        "user config: drain (runs/s)",
+        lambda r: (r["drain_prefilled"]["runs_per_s"], None),
+        "-",
+    ),
+    (
+        "user_config",
+        None,
+        "user config: drain, enqueued live (runs/s)",
+        lambda r: (r["drain_live"]["runs_per_s"], None),
+        "-",
+    ),
+    (
+        "user_config",
+        "postgresql",
+        "user config: enqueue->start p50 (ms)",
+        lambda r: (r["latency"]["latency_ms"]["p50"], r["latency"]["latency_ms"]["p50"] <= 3),
+        "<= 3",
+    ),
+    (
+        "user_config",
+        "sqlite",
+        "user config: enqueue->start p50 (ms)",
+        lambda r: (r["latency"]["latency_ms"]["p50"], None),
+        "-",
+    ),
+    (
+        "user_config",
+        None,
+        "user config: recovery, standby (s)",
+        lambda r: (r["recovery"]["standby"]["median"], r["recovery"]["standby"]["median"] <= 1),
+        "<= 1",
+    ),
+    (
+        "user_config",
+        None,
+        "user config: recovery, fresh worker (s)",
+        lambda r: (r["recovery"]["replacement"]["median"], None),
+        "-",
+    ),
 ]
+
+
+def _startup(r: dict[str, Any], cache: str) -> tuple[Any, bool | None]:
+    seconds = r["startup"][cache]["spawn_to_claim_s"]["median"]
+    return seconds, (seconds <= 0.5) if cache == "bytecode" else None
 
 
 def run_one(name: str, db: str, timeout: float) -> dict[str, Any]:

@@ -14,12 +14,12 @@ import os
 import secrets
 import zlib
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from greenroom.errors import ConfigError
-from greenroom.settings import Settings
+
+if TYPE_CHECKING:
+    from greenroom.settings import Settings
 
 KEY_FILE = "secret.key"
 
@@ -45,6 +45,10 @@ class KeyRing:
     """Encrypts with the current key; decrypts with any key it knows, found by key id."""
 
     def __init__(self, current: bytes, previous: list[bytes] | None = None) -> None:
+        # Imported here: a worker whose runs neither save sessions nor open credentials never
+        # makes a key ring, and its start-up does without the library.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self.current_id = key_id(current)
         self._keys = {key_id(k): AESGCM(k) for k in [*(previous or []), current]}
 
@@ -59,6 +63,8 @@ class KeyRing:
         aead = self._keys.get(kid)
         if aead is None:
             return None
+        from cryptography.exceptions import InvalidTag
+
         raw = base64.b64decode(blob)
         try:
             return zlib.decompress(aead.decrypt(raw[:12], raw[12:], context.encode()))

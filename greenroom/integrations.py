@@ -13,16 +13,18 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from greenroom.connectors import Connector, dump_credentials
-from greenroom.crypto import KeyRing
 from greenroom.errors import ConfigError, InvalidInput, NotFound, PermanentError
 from greenroom.model import INTEGRATION_LABEL, Integration, Run
 from greenroom.origins import secret_origins
 from greenroom.storage import RunStore
+
+if TYPE_CHECKING:
+    from greenroom.crypto import KeyRing
 
 
 def _context(tenant: str, integration_id: str) -> str:

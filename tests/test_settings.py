@@ -76,3 +76,14 @@ def test_app_takes_its_database_from_the_argument() -> None:
     assert app.settings.db == url
     assert app.settings.lease_seconds == 2.0
     assert App().settings.db == DEFAULT_DB
+
+
+def test_environment_names_ignore_case_and_unknown_names_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("greenroom_concurrency", "7")
+    monkeypatch.setenv("GREENROOM_NOT_A_SETTING", "x")  # not ours to refuse: ignored
+    assert load_settings().concurrency == 7
+    assert load_settings(concurrency=3).concurrency == 3, "arguments win"
+    with pytest.raises(ConfigError, match="not_a_setting"):
+        load_settings(not_a_setting=1)

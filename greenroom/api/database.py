@@ -47,7 +47,7 @@ class DatabaseRoute(APIRoute):
             try:
                 return await handler(request)
             except Exception as exc:
-                state = get_state(request)
+                state = await get_state(request)
                 if not await run_in_threadpool(_recovered, state, exc):
                     raise
                 if not repeatable(request):
@@ -64,7 +64,7 @@ class DatabaseRoute(APIRoute):
             try:
                 return await handler(request)
             except Exception as exc:
-                if _database_trouble(get_state(request), exc):
+                if _database_trouble(await get_state(request), exc):
                     raise unavailable("the database is unavailable; retry later") from exc
                 raise
 

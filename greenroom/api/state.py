@@ -47,6 +47,8 @@ class ApiState:
             return self._artifacts
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    """Async, as every dependency that does not block: FastAPI runs a plain function in its
+    thread pool, a hand-off to another thread and back on every request."""
     state: ApiState = request.app.state.greenroom
     return state

@@ -277,8 +277,46 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+#: The modules that define each top-level command. A command imports only its own module(s):
+#: Typer inspects the signature of every command it knows at each start, which cost a worker
+#: about as much as importing the engine.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("db", "worker", "enqueue", "workers", "demo"), ("engine",)),
+    "runs": ("runs",),
+    **dict.fromkeys(("queues", "pause", "resume", "pauses"), ("controls",)),
+    **dict.fromkeys(("tenants", "keys", "integrations", "secrets"), ("controls", "accounts")),
+    **dict.fromkeys(("errors", "audit"), ("admin",)),
+    "demo-saas": ("saas",),
+    **dict.fromkeys(("api", "up"), ("service",)),
+}
+ALL_MODULES = ("accounts", "admin", "controls", "engine", "runs", "saas", "service")
+#: Options of the root command that take a value (`--db URL`), to find the command after them.
+ROOT_VALUE_OPTIONS = frozenset({"--db", "--url", "--key"})
+
+
+def command_name(argv: Sequence[str]) -> str | None:
+    """The top-level command in argv (None for none, e.g. --help)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ROOT_VALUE_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+        elif arg == "--":
+            return next(args, None)
+    return None
+
+
+def load_commands(argv: Sequence[str]) -> None:
+    """Register the command argv names on `cli`; all commands for help or an unknown name."""
+    name = command_name(argv)
+    for module in COMMAND_MODULES.get(name or "", ALL_MODULES):
+        importlib.import_module(f"greenroom.cli.{module}")
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
+    load_commands(sys.argv[1:] if argv is None else argv)
     try:
         result = cli(args=argv, prog_name="greenroom", standalone_mode=False)
     except NoArgsIsHelpError as exc:
@@ -310,9 +348,7 @@ def main() -> None:
     sys.exit(run())
 
 
-# The commands register themselves on `cli` when imported (they import the helpers above).
-from greenroom.cli import accounts, admin, controls, engine, runs, saas, service  # noqa: E402
-
+# The commands register themselves on `cli` when their module is imported (`load_commands`).
 __all__ = [
     "accounts",
     "admin",

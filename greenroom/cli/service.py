@@ -4,6 +4,7 @@ and `greenroom up` (the API and a worker in one process, for one machine)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import TYPE_CHECKING, Annotated
 
@@ -68,6 +69,14 @@ def check_schema(url: str) -> None:
         raise ConfigError(f"{exc} (database {redact(url)})") from None
 
 
+def connect_early(app: App) -> None:
+    """Open the store before serving: the first requests would otherwise wait for the driver's
+    import, the first connection and the schema check (1-2 s on a busy machine). If the
+    database does not answer now, the first request tries again, as /readyz reports."""
+    with contextlib.suppress(Exception):
+        app.store  # noqa: B018 - opening it is the point
+
+
 def api_process() -> FastAPI:
     """The API of one `greenroom api --workers N` process, built from the same --app and
     --db as its parent's, which it finds in the environment."""
@@ -76,6 +85,7 @@ def api_process() -> FastAPI:
     app = load_app(os.environ.get(APP_ENV) or DEMO_APP)
     configure(app, db=os.environ.get(DB_ENV))
     app.migrate = False
+    connect_early(app)
     return create_api(app)
 
 
@@ -105,6 +115,7 @@ def api(
     sock = listen(settings.api_host, settings.api_port)
     try:
         if workers == 1:
+            connect_early(the_app)
             announce(app, the_app, address(sock), "1 process")
             asyncio.run(serve(server(create_api(the_app), settings, access_log=access_log), sock))
             return

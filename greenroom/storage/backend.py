@@ -81,10 +81,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]: ...
 
-    def single_statement(self) -> AbstractContextManager[Tx]:
+    def single_statement(self, *, write: bool = True) -> AbstractContextManager[Tx]:
         """A transaction of one statement: where the database allows, that statement is its own
         transaction, one round trip in all."""
-        return self.transaction()
+        return self.transaction(write=write)
 
     @abc.abstractmethod
     def sqlalchemy_url(self) -> str:

@@ -235,7 +235,7 @@ class PostgresBackend(Backend):
             yield _PostgresTx(cursor)
 
     @contextmanager
-    def single_statement(self) -> Iterator[Tx]:
+    def single_statement(self, *, write: bool = True) -> Iterator[Tx]:
         with self._connection() as conn, conn.cursor() as cursor:
             yield _PostgresTx(cursor)
 

@@ -461,7 +461,7 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
     # -- reading ---------------------------------------------------------------------------
 
     def get_run(self, run_id: str, *, tenant: str | None = None) -> Run:
-        with self.backend.transaction(write=False) as tx:
+        with self.backend.single_statement(write=False) as tx:
             return run_from_row(self._select_run(tx, run_id, tenant))
 
     def run_detail(self, run_id: str, *, tenant: str | None = None) -> RunDetail:
@@ -499,7 +499,7 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
             where += " AND seq < :before_seq"
             params["before_seq"] = f.before_seq
         params["limit"] = f.limit
-        with self.backend.transaction(write=False) as tx:
+        with self.backend.single_statement(write=False) as tx:  # one round trip, not three
             rows = tx.execute(
                 f"SELECT * FROM runs WHERE {where} ORDER BY seq DESC LIMIT :limit", params
             )

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.auth import Caller, Operator, Viewer
 from greenroom.api.database import DatabaseRoute
@@ -155,8 +156,11 @@ def create_run(
     )
 
 
+# The reads are async: their database call goes to the thread pool and the response is built
+# on the event loop. A plain route would hand its response's validation to the pool as well,
+# and every hand-off waits for a thread to be scheduled (finding 19 in bench/README.md).
 @router.get("", response_model=Page[RunOut])
-def list_runs(
+async def list_runs(
     state: State,
     who: Caller = Viewer,
     run_state: Annotated[list[RunState] | None, Query(alias="state", max_length=7)] = None,
@@ -194,7 +198,7 @@ def list_runs(
         limit=limit + 1,
         include_superseded=include_superseded,
     )
-    runs = state.store.list_runs(f)
+    runs = await run_in_threadpool(state.store.list_runs, f)
     more = len(runs) > limit
     runs = runs[:limit]
     return Page(
@@ -204,9 +208,10 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
-def get_run(run_id: Id, state: State, who: Caller = Viewer) -> RunDetail:
+async def get_run(run_id: Id, state: State, who: Caller = Viewer) -> RunDetail:
     """A run with its steps, its timeline and its diagnostic artifacts."""
-    return RunDetail.of(state.store.run_detail(run_id, tenant=who.tenant))
+    found = await run_in_threadpool(state.store.run_detail, run_id, tenant=who.tenant)
+    return RunDetail.of(found)
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, responses=NOT_FOUND)
