@@ -241,8 +241,9 @@ def drain_live(db: str, runs: int, trials: int) -> dict[str, Any]:
                 [sys.executable, __file__, "--db", b.url, "--enqueue-child", str(runs)],
                 capture_output=True,
                 text=True,
-                check=True,
             )
+            if child.returncode != 0:
+                raise SystemExit(f"the enqueuing process failed:\n{child.stderr[-2000:]}")
             report = json.loads(child.stdout)
             done = b.wait_finished(runs + 1, 120)
             _, last, finished = b.span("bench.one_step")
