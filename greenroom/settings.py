@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -120,3 +121,8 @@ def load_settings(**overrides: object) -> Settings:
             for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def redact(url: str) -> str:
+    """A database URL without its password, for logs and messages."""
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from greenroom import App, ConfigError, Settings, load_settings
-from greenroom.settings import DEFAULT_DB
+from greenroom.settings import DEFAULT_DB, redact
 
 
 @pytest.fixture(autouse=True)
@@ -87,3 +87,25 @@ def test_environment_names_ignore_case_and_unknown_names_are_refused(
     assert load_settings(concurrency=3).concurrency == 3, "arguments win"
     with pytest.raises(ConfigError, match="not_a_setting"):
         load_settings(not_a_setting=1)
+
+
+def test_a_database_url_is_shown_without_its_password() -> None:
+    assert redact("postgresql://ops:s3cr%40t@db:5432/gr") == "postgresql://ops:***@db:5432/gr"
+    assert redact("postgresql://ops@db/gr") == "postgresql://ops@db/gr"
+    assert redact("sqlite:///var/greenroom.db") == "sqlite:///var/greenroom.db"
+
+
+async def test_a_worker_says_which_database_it_uses(sqlite_url: str) -> None:
+    from structlog.testing import capture_logs
+
+    from tests.helpers import fast_app, worker_running
+
+    app = fast_app(sqlite_url)
+    try:
+        with capture_logs() as logs:
+            async with worker_running(app):
+                pass
+    finally:
+        app.close()
+    [started] = [e for e in logs if e["event"] == "worker started"]
+    assert started["database"] == sqlite_url

@@ -16,7 +16,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -194,10 +193,6 @@ def db_url(ctx: typer.Context, db: str | None) -> str:
             "database: pass --db or set $GREENROOM_DB"
         )
     return load_settings().db
-
-
-def redact(url: str) -> str:
-    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def quiet_driver_logs() -> None:

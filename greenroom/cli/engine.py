@@ -26,13 +26,13 @@ from greenroom.cli import (
     out,
     print_json,
     quiet_driver_logs,
-    redact,
     remote_client,
 )
 from greenroom.cli.display import ago
 from greenroom.cli.parse import parse_input, parse_iso, parse_labels, split_list
 from greenroom.errors import InvalidInput
 from greenroom.model import Run, WorkerInfo
+from greenroom.settings import redact
 from greenroom.storage import open_backend
 
 db_cli = typer.Typer(no_args_is_help=True, help="Manage the database schema.")

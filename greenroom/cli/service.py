@@ -22,11 +22,11 @@ from greenroom.cli import (
     load_app,
     out,
     quiet_driver_logs,
-    redact,
 )
 from greenroom.cli.accounts import ONCE, describe_key
 from greenroom.errors import ConfigError, Conflict
 from greenroom.model import Role
+from greenroom.settings import redact
 from greenroom.storage import RunStore
 
 if TYPE_CHECKING:

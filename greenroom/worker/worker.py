@@ -23,7 +23,7 @@ from greenroom.diagnostics import describe_error
 from greenroom.errors import LeaseLost, NonDeterminismError, RunPaused
 from greenroom.model import Lease, QueueInfo, RunState
 from greenroom.retry import NO_RETRY, RetryPolicy
-from greenroom.settings import Settings
+from greenroom.settings import Settings, redact
 from greenroom.storage import RunStore
 from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.codec import dumps
@@ -169,7 +169,12 @@ class Worker:
         self._renewed_at = store.clock.now()
         self._queue_settings = await self._db(store.queue_settings)
         self._listener = store.backend.listen(self._on_notify)
-        self.log.info("worker started", queues=self.queues, concurrency=self.concurrency)
+        self.log.info(
+            "worker started",
+            queues=self.queues,
+            concurrency=self.concurrency,
+            database=redact(self.settings.db),
+        )
 
     async def _register(self) -> None:
         """Take this identity's liveness lock, then record the worker."""
