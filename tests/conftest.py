@@ -56,19 +56,47 @@ def pg_template() -> Iterator[str]:
         _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def assert_summaries_sound(url: str) -> None:
+    """Every summary the claim reads agrees with the runs it summarises (checked after every
+    test that used a database: a move that forgets its bookkeeping fails the test)."""
+    from greenroom.storage import open_backend
+    from greenroom.storage.lifecycle.check import check_summaries
+
+    backend = open_backend(url)
+    try:
+        with backend.transaction(write=False) as tx:
+            if not tx.execute(_HAS_RUNS[url.split(":")[0]]):
+                return  # the test never made the schema
+            drift = check_summaries(tx)
+    finally:
+        backend.close()
+    assert not drift, "summaries drifted from the runs:\n" + "\n".join(d.describe() for d in drift)
+
+
+_HAS_RUNS = {
+    "sqlite": "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'",
+    "postgresql": "SELECT 1 FROM pg_tables WHERE tablename = 'runs'",
+}
+
+
 @pytest.fixture
-def pg_url(pg_template: str) -> Iterator[str]:
+def pg_url(pg_template: str, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"greenroom_test_{secrets.token_hex(6)}"
     _pg_admin(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
     try:
         yield _pg_url(name)
+        if not request.node.get_closest_marker("summaries_unchecked"):
+            assert_summaries_sound(_pg_url(name))
     finally:
         _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'greenroom.db'}"
+def sqlite_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    path = tmp_path / "greenroom.db"
+    yield f"sqlite:///{path}"
+    if path.exists() and not request.node.get_closest_marker("summaries_unchecked"):
+        assert_summaries_sound(f"sqlite:///{path}")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

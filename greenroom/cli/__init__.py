@@ -77,7 +77,8 @@ UrlOpt = Annotated[
         "--url",
         envvar="GREENROOM_URL",
         help="Act on this greenroom server through its API instead of on a database "
-        "(every command but db, worker, api, up, demo, demo-saas, runs prune, secrets reseal).",
+        "(every command but db, worker, api, up, demo, demo-saas, doctor, runs prune,"
+        " secrets reseal).",
         show_default=False,
     ),
 ]
@@ -280,7 +281,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "runs": ("runs",),
     **dict.fromkeys(("queues", "pause", "resume", "pauses"), ("controls",)),
     **dict.fromkeys(("tenants", "keys", "integrations", "secrets"), ("controls", "accounts")),
-    **dict.fromkeys(("errors", "audit"), ("admin",)),
+    **dict.fromkeys(("errors", "audit", "doctor"), ("admin",)),
     "demo-saas": ("saas",),
     **dict.fromkeys(("api", "up"), ("service",)),
 }

@@ -1,9 +1,13 @@
-"""What admins look back at: `greenroom errors` (failures grouped) and `greenroom audit`."""
+"""What admins look back at: `greenroom errors` (failures grouped), `greenroom audit`, and
+`greenroom doctor` (summaries checked against the runs)."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from itertools import islice
 from typing import Annotated
 
@@ -13,10 +17,12 @@ from rich.table import Table
 
 from greenroom.api.schemas import AuditOut, ErrorGroupOut
 from greenroom.cli import (
+    ActorOpt,
     DbOpt,
     JsonOpt,
     cli,
     db_url,
+    default_actor,
     existing_store,
     out,
     print_json,
@@ -112,3 +118,36 @@ def audit(
             escape(e.reason),
         )
     out.print(table)
+
+
+@cli.command()
+def doctor(
+    ctx: typer.Context,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Recompute the summaries that drifted (audited).")
+    ] = False,
+    actor: ActorOpt = None,
+    reason: Annotated[
+        str, typer.Option(help="Why, for the audit log of --repair.")
+    ] = "greenroom doctor --repair",
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+) -> int:
+    """Check the summaries the claim reads (lanes, tenants' and queues' counts, leases) against
+    the runs: exit 1 and list each difference when they drifted; --repair recomputes them."""
+    with existing_store(db_url(ctx, db)) as store:
+        if repair:
+            drift = store.repair_summaries(actor=actor or default_actor(), reason=reason)
+        else:
+            drift = store.summary_drift()
+    if json_out:
+        sys.stdout.write(json.dumps([asdict(d) for d in drift], indent=2) + "\n")
+    elif not drift:
+        out.print("summaries agree with the runs")
+    else:
+        table = Table("KIND", "KEY", "FIELD", "STORED", "RUNS SAY")
+        for d in drift:
+            table.add_row(d.kind, escape(d.key), d.field, escape(str(d.stored)), str(d.actual))
+        out.print(table)
+        out.print(f"{len(drift)} repaired" if repair else f"{len(drift)} drifted: --repair mends")
+    return 1 if drift and not repair else 0

@@ -20,10 +20,10 @@ from greenroom.rules import (
     check_name,
     check_text,
 )
-from greenroom.storage import ready
 from greenroom.storage.backend import Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
 from greenroom.storage.codec import dumps, integration_from_row, key_from_row, tenant_from_row
+from greenroom.storage.lifecycle import summaries
 
 INTEGRATION_STATUSES = ("active", "disabled")
 
@@ -46,7 +46,7 @@ class Accounts(StoreBase):
         check_name(name, "tenant name")
         now = self.clock.now()
         with self.backend.transaction() as tx:
-            ready.ensure_records(tx, tenants=[name], queues=[], now=now)
+            summaries.ensure_records(tx, tenants=[name], queues=[], now=now)
             changed = tx.execute_count(
                 "UPDATE tenants SET registered_at = :now"
                 " WHERE name = :name AND registered_at IS NULL",

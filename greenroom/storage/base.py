@@ -12,9 +12,9 @@ from greenroom.clock import Clock, SystemClock
 from greenroom.errors import InvalidInput, LeaseLost, NotFound
 from greenroom.model import Lease, RunState
 from greenroom.rules import MAX_REASON, check_text
-from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.codec import dumps
+from greenroom.storage.lifecycle import summaries
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -127,7 +127,7 @@ class StoreBase:
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
         self.clock = clock or SystemClock()
-        self._known_records = ready.KnownRecords()
+        self._known_records = summaries.KnownRecords()
 
     def _event(
         self,

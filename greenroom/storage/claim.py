@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from greenroom.model import RunState
 from greenroom.storage.backend import Backend, Row, Tx
 from greenroom.storage.base import event_params, insert_events
-from greenroom.storage.ready import (
+from greenroom.storage.lifecycle.summaries import (
     LANE_HEAD,
     hold_paused,
     leave_ready,

@@ -20,7 +20,6 @@ from greenroom.rules import (
     check_name,
     check_text,
 )
-from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Row, Tx
 from greenroom.storage.base import (
     StoreBase,
@@ -30,6 +29,7 @@ from greenroom.storage.base import (
     retry_conflicts,
 )
 from greenroom.storage.codec import pause_from_row, tenant_from_row
+from greenroom.storage.lifecycle import summaries
 
 #: Settable queue fields: the type and the range of values each accepts.
 QUEUE_LIMITS: dict[str, tuple[type, float, float]] = {
@@ -110,7 +110,7 @@ class Controls(StoreBase):
                 " GROUP BY queue",
                 {"since": now - 60, "tenant": tenant},
             )
-            pauses = ready.load_pauses(tx)
+            pauses = summaries.load_pauses(tx)
         by_queue: dict[str, dict[str, int]] = {}
         for c in counts:
             by_queue.setdefault(c["queue"], {})[c["state"]] = int(c["n"])
@@ -151,7 +151,7 @@ class Controls(StoreBase):
         with self.backend.transaction() as tx:
             if "concurrency" in changes:
                 _lock_running(tx, self.backend, "queue", name)
-            ready.ensure_records(tx, tenants=[], queues=[name], now=now)
+            summaries.ensure_records(tx, tenants=[], queues=[name], now=now)
             current = tx.execute(
                 f"SELECT * FROM queues WHERE name = :name {self.backend.for_update}",
                 {"name": name},
@@ -204,7 +204,7 @@ class Controls(StoreBase):
         with self.backend.transaction() as tx:
             if concurrency is not None or clear_concurrency:
                 _lock_running(tx, self.backend, "tenant", name)
-            ready.ensure_records(tx, tenants=[name], queues=[], now=now)
+            summaries.ensure_records(tx, tenants=[name], queues=[], now=now)
             changes: dict[str, Any] = {}
             if weight is not None:
                 changes["weight"] = weight
@@ -234,7 +234,7 @@ class Controls(StoreBase):
     def pauses(self, *, tenant: str | None = None) -> list[Pause]:
         """Pauses in force; for a tenant, its own and the platform's."""
         with self.backend.transaction(write=False) as tx:
-            found = ready.load_pauses(tx)
+            found = summaries.load_pauses(tx)
             return [
                 self._counted(tx, p)
                 for p in found
@@ -280,15 +280,15 @@ class Controls(StoreBase):
             if not rows:
                 return self._counted(tx, self._find_pause(tx, wanted))
             pause = pause_from_row(rows[0])
-            where, params = ready.pause_predicate(b, pause)
+            where, params = summaries.pause_predicate(b, pause)
             waiting = tx.execute(f"SELECT * FROM runs WHERE state = 'queued' AND {where}", params)
-            ready.lock_lanes(tx, b, waiting)
+            summaries.lock_lanes(tx, b, waiting)
             held = tx.execute(
                 f"UPDATE runs SET state = 'paused', updated_at = :now"
                 f" WHERE state = 'queued' AND {where} RETURNING *",
                 {**params, "now": now},
             )
-            ready.leave_ready(tx, held)
+            summaries.leave_ready(tx, held)
             why = f"paused ({pause.describe()}) by {actor}: {reason}"
             insert_events(tx, [event_params(r["id"], RunState.PAUSED, why, now) for r in held])
             stopping = 0
@@ -310,7 +310,7 @@ class Controls(StoreBase):
 
     def _counted(self, tx: Tx, pause: Pause) -> Pause:
         """The pause with how many runs it holds (some may be held by another pause too)."""
-        where, params = ready.pause_predicate(self.backend, pause)
+        where, params = summaries.pause_predicate(self.backend, pause)
         sql = f"SELECT COUNT(*) AS n FROM runs WHERE state = 'paused' AND {where}"
         rows = tx.execute(sql, params)
         return replace(pause, held=int(rows[0]["n"]))
@@ -334,11 +334,11 @@ class Controls(StoreBase):
         with b.transaction() as tx:
             pause = self._find_pause(tx, target)
             tx.execute("DELETE FROM pauses WHERE id = :id", {"id": pause.id})
-            others = ready.load_pauses(tx)
-            where, params = ready.pause_predicate(b, pause)
+            others = summaries.load_pauses(tx)
+            where, params = summaries.pause_predicate(b, pause)
             held = tx.execute(f"SELECT * FROM runs WHERE state = 'paused' AND {where}", params)
-            freed = [r for r in held if ready.waiting_state(r, others) is RunState.QUEUED]
-            ready.lock_lanes(tx, b, freed)
+            freed = [r for r in held if summaries.waiting_state(r, others) is RunState.QUEUED]
+            summaries.lock_lanes(tx, b, freed)
             rows: list[Row] = []
             for chunk in range(0, len(freed), 500):
                 rows += tx.execute(
@@ -351,13 +351,13 @@ class Controls(StoreBase):
                 )
             why = f"resumed ({pause.describe()}) by {actor}: {reason}"
             insert_events(tx, [event_params(r["id"], RunState.QUEUED, why, now) for r in rows])
-            ready.enter_ready(tx, b, rows)
+            summaries.enter_ready(tx, b, rows)
             still_stopping = [p for p in others if not p.drain]
             for r in tx.execute(
                 f"SELECT * FROM runs WHERE state = 'running' AND pause_requested AND {where}",
                 params,
             ):
-                if not any(p.matches(ready.run_fields(r)) for p in still_stopping):
+                if not any(p.matches(summaries.run_fields(r)) for p in still_stopping):
                     tx.execute(
                         "UPDATE runs SET pause_requested = false WHERE seq = :seq",
                         {"seq": r["seq"]},

@@ -8,10 +8,10 @@ from typing import Any
 
 from greenroom.model import NewRun, RunState
 from greenroom.rules import check_keys, check_labels
-from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.base import ROWS_CHUNK, event_params, insert_events
 from greenroom.storage.codec import dumps
+from greenroom.storage.lifecycle import summaries
 
 _NEW_COLUMNS: list[Column] = [
     ("id", "text"),
@@ -61,14 +61,14 @@ _INSERT_AT_ONCE = (
     " queued AS (SELECT * FROM ins WHERE state = 'queued'),"
     " offered AS ("
     # A new lane's limit comes from its oldest run, as on the general path.
-    + ready.lane_offer(
+    + summaries.lane_offer(
         'SELECT DISTINCT ON (r.session_key COLLATE "C") r.tenant, r.session_key, 0,'
         " first_value(w.max_active) OVER (PARTITION BY r.session_key ORDER BY r.seq), r.seq,"
         " r.priority, r.queue FROM queued r JOIN w ON w.id = r.id WHERE r.session_key IS NOT NULL"
         ' ORDER BY r.session_key COLLATE "C", r.priority DESC, r.seq'
     )
     + " RETURNING 1), counted AS ("
-    + ready.tenant_ready("(SELECT COUNT(*) FROM queued)")
+    + summaries.tenant_ready("(SELECT COUNT(*) FROM queued)")
     + " AND (SELECT COUNT(*) FROM offered) >= 0 AND EXISTS (SELECT 1 FROM queued))"
     " SELECT ins.*, p.n AS pauses_found, p.notified FROM (SELECT COUNT(*) AS n,"
     " (SELECT COUNT({notify}) FROM (SELECT DISTINCT queue FROM queued) q) AS notified"
@@ -83,12 +83,12 @@ def insert_runs(
     now: float,
     *,
     reason: str | None = None,
-    known: ready.KnownRecords | None = None,
+    known: summaries.KnownRecords | None = None,
 ) -> list[tuple[Row, bool]]:
     """Insert runs; for a used idempotency key, the existing run and False. Queue and tenant
     records in `known` are not created again."""
-    known = known or ready.KnownRecords()
-    ready.ensure_records(
+    known = known or summaries.KnownRecords()
+    summaries.ensure_records(
         tx,
         tenants=[n.tenant for n in batch if n.tenant not in known.tenants],
         queues=[n.queue for n in batch if n.queue not in known.queues],
@@ -106,7 +106,7 @@ def insert_runs(
     ready_rows = [r for r in inserted.values() if r["state"] == RunState.QUEUED.value]
     held = {}
     if any(r["pauses"] for r in ready_rows):  # a pause exists: it may hold some of them
-        held = {r["id"]: r for r in ready.hold_paused(tx, b, ready_rows)}
+        held = {r["id"]: r for r in summaries.hold_paused(tx, b, ready_rows)}
     out: list[tuple[Row, bool]] = []
     became_ready: list[Row] = []
     events: list[dict[str, Any]] = []
@@ -121,12 +121,12 @@ def insert_runs(
             became_ready.append({**row, "max_active": new.session_concurrency})
         out.append((row, True))
     insert_events(tx, events)
-    ready.enter_ready(tx, b, became_ready)
+    summaries.enter_ready(tx, b, became_ready)
     return out
 
 
 def insert_runs_at_once(
-    b: Backend, batch: Sequence[NewRun], now: float, known: ready.KnownRecords
+    b: Backend, batch: Sequence[NewRun], now: float, known: summaries.KnownRecords
 ) -> list[tuple[Row, bool]] | None:
     """The common enqueue as one statement that is its own transaction, where the database
     composes writes: runs of one tenant whose queue and tenant records exist, while no pause

@@ -1,4 +1,5 @@
-"""Runs stored before greenroom.rules held, whose labels the database cannot read.
+"""Repairs: summaries that drifted from their runs (`greenroom doctor`), and runs stored before
+greenroom.rules held, whose labels the database cannot read.
 
 PostgreSQL's JSON functions refuse a NUL (`\\u0000`) or a lone surrogate in a document, so a
 query that reads such a run's labels as JSON fails as a whole: a label filter, a label pause,
@@ -14,9 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenroom.model import RunState
-from greenroom.storage import ready
-from greenroom.storage.base import StoreBase, retry_conflicts
+from greenroom.storage.base import StoreBase, require_reason, retry_conflicts
 from greenroom.storage.codec import dumps
+from greenroom.storage.lifecycle import summaries
+from greenroom.storage.lifecycle.check import (
+    Drift,
+    check_summaries,
+    drift_detail,
+    repair_summaries,
+)
 
 #: States in which a run waits to start: a quarantined one is failed rather than started.
 _WAITING = (RunState.QUEUED, RunState.DELAYED, RunState.PAUSED)
@@ -44,6 +51,31 @@ def _unreadable(text: str) -> bool:
 
 
 class Repair(StoreBase):
+    def summary_drift(self) -> list[Drift]:
+        """Where the summaries the claim reads differ from the runs; none when sound."""
+        with self.backend.transaction(write=False) as tx:
+            return check_summaries(tx)
+
+    @retry_conflicts
+    def repair_summaries(self, *, actor: str, reason: str) -> list[Drift]:
+        """Recompute the summaries from the runs (audited, when anything drifted); the drift
+        it mended."""
+        require_reason(reason)
+        with self.backend.transaction() as tx:
+            drift = check_summaries(tx)
+            if drift:
+                repair_summaries(tx, self.backend, self.clock.now())
+                self._audit(
+                    tx,
+                    tenant=None,
+                    actor=actor,
+                    action="summaries.repair",
+                    target="summaries",
+                    reason=reason,
+                    detail=drift_detail(drift),
+                )
+        return drift
+
     @retry_conflicts
     def quarantine_unreadable(self) -> list[Quarantined]:
         """Find runs whose labels the database cannot read; remove those labels (the original
@@ -62,7 +94,7 @@ class Repair(StoreBase):
             bad = [r for r in found if _bad_keys(json.loads(r["labels"]))]
             if not bad:
                 return []
-            ready.lock_lanes(tx, b, bad)  # lock order: lanes, then runs
+            summaries.lock_lanes(tx, b, bad)  # lock order: lanes, then runs
             rows = tx.execute(
                 f"SELECT * FROM runs WHERE {b.member('seq', 'seqs')} ORDER BY seq {b.for_update}",
                 {"seqs": b.list_param([r["seq"] for r in bad])},
@@ -103,7 +135,7 @@ class Repair(StoreBase):
                 out.append(
                     Quarantined(run_id=row["id"], tenant=row["tenant"], state=state, reason=reason)
                 )
-            ready.leave_ready(tx, left_ready)
+            summaries.leave_ready(tx, left_ready)
         return out
 
 

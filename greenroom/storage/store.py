@@ -22,7 +22,7 @@ from greenroom.model import (
     StepStatus,
     WorkerInfo,
 )
-from greenroom.storage import ready, writes
+from greenroom.storage import writes
 from greenroom.storage.accounts import Accounts
 from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Row, Tx
@@ -44,6 +44,7 @@ from greenroom.storage.codec import (
 )
 from greenroom.storage.controls import Controls
 from greenroom.storage.enqueue import insert_runs, insert_runs_at_once
+from greenroom.storage.lifecycle import summaries
 from greenroom.storage.repair import Repair
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.writes import Checkpoint, End, Written
@@ -237,7 +238,7 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
         with self.backend.transaction() as tx:
             row = self._select_run(tx, run_id, tenant)
             if row["session_key"] is not None:  # lock order: lane before run, as claims do
-                ready.lock_lanes(tx, self.backend, [row])
+                summaries.lock_lanes(tx, self.backend, [row])
             row = self._select_run(tx, run_id, tenant, self.backend.for_update)
             state = RunState(row["state"])
             why = f"cancelled by {actor}: {reason}"
@@ -249,7 +250,7 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
                 )[0]
                 self._event(tx, run_id, RunState.CANCELLED, why, at=now)
                 if state is RunState.QUEUED:
-                    ready.leave_ready(tx, [row])
+                    summaries.leave_ready(tx, [row])
             elif state is RunState.RUNNING:
                 row = tx.execute(
                     "UPDATE runs SET cancel_requested = true, updated_at = :now"
@@ -282,10 +283,10 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
             )
             if not due:
                 return 0
-            pauses = ready.load_pauses(tx)
+            pauses = summaries.load_pauses(tx)
             became: list[Row] = []
             for state in (RunState.QUEUED, RunState.PAUSED):
-                seqs = [r["seq"] for r in due if ready.waiting_state(r, pauses) is state]
+                seqs = [r["seq"] for r in due if summaries.waiting_state(r, pauses) is state]
                 if not seqs:
                     continue
                 rows = tx.execute(
@@ -297,7 +298,7 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
                 insert_events(tx, [event_params(r["id"], state, reason, now) for r in rows])
                 if state is RunState.QUEUED:
                     became = rows
-            ready.enter_ready(tx, b, became)
+            summaries.enter_ready(tx, b, became)
         return len(due)
 
     @retry_conflicts
@@ -334,7 +335,7 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
             if not stalled:
                 return Recovery(requeued=[], failed=[], lost_workers=lost, next_due=due)
             limits = self._queue_max_stalls(tx, {r["queue"] for r in stalled})
-            pauses = ready.load_pauses(tx)
+            pauses = summaries.load_pauses(tx)
             became: list[Row] = []
             for row in stalled:
                 why = (
@@ -350,10 +351,10 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
                     reason = f"stalled {row['stalls'] + 1} times ({why}); max_stalls reached"
                     error = {"type": "Stalled", "message": reason, "class": "transient"}
                 else:
-                    state = ready.waiting_state(row, pauses)
+                    state = summaries.waiting_state(row, pauses)
                     reason = f"stalled: {why}"
                 updated = tx.execute(
-                    f"UPDATE runs SET state = :state, stalls = stalls + 1, {ready.CLEAR_LEASE},"
+                    f"UPDATE runs SET state = :state, stalls = stalls + 1, {summaries.CLEAR_LEASE},"
                     " error = COALESCE(:error, error), updated_at = :now,"
                     " finished_at = :finished_at WHERE seq = :seq RETURNING *",
                     {
@@ -368,8 +369,8 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
                 if state is RunState.QUEUED:
                     became.append(updated)
                 (failed if state.finished else requeued).append(updated["id"])
-            ready.leave_running(tx, stalled)
-            ready.enter_ready(tx, b, became)
+            summaries.leave_running(tx, stalled)
+            summaries.enter_ready(tx, b, became)
         return Recovery(requeued=requeued, failed=failed, lost_workers=lost, next_due=due)
 
     def _declare_lost(self, tx: Tx, candidates: list[Row], now: float) -> list[str]:

@@ -13,10 +13,10 @@ from typing import Any
 
 from greenroom.diagnostics import fingerprint
 from greenroom.model import Lease, RunState, StepStatus
-from greenroom.storage import ready
 from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.base import event_params, fence, insert_events
 from greenroom.storage.codec import dumps
+from greenroom.storage.lifecycle import summaries
 
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
 _STEP_COLUMNS: list[Column] = [
@@ -143,7 +143,7 @@ def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> list[Row]:
         # A success clears the error of earlier attempts; their errors stay in the timeline.
         " error = CASE WHEN w.new_state = 'succeeded' THEN NULL"
         " ELSE COALESCE(w.new_error, runs.error) END,"
-        f" {ready.CLEAR_LEASE}, updated_at = :now,"
+        f" {summaries.CLEAR_LEASE}, updated_at = :now,"
         " attempt = CASE WHEN w.new_state = 'delayed' THEN runs.attempt + 1"
         " ELSE runs.attempt END,"
         " available_at = CASE WHEN w.new_state = 'delayed'"
@@ -180,7 +180,7 @@ def write(
     states = {r["id"]: by_id[r["id"]].state for r in rows}
     released = [r for r in rows if states[r["id"]] is RunState.QUEUED]
     if released:
-        for r in ready.hold_paused(tx, b, released):
+        for r in summaries.hold_paused(tx, b, released):
             states[r["id"]] = RunState.PAUSED
         released = [r for r in released if states[r["id"]] is RunState.QUEUED]
     events = []
@@ -192,8 +192,8 @@ def write(
             event_params(r["id"], states[r["id"]], end.reason, now, end.lease.worker_id, detail)
         )
     insert_events(tx, events)
-    ready.leave_running(tx, [held[r["id"]] for r in rows])
-    ready.enter_ready(tx, b, released)
+    summaries.leave_running(tx, [held[r["id"]] for r in rows])
+    summaries.enter_ready(tx, b, released)
     failed = [(r, by_id[r["id"]].error) for r in rows if states[r["id"]] is RunState.FAILED]
     groups = sorted((r["tenant"], _group(e), r["seq"], r, e) for r, e in failed if e is not None)
     for _, group, _, r, e in groups:  # in key order: concurrent batches never deadlock on them

@@ -1,0 +1,171 @@
+"""`greenroom doctor`: summaries checked against the runs, drift reported and mended.
+
+Every other test that uses a database checks its summaries at teardown (tests/conftest.py); these
+corrupt them on purpose and see the drift found, named and repaired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+from greenroom import RunContext
+from greenroom.cli import run
+from greenroom.model import NewRun, RunState
+from greenroom.storage import RunStore, open_store
+from tests.helpers import fast_app, wait_for_states, worker_running
+
+
+def doctor(capsys: pytest.CaptureFixture[str], db_url: str, *args: str) -> tuple[int, str]:
+    code = run(["--db", db_url, "doctor", *args])
+    return code, capsys.readouterr().out
+
+
+def corrupt(store: RunStore, *statements: str) -> None:
+    with store.backend.transaction() as tx:
+        for sql in statements:
+            tx.execute(sql)
+
+
+def seeded(db_url: str) -> RunStore:
+    """Two tenants, lanes, a limited queue, and a run of each state that matters."""
+    store = open_store(db_url)
+    store.set_queue("limited", actor="t", reason="a limit", concurrency=5)
+    for i in range(6):
+        store.enqueue(NewRun(workflow="w", input={}, tenant="t1", session_key=f"t1:k{i % 2}"))
+        store.enqueue(NewRun(workflow="w", input={}, tenant="t2", queue="limited"))
+    store.enqueue(NewRun(workflow="w", input={}, tenant="t1", available_at=4e9))  # delayed
+    store.claim("w1", ["default", "limited"], 3, 30)
+    return store
+
+
+@pytest.mark.summaries_unchecked
+@pytest.mark.parametrize(
+    ("statement", "kind", "key", "field"),
+    [
+        ("UPDATE tenants SET ready = ready + 2 WHERE name = 't1'", "tenant", "t1", "ready"),
+        ("UPDATE tenants SET active = 7 WHERE name = 't2'", "tenant", "t2", "active"),
+        (
+            "UPDATE queues SET active = active + 1 WHERE name = 'limited'",
+            "queue",
+            "limited",
+            "active",
+        ),
+        (
+            "UPDATE lanes SET active = active + 1 WHERE session_key = 't1:k0'",
+            "lane",
+            "t1/t1:k0",
+            "active",
+        ),
+        (
+            "UPDATE lanes SET head_seq = NULL WHERE session_key = 't1:k1'",
+            "lane",
+            "t1/t1:k1",
+            "head",
+        ),
+        ("DELETE FROM lanes WHERE session_key = 't1:k1'", "lane", "t1/t1:k1", "missing"),
+        ("UPDATE runs SET lease_owner = 'ghost' WHERE state = 'delayed'", "run", None, "lease"),
+        (
+            "UPDATE runs SET holds_queue_slot = false WHERE state = 'running'"
+            " AND queue = 'limited'",
+            "run",
+            None,
+            "queue slot",
+        ),
+    ],
+)
+def test_each_kind_of_drift_is_reported_and_repaired(
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+    statement: str,
+    kind: str,
+    key: str | None,
+    field: str,
+) -> None:
+    store = seeded(db_url)
+    assert doctor(capsys, db_url) == (0, "summaries agree with the runs\n")
+    corrupt(store, statement)
+
+    code, out = doctor(capsys, db_url, "--json")
+    assert code == 1
+    found = json.loads(out)
+    # A run that lost its slot also makes its queue count one run too many.
+    assert (kind, field) in [(d["kind"], d["field"]) for d in found] and len(found) <= 2
+    if key is not None:
+        assert key in [d["key"] for d in found if d["field"] == field]
+    code, out = doctor(capsys, db_url)
+    assert code == 1 and "drifted: --repair mends" in out
+
+    code, out = doctor(capsys, db_url, "--repair", "--reason", "drift seen in a test")
+    assert code == 0 and f"{len(found)} repaired" in out
+    assert store.summary_drift() == []
+    assert doctor(capsys, db_url)[0] == 0
+    (entry,) = [e for e in store.audit_log() if e.action == "summaries.repair"]
+    assert entry.reason == "drift seen in a test" and entry.detail["drift"] == len(found)
+    store.backend.close()
+
+
+@pytest.mark.summaries_unchecked
+def test_a_repaired_lane_serves_its_runs_again(db_url: str) -> None:
+    """A lane counting a run that does not run never starts its next one: the drift matters."""
+    store = open_store(db_url)
+    first = store.enqueue(NewRun(workflow="w", input={}, tenant="t", session_key="s"))[0]
+    second = store.enqueue(NewRun(workflow="w", input={}, tenant="t", session_key="s"))[0]
+    (lease,) = store.claim("w1", ["default"], 5, 30)
+    assert lease.run.id == first.id
+    corrupt(store, "UPDATE lanes SET active = active + 1")  # as if a move forgot to give it back
+    store.finish(lease, RunState.SUCCEEDED, reason="done")
+    assert store.claim("w1", ["default"], 5, 30) == []  # stuck behind the drift
+
+    assert [d.field for d in store.repair_summaries(actor="a", reason="stuck lane")] == ["active"]
+    (lease,) = store.claim("w1", ["default"], 5, 30)
+    assert lease.run.id == second.id
+    store.backend.close()
+
+
+def test_repair_while_a_worker_drains_leaves_sound_summaries(db_url: str) -> None:
+    """Moves that wait for the summary rows a repair holds apply on top of what it recomputed."""
+    app = fast_app(db_url)
+
+    @app.workflow(name="quick", session="{tenant}:{n}")
+    async def quick(ctx: RunContext, n: int) -> int:
+        await asyncio.sleep(0.005)
+        return n
+
+    store = open_store(db_url)
+    runs = [
+        store.enqueue(NewRun(workflow="quick", input={"n": i % 7}, tenant=f"t{i % 3}",
+                             session_key=f"t{i % 3}:{i % 7}"))[0]
+        for i in range(300)
+    ]  # fmt: skip
+    stop = threading.Event()
+    repairs: list[int] = []
+
+    def repair_often() -> None:
+        while not stop.is_set():
+            repairs.append(len(store.repair_summaries(actor="a", reason="under load")))
+
+    async def main() -> None:
+        async with worker_running(app, concurrency=8):
+            repairer = threading.Thread(target=repair_often)
+            repairer.start()
+            try:
+                await wait_for_states(store, [r.id for r in runs], timeout=60)
+            finally:
+                stop.set()
+                await asyncio.to_thread(repairer.join)
+
+    asyncio.run(main())
+    assert len(repairs) > 3
+    assert sum(repairs) == 0  # nothing drifted: every move kept its bookkeeping
+    assert store.summary_drift() == []
+    store.backend.close()
+
+
+def test_doctor_has_no_remote_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(["--url", "http://127.0.0.1:9", "--key", "k", "doctor"])
+    assert code == 2
+    assert "no remote mode" in capsys.readouterr().err
