@@ -27,7 +27,7 @@ from greenroom.storage.codec import (
     error_group_from_row,
     run_from_row,
 )
-from greenroom.storage.enqueue import insert_runs
+from greenroom.storage.lifecycle.enqueue import insert_runs
 
 RETRYABLE = (RunState.FAILED, RunState.CANCELLED)
 BULK_LIMIT = 10_000

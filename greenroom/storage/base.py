@@ -91,8 +91,8 @@ def fence(tx: Tx, b: Backend, leases: Sequence[Lease]) -> dict[str, Row]:
     rows = tx.rows(_FENCE_COLUMNS, [{"run_id": x.run.id, "token": x.token} for x in leases], params)
     lock = f"{b.for_update} OF r" if b.for_update else ""
     found = tx.execute(
-        f"WITH w(run_id, token) AS ({rows}) SELECT r.id, r.lease_token AS token, r.tenant,"
-        " r.queue, r.session_key, r.holds_queue_slot, r.holds_tenant_slot FROM runs r"
+        f"WITH w(run_id, token) AS ({rows}) SELECT r.id, r.seq, r.state, r.lease_token AS token,"
+        " r.tenant, r.queue, r.session_key, r.holds_queue_slot, r.holds_tenant_slot FROM runs r"
         " JOIN w ON r.id = w.run_id AND r.lease_token = w.token WHERE r.state = 'running'"
         f" ORDER BY r.id {lock}",
         params,

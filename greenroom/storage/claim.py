@@ -1,4 +1,4 @@
-"""The claim: which ready runs a worker leases next.
+"""The claim: which ready runs a worker leases next (`lifecycle.lease` writes the move).
 
 Order of decisions, each read from a small summary rather than by scanning runs:
 1. queues: what their concurrency limit and rate limit still allow (limited rows are locked, so
@@ -16,24 +16,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from greenroom.model import RunState
 from greenroom.storage.backend import Backend, Row, Tx
-from greenroom.storage.base import event_params, insert_events
-from greenroom.storage.lifecycle.summaries import (
-    LANE_HEAD,
-    hold_paused,
-    leave_ready,
-    refresh_lanes,
-)
+from greenroom.storage.lifecycle.lease import START_RECORD_MARGIN, Leasing, lease
 
 #: How many ready tenants one claim looks at, at most.
 TENANT_SCAN = 64
-#: Seconds that rate-limit start records are kept beyond their window.
-START_RECORD_MARGIN = 60.0
 
 
 @dataclass
@@ -224,136 +214,13 @@ def _claim(
     chosen = _choose(tx, b, plan, tenants, limit)
     if not chosen:
         return []
-    limited_tenants = [t.name for t in tenants if t.limited]
-    rows = _lease(
-        tx,
-        b,
-        chosen,
-        plan,
-        limited_tenants,
+    leasing = Leasing(
         worker_id=worker_id,
-        lease_seconds=lease_seconds,
-        now=now,
+        lease_seconds=plan.lease_seconds,
+        default_seconds=lease_seconds,
+        limited_queues=plan.limited,
+        limited_tenants=[t.name for t in tenants if t.limited],
+        rate_periods=plan.rate_periods,
+        advance={t.name: t.taken / t.weight for t in tenants if t.taken},
     )
-    rows, held = _hold_paused(tx, b, rows, now)
-    _account(tx, b, chosen, rows, plan, tenants, now=now)
-    leave_ready(tx, held)
-    insert_events(
-        tx,
-        [event_params(r["id"], RunState.RUNNING, "leased", now, worker_id) for r in rows],
-    )
-    return sorted(rows, key=lambda r: (-r["priority"], r["seq"]))
-
-
-def _hold_paused(tx: Tx, b: Backend, rows: list[Row], now: float) -> tuple[list[Row], list[Row]]:
-    """A run enqueued while its pause was being created can still be ready: never start it."""
-    if not any(r["pauses"] for r in rows):
-        return rows, []
-    held = hold_paused(tx, b, rows)
-    insert_events(tx, [event_params(r["id"], RunState.PAUSED, "paused", now) for r in held])
-    seqs = {r["seq"] for r in held}
-    return [r for r in rows if r["seq"] not in seqs], held
-
-
-def _lease(
-    tx: Tx,
-    b: Backend,
-    chosen: list[Row],
-    plan: _Plan,
-    limited_tenants: list[str],
-    *,
-    worker_id: str,
-    lease_seconds: float,
-    now: float,
-) -> list[Row]:
-    by_lease: dict[float, list[int]] = {}
-    for row in chosen:
-        seconds = plan.lease_seconds.get(row["queue"]) or lease_seconds
-        by_lease.setdefault(seconds, []).append(row["seq"])
-    rows: list[Row] = []
-    for seconds, seqs in by_lease.items():
-        rows += tx.execute(
-            "UPDATE runs SET state = 'running', lease_owner = :worker,"
-            " lease_token = lease_token + 1, lease_expires_at = :expires,"
-            " lease_seconds = :seconds, started_at = COALESCE(started_at, :now), updated_at = :now,"
-            f" holds_queue_slot = {b.member('queue', 'limited_queues')},"
-            f" holds_tenant_slot = {b.member('tenant', 'limited_tenants')}"
-            f" WHERE {b.member('seq', 'seqs')} AND state = 'queued'"
-            # Whether any pause exists, in the same round trip (there rarely is one).
-            " RETURNING *, (SELECT COUNT(*) FROM pauses) AS pauses",
-            {
-                "worker": worker_id,
-                "expires": now + seconds,
-                "seconds": seconds,
-                "now": now,
-                "seqs": b.list_param(seqs),
-                "limited_queues": b.list_param(sorted(plan.limited)),
-                "limited_tenants": b.list_param(limited_tenants),
-            },
-        )
-    return rows
-
-
-def _account(
-    tx: Tx,
-    b: Backend,
-    chosen: list[Row],
-    rows: list[Row],
-    plan: _Plan,
-    tenants: list[_Tenant],
-    *,
-    now: float,
-) -> None:
-    """Move lanes, queues and tenants on by what was leased (lock order: lanes, queues, tenants)."""
-    leased = sorted({(r["tenant"], r["session_key"]) for r in rows if r["session_key"] is not None})
-    for tenant, session_key in leased:
-        tx.execute(
-            f"UPDATE lanes SET active = active + 1, (head_seq, head_priority, head_queue) ="
-            f" {LANE_HEAD} WHERE tenant = :tenant AND session_key = :session_key",
-            {"tenant": tenant, "session_key": session_key},
-        )
-    # A head that was no longer ready (it should not happen): repair it.
-    stale = {(r["tenant"], r["session_key"]) for r in chosen if r["session_key"] is not None}
-    refresh_lanes(tx, sorted(stale - set(leased)))
-    per_queue = Counter(r["queue"] for r in rows)
-    for queue in sorted(per_queue):
-        # Counted where the limit stands now: a limit set after this claim read the queue
-        # (unlocked, as it was unlimited) counts these runs too.
-        counted = tx.execute(
-            "UPDATE queues SET active = active + :n WHERE name = :queue"
-            " AND concurrency IS NOT NULL RETURNING name",
-            {"n": per_queue[queue], "queue": queue},
-        )
-        if counted and queue not in plan.limited:
-            _hold_slots(tx, b, "queue", [r for r in rows if r["queue"] == queue])
-        if queue in plan.rate_periods:
-            tx.execute_many(
-                "INSERT INTO queue_starts (queue, at) VALUES (:queue, :now)",
-                [{"queue": queue, "now": now}] * per_queue[queue],
-            )
-    for queue, period in plan.rate_periods.items():
-        # Keep a margin: a claim that read its clock earlier, then waited for the queue's lock,
-        # still counts the starts of its own window.
-        tx.execute(
-            "DELETE FROM queue_starts WHERE queue = :queue AND at <= :before",
-            {"queue": queue, "before": now - period - START_RECORD_MARGIN},
-        )
-    per_tenant = Counter(r["tenant"] for r in rows)
-    for t in sorted((t for t in tenants if t.taken), key=lambda t: t.name):
-        # Relative moves: a claim that waited for a queue lock may have read an older pass.
-        (row,) = tx.execute(
-            "UPDATE tenants SET pass = pass + :advance, ready = ready - :n,"
-            " active = active + CASE WHEN concurrency IS NULL THEN 0 ELSE :n END"
-            " WHERE name = :tenant RETURNING concurrency",
-            {"advance": t.taken / t.weight, "n": per_tenant[t.name], "tenant": t.name},
-        )
-        if row["concurrency"] is not None and not t.limited:  # a limit set meanwhile
-            _hold_slots(tx, b, "tenant", [r for r in rows if r["tenant"] == t.name])
-
-
-def _hold_slots(tx: Tx, b: Backend, kind: str, rows: list[Row]) -> None:
-    if rows:
-        tx.execute(
-            f"UPDATE runs SET holds_{kind}_slot = true WHERE {b.member('seq', 'seqs')}",
-            {"seqs": b.list_param([r["seq"] for r in rows])},
-        )
+    return lease(tx, b, chosen, leasing, now)

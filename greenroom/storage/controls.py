@@ -23,13 +23,13 @@ from greenroom.rules import (
 from greenroom.storage.backend import Backend, Row, Tx
 from greenroom.storage.base import (
     StoreBase,
-    event_params,
-    insert_events,
     require_reason,
     retry_conflicts,
 )
 from greenroom.storage.codec import pause_from_row, tenant_from_row
-from greenroom.storage.lifecycle import summaries
+from greenroom.storage.lifecycle import moves, summaries
+from greenroom.storage.lifecycle.moves import Change
+from greenroom.storage.lifecycle.states import Move
 
 #: Settable queue fields: the type and the range of values each accepts.
 QUEUE_LIMITS: dict[str, tuple[type, float, float]] = {
@@ -283,14 +283,14 @@ class Controls(StoreBase):
             where, params = summaries.pause_predicate(b, pause)
             waiting = tx.execute(f"SELECT * FROM runs WHERE state = 'queued' AND {where}", params)
             summaries.lock_lanes(tx, b, waiting)
-            held = tx.execute(
-                f"UPDATE runs SET state = 'paused', updated_at = :now"
-                f" WHERE state = 'queued' AND {where} RETURNING *",
-                {**params, "now": now},
-            )
-            summaries.leave_ready(tx, held)
             why = f"paused ({pause.describe()}) by {actor}: {reason}"
-            insert_events(tx, [event_params(r["id"], RunState.PAUSED, why, now) for r in held])
+            held = moves.move(
+                tx,
+                b,
+                Move.HOLD,
+                [Change(row=r, to=RunState.PAUSED, reason=why) for r in waiting],
+                now,
+            )
             stopping = 0
             if not pause.drain:
                 stopping = tx.execute_count(
@@ -339,19 +339,14 @@ class Controls(StoreBase):
             held = tx.execute(f"SELECT * FROM runs WHERE state = 'paused' AND {where}", params)
             freed = [r for r in held if summaries.waiting_state(r, others) is RunState.QUEUED]
             summaries.lock_lanes(tx, b, freed)
-            rows: list[Row] = []
-            for chunk in range(0, len(freed), 500):
-                rows += tx.execute(
-                    f"UPDATE runs SET state = 'queued', updated_at = :now"
-                    f" WHERE {b.member('seq', 'seqs')} AND state = 'paused' RETURNING *",
-                    {
-                        "now": now,
-                        "seqs": b.list_param([r["seq"] for r in freed[chunk : chunk + 500]]),
-                    },
-                )
             why = f"resumed ({pause.describe()}) by {actor}: {reason}"
-            insert_events(tx, [event_params(r["id"], RunState.QUEUED, why, now) for r in rows])
-            summaries.enter_ready(tx, b, rows)
+            rows = moves.move(
+                tx,
+                b,
+                Move.RELEASE,
+                [Change(row=r, to=RunState.QUEUED, reason=why) for r in freed],
+                now,
+            )
             still_stopping = [p for p in others if not p.drain]
             for r in tx.execute(
                 f"SELECT * FROM runs WHERE state = 'running' AND pause_requested AND {where}",

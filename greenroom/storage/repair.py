@@ -17,13 +17,15 @@ from typing import Any
 from greenroom.model import RunState
 from greenroom.storage.base import StoreBase, require_reason, retry_conflicts
 from greenroom.storage.codec import dumps
-from greenroom.storage.lifecycle import summaries
+from greenroom.storage.lifecycle import moves, summaries
 from greenroom.storage.lifecycle.check import (
     Drift,
     check_summaries,
     drift_detail,
     repair_summaries,
 )
+from greenroom.storage.lifecycle.moves import Change
+from greenroom.storage.lifecycle.states import Move
 
 #: States in which a run waits to start: a quarantined one is failed rather than started.
 _WAITING = (RunState.QUEUED, RunState.DELAYED, RunState.PAUSED)
@@ -99,7 +101,7 @@ class Repair(StoreBase):
                 f"SELECT * FROM runs WHERE {b.member('seq', 'seqs')} ORDER BY seq {b.for_update}",
                 {"seqs": b.list_param([r["seq"] for r in bad])},
             )
-            left_ready = []
+            failing: list[Change] = []
             for row in rows:
                 labels: dict[str, Any] = json.loads(row["labels"])
                 keys = _bad_keys(labels)
@@ -112,30 +114,31 @@ class Repair(StoreBase):
                     " this event's detail"
                 )
                 kept = dumps({k: v for k, v in labels.items() if repr(k) not in keys})
-                params = {"labels": kept, "now": now, "seq": row["seq"]}
-                new_state = state
-                if state in _WAITING:
-                    new_state = RunState.FAILED
+                detail = {"labels": row["labels"]}
+                if state in _WAITING:  # failed rather than started
                     error = {"type": "UnreadableLabels", "message": reason, "class": "permanent"}
-                    tx.execute(
-                        "UPDATE runs SET labels = :labels, state = 'failed', error = :error,"
-                        " finished_at = :now, updated_at = :now WHERE seq = :seq",
-                        {**params, "error": dumps(error)},
+                    values = {"labels": kept, "error": dumps(error)}
+                    failing.append(
+                        Change(row, RunState.FAILED, reason, detail=detail, values=values)
                     )
                 else:
                     tx.execute(
                         "UPDATE runs SET labels = :labels, updated_at = :now WHERE seq = :seq",
-                        params,
+                        {"labels": kept, "now": now, "seq": row["seq"]},
                     )
-                self._event(
-                    tx, row["id"], new_state, reason, at=now, detail={"labels": row["labels"]}
-                )
-                if state is RunState.QUEUED:
-                    left_ready.append(row)
+                    self._event(tx, row["id"], state, reason, at=now, detail=detail)
                 out.append(
                     Quarantined(run_id=row["id"], tenant=row["tenant"], state=state, reason=reason)
                 )
-            summaries.leave_ready(tx, left_ready)
+            moves.move(
+                tx,
+                b,
+                Move.QUARANTINE,
+                failing,
+                now,
+                columns=[("labels", "text"), ("error", "text")],
+                sets="labels = w.labels, error = w.error",
+            )
         return out
 
 

@@ -28,8 +28,6 @@ from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import (
     RunFilter,
-    event_params,
-    insert_events,
     require_reason,
     retry_conflicts,
 )
@@ -43,8 +41,10 @@ from greenroom.storage.codec import (
     worker_from_row,
 )
 from greenroom.storage.controls import Controls
-from greenroom.storage.enqueue import insert_runs, insert_runs_at_once
-from greenroom.storage.lifecycle import summaries
+from greenroom.storage.lifecycle import moves, summaries
+from greenroom.storage.lifecycle.enqueue import insert_runs, insert_runs_at_once
+from greenroom.storage.lifecycle.moves import Change
+from greenroom.storage.lifecycle.states import Move
 from greenroom.storage.repair import Repair
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.writes import Checkpoint, End, Written
@@ -68,6 +68,7 @@ class RunDetail:
 @dataclass(frozen=True, kw_only=True)
 class Recovery:
     requeued: list[str]
+    #: Failed after max_stalls, or cancelled as asked.
     failed: list[str]
     #: Workers declared lost by this call: their runs are handed out after the grace.
     lost_workers: list[str]
@@ -243,20 +244,14 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
             state = RunState(row["state"])
             why = f"cancelled by {actor}: {reason}"
             if state in (RunState.QUEUED, RunState.DELAYED, RunState.PAUSED):
-                row = tx.execute(
-                    "UPDATE runs SET state = 'cancelled', finished_at = :now, updated_at = :now"
-                    " WHERE id = :id RETURNING *",
-                    {"now": now, "id": run_id},
-                )[0]
-                self._event(tx, run_id, RunState.CANCELLED, why, at=now)
-                if state is RunState.QUEUED:
-                    summaries.leave_ready(tx, [row])
+                change = Change(row=row, to=RunState.CANCELLED, reason=why)
+                moves.move(tx, self.backend, Move.CANCEL, [change], now)
             elif state is RunState.RUNNING:
-                row = tx.execute(
-                    "UPDATE runs SET cancel_requested = true, updated_at = :now"
-                    " WHERE id = :id RETURNING *",
-                    {"now": now, "id": run_id},
-                )[0]
+                tx.execute(
+                    "UPDATE runs SET cancel_requested = true, updated_at = :now WHERE seq = :seq",
+                    {"now": now, "seq": row["seq"]},
+                )
+            row = self._select_run(tx, row["id"], tenant)
             self._audit(
                 tx,
                 tenant=row["tenant"],
@@ -283,22 +278,8 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
             )
             if not due:
                 return 0
-            pauses = summaries.load_pauses(tx)
-            became: list[Row] = []
-            for state in (RunState.QUEUED, RunState.PAUSED):
-                seqs = [r["seq"] for r in due if summaries.waiting_state(r, pauses) is state]
-                if not seqs:
-                    continue
-                rows = tx.execute(
-                    "UPDATE runs SET state = :state, updated_at = :now"
-                    f" WHERE {b.member('seq', 'seqs')} AND state = 'delayed' RETURNING *",
-                    {"state": state.value, "now": now, "seqs": b.list_param(seqs)},
-                )
-                reason = "delay elapsed" if state is RunState.QUEUED else "delay elapsed; paused"
-                insert_events(tx, [event_params(r["id"], state, reason, now) for r in rows])
-                if state is RunState.QUEUED:
-                    became = rows
-            summaries.enter_ready(tx, b, became)
+            changes = [Change(row=r, to=RunState.QUEUED, reason="delay elapsed") for r in due]
+            moves.move(tx, b, Move.PROMOTE, changes, now)
         return len(due)
 
     @retry_conflicts
@@ -335,42 +316,17 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
             if not stalled:
                 return Recovery(requeued=[], failed=[], lost_workers=lost, next_due=due)
             limits = self._queue_max_stalls(tx, {r["queue"] for r in stalled})
-            pauses = summaries.load_pauses(tx)
-            became: list[Row] = []
-            for row in stalled:
-                why = (
-                    f"worker {row['lease_owner']} lost its liveness lock"
-                    if row["lease_owner"] in gone
-                    else f"lease of worker {row['lease_owner']} expired"
-                )
-                error = None
-                if row["cancel_requested"]:
-                    state, reason = RunState.CANCELLED, f"cancelled ({why})"
-                elif row["stalls"] + 1 >= limits.get(row["queue"], max_stalls):
-                    state = RunState.FAILED
-                    reason = f"stalled {row['stalls'] + 1} times ({why}); max_stalls reached"
-                    error = {"type": "Stalled", "message": reason, "class": "transient"}
-                else:
-                    state = summaries.waiting_state(row, pauses)
-                    reason = f"stalled: {why}"
-                updated = tx.execute(
-                    f"UPDATE runs SET state = :state, stalls = stalls + 1, {summaries.CLEAR_LEASE},"
-                    " error = COALESCE(:error, error), updated_at = :now,"
-                    " finished_at = :finished_at WHERE seq = :seq RETURNING *",
-                    {
-                        "state": state.value,
-                        "error": None if error is None else dumps(error),
-                        "now": now,
-                        "finished_at": now if state.finished else None,
-                        "seq": row["seq"],
-                    },
-                )[0]
-                self._event(tx, updated["id"], state, reason, at=now)
-                if state is RunState.QUEUED:
-                    became.append(updated)
-                (failed if state.finished else requeued).append(updated["id"])
-            summaries.leave_running(tx, stalled)
-            summaries.enter_ready(tx, b, became)
+            changes = [_stall(row, gone, limits.get(row["queue"], max_stalls)) for row in stalled]
+            for r in moves.move(
+                tx,
+                b,
+                Move.STALL,
+                changes,
+                now,
+                columns=[("error", "text")],
+                sets="stalls = runs.stalls + 1, error = COALESCE(w.error, runs.error)",
+            ):
+                (failed if RunState(r["state"]).finished else requeued).append(r["id"])
         return Recovery(requeued=requeued, failed=failed, lost_workers=lost, next_due=due)
 
     def _declare_lost(self, tx: Tx, candidates: list[Row], now: float) -> list[str]:
@@ -512,3 +468,22 @@ class RunStore(Controls, Admin, Sessions, Accounts, Repair):
         return {RunState(r["state"]): int(r["n"]) for r in rows}
 
     # -- helpers ---------------------------------------------------------------------------
+
+
+def _stall(row: Row, gone: list[str], max_stalls: int) -> Change:
+    """Where a stalled run goes: cancelled if a cancel was asked for, failed at max_stalls,
+    else ready again."""
+    why = (
+        f"worker {row['lease_owner']} lost its liveness lock"
+        if row["lease_owner"] in gone
+        else f"lease of worker {row['lease_owner']} expired"
+    )
+    if row["cancel_requested"]:
+        return Change(
+            row=row, to=RunState.CANCELLED, reason=f"cancelled ({why})", values={"error": None}
+        )
+    if row["stalls"] + 1 >= max_stalls:
+        reason = f"stalled {row['stalls'] + 1} times ({why}); max_stalls reached"
+        error = {"type": "Stalled", "message": reason, "class": "transient"}
+        return Change(row=row, to=RunState.FAILED, reason=reason, values={"error": dumps(error)})
+    return Change(row=row, to=RunState.QUEUED, reason=f"stalled: {why}", values={"error": None})

@@ -14,9 +14,11 @@ from typing import Any
 from greenroom.diagnostics import fingerprint
 from greenroom.model import Lease, RunState, StepStatus
 from greenroom.storage.backend import Backend, Column, Row, Tx
-from greenroom.storage.base import event_params, fence, insert_events
+from greenroom.storage.base import fence
 from greenroom.storage.codec import dumps
-from greenroom.storage.lifecycle import summaries
+from greenroom.storage.lifecycle import moves
+from greenroom.storage.lifecycle.moves import Change
+from greenroom.storage.lifecycle.states import Move
 
 _EVENT_ERROR_KEYS = ("type", "message", "step", "attempt", "class")
 _STEP_COLUMNS: list[Column] = [
@@ -32,15 +34,6 @@ _STEP_COLUMNS: list[Column] = [
     ("finished_at", "double precision"),
 ]
 _STEP_NAMES = ", ".join(name for name, _ in _STEP_COLUMNS)
-_END_COLUMNS: list[Column] = [
-    ("run_id", "text"),
-    ("new_state", "text"),
-    ("new_output", "text"),
-    ("new_error", "text"),
-    ("retry_at", "double precision"),
-]
-#: What the bookkeeping of an ended run reads (lanes, tenants, pauses, error groups).
-_ENDED_COLUMNS = "id, seq, tenant, workflow, queue, session_key, priority, labels"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,39 +112,37 @@ def _save_steps(tx: Tx, checkpoints: Sequence[Checkpoint]) -> None:
     )
 
 
-def _end_runs(tx: Tx, ends: Sequence[End], now: float) -> list[Row]:
-    params: dict[str, Any] = {"now": now}
-    rows = tx.rows(
-        _END_COLUMNS,
-        [
-            {
-                "run_id": e.lease.run.id,
-                "new_state": e.state.value,
-                "new_output": e.output,
-                "new_error": None if e.error is None else dumps(e.error),
-                "retry_at": (e.retry_at if e.retry_at is not None else now)
-                if e.state is RunState.DELAYED
-                else None,
-            }
-            for e in ends
-        ],
-        params,
-    )
-    return tx.execute(
-        f"WITH w(run_id, new_state, new_output, new_error, retry_at) AS ({rows})"
-        " UPDATE runs SET state = w.new_state, output = w.new_output,"
-        # A success clears the error of earlier attempts; their errors stay in the timeline.
-        " error = CASE WHEN w.new_state = 'succeeded' THEN NULL"
-        " ELSE COALESCE(w.new_error, runs.error) END,"
-        f" {summaries.CLEAR_LEASE}, updated_at = :now,"
-        " attempt = CASE WHEN w.new_state = 'delayed' THEN runs.attempt + 1"
-        " ELSE runs.attempt END,"
-        " available_at = CASE WHEN w.new_state = 'delayed'"
-        " THEN CAST(w.retry_at AS DOUBLE PRECISION) ELSE runs.available_at END,"
-        " finished_at = CASE WHEN w.new_state IN ('succeeded', 'failed', 'cancelled')"
-        " THEN :now ELSE runs.finished_at END"
-        f" FROM w WHERE runs.id = w.run_id RETURNING {_ENDED_COLUMNS}",
-        params,
+#: What an end writes besides the state: the output, the error, the time of a retry.
+_END_COLUMNS: list[Column] = [
+    ("output", "text"),
+    ("error", "text"),
+    ("retry_at", "double precision"),
+]
+_END_SETS = (
+    "output = w.output,"
+    # A success clears the error of earlier attempts; their errors stay in the timeline.
+    " error = CASE WHEN w.target = 'succeeded' THEN NULL ELSE COALESCE(w.error, runs.error) END,"
+    " attempt = CASE WHEN w.target = 'delayed' THEN runs.attempt + 1 ELSE runs.attempt END,"
+    " available_at = CASE WHEN w.target = 'delayed'"
+    " THEN CAST(w.retry_at AS DOUBLE PRECISION) ELSE runs.available_at END"
+)
+
+
+def _end_change(end: End, held: Row, now: float) -> Change:
+    error = end.error
+    return Change(
+        row=held,
+        to=end.state,
+        reason=end.reason,
+        worker_id=end.lease.worker_id,
+        detail=None if error is None else {k: error.get(k) for k in _EVENT_ERROR_KEYS},
+        values={
+            "output": end.output,
+            "error": None if error is None else dumps(error),
+            "retry_at": (end.retry_at if end.retry_at is not None else now)
+            if end.state is RunState.DELAYED
+            else None,
+        },
     )
 
 
@@ -175,30 +166,21 @@ def write(
         _save_steps(tx, checkpoints)
     if not ends:
         return Written(refused=refused, states={})
-    rows = _end_runs(tx, ends, now)
+    rows = moves.move(
+        tx,
+        b,
+        Move.END,
+        [_end_change(e, held[e.lease.run.id], now) for e in ends],
+        now,
+        columns=_END_COLUMNS,
+        sets=_END_SETS,
+    )
     by_id = {e.lease.run.id: e for e in ends}
-    states = {r["id"]: by_id[r["id"]].state for r in rows}
-    released = [r for r in rows if states[r["id"]] is RunState.QUEUED]
-    if released:
-        for r in summaries.hold_paused(tx, b, released):
-            states[r["id"]] = RunState.PAUSED
-        released = [r for r in released if states[r["id"]] is RunState.QUEUED]
-    events = []
-    for r in rows:
-        end = by_id[r["id"]]
-        error = end.error
-        detail = None if error is None else {k: error.get(k) for k in _EVENT_ERROR_KEYS}
-        events.append(
-            event_params(r["id"], states[r["id"]], end.reason, now, end.lease.worker_id, detail)
-        )
-    insert_events(tx, events)
-    summaries.leave_running(tx, [held[r["id"]] for r in rows])
-    summaries.enter_ready(tx, b, released)
-    failed = [(r, by_id[r["id"]].error) for r in rows if states[r["id"]] is RunState.FAILED]
+    failed = [(r, by_id[r["id"]].error) for r in rows if r["state"] == RunState.FAILED.value]
     groups = sorted((r["tenant"], _group(e), r["seq"], r, e) for r, e in failed if e is not None)
     for _, group, _, r, e in groups:  # in key order: concurrent batches never deadlock on them
         _record_error(tx, r, e, group, now)
-    return Written(refused=refused, states=states)
+    return Written(refused=refused, states={r["id"]: RunState(r["state"]) for r in rows})
 
 
 def _group(error: dict[str, Any]) -> str:

@@ -182,19 +182,6 @@ def run_fields(row: Row) -> dict[str, Any]:
     return {**row, "labels": json.loads(labels) if isinstance(labels, str) else labels}
 
 
-def hold_paused(tx: Tx, b: Backend, rows: Sequence[Row]) -> list[Row]:
-    """Of these runs about to be ready (new, leased or handed back), those a pause holds, made
-    `paused` in one statement; as rows in their new state."""
-    pauses = load_pauses(tx)
-    held = [r for r in rows if pauses and waiting_state(r, pauses) is RunState.PAUSED]
-    if held:
-        tx.execute(
-            f"UPDATE runs SET state = 'paused', {CLEAR_LEASE} WHERE {b.member('seq', 'seqs')}",
-            {"seqs": b.list_param([r["seq"] for r in held])},
-        )
-    return [{**r, "state": RunState.PAUSED.value} for r in held]
-
-
 def waiting_state(row: Row, pauses: Sequence[Pause]) -> RunState:
     """`paused` if a pause holds this run, else `queued`."""
     fields = run_fields(row)

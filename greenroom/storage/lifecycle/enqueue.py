@@ -1,4 +1,5 @@
-"""Inserting new runs: idempotency keys, delays, pauses, and the ready bookkeeping."""
+"""The ENQUEUE move: new runs inserted queued, delayed or paused, with idempotency keys and the
+ready bookkeeping."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from greenroom.rules import check_keys, check_labels
 from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.base import ROWS_CHUNK, event_params, insert_events
 from greenroom.storage.codec import dumps
-from greenroom.storage.lifecycle import summaries
+from greenroom.storage.lifecycle import moves, summaries
+from greenroom.storage.lifecycle.states import Move, check
 
 _NEW_COLUMNS: list[Column] = [
     ("id", "text"),
@@ -106,7 +108,7 @@ def insert_runs(
     ready_rows = [r for r in inserted.values() if r["state"] == RunState.QUEUED.value]
     held = {}
     if any(r["pauses"] for r in ready_rows):  # a pause exists: it may hold some of them
-        held = {r["id"]: r for r in summaries.hold_paused(tx, b, ready_rows)}
+        held = {r["id"]: r for r in moves.hold_paused(tx, b, ready_rows)}
     out: list[tuple[Row, bool]] = []
     became_ready: list[Row] = []
     events: list[dict[str, Any]] = []
@@ -116,6 +118,7 @@ def insert_runs(
             continue
         row = held.get(values["id"]) or inserted[values["id"]]
         state = RunState(row["state"])
+        check(Move.ENQUEUE, None, state)
         events.append(event_params(row["id"], state, reason or _REASONS[state], now))
         if state is RunState.QUEUED:
             became_ready.append({**row, "max_active": new.session_concurrency})
