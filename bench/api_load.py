@@ -48,7 +48,7 @@ def bootstrap(url: str) -> str:
     """A tenant and an admin key without a practical rate limit."""
     store = open_store(url)
     try:
-        store.create_tenant("acme", actor="bench")
+        store.accounts.create_tenant("acme", actor="bench")
         _, key = create_key(
             store, tenant="acme", role=Role.ADMIN, name="bench", actor="bench", rate_limit=10**6
         )

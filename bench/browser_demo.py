@@ -44,7 +44,7 @@ def connector(ref: str, url: str) -> App:
     # Saved sessions are encrypted: a key of this run's own (SQLite alone would make a key file).
     key = SecretStr(base64.b64encode(os.urandom(32)).decode())
     app.settings = app.settings.model_copy(update={"db": url, "secret_key": key})
-    app.store.count_by_state()  # open and migrate before the worker's threads use it
+    app.store.runs.count_by_state()  # open and migrate before the worker's threads use it
     return app
 
 
@@ -61,7 +61,7 @@ async def wait_finished(app: App, tenant: str, count: int, timeout: float) -> li
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = await asyncio.to_thread(
-            app.store.list_runs, RunFilter(tenant=tenant, limit=count + 1)
+            app.store.runs.list_runs, RunFilter(tenant=tenant, limit=count + 1)
         )
         if len(runs) == count and all(r.state.finished for r in runs):
             return runs

@@ -170,14 +170,16 @@ async def warm_in_runs(url: str, saas: DemoSaaS, samples: int) -> tuple[list[flo
     """ctx.page() times of a session's runs after its first; the logins the SaaS counted; how
     many runs got the warm context."""
     app = page_app(url, saas)
-    app.store.count_by_state()  # open and migrate once, before two threads would race to
+    app.store.runs.count_by_state()  # open and migrate once, before two threads would race to
     worker = Worker(app, concurrency=1)
     task = asyncio.create_task(worker.run())
     times = []
     try:
         for i in range(samples + 1):
             run = await app.enqueue("bench.page", {"first": i == 0})
-            while not (done := await asyncio.to_thread(app.store.get_run, run.id)).state.finished:
+            while not (
+                done := await asyncio.to_thread(app.store.runs.get_run, run.id)
+            ).state.finished:
                 await asyncio.sleep(0.005)
             if done.state is not RunState.SUCCEEDED:
                 raise SystemExit(f"run {run.id} ended {done.state}: {done.error}")

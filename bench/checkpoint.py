@@ -50,7 +50,7 @@ async def in_runs(app: App, runs: int, steps: int, timeout: float) -> list[float
             run = await app.enqueue("bench.steps", {"n": steps})
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                current = await asyncio.to_thread(app.store.get_run, run.id)
+                current = await asyncio.to_thread(app.store.runs.get_run, run.id)
                 if current.state.finished:
                     break
                 await asyncio.sleep(0.01)
@@ -78,7 +78,7 @@ def main() -> None:
         inside: list[float] = []
         app = build_app(url, inside)
         try:
-            app.store.count_by_state()
+            app.store.runs.count_by_state()
             totals = asyncio.run(in_runs(app, args.runs, args.steps, args.timeout))
         finally:
             app.close()

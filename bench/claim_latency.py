@@ -2,13 +2,13 @@
 the same 1,000 sessions, for claim batch sizes 1 and 10. The claim should not slow down as
 runs pile up behind sessions.
 
-Set-up uses RunStore.enqueue_many in big batches (on PostgreSQL, then ANALYZE, as autovacuum
+Set-up uses RunStore.runs.enqueue_many in big batches (on PostgreSQL, then ANALYZE, as autovacuum
 would after a bulk load). Two situations per queue size:
   free  every session is free to run its next run;
   busy  990 sessions already have a running run (claimed and held), so nearly all queued runs
         are blocked behind them and only 10 sessions can be served: the case where a naive
         claim scans the whole backlog.
-Each timed RunStore.claim call is followed (untimed) by finishing the runs it returned and
+Each timed RunStore.runs.claim call is followed (untimed) by finishing the runs it returned and
 enqueuing as many new runs in the same sessions, so the queue keeps its size.
 
 An extra case, beyond the issue's: the same sizes of runs without a session key (`no_session`),
@@ -39,7 +39,7 @@ def fill(store: RunStore, count: int, sessions: int, batch: int = 5000) -> float
     """`sessions` 0 means runs without a session key."""
     start = time.perf_counter()
     for first in range(0, count, batch):
-        store.enqueue_many(
+        store.runs.enqueue_many(
             [
                 new_run(i, f"s{i % sessions:05d}" if sessions else None)
                 for i in range(first, min(first + batch, count))
@@ -55,16 +55,16 @@ def measure(store: RunStore, size: int, repeats: int) -> dict[str, Any]:
     next_i = 10**9
     for _ in range(repeats):
         t0 = time.perf_counter()
-        leases = store.claim(WORKER, ["default"], size, LEASE)
+        leases = store.runs.claim(WORKER, ["default"], size, LEASE)
         times.append(time.perf_counter() - t0)
         got.append(len(leases))
         for lease in leases:
-            store.finish(lease, RunState.SUCCEEDED, reason="bench")
+            store.runs.finish(lease, RunState.SUCCEEDED, reason="bench")
         refill = []
         for lease in leases:
             next_i += 1
             refill.append(new_run(next_i, lease.run.session_key))
-        store.enqueue_many(refill)
+        store.runs.enqueue_many(refill)
     return {
         "claim_ms": benchlib.summary(benchlib.ms(times)),
         "runs_per_claim_p50": benchlib.percentile(got, 50),
@@ -83,11 +83,11 @@ def scenario(url: str, queued: int, sessions: int, busy: int, repeats: int) -> d
         for size in (1, 10):
             out[f"free_batch{size}"] = measure(store, size, repeats)
         if sessions:
-            held = store.claim(WORKER, ["default"], busy, LEASE)
+            held = store.runs.claim(WORKER, ["default"], busy, LEASE)
             out["busy_sessions"] = len(held)
             for size in (1, 10):
                 out[f"busy_batch{size}"] = measure(store, size, repeats)
-        out["queued_at_end"] = store.count_by_state().get(RunState.QUEUED, 0)
+        out["queued_at_end"] = store.runs.count_by_state().get(RunState.QUEUED, 0)
     finally:
         store.backend.close()
     return out

@@ -11,9 +11,9 @@ what enqueue.py and ready.py maintain: runs `queued`; one lane per session with 
 seq) and active = 0; tenants with their ready counts; the queue record. Enqueue events are not
 written (claims never read them). PostgreSQL then runs ANALYZE, as autovacuum would.
 
-Each timed RunStore.claim is followed (untimed) by releasing what it leased
-(RunStore.finish(…, QUEUED)), which puts the runs back at the head of their lanes and the tenants'
-ready counts back, so every claim sees the same backlog. Warm-up claims are not timed.
+Each timed RunStore.runs.claim is followed (untimed) by releasing what it leased
+(RunStore.runs.finish(…, QUEUED)), which puts the runs back at the head of their lanes and the
+tenants' ready counts back, so every claim sees the same backlog. Warm-up claims are not timed.
 """
 
 from __future__ import annotations
@@ -127,10 +127,10 @@ class Case:
     def claim_and_release(self, size: int, timed: bool) -> None:
         """One claim of `size`, timed; its runs released (untimed) so the backlog stays."""
         t0 = time.perf_counter()
-        leases = self.store.claim(WORKER, [QUEUE], size, LEASE)
+        leases = self.store.runs.claim(WORKER, [QUEUE], size, LEASE)
         t1 = time.perf_counter()
         for lease in leases:
-            self.store.finish(lease, RunState.QUEUED, reason="bench: released")
+            self.store.runs.finish(lease, RunState.QUEUED, reason="bench: released")
         t2 = time.perf_counter()
         if len(leases) != size:
             raise SystemExit(f"a claim of {size} returned {len(leases)} runs")

@@ -1,7 +1,7 @@
 """Drain rate: N no-op one-step runs enqueued beforehand, drained by one Worker (concurrency 10)
 running in this process's event loop. Timed from worker start until every run's end is committed.
 
-Ends are counted where they are committed (a wrapper around RunStore.write), not from the
+Ends are counted where they are committed (a wrapper around RunStore.runs.write), not from the
 worker's own counters. Each trial uses a fresh database. A trial that has not finished every run
 within --timeout stops there: `runs_per_s` then counts only what finished, and
 `runs_per_s_until_last_finish` shows the rate of the runs that did finish.
@@ -46,7 +46,7 @@ def fill(app: App, count: int, batch: int = 500) -> None:
 def count_finishes(store: RunStore) -> list[float]:
     """Record when each run's end was committed, at the store: independent of the worker's stats."""
     finished: list[float] = []
-    original = store.write
+    original = store.runs.write
 
     def write(*args: Any, **kwargs: Any) -> Any:
         written = original(*args, **kwargs)
@@ -54,7 +54,7 @@ def count_finishes(store: RunStore) -> list[float]:
         finished.extend([now] * len(written.states))  # atomic across the worker's threads
         return written
 
-    store.write = write  # type: ignore[method-assign]
+    store.runs.write = write  # type: ignore[method-assign]
     return finished
 
 
@@ -69,7 +69,7 @@ async def drain(app: App, count: int, concurrency: int, timeout: float) -> dict[
     elapsed = time.perf_counter() - start
     worker.stop()
     await task
-    del app.store.write  # back to the class method
+    del app.store.runs.write  # back to the class method
     done = len(finished)
     last = (max(finished) - start) if finished else elapsed
     return {
@@ -90,7 +90,7 @@ def trial(db: str, runs: int, concurrency: int, timeout: float) -> dict[str, Any
         try:
             fill(app, runs)
             out = asyncio.run(drain(app, runs, concurrency, timeout))
-            counts = app.store.count_by_state()
+            counts = app.store.runs.count_by_state()
         finally:
             app.close()
         out = {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}

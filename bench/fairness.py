@@ -71,7 +71,7 @@ async def trial(url: str, backlog: int, b_runs: int, timeout: float) -> dict[str
     app = build_app(url, marks)
     client = build_app(url)
     try:
-        app.store.count_by_state()  # migrate before anything is timed
+        app.store.runs.count_by_state()  # migrate before anything is timed
         for first in range(0, backlog, 500):
             await client.enqueue_many(requests("A", min(500, backlog - first)))
         worker = Worker(app, concurrency=10)
@@ -79,7 +79,7 @@ async def trial(url: str, backlog: int, b_runs: int, timeout: float) -> dict[str
         if backlog:
             await wait_for(lambda: len(marks.starts["A"]) >= 100, timeout)
         else:
-            await wait_for(lambda: bool(app.store.workers()), timeout)
+            await wait_for(lambda: bool(app.store.runs.workers()), timeout)
             await asyncio.sleep(0.5)  # the worker idle, waiting for work
         called = time.time()
         await client.enqueue_many(requests("B", b_runs))

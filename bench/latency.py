@@ -37,7 +37,7 @@ def build_app(url: str, starts: list[tuple[int, float, float]] | None = None) ->
 def enqueuer(url: str, rate: float, seconds: float) -> None:
     """Child process: enqueue `rate` runs per second on a fixed schedule, report call times."""
     app = build_app(url)
-    app.store.count_by_state()  # open and check the schema before the clock starts
+    app.store.runs.count_by_state()  # open and check the schema before the clock starts
     count = int(rate * seconds)
     calls: list[float] = []
     late = 0
@@ -63,7 +63,7 @@ def enqueuer(url: str, rate: float, seconds: float) -> None:
 async def measure(url: str, rate: float, seconds: float) -> dict[str, Any]:
     starts: list[tuple[int, float, float]] = []
     app = build_app(url, starts)
-    app.store.count_by_state()
+    app.store.runs.count_by_state()
     worker = Worker(app)
     task = asyncio.create_task(worker.run())
     child = subprocess.Popen(

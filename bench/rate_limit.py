@@ -97,7 +97,7 @@ def measure(url: str, runs: int, limit: int, period: float, workers: int) -> dic
         marks = Path(tmp) / "starts.jsonl"
         app = build_app(url)
         store = app.store  # migrates before the workers start
-        store.set_queue(
+        store.controls.set_queue(
             QUEUE,
             actor="bench",
             reason="rate-limit benchmark",
@@ -112,7 +112,7 @@ def measure(url: str, runs: int, limit: int, period: float, workers: int) -> dic
             for _ in range(workers)
         ]
         try:
-            if not wait_until(lambda: len(store.workers()) >= workers, 30):
+            if not wait_until(lambda: len(store.runs.workers()) >= workers, 30):
                 raise SystemExit("the worker processes did not all register")
             time.sleep(0.5)
             app.enqueue_many_sync(
@@ -120,7 +120,7 @@ def measure(url: str, runs: int, limit: int, period: float, workers: int) -> dic
             )
             budget = runs / limit * period + 30
             done = wait_until(
-                lambda: store.count_by_state().get(RunState.SUCCEEDED, 0) >= runs, budget
+                lambda: store.runs.count_by_state().get(RunState.SUCCEEDED, 0) >= runs, budget
             )
         finally:
             for proc in procs:

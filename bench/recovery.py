@@ -90,7 +90,7 @@ def trial(app: App, url: str, marks: Path, n: int, timeout: float) -> dict[str, 
         if wait_mark(marks, "A", n, timeout) is None:
             return {"trial": n, "error": "worker A never started the run"}
         b = spawn(url, "B", marks)
-        if not wait_until(lambda: len(app.store.workers()) >= 2, timeout):
+        if not wait_until(lambda: len(app.store.runs.workers()) >= 2, timeout):
             return {"trial": n, "error": "worker B never registered"}
         time.sleep(random.uniform(0.5, 1.0))  # B idle; kill at a random point of its tick
         a.send_signal(signal.SIGKILL)
@@ -99,7 +99,9 @@ def trial(app: App, url: str, marks: Path, n: int, timeout: float) -> dict[str, 
         started = wait_mark(marks, "B", n, timeout)
         if started is None:
             return {"trial": n, "error": f"worker B did not start the run within {timeout} s"}
-        done = wait_until(lambda: app.store.get_run(run.id).state is RunState.SUCCEEDED, timeout)
+        done = wait_until(
+            lambda: app.store.runs.get_run(run.id).state is RunState.SUCCEEDED, timeout
+        )
         return {"trial": n, "recovery_s": round(started - killed, 4), "run_succeeded": done}
     finally:
         for proc in (a, b):
@@ -124,7 +126,7 @@ def main() -> None:
         return
     with benchlib.fresh_database(args.db, "recovery") as url, tempfile.TemporaryDirectory() as tmp:
         app = build_app(url)
-        app.store.count_by_state()  # migrate before the workers start
+        app.store.runs.count_by_state()  # migrate before the workers start
         marks = Path(tmp) / "marks.jsonl"
         try:
             trials = [trial(app, url, marks, n, args.timeout) for n in range(args.trials)]

@@ -60,7 +60,7 @@ class Bench:
         self.marks = tmp / "marks.jsonl"
         self.marks.touch()
         self.app = worker_app.build(url)
-        self.app.store.count_by_state()  # migrate before any worker starts
+        self.app.store.runs.count_by_state()  # migrate before any worker starts
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs = 0
 
@@ -267,7 +267,7 @@ def enqueue_child(url: str, runs: int) -> None:
     """Another process enqueuing one by one, as fast as it can."""
     benchlib.quiet_logs()
     app = worker_app.build(url)
-    app.store.count_by_state()
+    app.store.runs.count_by_state()
     began = time.time()
     for i in range(runs):
         app.enqueue_sync("bench.one_step", {"i": i})

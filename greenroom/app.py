@@ -213,7 +213,7 @@ class App:
     def _check_integration(self, wf: Workflow, tenant: str, integration_id: str) -> str:
         """The integration must be the tenant's, active, and for the workflow's connector."""
         check_text(integration_id, "integration", min_length=1)
-        found = self.store.integration(integration_id, tenant=tenant)
+        found = self.store.accounts.integration(integration_id, tenant=tenant)
         if found.connector != wf.connector:
             raise InvalidInput(
                 f"integration {integration_id} is for connector {found.connector!r}; "
@@ -228,7 +228,7 @@ class App:
     ) -> Run:
         """Enqueue one run; with an idempotency key already used, the existing run."""
         req = RunRequest(workflow=workflow, input=input or {}, **options)
-        return self.store.enqueue(self.prepare(req))[0]
+        return self.store.runs.enqueue(self.prepare(req))[0]
 
     async def enqueue(
         self, workflow: str | Workflow, input: dict[str, Any] | None = None, **options: Any
@@ -238,7 +238,7 @@ class App:
     def enqueue_many_sync(self, requests: Sequence[RunRequest]) -> list[Run]:
         """Enqueue a batch in one transaction."""
         batch = [self.prepare(r) for r in requests]
-        return [run for run, _ in self.store.enqueue_many(batch)]
+        return [run for run, _ in self.store.runs.enqueue_many(batch)]
 
     async def enqueue_many(self, requests: Sequence[RunRequest]) -> list[Run]:
         return await asyncio.to_thread(self.enqueue_many_sync, requests)

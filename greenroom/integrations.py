@@ -81,7 +81,7 @@ def create(
     parsed = connector.parse_credentials(credentials)
     checked = connector.parse_settings(settings)
     integration_id = "int_" + secrets.token_hex(8)
-    return store.add_integration(
+    return store.accounts.add_integration(
         tenant=tenant,
         connector=connector.name,
         name=name,
@@ -113,7 +113,7 @@ def update(
                 f"integration {integration.id} cannot be checked"
             )
         checked = connector.dump_settings(connector.parse_settings(settings))
-    return store.update_integration(
+    return store.accounts.update_integration(
         integration.id,
         tenant=integration.tenant,
         actor=actor,
@@ -134,7 +134,7 @@ def replace_credentials(
 ) -> Integration:
     """Credential rotation: the new credentials replace the old ones at once."""
     parsed = connector.parse_credentials(credentials)
-    return store.update_integration(
+    return store.accounts.update_integration(
         integration.id,
         tenant=integration.tenant,
         actor=actor,
@@ -157,7 +157,7 @@ def reseal_all(store: RunStore, ring: KeyRing) -> int:
             )
         return ring.encrypt(plain, context)
 
-    return store.reseal_credentials(reseal)
+    return store.accounts.reseal_credentials(reseal)
 
 
 def for_run(store: RunStore, connector: Connector, run: Run) -> RunIntegration | None:
@@ -171,7 +171,7 @@ def for_run(store: RunStore, connector: Connector, run: Run) -> RunIntegration |
     if integration_id is None:
         return None
     try:
-        integration = store.integration(integration_id, tenant=run.tenant)
+        integration = store.accounts.integration(integration_id, tenant=run.tenant)
     except NotFound:
         raise PermanentError(f"integration {integration_id} no longer exists") from None
     try:
@@ -196,7 +196,7 @@ def open_for_run(store: RunStore, ring: KeyRing, connector: Connector, run: Run)
     if integration_id is None:
         raise PermanentError(f"run {run.id} was not started for an integration: no credentials")
     try:
-        integration = store.integration(integration_id, tenant=run.tenant)
+        integration = store.accounts.integration(integration_id, tenant=run.tenant)
     except NotFound:
         raise PermanentError(f"integration {integration_id} no longer exists") from None
     if integration.status != "active":

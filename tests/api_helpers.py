@@ -125,7 +125,7 @@ def api_setup(db_url: str, **settings: Any) -> Iterator[ApiSetup]:
     _, platform = create_key(store, tenant=None, role=Role.PLATFORM, name="ops", actor="test")
     keys: dict[str, dict[Role, str]] = {}
     for tenant in TENANTS:
-        store.create_tenant(tenant, actor="test")
+        store.accounts.create_tenant(tenant, actor="test")
         keys[tenant] = {
             role: create_key(store, tenant=tenant, role=role, name=str(role), actor="test")[1]
             for role in ROLES

@@ -38,7 +38,7 @@ async def wait_for_states(
     wanted = list(ids)
     deadline = time.monotonic() + timeout
     while True:
-        runs = [await asyncio.to_thread(store.get_run, run_id) for run_id in wanted]
+        runs = [await asyncio.to_thread(store.runs.get_run, run_id) for run_id in wanted]
         if all(r.state in states for r in runs):
             return runs
         if time.monotonic() > deadline:
@@ -49,7 +49,7 @@ async def wait_for_states(
 
 async def _registered(worker: Worker, task: asyncio.Task[None], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while not any(w.id == worker.id for w in await asyncio.to_thread(worker.store.workers)):
+    while not any(w.id == worker.id for w in await asyncio.to_thread(worker.store.runs.workers)):
         if task.done():
             await task  # raises what stopped the worker
             raise AssertionError(f"worker {worker.id} exited before registering")

@@ -98,9 +98,9 @@ async def test_retry_from_the_failed_step_keeps_completed_steps(app: App) -> Non
     old = await failed_sync(app)
     assert EXECUTED == {"login": 1, "fetch": 1, "apply": 1}
     BROKEN["apply"] = False
-    new = app.store.retry_run(old.id, actor=ACTOR, reason="connector fixed")
+    new = app.store.admin.retry_run(old.id, actor=ACTOR, reason="connector fixed")
     assert new.retry_of == old.id and new.state is RunState.QUEUED and new.id != old.id
-    assert [(s.name, s.status) for s in app.store.steps(new.id)] == [
+    assert [(s.name, s.status) for s in app.store.runs.steps(new.id)] == [
         ("login", StepStatus.COMPLETED),
         ("fetch", StepStatus.COMPLETED),
     ]
@@ -108,16 +108,16 @@ async def test_retry_from_the_failed_step_keeps_completed_steps(app: App) -> Non
     assert done.state is RunState.SUCCEEDED
     assert done.output == {"token": "token-for-ann", "applied": 3}
     assert EXECUTED == {"login": 1, "fetch": 1, "apply": 2}, "completed steps did not run again"
-    last = app.store.events(old.id)[-1]
+    last = app.store.runs.events(old.id)[-1]
     assert last.state is RunState.FAILED and "retried" in last.reason and new.id in last.reason
-    assert app.store.get_run(old.id).state is RunState.FAILED
+    assert app.store.runs.get_run(old.id).state is RunState.FAILED
 
 
 async def test_retry_from_scratch_runs_every_step_again(app: App) -> None:
     old = await failed_sync(app)
     BROKEN["apply"] = False
-    new = app.store.retry_run(old.id, actor=ACTOR, reason="redo", from_scratch=True)
-    assert app.store.steps(new.id) == []
+    new = app.store.admin.retry_run(old.id, actor=ACTOR, reason="redo", from_scratch=True)
+    assert app.store.runs.steps(new.id) == []
     assert (await run_once(app, new.id)).state is RunState.SUCCEEDED
     assert EXECUTED == {"login": 2, "fetch": 2, "apply": 2}
 
@@ -125,24 +125,24 @@ async def test_retry_from_scratch_runs_every_step_again(app: App) -> None:
 async def test_retry_with_edited_input(app: App) -> None:
     BROKEN["apply"] = False
     old = await failed_sync(app, mode="bad")
-    new = app.store.retry_run(
+    new = app.store.admin.retry_run(
         old.id, actor=ACTOR, reason="typo in mode", input={"user": "ann", "mode": "good"}
     )
     assert new.input == {"user": "ann", "mode": "good"}
-    assert app.store.get_run(old.id).input == {"user": "ann", "mode": "bad"}
+    assert app.store.runs.get_run(old.id).input == {"user": "ann", "mode": "bad"}
     done = await run_once(app, new.id)
     assert done.state is RunState.SUCCEEDED
     assert EXECUTED == {"login": 1, "fetch": 1, "apply": 2}
     with pytest.raises(InvalidInput, match="JSON object"):
-        app.store.retry_run(old.id, actor=ACTOR, reason="bad", input=[1])  # type: ignore[arg-type]
+        app.store.admin.retry_run(old.id, actor=ACTOR, reason="bad", input=[1])  # type: ignore[arg-type]
 
 
 async def test_a_retry_of_a_retry_links_the_chain(app: App) -> None:
     first = await failed_sync(app)
-    second = app.store.retry_run(first.id, actor=ACTOR, reason="try again")
+    second = app.store.admin.retry_run(first.id, actor=ACTOR, reason="try again")
     assert (await run_once(app, second.id)).state is RunState.FAILED
     BROKEN["apply"] = False
-    third = app.store.retry_run(second.id, actor=ACTOR, reason="fixed now")
+    third = app.store.admin.retry_run(second.id, actor=ACTOR, reason="fixed now")
     assert third.retry_of == second.id
     assert (await run_once(app, third.id)).state is RunState.SUCCEEDED
     assert EXECUTED == {"login": 1, "fetch": 1, "apply": 3}
@@ -152,17 +152,17 @@ async def test_a_retry_of_a_retry_links_the_chain(app: App) -> None:
 
 
 def enqueue(store: RunStore, workflow: str = "sync", **kw: Any) -> Run:
-    return store.enqueue(NewRun(workflow=workflow, **kw))[0]
+    return store.runs.enqueue(NewRun(workflow=workflow, **kw))[0]
 
 
 def lease_of(store: RunStore, run: Run) -> Lease:
-    (lease,) = store.claim("w1", [run.queue], 1, 30.0)
+    (lease,) = store.runs.claim("w1", [run.queue], 1, 30.0)
     assert lease.run.id == run.id
     return lease
 
 
 def save(store: RunStore, lease: Lease, position: int, name: str, error: Any = None) -> None:
-    store.save_step(
+    store.runs.save_step(
         lease,
         position=position,
         name=name,
@@ -189,37 +189,37 @@ def fail(
     error = describe_error(exc, step=failing, attempt=1)
     if failing is not None:
         save(store, lease, len(done), failing, error)
-    store.finish(lease, RunState.FAILED, reason="failed", error=error)
-    return store.get_run(run.id)
+    store.runs.finish(lease, RunState.FAILED, reason="failed", error=error)
+    return store.runs.get_run(run.id)
 
 
 def test_only_failed_or_cancelled_runs_can_be_retried(store: RunStore) -> None:
     queued = enqueue(store)
     with pytest.raises(InvalidInput, match="queued"):
-        store.retry_run(queued.id, actor=ACTOR, reason="r")
+        store.admin.retry_run(queued.id, actor=ACTOR, reason="r")
     lease = lease_of(store, queued)
     with pytest.raises(InvalidInput, match="running"):
-        store.retry_run(queued.id, actor=ACTOR, reason="r")
-    store.finish(lease, RunState.SUCCEEDED, reason="done", output="1")
+        store.admin.retry_run(queued.id, actor=ACTOR, reason="r")
+    store.runs.finish(lease, RunState.SUCCEEDED, reason="done", output="1")
     with pytest.raises(InvalidInput, match="succeeded"):
-        store.retry_run(queued.id, actor=ACTOR, reason="r")
+        store.admin.retry_run(queued.id, actor=ACTOR, reason="r")
     cancelled = enqueue(store)
-    store.cancel(cancelled.id, actor=ACTOR, reason="not needed")
-    again = store.retry_run(cancelled.id, actor=ACTOR, reason="needed after all")
+    store.runs.cancel(cancelled.id, actor=ACTOR, reason="not needed")
+    again = store.admin.retry_run(cancelled.id, actor=ACTOR, reason="needed after all")
     assert again.retry_of == cancelled.id and again.state is RunState.QUEUED
-    assert [a.action for a in store.audit_log()] == ["retry", "cancel"]
+    assert [a.action for a in store.admin.audit_log()] == ["retry", "cancel"]
 
 
 def test_retry_is_tenant_scoped_and_needs_a_reason(store: RunStore) -> None:
     run = fail(store, ["login"], "fetch", ValueError("boom"), tenant="t1")
     with pytest.raises(NotFound):
-        store.retry_run(run.id, tenant="t2", actor=ACTOR, reason="not mine")
+        store.admin.retry_run(run.id, tenant="t2", actor=ACTOR, reason="not mine")
     with pytest.raises(NotFound):
-        store.retry_run("no-such-run", actor=ACTOR, reason="r")
+        store.admin.retry_run("no-such-run", actor=ACTOR, reason="r")
     with pytest.raises(InvalidInput, match="reason"):
-        store.retry_run(run.id, tenant="t1", actor=ACTOR, reason="  ")
-    assert store.audit_log() == []
-    new = store.retry_run(run.id, tenant="t1", actor=ACTOR, reason="mine")
+        store.admin.retry_run(run.id, tenant="t1", actor=ACTOR, reason="  ")
+    assert store.admin.audit_log() == []
+    new = store.admin.retry_run(run.id, tenant="t1", actor=ACTOR, reason="mine")
     assert new.tenant == "t1" and new.retry_of == run.id
 
 
@@ -248,7 +248,7 @@ def failures(store: RunStore, clock: ManualClock) -> dict[str, Run]:
     runs["late"] = fail(store, ["login", "fetch"], "apply", ValueError("late"), tenant="t1")
     runs["other_tenant"] = fail(store, ["login"], "fetch", LookupError(layout), tenant="t2")
     ok = enqueue(store, tenant="t1")
-    store.finish(lease_of(store, ok), RunState.SUCCEEDED, reason="done", output="1")
+    store.runs.finish(lease_of(store, ok), RunState.SUCCEEDED, reason="done", output="1")
     runs["succeeded"] = ok
     return runs
 
@@ -256,26 +256,26 @@ def failures(store: RunStore, clock: ManualClock) -> dict[str, Run]:
 def test_bulk_retry_dry_run_reports_and_changes_nothing(
     store: RunStore, failures: dict[str, Run], clock: ManualClock
 ) -> None:
-    before = store.count_by_state()
-    audited = len(store.audit_log())
-    plan = store.retry_where(
+    before = store.runs.count_by_state()
+    audited = len(store.admin.audit_log())
+    plan = store.admin.retry_where(
         RunFilter(tenant="t1", workflow="sync"), actor=ACTOR, reason="layout fix"
     )
     assert plan.dry_run and plan.new_runs == []
     assert plan.matched == 3
     assert plan.rerun_from == {"fetch": 2, "apply": 1}
-    scratch = store.retry_where(
+    scratch = store.admin.retry_where(
         RunFilter(tenant="t1"), actor=ACTOR, reason="all", from_scratch=True
     )
     assert scratch.matched == 4 and scratch.rerun_from == {"(from scratch)": 4}
-    assert store.count_by_state() == before
-    assert len(store.audit_log()) == audited
-    assert {r.retry_of for r in store.list_runs(RunFilter(limit=100))} == {None}
+    assert store.runs.count_by_state() == before
+    assert len(store.admin.audit_log()) == audited
+    assert {r.retry_of for r in store.runs.list_runs(RunFilter(limit=100))} == {None}
 
 
 def test_bulk_retry_filters(store: RunStore, failures: dict[str, Run], clock: ManualClock) -> None:
     def matched(f: RunFilter) -> int:
-        return store.retry_where(f, actor=ACTOR, reason="check").matched
+        return store.admin.retry_where(f, actor=ACTOR, reason="check").matched
 
     group = failures["acme_1"].error_group
     assert group is not None and group == failures["acme_2"].error_group
@@ -290,34 +290,34 @@ def test_bulk_retry_filters(store: RunStore, failures: dict[str, Run], clock: Ma
     assert matched(window) == 3
     assert matched(RunFilter(finished_after=clock.now() + 1)) == 0
     with pytest.raises(InvalidInput, match="failed or cancelled"):
-        store.retry_where(RunFilter(states=[RunState.SUCCEEDED]), actor=ACTOR, reason="no")
+        store.admin.retry_where(RunFilter(states=[RunState.SUCCEEDED]), actor=ACTOR, reason="no")
     with pytest.raises(InvalidInput, match="reason"):
-        store.retry_where(RunFilter(), actor=ACTOR, reason="")
+        store.admin.retry_where(RunFilter(), actor=ACTOR, reason="")
 
 
 def test_bulk_retry_creates_linked_runs_from_their_failed_steps(
     store: RunStore, failures: dict[str, Run]
 ) -> None:
     f = RunFilter(tenant="t1", label=("app", "acme"))
-    done = store.retry_where(f, actor=ACTOR, reason="layout fixed", dry_run=False)
+    done = store.admin.retry_where(f, actor=ACTOR, reason="layout fixed", dry_run=False)
     assert not done.dry_run and done.matched == 2 and done.rerun_from == {"fetch": 2}
-    new = [store.get_run(i) for i in done.new_runs]
+    new = [store.runs.get_run(i) for i in done.new_runs]
     assert {r.retry_of for r in new} == {failures["acme_1"].id, failures["acme_2"].id}
     assert {r.state for r in new} == {RunState.QUEUED}
     assert {r.labels["app"] for r in new} == {"acme"}
     for run in new:
-        assert [(s.name, s.status) for s in store.steps(run.id)] == [
+        assert [(s.name, s.status) for s in store.runs.steps(run.id)] == [
             ("login", StepStatus.COMPLETED)
         ]
-    actions = [(a.action, a.actor, a.reason) for a in store.audit_log()]
+    actions = [(a.action, a.actor, a.reason) for a in store.admin.audit_log()]
     assert actions[0] == ("retry.bulk", ACTOR, "layout fixed")
     assert actions[1:3] == [("retry", ACTOR, "layout fixed")] * 2
-    assert store.audit_log()[0].detail["filter"]["label"] == ["app", "acme"]
-    again = store.retry_where(f, actor=ACTOR, reason="dry", dry_run=True)
+    assert store.admin.audit_log()[0].detail["filter"]["label"] == ["app", "acme"]
+    again = store.admin.retry_where(f, actor=ACTOR, reason="dry", dry_run=True)
     assert (again.matched, again.skipped_superseded) == (0, 2), "their retries stand for them"
-    assert {store.get_run(r.id).superseded_by for r in new} == {None}
+    assert {store.runs.get_run(r.id).superseded_by for r in new} == {None}
     assert {
-        store.get_run(i).superseded_by for i in (failures["acme_1"].id, failures["acme_2"].id)
+        store.runs.get_run(i).superseded_by for i in (failures["acme_1"].id, failures["acme_2"].id)
     } == set(done.new_runs)
 
 
@@ -325,23 +325,23 @@ def test_every_admin_action_lands_in_the_audit_log(store: RunStore, clock: Manua
     failed = fail(store, ["login"], "fetch", ValueError("x"), tenant="t1")
     waiting = enqueue(store, tenant="t1")
     actions: list[tuple[str, Any]] = [
-        ("cancel", lambda **kw: store.cancel(waiting.id, **kw)),
-        ("pause", lambda **kw: store.pause("queue", "default", tenant="t1", **kw)),
-        ("resume", lambda **kw: store.resume("queue", "default", tenant="t1", **kw)),
-        ("retry", lambda **kw: store.retry_run(failed.id, **kw)),
-        ("retry.bulk", lambda **kw: store.retry_where(RunFilter(), dry_run=False, **kw)),
-        ("queue.set", lambda **kw: store.set_queue("default", concurrency=2, **kw)),
-        ("tenant.set", lambda **kw: store.set_tenant("t1", weight=2.0, **kw)),
+        ("cancel", lambda **kw: store.runs.cancel(waiting.id, **kw)),
+        ("pause", lambda **kw: store.controls.pause("queue", "default", tenant="t1", **kw)),
+        ("resume", lambda **kw: store.controls.resume("queue", "default", tenant="t1", **kw)),
+        ("retry", lambda **kw: store.admin.retry_run(failed.id, **kw)),
+        ("retry.bulk", lambda **kw: store.admin.retry_where(RunFilter(), dry_run=False, **kw)),
+        ("queue.set", lambda **kw: store.controls.set_queue("default", concurrency=2, **kw)),
+        ("tenant.set", lambda **kw: store.controls.set_tenant("t1", weight=2.0, **kw)),
     ]
     for _, act in actions:
         with pytest.raises(InvalidInput, match="reason"):
             act(actor="mallory", reason="")
-    assert store.audit_log() == [], "an action without a reason is refused before it acts"
-    assert store.get_run(waiting.id).state is RunState.QUEUED
+    assert store.admin.audit_log() == [], "an action without a reason is refused before it acts"
+    assert store.runs.get_run(waiting.id).state is RunState.QUEUED
     for i, (name, act) in enumerate(actions):
         clock.advance(1)
         act(actor=f"user{i}", reason=f"because {name}")
-    log = list(reversed(store.audit_log()))
+    log = list(reversed(store.admin.audit_log()))
     assert [e.action for e in log] == [
         "cancel",
         "pause",
@@ -362,7 +362,7 @@ def test_every_admin_action_lands_in_the_audit_log(store: RunStore, clock: Manua
     assert by_action["tenant.set"].target == "tenant t1"
     assert [e.at for e in log] == sorted(e.at for e in log)
     assert log[0].at == clock.now() - 6
-    assert {e.tenant for e in store.audit_log(tenant="t1")} == {"t1"}
+    assert {e.tenant for e in store.admin.audit_log(tenant="t1")} == {"t1"}
 
 
 # -- error diagnostics -----------------------------------------------------------------------
@@ -434,7 +434,7 @@ def test_failures_group_by_fingerprint_with_counts_and_times(
     other_step = fail(store, [], "login", LookupError("user 5 not found"))
     other_type = fail(store, [], "fetch", KeyError("user 5 not found"))
     assert first.error_group is not None and first.error_group == second.error_group
-    groups = {g.fingerprint: g for g in store.error_groups()}
+    groups = {g.fingerprint: g for g in store.admin.error_groups()}
     assert len(groups) == 3
     assert {other_step.error_group, other_type.error_group} <= set(groups)
     grouped = groups[first.error_group]
@@ -443,9 +443,9 @@ def test_failures_group_by_fingerprint_with_counts_and_times(
     assert grouped.step == "fetch" and grouped.type == "LookupError"
     assert grouped.last_run_id == second.id and grouped.error_class == "unknown"
     assert groups[other_step.error_group].occurrences == 1
-    listed = store.list_runs(RunFilter(error_group=first.error_group))
+    listed = store.runs.list_runs(RunFilter(error_group=first.error_group))
     assert {r.id for r in listed} == {first.id, second.id}
-    assert store.error_groups(tenant="someone-else") == []
+    assert store.admin.error_groups(tenant="someone-else") == []
 
 
 # -- retention -------------------------------------------------------------------------------
@@ -456,44 +456,44 @@ def test_prune_deletes_old_finished_runs_in_batches_and_keeps_the_rest(
 ) -> None:
     old = [fail(store, ["login"], "fetch", ValueError("old")) for _ in range(5)]
     cancelled = enqueue(store)
-    store.cancel(cancelled.id, actor=ACTOR, reason="old")
+    store.runs.cancel(cancelled.id, actor=ACTOR, reason="old")
     old.append(cancelled)
     old_waiting = enqueue(store, queue="idle")
     old_running = enqueue(store, queue="busy")
     lease_of(store, old_running)
     old_delayed = enqueue(store, available_at=clock.now() + 10_000)
-    store.pause("queue", "held", actor=ACTOR, reason="keep")
+    store.controls.pause("queue", "held", actor=ACTOR, reason="keep")
     old_paused = enqueue(store, queue="held")
     clock.advance(40 * 86400)
     recent = fail(store, ["login"], "fetch", ValueError("recent"))
     clock.advance(86400)
-    assert store.prune(older_than=30 * 86400, batch=2) == 6
+    assert store.admin.prune(older_than=30 * 86400, batch=2) == 6
     for run in old:
         with pytest.raises(NotFound):
-            store.get_run(run.id)
-        assert store.steps(run.id) == [] and store.events(run.id) == []
+            store.runs.get_run(run.id)
+        assert store.runs.steps(run.id) == [] and store.runs.events(run.id) == []
     kept = [recent, old_waiting, old_running, old_delayed, old_paused]
-    assert [store.get_run(r.id).state for r in kept] == [
+    assert [store.runs.get_run(r.id).state for r in kept] == [
         RunState.FAILED,
         RunState.QUEUED,
         RunState.RUNNING,
         RunState.DELAYED,
         RunState.PAUSED,
     ]
-    assert len(store.steps(recent.id)) == 2 and store.events(recent.id) != []
-    assert store.prune(older_than=30 * 86400) == 0
+    assert len(store.runs.steps(recent.id)) == 2 and store.runs.events(recent.id) != []
+    assert store.admin.prune(older_than=30 * 86400) == 0
 
 
 def test_prune_by_state(store: RunStore, clock: ManualClock) -> None:
     failed = fail(store, [], "login", ValueError("x"))
     ok = enqueue(store)
-    store.finish(lease_of(store, ok), RunState.SUCCEEDED, reason="done", output="1")
+    store.runs.finish(lease_of(store, ok), RunState.SUCCEEDED, reason="done", output="1")
     clock.advance(100)
-    assert store.prune(older_than=10, states=[RunState.SUCCEEDED]) == 1
-    assert store.get_run(failed.id).state is RunState.FAILED
+    assert store.admin.prune(older_than=10, states=[RunState.SUCCEEDED]) == 1
+    assert store.runs.get_run(failed.id).state is RunState.FAILED
     with pytest.raises(NotFound):
-        store.get_run(ok.id)
+        store.runs.get_run(ok.id)
     with pytest.raises(InvalidInput, match="finished"):
-        store.prune(older_than=10, states=[RunState.QUEUED])
+        store.admin.prune(older_than=10, states=[RunState.QUEUED])
     with pytest.raises(InvalidInput, match="negative"):
-        store.prune(older_than=-1)
+        store.admin.prune(older_than=-1)

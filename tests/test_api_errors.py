@@ -290,7 +290,7 @@ def test_429_for_failed_authentication_per_key_id_and_address(
     with api_setup(db_url, api_key_cache_seconds=60, **throttled) as api:
         store = api.app.store
         lookups: list[str] = []
-        real_lookup = store.api_key
+        real_lookup = store.accounts.api_key
         monkeypatch.setattr(
             store, "api_key", lambda key_id: lookups.append(key_id) or real_lookup(key_id)
         )
@@ -389,7 +389,7 @@ async def test_secrets_never_leave_in_answers_audit_or_logs(
                 answers.append(c.get(path))
     assert [r for r in answers if r.status_code not in (200, 403)] == []
     assert sum(r.status_code == 200 for r in answers) >= 20
-    audit = api.app.store.audit_log(limit=1000)
+    audit = api.app.store.admin.audit_log(limit=1000)
     assert {"integration.create", "integration.credentials", "key.create"} <= {
         a.action for a in audit
     }

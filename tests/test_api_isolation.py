@@ -78,7 +78,7 @@ def _ok(r: httpx.Response, status: int = 200) -> Any:
 
 def _artifact(api: ApiSetup, run_id: str, tenant: str, data: bytes) -> int:
     files = default_artifact_store(api.app.settings)
-    return api.app.store.add_artifact(
+    return api.app.store.sessions.add_artifact(
         run_id=run_id,
         tenant=tenant,
         attempt=1,

@@ -43,7 +43,9 @@ async def test_an_unreadable_run_stops_no_other_tenants_claims(
     app = echo_app(db_url)
     store = app.store
     try:
-        store.pause(PauseScope.LABEL, "held", label="batch", actor=ACTOR, reason="hold a batch")
+        store.controls.pause(
+            PauseScope.LABEL, "held", label="batch", actor=ACTOR, reason="hold a batch"
+        )
         bad = app.enqueue_sync("echo", tenant="t1", labels={"note": "x"})
         store_unreadable_labels(store, bad.id)
         good = [app.enqueue_sync("echo", tenant="t2").id for _ in range(3)]
@@ -67,36 +69,36 @@ async def test_an_unreadable_run_stops_no_other_tenants_claims(
 
 def test_quarantine_fails_waiting_runs_and_repairs_the_others(store: RunStore) -> None:
     def enqueue(**kw: object) -> str:
-        return store.enqueue(NewRun(workflow="wf", labels={"note": "x"}, **kw))[0].id  # type: ignore[arg-type]
+        return store.runs.enqueue(NewRun(workflow="wf", labels={"note": "x"}, **kw))[0].id  # type: ignore[arg-type]
 
     queued, delayed = (
         enqueue(tenant="t1"),
         enqueue(tenant="t1", available_at=store.clock.now() + 60),
     )
-    store.pause(PauseScope.TENANT, "t2", actor=ACTOR, reason="hold t2")
+    store.controls.pause(PauseScope.TENANT, "t2", actor=ACTOR, reason="hold t2")
     paused, fine = enqueue(tenant="t2"), enqueue(tenant="t3")
-    [lease] = store.claim("w1", ["default"], 1, 30.0)  # t1's queued run
+    [lease] = store.runs.claim("w1", ["default"], 1, 30.0)  # t1's queued run
     assert lease.run.id == queued
-    store.finish(lease, RunState.SUCCEEDED, reason="done")
+    store.runs.finish(lease, RunState.SUCCEEDED, reason="done")
     finished = queued
     queued = enqueue(tenant="t1")
     for run_id in (finished, queued, delayed, paused):
         store_unreadable_labels(store, run_id)
 
-    found = {q.run_id: q for q in store.quarantine_unreadable()}
+    found = {q.run_id: q for q in store.repair.quarantine_unreadable()}
     assert set(found) == {finished, queued, delayed, paused}
     assert "'note'" in found[queued].reason and "NUL" in found[queued].reason
     for run_id in (queued, delayed, paused):
-        run = store.get_run(run_id)
+        run = store.runs.get_run(run_id)
         assert run.state is RunState.FAILED and run.labels == {"team": "blue"}
         assert run.error is not None and run.error["type"] == "UnreadableLabels"
         assert run.finished_at is not None
-    repaired = store.get_run(finished)
+    repaired = store.runs.get_run(finished)
     assert repaired.state is RunState.SUCCEEDED and repaired.labels == {"team": "blue"}
-    assert json.loads(store.events(finished)[-1].detail["labels"]) == json.loads(UNREADABLE)
-    assert store.get_run(fine).labels == {"note": "x"}
+    assert json.loads(store.runs.events(finished)[-1].detail["labels"]) == json.loads(UNREADABLE)
+    assert store.runs.get_run(fine).labels == {"note": "x"}
     # Nothing of t1 is ready any more, and every query reading labels works again.
-    assert [t.ready for t in store.tenants() if t.name == "t1"] == [0]
-    assert store.list_runs(RunFilter(label=("team", "blue"), limit=10))
-    assert store.quarantine_unreadable() == []
-    assert [lease.run.id for lease in store.claim("w1", ["default"], 10, 30.0)] == [fine]
+    assert [t.ready for t in store.controls.tenants() if t.name == "t1"] == [0]
+    assert store.runs.list_runs(RunFilter(label=("team", "blue"), limit=10))
+    assert store.repair.quarantine_unreadable() == []
+    assert [lease.run.id for lease in store.runs.claim("w1", ["default"], 10, 30.0)] == [fine]

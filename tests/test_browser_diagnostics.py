@@ -97,7 +97,7 @@ async def run_to_end(app: App, workflow: str, input: dict[str, Any]) -> Any:
 
 def _files(app: App, run_id: str) -> list[tuple[Artifact, bytes]]:
     store = default_artifact_store(app.settings)
-    return [(a, store.get(a.location)) for a in app.store.artifacts(run_id)]
+    return [(a, store.get(a.location)) for a in app.store.sessions.artifacts(run_id)]
 
 
 async def test_a_failed_step_leaves_screenshot_redacted_html_console_and_url(
@@ -146,7 +146,7 @@ async def test_a_run_that_never_opened_a_page_has_no_artifacts(sqlite_url: str) 
     app = build_app(sqlite_url)
     done = await run_to_end(app, "no_page", {})
     assert done.state is RunState.FAILED
-    assert await asyncio.to_thread(app.store.artifacts, done.id) == []
+    assert await asyncio.to_thread(app.store.sessions.artifacts, done.id) == []
     app.close()
 
 
@@ -176,7 +176,7 @@ async def test_tracing_on_retry_records_the_second_attempt_without_secrets(
 async def test_tracing_on_records_every_run(sqlite_url: str, site: Site) -> None:
     app = build_app(sqlite_url, browser_trace="on")
     done = await run_to_end(app, "broken", {"site_url": site.url})
-    kinds = [a.kind for a in await asyncio.to_thread(app.store.artifacts, done.id)]
+    kinds = [a.kind for a in await asyncio.to_thread(app.store.sessions.artifacts, done.id)]
     assert sorted(kinds) == ["html", "log", "screenshot", "trace"]
     app.close()
 
@@ -218,7 +218,7 @@ async def test_credentials_opened_by_a_run_never_reach_its_artifacts(
     async def login(ctx: RunContext) -> None:
         await type_credentials(ctx)
 
-    app.store.create_tenant("t1", actor="test")
+    app.store.accounts.create_tenant("t1", actor="test")
     integration = integrations.create(
         app.store,
         load_keyring(app.settings),
@@ -246,7 +246,7 @@ async def test_credentials_opened_by_a_run_never_reach_its_artifacts(
     html = dict((a.kind, data) for a, data in files)["html"]
     assert b"the page echoes [redacted]" in html
     assert done.error is not None
-    stored = json.dumps([done.error, [s.error for s in app.store.steps(done.id)]])
+    stored = json.dumps([done.error, [s.error for s in app.store.runs.steps(done.id)]])
     assert "pässwörd" not in stored and "p\\u00e4ssw" not in stored
     assert "the page did not accept [redacted]" in done.error["message"]
     app.close()

@@ -64,6 +64,6 @@ async def test_hung_and_looping_pages_stop_at_the_step_timeout_and_the_worker_go
         after = await app.enqueue("visit", {"name": "after", "url": f"{site.url}/ok"})
         (done,) = await wait_for_states(app.store, [after.id], timeout=30)
         assert done.state is RunState.SUCCEEDED
-        kinds = {a.kind for a in await asyncio.to_thread(app.store.artifacts, loop.id)}
+        kinds = {a.kind for a in await asyncio.to_thread(app.store.sessions.artifacts, loop.id)}
         assert "log" in kinds, "diagnostics were captured, as far as the page allowed"
     app.close()

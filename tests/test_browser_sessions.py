@@ -140,7 +140,7 @@ async def test_a_retry_after_login_restores_the_session_instead_of_logging_in_ag
     assert site.logins["alice"] == 1, "the retry did not log in again"
     assert done.output == {"user": "alice", "local": "alice", "session": "alice-tab"}
     assert stats.contexts_created == 2, "the retry rebuilt its context from the saved state"
-    steps = await asyncio.to_thread(app.store.steps, run.id)
+    steps = await asyncio.to_thread(app.store.runs.steps, run.id)
     assert [s.name for s in steps] == ["login", "read_me"]
 
 
@@ -171,7 +171,7 @@ async def test_a_step_hit_by_a_browser_crash_retries_in_a_new_browser_still_logg
     assert done.state is RunState.SUCCEEDED and done.output == "frank", done.error
     assert stats.browsers_crashed == 1 and stats.browsers_launched == 2
     assert site.logins["frank"] == 1
-    steps = await asyncio.to_thread(app.store.steps, run.id)
+    steps = await asyncio.to_thread(app.store.runs.steps, run.id)
     assert steps[1].attempts == 2, "the crash failed the step once; its retry succeeded"
 
 
@@ -180,7 +180,7 @@ async def test_saved_state_is_encrypted_with_a_key_file_beside_the_database(
 ) -> None:
     done, _ = await run_once(app, "sync", {"site_url": site.url, "user": "carol"})
     assert done.state is RunState.SUCCEEDED, done.error
-    saved = await asyncio.to_thread(app.store.load_session_state, "default", "acct:carol")
+    saved = await asyncio.to_thread(app.store.sessions.load_session_state, "default", "acct:carol")
     assert saved is not None and saved.cookie_count == 1 and saved.run_id == done.id
     (token,) = site.sessions
     assert token not in saved.state and "carol" not in saved.state
@@ -207,16 +207,16 @@ async def test_an_empty_session_replaces_a_saved_one_only_after_a_declared_logou
 
     async with worker_running(app):
         await run("sync", site_url=site.url, user="dave")
-        before = await asyncio.to_thread(store.load_session_state, "default", "acct:dave")
+        before = await asyncio.to_thread(store.sessions.load_session_state, "default", "acct:dave")
         assert before is not None and before.cookie_count == 1
         await run("logout", site_url=site.url, user="dave", say_so=False)
-        kept = await asyncio.to_thread(store.load_session_state, "default", "acct:dave")
+        kept = await asyncio.to_thread(store.sessions.load_session_state, "default", "acct:dave")
         assert kept == before, "a session that lost its cookies did not overwrite the good one"
         # The warm context lost its login, so the next run starts again from the saved state.
         assert (await run("check", user="dave"))["user"] == "dave"
         assert site.logins["dave"] == 1
         await run("logout", site_url=site.url, user="dave", say_so=True)
-        after = await asyncio.to_thread(store.load_session_state, "default", "acct:dave")
+        after = await asyncio.to_thread(store.sessions.load_session_state, "default", "acct:dave")
         assert after is not None and after.cookie_count == 0 and after.version > before.version
 
 
@@ -238,7 +238,7 @@ async def test_a_run_without_session_key_gets_a_private_context_closed_at_its_en
 
 def _claim_session_run(app: App) -> Any:
     app.enqueue_sync("check", {"user": "erin"}, tenant="t1")
-    return app.store.claim("w1", ["default"], 1, 0.05)[0]
+    return app.store.runs.claim("w1", ["default"], 1, 0.05)[0]
 
 
 async def test_a_stale_workers_save_is_refused(db_url: str) -> None:
@@ -247,20 +247,20 @@ async def test_a_stale_workers_save_is_refused(db_url: str) -> None:
     try:
         old = await asyncio.to_thread(_claim_session_run, app)
         assert await asyncio.to_thread(
-            store.save_session_state, old, key_id="k", state="first", cookie_count=1
+            store.sessions.save_session_state, old, key_id="k", state="first", cookie_count=1
         )
         time.sleep(0.1)
-        await asyncio.to_thread(store.recover, "w2", 5)
-        (new,) = await asyncio.to_thread(store.claim, "w2", ["default"], 1, 10.0)
+        await asyncio.to_thread(store.runs.recover, "w2", 5)
+        (new,) = await asyncio.to_thread(store.runs.claim, "w2", ["default"], 1, 10.0)
         assert new.run.id == old.run.id and new.token > old.token
         version = await asyncio.to_thread(
-            store.save_session_state, new, key_id="k", state="current", cookie_count=2
+            store.sessions.save_session_state, new, key_id="k", state="current", cookie_count=2
         )
         with pytest.raises(LeaseLost):
             await asyncio.to_thread(
-                store.save_session_state, old, key_id="k", state="stale", cookie_count=5
+                store.sessions.save_session_state, old, key_id="k", state="stale", cookie_count=5
             )
-        saved = await asyncio.to_thread(store.load_session_state, "t1", "acct:erin")
+        saved = await asyncio.to_thread(store.sessions.load_session_state, "t1", "acct:erin")
         assert saved is not None and saved.state == "current" and saved.version == version == 2
     finally:
         app.close()
@@ -273,11 +273,11 @@ async def test_store_keeps_a_saved_session_over_an_empty_one_unless_logged_out(
     store = app.store
     try:
         lease = await asyncio.to_thread(_claim_session_run, app)
-        save = store.save_session_state
+        save = store.sessions.save_session_state
         assert await asyncio.to_thread(save, lease, key_id="k", state="e", cookie_count=0) == 1
         assert await asyncio.to_thread(save, lease, key_id="k", state="good", cookie_count=3) == 2
         assert await asyncio.to_thread(save, lease, key_id="k", state="x", cookie_count=0) is None
-        saved = await asyncio.to_thread(store.load_session_state, "t1", "acct:erin")
+        saved = await asyncio.to_thread(store.sessions.load_session_state, "t1", "acct:erin")
         assert saved is not None and saved.state == "good" and saved.cookie_count == 3
         version = await asyncio.to_thread(
             save, lease, key_id="k", state="out", cookie_count=0, logged_out=True
@@ -285,10 +285,13 @@ async def test_store_keeps_a_saved_session_over_an_empty_one_unless_logged_out(
         assert version == 3
         stale = dataclasses.replace(lease, token=lease.token - 1)
         with pytest.raises(LeaseLost):
-            await asyncio.to_thread(store.discard_session_state, stale)
-        assert await asyncio.to_thread(store.load_session_state, "t1", "acct:erin") is not None
-        assert await asyncio.to_thread(store.discard_session_state, lease)
-        assert await asyncio.to_thread(store.load_session_state, "t1", "acct:erin") is None
+            await asyncio.to_thread(store.sessions.discard_session_state, stale)
+        assert (
+            await asyncio.to_thread(store.sessions.load_session_state, "t1", "acct:erin")
+            is not None
+        )
+        assert await asyncio.to_thread(store.sessions.discard_session_state, lease)
+        assert await asyncio.to_thread(store.sessions.load_session_state, "t1", "acct:erin") is None
     finally:
         app.close()
 

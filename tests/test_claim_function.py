@@ -74,7 +74,7 @@ def _leases(store: RunStore) -> list[Lease]:
         rows = tx.execute("SELECT id FROM runs WHERE state = 'running' ORDER BY id")
     leases = []
     for row in rows:
-        run = store.get_run(row["id"])
+        run = store.runs.get_run(row["id"])
         assert run.lease_owner and run.lease_expires_at
         leases.append(
             Lease(
@@ -90,7 +90,7 @@ def _leases(store: RunStore) -> list[Lease]:
 
 def _workload(store: RunStore, rng: random.Random) -> None:
     for tenant in ("t1", "t2", "t3"):
-        store.set_tenant(
+        store.controls.set_tenant(
             tenant,
             actor=ACTOR,
             reason="workload",
@@ -103,9 +103,9 @@ def _workload(store: RunStore, rng: random.Random) -> None:
             changes |= {"rate_limit": rng.choice([2, 5]), "rate_period": 10.0}
         if rng.random() < 0.3:
             changes["lease_seconds"] = 7.0
-        store.set_queue(queue, actor=ACTOR, reason="workload", **changes)
+        store.controls.set_queue(queue, actor=ACTOR, reason="workload", **changes)
     for _ in range(rng.randint(20, 60)):
-        store.enqueue(
+        store.runs.enqueue(
             NewRun(
                 workflow="wf",
                 tenant=rng.choice(["t1", "t1", "t2", "t3"]),
@@ -138,7 +138,9 @@ def test_the_function_claims_as_python_does(pg_url: str, seed: int) -> None:
             claimed += len(_both_ways(store, rng.choice(["w1", "w2"]), queues, rng.randint(1, 6)))
             for lease in _leases(store):
                 if rng.random() < 0.5:
-                    store.finish(lease, RunState.SUCCEEDED, reason="done", output=json.dumps(1))
+                    store.runs.finish(
+                        lease, RunState.SUCCEEDED, reason="done", output=json.dumps(1)
+                    )
             clock.advance(rng.choice([0.5, 3.0]))
         assert claimed > 0, "the workload must claim something"
     finally:

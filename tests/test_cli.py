@@ -111,7 +111,7 @@ def test_enqueue_is_idempotent_and_runs_list_filters(
 
     store = open_store(db_url)
     try:
-        runs = {r.id: r for r in store.list_runs(RunFilter())}
+        runs = {r.id: r for r in store.runs.list_runs(RunFilter())}
     finally:
         store.backend.close()
     assert set(runs) == {first, other}
@@ -152,8 +152,8 @@ def test_runs_show_prints_timeline_steps_and_error(
     run_id = UUID.findall(out)[0]
     store = open_store(sqlite_url)
     try:
-        [lease] = store.claim("w-test", ["default"], 1, 30.0)
-        store.save_step(
+        [lease] = store.runs.claim("w-test", ["default"], 1, 30.0)
+        store.runs.save_step(
             lease,
             position=0,
             name="login",
@@ -167,7 +167,7 @@ def test_runs_show_prints_timeline_steps_and_error(
             raise ValueError("the page layout changed")
         except ValueError as exc:
             error = describe_error(exc, step="read_users", attempt=1)
-        store.finish(lease, RunState.FAILED, reason="failed: ValueError", error=error)
+        store.runs.finish(lease, RunState.FAILED, reason="failed: ValueError", error=error)
     finally:
         store.backend.close()
 
@@ -200,14 +200,14 @@ def test_runs_cancel(sqlite_url: str, app_ref: str, capsys: pytest.CaptureFixtur
 
     store = open_store(sqlite_url)
     try:
-        assert store.get_run(ids[0]).state is RunState.CANCELLED
-        [lease] = store.claim("w-test", ["default"], 1, 30.0)
+        assert store.runs.get_run(ids[0]).state is RunState.CANCELLED
+        [lease] = store.runs.claim("w-test", ["default"], 1, 30.0)
         assert lease.run.id == ids[1]
         code, out, _ = cli(capsys, "--db", sqlite_url, "runs", "cancel", ids[1], "--reason", "test")
         assert code == 0
         assert "cancel requested" in out
-        assert store.get_run(ids[1]).cancel_requested
-        store.finish(lease, RunState.SUCCEEDED, reason="completed", output="null")
+        assert store.runs.get_run(ids[1]).cancel_requested
+        store.runs.finish(lease, RunState.SUCCEEDED, reason="completed", output="null")
     finally:
         store.backend.close()
     code, _, err = cli(capsys, "--db", sqlite_url, "runs", "cancel", ids[1], "--reason", "test")
@@ -287,12 +287,12 @@ def test_worker_process_runs_workflows_and_stops_on_sigterm(
             store = open_store(sqlite_url)
             try:
                 deadline = time.monotonic() + 30
-                while not all(store.get_run(i).state.finished for i in ids.values()):
+                while not all(store.runs.get_run(i).state.finished for i in ids.values()):
                     assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                     assert time.monotonic() < deadline, "runs did not finish"
                     time.sleep(0.1)
-                assert store.get_run(ids["hello"]).output == {"greeting": "hello world"}
-                assert store.get_run(ids["boom"]).state is RunState.FAILED
+                assert store.runs.get_run(ids["hello"]).output == {"greeting": "hello world"}
+                assert store.runs.get_run(ids["boom"]).state is RunState.FAILED
             finally:
                 store.backend.close()
             code, out, _ = cli(capsys, "--db", sqlite_url, "workers")

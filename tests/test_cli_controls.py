@@ -111,12 +111,12 @@ def failed(app: App) -> dict[str, str]:
     }
     ids = {k: r.id for k, r in runs.items()}
     run_workers(app, list(ids.values()))
-    assert {app.store.get_run(i).state for i in ids.values()} == {RunState.FAILED}
+    assert {app.store.runs.get_run(i).state for i in ids.values()} == {RunState.FAILED}
     return ids
 
 
 def states(store: RunStore, ids: list[str]) -> list[RunState]:
-    return [store.get_run(i).state for i in ids]
+    return [store.runs.get_run(i).state for i in ids]
 
 
 # -- queues and tenants ----------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_queues_set_changes_the_record_and_queues_lists_it(
     args += ["--max-attempts", "4", "--retry-initial-delay", "0.5", "--lease-seconds", "20"]
     out = ok(capsys, sqlite_url, *args, "--reason", "crm throttles us", "--actor", "ops@acme")
     assert "concurrency 2" in out and "rate limit 10/60s" in out
-    q = app.store.queue("reports")
+    q = app.store.controls.queue("reports")
     assert (q.concurrency, q.rate_limit, q.rate_period) == (2, 10, 60.0)
     assert (q.max_attempts, q.retry_initial_delay, q.lease_seconds) == (4, 0.5, 20.0)
     assert q.heartbeat_seconds is None
@@ -157,9 +157,9 @@ def test_queues_set_changes_the_record_and_queues_lists_it(
         "--reason",
         "fixed",
     )
-    q = app.store.queue("reports")
+    q = app.store.controls.queue("reports")
     assert (q.concurrency, q.rate_limit, q.rate_period, q.max_attempts) == (None, None, None, 4)
-    [latest, first] = app.store.audit_log(limit=2)
+    [latest, first] = app.store.admin.audit_log(limit=2)
     assert (first.actor, first.action, first.reason) == (
         "ops@acme",
         "queue.set",
@@ -186,12 +186,12 @@ def test_tenants_set_and_list(
         "paying customer",
     )
     assert "weight 3, concurrency 5" in out
-    [acme] = [t for t in app.store.tenants() if t.name == "acme"]
+    [acme] = [t for t in app.store.controls.tenants() if t.name == "acme"]
     assert (acme.weight, acme.concurrency) == (3.0, 5)
     out = ok(capsys, sqlite_url, "tenants")
     assert re.search(r"acme\s+│\s+3\s+│\s+5\s+│\s+0\s+│\s+1\s", out), out
     ok(capsys, sqlite_url, "tenants", "set", "acme", "--concurrency", "none", "--reason", "r")
-    [acme] = [t for t in app.store.tenants() if t.name == "acme"]
+    [acme] = [t for t in app.store.controls.tenants() if t.name == "acme"]
     assert (acme.weight, acme.concurrency) == (3.0, None)
 
 
@@ -235,7 +235,7 @@ def test_pause_a_label_holds_its_runs_and_resume_restores_them(
     assert "3 runs queued again" in out
     assert states(app.store, [*crm, erp]) == [RunState.QUEUED] * 4
     assert ok(capsys, sqlite_url, "pauses").strip() == "no pauses"
-    leases = app.store.claim("w-test", ["reports"], 10, 30.0)
+    leases = app.store.runs.claim("w-test", ["reports"], 10, 30.0)
     assert [lease.run.id for lease in leases] == [*crm, erp]  # their order is back
 
 
@@ -262,7 +262,7 @@ def test_pause_a_queue_for_one_tenant_only(
         RunState.QUEUED,
         RunState.QUEUED,
     ]
-    [p] = app.store.pauses()
+    [p] = app.store.controls.pauses()
     assert (p.scope.value, p.value, p.tenant, p.drain) == ("queue", "reports", "acme", False)
     out = ok(capsys, sqlite_url, "queues", "--tenant", "acme")
     assert "yes" in next(line for line in out.splitlines() if "reports" in line)
@@ -280,7 +280,7 @@ def test_pause_a_queue_for_one_tenant_only(
         "done",
     )
     assert "1 runs queued again" in out
-    assert app.store.get_run(acme).state is RunState.QUEUED
+    assert app.store.runs.get_run(acme).state is RunState.QUEUED
 
 
 def test_pause_warns_about_what_does_not_exist_and_sets_it(
@@ -298,7 +298,7 @@ def test_pause_warns_about_what_does_not_exist_and_sets_it(
         assert code == 0, err
         assert err.strip() == f"warning: {warning} (yet): the pause holds its runs when they come"
         assert ": 0 waiting runs held" in out
-    assert len(app.store.pauses()) == 3
+    assert len(app.store.controls.pauses()) == 3
     out = ok(capsys, sqlite_url, "pause", "--queue", "reports", "--reason", "r")
     assert "paused queue reports: 1 waiting runs held" in out
 
@@ -313,15 +313,15 @@ def test_retry_one_run_from_the_failed_step_keeps_completed_steps(
     out = ok(capsys, sqlite_url, "runs", "retry", old, "--reason", "layout fixed")
     [new] = [i for i in UUID.findall(out) if i != old]
     assert f"retry of {old} from step 'read_users', keeping 1 completed steps" in out
-    run = app.store.get_run(new)
+    run = app.store.runs.get_run(new)
     assert (run.retry_of, run.state, run.input, run.tenant) == (
         old,
         RunState.QUEUED,
         {"org": "acme1"},
         "acme",
     )
-    [copied] = app.store.steps(new)
-    [first, _] = app.store.steps(old)
+    [copied] = app.store.runs.steps(new)
+    [first, _] = app.store.runs.steps(old)
     assert (copied.name, copied.status, copied.result) == (
         "login",
         StepStatus.COMPLETED,
@@ -331,7 +331,7 @@ def test_retry_one_run_from_the_failed_step_keeps_completed_steps(
     # The connector is fixed: the retry runs read_users only; login's result is replayed.
     LAYOUT["broken"] = False
     run_workers(app, [new])
-    done = app.store.get_run(new)
+    done = app.store.runs.get_run(new)
     assert done.state is RunState.SUCCEEDED, done.error
     assert done.output == {"session": {"session": "s-acme1"}, "users": ["ada@acme1"]}
     assert (CALLS["login:acme1"], CALLS["read_users:acme1"]) == (1, 2)
@@ -357,9 +357,9 @@ def test_retry_from_scratch_with_new_input(
     )
     [new] = [i for i in UUID.findall(out) if i != old]
     assert "from scratch with the new input" in out
-    run = app.store.get_run(new)
+    run = app.store.runs.get_run(new)
     assert (run.retry_of, run.input) == (old, {"org": "globex2"})
-    assert app.store.steps(new) == []
+    assert app.store.runs.steps(new) == []
     code, _, err = cli(capsys, "--db", sqlite_url, "runs", "retry", new, "--reason", "r")
     assert_one_line_error(code, err, "only failed or cancelled runs can be retried")
 
@@ -369,7 +369,7 @@ def test_bulk_retry_dry_run_changes_nothing_then_retries_the_group(
 ) -> None:
     out = ok(capsys, sqlite_url, "errors")
     # Grouped per tenant by type + normalized message + step: "page 4" and "page 6" are alike.
-    groups = {g.tenant: g for g in app.store.error_groups()}
+    groups = {g.tenant: g for g in app.store.admin.error_groups()}
     assert {t: g.occurrences for t, g in groups.items()} == {"acme": 2, "globex": 1}
     group = groups["acme"]
     assert group.fingerprint == groups["globex"].fingerprint
@@ -382,21 +382,21 @@ def test_bulk_retry_dry_run_changes_nothing_then_retries_the_group(
     assert "no users table on page" in row
     assert "globex" in ok(capsys, sqlite_url, "errors", "--tenant", "globex")
 
-    before = app.store.list_runs(RunFilter(limit=100))
+    before = app.store.runs.list_runs(RunFilter(limit=100))
     where = ["runs", "retry", "--where", "--error-group", group.fingerprint, "--tenant", "acme"]
     where += ["--since", "1h", "--reason", "layout fixed"]
     out = ok(capsys, sqlite_url, *where, "--dry-run")
     assert "dry run: 2 runs would be retried" in out
     assert re.search(r"read_users\s+│\s+2", out), out
-    assert app.store.list_runs(RunFilter(limit=100)) == before
-    assert app.store.audit_log() == []
+    assert app.store.runs.list_runs(RunFilter(limit=100)) == before
+    assert app.store.admin.audit_log() == []
 
     out = ok(capsys, sqlite_url, *where)
     assert "retried 2 runs: 2 new runs queued" in out
-    retried = [r for r in app.store.list_runs(RunFilter(limit=100)) if r.retry_of]
+    retried = [r for r in app.store.runs.list_runs(RunFilter(limit=100)) if r.retry_of]
     assert sorted(r.retry_of or "" for r in retried) == sorted([failed["acme1"], failed["acme2"]])
     assert all(r.state is RunState.QUEUED and r.tenant == "acme" for r in retried)
-    assert [len(app.store.steps(r.id)) for r in retried] == [1, 1]
+    assert [len(app.store.runs.steps(r.id)) for r in retried] == [1, 1]
 
     # Nothing failed in the future; --until an hour ago matches nothing.
     soon = datetime.fromtimestamp(time.time() + 3600).isoformat(timespec="seconds")
@@ -419,13 +419,13 @@ def test_bulk_retry_dry_run_changes_nothing_then_retries_the_group(
 def finish_runs(store: RunStore, app: App, outcomes: list[RunState]) -> list[str]:
     ids = []
     for outcome in outcomes:
-        ids.append(store.enqueue(app.prepare(RunRequest(workflow="report")))[0].id)
-        [lease] = store.claim("w-test", ["reports"], 1, 30.0)
+        ids.append(store.runs.enqueue(app.prepare(RunRequest(workflow="report")))[0].id)
+        [lease] = store.runs.claim("w-test", ["reports"], 1, 30.0)
         if outcome is RunState.FAILED:
             error = describe_error(ValueError("boom"), step="x", attempt=1)
-            store.finish(lease, outcome, reason="failed", error=error)
+            store.runs.finish(lease, outcome, reason="failed", error=error)
         else:
-            store.finish(lease, outcome, reason="done", output="null")
+            store.runs.finish(lease, outcome, reason="done", output="null")
     return ids
 
 
@@ -435,7 +435,7 @@ def test_prune_deletes_old_finished_runs_only(
     then = open_store(sqlite_url, clock=ManualClock(time.time() - 40 * 86400))
     try:
         old_ok, old_failed = finish_runs(then, app, [RunState.SUCCEEDED, RunState.FAILED])
-        old_waiting = then.enqueue(app.prepare(RunRequest(workflow="report")))[0].id
+        old_waiting = then.runs.enqueue(app.prepare(RunRequest(workflow="report")))[0].id
     finally:
         then.backend.close()
     [recent] = finish_runs(app.store, app, [RunState.SUCCEEDED])
@@ -444,17 +444,17 @@ def test_prune_deletes_old_finished_runs_only(
     assert out.strip() == (
         "dry run: 2 runs finished more than 30d ago would be deleted (nothing deleted)"
     )
-    assert len(app.store.list_runs(RunFilter(limit=100))) == 4
-    assert app.store.events(old_ok) != []
+    assert len(app.store.runs.list_runs(RunFilter(limit=100))) == 4
+    assert app.store.runs.events(old_ok) != []
     out = ok(capsys, sqlite_url, "runs", "prune", "--older-than", "30d", "--status", "succeeded")
     assert "deleted 1 runs" in out
-    left = {r.id for r in app.store.list_runs(RunFilter(limit=100))}
+    left = {r.id for r in app.store.runs.list_runs(RunFilter(limit=100))}
     assert left == {old_failed, old_waiting, recent}
-    assert app.store.steps(old_ok) == [] and app.store.events(old_ok) == []
+    assert app.store.runs.steps(old_ok) == [] and app.store.runs.events(old_ok) == []
 
     out = ok(capsys, sqlite_url, "runs", "prune", "--older-than", "30d")
     assert "deleted 1 runs" in out
-    assert {r.id for r in app.store.list_runs(RunFilter(limit=100))} == {old_waiting, recent}
+    assert {r.id for r in app.store.runs.list_runs(RunFilter(limit=100))} == {old_waiting, recent}
     assert "deleted 0 runs" in ok(capsys, sqlite_url, "runs", "prune", "--older-than", "41d")
 
 
@@ -518,14 +518,14 @@ def test_bad_arguments_are_one_line_exit_2(
     argv = [a.format(run=run_id) for a in argv]
     code, _, err = cli(capsys, "--db", sqlite_url, *argv)
     assert_one_line_error(code, err, fragment)
-    assert app.store.audit_log() == []
-    assert app.store.get_run(run_id).state is RunState.QUEUED
+    assert app.store.admin.audit_log() == []
+    assert app.store.runs.get_run(run_id).state is RunState.QUEUED
 
 
 def test_the_real_command_reports_a_bad_rate_limit_in_one_line(
     app: App, sqlite_url: str, tmp_path: Path
 ) -> None:
-    assert app.store.queues() == []  # the schema exists
+    assert app.store.controls.queues() == []  # the schema exists
     done = subprocess.run(
         [
             sys.executable,
@@ -583,7 +583,7 @@ def test_controls_on_postgres(pg_url: str, capsys: pytest.CaptureFixture[str]) -
         ok(capsys, pg_url, "pause", "--tenant", "acme", "--reason", "audit in progress")
         out = ok(capsys, pg_url, "runs", "list", "--state", "paused")
         assert set(listed(out)) == set(short(*acme))
-        assert app.store.get_run(globex).state is RunState.QUEUED
+        assert app.store.runs.get_run(globex).state is RunState.QUEUED
         ok(capsys, pg_url, "queues", "set", "reports", "--rate-limit", "3/s", "--reason", "r")
         out = ok(capsys, pg_url, "queues")
         assert "3/1s" in out
@@ -591,7 +591,7 @@ def test_controls_on_postgres(pg_url: str, capsys: pytest.CaptureFixture[str]) -
         assert "2 runs queued again" in out
         assert states(app.store, acme) == [RunState.QUEUED] * 2
         out = ok(capsys, pg_url, "audit")
-        assert [a.action for a in app.store.audit_log()] == ["resume", "queue.set", "pause"]
+        assert [a.action for a in app.store.admin.audit_log()] == ["resume", "queue.set", "pause"]
         assert "audit in progress" in out
         code, _, err = cli(capsys, "--db", pg_url, "runs", "retry", acme[0], "--reason", "r")
         assert_one_line_error(code, err, "only failed or cancelled runs can be retried")

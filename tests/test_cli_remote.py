@@ -78,14 +78,14 @@ async def test_enqueue_and_runs_commands(api: ApiSetup, capsys: pytest.CaptureFi
     assert code == 0, err
     [retried] = UUID.findall(out.replace(fail, ""))
     assert f"created: retry of {fail} after its last completed step, keeping 0" in out
-    assert api.app.store.get_run(retried).retry_of == fail
+    assert api.app.store.runs.get_run(retried).retry_of == fail
     where = (*acme, "runs", "retry", "--where", "--state", "cancelled", "--reason", "again")
     code, out, err = cli(capsys, *where, "--dry-run")
     assert code == 0, err
     assert "dry run: 1 runs would be retried" in out
     code, out, _ = cli(capsys, *where)
     assert "retried 1 runs: 1 new runs queued" in out
-    assert api.app.store.get_run(later).state is RunState.CANCELLED
+    assert api.app.store.runs.get_run(later).state is RunState.CANCELLED
 
     code, out, _ = cli(capsys, *acme, "errors")
     assert code == 0 and row(out, "acme", "plain.fail", "-", "RuntimeError")
@@ -96,10 +96,10 @@ async def test_enqueue_and_runs_commands(api: ApiSetup, capsys: pytest.CaptureFi
 
     at = ("--start-at", "2099-01-02T03:04:05+00:00")
     [start_at] = UUID.findall(cli(capsys, *acme, "enqueue", "plain.echo", *at)[1])
-    assert api.app.store.get_run(start_at).available_at == 4071006245.0
+    assert api.app.store.runs.get_run(start_at).available_at == 4071006245.0
     code, out, err = cli(capsys, *acme, "enqueue", "plain.echo", "--queue", "backfill")
     assert code == 0, err
-    assert api.app.store.get_run(UUID.findall(out)[0]).queue == "backfill"
+    assert api.app.store.runs.get_run(UUID.findall(out)[0]).queue == "backfill"
 
 
 async def test_pauses_queues_and_workers(api: ApiSetup, capsys: pytest.CaptureFixture[str]) -> None:

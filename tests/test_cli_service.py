@@ -58,8 +58,8 @@ def test_tenants_create_registers_once(db_url: str, capsys: pytest.CaptureFixtur
     assert code == 0, err
     assert "tenant acme registered" in out
     with store_at(url) as store:
-        assert store.tenant("acme").registered_at is not None
-        audit = store.audit_log(tenant="acme")
+        assert store.accounts.tenant("acme").registered_at is not None
+        audit = store.admin.audit_log(tenant="acme")
     assert [(a.action, a.actor, a.target) for a in audit] == [("tenant.create", "ops@test", "acme")]
     code, _, err = cli(capsys, "--db", url, "tenants", "create", "acme")
     assert_one_line_error(code, err, "tenant 'acme' already exists")
@@ -81,7 +81,7 @@ def test_keys_create_prints_the_secret_once_and_stores_its_hash(
     assert "admin key" in err and "tenant acme" in err and "shown only this once" in err
     key_id_ = secret.split(".")[0]
     with store_at(url) as store:
-        stored = store.api_key(key_id_)
+        stored = store.accounts.api_key(key_id_)
         assert stored is not None
         assert (stored.tenant, stored.role, stored.name) == ("acme", Role.ADMIN, "admin")
         assert stored.hash == hash_key(secret) and matches(stored, secret)
@@ -97,7 +97,7 @@ def test_keys_create_prints_the_secret_once_and_stores_its_hash(
     platform_secret = out.strip()
     assert "every tenant" in err
     with store_at(url) as store:
-        platform = store.api_key(platform_secret.split(".")[0])
+        platform = store.accounts.api_key(platform_secret.split(".")[0])
     assert platform is not None
     assert (platform.tenant, platform.role, platform.name) == (None, Role.PLATFORM, "ops")
     assert platform.rate_limit == 7
@@ -135,7 +135,7 @@ def test_keys_create_refuses_bad_input(
     assert_one_line_error(code, err, message)
     assert out == ""
     with store_at(url) as store:
-        assert store.api_keys() == []
+        assert store.accounts.api_keys() == []
 
 
 def test_keys_revoke(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,7 +147,7 @@ def test_keys_revoke(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0, err
     assert out.startswith(f"revoked viewer key {kid}")
     with store_at(url) as store:
-        key = store.api_key(kid)
+        key = store.accounts.api_key(kid)
         assert key is not None and key.revoked_at is not None
         assert not key.usable(store.clock.now())
     code, out, _ = cli(capsys, "--db", url, "keys", "revoke", kid)
@@ -168,7 +168,7 @@ def test_integrations_list_and_secrets_reseal_after_a_key_rotation(
     app = build_app(db_url)
     crm: Connector = app.connectors["crm"]
     try:
-        app.store.create_tenant("acme", actor="test")
+        app.store.accounts.create_tenant("acme", actor="test")
         integration = create_integration(
             app.store,
             KeyRing(base64.b64decode(old)),
@@ -201,7 +201,7 @@ def test_integrations_list_and_secrets_reseal_after_a_key_rotation(
     new_id = key_id(base64.b64decode(new))
     assert f"resealed 1 of 1 integrations under key {new_id}" in out
     with store_at(db_url) as store:
-        resealed = store.integration(integration.id)
+        resealed = store.accounts.integration(integration.id)
     assert resealed.key_id == new_id
     only_new = KeyRing(base64.b64decode(new))
     creds = open_credentials(only_new, resealed, crm)
@@ -321,7 +321,7 @@ def test_api_serves_the_demo_app_and_accepts_keys_made_by_the_cli(
 @pytest.mark.postgres
 def test_api_workers_share_one_postgres_database(pg_url: str) -> None:
     with store_at(pg_url) as store:
-        store.create_tenant("acme", actor="test")
+        store.accounts.create_tenant("acme", actor="test")
         _, secret = create_key(store, tenant="acme", role=Role.OPERATOR, name="t", actor="t")
     argv = ("api", "--app", TEST_APP, "--db", pg_url, "--port", "0", "--workers", "2")
     with greenroom(*argv) as server:
@@ -404,4 +404,4 @@ def test_up_runs_the_api_and_a_worker_in_one_process(tmp_path: Path) -> None:
     assert took < 5, output
     assert "pw-123" not in output
     with store_at(url) as store:
-        assert [w.state for w in store.workers(include_gone=True)] == ["stopped"]
+        assert [w.state for w in store.runs.workers(include_gone=True)] == ["stopped"]

@@ -110,7 +110,7 @@ def test_artifact_download(api: ApiSetup) -> None:
         run, _ = gr.create_run(echo(None))
         data = b"\x89PNG not really"
         location = default_artifact_store(api.app.settings).put(run.id, "shot.png", data)
-        api.app.store.add_artifact(
+        api.app.store.sessions.add_artifact(
             run_id=run.id,
             tenant="acme",
             attempt=1,

@@ -62,7 +62,7 @@ def app(sqlite_url: str) -> Iterator[App]:
 
 def integration_for(app: App, saas: DemoSaaS, org: str) -> str:
     """The test tenant's integration with `org` of the console, made once per database."""
-    for found in app.store.integrations(tenant=TENANT):
+    for found in app.store.accounts.integrations(tenant=TENANT):
         if found.name == f"demo console {org}":
             return found.id
     register_tenant(app.store, TENANT)
@@ -102,7 +102,7 @@ async def run_on_new_worker(app: App, saas: DemoSaaS, workflow: str, org: str) -
 
 
 async def step_names(app: App, run_id: str) -> list[str]:
-    return [s.name for s in await asyncio.to_thread(app.store.steps, run_id)]
+    return [s.name for s in await asyncio.to_thread(app.store.runs.steps, run_id)]
 
 
 # -- the sync ------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ async def test_sync_reads_each_page_in_a_step_and_the_sessions_next_runs_reuse_i
         assert saas.logins("acme") == 2, "the expired session logged in exactly once more"
         again = await sync()
         assert saas.logins("acme") == 2, "the session was reused: no login"
-    login = (await asyncio.to_thread(app.store.steps, again.id))[0]
+    login = (await asyncio.to_thread(app.store.runs.steps, again.id))[0]
     assert login.result == {"org": "acme", "account": "admin@acme.example", "restored": True}
 
 
@@ -142,7 +142,7 @@ async def test_sync_reads_each_page_in_a_step_and_the_sessions_next_runs_reuse_i
 async def wait_for_login_step(app: App, run_id: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        steps = await asyncio.to_thread(app.store.steps, run_id)
+        steps = await asyncio.to_thread(app.store.runs.steps, run_id)
         if steps and steps[0].status is StepStatus.COMPLETED:
             return
         await asyncio.sleep(0.01)
@@ -159,7 +159,7 @@ async def stop_after_login(app: App, saas: DemoSaaS, org: str) -> str:
         saas.set_faults(latency_ms=30_000)  # ...and the next one hangs until the stop
         worker.stop()
     saas.set_faults(latency_ms=0)
-    stopped = await asyncio.to_thread(app.store.get_run, run.id)
+    stopped = await asyncio.to_thread(app.store.runs.get_run, run.id)
     assert stopped.state is RunState.QUEUED, f"expected a released run, got {stopped.state}"
     steps = await step_names(app, run.id)
     assert steps[0] == "demo.login" and len(steps) < 4, steps
@@ -181,7 +181,7 @@ async def test_a_run_stopped_after_its_login_resumes_on_another_worker_without_l
     assert done.state is RunState.SUCCEEDED, done.error
     assert done.output is not None and done.output["users"] == expected_users("globex")
     assert saas.logins("globex") == 1, "the resumed run restored the session saved after login"
-    steps = await asyncio.to_thread(app.store.steps, run_id)
+    steps = await asyncio.to_thread(app.store.runs.steps, run_id)
     assert [s.name for s in steps] == ["demo.login", *PAGES]
     assert steps[0].attempts == 1
 
@@ -190,7 +190,9 @@ async def test_a_resumed_run_whose_session_expired_logs_in_once_more_and_retries
     app: App, saas: DemoSaaS
 ) -> None:
     run_id = await stop_after_login(app, saas, "initech")
-    saved = await asyncio.to_thread(app.store.load_session_state, "default", "default:initech")
+    saved = await asyncio.to_thread(
+        app.store.sessions.load_session_state, "default", "default:initech"
+    )
     assert saved is not None and saved.cookie_count == 1
     assert saas.expire_sessions("initech") == 1
 
@@ -198,11 +200,13 @@ async def test_a_resumed_run_whose_session_expired_logs_in_once_more_and_retries
     assert done.state is RunState.SUCCEEDED, done.error
     assert done.output is not None and done.output["users"] == expected_users("initech")
     assert saas.logins("initech") == 2, "logged in exactly once more"
-    steps = await asyncio.to_thread(app.store.steps, run_id)
+    steps = await asyncio.to_thread(app.store.runs.steps, run_id)
     assert [s.name for s in steps] == ["demo.login", *PAGES], "the re-login adds no step"
     assert steps[0].attempts == 1 and steps[0].result["restored"] is False
     assert all(s.attempts == 1 for s in steps), "the logged-out attempt is not counted"
-    fresh = await asyncio.to_thread(app.store.load_session_state, "default", "default:initech")
+    fresh = await asyncio.to_thread(
+        app.store.sessions.load_session_state, "default", "default:initech"
+    )
     assert fresh is not None and fresh.run_id == run_id and fresh.state != saved.state
 
 
@@ -213,7 +217,7 @@ def artifact_texts(app: App, run_id: str) -> list[bytes]:
     """Every stored artifact's bytes, a trace's members unzipped."""
     files = default_artifact_store(app.settings)
     blobs = []
-    for a in app.store.artifacts(run_id):
+    for a in app.store.sessions.artifacts(run_id):
         data = files.get(a.location)
         if a.kind == "trace":
             with zipfile.ZipFile(io.BytesIO(data)) as z:
@@ -234,12 +238,12 @@ async def test_a_changed_layout_fails_at_once_with_a_clear_error_and_its_diagnos
         assert done.error is not None and done.error["type"] == "LayoutChanged"
         assert done.error["step"] == "demo.users_page"
         assert "selector not found: [data-testid=users-table]" in done.error["message"]
-        steps = await asyncio.to_thread(app.store.steps, done.id)
+        steps = await asyncio.to_thread(app.store.runs.steps, done.id)
         assert [(s.name, s.status, s.attempts) for s in steps] == [
             ("demo.login", StepStatus.COMPLETED, 1),
             ("demo.users_page", StepStatus.FAILED, 1),
         ]
-        artifacts = await asyncio.to_thread(app.store.artifacts, done.id)
+        artifacts = await asyncio.to_thread(app.store.sessions.artifacts, done.id)
         kinds = {a.kind for a in artifacts if a.step_name == "demo.users_page"}
         assert {"screenshot", "html"} <= kinds, kinds
         html = next(a for a in artifacts if a.kind == "html")
@@ -339,7 +343,7 @@ async def test_a_logged_out_step_logs_in_again_once_then_the_error_counts(
             ok, failed = await wait_for_states(app.store, [once.id, always.id], timeout=30)
         assert ok.state is RunState.SUCCEEDED and ok.output == 2, ok.error
         assert CALLS["once"] == 2, "one login, and one more after the LoggedOut"
-        (_, work) = await asyncio.to_thread(app.store.steps, ok.id)
+        (_, work) = await asyncio.to_thread(app.store.runs.steps, ok.id)
         assert work.attempts == 1, "the logged-out attempt did not count"
         assert failed.state is RunState.FAILED and failed.error is not None
         assert failed.error["type"] == "LoggedOut"

@@ -23,13 +23,13 @@ ACTOR = "ops@example.com"
 
 
 def enqueue(store: RunStore, workflow: str = "wf", **kw: Any) -> Run:
-    return store.enqueue(NewRun(workflow=workflow, **kw))[0]
+    return store.runs.enqueue(NewRun(workflow=workflow, **kw))[0]
 
 
 def claim(
     store: RunStore, limit: int = 10, queues: list[str] | None = None, worker: str = "w1"
 ) -> list[Lease]:
-    return store.claim(worker, queues or ["default"], limit, LEASE)
+    return store.runs.claim(worker, queues or ["default"], limit, LEASE)
 
 
 def ids(leases: list[Lease]) -> list[str]:
@@ -37,25 +37,25 @@ def ids(leases: list[Lease]) -> list[str]:
 
 
 def succeed(store: RunStore, lease: Lease) -> None:
-    store.finish(lease, RunState.SUCCEEDED, reason="done", output=json.dumps(None))
+    store.runs.finish(lease, RunState.SUCCEEDED, reason="done", output=json.dumps(None))
 
 
 def state(store: RunStore, run_id: str) -> RunState:
-    return store.get_run(run_id).state
+    return store.runs.get_run(run_id).state
 
 
 # -- queues as records ---------------------------------------------------------------------
 
 
 def test_a_queue_is_created_on_its_first_enqueue(store: RunStore) -> None:
-    assert "reports" not in [q.name for q in store.queues()]
+    assert "reports" not in [q.name for q in store.controls.queues()]
     enqueue(store, queue="reports")
     enqueue(store, queue="reports")
-    info = store.queue("reports")
+    info = store.controls.queue("reports")
     assert info.counts == {"queued": 2}
     assert info.concurrency is None and info.rate_limit is None and not info.paused
     with pytest.raises(NotFound):
-        store.queue("never-used")
+        store.controls.queue("never-used")
 
 
 def test_concurrent_first_enqueues_create_one_queue_record(db_url: str) -> None:
@@ -69,10 +69,10 @@ def test_concurrent_first_enqueues_create_one_queue_record(db_url: str) -> None:
     try:
         with ThreadPoolExecutor(len(stores)) as pool:
             run_ids = list(pool.map(first_enqueue, stores))
-        names = [q.name for q in stores[0].queues()]
+        names = [q.name for q in stores[0].controls.queues()]
         assert names.count("brand-new") == 1
-        assert stores[0].queue("brand-new").counts == {"queued": 20}
-        assert [t.name for t in stores[0].tenants()].count("newcomer") == 1
+        assert stores[0].controls.queue("brand-new").counts == {"queued": 20}
+        assert [t.name for t in stores[0].controls.tenants()].count("newcomer") == 1
         assert len(set(run_ids)) == 20
         assert len(claim(stores[0], limit=50, queues=["brand-new"])) == 20
     finally:
@@ -97,24 +97,28 @@ BAD_QUEUE_SETTINGS: list[tuple[dict[str, Any], str]] = [
 
 
 def test_bad_queue_settings_are_refused_naming_the_field(store: RunStore) -> None:
-    store.set_queue("q", actor=ACTOR, reason="baseline", concurrency=4)
-    audited = len(store.audit_log())
+    store.controls.set_queue("q", actor=ACTOR, reason="baseline", concurrency=4)
+    audited = len(store.admin.audit_log())
     for changes, field in BAD_QUEUE_SETTINGS:
         with pytest.raises(InvalidInput, match=field):
-            store.set_queue("q", actor=ACTOR, reason="tune", **changes)
-    after = store.queue("q")
+            store.controls.set_queue("q", actor=ACTOR, reason="tune", **changes)
+    after = store.controls.queue("q")
     assert after.concurrency == 4
     assert after.rate_limit is None and after.rate_period is None
     assert after.lease_seconds is None and after.heartbeat_seconds is None
-    assert len(store.audit_log()) == audited, "a refused change is not applied nor audited"
+    assert len(store.admin.audit_log()) == audited, "a refused change is not applied nor audited"
 
 
 def test_heartbeat_must_stay_under_half_the_queue_lease(store: RunStore) -> None:
-    store.set_queue("q", actor=ACTOR, reason="tune", lease_seconds=4.0, heartbeat_seconds=1.0)
+    store.controls.set_queue(
+        "q", actor=ACTOR, reason="tune", lease_seconds=4.0, heartbeat_seconds=1.0
+    )
     with pytest.raises(InvalidInput, match="heartbeat_seconds"):
-        store.set_queue("q", actor=ACTOR, reason="shorter lease", lease_seconds=2.0)
-    assert store.queue("q").lease_seconds == 4.0
-    info = store.set_queue("q", actor=ACTOR, reason="clear", rate_limit=None, rate_period=None)
+        store.controls.set_queue("q", actor=ACTOR, reason="shorter lease", lease_seconds=2.0)
+    assert store.controls.queue("q").lease_seconds == 4.0
+    info = store.controls.set_queue(
+        "q", actor=ACTOR, reason="clear", rate_limit=None, rate_period=None
+    )
     assert info.heartbeat_seconds == 1.0
 
 
@@ -122,48 +126,50 @@ def test_the_heartbeat_rule_holds_against_the_stored_settings(store: RunStore) -
     """A heartbeat alone was once accepted whatever its value: the rule was only checked when
     the same change set the lease."""
     with pytest.raises(InvalidInput, match="needs the queue's lease_seconds"):
-        store.set_queue("q", actor=ACTOR, reason="tune", heartbeat_seconds=1.0)
-    store.set_queue("q", actor=ACTOR, reason="tune", lease_seconds=4.0)
+        store.controls.set_queue("q", actor=ACTOR, reason="tune", heartbeat_seconds=1.0)
+    store.controls.set_queue("q", actor=ACTOR, reason="tune", lease_seconds=4.0)
     for beat in (2.0, 1e9):
         with pytest.raises(InvalidInput, match="heartbeat_seconds"):
-            store.set_queue("q", actor=ACTOR, reason="tune", heartbeat_seconds=beat)
-    store.set_queue("q", actor=ACTOR, reason="tune", heartbeat_seconds=1.0)
+            store.controls.set_queue("q", actor=ACTOR, reason="tune", heartbeat_seconds=beat)
+    store.controls.set_queue("q", actor=ACTOR, reason="tune", heartbeat_seconds=1.0)
     with pytest.raises(InvalidInput, match="needs the queue's lease_seconds"):
-        store.set_queue("q", actor=ACTOR, reason="no lease", lease_seconds=None)
-    cleared = store.set_queue(
+        store.controls.set_queue("q", actor=ACTOR, reason="no lease", lease_seconds=None)
+    cleared = store.controls.set_queue(
         "q", actor=ACTOR, reason="both", lease_seconds=None, heartbeat_seconds=None
     )
     assert cleared.lease_seconds is None and cleared.heartbeat_seconds is None
     with pytest.raises(InvalidInput, match="lease_seconds must be at most 86400"):
-        store.set_queue("q", actor=ACTOR, reason="tune", lease_seconds=1e308)
+        store.controls.set_queue("q", actor=ACTOR, reason="tune", lease_seconds=1e308)
 
 
 def test_queue_settings_can_be_cleared_and_need_a_reason(store: RunStore) -> None:
-    store.set_queue("q", actor=ACTOR, reason="limit", rate_limit=5, rate_period=60.0)
+    store.controls.set_queue("q", actor=ACTOR, reason="limit", rate_limit=5, rate_period=60.0)
     with pytest.raises(InvalidInput, match="reason"):
-        store.set_queue("q", actor=ACTOR, reason=" ", concurrency=1)
-    info = store.set_queue("q", actor=ACTOR, reason="lift", rate_limit=None, rate_period=None)
+        store.controls.set_queue("q", actor=ACTOR, reason=" ", concurrency=1)
+    info = store.controls.set_queue(
+        "q", actor=ACTOR, reason="lift", rate_limit=None, rate_period=None
+    )
     assert info.rate_limit is None and info.rate_period is None and info.concurrency is None
 
 
 def test_lowering_a_queue_limit_while_runs_wait_applies_to_the_next_claims(
     store: RunStore,
 ) -> None:
-    store.set_queue("q", actor=ACTOR, reason="cap", concurrency=3)
+    store.controls.set_queue("q", actor=ACTOR, reason="cap", concurrency=3)
     for _ in range(12):
         enqueue(store, queue="q")
     first = claim(store, queues=["q"])
     assert len(first) == 3
-    store.set_queue("q", actor=ACTOR, reason="app is struggling", concurrency=1)
+    store.controls.set_queue("q", actor=ACTOR, reason="app is struggling", concurrency=1)
     assert claim(store, queues=["q"]) == []
     succeed(store, first[0])
     succeed(store, first[1])
     assert claim(store, queues=["q"]) == [], "one run still holds the only slot"
     succeed(store, first[2])
     assert len(claim(store, queues=["q"])) == 1
-    store.set_queue("q", actor=ACTOR, reason="recovered", concurrency=4)
+    store.controls.set_queue("q", actor=ACTOR, reason="recovered", concurrency=4)
     assert len(claim(store, queues=["q"])) == 3
-    store.set_queue("q", actor=ACTOR, reason="no limit", concurrency=None)
+    store.controls.set_queue("q", actor=ACTOR, reason="no limit", concurrency=None)
     assert len(claim(store, queues=["q"])) == 5
 
 
@@ -175,25 +181,25 @@ def test_running_counts_give_back_exactly_the_slots_claims_took(
     def active() -> tuple[int, int]:
         with store.backend.transaction(write=False) as tx:
             (queue,) = tx.execute("SELECT active FROM queues WHERE name = 'q'")
-        tenant = next(t for t in store.tenants() if t.name == "t1")
+        tenant = next(t for t in store.controls.tenants() if t.name == "t1")
         return queue["active"], tenant.active
 
     for _ in range(8):
         enqueue(store, queue="q", tenant="t1")
     unlimited = claim(store, queues=["q"], limit=2)  # before any limit: they hold no slot
-    store.set_queue("q", actor=ACTOR, reason="cap", concurrency=5)
-    store.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=5)
+    store.controls.set_queue("q", actor=ACTOR, reason="cap", concurrency=5)
+    store.controls.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=5)
     assert active() == (2, 2), "runs already running count from the moment a limit is set"
     limited = claim(store, queues=["q"], limit=2)
     assert active() == (4, 4)
     succeed(store, unlimited[0])
     assert active() == (3, 3)
-    store.set_queue("q", actor=ACTOR, reason="lift", concurrency=None)
+    store.controls.set_queue("q", actor=ACTOR, reason="lift", concurrency=None)
     succeed(store, limited[0])  # held a slot of a limit that is gone: gives nothing back
-    store.set_queue("q", actor=ACTOR, reason="cap again", concurrency=5)
+    store.controls.set_queue("q", actor=ACTOR, reason="cap again", concurrency=5)
     assert active() == (2, 2)
     clock.advance(60)  # the rest stall: recovery gives their slots back
-    store.recover("w2", max_stalls=3)
+    store.runs.recover("w2", max_stalls=3)
     assert active() == (0, 0)
     assert len(claim(store, queues=["q"], limit=10)) == 5
     assert active() == (5, 5)
@@ -232,14 +238,14 @@ def test_a_limit_set_while_a_claim_runs_counts_that_claims_runs(pg_url: str) -> 
     for _ in range(6):
         enqueue(store, queue="q")
     # With a tenant limit, the claim locks the tenant after it read the queue as unlimited.
-    store.set_tenant("default", actor=ACTOR, reason="a lock to wait for", concurrency=100)
+    store.controls.set_tenant("default", actor=ACTOR, reason="a lock to wait for", concurrency=100)
     with ThreadPoolExecutor(1) as pool:
         with _row_locked(pg_url, "SELECT 1 FROM tenants WHERE name = 'default' FOR UPDATE") as (
             wait_blocked
         ):
             claiming = pool.submit(claim, store, 4, ["q"])
             wait_blocked(1)
-            store.set_queue("q", actor=ACTOR, reason="cap", concurrency=2)
+            store.controls.set_queue("q", actor=ACTOR, reason="cap", concurrency=2)
         assert len(claiming.result()) == 4
     assert claim(store, queues=["q"]) == [], "4 runs run under a limit of 2: no room"
     with store.backend.transaction(write=False) as tx:
@@ -257,7 +263,7 @@ def test_concurrent_claims_both_move_their_tenants_on(pg_url: str) -> None:
         for _ in range(10):
             enqueue(store, queue="q", tenant=tenant)
         # With a limit, claims lock the tenants after reading their passes.
-        store.set_tenant(tenant, actor=ACTOR, reason="a lock to wait for", concurrency=100)
+        store.controls.set_tenant(tenant, actor=ACTOR, reason="a lock to wait for", concurrency=100)
     with ThreadPoolExecutor(2) as pool:
         with _row_locked(pg_url, "SELECT 1 FROM tenants WHERE name = 't1' FOR UPDATE") as (
             wait_blocked
@@ -267,7 +273,7 @@ def test_concurrent_claims_both_move_their_tenants_on(pg_url: str) -> None:
             wait_blocked(2)
         assert (len(a.result()), len(b.result())) == (4, 2)
     # Equal weights: 6 runs moved the two tenants on by 3 each.
-    assert {t.name: t.ready for t in store.tenants()} == {"t1": 7, "t2": 7}
+    assert {t.name: t.ready for t in store.controls.tenants()} == {"t1": 7, "t2": 7}
     with store.backend.transaction(write=False) as tx:
         passes = tx.execute("SELECT name, pass FROM tenants ORDER BY name")
     assert [(r["name"], r["pass"]) for r in passes] == [("t1", 3.0), ("t2", 3.0)]
@@ -276,7 +282,7 @@ def test_concurrent_claims_both_move_their_tenants_on(pg_url: str) -> None:
 
 def test_queue_defaults_apply_to_new_runs_and_leases(store: RunStore) -> None:
     before = enqueue(store, queue="q")
-    store.set_queue("q", actor=ACTOR, reason="tune", max_attempts=4, lease_seconds=7.0)
+    store.controls.set_queue("q", actor=ACTOR, reason="tune", max_attempts=4, lease_seconds=7.0)
     after = enqueue(store, queue="q")
     own = enqueue(store, queue="q", max_attempts=2)
     assert [before.max_attempts, after.max_attempts, own.max_attempts] == [1, 4, 2]
@@ -312,7 +318,7 @@ SCOPES = [
 
 def enqueue_as(store: RunStore, attrs: dict[str, Any], **kw: Any) -> Run:
     fields = {**attrs, **kw}
-    return store.enqueue(NewRun(**fields))[0]
+    return store.runs.enqueue(NewRun(**fields))[0]
 
 
 def claim_all(store: RunStore, limit: int = 20) -> list[Lease]:
@@ -325,22 +331,22 @@ def test_pause_holds_matching_runs_at_every_scope(
 ) -> None:
     held = enqueue_as(store, TARGET)
     free = enqueue_as(store, OTHER)
-    pause = store.pause(scope, value, label=label, actor=ACTOR, reason="vendor outage")
+    pause = store.controls.pause(scope, value, label=label, actor=ACTOR, reason="vendor outage")
     assert pause.scope is PauseScope(scope)
     late = enqueue_as(store, TARGET)
     assert late.state is RunState.PAUSED, "a run enqueued while paused is paused"
     assert state(store, held.id) is RunState.PAUSED
-    assert [e.state for e in store.events(held.id)] == [RunState.QUEUED, RunState.PAUSED]
+    assert [e.state for e in store.runs.events(held.id)] == [RunState.QUEUED, RunState.PAUSED]
     leases = claim_all(store)
     assert ids(leases) == [free.id]
     succeed(store, leases[0])
-    assert store.resume(scope, value, label=label, actor=ACTOR, reason="fixed") == 2
+    assert store.controls.resume(scope, value, label=label, actor=ACTOR, reason="fixed") == 2
     assert state(store, held.id) is RunState.QUEUED
     leases = claim_all(store, limit=1)
     assert ids(leases) == [held.id]
     succeed(store, leases[0])
     assert ids(claim_all(store)) == [late.id]
-    assert store.pauses() == []
+    assert store.controls.pauses() == []
 
 
 def test_delayed_runs_whose_time_comes_while_paused_become_paused(
@@ -348,21 +354,21 @@ def test_delayed_runs_whose_time_comes_while_paused_become_paused(
 ) -> None:
     run = enqueue(store, queue="q", available_at=clock.now() + 10)
     assert run.state is RunState.DELAYED
-    store.pause("queue", "q", actor=ACTOR, reason="maintenance")
+    store.controls.pause("queue", "q", actor=ACTOR, reason="maintenance")
     assert state(store, run.id) is RunState.DELAYED, "it still waits for its time"
     clock.advance(11)
-    assert store.promote_delayed() == 1
+    assert store.runs.promote_delayed() == 1
     assert state(store, run.id) is RunState.PAUSED
     assert claim(store, queues=["q"]) == []
-    store.resume("queue", "q", actor=ACTOR, reason="done")
+    store.controls.resume("queue", "q", actor=ACTOR, reason="done")
     assert ids(claim(store, queues=["q"])) == [run.id]
 
 
 def test_resume_restores_priority_then_fifo_order(store: RunStore) -> None:
     before = [enqueue(store, priority=p) for p in (0, 5, 0, 5, 1)]
-    store.pause("queue", "default", actor=ACTOR, reason="hold")
+    store.controls.pause("queue", "default", actor=ACTOR, reason="hold")
     during = [enqueue(store, priority=p) for p in (5, 0, 9)]
-    store.resume("queue", "default", actor=ACTOR, reason="go")
+    store.controls.resume("queue", "default", actor=ACTOR, reason="go")
     runs = before + during
     expected = [r.id for r in sorted(runs, key=lambda r: (-r.priority, r.seq))]
     order = []
@@ -375,8 +381,8 @@ def test_resume_restores_priority_then_fifo_order(store: RunStore) -> None:
 
 def test_resume_restores_the_order_within_a_session(store: RunStore) -> None:
     runs = [enqueue(store, session_key="s", priority=p) for p in (0, 2, 0, 2)]
-    store.pause("session", "s", actor=ACTOR, reason="hold")
-    store.resume("session", "s", actor=ACTOR, reason="go")
+    store.controls.pause("session", "s", actor=ACTOR, reason="hold")
+    store.controls.resume("session", "s", actor=ACTOR, reason="go")
     order = []
     for _ in runs:
         (lease,) = claim(store)
@@ -388,41 +394,41 @@ def test_resume_restores_the_order_within_a_session(store: RunStore) -> None:
 def test_overlapping_pauses_each_hold_until_lifted(store: RunStore) -> None:
     run = enqueue_as(store, TARGET)
     other_tenant = enqueue_as(store, {**TARGET, "tenant": "t9"})
-    store.pause("queue", "q1", actor=ACTOR, reason="queue")
-    store.pause("tenant", "t1", actor=ACTOR, reason="tenant")
-    assert store.resume("queue", "q1", actor=ACTOR, reason="queue ok") == 1
+    store.controls.pause("queue", "q1", actor=ACTOR, reason="queue")
+    store.controls.pause("tenant", "t1", actor=ACTOR, reason="tenant")
+    assert store.controls.resume("queue", "q1", actor=ACTOR, reason="queue ok") == 1
     assert state(store, run.id) is RunState.PAUSED, "the tenant pause still holds it"
     assert state(store, other_tenant.id) is RunState.QUEUED
-    assert [p.scope for p in store.pauses()] == [PauseScope.TENANT]
-    assert store.resume("tenant", "t1", actor=ACTOR, reason="tenant ok") == 1
+    assert [p.scope for p in store.controls.pauses()] == [PauseScope.TENANT]
+    assert store.controls.resume("tenant", "t1", actor=ACTOR, reason="tenant ok") == 1
     assert state(store, run.id) is RunState.QUEUED
 
 
 def test_a_tenant_scoped_pause_leaves_other_tenants_alone(store: RunStore) -> None:
     mine = [enqueue(store, queue="q", tenant="t1") for _ in range(2)]
     theirs = [enqueue(store, queue="q", tenant="t2") for _ in range(2)]
-    pause = store.pause("queue", "q", tenant="t1", actor=ACTOR, reason="t1 app broken")
+    pause = store.controls.pause("queue", "q", tenant="t1", actor=ACTOR, reason="t1 app broken")
     assert pause.tenant == "t1"
     assert {state(store, r.id) for r in mine} == {RunState.PAUSED}
     assert enqueue(store, queue="q", tenant="t1").state is RunState.PAUSED
     theirs.append(enqueue(store, queue="q", tenant="t2"))
     assert theirs[-1].state is RunState.QUEUED
     assert set(ids(claim(store, queues=["q"]))) == {r.id for r in theirs}
-    assert store.queue("q", tenant="t1").paused
-    assert not store.queue("q", tenant="t2").paused
-    assert [p.tenant for p in store.pauses(tenant="t2")] == []
-    assert [p.tenant for p in store.pauses(tenant="t1")] == ["t1"]
+    assert store.controls.queue("q", tenant="t1").paused
+    assert not store.controls.queue("q", tenant="t2").paused
+    assert [p.tenant for p in store.controls.pauses(tenant="t2")] == []
+    assert [p.tenant for p in store.controls.pauses(tenant="t1")] == ["t1"]
     with pytest.raises(NotFound):
-        store.resume("queue", "q", actor=ACTOR, reason="wrong scope")
-    assert store.resume("queue", "q", tenant="t1", actor=ACTOR, reason="fixed") == 3
+        store.controls.resume("queue", "q", actor=ACTOR, reason="wrong scope")
+    assert store.controls.resume("queue", "q", tenant="t1", actor=ACTOR, reason="fixed") == 3
 
 
 def test_drain_lets_running_runs_finish(store: RunStore) -> None:
     running = enqueue(store, queue="q")
     (lease,) = claim(store, queues=["q"])
     waiting = enqueue(store, queue="q")
-    store.pause("queue", "q", actor=ACTOR, reason="drain")
-    beat = store.heartbeat("w1", LEASE, [running.id])
+    store.controls.pause("queue", "q", actor=ACTOR, reason="drain")
+    beat = store.runs.heartbeat("w1", LEASE, [running.id])
     assert beat.held == {running.id} and beat.pause_requested == set()
     succeed(store, lease)
     assert state(store, running.id) is RunState.SUCCEEDED
@@ -432,13 +438,13 @@ def test_drain_lets_running_runs_finish(store: RunStore) -> None:
 def test_pause_without_drain_asks_running_runs_to_stop_and_holds_them(store: RunStore) -> None:
     run = enqueue(store, queue="q")
     (lease,) = claim(store, queues=["q"])
-    store.pause("queue", "q", drain=False, actor=ACTOR, reason="stop now")
-    assert store.heartbeat("w1", LEASE, [run.id]).pause_requested == {run.id}
-    assert store.control_requests("w1").pause_requested == {run.id}
-    assert store.finish(lease, RunState.QUEUED, reason="stopped at a step") is RunState.PAUSED
+    store.controls.pause("queue", "q", drain=False, actor=ACTOR, reason="stop now")
+    assert store.runs.heartbeat("w1", LEASE, [run.id]).pause_requested == {run.id}
+    assert store.runs.control_requests("w1").pause_requested == {run.id}
+    assert store.runs.finish(lease, RunState.QUEUED, reason="stopped at a step") is RunState.PAUSED
     assert state(store, run.id) is RunState.PAUSED
     assert claim(store, queues=["q"]) == []
-    store.resume("queue", "q", actor=ACTOR, reason="go")
+    store.controls.resume("queue", "q", actor=ACTOR, reason="go")
     (again,) = claim(store, queues=["q"])
     assert again.run.id == run.id and not again.run.pause_requested
     assert again.run.attempt == 1, "a pause does not use up an attempt"
@@ -447,23 +453,23 @@ def test_pause_without_drain_asks_running_runs_to_stop_and_holds_them(store: Run
 def test_resume_withdraws_the_stop_request_of_running_runs(store: RunStore) -> None:
     run = enqueue(store, queue="q")
     claim(store, queues=["q"])
-    store.pause("queue", "q", drain=False, actor=ACTOR, reason="stop now")
-    store.resume("queue", "q", actor=ACTOR, reason="never mind")
-    assert store.heartbeat("w1", LEASE, [run.id]).pause_requested == set()
+    store.controls.pause("queue", "q", drain=False, actor=ACTOR, reason="stop now")
+    store.controls.resume("queue", "q", actor=ACTOR, reason="never mind")
+    assert store.runs.heartbeat("w1", LEASE, [run.id]).pause_requested == set()
     assert state(store, run.id) is RunState.RUNNING
 
 
 def test_pauses_are_listed_with_who_when_why_and_survive_reopening(
     db_url: str, store: RunStore, clock: ManualClock
 ) -> None:
-    store.pause("label", "acme", label="app", actor="alice", reason="layout change")
+    store.controls.pause("label", "acme", label="app", actor="alice", reason="layout change")
     clock.advance(5)
-    store.pause("tenant", "t1", drain=False, actor="bob", reason="contract ended")
-    again = store.pause("tenant", "t1", actor="carol", reason="twice")
+    store.controls.pause("tenant", "t1", drain=False, actor="bob", reason="contract ended")
+    again = store.controls.pause("tenant", "t1", actor="carol", reason="twice")
     assert again.paused_by == "bob", "pausing what is paused returns the existing pause"
     reopened = open_store(db_url, clock=clock)
     try:
-        listed = reopened.pauses()
+        listed = reopened.controls.pauses()
     finally:
         reopened.backend.close()
     assert [(p.scope, p.label, p.value, p.drain) for p in listed] == [
@@ -486,11 +492,11 @@ def test_bad_pauses_are_refused(store: RunStore) -> None:
     ]
     for args, kw, words in bad:
         with pytest.raises(InvalidInput, match=words):
-            store.pause(*args, **{"actor": ACTOR, "reason": "why", **kw})
-    assert store.pauses() == []
-    assert store.audit_log() == []
+            store.controls.pause(*args, **{"actor": ACTOR, "reason": "why", **kw})
+    assert store.controls.pauses() == []
+    assert store.admin.audit_log() == []
     with pytest.raises(NotFound):
-        store.resume("queue", "nothing-paused", actor=ACTOR, reason="why")
+        store.controls.resume("queue", "nothing-paused", actor=ACTOR, reason="why")
 
 
 # -- priorities and delays -----------------------------------------------------------------
@@ -514,11 +520,11 @@ def test_a_run_waiting_for_its_retry_does_not_block_its_session(
     second = enqueue(store, session_key="s")
     (lease,) = claim(store)
     assert lease.run.id == first.id
-    store.finish(lease, RunState.DELAYED, reason="retry", retry_at=clock.now() + 60)
+    store.runs.finish(lease, RunState.DELAYED, reason="retry", retry_at=clock.now() + 60)
     (next_lease,) = claim(store)
     assert next_lease.run.id == second.id, "the ready run goes while the first waits"
     clock.advance(61)
-    store.promote_delayed()
+    store.runs.promote_delayed()
     assert claim(store) == [], "the session is busy: runs of one session never overlap"
     succeed(store, next_lease)
     assert ids(claim(store)) == [first.id]
@@ -534,7 +540,7 @@ def test_a_run_delayed_at_enqueue_does_not_block_its_session(
         assert lease.run.id == run.id
         succeed(store, lease)
     clock.advance(5)
-    store.promote_delayed()
+    store.runs.promote_delayed()
     assert ids(claim(store)) == [later.id]
 
 
@@ -544,8 +550,8 @@ def test_a_run_delayed_at_enqueue_does_not_block_its_session(
 def test_queue_and_tenant_limits_hold_across_stores(db_url: str) -> None:
     one, two = open_store(db_url), open_store(db_url)
     try:
-        one.set_queue("q", actor=ACTOR, reason="cap", concurrency=5)
-        one.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=2)
+        one.controls.set_queue("q", actor=ACTOR, reason="cap", concurrency=5)
+        one.controls.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=2)
         for tenant in ("t1", "t2"):
             for _ in range(6):
                 enqueue(one, queue="q", tenant=tenant)
@@ -557,7 +563,7 @@ def test_queue_and_tenant_limits_hold_across_stores(db_url: str) -> None:
         succeed(two, next(lease for lease in got if lease.run.tenant == "t1"))
         more = claim(two, limit=10, queues=["q"])
         assert [lease.run.tenant for lease in more] == ["t1"]
-        assert {t.name: t.active for t in one.tenants()}["t1"] == 2
+        assert {t.name: t.active for t in one.controls.tenants()}["t1"] == 2
     finally:
         one.backend.close()
         two.backend.close()
@@ -580,7 +586,7 @@ def test_a_new_lane_takes_its_limit_from_its_oldest_run(store: RunStore) -> None
     """Also in one batch where a later run has a higher priority (on PostgreSQL, a batch of
     one tenant's runs is one statement once the queue and tenant records exist)."""
     enqueue(store)  # the records exist
-    store.enqueue_many(
+    store.runs.enqueue_many(
         [
             NewRun(workflow="wf", session_key="s", session_concurrency=2),
             NewRun(workflow="wf", session_key="s", session_concurrency=1, priority=5),
@@ -594,15 +600,15 @@ def test_tenant_limit_can_be_changed_and_lifted(store: RunStore) -> None:
     for _ in range(6):
         enqueue(store, tenant="t1")
     with pytest.raises(InvalidInput, match="concurrency"):
-        store.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=0)
+        store.controls.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=0)
     with pytest.raises(InvalidInput, match="weight"):
-        store.set_tenant("t1", actor=ACTOR, reason="cap", weight=-1)
-    store.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=1)
+        store.controls.set_tenant("t1", actor=ACTOR, reason="cap", weight=-1)
+    store.controls.set_tenant("t1", actor=ACTOR, reason="cap", concurrency=1)
     assert len(claim(store)) == 1
-    info = store.set_tenant("t1", actor=ACTOR, reason="more", concurrency=3)
+    info = store.controls.set_tenant("t1", actor=ACTOR, reason="more", concurrency=3)
     assert (info.concurrency, info.active) == (3, 1)
     assert len(claim(store)) == 2
-    store.set_tenant("t1", actor=ACTOR, reason="lift", clear_concurrency=True)
+    store.controls.set_tenant("t1", actor=ACTOR, reason="lift", clear_concurrency=True)
     assert len(claim(store)) == 3
 
 
@@ -610,7 +616,9 @@ def test_tenant_limit_can_be_changed_and_lifted(store: RunStore) -> None:
 
 
 def test_rate_limit_counts_starts_in_a_sliding_window(store: RunStore, clock: ManualClock) -> None:
-    store.set_queue("q", actor=ACTOR, reason="vendor limit", rate_limit=3, rate_period=10.0)
+    store.controls.set_queue(
+        "q", actor=ACTOR, reason="vendor limit", rate_limit=3, rate_period=10.0
+    )
     for _ in range(10):
         enqueue(store, queue="q")
     first = claim(store, queues=["q"])

@@ -76,23 +76,23 @@ async def test_pause_without_drain_stops_a_run_at_its_next_step(app: App) -> Non
     async with worker_running(app):
         run = await app.enqueue("three")
         await until(lambda: EXECUTED["gated"] == 1)
-        store.pause("queue", "q", drain=False, actor=ACTOR, reason="stop the vendor calls")
+        store.controls.pause("queue", "q", drain=False, actor=ACTOR, reason="stop the vendor calls")
         await asyncio.sleep(0.5)  # a heartbeat or a maintenance tick brings the request
         GATE["open"].set()
         (paused,) = await wait_for_states(store, [run.id], {RunState.PAUSED})
         assert EXECUTED == {"first": 1, "gated": 1}, "the step in flight ends; the next waits"
-        assert [(s.name, s.status) for s in store.steps(run.id)] == [
+        assert [(s.name, s.status) for s in store.runs.steps(run.id)] == [
             ("first", StepStatus.COMPLETED),
             ("gated", StepStatus.COMPLETED),
         ]
         assert paused.lease_owner is None and paused.attempt == 1
         await asyncio.sleep(0.3)
-        assert store.get_run(run.id).state is RunState.PAUSED, "a paused run is not claimed"
-        store.resume("queue", "q", actor=ACTOR, reason="vendor back")
+        assert store.runs.get_run(run.id).state is RunState.PAUSED, "a paused run is not claimed"
+        store.controls.resume("queue", "q", actor=ACTOR, reason="vendor back")
         (done,) = await wait_for_states(store, [run.id])
     assert done.state is RunState.SUCCEEDED and done.output == 6
     assert EXECUTED == {"first": 1, "gated": 1, "last": 1}, "no step ran twice"
-    states = [e.state for e in store.events(run.id)]
+    states = [e.state for e in store.runs.events(run.id)]
     assert states == [
         RunState.QUEUED,
         RunState.RUNNING,
@@ -108,7 +108,7 @@ async def test_pause_with_drain_lets_the_running_run_finish(app: App) -> None:
     async with worker_running(app):
         running = await app.enqueue("three")
         await until(lambda: EXECUTED["gated"] == 1)
-        store.pause("workflow", "three", actor=ACTOR, reason="drain before deploy")
+        store.controls.pause("workflow", "three", actor=ACTOR, reason="drain before deploy")
         waiting = await app.enqueue("three")
         assert waiting.state is RunState.PAUSED
         await asyncio.sleep(0.5)
@@ -116,9 +116,9 @@ async def test_pause_with_drain_lets_the_running_run_finish(app: App) -> None:
         (done,) = await wait_for_states(store, [running.id])
         assert done.state is RunState.SUCCEEDED
         await asyncio.sleep(0.3)
-        assert store.get_run(waiting.id).state is RunState.PAUSED
+        assert store.runs.get_run(waiting.id).state is RunState.PAUSED
         assert EXECUTED == {"first": 1, "gated": 1, "last": 1}
-        store.resume("workflow", "three", actor=ACTOR, reason="deployed")
+        store.controls.resume("workflow", "three", actor=ACTOR, reason="deployed")
         (after,) = await wait_for_states(store, [waiting.id])
     assert after.state is RunState.SUCCEEDED
 
@@ -141,7 +141,7 @@ async def test_queue_retry_defaults_changed_at_run_time_reach_a_running_worker(
             before = await app.enqueue("flaky")
             (failed,) = await wait_for_states(app.store, [before.id])
             assert failed.state is RunState.FAILED, "no retry policy yet"
-            app.store.set_queue(
+            app.store.controls.set_queue(
                 "q", actor=ACTOR, reason="retry hiccups", max_attempts=3, retry_initial_delay=0.01
             )
             await asyncio.sleep(SETTINGS_REFRESH_SECONDS + 0.3)
@@ -221,7 +221,7 @@ async def run_all(
     return {
         e.worker_id or ""
         for run_id in ids
-        for e in one.store.events(run_id)
+        for e in one.store.runs.events(run_id)
         if e.state is RunState.RUNNING
     }
 
@@ -235,7 +235,7 @@ async def test_worker_slots_cap_a_worker(apps: tuple[App, App]) -> None:
 
 
 async def test_queue_limit_holds_across_workers(apps: tuple[App, App]) -> None:
-    apps[0].store.set_queue("capped", actor=ACTOR, reason="vendor cap", concurrency=3)
+    apps[0].store.controls.set_queue("capped", actor=ACTOR, reason="vendor cap", concurrency=3)
     # 2 + 2 slots: reaching 3 at once takes both workers; more than 3 would break the cap.
     workers = await run_all(apps, [("capped", {}, f"t{i % 3}") for i in range(12)], 2)
     assert overlap_of() == 3
@@ -243,7 +243,7 @@ async def test_queue_limit_holds_across_workers(apps: tuple[App, App]) -> None:
 
 
 async def test_tenant_limit_holds_across_workers(apps: tuple[App, App]) -> None:
-    apps[0].store.set_tenant("t1", actor=ACTOR, reason="small plan", concurrency=2)
+    apps[0].store.controls.set_tenant("t1", actor=ACTOR, reason="small plan", concurrency=2)
     runs = [("free", {}, "t1") for _ in range(8)] + [("free", {}, "t2") for _ in range(8)]
     workers = await run_all(apps, runs, 3)
     assert overlap_of(tenant="t1") == 2
@@ -288,22 +288,26 @@ def test_queue_rate_and_limit_hold_across_worker_processes(db_url: str, tmp_path
     store = open_store(db_url)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        store.set_queue("limited", actor=ACTOR, reason="5 logins/s", rate_limit=5, rate_period=1.0)
-        store.set_queue("capped", actor=ACTOR, reason="3 at once", concurrency=3)
+        store.controls.set_queue(
+            "limited", actor=ACTOR, reason="5 logins/s", rate_limit=5, rate_period=1.0
+        )
+        store.controls.set_queue("capped", actor=ACTOR, reason="3 at once", concurrency=3)
         procs = [start_worker(db_url, 3, tmp_path / f"worker{i}.log") for i in range(2)]
-        wait_until(lambda: len(store.workers()) == 2, 30, "workers did not start")
+        wait_until(lambda: len(store.runs.workers()) == 2, 30, "workers did not start")
         batch = [NewRun(workflow="tick", queue="limited") for _ in range(20)]
         batch += [NewRun(workflow="hold", queue="capped", input={"seconds": 0.3}) for _ in range(9)]
-        runs = [run for run, _ in store.enqueue_many(batch)]
+        runs = [run for run, _ in store.runs.enqueue_many(batch)]
         wait_until(
-            lambda: all(store.get_run(r.id).state.finished for r in runs), 30, "runs unfinished"
+            lambda: all(store.runs.get_run(r.id).state.finished for r in runs),
+            30,
+            "runs unfinished",
         )
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=15)
-        done = [store.get_run(r.id) for r in runs] if procs else []
+        done = [store.runs.get_run(r.id) for r in runs] if procs else []
         store.backend.close()
     assert {r.state for r in done} == {RunState.SUCCEEDED}
     assert len({r.output["pid"] for r in done}) == 2, "both processes worked"

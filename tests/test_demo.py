@@ -80,7 +80,7 @@ def leftovers(url: str, worker_pids: list[int]) -> list[int]:
 
 
 def assert_nothing_left(url: str, store: RunStore) -> None:
-    pids = [w.pid for w in store.workers(include_gone=True)]
+    pids = [w.pid for w in store.runs.workers(include_gone=True)]
     assert pids, "no worker registered"
     assert not leftovers(url, pids), "processes left behind"
 
@@ -100,11 +100,11 @@ def test_demo_syncs_every_org_with_one_login_each(tmp_path: Path) -> None:
 
     store = open_store(url, migrate=False)
     try:
-        runs = store.list_runs(RunFilter(limit=10))
+        runs = store.runs.list_runs(RunFilter(limit=10))
         assert [r.state for r in runs] == [RunState.SUCCEEDED] * 2
         got = {r.output["org"]: [u["email"] for u in r.output["users"]] for r in runs}
         assert got == users_of(2, 60)
-        workers = store.workers(include_gone=True)
+        workers = store.runs.workers(include_gone=True)
         assert len(workers) == 2 and {w.state for w in workers} == {"stopped"}
         assert_nothing_left(url, store)
     finally:
@@ -127,7 +127,7 @@ def test_demo_chaos_resumes_the_killed_workers_run_without_a_second_login(
 
     store = open_store(url, migrate=False)
     try:
-        runs = store.list_runs(RunFilter(limit=10))
+        runs = store.runs.list_runs(RunFilter(limit=10))
         assert [r.state for r in runs] == [RunState.SUCCEEDED] * 2
         got = {r.output["org"]: [u["email"] for u in r.output["users"]] for r in runs}
         assert got == users_of(2, 150)
@@ -136,12 +136,12 @@ def test_demo_chaos_resumes_the_killed_workers_run_without_a_second_login(
         before, after, checkpoints = recovery(store, recovered[0].id) or ("", "", 0)
         assert after != before
         assert checkpoints >= 2, "killed past its login step and a page"
-        steps = store.steps(recovered[0].id)
+        steps = store.runs.steps(recovered[0].id)
         assert len(steps) == 7 and all(s.status is StepStatus.COMPLETED for s in steps)
         assert [s.position for s in steps] == list(range(7))  # each step checkpointed once
         # The killed one, the other, and its replacement if it registered before the end (on a
         # loaded machine its start-up may outlast the demo).
-        states = sorted(w.state for w in store.workers(include_gone=True))
+        states = sorted(w.state for w in store.runs.workers(include_gone=True))
         assert states in (["dead", "stopped"], ["dead", "stopped", "stopped"]), states
         assert_nothing_left(url, store)
     finally:
@@ -151,7 +151,7 @@ def test_demo_chaos_resumes_the_killed_workers_run_without_a_second_login(
 def recovery(store: RunStore, run_id: str) -> tuple[str, str, int] | None:
     """For a run whose worker died and that another worker resumed: (the dead worker, the
     one that resumed it, how many steps were checkpointed before it resumed)."""
-    events = store.events(run_id)
+    events = store.runs.events(run_id)
     stalls = [i for i, e in enumerate(events) if e.reason.startswith("stalled: worker")]
     if not stalls:
         return None
@@ -159,7 +159,7 @@ def recovery(store: RunStore, run_id: str) -> tuple[str, str, int] | None:
     before = [e.worker_id for e in events[: stalls[0]] if e.state is RunState.RUNNING]
     resumed = [e for e in events[stalls[0] :] if e.state is RunState.RUNNING]
     assert before and resumed
-    done = [s for s in store.steps(run_id) if s.finished_at <= resumed[0].at]
+    done = [s for s in store.runs.steps(run_id) if s.finished_at <= resumed[0].at]
     return before[-1] or "", resumed[0].worker_id or "", len(done)
 
 
@@ -187,8 +187,8 @@ def test_demo_interrupted_leaves_no_worker_or_browser_behind(tmp_path: Path) -> 
     assert "Traceback" not in output
     store = open_store(url, migrate=False)
     try:
-        assert {w.state for w in store.workers(include_gone=True)} == {"stopped"}
-        assert not store.list_runs(RunFilter(states=[RunState.RUNNING]))
+        assert {w.state for w in store.runs.workers(include_gone=True)} == {"stopped"}
+        assert not store.runs.list_runs(RunFilter(states=[RunState.RUNNING]))
         assert_nothing_left(url, store)
     finally:
         store.backend.close()
@@ -207,9 +207,9 @@ def wait_for_a_synced_page(url: str, proc: subprocess.Popen[str]) -> list[int]:
         except Exception:
             continue  # the demo is still creating the database
         try:
-            running = store.list_runs(RunFilter(states=[RunState.RUNNING]))
-            if any(len(store.steps(r.id)) >= 2 for r in running):
-                return [w.pid for w in store.workers()]
+            running = store.runs.list_runs(RunFilter(states=[RunState.RUNNING]))
+            if any(len(store.runs.steps(r.id)) >= 2 for r in running):
+                return [w.pid for w in store.runs.workers()]
         except Exception:
             continue
         finally:

@@ -33,12 +33,12 @@ def corrupt(store: RunStore, *statements: str) -> None:
 def seeded(db_url: str) -> RunStore:
     """Two tenants, lanes, a limited queue, and a run of each state that matters."""
     store = open_store(db_url)
-    store.set_queue("limited", actor="t", reason="a limit", concurrency=5)
+    store.controls.set_queue("limited", actor="t", reason="a limit", concurrency=5)
     for i in range(6):
-        store.enqueue(NewRun(workflow="w", input={}, tenant="t1", session_key=f"t1:k{i % 2}"))
-        store.enqueue(NewRun(workflow="w", input={}, tenant="t2", queue="limited"))
-    store.enqueue(NewRun(workflow="w", input={}, tenant="t1", available_at=4e9))  # delayed
-    store.claim("w1", ["default", "limited"], 3, 30)
+        store.runs.enqueue(NewRun(workflow="w", input={}, tenant="t1", session_key=f"t1:k{i % 2}"))
+        store.runs.enqueue(NewRun(workflow="w", input={}, tenant="t2", queue="limited"))
+    store.runs.enqueue(NewRun(workflow="w", input={}, tenant="t1", available_at=4e9))  # delayed
+    store.runs.claim("w1", ["default", "limited"], 3, 30)
     return store
 
 
@@ -101,9 +101,9 @@ def test_each_kind_of_drift_is_reported_and_repaired(
 
     code, out = doctor(capsys, db_url, "--repair", "--reason", "drift seen in a test")
     assert code == 0 and f"{len(found)} repaired" in out
-    assert store.summary_drift() == []
+    assert store.repair.summary_drift() == []
     assert doctor(capsys, db_url)[0] == 0
-    (entry,) = [e for e in store.audit_log() if e.action == "summaries.repair"]
+    (entry,) = [e for e in store.admin.audit_log() if e.action == "summaries.repair"]
     assert entry.reason == "drift seen in a test" and entry.detail["drift"] == len(found)
     store.backend.close()
 
@@ -112,16 +112,18 @@ def test_each_kind_of_drift_is_reported_and_repaired(
 def test_a_repaired_lane_serves_its_runs_again(db_url: str) -> None:
     """A lane counting a run that does not run never starts its next one: the drift matters."""
     store = open_store(db_url)
-    first = store.enqueue(NewRun(workflow="w", input={}, tenant="t", session_key="s"))[0]
-    second = store.enqueue(NewRun(workflow="w", input={}, tenant="t", session_key="s"))[0]
-    (lease,) = store.claim("w1", ["default"], 5, 30)
+    first = store.runs.enqueue(NewRun(workflow="w", input={}, tenant="t", session_key="s"))[0]
+    second = store.runs.enqueue(NewRun(workflow="w", input={}, tenant="t", session_key="s"))[0]
+    (lease,) = store.runs.claim("w1", ["default"], 5, 30)
     assert lease.run.id == first.id
     corrupt(store, "UPDATE lanes SET active = active + 1")  # as if a move forgot to give it back
-    store.finish(lease, RunState.SUCCEEDED, reason="done")
-    assert store.claim("w1", ["default"], 5, 30) == []  # stuck behind the drift
+    store.runs.finish(lease, RunState.SUCCEEDED, reason="done")
+    assert store.runs.claim("w1", ["default"], 5, 30) == []  # stuck behind the drift
 
-    assert [d.field for d in store.repair_summaries(actor="a", reason="stuck lane")] == ["active"]
-    (lease,) = store.claim("w1", ["default"], 5, 30)
+    assert [d.field for d in store.repair.repair_summaries(actor="a", reason="stuck lane")] == [
+        "active"
+    ]
+    (lease,) = store.runs.claim("w1", ["default"], 5, 30)
     assert lease.run.id == second.id
     store.backend.close()
 
@@ -137,7 +139,7 @@ def test_repair_while_a_worker_drains_leaves_sound_summaries(db_url: str) -> Non
 
     store = open_store(db_url)
     runs = [
-        store.enqueue(NewRun(workflow="quick", input={"n": i % 7}, tenant=f"t{i % 3}",
+        store.runs.enqueue(NewRun(workflow="quick", input={"n": i % 7}, tenant=f"t{i % 3}",
                              session_key=f"t{i % 3}:{i % 7}"))[0]
         for i in range(300)
     ]  # fmt: skip
@@ -146,7 +148,7 @@ def test_repair_while_a_worker_drains_leaves_sound_summaries(db_url: str) -> Non
 
     def repair_often() -> None:
         while not stop.is_set():
-            repairs.append(len(store.repair_summaries(actor="a", reason="under load")))
+            repairs.append(len(store.repair.repair_summaries(actor="a", reason="under load")))
 
     async def main() -> None:
         async with worker_running(app, concurrency=8):
@@ -161,7 +163,7 @@ def test_repair_while_a_worker_drains_leaves_sound_summaries(db_url: str) -> Non
     asyncio.run(main())
     assert len(repairs) > 3
     assert sum(repairs) == 0  # nothing drifted: every move kept its bookkeeping
-    assert store.summary_drift() == []
+    assert store.repair.summary_drift() == []
     store.backend.close()
 
 

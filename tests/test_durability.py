@@ -60,7 +60,7 @@ class Env:
 
         def registered() -> bool:
             assert proc.alive(), f"worker {name} exited:\n{proc.log()}"
-            return any(w.id == name for w in self.store.workers())
+            return any(w.id == name for w in self.store.runs.workers())
 
         wait_for(registered, 20, f"worker {name} to register")
         return proc
@@ -75,7 +75,7 @@ class Env:
 
     def wait_finished(self, run: Run, timeout: float = 20) -> Run:
         def finished() -> Run | None:
-            current = self.store.get_run(run.id)
+            current = self.store.runs.get_run(run.id)
             return current if current.state in FINISHED_STATES else None
 
         try:
@@ -84,13 +84,13 @@ class Env:
             raise AssertionError(f"{exc}\n{self.pool.logs()}") from None
 
     def step_workers(self, run: Run) -> list[str]:
-        return [s.result["by"] for s in self.store.steps(run.id)]
+        return [s.result["by"] for s in self.store.runs.steps(run.id)]
 
 
 @pytest.fixture
 def env(db_url: str, tmp_path: Path) -> Iterator[Env]:
     app = build_app(db_url)
-    app.store.count_by_state()  # migrate now, before workers race to do it
+    app.store.runs.count_by_state()  # migrate now, before workers race to do it
     pool = WorkerPool(db_url, tmp_path)
     try:
         yield Env(app=app, pool=pool, record=tmp_path / "record.jsonl")
@@ -128,11 +128,11 @@ def test_sigkill_mid_step_resumes_on_another_worker_within_a_second(env: Env) ->
     assert starts(env, run, 4) == ["B"]
     assert env.step_workers(run) == ["A", "A", "A", "B", "B"]
     assert final.output["by"] == "B"
-    reasons = [e.reason for e in env.store.events(run.id)]
+    reasons = [e.reason for e in env.store.runs.events(run.id)]
     assert any("worker A lost its liveness lock" in r for r in reasons), reasons
     assert not any("expired" in r for r in reasons), reasons
     assert final.stalls == 1
-    states = {w.id: w.state for w in env.store.workers(include_gone=True)}
+    states = {w.id: w.state for w in env.store.runs.workers(include_gone=True)}
     assert states["A"] == "dead"
 
 
@@ -150,9 +150,13 @@ def test_frozen_worker_cannot_write_after_another_took_over(env: Env) -> None:
     assert final.state is RunState.SUCCEEDED, final.error
     assert final.output["by"] == "B"
     assert env.step_workers(run) == ["A", "A", "B", "B", "B"]
-    reasons = [e.reason for e in env.store.events(run.id)]
+    reasons = [e.reason for e in env.store.runs.events(run.id)]
     assert any("lease of worker A expired" in r for r in reasons), reasons
-    before = (env.store.get_run(run.id), env.store.steps(run.id), env.store.events(run.id))
+    before = (
+        env.store.runs.get_run(run.id),
+        env.store.runs.steps(run.id),
+        env.store.runs.events(run.id),
+    )
 
     # Resume A only once its step is overdue: then it finishes the step and submits the
     # checkpoint before its first heartbeat can tell it that the lease is gone.
@@ -166,7 +170,11 @@ def test_frozen_worker_cannot_write_after_another_took_over(env: Env) -> None:
     # (PostgreSQL) its lock unconfirmed, while it was frozen (docs/durability.md).
     tried = env.records(run=run.id, ev="end", pos=2, worker="A")
     assert tried or "stopping run" in a.log(), a.log()
-    after = (env.store.get_run(run.id), env.store.steps(run.id), env.store.events(run.id))
+    after = (
+        env.store.runs.get_run(run.id),
+        env.store.runs.steps(run.id),
+        env.store.runs.events(run.id),
+    )
     assert after == before
     assert not [r for r in env.records(run=run.id, worker="A", ev="start") if r["pos"] > 2]
     assert not env.records(run=run.id, worker="A", ev="return")
@@ -188,7 +196,9 @@ def test_sigterm_releases_the_run_to_another_worker_at_once(env: Env) -> None:
 
     assert final.state is RunState.SUCCEEDED, final.error
     assert final.stalls == 0
-    released = [e for e in env.store.events(run.id) if e.state is RunState.QUEUED and e.worker_id]
+    released = [
+        e for e in env.store.runs.events(run.id) if e.state is RunState.QUEUED and e.worker_id
+    ]
     assert len(released) == 1, released
     assert released[0].worker_id == "A"
     assert "shutting down" in released[0].reason
@@ -201,7 +211,7 @@ def test_sigterm_releases_the_run_to_another_worker_at_once(env: Env) -> None:
     assert starts(env, run, 2) == ["A", "B"]
     assert not env.records(run=run.id, worker="A", ev="end", pos=2)  # cancelled, not finished
     assert env.step_workers(run) == ["A", "A", "B", "B", "B"]
-    states = {w.id: w.state for w in env.store.workers(include_gone=True)}
+    states = {w.id: w.state for w in env.store.runs.workers(include_gone=True)}
     assert states["A"] == "stopped"
 
 
@@ -241,11 +251,11 @@ def kill_and_restart_until_done(env: Env, rng: random.Random) -> int:
     kills = 0
     while True:
         time.sleep(rng.uniform(0.5, 1.0))
-        counts = env.store.count_by_state()
+        counts = env.store.runs.count_by_state()
         if not any(counts.get(s) for s in (RunState.QUEUED, RunState.DELAYED, RunState.RUNNING)):
             break
         assert time.monotonic() < deadline, f"chaos run not done: {counts}\n{env.pool.logs()}"
-        serving = {w.id for w in env.store.workers()}
+        serving = {w.id for w in env.store.runs.workers()}
         ready = [i for i, proc in enumerate(slots) if proc.name in serving]
         if not ready:
             continue
@@ -256,7 +266,7 @@ def kill_and_restart_until_done(env: Env, rng: random.Random) -> int:
     names = {p.name for p in slots}
 
     def registered() -> bool:  # a worker stops cleanly once it has started up
-        return names <= {w.id for w in env.store.workers(include_gone=True)}
+        return names <= {w.id for w in env.store.runs.workers(include_gone=True)}
 
     wait_for(registered, 30, "the last workers to start")
     for proc in slots:
@@ -280,7 +290,7 @@ def steps_executed_after_checkpoint(
     proofs = checkpoint_proofs(records)
     problems = []
     for run in runs:
-        stored = env.store.steps(run.id)
+        stored = env.store.runs.steps(run.id)
         assert [s.position for s in stored] == list(range(CHAOS_STEPS)), run.id
         for s in stored:
             checkpointed = min(s.finished_at, proofs.get((run.id, s.position), s.finished_at))
@@ -301,7 +311,7 @@ def test_chaos_random_sigkills_lose_nothing_and_never_overlap(env: Env) -> None:
     rng = random.Random()
     kills = kill_and_restart_until_done(env, rng)
 
-    finals = [env.store.get_run(r.id) for r in runs]
+    finals = [env.store.runs.get_run(r.id) for r in runs]
     not_ok = {r.id: (r.state.value, r.error) for r in finals if r.state is not RunState.SUCCEEDED}
     assert not not_ok, not_ok
     records = read_records(env.record)
@@ -325,7 +335,7 @@ def test_chaos_random_sigkills_lose_nothing_and_never_overlap(env: Env) -> None:
     recovered = sum(r.stalls for r in finals)
     assert kills >= 5
     assert recovered > 0
-    stalls = [e.reason for r in runs for e in env.store.events(r.id) if "stalled" in e.reason]
+    stalls = [e.reason for r in runs for e in env.store.runs.events(r.id) if "stalled" in e.reason]
     assert len(stalls) == recovered
     gone = "lost its liveness lock"
     assert all(gone in reason for reason in stalls), [r for r in stalls if gone not in r]

@@ -51,11 +51,11 @@ async def run_to_end(
 async def seed_steps(app: App, run_id: str, steps: list[tuple[str, Any]]) -> None:
     """Checkpoint steps for a run as another worker would have, then hand the run back."""
     store = app.store
-    (lease,) = await asyncio.to_thread(store.claim, "earlier-worker", ["default"], 1, 10.0)
+    (lease,) = await asyncio.to_thread(store.runs.claim, "earlier-worker", ["default"], 1, 10.0)
     assert lease.run.id == run_id
     for position, (name, result) in enumerate(steps):
         await asyncio.to_thread(
-            store.save_step,
+            store.runs.save_step,
             lease,
             position=position,
             name=name,
@@ -65,7 +65,7 @@ async def seed_steps(app: App, run_id: str, steps: list[tuple[str, Any]]) -> Non
             attempts=1,
             started_at=store.clock.now(),
         )
-    await asyncio.to_thread(store.finish, lease, RunState.QUEUED, reason="worker went away")
+    await asyncio.to_thread(store.runs.finish, lease, RunState.QUEUED, reason="worker went away")
 
 
 # -- steps and replay ----------------------------------------------------------------------
@@ -93,14 +93,14 @@ async def test_multi_step_workflow_succeeds_and_stores_step_results(app: App) ->
     assert done.state is RunState.SUCCEEDED
     assert done.output == {"a": 6, "b": 12}
     assert seen == {"run_id": done.id, "attempt": 1, "tenant": "default"}
-    steps = await asyncio.to_thread(app.store.steps, done.id)
+    steps = await asyncio.to_thread(app.store.runs.steps, done.id)
     assert [(s.position, s.name, s.status, s.result) for s in steps] == [
         (0, "double", StepStatus.COMPLETED, 6),
         (1, "double", StepStatus.COMPLETED, 12),
         (2, "describe", StepStatus.COMPLETED, {"a": 6, "b": 12}),
     ]
     assert done.started_at is not None and done.finished_at is not None
-    events = await asyncio.to_thread(app.store.events, done.id)
+    events = await asyncio.to_thread(app.store.runs.events, done.id)
     assert [e.state for e in events] == [RunState.QUEUED, RunState.RUNNING, RunState.SUCCEEDED]
 
 
@@ -132,7 +132,7 @@ async def test_retried_run_replays_completed_steps_without_executing_them(app: A
     done = await run_to_end(app, "sync")
     assert done.state is RunState.SUCCEEDED and done.attempt == 2
     assert executions == {"login": 1, "fetch": 2, "save": 1}
-    steps = await asyncio.to_thread(app.store.steps, done.id)
+    steps = await asyncio.to_thread(app.store.runs.steps, done.id)
     assert done.output == f"{steps[0].result}:42"
 
 
@@ -203,7 +203,7 @@ async def test_non_json_step_result_fails_the_step_clearly(app: App) -> None:
     assert "result of step 'stamp' is not JSON-serializable" in done.error["message"]
     assert done.error["step"] == "stamp"
     assert executions["stamp"] == 1, "a serialization error is permanent: no step retry"
-    (record,) = await asyncio.to_thread(app.store.steps, done.id)
+    (record,) = await asyncio.to_thread(app.store.runs.steps, done.id)
     assert record.status is StepStatus.FAILED and record.error is not None
     assert record.error["type"] == "NotSerializable"
 
@@ -240,7 +240,7 @@ async def test_step_retries_with_exponential_backoff(app: App) -> None:
     assert done.state is RunState.SUCCEEDED and done.output == "ok" and done.attempt == 1
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert len(gaps) == 2 and gaps[0] >= 0.095 and gaps[1] >= 0.195, gaps
-    (record,) = await asyncio.to_thread(app.store.steps, done.id)
+    (record,) = await asyncio.to_thread(app.store.runs.steps, done.id)
     assert record.attempts == 3 and record.status is StepStatus.COMPLETED
 
 
@@ -287,7 +287,7 @@ async def test_workflow_retries_are_delayed_then_succeed(app: App) -> None:
     assert [a for a, _ in attempts] == [1, 2, 3]
     assert attempts[1][1] - attempts[0][1] >= 0.095
     assert attempts[2][1] - attempts[1][1] >= 0.195
-    events = await asyncio.to_thread(app.store.events, done.id)
+    events = await asyncio.to_thread(app.store.runs.events, done.id)
     delayed = [e for e in events if e.state is RunState.DELAYED]
     assert [e.reason for e in delayed] == [
         "attempt 1 failed: ConnectionError",
@@ -317,7 +317,7 @@ async def test_errors_are_stored_with_type_message_traceback_step_and_attempt(ap
     )
     assert "ValueError: bad row 7" in error["traceback"]
     assert "in explode" in error["traceback"]
-    (record,) = await asyncio.to_thread(app.store.steps, done.id)
+    (record,) = await asyncio.to_thread(app.store.runs.steps, done.id)
     assert record.status is StepStatus.FAILED and record.attempts == 2
     assert record.error is not None and record.error["message"] == "bad row 7"
 
@@ -326,7 +326,7 @@ async def test_a_run_of_an_unknown_workflow_fails(app: App) -> None:
     @app.workflow(name="known")
     async def known(ctx: RunContext) -> None: ...
 
-    run, _ = await asyncio.to_thread(app.store.enqueue, NewRun(workflow="ghost"))
+    run, _ = await asyncio.to_thread(app.store.runs.enqueue, NewRun(workflow="ghost"))
     async with worker_running(app):
         (done,) = await wait_for_states(app.store, [run.id])
     assert done.state is RunState.FAILED
@@ -354,7 +354,7 @@ async def test_step_timeout_counts_as_a_failed_attempt(app: App) -> None:
     assert done.state is RunState.FAILED
     assert done.error is not None and done.error["type"] == "TimeoutError"
     assert len(calls) == 2
-    (record,) = await asyncio.to_thread(app.store.steps, done.id)
+    (record,) = await asyncio.to_thread(app.store.runs.steps, done.id)
     assert record.status is StepStatus.FAILED and record.attempts == 2
 
 
@@ -377,7 +377,7 @@ async def test_run_timeout_fails_the_run(app: App) -> None:
     assert time.monotonic() - started < 5
     assert done.state is RunState.FAILED
     assert done.error is not None and done.error["type"] == "TimeoutError"
-    steps = await asyncio.to_thread(app.store.steps, done.id)
+    steps = await asyncio.to_thread(app.store.runs.steps, done.id)
     assert [(s.name, s.status) for s in steps] == [("quick", StepStatus.COMPLETED)]
 
 
@@ -401,13 +401,13 @@ async def test_cancelling_a_running_run_stops_it_at_its_next_await(app: App) -> 
         run = await app.enqueue("slow")
         await asyncio.wait_for(entered.wait(), 10)
         asked = time.monotonic()
-        await asyncio.to_thread(app.store.cancel, run.id, actor="test", reason="test")
+        await asyncio.to_thread(app.store.runs.cancel, run.id, actor="test", reason="test")
         (done,) = await wait_for_states(app.store, [run.id], timeout=5)
         assert time.monotonic() - asked < 1.0
         after = await app.enqueue("fast")
         (served,) = await wait_for_states(app.store, [after.id])
     assert done.state is RunState.CANCELLED and done.finished_at is not None
-    events = await asyncio.to_thread(app.store.events, run.id)
+    events = await asyncio.to_thread(app.store.runs.events, run.id)
     assert events[-1].state is RunState.CANCELLED
     assert served.state is RunState.SUCCEEDED, "the worker goes on serving runs"
 
@@ -422,12 +422,14 @@ async def test_cancelling_waiting_runs_before_a_worker_sees_them(app: App) -> No
     queued = await app.enqueue("wf")
     delayed = await app.enqueue("wf", delay=0.1)
     for run in (queued, delayed):
-        await asyncio.to_thread(app.store.cancel, run.id, actor="test", reason="test")
+        await asyncio.to_thread(app.store.runs.cancel, run.id, actor="test", reason="test")
     async with worker_running(app):
         ok = await app.enqueue("wf")
         await wait_for_states(app.store, [ok.id])
         await asyncio.sleep(0.3)  # past the delay
-    states = [(await asyncio.to_thread(app.store.get_run, r.id)).state for r in (queued, delayed)]
+    states = [
+        (await asyncio.to_thread(app.store.runs.get_run, r.id)).state for r in (queued, delayed)
+    ]
     assert states == [RunState.CANCELLED, RunState.CANCELLED]
     assert executed == [ok.id]
 
@@ -485,7 +487,7 @@ async def test_graceful_stop_hands_the_run_back_for_another_worker(db_url: str) 
             await asyncio.wait_for(entered.wait(), 10)
             stopping = time.monotonic()
         assert time.monotonic() - stopping < 2
-        released = await asyncio.to_thread(app.store.get_run, run.id)
+        released = await asyncio.to_thread(app.store.runs.get_run, run.id)
         assert released.state is RunState.QUEUED
         assert (released.stalls, released.attempt, released.lease_owner) == (0, 1, None)
         assert first.stats.released == 1 and first.stats.failed == 0
@@ -495,7 +497,7 @@ async def test_graceful_stop_hands_the_run_back_for_another_worker(db_url: str) 
         assert done.state is RunState.SUCCEEDED and done.output == ["ready", "done"]
         assert done.stalls == 0 and done.attempt == 1
         assert executions == {"prepare": 1, "long": 2}
-        events = await asyncio.to_thread(app.store.events, run.id)
+        events = await asyncio.to_thread(app.store.runs.events, run.id)
         owners = [e.worker_id for e in events if e.state is RunState.RUNNING]
         assert owners == [first.id, second.id]
     finally:

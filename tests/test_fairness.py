@@ -33,23 +33,23 @@ def store(db_url: str) -> Iterator[RunStore]:
 
 
 def add(store: RunStore, tenant: str, n: int) -> None:
-    store.enqueue_many([NewRun(workflow="noop", tenant=tenant) for _ in range(n)])
+    store.runs.enqueue_many([NewRun(workflow="noop", tenant=tenant) for _ in range(n)])
 
 
 def take(store: RunStore, n: int, limit: int = 1) -> list[str]:
     """Claim and finish `n` runs, `limit` per claim; the tenant of each, in claim order."""
     tenants: list[str] = []
     while len(tenants) < n:
-        leases = store.claim("w1", ["default"], min(limit, n - len(tenants)), 30.0)
+        leases = store.runs.claim("w1", ["default"], min(limit, n - len(tenants)), 30.0)
         assert leases, "there was work to claim"
         for lease in leases:
             tenants.append(lease.run.tenant)
-            store.finish(lease, RunState.SUCCEEDED, reason="done", output=json.dumps(None))
+            store.runs.finish(lease, RunState.SUCCEEDED, reason="done", output=json.dumps(None))
     return tenants
 
 
 def waiting(app: App, tenant: str) -> int:
-    return app.store.queue("default", tenant=tenant).counts.get("queued", 0)
+    return app.store.controls.queue("default", tenant=tenant).counts.get("queued", 0)
 
 
 async def test_a_small_tenant_finishes_while_a_big_backlog_waits(db_url: str) -> None:
@@ -68,20 +68,20 @@ async def test_a_small_tenant_finishes_while_a_big_backlog_waits(db_url: str) ->
         started = time.monotonic()
         async with worker_running(app, concurrency=10):
             while True:
-                b = await asyncio.to_thread(lambda: app.store.queue("default", tenant="b"))
+                b = await asyncio.to_thread(lambda: app.store.controls.queue("default", tenant="b"))
                 if sum(b.counts.get(s.value, 0) for s in FINISHED_STATES) == 50:
                     break
                 assert time.monotonic() - started < 60, f"b did not finish: {b.counts}"
                 await asyncio.sleep(0.02)
             a_waiting = await asyncio.to_thread(waiting, app, "a")
         assert a_waiting > 4000, f"only {a_waiting} of a's runs still wait"
-        assert app.store.queue("default", tenant="b").counts == {"succeeded": 50}
+        assert app.store.controls.queue("default", tenant="b").counts == {"succeeded": 50}
     finally:
         app.close()
 
 
 def test_weights_share_the_claims(store: RunStore) -> None:
-    store.set_tenant("heavy", actor=ACTOR, reason="premium plan", weight=3.0)
+    store.controls.set_tenant("heavy", actor=ACTOR, reason="premium plan", weight=3.0)
     add(store, "heavy", 200)
     add(store, "light", 200)
     claims = Counter(take(store, 80, limit=4))
@@ -127,9 +127,9 @@ def test_a_new_tenant_gets_its_share_not_a_burst(store: RunStore) -> None:
 
 
 def test_a_tenant_limit_does_not_stall_other_tenants(store: RunStore) -> None:
-    store.set_tenant("capped", actor=ACTOR, reason="small plan", concurrency=2)
+    store.controls.set_tenant("capped", actor=ACTOR, reason="small plan", concurrency=2)
     add(store, "capped", 50)
     add(store, "free", 10)
-    leases = store.claim("w1", ["default"], 20, 30.0)
+    leases = store.runs.claim("w1", ["default"], 20, 30.0)
     got: Counter[Any] = Counter(lease.run.tenant for lease in leases)
     assert got == {"capped": 2, "free": 10}

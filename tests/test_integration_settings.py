@@ -177,13 +177,13 @@ async def test_input_naming_a_setting_is_refused_at_enqueue_and_retry_in_every_w
         RunRequest(workflow="crm.sync", tenant="acme", integration=made["id"], input={"n": 1})
     )
     slipped = dataclasses.replace(request, input={"n": 1, "console": "http://127.0.0.1:9/"})
-    [(run_, _)] = app.store.enqueue_many([slipped])
+    [(run_, _)] = app.store.runs.enqueue_many([slipped])
     async with worker_running(app):
         (failed,) = await wait_for_states(app.store, [run_.id])
     assert failed.state is RunState.FAILED and failed.attempt == 1
     assert failed.error is not None and failed.error["type"] == "PermanentError"
     assert "input.console: is a setting of connector 'crm'" in failed.error["message"]
-    assert app.store.steps(failed.id) == [], "its credentials were never opened"
+    assert app.store.runs.steps(failed.id) == [], "its credentials were never opened"
 
 
 # -- the CLI -------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_cli_updates_settings_validated_and_audited_and_refuses_settings_as_inpu
 ) -> None:
     app = build_app(db_url)
     try:
-        app.store.create_tenant("acme", actor="test")
+        app.store.accounts.create_tenant("acme", actor="test")
         made = integrations.create(
             app.store,
             load_keyring(app.settings),
@@ -252,12 +252,12 @@ def test_cli_updates_settings_validated_and_audited_and_refuses_settings_as_inpu
 
     app = build_app(db_url)
     try:
-        entries = app.store.audit_log(tenant="acme")
+        entries = app.store.admin.audit_log(tenant="acme")
         [change] = [e for e in entries if e.action == "integration.update"]
         assert change.actor == "ada"
         assert change.detail["settings"]["console"] == "https://eu.crm.acme.example"
         assert change.detail["previous_settings"]["console"] == "https://crm.acme.example"
-        assert len(app.store.list_runs(RunFilter(tenant="acme"))) == 1, "no retry was made"
+        assert len(app.store.runs.list_runs(RunFilter(tenant="acme"))) == 1, "no retry was made"
     finally:
         app.close()
 
@@ -278,7 +278,7 @@ def test_cli_settings_through_the_api_are_for_admin_keys(
             assert_one_line_error(code, err, "role (operator) may not do this (needs admin)")
         else:
             assert '"region":"ap"' in out
-    assert api.app.store.integration(made["id"]).settings["region"] == "ap"
+    assert api.app.store.accounts.integration(made["id"]).settings["region"] == "ap"
 
 
 # -- the exploit of the issue, end to end ------------------------------------------------------
@@ -335,7 +335,7 @@ class Served:
 def served(db_url: str) -> Iterator[Served]:
     app = exploit_app(db_url)
     try:
-        app.store.create_tenant("acme", actor="test")
+        app.store.accounts.create_tenant("acme", actor="test")
         keys = {
             role: create_key(app.store, tenant="acme", role=role, name=str(role), actor="t")[1]
             for role in (Role.ADMIN, Role.OPERATOR)
@@ -433,7 +433,7 @@ async def test_a_connector_that_takes_its_login_page_from_input_still_cannot_lea
             in leaked.error["message"]
         )
         assert f"allow only {good.url}" in leaked.error["message"]
-        artifacts = await asyncio.to_thread(s.app.store.artifacts, leaked.id)
+        artifacts = await asyncio.to_thread(s.app.store.sessions.artifacts, leaked.id)
         assert {a.kind for a in artifacts} >= {"screenshot", "html", "log"}
         with s.client(s.operator) as operator:
             log = next(a for a in artifacts if a.kind == "log")

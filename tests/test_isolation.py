@@ -101,7 +101,7 @@ async def test_cancelling_kills_the_runs_process(app: App, tmp_path: Path) -> No
     run = await app.enqueue("iso.sleep", {"pidfile": str(pidfile)})
     async with worker_running(app):
         child = await _pid_from(pidfile)
-        await asyncio.to_thread(app.store.cancel, run.id, actor="test", reason="stop it")
+        await asyncio.to_thread(app.store.runs.cancel, run.id, actor="test", reason="stop it")
         [done] = await wait_for_states(app.store, [run.id], timeout=10)
     assert done.state is RunState.CANCELLED
     assert not _alive(child)
@@ -153,11 +153,16 @@ async def test_a_pause_stops_an_isolated_run_at_its_next_step(app: App, tmp_path
     async with worker_running(app):
         await wait_for_states(app.store, [run.id], {RunState.RUNNING}, timeout=20)
         await asyncio.to_thread(
-            app.store.pause, "workflow", "iso.steps", actor="test", reason="hold", drain=False
+            app.store.controls.pause,
+            "workflow",
+            "iso.steps",
+            actor="test",
+            reason="hold",
+            drain=False,
         )
         [held] = await wait_for_states(app.store, [run.id], {RunState.PAUSED}, timeout=30)
         await asyncio.to_thread(
-            app.store.resume, "workflow", "iso.steps", actor="test", reason="go on"
+            app.store.controls.resume, "workflow", "iso.steps", actor="test", reason="go on"
         )
         [done] = await wait_for_states(app.store, [run.id], timeout=30)
     assert held.attempt == 1 and held.error is None
@@ -173,7 +178,7 @@ async def test_an_isolated_run_reads_its_settings_and_its_secrets_keep_to_their_
     app.connectors.update(isolated_app.app.connectors)
     app.workflows.update(isolated_app.app.workflows)
     try:
-        app.store.create_tenant("t1", actor="test")
+        app.store.accounts.create_tenant("t1", actor="test")
         with serve_site() as good, serve_site() as evil:
             made = integrations.create(
                 app.store,

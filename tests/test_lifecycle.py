@@ -63,29 +63,29 @@ def test_undeclared_moves_are_refused(
 
 
 def test_an_illegal_move_writes_nothing(store: RunStore) -> None:
-    run, _ = store.enqueue(NewRun(workflow="w", input={}, tenant="t"))
-    (lease,) = store.claim("w1", ["default"], 1, 30)
+    run, _ = store.runs.enqueue(NewRun(workflow="w", input={}, tenant="t"))
+    (lease,) = store.runs.claim("w1", ["default"], 1, 30)
     b = store.backend
     refused = pytest.raises(IllegalMove, match="cancel cannot move a run from running to cancelled")
     with refused, b.transaction() as tx:
         row = tx.execute("SELECT * FROM runs WHERE id = :id", {"id": run.id})[0]
         moves.move(tx, b, Move.CANCEL, [Change(row, RunState.CANCELLED, "no")], 0.0)
-    assert store.get_run(run.id).state is RunState.RUNNING
-    assert store.finish(lease, RunState.SUCCEEDED, reason="done") is RunState.SUCCEEDED
+    assert store.runs.get_run(run.id).state is RunState.RUNNING
+    assert store.runs.finish(lease, RunState.SUCCEEDED, reason="done") is RunState.SUCCEEDED
 
 
 def test_a_run_moved_since_it_was_read_is_not_moved_again(store: RunStore) -> None:
     """Moves apply only from the state the caller read: a lost race moves nothing."""
-    run, _ = store.enqueue(NewRun(workflow="w", input={}, tenant="t"))
+    run, _ = store.runs.enqueue(NewRun(workflow="w", input={}, tenant="t"))
     b = store.backend
     with b.transaction() as tx:
         stale = tx.execute("SELECT * FROM runs WHERE id = :id", {"id": run.id})[0]
-    store.claim("w1", ["default"], 1, 30)
+    store.runs.claim("w1", ["default"], 1, 30)
     with b.transaction() as tx:
         moved = moves.move(tx, b, Move.HOLD, [Change(stale, RunState.PAUSED, "late")], 0.0)
     assert moved == []
-    assert store.get_run(run.id).state is RunState.RUNNING
-    assert [e.reason for e in store.events(run.id)] == ["enqueued", "leased"]
+    assert store.runs.get_run(run.id).state is RunState.RUNNING
+    assert [e.reason for e in store.runs.events(run.id)] == ["enqueued", "leased"]
 
 
 # Statements that write a run's state: an UPDATE of runs setting state (before its WHERE or

@@ -77,17 +77,19 @@ def test_a_dropped_lock_is_taken_back_and_its_worker_never_declared(
     store: RunStore, pg_url: str
 ) -> None:
     holder = store.backend.hold_liveness(4242, "w1")
-    store.register_worker("w1", host="h", pid=1, queues=["default"], concurrency=1, lock_key=4242)
+    store.runs.register_worker(
+        "w1", host="h", pid=1, queues=["default"], concurrency=1, lock_key=4242
+    )
     try:
         for _ in range(5):
             assert terminate(pg_url, LIVENESS) == 1
             wait_for(lambda: lock_held(pg_url, 4242), 5, "the lock to be taken back")
-            assert store.recover("w2", max_stalls=3).lost_workers == []
+            assert store.runs.recover("w2", max_stalls=3).lost_workers == []
             assert not holder.ended()
         wait_for(lambda: not holder.unconfirmed(), 2, "the lock to be confirmed")
     finally:
         holder.close()
-    [w1] = [w for w in store.workers() if w.id == "w1"]
+    [w1] = [w for w in store.runs.workers() if w.id == "w1"]
     assert w1.state == "alive"
 
 
@@ -96,8 +98,10 @@ import sys, time
 from greenroom.storage import open_store
 store = open_store(sys.argv[1])
 handle = store.backend.hold_liveness(777, "frozen")
-store.register_worker("frozen", host="h", pid=0, queues=["default"], concurrency=1, lock_key=777)
-print(len(store.claim("frozen", ["default"], 1, 3600.0)), flush=True)
+store.runs.register_worker(
+    "frozen", host="h", pid=0, queues=["default"], concurrency=1, lock_key=777
+)
+print(len(store.runs.claim("frozen", ["default"], 1, 3600.0)), flush=True)
 sys.stdin.readline()
 deadline = time.monotonic() + 10
 while not handle.ended() and time.monotonic() < deadline:
@@ -112,7 +116,7 @@ def test_a_worker_declared_lost_cannot_take_its_lock_back(
 ) -> None:
     """Frozen while its connection is dropped, the worker is declared lost; woken, it finds
     its lock gone for good, and its runs are handed out only after the grace."""
-    run, _ = store.enqueue(NewRun(workflow="wf"))
+    run, _ = store.runs.enqueue(NewRun(workflow="wf"))
     with subprocess.Popen(
         [sys.executable, "-c", _FROZEN, pg_url],
         stdin=subprocess.PIPE,
@@ -126,7 +130,7 @@ def test_a_worker_declared_lost_cannot_take_its_lock_back(
             proc.send_signal(signal.SIGSTOP)
             assert terminate(pg_url, LIVENESS) == 1
             wait_for(lambda: not lock_held(pg_url, 777), 5, "the server to drop the lock")
-            recovery = store.recover("w2", max_stalls=3)
+            recovery = store.runs.recover("w2", max_stalls=3)
             assert recovery.lost_workers == ["frozen"]
             assert recovery.requeued == []
             grace = store.backend.liveness_grace
@@ -140,12 +144,12 @@ def test_a_worker_declared_lost_cannot_take_its_lock_back(
             proc.send_signal(signal.SIGCONT)
             proc.kill()
     clock.advance(grace - 0.01)
-    assert store.recover("w2", max_stalls=3).requeued == []
+    assert store.runs.recover("w2", max_stalls=3).requeued == []
     clock.advance(0.01)
-    assert store.recover("w2", max_stalls=3).requeued == [run.id]
-    events = store.events(run.id)
+    assert store.runs.recover("w2", max_stalls=3).requeued == [run.id]
+    events = store.runs.events(run.id)
     assert events[-1].reason == "stalled: worker frozen lost its liveness lock"
-    states = {w.id: w.state for w in store.workers(include_gone=True)}
+    states = {w.id: w.state for w in store.runs.workers(include_gone=True)}
     assert states["frozen"] == "dead"
 
 
@@ -171,7 +175,7 @@ def _workers_under(
     `disturb(done)` does its worst; every run's record and the workers' logs."""
     observed = pg_url + f"?application_name={OBSERVER}"
     app = build_app(observed)
-    app.store.count_by_state()
+    app.store.runs.count_by_state()
     record = tmp_path / "record.jsonl"
     pool = WorkerPool(pg_url, tmp_path, {"concurrency": 8, "max_stalls": 100})
     try:
@@ -184,12 +188,12 @@ def _workers_under(
         ]
         for name in ("A", "B", "C"):
             pool.start(name)
-        wait_for(lambda: len(app.store.workers()) == 3, 30, "three workers")
+        wait_for(lambda: len(app.store.runs.workers()) == 3, 30, "three workers")
         wait_for(lambda: read_records(record), 10, "the first step")
 
         def done() -> bool:
             try:
-                counts = app.store.count_by_state()
+                counts = app.store.runs.count_by_state()
             except psycopg.OperationalError:
                 return False  # the server restarting
             return not any(counts.get(s) for s in (RunState.QUEUED, RunState.RUNNING))
@@ -199,7 +203,7 @@ def _workers_under(
             wait_for(done, 90, "every run to finish", interval=0.2)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{pool.logs()}") from None
-        finals = [app.store.get_run(r.id) for r in long_runs + short_runs]
+        finals = [app.store.runs.get_run(r.id) for r in long_runs + short_runs]
         failed = {r.id: r.error for r in finals if r.state is not RunState.SUCCEEDED}
         assert not failed, failed
         return read_records(record), pool.logs()
@@ -348,8 +352,8 @@ async def test_a_run_whose_heartbeats_are_held_up_stops_before_its_lease_expires
             assert stopped[0] < expires
             reason = "released: its lease expires before a heartbeat renewed it"
             deadline = time.monotonic() + 10
-            while reason not in [e.reason for e in app.store.events(run.id)]:
-                assert time.monotonic() < deadline, app.store.events(run.id)
+            while reason not in [e.reason for e in app.store.runs.events(run.id)]:
+                assert time.monotonic() < deadline, app.store.runs.events(run.id)
                 await asyncio.sleep(0.05)
     finally:
         app.close()

@@ -42,12 +42,12 @@ def test_a_login_held_by_a_run_that_lost_its_lease_is_taken_over(db_url: str) ->
     store = app.store
     for _ in range(2):
         app.enqueue_sync("sync")
-    [first] = store.claim("w1", ["default"], 1, 30.0)
-    [second] = store.claim("w2", ["default"], 1, 30.0)
-    assert store.take_login(first)
-    assert not store.take_login(second)
-    assert store.take_login(first)  # the holder may take it again
-    store.finish(first, RunState.SUCCEEDED, reason="done")  # ended without releasing it
-    assert store.take_login(second)
-    store.release_login(second)
+    [first] = store.runs.claim("w1", ["default"], 1, 30.0)
+    [second] = store.runs.claim("w2", ["default"], 1, 30.0)
+    assert store.sessions.take_login(first)
+    assert not store.sessions.take_login(second)
+    assert store.sessions.take_login(first)  # the holder may take it again
+    store.runs.finish(first, RunState.SUCCEEDED, reason="done")  # ended without releasing it
+    assert store.sessions.take_login(second)
+    store.sessions.release_login(second)
     app.close()

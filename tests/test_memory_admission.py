@@ -63,7 +63,7 @@ async def test_an_isolated_runs_browser_counts_against_the_budget(
         with_run = worker.memory.used_bytes()
         browser = browser_rss_by_owner().get(child, 0)
         own_group = group_rss_bytes(child)
-        await asyncio.to_thread(app.store.cancel, run.id, actor="test", reason="done")
+        await asyncio.to_thread(app.store.runs.cancel, run.id, actor="test", reason="done")
         await wait_for_states(app.store, [run.id], timeout=20)
     app.close()
     assert browser > 50 * MB, "the run's own Chromium is running"

@@ -101,8 +101,8 @@ def test_after_the_server_drops_connections_only_the_first_transaction_fails(
             killed = sum(1 for row in conn.execute(_VICTIMS) if row[0])
         assert killed >= 3, "the pool held several connections, all dropped now"
         with pytest.raises(psycopg.OperationalError):
-            store.count_by_state()
+            store.runs.count_by_state()
         # The failed transaction tested the idle connections: none of the dead ones is reused.
-        assert store.count_by_state() == {}
+        assert store.runs.count_by_state() == {}
     finally:
         store.backend.close()

@@ -31,56 +31,56 @@ def failed(
     store: RunStore, tenant: str = "t1", message: str = "row 3 not found", queue: str = "default"
 ) -> Run:
     """A run that failed in its first step."""
-    run = store.enqueue(NewRun(workflow="sync", tenant=tenant, queue=queue))[0]
-    (lease,) = store.claim("w1", [queue], 1, 30.0)
+    run = store.runs.enqueue(NewRun(workflow="sync", tenant=tenant, queue=queue))[0]
+    (lease,) = store.runs.claim("w1", [queue], 1, 30.0)
     assert lease.run.id == run.id
     error = describe_error(LookupError(message), step="read_users", attempt=1)
-    store.finish(lease, RunState.FAILED, reason="failed", error=error)
-    return store.get_run(run.id)
+    store.runs.finish(lease, RunState.FAILED, reason="failed", error=error)
+    return store.runs.get_run(run.id)
 
 
 def end(store: RunStore, run: Run, state: RunState) -> None:
     """Let the run be executed to `state` by a worker."""
-    (lease,) = store.claim("w1", [run.queue], 1, 30.0)
+    (lease,) = store.runs.claim("w1", [run.queue], 1, 30.0)
     assert lease.run.id == run.id
     error = None
     if state is RunState.FAILED:
         error = describe_error(LookupError("row 3 not found"), step="read_users", attempt=1)
-    store.finish(lease, state, reason="done", output="1", error=error)
+    store.runs.finish(lease, state, reason="done", output="1", error=error)
 
 
 def test_a_retried_run_is_superseded_and_a_second_retry_is_refused(store: RunStore) -> None:
     old = failed(store)
-    first = store.retry_run(old.id, actor=ACTOR, reason="layout fixed")
-    assert store.get_run(old.id).superseded_by == first.id
+    first = store.admin.retry_run(old.id, actor=ACTOR, reason="layout fixed")
+    assert store.runs.get_run(old.id).superseded_by == first.id
     assert first.superseded_by is None
     for state in (RunState.QUEUED, RunState.SUCCEEDED):  # pending, then done: refused alike
         with pytest.raises(Conflict, match=f"already retried as {first.id}"):
-            store.retry_run(old.id, actor=ACTOR, reason="again")
+            store.admin.retry_run(old.id, actor=ACTOR, reason="again")
         if state is RunState.QUEUED:
             end(store, first, RunState.SUCCEEDED)
-    assert [r.retry_of for r in store.list_runs(RunFilter(limit=10))] == [old.id]
+    assert [r.retry_of for r in store.runs.list_runs(RunFilter(limit=10))] == [old.id]
 
-    forced = store.retry_run(old.id, actor=ACTOR, reason="re-check the export", force=True)
+    forced = store.admin.retry_run(old.id, actor=ACTOR, reason="re-check the export", force=True)
     assert forced.retry_of == old.id
-    assert store.get_run(old.id).superseded_by == forced.id
-    audit = store.audit_log()[0]
+    assert store.runs.get_run(old.id).superseded_by == forced.id
+    audit = store.admin.audit_log()[0]
     assert (audit.action, audit.reason) == ("retry", "re-check the export")
     assert audit.detail["superseded_retry"] == first.id
 
 
 def test_a_chain_of_retries_is_stood_for_by_its_newest_run(store: RunStore) -> None:
     old = failed(store)
-    second = store.retry_run(old.id, actor=ACTOR, reason="try again")
+    second = store.admin.retry_run(old.id, actor=ACTOR, reason="try again")
     end(store, second, RunState.FAILED)
-    third = store.retry_run(second.id, actor=ACTOR, reason="fixed now")
-    assert store.get_run(old.id).superseded_by == third.id
-    assert store.get_run(second.id).superseded_by == third.id
+    third = store.admin.retry_run(second.id, actor=ACTOR, reason="fixed now")
+    assert store.runs.get_run(old.id).superseded_by == third.id
+    assert store.runs.get_run(second.id).superseded_by == third.id
     with pytest.raises(Conflict, match=third.id):
-        store.retry_run(old.id, actor=ACTOR, reason="by accident")
-    failures = store.list_runs(RunFilter(states=[RunState.FAILED]))
+        store.admin.retry_run(old.id, actor=ACTOR, reason="by accident")
+    failures = store.runs.list_runs(RunFilter(states=[RunState.FAILED]))
     assert failures == []
-    shown = store.list_runs(RunFilter(states=[RunState.FAILED], include_superseded=True))
+    shown = store.runs.list_runs(RunFilter(states=[RunState.FAILED], include_superseded=True))
     assert {r.id for r in shown} == {old.id, second.id}
 
 
@@ -88,29 +88,29 @@ def test_views_show_that_a_fix_worked(store: RunStore) -> None:
     runs = [failed(store) for _ in range(3)]
     other = failed(store, message="password rejected")
     [group] = {r.error_group for r in runs}
-    by_group = {g.fingerprint: g for g in store.error_groups()}
+    by_group = {g.fingerprint: g for g in store.admin.error_groups()}
     assert (by_group[group].open, by_group[group].resolved) == (3, 0)
 
-    plan = store.retry_where(RunFilter(error_group=group), actor=ACTOR, reason="layout fixed")
+    plan = store.admin.retry_where(RunFilter(error_group=group), actor=ACTOR, reason="layout fixed")
     assert (plan.matched, plan.skipped_superseded) == (3, 0)
-    done = store.retry_where(
+    done = store.admin.retry_where(
         RunFilter(error_group=group), actor=ACTOR, reason="layout fixed", dry_run=False
     )
     assert len(done.new_runs) == 3
     for run_id in done.new_runs[:2]:
-        end(store, store.get_run(run_id), RunState.SUCCEEDED)
+        end(store, store.runs.get_run(run_id), RunState.SUCCEEDED)
 
-    by_group = {g.fingerprint: g for g in store.error_groups()}
+    by_group = {g.fingerprint: g for g in store.admin.error_groups()}
     assert (by_group[group].open, by_group[group].resolved) == (0, 2)
     assert by_group[group].occurrences == 3
     assert (by_group[other.error_group].open, by_group[other.error_group].resolved) == (1, 0)
-    assert [r.id for r in store.list_runs(RunFilter(states=[RunState.FAILED]))] == [other.id]
-    [queue] = store.queues()
+    assert [r.id for r in store.runs.list_runs(RunFilter(states=[RunState.FAILED]))] == [other.id]
+    [queue] = store.controls.queues()
     assert queue.counts.get("failed") == 1
-    again = store.retry_where(RunFilter(error_group=group), actor=ACTOR, reason="again")
+    again = store.admin.retry_where(RunFilter(error_group=group), actor=ACTOR, reason="again")
     assert (again.matched, again.skipped_superseded) == (0, 3)
     assert (
-        store.retry_where(
+        store.admin.retry_where(
             RunFilter(error_group=group), actor=ACTOR, reason="again", dry_run=False
         ).new_runs
         == []
@@ -140,19 +140,19 @@ def test_concurrent_retries_of_one_run_create_one_retry(store: RunStore, db_url:
             old = failed(store, queue=f"q{attempt}")
 
             def retry(i: int, run_id: str = old.id) -> Run:
-                return stores[i].retry_run(run_id, actor=ACTOR, reason="at once")
+                return stores[i].admin.retry_run(run_id, actor=ACTOR, reason="at once")
 
             outcomes = _at_once(4, retry)
             made = [o for o in outcomes if isinstance(o, Run)]
             refused = [o for o in outcomes if isinstance(o, Conflict)]
             assert len(made) == 1 and len(refused) == 3, outcomes
-            retries = store.list_runs(RunFilter(limit=100))
+            retries = store.runs.list_runs(RunFilter(limit=100))
             assert [r.id for r in retries if r.retry_of == old.id] == [made[0].id]
 
         many = [failed(store, queue="bulk") for _ in range(5)]
         bulk = _at_once(
             2,
-            lambda i: stores[i].retry_where(
+            lambda i: stores[i].admin.retry_where(
                 RunFilter(states=[RunState.FAILED]), actor=ACTOR, reason="bulk", dry_run=False
             ),
         )
@@ -160,7 +160,7 @@ def test_concurrent_retries_of_one_run_create_one_retry(store: RunStore, db_url:
             run_id for b in bulk if not isinstance(b, BaseException) for run_id in b.new_runs
         ]
         assert len(new_runs) == 5, bulk
-        assert sorted(store.get_run(r).retry_of or "" for r in new_runs) == sorted(
+        assert sorted(store.runs.get_run(r).retry_of or "" for r in new_runs) == sorted(
             r.id for r in many
         )
     finally:
@@ -185,13 +185,13 @@ def test_two_processes_retrying_one_run_create_one_retry(store: RunStore, db_url
     assert sorted(code for code, _, _ in results) == [0, 2], results
     [(_, out, _)] = [r for r in results if r[0] == 0]
     [(_, _, err)] = [r for r in results if r[0] == 2]
-    new_id = store.get_run(old.id).superseded_by
+    new_id = store.runs.get_run(old.id).superseded_by
     assert new_id is not None and new_id in out
     assert err.strip() == (
         f"error: run {old.id} was already retried as {new_id}: retry that run, or force a"
         " second retry of this one (force, with a reason)"
     )
-    assert [r.retry_of for r in store.list_runs(RunFilter(limit=10))] == [old.id]
+    assert [r.retry_of for r in store.runs.list_runs(RunFilter(limit=10))] == [old.id]
 
 
 def test_the_api_refuses_a_second_retry_and_makes_one_of_two_at_once(api: ApiSetup) -> None:
@@ -236,7 +236,7 @@ def test_the_api_refuses_a_second_retry_and_makes_one_of_two_at_once(api: ApiSet
 
 
 def test_a_unique_prefix_of_eight_characters_stands_for_a_run_id(store: RunStore) -> None:
-    others = [store.enqueue(NewRun(workflow="sync", queue="other"))[0] for _ in range(2)]
+    others = [store.runs.enqueue(NewRun(workflow="sync", queue="other"))[0] for _ in range(2)]
     with store.backend.transaction() as tx:  # two ids that share their first 9 characters
         for run, new_id in zip(others, ("abcdef01-1111", "abcdef01-2222"), strict=True):
             tx.execute("DELETE FROM run_events WHERE run_id = :old", {"old": run.id})
@@ -245,14 +245,14 @@ def test_a_unique_prefix_of_eight_characters_stands_for_a_run_id(store: RunStore
                 {"new": new_id + run.id[13:], "old": run.id},
             )
     third = failed(store)
-    assert store.get_run(third.id[:8]).id == third.id
-    assert store.get_run(third.id[:20]).id == third.id
+    assert store.runs.get_run(third.id[:8]).id == third.id
+    assert store.runs.get_run(third.id[:20]).id == third.id
     with pytest.raises(InvalidInput, match="abcdef01- is ambiguous: it may be abcdef01-1111"):
-        store.get_run("abcdef01-")
-    assert store.get_run("abcdef01-2").id.startswith("abcdef01-2222")
+        store.runs.get_run("abcdef01-")
+    assert store.runs.get_run("abcdef01-2").id.startswith("abcdef01-2222")
     with pytest.raises(NotFound):
-        store.get_run(third.id[:7])  # too short to stand for an id
+        store.runs.get_run(third.id[:7])  # too short to stand for an id
     with pytest.raises(NotFound):
-        store.get_run(third.id[:8], tenant="another tenant")
-    new = store.retry_run(third.id[:8], actor=ACTOR, reason="by prefix")
+        store.runs.get_run(third.id[:8], tenant="another tenant")
+    new = store.admin.retry_run(third.id[:8], actor=ACTOR, reason="by prefix")
     assert new.retry_of == third.id

@@ -190,7 +190,7 @@ def test_bounds_on_labels_and_start_times(api: ApiSetup) -> None:
         fifty = {f"k{i}": "v" for i in range(50)}
         r = c.post("/v1/runs", json={"workflow": "plain.echo", "labels": fifty})
         assert r.status_code == 201, r.text
-    assert len(api.app.store.list_runs(RunFilter())) == 1
+    assert len(api.app.store.runs.list_runs(RunFilter())) == 1
 
 
 def test_the_python_api_and_the_store_follow_the_same_rule(api: ApiSetup) -> None:
@@ -212,24 +212,24 @@ def test_the_python_api_and_the_store_follow_the_same_rule(api: ApiSetup) -> Non
             app.enqueue_sync("plain.echo", {}, **options)
     with pytest.raises(InvalidInput, match="run input key"):
         app.enqueue_sync("plain.echo", {"a\x00": 1})
-    assert store.list_runs(RunFilter()) == []
+    assert store.runs.list_runs(RunFilter()) == []
     for call in [
-        lambda: store.create_tenant("a/b", actor="t"),
-        lambda: store.pause(PauseScope.WORKFLOW, "w\x00", actor="t", reason="r"),
-        lambda: store.pause(PauseScope.LABEL, "v", label="bad key", actor="t", reason="r"),
-        lambda: store.pause(PauseScope.QUEUE, "default", actor="t", reason="why\x85"),
-        lambda: store.list_runs(RunFilter(workflow="w\x00")),
-        lambda: store.list_runs(RunFilter(label=("k", "v\x00"))),
+        lambda: store.accounts.create_tenant("a/b", actor="t"),
+        lambda: store.controls.pause(PauseScope.WORKFLOW, "w\x00", actor="t", reason="r"),
+        lambda: store.controls.pause(PauseScope.LABEL, "v", label="bad key", actor="t", reason="r"),
+        lambda: store.controls.pause(PauseScope.QUEUE, "default", actor="t", reason="why\x85"),
+        lambda: store.runs.list_runs(RunFilter(workflow="w\x00")),
+        lambda: store.runs.list_runs(RunFilter(label=("k", "v\x00"))),
         # Numbers the database's 32-bit columns cannot hold are refused, not a database error.
-        lambda: store.set_tenant("acme", actor="t", reason="r", concurrency=2**31),
+        lambda: store.controls.set_tenant("acme", actor="t", reason="r", concurrency=2**31),
         lambda: create_key(
             store, tenant="acme", role=Role.VIEWER, name="k", actor="t", rate_limit=2**31
         ),
-        lambda: store.set_queue("default", actor="t", reason="r", max_attempts=2**31),
+        lambda: store.controls.set_queue("default", actor="t", reason="r", max_attempts=2**31),
     ]:
         with pytest.raises(InvalidInput):
             call()
-    assert store.pauses() == []
+    assert store.controls.pauses() == []
 
 
 def test_the_cli_refuses_control_characters_in_one_line(

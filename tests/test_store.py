@@ -48,11 +48,11 @@ def app(db_url: str, clock: ManualClock) -> Iterator[App]:
 
 
 def enqueue(store: RunStore, workflow: str = "wf", **kw: Any) -> Run:
-    return store.enqueue(NewRun(workflow=workflow, **kw))[0]
+    return store.runs.enqueue(NewRun(workflow=workflow, **kw))[0]
 
 
 def claim(store: RunStore, worker: str = "w1", limit: int = 10, **kw: Any) -> list[Lease]:
-    return store.claim(worker, kw.get("queues", ["default"]), limit, kw.get("lease", LEASE))
+    return store.runs.claim(worker, kw.get("queues", ["default"]), limit, kw.get("lease", LEASE))
 
 
 def claimed_ids(leases: list[Lease]) -> list[str]:
@@ -60,11 +60,11 @@ def claimed_ids(leases: list[Lease]) -> list[str]:
 
 
 def succeed(store: RunStore, lease: Lease, output: Any = None) -> None:
-    store.finish(lease, RunState.SUCCEEDED, reason="done", output=json.dumps(output))
+    store.runs.finish(lease, RunState.SUCCEEDED, reason="done", output=json.dumps(output))
 
 
 def save_step(store: RunStore, lease: Lease, position: int, result: Any) -> None:
-    store.save_step(
+    store.runs.save_step(
         lease,
         position=position,
         name=f"step{position}",
@@ -77,7 +77,7 @@ def save_step(store: RunStore, lease: Lease, position: int, result: Any) -> None
 
 
 def timeline(store: RunStore, run_id: str) -> list[RunState]:
-    return [e.state for e in store.events(run_id)]
+    return [e.state for e in store.runs.events(run_id)]
 
 
 # -- enqueue -------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_enqueue_round_trips_input_labels_and_options(store: RunStore) -> None:
         max_attempts=4,
         timeout=30.0,
     )
-    got = store.get_run(run.id)
+    got = store.runs.get_run(run.id)
     assert got == run
     assert got.state is RunState.QUEUED
     assert got.input == payload
@@ -154,13 +154,13 @@ def test_bad_enqueue_is_refused_and_stores_nothing(
 ) -> None:
     with pytest.raises(error, match=message.replace("(", r"\(")):
         app.enqueue_sync(workflow, input, **options)
-    assert app.store.count_by_state() == {}
+    assert app.store.runs.count_by_state() == {}
 
 
 def test_non_object_input_is_refused(app: App) -> None:
     with pytest.raises(InvalidInput, match="JSON object"):
         app.enqueue_sync("plain", [1, 2])  # type: ignore[arg-type]
-    assert app.store.count_by_state() == {}
+    assert app.store.runs.count_by_state() == {}
 
 
 def test_batch_with_one_bad_run_stores_nothing(app: App) -> None:
@@ -168,19 +168,21 @@ def test_batch_with_one_bad_run_stores_nothing(app: App) -> None:
     bad = RunRequest(workflow="plain", input={"when": object()})
     with pytest.raises(NotSerializable):
         app.enqueue_many_sync([good, bad])
-    assert app.store.count_by_state() == {}
+    assert app.store.runs.count_by_state() == {}
     assert len(app.enqueue_many_sync([good, good])) == 2
 
 
 def test_idempotent_enqueue_returns_the_same_run(store: RunStore) -> None:
-    first, created = store.enqueue(NewRun(workflow="wf", input={"v": 1}, idempotency_key="k"))
-    again, created_again = store.enqueue(NewRun(workflow="wf", input={"v": 2}, idempotency_key="k"))
+    first, created = store.runs.enqueue(NewRun(workflow="wf", input={"v": 1}, idempotency_key="k"))
+    again, created_again = store.runs.enqueue(
+        NewRun(workflow="wf", input={"v": 2}, idempotency_key="k")
+    )
     assert created and not created_again
     assert again.id == first.id
     assert again.input == {"v": 1}, "a repeated enqueue must not overwrite the first"
     other_tenant = enqueue(store, tenant="t2", idempotency_key="k")
     assert other_tenant.id != first.id
-    assert len(store.list_runs(RunFilter())) == 2
+    assert len(store.runs.list_runs(RunFilter())) == 2
     assert timeline(store, first.id) == [RunState.QUEUED]
 
 
@@ -191,12 +193,12 @@ def test_concurrent_enqueues_with_one_key_create_one_run(db_url: str, records_kn
     stores = [open_store(db_url) for _ in range(4)]  # separate connections
     if records_known:
         for s in stores:
-            s.enqueue(NewRun(workflow="warm-up"))
+            s.runs.enqueue(NewRun(workflow="warm-up"))
     barrier = threading.Barrier(100)
 
     def attempt(i: int) -> tuple[str, bool]:
         barrier.wait()
-        run, created = stores[i % len(stores)].enqueue(
+        run, created = stores[i % len(stores)].runs.enqueue(
             NewRun(workflow="wf", input={"i": i}, idempotency_key="once")
         )
         return run.id, created
@@ -206,7 +208,7 @@ def test_concurrent_enqueues_with_one_key_create_one_run(db_url: str, records_kn
             results = list(pool.map(attempt, range(100)))
         assert len({run_id for run_id, _ in results}) == 1
         assert sum(created for _, created in results) == 1
-        assert len(stores[0].list_runs(RunFilter(workflow="wf"))) == 1
+        assert len(stores[0].runs.list_runs(RunFilter(workflow="wf"))) == 1
     finally:
         for s in stores:
             s.backend.close()
@@ -264,7 +266,7 @@ def test_session_order_is_priority_then_fifo(store: RunStore) -> None:
     for _ in range(3):
         (lease,) = claim(store)
         seen.append(lease.run.id)
-        store.finish(lease, RunState.FAILED, reason="test")
+        store.runs.finish(lease, RunState.FAILED, reason="test")
     assert seen == [b.id, a.id, c.id]
 
 
@@ -277,8 +279,8 @@ def test_delayed_runs_wait_for_promotion_and_do_not_block_their_session(
     assert lease.run.id == ready.id
     clock.advance(31)
     assert claim(store) == [], "a delayed run is not claimed before it is promoted"
-    assert store.promote_delayed() == 1
-    assert store.get_run(delayed.id).state is RunState.QUEUED
+    assert store.runs.promote_delayed() == 1
+    assert store.runs.get_run(delayed.id).state is RunState.QUEUED
     assert claim(store) == [], "the session is still busy"
     succeed(store, lease)
     assert claimed_ids(claim(store)) == [delayed.id]
@@ -299,7 +301,7 @@ def test_claim_skips_blocked_sessions_without_scanning_them(store: RunStore) -> 
         NewRun(workflow="wf", session_key=f"s{i % 50}", priority=5, input={"i": i})
         for i in range(5000)
     ]
-    store.enqueue_many(batch)
+    store.runs.enqueue_many(batch)
     busy = claim(store, limit=100)
     assert len(busy) == 50 and len({lease.run.session_key for lease in busy}) == 50
     blocked = timed_empty_claims()
@@ -311,7 +313,7 @@ def test_claim_skips_blocked_sessions_without_scanning_them(store: RunStore) -> 
 
 def test_concurrent_claimers_lease_each_run_once_and_respect_sessions(db_url: str) -> None:
     setup = open_store(db_url)
-    setup.enqueue_many(
+    setup.runs.enqueue_many(
         [NewRun(workflow="wf") for _ in range(60)]
         + [NewRun(workflow="wf", session_key=f"s{i % 6}") for i in range(60)]
     )
@@ -325,7 +327,7 @@ def test_concurrent_claimers_lease_each_run_once_and_respect_sessions(db_url: st
         s = stores[n % len(stores)]
         idle = 0
         while idle < 20:
-            leases = s.claim(f"w{n}", ["default"], 3, LEASE)
+            leases = s.runs.claim(f"w{n}", ["default"], 3, LEASE)
             idle = 0 if leases else idle + 1
             with mutex:
                 for lease in leases:
@@ -347,7 +349,7 @@ def test_concurrent_claimers_lease_each_run_once_and_respect_sessions(db_url: st
             list(pool.map(claimer, range(6)))
         assert violations == []
         assert len(leased) == len(set(leased)) == 120
-        assert setup.count_by_state() == {RunState.SUCCEEDED: 120}
+        assert setup.runs.count_by_state() == {RunState.SUCCEEDED: 120}
     finally:
         for s in stores:
             s.backend.close()
@@ -361,7 +363,7 @@ def test_writes_with_a_stale_token_are_refused(store: RunStore, clock: ManualClo
     (old,) = claim(store, "w1")
     save_step(store, old, 0, "by w1")
     clock.advance(LEASE + 1)
-    assert store.recover("w2", max_stalls=3).requeued == [run.id]
+    assert store.runs.recover("w2", max_stalls=3).requeued == [run.id]
     (new,) = claim(store, "w2")
     assert new.token > old.token
 
@@ -370,16 +372,16 @@ def test_writes_with_a_stale_token_are_refused(store: RunStore, clock: ManualClo
     with pytest.raises(LeaseLost):
         save_step(store, old, 0, "stale overwrite")
     with pytest.raises(LeaseLost):
-        store.finish(old, RunState.SUCCEEDED, reason="stale", output='"stale"')
+        store.runs.finish(old, RunState.SUCCEEDED, reason="stale", output='"stale"')
 
-    current = store.get_run(run.id)
+    current = store.runs.get_run(run.id)
     assert current.state is RunState.RUNNING
     assert (current.lease_owner, current.lease_token) == ("w2", new.token)
     assert current.output is None
-    assert [(s.position, s.result) for s in store.steps(run.id)] == [(0, "by w1")]
+    assert [(s.position, s.result) for s in store.runs.steps(run.id)] == [(0, "by w1")]
     save_step(store, new, 1, "by w2")
     succeed(store, new, "ok")
-    assert store.get_run(run.id).output == "ok"
+    assert store.runs.get_run(run.id).output == "ok"
 
 
 def test_a_finished_lease_can_no_longer_write(store: RunStore) -> None:
@@ -389,10 +391,10 @@ def test_a_finished_lease_can_no_longer_write(store: RunStore) -> None:
     with pytest.raises(LeaseLost):
         save_step(store, lease, 0, "late")
     with pytest.raises(LeaseLost):
-        store.finish(lease, RunState.FAILED, reason="late")
-    got = store.get_run(run.id)
+        store.runs.finish(lease, RunState.FAILED, reason="late")
+    got = store.runs.get_run(run.id)
     assert got.state is RunState.SUCCEEDED and got.output == {"n": 1}
-    assert store.steps(run.id) == []
+    assert store.runs.steps(run.id) == []
 
 
 def test_each_lease_gets_a_larger_token(store: RunStore) -> None:
@@ -401,7 +403,7 @@ def test_each_lease_gets_a_larger_token(store: RunStore) -> None:
     for _ in range(3):
         (lease,) = claim(store)
         tokens.append(lease.token)
-        store.finish(lease, RunState.QUEUED, reason="released")
+        store.runs.finish(lease, RunState.QUEUED, reason="released")
     assert tokens == sorted(set(tokens))
 
 
@@ -415,16 +417,16 @@ def test_expired_lease_is_requeued_and_counted_as_a_stall(
     blocked = enqueue(store, session_key="s")
     claim(store, "w1")
     clock.advance(LEASE - 1)
-    assert store.recover("w2", max_stalls=3).requeued == []
+    assert store.runs.recover("w2", max_stalls=3).requeued == []
     clock.advance(2)
-    recovery = store.recover("w2", max_stalls=3)
+    recovery = store.runs.recover("w2", max_stalls=3)
     assert recovery.requeued == [run.id] and recovery.failed == []
-    got = store.get_run(run.id)
+    got = store.runs.get_run(run.id)
     assert got.state is RunState.QUEUED and got.stalls == 1 and got.lease_owner is None
-    assert "expired" in store.events(run.id)[-1].reason
+    assert "expired" in store.runs.events(run.id)[-1].reason
     # The session lane was freed and the stalled run is still its head.
     assert claimed_ids(claim(store, "w2")) == [run.id]
-    assert store.get_run(blocked.id).state is RunState.QUEUED
+    assert store.runs.get_run(blocked.id).state is RunState.QUEUED
 
 
 def test_run_fails_after_max_stalls(store: RunStore, clock: ManualClock) -> None:
@@ -432,9 +434,9 @@ def test_run_fails_after_max_stalls(store: RunStore, clock: ManualClock) -> None
     for _ in range(2):
         claim(store, "w1")
         clock.advance(LEASE + 1)
-        recovery = store.recover("w2", max_stalls=2)
+        recovery = store.runs.recover("w2", max_stalls=2)
     assert recovery.failed == [run.id]
-    got = store.get_run(run.id)
+    got = store.runs.get_run(run.id)
     assert got.state is RunState.FAILED and got.stalls == 2
     assert got.finished_at is not None
     assert got.error is not None and got.error["type"] == "Stalled"
@@ -447,10 +449,10 @@ def test_cancel_requested_run_of_an_expired_worker_is_cancelled(
 ) -> None:
     run = enqueue(store)
     claim(store, "w1")
-    store.cancel(run.id, actor="test", reason="test")
+    store.runs.cancel(run.id, actor="test", reason="test")
     clock.advance(LEASE + 1)
-    assert store.recover("w2", max_stalls=3).failed == [run.id]
-    assert store.get_run(run.id).state is RunState.CANCELLED
+    assert store.runs.recover("w2", max_stalls=3).failed == [run.id]
+    assert store.runs.get_run(run.id).state is RunState.CANCELLED
     assert claim(store) == []
 
 
@@ -458,22 +460,22 @@ def test_dead_worker_is_found_by_its_liveness_lock(store: RunStore) -> None:
     run = enqueue(store, session_key="s")
     unwanted = enqueue(store)
     handle = store.backend.hold_liveness(4242, "doomed")
-    store.register_worker(
+    store.runs.register_worker(
         "doomed", host="h", pid=1, queues=["default"], concurrency=2, lock_key=4242
     )
     assert len(claim(store, "doomed")) == 2
-    store.cancel(unwanted.id, actor="test", reason="test")
+    store.runs.cancel(unwanted.id, actor="test", reason="test")
     try:
-        assert store.recover("w2", max_stalls=3).requeued == []
+        assert store.runs.recover("w2", max_stalls=3).requeued == []
     finally:
         handle.close()
     # No clock advance: the lease is still valid, but its holder is gone.
     recovery = _recover_until_requeued(store, run.id)
     assert recovery.failed == [unwanted.id]
-    assert store.get_run(unwanted.id).state is RunState.CANCELLED
-    assert store.get_run(run.id).stalls == 1
-    assert "doomed lost its liveness lock" in store.events(run.id)[-1].reason
-    [info] = [w for w in store.workers(include_gone=True) if w.id == "doomed"]
+    assert store.runs.get_run(unwanted.id).state is RunState.CANCELLED
+    assert store.runs.get_run(run.id).stalls == 1
+    assert "doomed lost its liveness lock" in store.runs.events(run.id)[-1].reason
+    [info] = [w for w in store.runs.workers(include_gone=True) if w.id == "doomed"]
     assert info.state == "dead"
     assert claimed_ids(claim(store, "w2")) == [run.id]
 
@@ -483,7 +485,7 @@ def _recover_until_requeued(store: RunStore, run_id: str, timeout: float = 5.0) 
     has its runs handed out after the backend's grace (the test's clock is moved over it)."""
     deadline = time.monotonic() + timeout
     while True:
-        recovery = store.recover("w2", max_stalls=3)
+        recovery = store.runs.recover("w2", max_stalls=3)
         if recovery.lost_workers and store.backend.liveness_grace:
             assert recovery.requeued == []
             assert recovery.next_due == store.clock.now() + store.backend.liveness_grace
@@ -501,8 +503,10 @@ import sys, time
 from greenroom.storage import open_store
 store = open_store(sys.argv[1])
 handle = store.backend.hold_liveness(777, "killed")
-store.register_worker("killed", host="h", pid=0, queues=["default"], concurrency=1, lock_key=777)
-leases = store.claim("killed", ["default"], 1, 3600.0)
+store.runs.register_worker(
+    "killed", host="h", pid=0, queues=["default"], concurrency=1, lock_key=777
+)
+leases = store.runs.claim("killed", ["default"], 1, 3600.0)
 print(len(leases), flush=True)
 time.sleep(60)
 """
@@ -519,8 +523,8 @@ def test_sigkilled_worker_process_is_found_dead_at_once(store: RunStore, db_url:
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "1"
-            assert store.get_run(run.id).lease_owner == "killed"
-            assert store.recover("w2", max_stalls=3).requeued == []
+            assert store.runs.get_run(run.id).lease_owner == "killed"
+            assert store.runs.recover("w2", max_stalls=3).requeued == []
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -531,9 +535,9 @@ def test_sigkilled_worker_process_is_found_dead_at_once(store: RunStore, db_url:
 
 def test_workers_registry_lists_running_runs(store: RunStore) -> None:
     run = enqueue(store)
-    store.register_worker("w1", host="h", pid=12, queues=["a", "b"], concurrency=3, lock_key=9)
+    store.runs.register_worker("w1", host="h", pid=12, queues=["a", "b"], concurrency=3, lock_key=9)
     claim(store, "w1")
-    [info] = store.workers()
+    [info] = store.runs.workers()
     assert (info.id, info.host, info.pid, info.queues, info.concurrency) == (
         "w1",
         "h",
@@ -542,9 +546,9 @@ def test_workers_registry_lists_running_runs(store: RunStore) -> None:
         3,
     )
     assert info.state == "alive" and info.running == [run.id]
-    store.stop_worker("w1")
-    assert store.workers() == []
-    assert [w.state for w in store.workers(include_gone=True)] == ["stopped"]
+    store.runs.stop_worker("w1")
+    assert store.runs.workers() == []
+    assert [w.state for w in store.runs.workers(include_gone=True)] == ["stopped"]
 
 
 # -- heartbeat and cancel ------------------------------------------------------------------
@@ -556,13 +560,13 @@ def test_heartbeat_renews_every_lease_of_its_worker(store: RunStore, clock: Manu
     theirs = enqueue(store)
     claim(store, "other")
     clock.advance(LEASE - 2)
-    beat = store.heartbeat("w1", LEASE, [r.id for r in mine])
+    beat = store.runs.heartbeat("w1", LEASE, [r.id for r in mine])
     assert beat.held == {r.id for r in mine}
     assert beat.cancel_requested == set()
     clock.advance(4)  # past the first expiry, within the renewed one
-    assert store.recover("w2", max_stalls=3).requeued == [theirs.id]
+    assert store.runs.recover("w2", max_stalls=3).requeued == [theirs.id]
     for r in mine:
-        got = store.get_run(r.id)
+        got = store.runs.get_run(r.id)
         assert got.state is RunState.RUNNING
         assert got.lease_expires_at == pytest.approx(clock.now() - 4 + LEASE)
 
@@ -573,10 +577,10 @@ def test_heartbeat_leaves_runs_the_worker_no_longer_executes_to_expire(
     kept, forgotten = enqueue(store), enqueue(store)
     claim(store, "w1", limit=2)
     clock.advance(LEASE - 1)
-    assert store.heartbeat("w1", LEASE, [kept.id]).held == {kept.id}
+    assert store.runs.heartbeat("w1", LEASE, [kept.id]).held == {kept.id}
     clock.advance(2)
-    assert store.recover("w2", max_stalls=3).requeued == [forgotten.id]
-    assert store.get_run(kept.id).state is RunState.RUNNING
+    assert store.runs.recover("w2", max_stalls=3).requeued == [forgotten.id]
+    assert store.runs.get_run(kept.id).state is RunState.RUNNING
 
 
 def test_cancel_of_queued_and_delayed_runs_is_immediate(
@@ -586,38 +590,38 @@ def test_cancel_of_queued_and_delayed_runs_is_immediate(
     behind = enqueue(store, session_key="s")
     delayed = enqueue(store, available_at=clock.now() + 5)
     for run in (queued, delayed):
-        got = store.cancel(run.id, actor="op", reason="operator said so")
+        got = store.runs.cancel(run.id, actor="op", reason="operator said so")
         assert got.state is RunState.CANCELLED and got.finished_at == clock.now()
-        assert store.events(run.id)[-1].reason == "cancelled by op: operator said so"
+        assert store.runs.events(run.id)[-1].reason == "cancelled by op: operator said so"
     clock.advance(10)
-    assert store.promote_delayed() == 0
+    assert store.runs.promote_delayed() == 0
     assert claimed_ids(claim(store)) == [behind.id], "the session's next run moves up"
 
 
 def test_cancel_of_a_running_run_asks_its_worker(store: RunStore) -> None:
     run = enqueue(store)
     (lease,) = claim(store, "w1")
-    got = store.cancel(run.id, actor="test", reason="test")
+    got = store.runs.cancel(run.id, actor="test", reason="test")
     assert got.state is RunState.RUNNING and got.cancel_requested
-    assert store.control_requests("w1").cancel_requested == {run.id}
-    assert store.control_requests("w2").cancel_requested == set()
-    assert store.heartbeat("w1", LEASE, [run.id]).cancel_requested == {run.id}
-    store.finish(lease, RunState.CANCELLED, reason="cancelled while running")
-    assert store.get_run(run.id).state is RunState.CANCELLED
+    assert store.runs.control_requests("w1").cancel_requested == {run.id}
+    assert store.runs.control_requests("w2").cancel_requested == set()
+    assert store.runs.heartbeat("w1", LEASE, [run.id]).cancel_requested == {run.id}
+    store.runs.finish(lease, RunState.CANCELLED, reason="cancelled while running")
+    assert store.runs.get_run(run.id).state is RunState.CANCELLED
 
 
 def test_cancel_leaves_finished_runs_alone_and_is_tenant_scoped(store: RunStore) -> None:
     run = enqueue(store, tenant="t1")
     (lease,) = claim(store)
     succeed(store, lease, 1)
-    assert store.cancel(run.id, actor="test", reason="test").state is RunState.SUCCEEDED
+    assert store.runs.cancel(run.id, actor="test", reason="test").state is RunState.SUCCEEDED
     with pytest.raises(NotFound):
-        store.cancel(run.id, tenant="t2", actor="test", reason="test")
+        store.runs.cancel(run.id, tenant="t2", actor="test", reason="test")
     with pytest.raises(NotFound):
-        store.get_run(run.id, tenant="t2")
+        store.runs.get_run(run.id, tenant="t2")
     with pytest.raises(NotFound):
-        store.cancel("no-such-run", actor="test", reason="test")
-    assert store.get_run(run.id, tenant="t1").state is RunState.SUCCEEDED
+        store.runs.cancel("no-such-run", actor="test", reason="test")
+    assert store.runs.get_run(run.id, tenant="t1").state is RunState.SUCCEEDED
 
 
 # -- timeline ------------------------------------------------------------------------------
@@ -626,25 +630,25 @@ def test_cancel_leaves_finished_runs_alone_and_is_tenant_scoped(store: RunStore)
 def test_every_transition_is_on_the_timeline(store: RunStore, clock: ManualClock) -> None:
     run = enqueue(store, available_at=clock.now() + 1)
     clock.advance(2)
-    store.promote_delayed()
+    store.runs.promote_delayed()
     (lease,) = claim(store, "w1")
     clock.advance(1)
-    store.finish(
+    store.runs.finish(
         lease,
         RunState.DELAYED,
         reason="attempt 1 failed: ValueError",
         error={"type": "ValueError", "message": "boom"},
         retry_at=clock.now() + 5,
     )
-    retried = store.get_run(run.id)
+    retried = store.runs.get_run(run.id)
     assert retried.state is RunState.DELAYED and retried.attempt == 2
     assert retried.available_at == clock.now() + 5
     clock.advance(5)
-    store.promote_delayed()
+    store.runs.promote_delayed()
     (lease,) = claim(store, "w2")
     succeed(store, lease, "done")
 
-    events = store.events(run.id)
+    events = store.runs.events(run.id)
     assert [e.state for e in events] == [
         RunState.DELAYED,
         RunState.QUEUED,
@@ -657,15 +661,15 @@ def test_every_transition_is_on_the_timeline(store: RunStore, clock: ManualClock
     assert [e.worker_id for e in events if e.state is RunState.RUNNING] == ["w1", "w2"]
     assert all(e.reason for e in events)
     assert [e.at for e in events] == sorted(e.at for e in events)
-    assert store.get_run(run.id).finished_at == clock.now()
+    assert store.runs.get_run(run.id).finished_at == clock.now()
 
 
 def test_list_runs_filters(store: RunStore) -> None:
     a = enqueue(store, tenant="t1", workflow="x")
     b = enqueue(store, tenant="t2", workflow="y", session_key="s")
     c = enqueue(store, tenant="t1", workflow="y")
-    store.cancel(c.id, actor="test", reason="test")
-    ids = lambda f: [r.id for r in store.list_runs(f)]  # noqa: E731
+    store.runs.cancel(c.id, actor="test", reason="test")
+    ids = lambda f: [r.id for r in store.runs.list_runs(f)]  # noqa: E731
     assert ids(RunFilter()) == [c.id, b.id, a.id]
     assert ids(RunFilter(tenant="t1")) == [c.id, a.id]
     assert ids(RunFilter(states=[RunState.QUEUED])) == [b.id, a.id]

@@ -1,4 +1,4 @@
-"""Fenced batched writes (`RunStore.write`, `greenroom.storage.writes`) and the worker's group
+"""Fenced batched writes (`RunStore.runs.write`, `greenroom.storage.writes`) and the worker's group
 commit (`RunWriter`), on SQLite and PostgreSQL (the `db_url` fixture)."""
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ EVENT_KEYS = ("type", "message", "step", "attempt", "class")
 
 
 def enqueue(store: RunStore, workflow: str = "wf", **kw: Any) -> Run:
-    return store.enqueue(NewRun(workflow=workflow, **kw))[0]
+    return store.runs.enqueue(NewRun(workflow=workflow, **kw))[0]
 
 
 def claim(
     store: RunStore, worker: str = "w1", limit: int = 10, queues: Sequence[str] = ("default",)
 ) -> list[Lease]:
-    return store.claim(worker, list(queues), limit, LEASE)
+    return store.runs.claim(worker, list(queues), limit, LEASE)
 
 
 def by_run(leases: list[Lease]) -> dict[str, Lease]:
@@ -71,7 +71,7 @@ def checkpoint(
 
 
 def steps_of(store: RunStore, run_id: str) -> list[tuple[int, str, StepStatus, Any]]:
-    return [(s.position, s.name, s.status, s.result) for s in store.steps(run_id)]
+    return [(s.position, s.name, s.status, s.result) for s in store.runs.steps(run_id)]
 
 
 def expire_and_reclaim(
@@ -80,9 +80,9 @@ def expire_and_reclaim(
     """Let `stale`'s lease expire while w1 renews `keep`; another worker recovers and claims
     `stale`. Its new lease."""
     clock.advance(LEASE - 1)
-    assert store.heartbeat("w1", LEASE, [r.id for r in keep]).held == {r.id for r in keep}
+    assert store.runs.heartbeat("w1", LEASE, [r.id for r in keep]).held == {r.id for r in keep}
     clock.advance(2)
-    assert store.recover(thief, max_stalls=3).requeued == [stale.id]
+    assert store.runs.recover(thief, max_stalls=3).requeued == [stale.id]
     (new,) = claim(store, thief)
     assert new.run.id == stale.id
     return new
@@ -96,7 +96,7 @@ class CountingWrites:
     """Wraps a store's `write` (the real one runs): the batches it was called with."""
 
     def __init__(self, store: RunStore, failures: Sequence[Exception] = ()) -> None:
-        self.real = store.write
+        self.real = store.runs.write
         self.batches: list[tuple[list[Checkpoint], list[End]]] = []
         self.failures = list(failures)  # raised by the first calls, one each
 
@@ -116,7 +116,7 @@ def test_a_stale_run_is_refused_as_a_whole_and_the_rest_of_the_batch_applies(
     a, b, c = (enqueue(store, session_key=f"s{i}") for i in range(3))
     old = by_run(claim(store, "w1"))
     assert set(old) == {a.id, b.id, c.id}
-    store.save_step(
+    store.runs.save_step(
         old[c.id],
         position=0,
         name="step0",
@@ -127,11 +127,11 @@ def test_a_stale_run_is_refused_as_a_whole_and_the_rest_of_the_batch_applies(
         started_at=clock.now(),
     )
     new = expire_and_reclaim(store, clock, c, keep=[a, b])
-    before = (store.get_run(c.id), store.steps(c.id), store.events(c.id))
+    before = (store.runs.get_run(c.id), store.runs.steps(c.id), store.runs.events(c.id))
     assert before[0].lease_token == new.token > old[c.id].token
 
     error = {"type": "ValueError", "message": "bad row 7", "step": "step1", "class": "permanent"}
-    written = store.write(
+    written = store.runs.write(
         [
             checkpoint(old[a.id], 0, "a0"),
             checkpoint(old[b.id], 0, "b0"),
@@ -160,10 +160,10 @@ def test_a_stale_run_is_refused_as_a_whole_and_the_rest_of_the_batch_applies(
     assert written.refused == {(c.id, old[c.id].token)}
     assert written.states == {a.id: RunState.SUCCEEDED, b.id: RunState.FAILED}
     # The refused run: row, steps and timeline exactly as they were.
-    assert (store.get_run(c.id), store.steps(c.id), store.events(c.id)) == before
+    assert (store.runs.get_run(c.id), store.runs.steps(c.id), store.runs.events(c.id)) == before
     assert steps_of(store, c.id) == [(0, "step0", StepStatus.COMPLETED, "by w1")]
     # The others: every checkpoint and end applied.
-    got_a, got_b = store.get_run(a.id), store.get_run(b.id)
+    got_a, got_b = store.runs.get_run(a.id), store.runs.get_run(b.id)
     assert (got_a.state, got_a.output, got_a.finished_at) == (RunState.SUCCEEDED, "A", clock.now())
     assert steps_of(store, a.id) == [
         (0, "step0", StepStatus.COMPLETED, "a0"),
@@ -171,32 +171,32 @@ def test_a_stale_run_is_refused_as_a_whole_and_the_rest_of_the_batch_applies(
     ]
     assert (got_b.state, got_b.error) == (RunState.FAILED, error)
     assert steps_of(store, b.id) == [(0, "step0", StepStatus.COMPLETED, "b0")]
-    assert [g.last_run_id for g in store.error_groups()] == [b.id]
+    assert [g.last_run_id for g in store.admin.error_groups()] == [b.id]
     # Lanes of the ended runs are free, the stale run's lane is still held by w2.
     for key in ("s0", "s1"):
         enqueue(store, session_key=key)
     enqueue(store, session_key="s2")
     assert {lease.run.session_key for lease in claim(store, "w3")} == {"s0", "s1"}
     # The new holder is unaffected and can still finish its run.
-    assert store.finish(new, RunState.SUCCEEDED, reason="done", output='"w2"') is (
+    assert store.runs.finish(new, RunState.SUCCEEDED, reason="done", output='"w2"') is (
         RunState.SUCCEEDED
     )
-    assert store.get_run(c.id).output == "w2"
+    assert store.runs.get_run(c.id).output == "w2"
 
 
 def test_writes_for_a_run_that_is_no_longer_running_are_refused(store: RunStore) -> None:
     done, live = enqueue(store), enqueue(store)
     leases = by_run(claim(store))
-    store.finish(leases[done.id], RunState.CANCELLED, reason="cancelled while running")
-    written = store.write(
+    store.runs.finish(leases[done.id], RunState.CANCELLED, reason="cancelled while running")
+    written = store.runs.write(
         [checkpoint(leases[done.id], 0, "late"), checkpoint(leases[live.id], 0, "ok")],
         [End(lease=leases[done.id], state=RunState.SUCCEEDED, reason="late", output="1")],
     )
     assert written == Written(refused={(done.id, leases[done.id].token)}, states={})
-    assert store.get_run(done.id).state is RunState.CANCELLED
-    assert store.steps(done.id) == []
+    assert store.runs.get_run(done.id).state is RunState.CANCELLED
+    assert store.runs.steps(done.id) == []
     assert steps_of(store, live.id) == [(0, "step0", StepStatus.COMPLETED, "ok")]
-    assert store.write([], []) == Written(refused=set(), states={})
+    assert store.runs.write([], []) == Written(refused=set(), states={})
 
 
 def test_a_stale_token_is_refused_even_beside_a_current_one_for_the_same_run(
@@ -206,9 +206,9 @@ def test_a_stale_token_is_refused_even_beside_a_current_one_for_the_same_run(
     (old,) = claim(store, "w1")
     new = expire_and_reclaim(store, clock, run, keep=[], thief="w1")
     assert new.token > old.token
-    written = store.write([checkpoint(old, 0, "stale"), checkpoint(new, 1, "current")], [])
+    written = store.runs.write([checkpoint(old, 0, "stale"), checkpoint(new, 1, "current")], [])
     assert written.refused == {(run.id, old.token)}
-    assert [s.position for s in store.steps(run.id)] == [1], "the stale token wrote step 0"
+    assert [s.position for s in store.runs.steps(run.id)] == [1], "the stale token wrote step 0"
 
 
 # -- every kind of end ---------------------------------------------------------------------
@@ -223,10 +223,10 @@ def test_one_batch_applies_every_kind_of_end(store: RunStore, clock: ManualClock
     # The run that succeeds had a failed attempt: its error must be cleared.
     (first,) = claim(store, limit=1)
     assert first.run.id == runs["succeeded"].id
-    store.finish(first, RunState.DELAYED, reason="attempt 1 failed", error=earlier)
-    assert store.get_run(runs["succeeded"].id).error == earlier
+    store.runs.finish(first, RunState.DELAYED, reason="attempt 1 failed", error=earlier)
+    assert store.runs.get_run(runs["succeeded"].id).error == earlier
     clock.advance(1)
-    assert store.promote_delayed() == 1
+    assert store.runs.promote_delayed() == 1
     leases = by_run(claim(store, "w1"))
     lease = {kind: leases[run.id] for kind, run in runs.items()}
     clock.advance(5)
@@ -254,7 +254,7 @@ def test_one_batch_applies_every_kind_of_end(store: RunStore, clock: ManualClock
         End(lease=lease["cancelled"], state=RunState.CANCELLED, reason="cancelled while running"),
         End(lease=lease["queued"], state=RunState.QUEUED, reason="released: worker shutting down"),
     ]
-    written = store.write([], ends)
+    written = store.runs.write([], ends)
     expected = {
         "succeeded": RunState.SUCCEEDED,
         "failed": RunState.FAILED,
@@ -266,7 +266,7 @@ def test_one_batch_applies_every_kind_of_end(store: RunStore, clock: ManualClock
     assert written.refused == set()
     assert written.states == {runs[k].id: state for k, state in expected.items()}
 
-    got = {kind: store.get_run(run.id) for kind, run in runs.items()}
+    got = {kind: store.runs.get_run(run.id) for kind, run in runs.items()}
     for kind, run in got.items():
         assert run.state is expected[kind], kind
         assert (run.lease_owner, run.lease_expires_at) == (None, None), kind
@@ -289,7 +289,7 @@ def test_one_batch_applies_every_kind_of_end(store: RunStore, clock: ManualClock
         assert got[kind].error_group is None, kind
 
     for end in ends:
-        event = store.events(end.lease.run.id)[-1]
+        event = store.runs.events(end.lease.run.id)[-1]
         assert (event.state, event.reason, event.worker_id, event.at) == (
             written.states[end.lease.run.id],
             end.reason,
@@ -298,9 +298,9 @@ def test_one_batch_applies_every_kind_of_end(store: RunStore, clock: ManualClock
         )
         wanted = {} if end.error is None else {k: end.error.get(k) for k in EVENT_KEYS}
         assert event.detail == wanted
-    assert "traceback" not in store.events(runs["failed"].id)[-1].detail
+    assert "traceback" not in store.runs.events(runs["failed"].id)[-1].detail
 
-    (group,) = store.error_groups()
+    (group,) = store.admin.error_groups()
     assert (group.fingerprint, group.workflow, group.step, group.type, group.message) == (
         f.error_group,
         "wf-failed",
@@ -319,7 +319,7 @@ def test_one_batch_applies_every_kind_of_end(store: RunStore, clock: ManualClock
     # Only the handed-back run is ready again; the delayed one once its time has come.
     assert [x.run.id for x in claim(store, "w2")] == [runs["queued"].id]
     clock.advance(30)
-    assert store.promote_delayed() == 1
+    assert store.runs.promote_delayed() == 1
     assert [x.run.id for x in claim(store, "w2")] == [runs["delayed"].id]
     assert claim(store, "w2") == []
 
@@ -328,11 +328,11 @@ def test_a_delayed_end_without_retry_at_is_due_now(store: RunStore, clock: Manua
     run = enqueue(store)
     (lease,) = claim(store)
     clock.advance(3)
-    written = store.write([], [End(lease=lease, state=RunState.DELAYED, reason="retry")])
+    written = store.runs.write([], [End(lease=lease, state=RunState.DELAYED, reason="retry")])
     assert written.states == {run.id: RunState.DELAYED}
-    got = store.get_run(run.id)
+    got = store.runs.get_run(run.id)
     assert (got.available_at, got.attempt) == (clock.now(), 2)
-    assert store.promote_delayed() == 1
+    assert store.runs.promote_delayed() == 1
     assert [x.run.id for x in claim(store)] == [run.id]
 
 
@@ -346,9 +346,9 @@ def test_a_queued_end_held_by_a_pause_becomes_paused_and_frees_its_lane(
     free = enqueue(store, queue="other", labels={"app": "globex"})
     leases = by_run(claim(store, queues=["default", "other"]))
     behind = enqueue(store, session_key="s", labels={"app": "globex"})
-    store.pause("label", "acme", label="app", actor=ACTOR, reason="layout change")
+    store.controls.pause("label", "acme", label="app", actor=ACTOR, reason="layout change")
     clock.advance(1)
-    written = store.write(
+    written = store.runs.write(
         [],
         [
             End(lease=leases[held.id], state=RunState.QUEUED, reason="stopped for a pause"),
@@ -356,19 +356,19 @@ def test_a_queued_end_held_by_a_pause_becomes_paused_and_frees_its_lane(
         ],
     )
     assert written.states == {held.id: RunState.PAUSED, free.id: RunState.QUEUED}
-    got = store.get_run(held.id)
+    got = store.runs.get_run(held.id)
     assert (got.state, got.attempt, got.lease_owner) == (RunState.PAUSED, 1, None)
-    assert store.get_run(free.id).state is RunState.QUEUED
-    last = store.events(held.id)[-1]
+    assert store.runs.get_run(free.id).state is RunState.QUEUED
+    last = store.runs.events(held.id)[-1]
     assert (last.state, last.reason) == (RunState.PAUSED, "stopped for a pause")
-    assert store.events(free.id)[-1].state is RunState.QUEUED
+    assert store.runs.events(free.id)[-1].state is RunState.QUEUED
     # The paused run left the session's lane: the run behind it moves up; the paused one waits.
     assert {x.run.id for x in claim(store, "w2", queues=["default", "other"])} == {
         free.id,
         behind.id,
     }
-    assert store.resume("label", "acme", label="app", actor=ACTOR, reason="fixed") == 1
-    assert store.get_run(held.id).state is RunState.QUEUED
+    assert store.controls.resume("label", "acme", label="app", actor=ACTOR, reason="fixed") == 1
+    assert store.runs.get_run(held.id).state is RunState.QUEUED
 
 
 def test_queued_and_succeeded_ends_of_session_runs_free_their_lane(store: RunStore) -> None:
@@ -378,21 +378,21 @@ def test_queued_and_succeeded_ends_of_session_runs_free_their_lane(store: RunSto
     urgent = enqueue(store, session_key="acme:okta", priority=5)
     assert claim(store, "w2") == [], "the session's lane is busy"
 
-    written = store.write([], [End(lease=lease, state=RunState.QUEUED, reason="handed back")])
+    written = store.runs.write([], [End(lease=lease, state=RunState.QUEUED, reason="handed back")])
     assert written.states == {first.id: RunState.QUEUED}
     (next_lease,) = claim(store, "w2")
     assert next_lease.run.id == urgent.id, "the lane is free and the session's best run is next"
     assert claim(store, "w3") == [], "one run of a session at a time"
 
-    written = store.write(
+    written = store.runs.write(
         [], [End(lease=next_lease, state=RunState.SUCCEEDED, reason="completed", output="1")]
     )
     assert written.states == {urgent.id: RunState.SUCCEEDED}
     (again,) = claim(store, "w3")
     assert (again.run.id, again.run.attempt) == (first.id, 1)
     assert again.token > lease.token
-    store.finish(again, RunState.SUCCEEDED, reason="completed", output="2")
-    assert store.count_by_state() == {RunState.SUCCEEDED: 2}
+    store.runs.finish(again, RunState.SUCCEEDED, reason="completed", output="2")
+    assert store.runs.count_by_state() == {RunState.SUCCEEDED: 2}
 
 
 # -- checkpoints carried by ends -----------------------------------------------------------
@@ -405,7 +405,7 @@ def test_an_end_commits_its_checkpoint_with_it(store: RunStore, clock: ManualClo
     carried = checkpoint(
         lease, 0, {"rows": 3}, started_at=clock.now() - 1, finished_at=clock.now() - 0.5
     )
-    written = store.write(
+    written = store.runs.write(
         [],
         [
             End(
@@ -418,14 +418,14 @@ def test_an_end_commits_its_checkpoint_with_it(store: RunStore, clock: ManualClo
         ],
     )
     assert written.states == {run.id: RunState.SUCCEEDED}
-    (record,) = store.steps(run.id)
+    (record,) = store.runs.steps(run.id)
     assert (record.status, record.result, record.started_at, record.finished_at) == (
         StepStatus.COMPLETED,
         {"rows": 3},
         clock.now() - 1,
         clock.now() - 0.5,  # when the step completed, not when its checkpoint committed
     )
-    assert store.get_run(run.id).finished_at == clock.now()
+    assert store.runs.get_run(run.id).finished_at == clock.now()
 
 
 def test_an_end_that_cannot_be_written_leaves_its_checkpoint_unwritten(
@@ -442,23 +442,25 @@ def test_an_end_that_cannot_be_written_leaves_its_checkpoint_unwritten(
         checkpoint=checkpoint(lease, 0, "carried"),
     )
     with pytest.raises(NotSerializable):
-        store.write([checkpoint(lease, 1, "also")], [broken])
-    assert store.steps(run.id) == []
-    assert store.get_run(run.id).state is RunState.RUNNING
-    assert [e.state for e in store.events(run.id)] == [RunState.QUEUED, RunState.RUNNING]
-    store.write([], [End(lease=lease, state=RunState.SUCCEEDED, reason="ok", output="1")])
-    assert store.get_run(run.id).state is RunState.SUCCEEDED
+        store.runs.write([checkpoint(lease, 1, "also")], [broken])
+    assert store.runs.steps(run.id) == []
+    assert store.runs.get_run(run.id).state is RunState.RUNNING
+    assert [e.state for e in store.runs.events(run.id)] == [RunState.QUEUED, RunState.RUNNING]
+    store.runs.write([], [End(lease=lease, state=RunState.SUCCEEDED, reason="ok", output="1")])
+    assert store.runs.get_run(run.id).state is RunState.SUCCEEDED
 
 
 def test_a_completed_step_is_never_overwritten(store: RunStore, clock: ManualClock) -> None:
     run = enqueue(store)
     (lease,) = claim(store)
-    store.write([checkpoint(lease, 0, "first"), checkpoint(lease, 1, status=StepStatus.FAILED)], [])
-    committed = store.steps(run.id)
+    store.runs.write(
+        [checkpoint(lease, 0, "first"), checkpoint(lease, 1, status=StepStatus.FAILED)], []
+    )
+    committed = store.runs.steps(run.id)
     clock.advance(5)
     # The same position again, also within one batch (the last write of a step wins).
     failure = {"type": "E", "message": "late"}
-    store.write(
+    store.runs.write(
         [
             checkpoint(lease, 0, "second", name="renamed"),
             checkpoint(lease, 1, status=StepStatus.FAILED, error=failure),
@@ -466,7 +468,7 @@ def test_a_completed_step_is_never_overwritten(store: RunStore, clock: ManualClo
         ],
         [],
     )
-    records = store.steps(run.id)
+    records = store.runs.steps(run.id)
     assert records[0] == committed[0], "a completed step stays as first committed"
     assert (records[1].status, records[1].result, records[1].finished_at) == (
         StepStatus.COMPLETED,
@@ -474,7 +476,7 @@ def test_a_completed_step_is_never_overwritten(store: RunStore, clock: ManualClo
         clock.now(),
     ), "a failed step is replaced"
     clock.advance(5)
-    store.write(
+    store.runs.write(
         [],
         [
             End(
@@ -486,8 +488,8 @@ def test_a_completed_step_is_never_overwritten(store: RunStore, clock: ManualClo
             )
         ],
     )
-    assert store.steps(run.id) == records
-    assert store.get_run(run.id).state is RunState.SUCCEEDED
+    assert store.runs.steps(run.id) == records
+    assert store.runs.get_run(run.id).state is RunState.SUCCEEDED
 
 
 # -- the worker's group commit -------------------------------------------------------------
@@ -532,7 +534,7 @@ async def test_writer_groups_concurrent_writes_into_few_transactions(
 
     monkeypatch.undo()
     for run in runs:
-        got = await asyncio.to_thread(store.get_run, run.id)
+        got = await asyncio.to_thread(store.runs.get_run, run.id)
         records = await asyncio.to_thread(steps_of, store, run.id)
         if run is stale_run:
             assert (got.state, got.lease_token) == (RunState.RUNNING, current.token)
@@ -612,7 +614,7 @@ async def test_a_bad_write_fails_alone_and_outages_are_tried_again(
     assert await asyncio.to_thread(steps_of, store, a.id) == [
         (0, "step0", StepStatus.COMPLETED, "a0")
     ]
-    assert await asyncio.to_thread(store.steps, c.id) == []
+    assert await asyncio.to_thread(store.runs.steps, c.id) == []
 
     # An outage shorter than the tries: the batch commits at its second try.
     counting = CountingWrites(store, [outage(store)])
@@ -650,7 +652,7 @@ async def test_a_bad_write_fails_alone_and_outages_are_tried_again(
     assert await asyncio.gather(*done) == [RunState.SUCCEEDED] * 2
     assert len(counting.batches) == 4
     monkeypatch.undo()
-    assert store.count_by_state() == {RunState.SUCCEEDED: 3}
+    assert store.runs.count_by_state() == {RunState.SUCCEEDED: 3}
 
 
 async def test_an_end_whose_commit_was_not_acknowledged_is_not_reported_lost(
@@ -658,7 +660,7 @@ async def test_an_end_whose_commit_was_not_acknowledged_is_not_reported_lost(
 ) -> None:
     run = enqueue(store)
     (lease,) = claim(store)
-    real = store.write
+    real = store.runs.write
     calls: list[int] = []
 
     def commit_then_lose_the_answer(
@@ -675,7 +677,7 @@ async def test_an_end_whose_commit_was_not_acknowledged_is_not_reported_lost(
     end = End(lease=lease, state=RunState.SUCCEEDED, reason="done", output="1")
     assert await writer.end(end) is RunState.SUCCEEDED
     assert calls == [1, 1], "tried again, and refused: the run is no longer leased"
-    assert store.get_run(run.id).state is RunState.SUCCEEDED
+    assert store.runs.get_run(run.id).state is RunState.SUCCEEDED
 
 
 async def test_a_refused_checkpoint_nobody_awaits_is_not_reported(
@@ -709,11 +711,11 @@ async def test_a_refused_checkpoint_nobody_awaits_is_not_reported(
 async def test_a_step_starts_only_once_the_one_before_is_committed(db_url: str) -> None:
     app = fast_app(db_url)
     counting = CountingWrites(app.store)
-    app.store.write = counting  # type: ignore[method-assign]
+    app.store.runs.write = counting  # type: ignore[method-assign]
     seen: dict[str, dict[int, list[int]]] = {}
 
     async def committed(run_id: str) -> list[int]:
-        steps = await asyncio.to_thread(app.store.steps, run_id)
+        steps = await asyncio.to_thread(app.store.runs.steps, run_id)
         return [s.position for s in steps if s.status is StepStatus.COMPLETED]
 
     @step(name="first")
@@ -744,7 +746,7 @@ async def test_a_step_starts_only_once_the_one_before_is_committed(db_url: str) 
         # Each step saw every step before it committed when it started.
         assert seen == {r.id: {0: [], 1: [0], 2: [0, 1]} for r in runs}
         for r in done:
-            records = await asyncio.to_thread(app.store.steps, r.id)
+            records = await asyncio.to_thread(app.store.runs.steps, r.id)
             assert [(s.position, s.name, s.result) for s in records] == [
                 (0, "first", 1),
                 (1, "second", 2),
@@ -786,7 +788,7 @@ async def test_a_run_keeps_its_lease_while_its_end_waits_for_the_database(
         async def one(ctx: RunContext) -> int:
             return 1
 
-        real = app.store.write
+        real = app.store.runs.write
 
         def slow_ends(checkpoints: Sequence[Checkpoint], ends: Sequence[End]) -> Written:
             if ends:

@@ -116,7 +116,7 @@ UNUSABLE = "API key revoked or expired"
 
 
 def _lookup(state: ApiState, presented: str, key_id: str | None) -> ApiKey | None:
-    key = None if key_id is None else state.store.api_key(key_id)
+    key = None if key_id is None else state.store.accounts.api_key(key_id)
     if key is None or not matches(key, presented):
         return None
     state.keys.put(presented, key)

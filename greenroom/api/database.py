@@ -85,7 +85,7 @@ def _recovered(state: ApiState, exc: BaseException) -> bool:
     if not backend.is_data_error(exc):
         return False
     try:
-        found = state.store.quarantine_unreadable()
+        found = state.store.repair.quarantine_unreadable()
     except Exception as repair_exc:
         log.error("could not quarantine unreadable runs: %s", _describe(repair_exc))
         return False

@@ -32,7 +32,7 @@ def create_key(
     """A new key and its secret, which is never stored: give it to its user now."""
     key_id = "grk_" + secrets.token_hex(6)
     full = f"{key_id}.{secrets.token_urlsafe(32)}"
-    key = store.add_api_key(
+    key = store.accounts.add_api_key(
         key_id=key_id,
         tenant=tenant,
         role=role,

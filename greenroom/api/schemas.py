@@ -51,7 +51,7 @@ from greenroom.rules import (
 from greenroom.storage.controls import QUEUE_LIMITS
 
 if TYPE_CHECKING:
-    from greenroom.storage.store import RunDetail as StoredRunDetail
+    from greenroom.storage.runs import RunDetail as StoredRunDetail
 
 T = TypeVar("T")
 

@@ -147,13 +147,13 @@ class RunBrowser:
             yield
             return
         async with self.runtime.logins.hold(key):
-            while not await self._db(self._store.take_login, self._lease):
+            while not await self._db(self._store.sessions.take_login, self._lease):
                 await asyncio.sleep(LOGIN_POLL_SECONDS)
             try:
                 yield
             finally:
                 with contextlib.suppress(Exception):  # the holder's lease ending frees it too
-                    await self._db(self._store.release_login, self._lease)
+                    await self._db(self._store.sessions.release_login, self._lease)
 
     async def discard_session(self) -> None:
         """The session turned out to be logged out: forget its saved state and its context,
@@ -161,7 +161,7 @@ class RunBrowser:
         async with self._lock:
             await self._release(keep=False)  # closed once no other run of the session uses it
             if self._lease.run.session_key is not None:
-                await self._db(self._store.discard_session_state, self._lease)
+                await self._db(self._store.sessions.discard_session_state, self._lease)
         self._log.info("saved browser session discarded")
 
     # -- hooks called by the engine --------------------------------------------------------
@@ -204,7 +204,9 @@ class RunBrowser:
         version, factory = 0, None
         if run.session_key is not None:
             self.runtime.keyring  # noqa: B018 - no key, no saved sessions: say so before any work
-            saved = await self._db(self._store.load_session_state, run.tenant, run.session_key)
+            saved = await self._db(
+                self._store.sessions.load_session_state, run.tenant, run.session_key
+            )
             if saved is not None:
                 version = saved.version
                 factory = self._state_factory(saved)
@@ -249,7 +251,7 @@ class RunBrowser:
             return
         kid, blob = seal(self.runtime.keyring, snap, run.tenant, run.session_key)
         version = await self._db(
-            self._store.save_session_state,
+            self._store.sessions.save_session_state,
             self._lease,
             key_id=kid,
             state=blob,
@@ -325,7 +327,7 @@ class RunBrowser:
         run = self._lease.run
         location = await asyncio.to_thread(self.runtime.artifacts.put, run.id, item.name, item.data)
         await self._db(
-            self._store.add_artifact,
+            self._store.sessions.add_artifact,
             run_id=run.id,
             tenant=run.tenant,
             attempt=run.attempt,

@@ -70,7 +70,7 @@ def tenants_create(
             tenant_name = gr.create_tenant(name).name
     else:
         with existing_store(db_url(ctx, db)) as store:
-            tenant_name = store.create_tenant(name, actor=actor or default_actor()).name
+            tenant_name = store.accounts.create_tenant(name, actor=actor or default_actor()).name
     out.print(
         f"tenant {escape(tenant_name)} registered; an admin key for it: "
         f"greenroom keys create --tenant {escape(tenant_name)} --role admin",
@@ -161,7 +161,7 @@ def keys_list(
         now = time.time()
     else:
         with existing_store(db_url(ctx, db)) as store:
-            found = store.api_keys(tenant=tenant)
+            found = store.accounts.api_keys(tenant=tenant)
             now = store.clock.now()
     if json_out:
         print_json(found, KeyOut.of)
@@ -209,7 +209,7 @@ def keys_revoke(
     else:
         with existing_store(db_url(ctx, db)) as store:
             before = store.clock.now()
-            key = store.revoke_api_key(key_id, actor=actor or default_actor())
+            key = store.accounts.revoke_api_key(key_id, actor=actor or default_actor())
     if key.revoked_at is not None and key.revoked_at < before:
         out.print(f"{describe_key(key)} was already revoked")
         return
@@ -230,7 +230,7 @@ def integrations_list(
         now = time.time()
     else:
         with existing_store(db_url(ctx, db)) as store:
-            found = store.integrations(tenant=tenant)
+            found = store.accounts.integrations(tenant=tenant)
             now = store.clock.now()
     if json_out:
         print_json(found, IntegrationOut.of)
@@ -273,7 +273,7 @@ def integrations_show(
             raise NotFound(f"integration {integration_id} not found")
     else:
         with existing_store(db_url(ctx, db)) as store:
-            found = store.integration(integration_id, tenant=tenant)
+            found = store.accounts.integration(integration_id, tenant=tenant)
     if json_out:
         print_json(found, IntegrationOut.of)
         return
@@ -338,7 +338,7 @@ def integrations_update(
         raise InvalidInput("--settings on a database needs --app: its connector checks them")
     the_app = None if app is None else load_app(app)
     with existing_store(db_url(ctx, db)) as store:
-        current = store.integration(integration_id, tenant=tenant)
+        current = store.accounts.integration(integration_id, tenant=tenant)
         connector = None if the_app is None else the_app.connectors.get(current.connector)
         if the_app is not None and connector is None:
             raise InvalidInput(f"{app} has no connector {current.connector!r}")
@@ -364,7 +364,7 @@ def secrets_reseal(ctx: typer.Context, db: DbOpt = None) -> None:
     url = db_url(ctx, db)
     with existing_store(url) as store:
         ring = load_keyring(load_settings(db=url))
-        total = len(store.integrations())
+        total = len(store.accounts.integrations())
         resealed = reseal_all(store, ring)
     out.print(
         f"resealed {resealed} of {total} integrations under key {ring.current_id} "

@@ -54,7 +54,7 @@ def errors(
         now = time.time()
     else:
         with existing_store(db_url(ctx, db)) as store:
-            groups = store.error_groups(tenant=tenant, limit=limit)
+            groups = store.admin.error_groups(tenant=tenant, limit=limit)
             now = store.clock.now()
     if json_out:
         print_json(groups, ErrorGroupOut.of)
@@ -100,7 +100,7 @@ def audit(
             entries = list(islice(pages, limit))
     else:
         with existing_store(db_url(ctx, db)) as store:
-            entries = store.audit_log(tenant=tenant, limit=limit)
+            entries = store.admin.audit_log(tenant=tenant, limit=limit)
     if json_out:
         print_json(entries, AuditOut.of)
         return
@@ -137,9 +137,9 @@ def doctor(
     the runs: exit 1 and list each difference when they drifted; --repair recomputes them."""
     with existing_store(db_url(ctx, db)) as store:
         if repair:
-            drift = store.repair_summaries(actor=actor or default_actor(), reason=reason)
+            drift = store.repair.repair_summaries(actor=actor or default_actor(), reason=reason)
         else:
-            drift = store.summary_drift()
+            drift = store.repair.summary_drift()
     if json_out:
         sys.stdout.write(json.dumps([asdict(d) for d in drift], indent=2) + "\n")
     elif not drift:

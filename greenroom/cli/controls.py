@@ -68,7 +68,7 @@ def queues(
             found = gr.queues(tenant=tenant)
     else:
         with existing_store(db_url(ctx, db)) as store:
-            found = store.queues(tenant=tenant)
+            found = store.controls.queues(tenant=tenant)
     if json_out:
         print_json(found, QueueOut.of)
         return
@@ -150,7 +150,9 @@ def queues_set(
             q = gr.update_queue(name, QueueUpdate.model_validate({**changes, "reason": reason}))
     else:
         with existing_store(db_url(ctx, db)) as store:
-            q = store.set_queue(name, actor=actor or default_actor(), reason=reason, **changes)
+            q = store.controls.set_queue(
+                name, actor=actor or default_actor(), reason=reason, **changes
+            )
     settings = {
         "concurrency": number(q.concurrency),
         "rate limit": rate_text(q),
@@ -244,10 +246,15 @@ def pause(
     else:
         with existing_store(db_url(ctx, db)) as store:
             unknown = unknown_target(
-                scope, value, key, store.tenant, store.queue, store.integration
+                scope,
+                value,
+                key,
+                store.accounts.tenant,
+                store.controls.queue,
+                store.accounts.integration,
             )
             before = store.clock.now()
-            p = store.pause(
+            p = store.controls.pause(
                 scope,
                 value,
                 actor=actor or default_actor(),
@@ -319,7 +326,7 @@ def resume(
             resumed = gr.resume_pause(found.id, reason=reason).resumed
     else:
         with existing_store(db_url(ctx, db)) as store:
-            resumed = store.resume(
+            resumed = store.controls.resume(
                 scope,
                 value,
                 actor=actor or default_actor(),
@@ -347,7 +354,7 @@ def pauses(
         now = time.time()
     else:
         with existing_store(db_url(ctx, db)) as store:
-            found = store.pauses(tenant=tenant)
+            found = store.controls.pauses(tenant=tenant)
             now = store.clock.now()
     if json_out:
         print_json(found, PauseOut.of)
@@ -423,9 +430,9 @@ def tenants(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None) -> 
             running = Counter(r.tenant for r in gr.iter_runs(state=["running"], page_size=500))
     else:
         with existing_store(db_url(ctx, db)) as store:
-            found = store.tenants()
+            found = store.controls.tenants()
             everything = RunFilter(states=[RunState.RUNNING], limit=1_000_000)
-            running = Counter(r.tenant for r in store.list_runs(everything))
+            running = Counter(r.tenant for r in store.runs.list_runs(everything))
     if json_out:
         print_json(found, TenantOut.of)
         return
@@ -476,7 +483,7 @@ def tenants_set(
             t = gr.update_tenant(name, TenantUpdate.model_validate(given))
     else:
         with existing_store(db_url(ctx, db)) as store:
-            t = store.set_tenant(
+            t = store.controls.set_tenant(
                 name,
                 actor=actor or default_actor(),
                 reason=reason,

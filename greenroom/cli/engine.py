@@ -169,7 +169,7 @@ def enqueue(
             queue=queue,
         )
         try:
-            run, created = the_app.store.enqueue(the_app.prepare(request))
+            run, created = the_app.store.runs.enqueue(the_app.prepare(request))
         finally:
             the_app.close()
     if created:
@@ -197,7 +197,7 @@ def workers(
         now = time.time()
     else:
         with existing_store(db_url(ctx, db)) as store:
-            found = store.workers(include_gone=all)
+            found = store.runs.workers(include_gone=all)
             now = store.clock.now()
     if json_out:
         print_json(found, WorkerOut.of)

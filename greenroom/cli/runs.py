@@ -112,7 +112,7 @@ def runs_list(
         now = time.time()
     else:
         with existing_store(db_url(ctx, db)) as store:
-            found = store.list_runs(f)
+            found = store.runs.list_runs(f)
             now = store.clock.now()
     if json_out:
         print_json(found, RunOut.of)
@@ -165,7 +165,7 @@ def runs_show(
     else:
         url = db_url(ctx, db)
         with existing_store(url) as store:
-            stored = store.run_detail(run_id)  # the id may be a prefix
+            stored = store.runs.run_detail(run_id)  # the id may be a prefix
         if json_out:
             print_json(stored, RunDetail.of)
             return
@@ -300,7 +300,7 @@ def runs_cancel(
             run = gr.cancel_run(run_id, reason=reason)
     else:
         with existing_store(db_url(ctx, db)) as store:
-            run = store.cancel(run_id, actor=actor or default_actor(), reason=reason)
+            run = store.runs.cancel(run_id, actor=actor or default_actor(), reason=reason)
     if run.state is RunState.CANCELLED:
         out.print(f"run {run.id} cancelled")
     elif run.state is RunState.RUNNING:
@@ -408,7 +408,7 @@ def runs_retry(
     elif run_id is not None:
         new_input = None if input is None else parse_input(input)
         with existing_store(db_url(ctx, db)) as store:
-            new = store.retry_run(
+            new = store.admin.retry_run(
                 run_id,
                 actor=actor or default_actor(),
                 reason=reason,
@@ -418,7 +418,7 @@ def runs_retry(
                 force=force,
             )
             assert new.retry_of is not None  # the whole id of the run given (maybe a prefix)
-            old, kept = store.steps(new.retry_of), store.steps(new.id)
+            old, kept = store.runs.steps(new.retry_of), store.runs.steps(new.id)
         say_retried(new.id, new.retry_of, old, kept, from_scratch, new_input is not None)
         return
     else:
@@ -433,7 +433,7 @@ def runs_retry(
             finished_before=finished_before,
         )
         with existing_store(db_url(ctx, db)) as store:
-            result = store.retry_where(
+            result = store.admin.retry_where(
                 f,
                 actor=actor or default_actor(),
                 reason=reason,
@@ -524,7 +524,7 @@ def runs_prune(
     url = db_url(ctx, db)
     files = default_artifact_store(load_settings(db=url))
     with existing_store(url) as store:
-        deleted = store.prune(
+        deleted = store.admin.prune(
             older_than=age, states=states, delete_files=files.delete_run, dry_run=dry_run
         )
     if dry_run:

@@ -140,7 +140,7 @@ def bootstrap(store: RunStore, tenant: str) -> None:
 
     actor = default_actor()
     try:
-        store.create_tenant(tenant, actor=actor)
+        store.accounts.create_tenant(tenant, actor=actor)
     except Conflict:
         out.print(
             f"tenant {escape(tenant)} already exists (another admin key: "
@@ -154,7 +154,7 @@ def bootstrap(store: RunStore, tenant: str) -> None:
 
 
 def first_start_hint(store: RunStore) -> None:
-    if store.api_keys():
+    if store.accounts.api_keys():
         return
     out.print(
         "no API keys yet: restart with --bootstrap TENANT for a tenant and its admin key, or "

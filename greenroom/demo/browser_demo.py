@@ -241,7 +241,7 @@ class BrowserDemo:
         if all(wp.worker_id for wp in self.fleet.procs):
             return
         host = socket.gethostname()
-        ids = {w.pid: w.id for w in store.workers() if w.host == host}
+        ids = {w.pid: w.id for w in store.runs.workers() if w.host == host}
         for wp in self.fleet.procs:
             if wp.worker_id is None and wp.pid in ids:
                 wp.worker_id = ids[wp.pid]
@@ -269,7 +269,7 @@ class BrowserDemo:
             for p in self.plans
         ]
         self.note(f"{len(requests)} integrations with the console for tenant {self.tenant}")
-        store.enqueue_many([connector.prepare(r) for r in requests])
+        store.runs.enqueue_many([connector.prepare(r) for r in requests])
         pages = sum(p.pages for p in self.plans)
         self.note(f"enqueued {len(requests)} syncs of {pages} pages of users")
 

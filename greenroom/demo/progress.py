@@ -80,12 +80,12 @@ class Observer:
 
     def poll(self) -> Progress:
         p = self.progress
-        p.runs = self.store.list_runs(RunFilter(tenant=self.tenant, limit=self.limit))
+        p.runs = self.store.runs.list_runs(RunFilter(tenant=self.tenant, limit=self.limit))
         for run in p.runs:
             if run.id in self._final or run.started_at is None:
                 continue
             p.done[run.id] = [
-                s for s in self.store.steps(run.id) if s.status is StepStatus.COMPLETED
+                s for s in self.store.runs.steps(run.id) if s.status is StepStatus.COMPLETED
             ]
             if run.stalls or run.attempt > 1 or run.state.finished:
                 self._read_events(run)
@@ -94,7 +94,7 @@ class Observer:
         return p
 
     def _read_events(self, run: Run) -> None:
-        events = self.store.events(run.id)
+        events = self.store.runs.events(run.id)
         p = self.progress
         p.resumes[run.id] = resumes(run, events, p.done.get(run.id, []))
         if run.state.finished:

@@ -22,7 +22,7 @@ ACTOR = "greenroom demo"
 def register_tenant(store: RunStore, tenant: str) -> None:
     """Register the tenant unless it already is."""
     with contextlib.suppress(Conflict):
-        store.create_tenant(tenant, actor=ACTOR)
+        store.accounts.create_tenant(tenant, actor=ACTOR)
 
 
 def connect_org(

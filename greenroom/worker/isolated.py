@@ -218,7 +218,7 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     try:
-        run = store.get_run(request["run_id"])
+        run = store.runs.get_run(request["run_id"])
         lease = Lease(
             run=run,
             worker_id=request["worker_id"],
@@ -230,7 +230,7 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
             lease=lease,
             store=store,
             writer=RunWriter(store, db),
-            history=store.steps(run.id),
+            history=store.runs.steps(run.id),
             lease_valid_until=lambda: messages.valid_until,  # renewed by the worker
             await_checkpoints=True,  # the worker may kill this process group at any moment
         )

@@ -27,7 +27,7 @@ from greenroom.settings import Settings, redact
 from greenroom.storage import RunStore
 from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.codec import dumps
-from greenroom.storage.store import Heartbeat
+from greenroom.storage.runs import Heartbeat
 from greenroom.storage.writes import End
 from greenroom.worker.credentials import bind_integration, credentials_source
 from greenroom.worker.isolated import IsolatedRun
@@ -167,7 +167,7 @@ class Worker:
         store = self.store
         await self._register()
         self._renewed_at = store.clock.now()
-        self._queue_settings = await self._db(store.queue_settings)
+        self._queue_settings = await self._db(store.controls.queue_settings)
         self._listener = store.backend.listen(self._on_notify)
         self.log.info(
             "worker started",
@@ -180,7 +180,7 @@ class Worker:
         """Take this identity's liveness lock, then record the worker."""
         self._liveness = await self._db(self.store.backend.hold_liveness, self._lock_key, self.id)
         await self._db(
-            self.store.register_worker,
+            self.store.runs.register_worker,
             self.id,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -212,7 +212,7 @@ class Worker:
         if self._listener is not None:
             await self._db(self._listener.close)
         try:
-            await self._db(self.store.stop_worker, self.id)
+            await self._db(self.store.runs.stop_worker, self.id)
         except Exception as exc:  # the database may be gone; liveness tells the others
             self.log.warning("could not mark worker stopped", error=str(exc))
         if self._liveness is not None:
@@ -235,7 +235,11 @@ class Worker:
             if free > 0:
                 try:
                     leases = await self._db(
-                        self.store.claim, self.id, self.queues, free, self.settings.lease_seconds
+                        self.store.runs.claim,
+                        self.id,
+                        self.queues,
+                        free,
+                        self.settings.lease_seconds,
                     )
                 except Exception as exc:
                     if await self._quarantine(exc):
@@ -259,7 +263,7 @@ class Worker:
         if not self.store.backend.is_data_error(exc):
             return False
         try:
-            found = await self._db(self.store.quarantine_unreadable)
+            found = await self._db(self.store.repair.quarantine_unreadable)
         except Exception as repair_exc:
             self.log.error("quarantine failed", error=str(repair_exc), claim_error=str(exc))
             return False
@@ -309,7 +313,7 @@ class Worker:
             known = {run_id for run_id, a in self._active.items() if not a.finishing}
             renew = set(self._active)
             try:
-                beat = await self._db(self.store.heartbeat, self.id, s.lease_seconds, renew)
+                beat = await self._db(self.store.runs.heartbeat, self.id, s.lease_seconds, renew)
             except Exception as exc:
                 self.log.warning("heartbeat failed", error=str(exc))
                 continue
@@ -338,12 +342,12 @@ class Worker:
         while True:
             wait = s.poll_seconds
             try:
-                recovery = await self._db(self.store.recover, self.id, s.max_stalls)
-                promoted = await self._db(self.store.promote_delayed)
+                recovery = await self._db(self.store.runs.recover, self.id, s.max_stalls)
+                promoted = await self._db(self.store.runs.promote_delayed)
                 if self._active:
-                    self._apply_controls(await self._db(self.store.control_requests, self.id))
+                    self._apply_controls(await self._db(self.store.runs.control_requests, self.id))
                 if self.store.clock.now() >= self._settings_due:
-                    self._queue_settings = await self._db(self.store.queue_settings)
+                    self._queue_settings = await self._db(self.store.controls.queue_settings)
                     self._settings_due = self.store.clock.now() + SETTINGS_REFRESH_SECONDS
             except Exception as exc:
                 self.log.warning("maintenance failed", error=str(exc))
@@ -461,7 +465,7 @@ class Worker:
             return
         # Steps are only written under a lease: a run leased for the first time has no history.
         fresh = lease.token == 1 and run.retry_of is None  # a retry starts with copied steps
-        history = [] if fresh else await self._db(self.store.steps, run.id)
+        history = [] if fresh else await self._db(self.store.runs.steps, run.id)
         ctx = RunContext(
             lease=lease,
             store=self.store,

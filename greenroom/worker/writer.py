@@ -111,7 +111,7 @@ class RunWriter:
         while True:
             started = time.monotonic()
             try:
-                written: Written = await self._db(self._store.write, checkpoints, ends)
+                written: Written = await self._db(self._store.runs.write, checkpoints, ends)
             except Exception as exc:
                 slow = time.monotonic() - started > SLOW_FAILURE_SECONDS
                 delay = next(delays, None)
@@ -134,7 +134,7 @@ class RunWriter:
             if key not in written.refused:
                 continue
             try:
-                run = await self._db(self._store.get_run, end.lease.run.id)
+                run = await self._db(self._store.runs.get_run, end.lease.run.id)
             except Exception:  # the batch is written: this end stays reported as refused
                 continue
             took = {end.state, RunState.PAUSED} if end.state is RunState.QUEUED else {end.state}

@@ -32,7 +32,7 @@ NOT_FOUND = responses(404)
 
 @router.get("/tenants", response_model=list[TenantOut], tags=["tenants"])
 def list_tenants(state: State, who: Caller = Platform) -> list[TenantOut]:
-    return [TenantOut.of(t) for t in state.store.tenants()]
+    return [TenantOut.of(t) for t in state.store.controls.tenants()]
 
 
 @router.post(
@@ -43,7 +43,7 @@ def list_tenants(state: State, who: Caller = Platform) -> list[TenantOut]:
     tags=["tenants"],
 )
 def create_tenant(body: TenantCreate, state: State, who: Caller = Platform) -> TenantOut:
-    return TenantOut.of(state.store.create_tenant(body.name, actor=who.actor))
+    return TenantOut.of(state.store.accounts.create_tenant(body.name, actor=who.actor))
 
 
 @router.get("/tenants/{name}", response_model=TenantOut, responses=NOT_FOUND, tags=["tenants"])
@@ -51,7 +51,7 @@ def get_tenant(name: Name, state: State, who: Caller = Viewer) -> TenantOut:
     """A tenant key reads its own tenant; a platform key any."""
     if who.tenant is not None and name != who.tenant:
         raise NotFound(f"tenant {name} not found")
-    return TenantOut.of(state.store.tenant(name))
+    return TenantOut.of(state.store.accounts.tenant(name))
 
 
 @router.patch("/tenants/{name}", response_model=TenantOut, responses=NOT_FOUND, tags=["tenants"])
@@ -59,9 +59,9 @@ def update_tenant(
     name: Name, body: TenantUpdate, state: State, who: Caller = Platform
 ) -> TenantOut:
     """Fairness weight and concurrency limit (null clears the limit)."""
-    state.store.tenant(name)
+    state.store.accounts.tenant(name)
     given = body.model_dump(exclude_unset=True)
-    tenant = state.store.set_tenant(
+    tenant = state.store.controls.set_tenant(
         name,
         actor=who.actor,
         reason=body.reason,
@@ -79,7 +79,7 @@ def list_keys(
     tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
 ) -> list[KeyOut]:
     """Keys (never their secrets): a tenant admin sees its tenant's, a platform key all."""
-    return [KeyOut.of(k) for k in state.store.api_keys(tenant=scope(who, tenant))]
+    return [KeyOut.of(k) for k in state.store.accounts.api_keys(tenant=scope(who, tenant))]
 
 
 @router.post(
@@ -114,6 +114,6 @@ def create_api_key(body: KeyCreate, state: State, who: Caller = Admin) -> KeyCre
 @router.delete("/keys/{key_id}", response_model=KeyOut, responses=NOT_FOUND, tags=["keys"])
 def revoke_api_key(key_id: Id, state: State, who: Caller = Admin) -> KeyOut:
     """Revoke a key: it is refused from the next request on."""
-    revoked = state.store.revoke_api_key(key_id, actor=who.actor, tenant=who.tenant)
+    revoked = state.store.accounts.revoke_api_key(key_id, actor=who.actor, tenant=who.tenant)
     state.keys.forget(key_id)
     return KeyOut.of(revoked)

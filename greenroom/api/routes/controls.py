@@ -49,7 +49,7 @@ def list_queues(
     tenant: TenantQuery = None,
 ) -> list[QueueOut]:
     """Every queue: its settings, runs by state (the caller's tenant's), throughput, pause."""
-    return [QueueOut.of(q) for q in state.store.queues(tenant=scope(who, tenant))]
+    return [QueueOut.of(q) for q in state.store.controls.queues(tenant=scope(who, tenant))]
 
 
 @router.get("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)
@@ -59,7 +59,7 @@ def get_queue(
     who: Caller = Viewer,
     tenant: TenantQuery = None,
 ) -> QueueOut:
-    return QueueOut.of(state.store.queue(name, tenant=scope(who, tenant)))
+    return QueueOut.of(state.store.controls.queue(name, tenant=scope(who, tenant)))
 
 
 @router.patch("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)
@@ -67,18 +67,18 @@ def update_queue(
     name: QueueName, body: QueueUpdate, state: State, who: Caller = Platform
 ) -> QueueOut:
     """Change a queue's limits, retry defaults or lock tuning, at run time (audited)."""
-    state.store.queue(name)  # settings are for queues that exist
+    state.store.controls.queue(name)  # settings are for queues that exist
     changes = body.model_dump(exclude_unset=True, exclude={"reason"})
-    state.store.set_queue(name, actor=who.actor, reason=body.reason, **changes)
-    return QueueOut.of(state.store.queue(name, tenant=who.tenant))
+    state.store.controls.set_queue(name, actor=who.actor, reason=body.reason, **changes)
+    return QueueOut.of(state.store.controls.queue(name, tenant=who.tenant))
 
 
 @router.post("/queues/{name}/pause", response_model=PauseOut, responses=NOT_FOUND)
 def pause_queue(
     name: QueueName, body: QueuePause, state: State, who: Caller = Operator
 ) -> PauseOut:
-    state.store.queue(name)
-    pause = state.store.pause(
+    state.store.controls.queue(name)
+    pause = state.store.controls.pause(
         PauseScope.QUEUE,
         name,
         actor=who.actor,
@@ -93,7 +93,7 @@ def pause_queue(
 def resume_queue(
     name: QueueName, body: QueueResume, state: State, who: Caller = Operator
 ) -> ResumeOut:
-    resumed = state.store.resume(
+    resumed = state.store.controls.resume(
         PauseScope.QUEUE,
         name,
         actor=who.actor,
@@ -106,7 +106,7 @@ def resume_queue(
 @router.get("/pauses", response_model=list[PauseOut])
 def list_pauses(state: State, who: Caller = Viewer) -> list[PauseOut]:
     """Pauses in force; a tenant sees its own and the platform's."""
-    return [PauseOut.of(p) for p in state.store.pauses(tenant=who.tenant)]
+    return [PauseOut.of(p) for p in state.store.controls.pauses(tenant=who.tenant)]
 
 
 @router.post("/pauses", status_code=201, response_model=PauseOut)
@@ -115,7 +115,7 @@ def create_pause(body: PauseCreate, state: State, who: Caller = Operator) -> Pau
     next step (drain=false). Pausing what is already paused returns the existing pause."""
     if body.scope == "tenant" and who.tenant is not None and body.value != who.tenant:
         raise ApiError(403, f"this key acts for tenant {who.tenant!r} only")
-    pause = state.store.pause(
+    pause = state.store.controls.pause(
         body.scope,
         body.value,
         actor=who.actor,
@@ -132,11 +132,11 @@ def resume_pause(
     pause_id: RowId, body: QueueResume, state: State, who: Caller = Operator
 ) -> ResumeOut:
     """Lift a pause: the runs it held (and no other pause holds) go back in their order."""
-    for pause in state.store.pauses(tenant=who.tenant):
+    for pause in state.store.controls.pauses(tenant=who.tenant):
         if pause.id == pause_id:
             if who.tenant is not None and pause.tenant != who.tenant:
                 raise ApiError(403, "a platform pause is lifted by a platform key")
-            resumed = state.store.resume(
+            resumed = state.store.controls.resume(
                 pause.scope,
                 pause.value,
                 actor=who.actor,

@@ -70,7 +70,7 @@ def list_integrations(
     connector: Text | None = None,
     tenant: Annotated[Name | None, Query(description="platform keys: one tenant")] = None,
 ) -> list[IntegrationOut]:
-    found = state.store.integrations(tenant=scope(who, tenant), connector=connector)
+    found = state.store.accounts.integrations(tenant=scope(who, tenant), connector=connector)
     return [IntegrationOut.of(i) for i in found]
 
 
@@ -100,7 +100,7 @@ def create_integration(
 
 @router.get("/integrations/{integration_id}", response_model=IntegrationOut, responses=NOT_FOUND)
 def get_integration(integration_id: Id, state: State, who: Caller = Viewer) -> IntegrationOut:
-    return IntegrationOut.of(state.store.integration(integration_id, tenant=who.tenant))
+    return IntegrationOut.of(state.store.accounts.integration(integration_id, tenant=who.tenant))
 
 
 @router.patch(
@@ -114,7 +114,7 @@ def update_integration(
     """Rename, replace the settings (validated against the connector's schema; audited with
     what they were), or disable (new runs for it are refused; running ones fail when they open
     its credentials)."""
-    current = state.store.integration(integration_id, tenant=who.tenant)
+    current = state.store.accounts.integration(integration_id, tenant=who.tenant)
     updated = integrations.update(
         state.store,
         state.app.connectors.get(current.connector),
@@ -136,7 +136,7 @@ def replace_credentials(
     integration_id: Id, body: CredentialsIn, state: State, who: Caller = Admin
 ) -> IntegrationOut:
     """Rotate credentials: runs that open them from now on get the new ones."""
-    current = state.store.integration(integration_id, tenant=who.tenant)
+    current = state.store.accounts.integration(integration_id, tenant=who.tenant)
     updated = integrations.replace_credentials(
         state.store,
         state.keyring,
@@ -155,5 +155,5 @@ def replace_credentials(
     responses=NOT_FOUND,
 )
 def delete_integration(integration_id: Id, state: State, who: Caller = Admin) -> Response:
-    state.store.delete_integration(integration_id, actor=who.actor, tenant=who.tenant)
+    state.store.accounts.delete_integration(integration_id, actor=who.actor, tenant=who.tenant)
     return Response(status_code=204)

@@ -25,7 +25,7 @@ def list_error_groups(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[ErrorGroupOut]:
     """Failures grouped by fingerprint (error type, step, normalized message), latest first."""
-    groups = state.store.error_groups(tenant=scope(who, tenant), limit=limit)
+    groups = state.store.admin.error_groups(tenant=scope(who, tenant), limit=limit)
     return [ErrorGroupOut.of(g) for g in groups]
 
 
@@ -42,7 +42,9 @@ def audit_log(
 ) -> Page[AuditOut]:
     """Admin actions, newest first: who, when, what, why."""
     before = None if cursor is None else int(cursor)
-    entries = state.store.audit_log(tenant=scope(who, tenant), limit=limit + 1, before_id=before)
+    entries = state.store.admin.audit_log(
+        tenant=scope(who, tenant), limit=limit + 1, before_id=before
+    )
     more = len(entries) > limit
     entries = entries[:limit]
     return Page(
@@ -58,4 +60,4 @@ def list_workers(
     include_gone: bool = False,
 ) -> list[WorkerOut]:
     """Worker processes, shared by every tenant (so platform keys only)."""
-    return [WorkerOut.of(w) for w in state.store.workers(include_gone=include_gone)]
+    return [WorkerOut.of(w) for w in state.store.runs.workers(include_gone=include_gone)]

@@ -145,7 +145,7 @@ def create_run(
         integration=body.integration,
         queue=body.queue,
     )
-    run, created = state.store.enqueue(replace(state.app.prepare(req), request_hash=wanted))
+    run, created = state.store.runs.enqueue(replace(state.app.prepare(req), request_hash=wanted))
     if not created and run.request_hash != wanted:
         raise ApiError(409, "this Idempotency-Key was used for a different request")
     return JSONResponse(
@@ -198,7 +198,7 @@ async def list_runs(
         limit=limit + 1,
         include_superseded=include_superseded,
     )
-    runs = await run_in_threadpool(state.store.list_runs, f)
+    runs = await run_in_threadpool(state.store.runs.list_runs, f)
     more = len(runs) > limit
     runs = runs[:limit]
     return Page(
@@ -210,14 +210,14 @@ async def list_runs(
 @router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
 async def get_run(run_id: Id, state: State, who: Caller = Viewer) -> RunDetail:
     """A run with its steps, its timeline and its diagnostic artifacts."""
-    found = await run_in_threadpool(state.store.run_detail, run_id, tenant=who.tenant)
+    found = await run_in_threadpool(state.store.runs.run_detail, run_id, tenant=who.tenant)
     return RunDetail.of(found)
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, responses=NOT_FOUND)
 def cancel_run(run_id: Id, body: CancelRequest, state: State, who: Caller = Operator) -> RunOut:
     """Cancel a run: at once if it waits, at its next await if it runs."""
-    run = state.store.cancel(run_id, actor=who.actor, reason=body.reason, tenant=who.tenant)
+    run = state.store.runs.cancel(run_id, actor=who.actor, reason=body.reason, tenant=who.tenant)
     return RunOut.of(run)
 
 
@@ -231,7 +231,7 @@ def retry_run(run_id: Id, body: RetryRequest, state: State, who: Caller = Operat
     """A new run for a failed or cancelled one: from its failed step (its completed steps are
     kept) or from scratch, optionally with new input. A run retried already is refused (409,
     naming its retry) unless `force`."""
-    run = state.store.retry_run(
+    run = state.store.admin.retry_run(
         run_id,
         actor=who.actor,
         reason=body.reason,
@@ -257,7 +257,7 @@ def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> 
         finished_after=body.finished_after,
         finished_before=body.finished_before,
     )
-    done = state.store.retry_where(
+    done = state.store.admin.retry_where(
         f,
         actor=who.actor,
         reason=body.reason,
@@ -286,8 +286,8 @@ def download_artifact(
     run_id: Id, artifact_id: RowId, state: State, who: Caller = Viewer
 ) -> Response:
     """One diagnostic file of a run: screenshot, page HTML, console log or Playwright trace."""
-    run = state.store.get_run(run_id, tenant=who.tenant)
-    for artifact in state.store.artifacts(run.id):
+    run = state.store.runs.get_run(run_id, tenant=who.tenant)
+    for artifact in state.store.sessions.artifacts(run.id):
         if artifact.id == artifact_id:
             try:
                 data = state.artifacts.get(artifact.location)
