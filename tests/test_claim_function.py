@@ -16,6 +16,7 @@ from greenroom.model import Lease, NewRun
 from greenroom.storage import RunStore, open_store
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.claim import START_RECORD_MARGIN, TENANT_SCAN, _claim
+from greenroom.storage.lifecycle.check import check_summaries
 
 ACTOR = "test"
 LEASE = 5.0
@@ -50,6 +51,7 @@ def _both_ways(store: RunStore, worker: str, queues: list[str], limit: int) -> l
         with b.transaction() as tx:
             python = [r["seq"] for r in _claim(tx, b, **args, now=now)]
             python_state = _state(tx)
+            assert check_summaries(tx) == []
             raise _Undo
     except _Undo:
         pass
@@ -63,6 +65,7 @@ def _both_ways(store: RunStore, worker: str, queues: list[str], limit: int) -> l
             )
         ]
         function_state = _state(tx)
+        assert check_summaries(tx) == []
     assert function == python
     for table in _STATE:
         assert function_state[table] == python_state[table], table
