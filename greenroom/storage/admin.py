@@ -100,7 +100,7 @@ class Admin(StoreBase):
     @retry_conflicts
     def retry_where(
         self,
-        f: RunFilter,
+        run_filter: RunFilter,
         *,
         actor: str,
         reason: str,
@@ -109,18 +109,18 @@ class Admin(StoreBase):
     ) -> BulkRetry:
         """Retry every failed or cancelled run matching the filter (failed only by default)."""
         require_reason(reason)
-        if not f.states:
-            f = replace(f, states=[RunState.FAILED])
-        if any(s not in RETRYABLE for s in f.states):
+        if not run_filter.states:
+            run_filter = replace(run_filter, states=[RunState.FAILED])
+        if any(s not in RETRYABLE for s in run_filter.states):
             raise InvalidInput("only failed or cancelled runs can be retried")
-        f = replace(f, include_superseded=True)
-        where, params = self.run_filter_sql(f)
-        b = self.backend
-        with b.transaction(write=not dry_run) as tx:
+        run_filter = replace(run_filter, include_superseded=True)
+        where, params = self.run_filter_sql(run_filter)
+        backend = self.backend
+        with backend.transaction(write=not dry_run) as tx:
             # Locked (not in a dry run): a concurrent bulk retry waits, then skips these.
             matched = tx.execute(
                 f"SELECT * FROM runs WHERE {where} ORDER BY seq LIMIT :limit"
-                f" {'' if dry_run else b.for_update}",
+                f" {'' if dry_run else backend.for_update}",
                 {**params, "limit": BULK_LIMIT},
             )
             runs = [r for r in matched if r["superseded_by"] is None]
@@ -138,13 +138,13 @@ class Admin(StoreBase):
             ]
             self._audit(
                 tx,
-                tenant=f.tenant,
+                tenant=run_filter.tenant,
                 actor=actor,
                 action="retry.bulk",
                 target=f"{len(runs)} runs",
                 reason=reason,
                 detail={
-                    "filter": _filter_detail(f),
+                    "filter": _filter_detail(run_filter),
                     "from_scratch": from_scratch,
                     "skipped_superseded": skipped,
                 },
@@ -295,35 +295,35 @@ class Admin(StoreBase):
             raise InvalidInput("older_than must not be negative")
         if any(s not in FINISHED_STATES for s in states):
             raise InvalidInput("only finished runs (succeeded, failed, cancelled) can be pruned")
-        b = self.backend
+        backend = self.backend
         cutoff = self.clock.now() - older_than
         if dry_run:
-            with b.transaction(write=False) as tx:
+            with backend.transaction(write=False) as tx:
                 rows = tx.execute(
                     f"SELECT COUNT(*) AS n FROM runs WHERE finished_at < :cutoff"
-                    f" AND {b.member('state', 'states')}",
-                    {"cutoff": cutoff, "states": b.list_param([s.value for s in states])},
+                    f" AND {backend.member('state', 'states')}",
+                    {"cutoff": cutoff, "states": backend.list_param([s.value for s in states])},
                 )
             return int(rows[0]["n"])
         deleted = 0
         while True:
-            with b.transaction() as tx:
+            with backend.transaction() as tx:
                 rows = tx.execute(
                     f"SELECT id FROM runs WHERE finished_at < :cutoff"
-                    f" AND {b.member('state', 'states')} ORDER BY finished_at LIMIT :batch"
-                    f" {b.skip_locked}",
+                    f" AND {backend.member('state', 'states')} ORDER BY finished_at LIMIT :batch"
+                    f" {backend.skip_locked}",
                     {
                         "cutoff": cutoff,
-                        "states": b.list_param([s.value for s in states]),
+                        "states": backend.list_param([s.value for s in states]),
                         "batch": batch,
                     },
                 )
-                ids = b.list_param([r["id"] for r in rows])
+                ids = backend.list_param([r["id"] for r in rows])
                 for table in ("steps", "run_events", "artifacts"):
                     tx.execute(
-                        f"DELETE FROM {table} WHERE {b.member('run_id', 'ids')}", {"ids": ids}
+                        f"DELETE FROM {table} WHERE {backend.member('run_id', 'ids')}", {"ids": ids}
                     )
-                tx.execute(f"DELETE FROM runs WHERE {b.member('id', 'ids')}", {"ids": ids})
+                tx.execute(f"DELETE FROM runs WHERE {backend.member('id', 'ids')}", {"ids": ids})
             deleted += len(rows)
             if delete_files is not None:
                 for row in rows:
@@ -332,18 +332,18 @@ class Admin(StoreBase):
                 return deleted
 
 
-def _filter_detail(f: RunFilter) -> dict[str, Any]:
+def _filter_detail(run_filter: RunFilter) -> dict[str, Any]:
     return {
         k: v
         for k, v in {
-            "tenant": f.tenant,
-            "workflow": f.workflow,
-            "queue": f.queue,
-            "label": list(f.label) if f.label else None,
-            "error_group": f.error_group,
-            "states": [s.value for s in f.states],
-            "finished_after": f.finished_after,
-            "finished_before": f.finished_before,
+            "tenant": run_filter.tenant,
+            "workflow": run_filter.workflow,
+            "queue": run_filter.queue,
+            "label": list(run_filter.label) if run_filter.label else None,
+            "error_group": run_filter.error_group,
+            "states": [s.value for s in run_filter.states],
+            "finished_after": run_filter.finished_after,
+            "finished_before": run_filter.finished_before,
         }.items()
         if v
     }

@@ -83,13 +83,13 @@ def insert_events(tx: Tx, events: Sequence[dict[str, Any]]) -> None:
         )
 
 
-def fence(tx: Tx, b: Backend, leases: Sequence[Lease]) -> dict[str, Row]:
+def fence(tx: Tx, backend: Backend, leases: Sequence[Lease]) -> dict[str, Row]:
     """Every write a worker makes for a run first proves it still holds the run's lease: lock
     the runs still leased with these tokens, in id order (heartbeats lock in the same order, so
     the two never deadlock); by id, what their end gives back (lane and slots)."""
     params: dict[str, Any] = {}
     rows = tx.rows(_FENCE_COLUMNS, [{"run_id": x.run.id, "token": x.token} for x in leases], params)
-    lock = f"{b.for_update} OF r" if b.for_update else ""
+    lock = f"{backend.for_update} OF r" if backend.for_update else ""
     found = tx.execute(
         f"WITH w(run_id, token) AS ({rows}) SELECT r.id, r.seq, r.state, r.lease_token AS token,"
         " r.tenant, r.queue, r.session_key, r.holds_queue_slot, r.holds_tenant_slot FROM runs r"
@@ -167,31 +167,31 @@ class StoreBase:
             raise NotFound(f"run {run_id} not found")
         return rows[0]
 
-    def run_filter_sql(self, f: RunFilter) -> tuple[str, dict[str, Any]]:
-        b = self.backend
+    def run_filter_sql(self, run_filter: RunFilter) -> tuple[str, dict[str, Any]]:
+        backend = self.backend
         clauses = ["1 = 1"]
         params: dict[str, Any] = {}
         for column in ("tenant", "workflow", "queue", "session_key", "error_group"):
-            value = getattr(f, column)
+            value = getattr(run_filter, column)
             if value is not None:
                 clauses.append(f"{column} = :{column}")
                 params[column] = check_text(value, column, max_length=500)
-        if not f.include_superseded:
+        if not run_filter.include_superseded:
             clauses.append("superseded_by IS NULL")
-        if f.states:
-            clauses.append(b.member("state", "states"))
-            params["states"] = b.list_param([s.value for s in f.states])
-        if f.label is not None:
-            clauses.append(b.label_equals("label_key", "label_value"))
-            params["label_key"] = check_text(f.label[0], "label key", min_length=1)
-            params["label_value"] = check_text(f.label[1], "label value", max_length=500)
+        if run_filter.states:
+            clauses.append(backend.member("state", "states"))
+            params["states"] = backend.list_param([s.value for s in run_filter.states])
+        if run_filter.label is not None:
+            clauses.append(backend.label_equals("label_key", "label_value"))
+            params["label_key"] = check_text(run_filter.label[0], "label key", min_length=1)
+            params["label_value"] = check_text(run_filter.label[1], "label value", max_length=500)
         for column, op in (
             ("finished_after", ">="),
             ("finished_before", "<"),
             ("created_after", ">="),
             ("created_before", "<"),
         ):
-            value = getattr(f, column)
+            value = getattr(run_filter, column)
             if value is not None:
                 clauses.append(f"{column.split('_')[0]}_at {op} :{column}")
                 params[column] = value

@@ -46,31 +46,32 @@ class _Plan:
     limited: set[str] = field(default_factory=set)
 
 
-def _summaries(tx: Tx, b: Backend, queues: Sequence[str]) -> tuple[list[Row], list[Row]]:
+def _summaries(tx: Tx, backend: Backend, queues: Sequence[str]) -> tuple[list[Row], list[Row]]:
     """The served queues and the ready tenants first in turn, read together (one round trip)."""
     rows = tx.execute(
         "SELECT 'queue' AS kind, name, concurrency, active, rate_limit, rate_period,"
         " lease_seconds, CAST(NULL AS DOUBLE PRECISION) AS weight,"
         " CAST(NULL AS DOUBLE PRECISION) AS pass"
-        f" FROM queues WHERE {b.member('name', 'queues')}"
+        f" FROM queues WHERE {backend.member('name', 'queues')}"
         " UNION ALL SELECT * FROM (SELECT 'tenant' AS kind, name, concurrency, active,"
         " CAST(NULL AS INTEGER), CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS DOUBLE PRECISION),"
         " weight, pass FROM tenants WHERE ready > 0 ORDER BY pass, name LIMIT :n) AS ready_tenants",
-        {"queues": b.list_param(queues), "n": TENANT_SCAN},
+        {"queues": backend.list_param(queues), "n": TENANT_SCAN},
     )
     return [r for r in rows if r["kind"] == "queue"], [r for r in rows if r["kind"] == "tenant"]
 
 
 def _queue_plan(
-    tx: Tx, b: Backend, rows: list[Row], queues: Sequence[str], limit: int, now: float
+    tx: Tx, backend: Backend, rows: list[Row], queues: Sequence[str], limit: int, now: float
 ) -> _Plan:
     limited = sorted(
         r["name"] for r in rows if r["concurrency"] is not None or r["rate_limit"] is not None
     )
     if limited:  # lock them, then read them again: the limit holds across workers
         locked = tx.execute(
-            f"SELECT * FROM queues WHERE {b.member('name', 'names')} ORDER BY name {b.for_update}",
-            {"names": b.list_param(limited)},
+            f"SELECT * FROM queues WHERE {backend.member('name', 'names')}"
+            f" ORDER BY name {backend.for_update}",
+            {"names": backend.list_param(limited)},
         )
         rows = [r for r in rows if r["name"] not in limited] + locked
     plan = _Plan(allowance={q: float(limit) for q in queues}, lease_seconds={})
@@ -92,14 +93,14 @@ def _queue_plan(
     return plan
 
 
-def _tenants(tx: Tx, b: Backend, rows: list[Row]) -> list[_Tenant]:
+def _tenants(tx: Tx, backend: Backend, rows: list[Row]) -> list[_Tenant]:
     capped = sorted(r["name"] for r in rows if r["concurrency"] is not None)
     active: dict[str, int] = {}
     if capped:  # lock tenants with a concurrency limit so it holds across workers
         for r in tx.execute(
-            f"SELECT name, active FROM tenants WHERE {b.member('name', 'names')}"
-            f" ORDER BY name {b.for_update}",
-            {"names": b.list_param(capped)},
+            f"SELECT name, active FROM tenants WHERE {backend.member('name', 'names')}"
+            f" ORDER BY name {backend.for_update}",
+            {"names": backend.list_param(capped)},
         ):
             active[r["name"]] = int(r["active"])
     return [
@@ -116,7 +117,7 @@ def _tenants(tx: Tx, b: Backend, rows: list[Row]) -> list[_Tenant]:
     ]
 
 
-def _candidates(tx: Tx, b: Backend, tenant: str, queues: list[str], n: int) -> list[Row]:
+def _candidates(tx: Tx, backend: Backend, tenant: str, queues: list[str], n: int) -> list[Row]:
     """A tenant's best ready runs: free runs and the heads of its free session lanes.
 
     One query per queue, reading each kind from its index in order (a list of queues would make
@@ -126,11 +127,11 @@ def _candidates(tx: Tx, b: Backend, tenant: str, queues: list[str], n: int) -> l
         found += tx.execute(
             "WITH free AS (SELECT seq, priority, queue, NULL AS session_key FROM runs"
             " WHERE tenant = :tenant AND queue = :queue AND state = 'queued'"
-            f" AND session_key IS NULL ORDER BY priority DESC, seq LIMIT :n {b.skip_locked}),"
+            f" AND session_key IS NULL ORDER BY priority DESC, seq LIMIT :n {backend.skip_locked}),"
             " heads AS (SELECT head_seq AS seq, head_priority AS priority, head_queue AS queue,"
             " session_key FROM lanes WHERE tenant = :tenant AND head_queue = :queue"
             " AND head_seq IS NOT NULL AND active < max_active"
-            f" ORDER BY head_priority DESC, head_seq LIMIT :n {b.skip_locked})"
+            f" ORDER BY head_priority DESC, head_seq LIMIT :n {backend.skip_locked})"
             " SELECT * FROM free UNION ALL SELECT * FROM heads",
             {"tenant": tenant, "queue": queue, "n": n},
         )
@@ -138,7 +139,7 @@ def _candidates(tx: Tx, b: Backend, tenant: str, queues: list[str], n: int) -> l
     return sorted(found, key=lambda r: (-r["priority"], r["seq"]), reverse=True)
 
 
-def _choose(tx: Tx, b: Backend, plan: _Plan, tenants: list[_Tenant], limit: int) -> list[Row]:
+def _choose(tx: Tx, backend: Backend, plan: _Plan, tenants: list[_Tenant], limit: int) -> list[Row]:
     """Serve ready tenants in stride order until the slots or the allowances run out."""
     chosen: list[Row] = []
     heap = [(t.pass_, i) for i, t in enumerate(tenants)]
@@ -152,7 +153,7 @@ def _choose(tx: Tx, b: Backend, plan: _Plan, tenants: list[_Tenant], limit: int)
         if not open_queues:
             break
         if t.candidates is None:
-            t.candidates = _candidates(tx, b, t.name, open_queues, limit - len(chosen))
+            t.candidates = _candidates(tx, backend, t.name, open_queues, limit - len(chosen))
         while t.candidates and plan.allowance.get(t.candidates[-1]["queue"], 0) <= 0:
             t.candidates.pop()
         if not t.candidates:
@@ -167,7 +168,7 @@ def _choose(tx: Tx, b: Backend, plan: _Plan, tenants: list[_Tenant], limit: int)
 
 
 def claim(
-    b: Backend,
+    backend: Backend,
     *,
     worker_id: str,
     queues: Sequence[str],
@@ -178,8 +179,8 @@ def claim(
     """Lease up to `limit` runs to `worker_id`, in a transaction of its own; the leased rows,
     best first."""
     queues = sorted(set(queues))
-    if b.claims_in_one_statement:
-        with b.single_statement() as tx:
+    if backend.claims_in_one_statement:
+        with backend.single_statement() as tx:
             return tx.execute(
                 "SELECT * FROM greenroom_claim(:worker_id, :queues, :limit, :lease_seconds,"
                 " :now, :tenant_scan, :margin)",
@@ -193,25 +194,25 @@ def claim(
                     "margin": START_RECORD_MARGIN,
                 },
             )
-    with b.transaction() as tx:
-        return _claim(tx, b, worker_id, queues, limit, lease_seconds, now)
+    with backend.transaction() as tx:
+        return _claim(tx, backend, worker_id, queues, limit, lease_seconds, now)
 
 
 def _claim(
     tx: Tx,
-    b: Backend,
+    backend: Backend,
     worker_id: str,
     queues: Sequence[str],
     limit: int,
     lease_seconds: float,
     now: float,
 ) -> list[Row]:
-    queue_rows, tenant_rows = _summaries(tx, b, queues)
-    plan = _queue_plan(tx, b, queue_rows, queues, limit, now)
+    queue_rows, tenant_rows = _summaries(tx, backend, queues)
+    plan = _queue_plan(tx, backend, queue_rows, queues, limit, now)
     if not any(a > 0 for a in plan.allowance.values()):
         return []
-    tenants = _tenants(tx, b, tenant_rows)
-    chosen = _choose(tx, b, plan, tenants, limit)
+    tenants = _tenants(tx, backend, tenant_rows)
+    chosen = _choose(tx, backend, plan, tenants, limit)
     if not chosen:
         return []
     leasing = Leasing(
@@ -223,4 +224,4 @@ def _claim(
         rate_periods=plan.rate_periods,
         advance={t.name: t.taken / t.weight for t in tenants if t.taken},
     )
-    return lease(tx, b, chosen, leasing, now)
+    return lease(tx, backend, chosen, leasing, now)

@@ -259,8 +259,8 @@ class Controls(StoreBase):
         wanted = _new_pause(scope, value, label, tenant, drain, actor, reason)
         _check_pause(wanted)
         now = self.clock.now()
-        b = self.backend
-        with b.transaction() as tx:
+        backend = self.backend
+        with backend.transaction() as tx:
             rows = tx.execute(
                 "INSERT INTO pauses (tenant, scope, label, value, drain, paused_by, reason,"
                 " created_at) VALUES (:tenant, :scope, :label, :value, :drain, :actor,"
@@ -280,13 +280,13 @@ class Controls(StoreBase):
             if not rows:
                 return self._counted(tx, self._find_pause(tx, wanted))
             pause = pause_from_row(rows[0])
-            where, params = summaries.pause_predicate(b, pause)
+            where, params = summaries.pause_predicate(backend, pause)
             waiting = tx.execute(f"SELECT * FROM runs WHERE state = 'queued' AND {where}", params)
-            summaries.lock_lanes(tx, b, waiting)
+            summaries.lock_lanes(tx, backend, waiting)
             why = f"paused ({pause.describe()}) by {actor}: {reason}"
             held = moves.move(
                 tx,
-                b,
+                backend,
                 Move.HOLD,
                 [Change(row=r, to=RunState.PAUSED, reason=why) for r in waiting],
                 now,
@@ -330,19 +330,19 @@ class Controls(StoreBase):
         require_reason(reason)
         target = _new_pause(scope, value, label, tenant, True, actor, reason)
         now = self.clock.now()
-        b = self.backend
-        with b.transaction() as tx:
+        backend = self.backend
+        with backend.transaction() as tx:
             pause = self._find_pause(tx, target)
             tx.execute("DELETE FROM pauses WHERE id = :id", {"id": pause.id})
             others = summaries.load_pauses(tx)
-            where, params = summaries.pause_predicate(b, pause)
+            where, params = summaries.pause_predicate(backend, pause)
             held = tx.execute(f"SELECT * FROM runs WHERE state = 'paused' AND {where}", params)
             freed = [r for r in held if summaries.waiting_state(r, others) is RunState.QUEUED]
-            summaries.lock_lanes(tx, b, freed)
+            summaries.lock_lanes(tx, backend, freed)
             why = f"resumed ({pause.describe()}) by {actor}: {reason}"
             rows = moves.move(
                 tx,
-                b,
+                backend,
                 Move.RELEASE,
                 [Change(row=r, to=RunState.QUEUED, reason=why) for r in freed],
                 now,
@@ -427,12 +427,12 @@ def _check_pause(pause: Pause) -> None:
         check_name(pause.tenant)
 
 
-def _lock_running(tx: Tx, b: Backend, kind: str, name: str) -> None:
+def _lock_running(tx: Tx, backend: Backend, kind: str, name: str) -> None:
     """Lock a queue's or tenant's running runs before its row, in id order, as a worker's
     writes do (runs, then the queue and tenant rows they give slots back to)."""
     tx.execute(
         f"SELECT id FROM runs WHERE {kind} = :name AND state = 'running' ORDER BY id"
-        f" {b.for_update}",
+        f" {backend.for_update}",
         {"name": name},
     )
 

@@ -83,10 +83,10 @@ class Repair(StoreBase):
         """Find runs whose labels the database cannot read; remove those labels (the original
         ones are kept in the run's timeline) and fail the runs that wait to start, with a
         reason that says so. The runs repaired; none when there are none."""
-        b = self.backend
+        backend = self.backend
         now = self.clock.now()
         out: list[Quarantined] = []
-        with b.transaction() as tx:
+        with backend.transaction() as tx:
             # Such labels are stored as JSON escapes (the encoder escapes all non-ASCII text).
             found = tx.execute(
                 "SELECT seq, tenant, session_key, labels FROM runs"
@@ -96,10 +96,11 @@ class Repair(StoreBase):
             bad = [r for r in found if _bad_keys(json.loads(r["labels"]))]
             if not bad:
                 return []
-            summaries.lock_lanes(tx, b, bad)  # lock order: lanes, then runs
+            summaries.lock_lanes(tx, backend, bad)  # lock order: lanes, then runs
             rows = tx.execute(
-                f"SELECT * FROM runs WHERE {b.member('seq', 'seqs')} ORDER BY seq {b.for_update}",
-                {"seqs": b.list_param([r["seq"] for r in bad])},
+                f"SELECT * FROM runs WHERE {backend.member('seq', 'seqs')}"
+                f" ORDER BY seq {backend.for_update}",
+                {"seqs": backend.list_param([r["seq"] for r in bad])},
             )
             failing: list[Change] = []
             for row in rows:
@@ -132,7 +133,7 @@ class Repair(StoreBase):
                 )
             moves.move(
                 tx,
-                b,
+                backend,
                 Move.QUARANTINE,
                 failing,
                 now,

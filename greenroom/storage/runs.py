@@ -129,19 +129,20 @@ class Runs(StoreBase):
         Only those: a run the worker no longer executes (say its end could not be written)
         must be left to expire and be recovered, not kept alive forever."""
         now = self.clock.now()
-        b = self.backend
-        with b.transaction() as tx:
+        backend = self.backend
+        with backend.transaction() as tx:
             # Locked in id order, as the worker's writes lock them: the two never deadlock.
             rows = tx.execute(
                 "UPDATE runs SET lease_expires_at = :now + COALESCE(lease_seconds, :default)"
                 " WHERE id IN (SELECT id FROM runs WHERE lease_owner = :worker"
-                f" AND state = 'running' AND {b.member('id', 'ids')} ORDER BY id {b.for_update})"
+                f" AND state = 'running' AND {backend.member('id', 'ids')}"
+                f" ORDER BY id {backend.for_update})"
                 " RETURNING id, cancel_requested, pause_requested",
                 {
                     "now": now,
                     "default": lease_seconds,
                     "worker": worker_id,
-                    "ids": b.list_param(sorted(run_ids)),
+                    "ids": backend.list_param(sorted(run_ids)),
                 },
             )
             tx.execute(
@@ -264,17 +265,17 @@ class Runs(StoreBase):
     def promote_delayed(self, limit: int = 500) -> int:
         """Make delayed runs whose time has come ready to claim (or paused, if held)."""
         now = self.clock.now()
-        b = self.backend
-        with b.transaction() as tx:
+        backend = self.backend
+        with backend.transaction() as tx:
             due = tx.execute(
                 "SELECT * FROM runs WHERE state = 'delayed' AND available_at <= :now"
-                f" ORDER BY available_at LIMIT :limit {b.skip_locked}",
+                f" ORDER BY available_at LIMIT :limit {backend.skip_locked}",
                 {"now": now, "limit": limit},
             )
             if not due:
                 return 0
             changes = [Change(row=r, to=RunState.QUEUED, reason="delay elapsed") for r in due]
-            moves.move(tx, b, Move.PROMOTE, changes, now)
+            moves.move(tx, backend, Move.PROMOTE, changes, now)
         return len(due)
 
     @retry_conflicts
@@ -288,25 +289,25 @@ class Runs(StoreBase):
         """
         candidates = self._find_dead_workers(worker_id)
         now = self.clock.now()
-        b = self.backend
+        backend = self.backend
         requeued: list[str] = []
         failed: list[str] = []
-        with b.transaction() as tx:
+        with backend.transaction() as tx:
             lost = self._declare_lost(tx, candidates, now)
             gone = [
                 r["id"]
                 for r in tx.execute(
                     "UPDATE workers SET state = 'dead' WHERE state = 'lost'"
                     " AND lost_at <= :cutoff RETURNING id",
-                    {"cutoff": now - b.liveness_grace},
+                    {"cutoff": now - backend.liveness_grace},
                 )
             ]
             pending = tx.execute("SELECT MIN(lost_at) AS at FROM workers WHERE state = 'lost'")
-            due = None if pending[0]["at"] is None else pending[0]["at"] + b.liveness_grace
+            due = None if pending[0]["at"] is None else pending[0]["at"] + backend.liveness_grace
             stalled = tx.execute(
                 "SELECT * FROM runs WHERE state = 'running' AND (lease_expires_at < :now"
-                f" OR {b.member('lease_owner', 'gone')}) ORDER BY seq {b.skip_locked}",
-                {"now": now, "gone": b.list_param(gone)},
+                f" OR {backend.member('lease_owner', 'gone')}) ORDER BY seq {backend.skip_locked}",
+                {"now": now, "gone": backend.list_param(gone)},
             )
             if not stalled:
                 return Recovery(requeued=[], failed=[], lost_workers=lost, next_due=due)
@@ -314,7 +315,7 @@ class Runs(StoreBase):
             changes = [_stall(row, gone, limits.get(row["queue"], max_stalls)) for row in stalled]
             for r in moves.move(
                 tx,
-                b,
+                backend,
                 Move.STALL,
                 changes,
                 now,
@@ -329,24 +330,24 @@ class Runs(StoreBase):
         them can take its lock back, and afterwards each finds itself declared lost."""
         if not candidates:
             return []
-        b = self.backend
-        taken = b.take_liveness(tx, [int(r["lock_key"]) for r in candidates])
+        backend = self.backend
+        taken = backend.take_liveness(tx, [int(r["lock_key"]) for r in candidates])
         ids = [r["id"] for r in candidates if int(r["lock_key"]) in taken]
         if not ids:
             return []
         rows = tx.execute(
             "UPDATE workers SET state = 'lost', lost_at = :now"
-            f" WHERE {b.member('id', 'ids')} AND state = 'alive' RETURNING id",
-            {"now": now, "ids": b.list_param(ids)},
+            f" WHERE {backend.member('id', 'ids')} AND state = 'alive' RETURNING id",
+            {"now": now, "ids": backend.list_param(ids)},
         )
         return [r["id"] for r in rows]
 
     def _queue_max_stalls(self, tx: Tx, queues: set[str]) -> dict[str, int]:
-        b = self.backend
+        backend = self.backend
         rows = tx.execute(
-            f"SELECT name, max_stalls FROM queues WHERE {b.member('name', 'names')}"
+            f"SELECT name, max_stalls FROM queues WHERE {backend.member('name', 'names')}"
             " AND max_stalls IS NOT NULL",
-            {"names": b.list_param(sorted(queues))},
+            {"names": backend.list_param(sorted(queues))},
         )
         return {r["name"]: int(r["max_stalls"]) for r in rows}
 
@@ -445,12 +446,12 @@ class Runs(StoreBase):
             )
         return [event_from_row(r) for r in rows]
 
-    def list_runs(self, f: RunFilter) -> list[Run]:
-        where, params = self.run_filter_sql(f)
-        if f.before_seq is not None:
+    def list_runs(self, run_filter: RunFilter) -> list[Run]:
+        where, params = self.run_filter_sql(run_filter)
+        if run_filter.before_seq is not None:
             where += " AND seq < :before_seq"
-            params["before_seq"] = f.before_seq
-        params["limit"] = f.limit
+            params["before_seq"] = run_filter.before_seq
+        params["limit"] = run_filter.limit
         with self.backend.single_statement(write=False) as tx:  # one round trip, not three
             rows = tx.execute(
                 f"SELECT * FROM runs WHERE {where} ORDER BY seq DESC LIMIT :limit", params

@@ -148,7 +148,7 @@ def _end_change(end: End, held: Row, now: float) -> Change:
 
 def write(
     tx: Tx,
-    b: Backend,
+    backend: Backend,
     checkpoints: Sequence[Checkpoint],
     ends: Sequence[End],
     now: float,
@@ -158,7 +158,7 @@ def write(
     checkpoints = [*checkpoints, *(e.checkpoint for e in ends if e.checkpoint is not None)]
     writes: list[Checkpoint | End] = [*checkpoints, *ends]
     leases = {(w.lease.run.id, w.lease.token): w.lease for w in writes}
-    held = fence(tx, b, list(leases.values())) if leases else {}
+    held = fence(tx, backend, list(leases.values())) if leases else {}
     refused = {key for key in leases if key[0] not in held or held[key[0]]["token"] != key[1]}
     checkpoints = [c for c in checkpoints if (c.lease.run.id, c.lease.token) not in refused]
     ends = [e for e in ends if (e.lease.run.id, e.lease.token) not in refused]
@@ -168,7 +168,7 @@ def write(
         return Written(refused=refused, states={})
     rows = moves.move(
         tx,
-        b,
+        backend,
         Move.END,
         [_end_change(e, held[e.lease.run.id], now) for e in ends],
         now,

@@ -80,7 +80,7 @@ _INSERT_AT_ONCE = (
 
 def insert_runs(
     tx: Tx,
-    b: Backend,
+    backend: Backend,
     batch: Sequence[NewRun],
     now: float,
     *,
@@ -108,7 +108,7 @@ def insert_runs(
     ready_rows = [r for r in inserted.values() if r["state"] == RunState.QUEUED.value]
     held = {}
     if any(r["pauses"] for r in ready_rows):  # a pause exists: it may hold some of them
-        held = {r["id"]: r for r in moves.hold_paused(tx, b, ready_rows)}
+        held = {r["id"]: r for r in moves.hold_paused(tx, backend, ready_rows)}
     out: list[tuple[Row, bool]] = []
     became_ready: list[Row] = []
     events: list[dict[str, Any]] = []
@@ -124,19 +124,19 @@ def insert_runs(
             became_ready.append({**row, "max_active": new.session_concurrency})
         out.append((row, True))
     insert_events(tx, events)
-    summaries.enter_ready(tx, b, became_ready)
+    summaries.enter_ready(tx, backend, became_ready)
     return out
 
 
 def insert_runs_at_once(
-    b: Backend, batch: Sequence[NewRun], now: float, known: summaries.KnownRecords
+    backend: Backend, batch: Sequence[NewRun], now: float, known: summaries.KnownRecords
 ) -> list[tuple[Row, bool]] | None:
     """The common enqueue as one statement that is its own transaction, where the database
     composes writes: runs of one tenant whose queue and tenant records exist, while no pause
     exists. None when that does not hold, and nothing was written: take the general path."""
     tenants = {new.tenant for new in batch}
     if (
-        not b.composes_writes
+        not backend.composes_writes
         or len(tenants) != 1
         or len(batch) > ROWS_CHUNK
         or not tenants <= known.tenants
@@ -145,7 +145,7 @@ def insert_runs_at_once(
         return None
     new_rows = [_new_row(new, now) for new in batch]
     params: dict[str, Any] = {"now": now, "tenant": batch[0].tenant}
-    with b.single_statement() as tx:
+    with backend.single_statement() as tx:
         source = tx.rows(
             [*_NEW_COLUMNS, ("max_active", "integer")],
             [
@@ -155,14 +155,14 @@ def insert_runs_at_once(
             params,
         )
         rows = tx.execute(
-            _INSERT_AT_ONCE.format(rows=source, notify=b.notify_sql("q.queue")), params
+            _INSERT_AT_ONCE.format(rows=source, notify=backend.notify_sql("q.queue")), params
         )
     if rows[0]["pauses_found"]:
         return None
     inserted = {r["id"]: r for r in rows if r["id"] is not None}
     if len(inserted) == len(batch):
         return [(inserted[values["id"]], True) for values in new_rows]
-    with b.transaction(write=False) as tx:  # some idempotency keys were used: their runs
+    with backend.transaction(write=False) as tx:  # some idempotency keys were used: their runs
         return [
             (inserted[values["id"]], True)
             if values["id"] in inserted

@@ -37,12 +37,12 @@ class Leasing:
     advance: dict[str, float]
 
 
-def lease(tx: Tx, b: Backend, chosen: list[Row], leasing: Leasing, now: float) -> list[Row]:
+def lease(tx: Tx, backend: Backend, chosen: list[Row], leasing: Leasing, now: float) -> list[Row]:
     """Lease the chosen runs (queued, by seq); the leased rows, best first."""
     check(Move.CLAIM, RunState.QUEUED, RunState.RUNNING)
-    rows = _lease(tx, b, chosen, leasing, now)
-    rows, held = _hold_paused(tx, b, rows, now)
-    _account(tx, b, chosen, rows, leasing, now)
+    rows = _lease(tx, backend, chosen, leasing, now)
+    rows, held = _hold_paused(tx, backend, rows, now)
+    _account(tx, backend, chosen, rows, leasing, now)
     summaries.leave_ready(tx, held)
     insert_events(
         tx,
@@ -51,7 +51,7 @@ def lease(tx: Tx, b: Backend, chosen: list[Row], leasing: Leasing, now: float) -
     return sorted(rows, key=lambda r: (-r["priority"], r["seq"]))
 
 
-def _lease(tx: Tx, b: Backend, chosen: list[Row], leasing: Leasing, now: float) -> list[Row]:
+def _lease(tx: Tx, backend: Backend, chosen: list[Row], leasing: Leasing, now: float) -> list[Row]:
     by_lease: dict[float, list[int]] = {}
     for row in chosen:
         seconds = leasing.lease_seconds.get(row["queue"]) or leasing.default_seconds
@@ -62,9 +62,9 @@ def _lease(tx: Tx, b: Backend, chosen: list[Row], leasing: Leasing, now: float) 
             "UPDATE runs SET state = 'running', lease_owner = :worker,"
             " lease_token = lease_token + 1, lease_expires_at = :expires,"
             " lease_seconds = :seconds, started_at = COALESCE(started_at, :now), updated_at = :now,"
-            f" holds_queue_slot = {b.member('queue', 'limited_queues')},"
-            f" holds_tenant_slot = {b.member('tenant', 'limited_tenants')}"
-            f" WHERE {b.member('seq', 'seqs')} AND state = 'queued'"
+            f" holds_queue_slot = {backend.member('queue', 'limited_queues')},"
+            f" holds_tenant_slot = {backend.member('tenant', 'limited_tenants')}"
+            f" WHERE {backend.member('seq', 'seqs')} AND state = 'queued'"
             # Whether any pause exists, in the same round trip (there rarely is one).
             " RETURNING *, (SELECT COUNT(*) FROM pauses) AS pauses",
             {
@@ -72,28 +72,30 @@ def _lease(tx: Tx, b: Backend, chosen: list[Row], leasing: Leasing, now: float) 
                 "expires": now + seconds,
                 "seconds": seconds,
                 "now": now,
-                "seqs": b.list_param(seqs),
-                "limited_queues": b.list_param(sorted(leasing.limited_queues)),
-                "limited_tenants": b.list_param(leasing.limited_tenants),
+                "seqs": backend.list_param(seqs),
+                "limited_queues": backend.list_param(sorted(leasing.limited_queues)),
+                "limited_tenants": backend.list_param(leasing.limited_tenants),
             },
         )
     return rows
 
 
-def _hold_paused(tx: Tx, b: Backend, rows: list[Row], now: float) -> tuple[list[Row], list[Row]]:
+def _hold_paused(
+    tx: Tx, backend: Backend, rows: list[Row], now: float
+) -> tuple[list[Row], list[Row]]:
     """A run enqueued while its pause was being created can still be ready: never start it
     (the HOLD move)."""
     if not any(r["pauses"] for r in rows):
         return rows, []
     check(Move.HOLD, RunState.QUEUED, RunState.PAUSED)
-    held = hold_paused(tx, b, rows)
+    held = hold_paused(tx, backend, rows)
     insert_events(tx, [event_params(r["id"], RunState.PAUSED, "paused", now) for r in held])
     seqs = {r["seq"] for r in held}
     return [r for r in rows if r["seq"] not in seqs], held
 
 
 def _account(
-    tx: Tx, b: Backend, chosen: list[Row], rows: list[Row], leasing: Leasing, now: float
+    tx: Tx, backend: Backend, chosen: list[Row], rows: list[Row], leasing: Leasing, now: float
 ) -> None:
     """Move lanes, queues and tenants on by what was leased (lock order: lanes, queues, tenants)."""
     leased = sorted({(r["tenant"], r["session_key"]) for r in rows if r["session_key"] is not None})
@@ -116,7 +118,7 @@ def _account(
             {"n": per_queue[queue], "queue": queue},
         )
         if counted and queue not in leasing.limited_queues:
-            _hold_slots(tx, b, "queue", [r for r in rows if r["queue"] == queue])
+            _hold_slots(tx, backend, "queue", [r for r in rows if r["queue"] == queue])
         if queue in leasing.rate_periods:
             tx.execute_many(
                 "INSERT INTO queue_starts (queue, at) VALUES (:queue, :now)",
@@ -139,13 +141,13 @@ def _account(
             {"advance": leasing.advance[tenant], "n": per_tenant[tenant], "tenant": tenant},
         )
         if row["concurrency"] is not None and tenant not in leasing.limited_tenants:
-            _hold_slots(tx, b, "tenant", [r for r in rows if r["tenant"] == tenant])
+            _hold_slots(tx, backend, "tenant", [r for r in rows if r["tenant"] == tenant])
 
 
-def _hold_slots(tx: Tx, b: Backend, kind: str, rows: list[Row]) -> None:
+def _hold_slots(tx: Tx, backend: Backend, kind: str, rows: list[Row]) -> None:
     """A limit set while this claim ran: its runs take a slot of it."""
     if rows:
         tx.execute(
-            f"UPDATE runs SET holds_{kind}_slot = true WHERE {b.member('seq', 'seqs')}",
-            {"seqs": b.list_param([r["seq"] for r in rows])},
+            f"UPDATE runs SET holds_{kind}_slot = true WHERE {backend.member('seq', 'seqs')}",
+            {"seqs": backend.list_param([r["seq"] for r in rows])},
         )

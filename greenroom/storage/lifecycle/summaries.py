@@ -96,7 +96,7 @@ def _tenant_ready(tx: Tx, counts: Counter[str]) -> None:
             tx.execute(_TENANT_READY, {"n": counts[tenant], "tenant": tenant})
 
 
-def enter_ready(tx: Tx, b: Backend, rows: Sequence[Row]) -> None:
+def enter_ready(tx: Tx, backend: Backend, rows: Sequence[Row]) -> None:
     """These runs just became `queued` (a row may carry `max_active` for a new lane); idle
     workers of their queues are told."""
     for row in sorted(rows, key=lambda r: (r["tenant"], r["session_key"] or "", r["seq"])):
@@ -114,7 +114,7 @@ def enter_ready(tx: Tx, b: Backend, rows: Sequence[Row]) -> None:
             )
     _tenant_ready(tx, Counter(r["tenant"] for r in rows))
     for queue in sorted({r["queue"] for r in rows}):
-        b.notify(tx, queue)
+        backend.notify(tx, queue)
 
 
 def leave_ready(tx: Tx, rows: Sequence[Row]) -> None:
