@@ -21,7 +21,7 @@ from greenroom.connectors import Connector, dump_credentials
 from greenroom.errors import ConfigError, InvalidInput, NotFound, PermanentError
 from greenroom.model import INTEGRATION_LABEL, Integration, Run
 from greenroom.origins import secret_origins
-from greenroom.storage import RunStore
+from greenroom.storage.accounts import Accounts
 
 if TYPE_CHECKING:
     from greenroom.crypto import KeyRing
@@ -67,7 +67,7 @@ class RunIntegration:
 
 
 def create(
-    store: RunStore,
+    accounts: Accounts,
     ring: KeyRing,
     connector: Connector,
     *,
@@ -81,7 +81,7 @@ def create(
     parsed = connector.parse_credentials(credentials)
     checked = connector.parse_settings(settings)
     integration_id = "int_" + secrets.token_hex(8)
-    return store.accounts.add_integration(
+    return accounts.add_integration(
         tenant=tenant,
         connector=connector.name,
         name=name,
@@ -93,7 +93,7 @@ def create(
 
 
 def update(
-    store: RunStore,
+    accounts: Accounts,
     connector: Connector | None,
     integration: Integration,
     *,
@@ -113,7 +113,7 @@ def update(
                 f"integration {integration.id} cannot be checked"
             )
         checked = connector.dump_settings(connector.parse_settings(settings))
-    return store.accounts.update_integration(
+    return accounts.update_integration(
         integration.id,
         tenant=integration.tenant,
         actor=actor,
@@ -124,7 +124,7 @@ def update(
 
 
 def replace_credentials(
-    store: RunStore,
+    accounts: Accounts,
     ring: KeyRing,
     connector: Connector,
     integration: Integration,
@@ -134,7 +134,7 @@ def replace_credentials(
 ) -> Integration:
     """Credential rotation: the new credentials replace the old ones at once."""
     parsed = connector.parse_credentials(credentials)
-    return store.accounts.update_integration(
+    return accounts.update_integration(
         integration.id,
         tenant=integration.tenant,
         actor=actor,
@@ -142,7 +142,7 @@ def replace_credentials(
     )
 
 
-def reseal_all(store: RunStore, ring: KeyRing) -> int:
+def reseal_all(accounts: Accounts, ring: KeyRing) -> int:
     """Re-encrypt every integration's credentials under the ring's current key (after a key
     rotation: the old key goes to GREENROOM_PREVIOUS_SECRET_KEYS until this has run)."""
 
@@ -157,10 +157,10 @@ def reseal_all(store: RunStore, ring: KeyRing) -> int:
             )
         return ring.encrypt(plain, context)
 
-    return store.accounts.reseal_credentials(reseal)
+    return accounts.reseal_credentials(reseal)
 
 
-def for_run(store: RunStore, connector: Connector, run: Run) -> RunIntegration | None:
+def for_run(accounts: Accounts, connector: Connector, run: Run) -> RunIntegration | None:
     """The integration a run was started for, its settings validated (None: the run has no
     integration). Refuses input that names a setting, however the run was created."""
     try:
@@ -171,7 +171,7 @@ def for_run(store: RunStore, connector: Connector, run: Run) -> RunIntegration |
     if integration_id is None:
         return None
     try:
-        integration = store.accounts.integration(integration_id, tenant=run.tenant)
+        integration = accounts.integration(integration_id, tenant=run.tenant)
     except NotFound:
         raise PermanentError(f"integration {integration_id} no longer exists") from None
     try:
@@ -190,13 +190,13 @@ def for_run(store: RunStore, connector: Connector, run: Run) -> RunIntegration |
     )
 
 
-def open_for_run(store: RunStore, ring: KeyRing, connector: Connector, run: Run) -> BaseModel:
+def open_for_run(accounts: Accounts, ring: KeyRing, connector: Connector, run: Run) -> BaseModel:
     """The credentials of the integration a run was started for."""
     integration_id = run.labels.get(INTEGRATION_LABEL)
     if integration_id is None:
         raise PermanentError(f"run {run.id} was not started for an integration: no credentials")
     try:
-        integration = store.accounts.integration(integration_id, tenant=run.tenant)
+        integration = accounts.integration(integration_id, tenant=run.tenant)
     except NotFound:
         raise PermanentError(f"integration {integration_id} no longer exists") from None
     if integration.status != "active":

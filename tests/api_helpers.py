@@ -122,12 +122,16 @@ class ApiSetup:
 def api_setup(db_url: str, **settings: Any) -> Iterator[ApiSetup]:
     app = build_app(db_url, **settings)
     store = app.store
-    _, platform = create_key(store, tenant=None, role=Role.PLATFORM, name="ops", actor="test")
+    _, platform = create_key(
+        store.accounts, tenant=None, role=Role.PLATFORM, name="ops", actor="test"
+    )
     keys: dict[str, dict[Role, str]] = {}
     for tenant in TENANTS:
         store.accounts.create_tenant(tenant, actor="test")
         keys[tenant] = {
-            role: create_key(store, tenant=tenant, role=role, name=str(role), actor="test")[1]
+            role: create_key(
+                store.accounts, tenant=tenant, role=role, name=str(role), actor="test"
+            )[1]
             for role in ROLES
         }
     try:

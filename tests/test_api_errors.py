@@ -57,7 +57,7 @@ def _refuses_keys_it_cannot_use(api: ApiSetup, clock: ManualClock) -> None:
     real = api.keys["acme"][Role.VIEWER]
     key_id = real.split(".")[0]
     _, expiring = create_key(
-        store,
+        store.accounts,
         tenant="acme",
         role=Role.VIEWER,
         name="short",
@@ -292,7 +292,7 @@ def test_429_for_failed_authentication_per_key_id_and_address(
         lookups: list[str] = []
         real_lookup = store.accounts.api_key
         monkeypatch.setattr(
-            store, "api_key", lambda key_id: lookups.append(key_id) or real_lookup(key_id)
+            store.accounts, "api_key", lambda key_id: lookups.append(key_id) or real_lookup(key_id)
         )
         real = api.keys["acme"][Role.VIEWER]
         key_id = real.split(".")[0]

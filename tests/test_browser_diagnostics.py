@@ -220,7 +220,7 @@ async def test_credentials_opened_by_a_run_never_reach_its_artifacts(
 
     app.store.accounts.create_tenant("t1", actor="test")
     integration = integrations.create(
-        app.store,
+        app.store.accounts,
         load_keyring(app.settings),
         connector,
         tenant="t1",

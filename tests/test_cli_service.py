@@ -170,7 +170,7 @@ def test_integrations_list_and_secrets_reseal_after_a_key_rotation(
     try:
         app.store.accounts.create_tenant("acme", actor="test")
         integration = create_integration(
-            app.store,
+            app.store.accounts,
             KeyRing(base64.b64decode(old)),
             crm,
             tenant="acme",
@@ -322,7 +322,9 @@ def test_api_serves_the_demo_app_and_accepts_keys_made_by_the_cli(
 def test_api_workers_share_one_postgres_database(pg_url: str) -> None:
     with store_at(pg_url) as store:
         store.accounts.create_tenant("acme", actor="test")
-        _, secret = create_key(store, tenant="acme", role=Role.OPERATOR, name="t", actor="t")
+        _, secret = create_key(
+            store.accounts, tenant="acme", role=Role.OPERATOR, name="t", actor="t"
+        )
     argv = ("api", "--app", TEST_APP, "--db", pg_url, "--port", "0", "--workers", "2")
     with greenroom(*argv) as server:
         base = base_url(server)

@@ -196,7 +196,7 @@ def test_cli_updates_settings_validated_and_audited_and_refuses_settings_as_inpu
     try:
         app.store.accounts.create_tenant("acme", actor="test")
         made = integrations.create(
-            app.store,
+            app.store.accounts,
             load_keyring(app.settings),
             app.connectors["crm"],
             tenant="acme",
@@ -337,7 +337,9 @@ def served(db_url: str) -> Iterator[Served]:
     try:
         app.store.accounts.create_tenant("acme", actor="test")
         keys = {
-            role: create_key(app.store, tenant="acme", role=role, name=str(role), actor="t")[1]
+            role: create_key(
+                app.store.accounts, tenant="acme", role=role, name=str(role), actor="t"
+            )[1]
             for role in (Role.ADMIN, Role.OPERATOR)
         }
         with serving(create_api(app)) as url:

@@ -181,7 +181,7 @@ async def test_an_isolated_run_reads_its_settings_and_its_secrets_keep_to_their_
         app.store.accounts.create_tenant("t1", actor="test")
         with serve_site() as good, serve_site() as evil:
             made = integrations.create(
-                app.store,
+                app.store.accounts,
                 load_keyring(app.settings),
                 app.connectors["site"],
                 tenant="t1",

@@ -223,7 +223,7 @@ def test_the_python_api_and_the_store_follow_the_same_rule(api: ApiSetup) -> Non
         # Numbers the database's 32-bit columns cannot hold are refused, not a database error.
         lambda: store.controls.set_tenant("acme", actor="t", reason="r", concurrency=2**31),
         lambda: create_key(
-            store, tenant="acme", role=Role.VIEWER, name="k", actor="t", rate_limit=2**31
+            store.accounts, tenant="acme", role=Role.VIEWER, name="k", actor="t", rate_limit=2**31
         ),
         lambda: store.controls.set_queue("default", actor="t", reason="r", max_attempts=2**31),
     ]:

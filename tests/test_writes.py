@@ -507,8 +507,8 @@ async def test_writer_groups_concurrent_writes_into_few_transactions(
         expire_and_reclaim, store, clock, stale_run, [r for r in runs if r is not stale_run]
     )
     counting = CountingWrites(store)
-    monkeypatch.setattr(store, "write", counting)
-    writer = RunWriter(store, db)
+    monkeypatch.setattr(store.runs, "write", counting)
+    writer = RunWriter(store.runs, db)
 
     async def one_run(run: Run) -> RunState:
         lease = leases[run.id]
@@ -551,8 +551,8 @@ async def test_writer_puts_writes_handed_in_during_a_commit_into_the_next_batch(
     claimed = by_run(claim(store))
     leases = [claimed[r.id] for r in runs]
     counting = CountingWrites(store)
-    monkeypatch.setattr(store, "write", counting)
-    writer = RunWriter(store, db)
+    monkeypatch.setattr(store.runs, "write", counting)
+    writer = RunWriter(store.runs, db)
     # Handed in together, without yielding: one batch.
     first = [writer.checkpoint(checkpoint(lease, 0, "a")) for lease in leases[:3]]
     await asyncio.sleep(0)  # the batch is committing now
@@ -582,12 +582,12 @@ async def test_a_bad_write_fails_alone_and_outages_are_tried_again(
 ) -> None:
     a, b, c = (enqueue(store) for _ in range(3))
     leases = by_run(claim(store))
-    writer = RunWriter(store, db, retry_delays=(0.01, 0.01))
+    writer = RunWriter(store.runs, db, retry_delays=(0.01, 0.01))
     loop = asyncio.get_running_loop()
     unhandled: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
     counting = CountingWrites(store)
-    monkeypatch.setattr(store, "write", counting)
+    monkeypatch.setattr(store.runs, "write", counting)
 
     # A real constraint violation (steps.name is NOT NULL) fails its batch at once (trying
     # again would fail the same way); the batch is then written a write at a time, so only the
@@ -618,7 +618,7 @@ async def test_a_bad_write_fails_alone_and_outages_are_tried_again(
 
     # An outage shorter than the tries: the batch commits at its second try.
     counting = CountingWrites(store, [outage(store)])
-    monkeypatch.setattr(store, "write", counting)
+    monkeypatch.setattr(store.runs, "write", counting)
     await writer.checkpoint(checkpoint(leases[c.id], 0, "c0"))
     assert [(len(cps), len(es)) for cps, es in counting.batches] == [(1, 0)] * 2
     assert await asyncio.to_thread(steps_of, store, c.id) == [
@@ -627,7 +627,7 @@ async def test_a_bad_write_fails_alone_and_outages_are_tried_again(
 
     # An outage longer than the tries: that batch fails, the next one commits.
     counting = CountingWrites(store, [outage(store)] * 3)
-    monkeypatch.setattr(store, "write", counting)
+    monkeypatch.setattr(store.runs, "write", counting)
     ended = asyncio.ensure_future(
         writer.end(End(lease=leases[a.id], state=RunState.SUCCEEDED, reason="done", output="1"))
     )
@@ -672,8 +672,8 @@ async def test_an_end_whose_commit_was_not_acknowledged_is_not_reported_lost(
             raise outage(store)
         return written
 
-    monkeypatch.setattr(store, "write", commit_then_lose_the_answer)
-    writer = RunWriter(store, db, retry_delays=(0.01,))
+    monkeypatch.setattr(store.runs, "write", commit_then_lose_the_answer)
+    writer = RunWriter(store.runs, db, retry_delays=(0.01,))
     end = End(lease=lease, state=RunState.SUCCEEDED, reason="done", output="1")
     assert await writer.end(end) is RunState.SUCCEEDED
     assert calls == [1, 1], "tried again, and refused: the run is no longer leased"
@@ -688,7 +688,7 @@ async def test_a_refused_checkpoint_nobody_awaits_is_not_reported(
     await asyncio.to_thread(expire_and_reclaim, store, clock, run, [])
     unhandled: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: unhandled.append(ctx))
-    writer = RunWriter(store, db)
+    writer = RunWriter(store.runs, db)
     # As the worker does at a run's end: the last checkpoint is also carried by the end.
     carried = checkpoint(old, 0, "last")
     unawaited = writer.checkpoint(carried)
@@ -795,7 +795,7 @@ async def test_a_run_keeps_its_lease_while_its_end_waits_for_the_database(
                 time.sleep(2.5)  # the database answers after more than a lease
             return real(checkpoints, ends)
 
-        monkeypatch.setattr(app.store, "write", slow_ends)
+        monkeypatch.setattr(app.store.runs, "write", slow_ends)
         run = await app.enqueue("writes.one")
         async with worker_running(app) as worker:
             (done,) = await wait_for_states(app.store, [run.id])

@@ -12,7 +12,7 @@ import hmac
 import secrets
 
 from greenroom.model import ApiKey, Role
-from greenroom.storage import RunStore
+from greenroom.storage.accounts import Accounts
 
 
 def hash_key(key: str) -> str:
@@ -20,7 +20,7 @@ def hash_key(key: str) -> str:
 
 
 def create_key(
-    store: RunStore,
+    accounts: Accounts,
     *,
     tenant: str | None,
     role: Role,
@@ -32,7 +32,7 @@ def create_key(
     """A new key and its secret, which is never stored: give it to its user now."""
     key_id = "grk_" + secrets.token_hex(6)
     full = f"{key_id}.{secrets.token_urlsafe(32)}"
-    key = store.accounts.add_api_key(
+    key = accounts.add_api_key(
         key_id=key_id,
         tenant=tenant,
         role=role,

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from playwright.async_api import Page
 
     from greenroom.model import SavedSession
-    from greenroom.storage import DbCall, RunStore
+    from greenroom.storage import DbCall
+    from greenroom.storage.sessions import Sessions
 
 #: A workflow's "still logged in?" check, asked before a session's state is trusted and saved.
 Probe = Callable[["Page"], Awaitable[bool]]
@@ -60,8 +61,8 @@ class BrowserRuntime:
             self._artifacts = default_artifact_store(self.settings)
         return self._artifacts
 
-    def for_run(self, lease: Lease, store: RunStore, db: DbCall, log: Any) -> RunBrowser:
-        return RunBrowser(self, lease, store, db, log)
+    def for_run(self, lease: Lease, sessions: Sessions, db: DbCall, log: Any) -> RunBrowser:
+        return RunBrowser(self, lease, sessions, db, log)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -71,14 +72,14 @@ class RunBrowser:
     """What one run has of the browser: `ctx.page()` and the hooks the engine calls."""
 
     def __init__(
-        self, runtime: BrowserRuntime, lease: Lease, store: RunStore, db: DbCall, log: Any
+        self, runtime: BrowserRuntime, lease: Lease, sessions: Sessions, db: DbCall, log: Any
     ) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.console = ConsoleLog()
         self.redactor = Redactor()
         self._lease = lease
-        self._store = store
+        self._sessions = sessions
         self._db = db
         self._log = log
         self._entry: SessionContext | None = None
@@ -147,13 +148,13 @@ class RunBrowser:
             yield
             return
         async with self.runtime.logins.hold(key):
-            while not await self._db(self._store.sessions.take_login, self._lease):
+            while not await self._db(self._sessions.take_login, self._lease):
                 await asyncio.sleep(LOGIN_POLL_SECONDS)
             try:
                 yield
             finally:
                 with contextlib.suppress(Exception):  # the holder's lease ending frees it too
-                    await self._db(self._store.sessions.release_login, self._lease)
+                    await self._db(self._sessions.release_login, self._lease)
 
     async def discard_session(self) -> None:
         """The session turned out to be logged out: forget its saved state and its context,
@@ -161,7 +162,7 @@ class RunBrowser:
         async with self._lock:
             await self._release(keep=False)  # closed once no other run of the session uses it
             if self._lease.run.session_key is not None:
-                await self._db(self._store.sessions.discard_session_state, self._lease)
+                await self._db(self._sessions.discard_session_state, self._lease)
         self._log.info("saved browser session discarded")
 
     # -- hooks called by the engine --------------------------------------------------------
@@ -204,9 +205,7 @@ class RunBrowser:
         version, factory = 0, None
         if run.session_key is not None:
             self.runtime.keyring  # noqa: B018 - no key, no saved sessions: say so before any work
-            saved = await self._db(
-                self._store.sessions.load_session_state, run.tenant, run.session_key
-            )
+            saved = await self._db(self._sessions.load_session_state, run.tenant, run.session_key)
             if saved is not None:
                 version = saved.version
                 factory = self._state_factory(saved)
@@ -251,7 +250,7 @@ class RunBrowser:
             return
         kid, blob = seal(self.runtime.keyring, snap, run.tenant, run.session_key)
         version = await self._db(
-            self._store.sessions.save_session_state,
+            self._sessions.save_session_state,
             self._lease,
             key_id=kid,
             state=blob,
@@ -327,7 +326,7 @@ class RunBrowser:
         run = self._lease.run
         location = await asyncio.to_thread(self.runtime.artifacts.put, run.id, item.name, item.data)
         await self._db(
-            self._store.sessions.add_artifact,
+            self._sessions.add_artifact,
             run_id=run.id,
             tenant=run.tenant,
             attempt=run.attempt,

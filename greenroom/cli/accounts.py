@@ -136,7 +136,7 @@ def keys_create(
     else:
         with existing_store(db_url(ctx, db)) as store:
             key, secret = create_key(
-                store,
+                store.accounts,
                 tenant=tenant,
                 role=role,
                 name=name or role.value,
@@ -343,7 +343,7 @@ def integrations_update(
         if the_app is not None and connector is None:
             raise InvalidInput(f"{app} has no connector {current.connector!r}")
         updated = integrations.update(
-            store,
+            store.accounts,
             connector,
             current,
             actor=actor or default_actor(),
@@ -365,7 +365,7 @@ def secrets_reseal(ctx: typer.Context, db: DbOpt = None) -> None:
     with existing_store(url) as store:
         ring = load_keyring(load_settings(db=url))
         total = len(store.accounts.integrations())
-        resealed = reseal_all(store, ring)
+        resealed = reseal_all(store.accounts, ring)
     out.print(
         f"resealed {resealed} of {total} integrations under key {ring.current_id} "
         "(the others already were)"

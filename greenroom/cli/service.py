@@ -148,7 +148,9 @@ def bootstrap(store: RunStore, tenant: str) -> None:
             soft_wrap=True,
         )
         return
-    key, secret = create_key(store, tenant=tenant, role=Role.ADMIN, name="bootstrap", actor=actor)
+    key, secret = create_key(
+        store.accounts, tenant=tenant, role=Role.ADMIN, name="bootstrap", actor=actor
+    )
     out.print(f"registered tenant {escape(tenant)} and {describe_key(key)}; {ONCE}:")
     out.print(f"  {secret}", markup=False, highlight=False, soft_wrap=True)
 

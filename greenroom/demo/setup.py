@@ -38,7 +38,7 @@ def connect_org(
     """An integration of `tenant` with organization `org` of the console at `base_url`."""
     creds = admin_credentials(org, secret)
     return integrations.create(
-        store,
+        store.accounts,
         ring,
         connector,
         tenant=tenant,

@@ -22,7 +22,7 @@ async def bind_integration(ctx: RunContext, app: App, store: RunStore, db: DbCal
     wf = app.get_workflow(ctx.run.workflow)
     if wf.connector is None:
         return
-    found = await db(integrations.for_run, store, app.connectors[wf.connector], ctx.run)
+    found = await db(integrations.for_run, store.accounts, app.connectors[wf.connector], ctx.run)
     if found is not None:
         ctx.bind_integration(found)
 
@@ -36,7 +36,7 @@ def credentials_source(
     async def open_credentials() -> BaseModel:
         connector = app.connector_of(ctx.run.workflow)
         creds: BaseModel = await db(
-            integrations.open_for_run, store, runtime.keyring, connector, ctx.run
+            integrations.open_for_run, store.accounts, runtime.keyring, connector, ctx.run
         )
         if ctx.browser is not None:
             for value in secret_values(creds):

@@ -229,12 +229,12 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
         ctx = RunContext(
             lease=lease,
             store=store,
-            writer=RunWriter(store, db),
+            writer=RunWriter(store.runs, db),
             history=store.runs.steps(run.id),
             lease_valid_until=lambda: messages.valid_until,  # renewed by the worker
             await_checkpoints=True,  # the worker may kill this process group at any moment
         )
-        ctx.browser = runtime.for_run(lease, store, db, ctx.log)
+        ctx.browser = runtime.for_run(lease, store.sessions, db, ctx.log)
         ctx.credentials_source = credentials_source(ctx, app, store, runtime, db)
         messages.on_pause = ctx.request_pause
         if messages.paused:

@@ -105,7 +105,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stop_requested = False
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
-        self.writer = RunWriter(self.store, self._db)
+        self.writer = RunWriter(self.store.runs, self._db)
         self._renewed_at = 0.0
         self.memory = MemoryAdmission(
             self.settings.memory_budget_mb, self.settings.memory_per_run_mb, self._isolated_pids
@@ -473,7 +473,7 @@ class Worker:
             history=history,
             lease_valid_until=self._lease_valid_until(lease),
         )
-        ctx.browser = self.browser.for_run(lease, self.store, self._db, ctx.log)
+        ctx.browser = self.browser.for_run(lease, self.store.sessions, self._db, ctx.log)
         ctx.credentials_source = credentials_source(
             ctx, self.app, self.store, self.browser, self._db
         )

@@ -12,7 +12,8 @@ import structlog
 
 from greenroom.errors import LeaseLost
 from greenroom.model import RunState
-from greenroom.storage import DbCall, RunStore
+from greenroom.storage import DbCall
+from greenroom.storage.runs import Runs
 from greenroom.storage.writes import Checkpoint, End, Written
 
 #: Writes in one transaction, at most.
@@ -35,9 +36,9 @@ class RunWriter:
     learns its own outcome: done, or LeaseLost for a run whose lease is gone, or its error."""
 
     def __init__(
-        self, store: RunStore, db: DbCall, *, retry_delays: Sequence[float] = RETRY_DELAYS
+        self, runs: Runs, db: DbCall, *, retry_delays: Sequence[float] = RETRY_DELAYS
     ) -> None:
-        self._store = store
+        self._runs = runs
         self._db = db
         self._retry_delays = retry_delays
         self._pending: list[tuple[Checkpoint | End, asyncio.Future[Any]]] = []
@@ -74,7 +75,7 @@ class RunWriter:
         try:
             written = await self._write(checkpoints, ends)
         except Exception as exc:
-            if len(batch) > 1 and not self._store.backend.is_transient(exc):
+            if len(batch) > 1 and not self._runs.backend.is_transient(exc):
                 await self._commit_each(batch)
             else:
                 for write, future in batch:
@@ -111,11 +112,11 @@ class RunWriter:
         while True:
             started = time.monotonic()
             try:
-                written: Written = await self._db(self._store.runs.write, checkpoints, ends)
+                written: Written = await self._db(self._runs.write, checkpoints, ends)
             except Exception as exc:
                 slow = time.monotonic() - started > SLOW_FAILURE_SECONDS
                 delay = next(delays, None)
-                if delay is None or slow or not self._store.backend.is_transient(exc):
+                if delay is None or slow or not self._runs.backend.is_transient(exc):
                     raise
                 runs = {c.lease.run.id for c in checkpoints} | {e.lease.run.id for e in ends}
                 log.warning("writing runs failed; retrying", runs=sorted(runs), error=str(exc))
@@ -134,7 +135,7 @@ class RunWriter:
             if key not in written.refused:
                 continue
             try:
-                run = await self._db(self._store.runs.get_run, end.lease.run.id)
+                run = await self._db(self._runs.get_run, end.lease.run.id)
             except Exception:  # the batch is written: this end stays reported as refused
                 continue
             took = {end.state, RunState.PAUSED} if end.state is RunState.QUEUED else {end.state}

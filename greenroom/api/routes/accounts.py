@@ -100,7 +100,7 @@ def create_api_key(body: KeyCreate, state: State, who: Caller = Admin) -> KeyCre
     else:
         tenant = who.acting_for(body.tenant)
     key, secret = create_key(
-        state.store,
+        state.store.accounts,
         tenant=tenant,
         role=body.role,
         name=body.name,

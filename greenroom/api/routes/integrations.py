@@ -86,7 +86,7 @@ def create_integration(
     """Connect a tenant to a SaaS app; the credentials are checked against the connector's
     schema, sealed, and never returned."""
     created = integrations.create(
-        state.store,
+        state.store.accounts,
         state.keyring,
         _connector(state, body.connector),
         tenant=who.acting_for(body.tenant),
@@ -116,7 +116,7 @@ def update_integration(
     its credentials)."""
     current = state.store.accounts.integration(integration_id, tenant=who.tenant)
     updated = integrations.update(
-        state.store,
+        state.store.accounts,
         state.app.connectors.get(current.connector),
         current,
         actor=who.actor,
@@ -138,7 +138,7 @@ def replace_credentials(
     """Rotate credentials: runs that open them from now on get the new ones."""
     current = state.store.accounts.integration(integration_id, tenant=who.tenant)
     updated = integrations.replace_credentials(
-        state.store,
+        state.store.accounts,
         state.keyring,
         _connector(state, current.connector),
         current,
