@@ -186,37 +186,11 @@ class Admin(StoreBase):
         new, _ = insert_runs(
             tx,
             self.backend,
-            [
-                NewRun(
-                    workflow=run.workflow,
-                    input=run.input if input is None else input,
-                    tenant=run.tenant,
-                    queue=run.queue,
-                    session_key=run.session_key,
-                    priority=run.priority,
-                    labels=run.labels,
-                    max_attempts=run.max_attempts,
-                    timeout=run.timeout,
-                    retry_of=run.id,
-                )
-            ],
+            [_retry_of(run, input)],
             self.clock.now(),
             reason=f"retry of {run.id} {how} by {actor}: {reason}",
         )[0]
-        # The new run stands for this one, and for the runs this one stood for.
-        tx.execute(
-            "UPDATE runs SET superseded_by = :new, updated_at = :now"
-            " WHERE id = :old OR superseded_by = :old",
-            {"new": new["id"], "now": self.clock.now(), "old": run.id},
-        )
-        if not from_scratch:
-            tx.execute(
-                "INSERT INTO steps (run_id, position, name, status, result, error, attempts,"
-                " lease_token, started_at, finished_at) SELECT :new, position, name, status,"
-                " result, error, attempts, 0, started_at, finished_at FROM steps"
-                " WHERE run_id = :old AND status = 'completed'",
-                {"new": new["id"], "old": run.id},
-            )
+        _hand_over(tx, run.id, new["id"], from_scratch, self.clock.now())
         self._event(
             tx,
             run.id,
@@ -330,6 +304,39 @@ class Admin(StoreBase):
                     delete_files(row["id"])
             if len(rows) < batch:
                 return deleted
+
+
+def _retry_of(run: Run, input: dict[str, Any] | None) -> NewRun:
+    return NewRun(
+        workflow=run.workflow,
+        input=run.input if input is None else input,
+        tenant=run.tenant,
+        queue=run.queue,
+        session_key=run.session_key,
+        priority=run.priority,
+        labels=run.labels,
+        max_attempts=run.max_attempts,
+        timeout=run.timeout,
+        retry_of=run.id,
+    )
+
+
+def _hand_over(tx: Tx, old: str, new: str, from_scratch: bool, now: float) -> None:
+    """The new run stands for the old one, and for the runs the old one stood for; from the
+    failed step, it starts with the old one's completed steps."""
+    tx.execute(
+        "UPDATE runs SET superseded_by = :new, updated_at = :now"
+        " WHERE id = :old OR superseded_by = :old",
+        {"new": new, "now": now, "old": old},
+    )
+    if not from_scratch:
+        tx.execute(
+            "INSERT INTO steps (run_id, position, name, status, result, error, attempts,"
+            " lease_token, started_at, finished_at) SELECT :new, position, name, status,"
+            " result, error, attempts, 0, started_at, finished_at FROM steps"
+            " WHERE run_id = :old AND status = 'completed'",
+            {"new": new, "old": old},
+        )
 
 
 def _filter_detail(run_filter: RunFilter) -> dict[str, Any]:

@@ -261,22 +261,7 @@ class Controls(StoreBase):
         now = self.clock.now()
         backend = self.backend
         with backend.transaction() as tx:
-            rows = tx.execute(
-                "INSERT INTO pauses (tenant, scope, label, value, drain, paused_by, reason,"
-                " created_at) VALUES (:tenant, :scope, :label, :value, :drain, :actor,"
-                " :reason, :now) ON CONFLICT (tenant, scope, label, value) DO NOTHING"
-                " RETURNING *",
-                {
-                    "tenant": wanted.tenant,
-                    "scope": wanted.scope.value,
-                    "label": wanted.label,
-                    "value": wanted.value,
-                    "drain": wanted.drain,
-                    "actor": actor,
-                    "reason": reason,
-                    "now": now,
-                },
-            )
+            rows = _insert_pause(tx, wanted, now)
             if not rows:
                 return self._counted(tx, self._find_pause(tx, wanted))
             pause = pause_from_row(rows[0])
@@ -382,6 +367,25 @@ class Controls(StoreBase):
         if not rows:
             raise NotFound(f"no pause on {wanted.describe()}")
         return pause_from_row(rows[0])
+
+
+def _insert_pause(tx: Tx, pause: Pause, now: float) -> list[Row]:
+    """The pause's new row; none when the same pause exists already."""
+    return tx.execute(
+        "INSERT INTO pauses (tenant, scope, label, value, drain, paused_by, reason, created_at)"
+        " VALUES (:tenant, :scope, :label, :value, :drain, :actor, :reason, :now)"
+        " ON CONFLICT (tenant, scope, label, value) DO NOTHING RETURNING *",
+        {
+            "tenant": pause.tenant,
+            "scope": pause.scope.value,
+            "label": pause.label,
+            "value": pause.value,
+            "drain": pause.drain,
+            "actor": pause.paused_by,
+            "reason": pause.reason,
+            "now": now,
+        },
+    )
 
 
 def _new_pause(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenroom.model import RunState
+from greenroom.storage.backend import Row
 from greenroom.storage.base import StoreBase, require_reason, retry_conflicts
 from greenroom.storage.codec import dumps
 from greenroom.storage.lifecycle import moves, summaries
@@ -104,32 +105,24 @@ class Repair(StoreBase):
             )
             failing: list[Change] = []
             for row in rows:
-                labels: dict[str, Any] = json.loads(row["labels"])
-                keys = _bad_keys(labels)
-                if not keys:
+                fix = _quarantine(row)
+                if fix is None:
                     continue
-                state = RunState(row["state"])
-                reason = (
-                    f"quarantined: labels {', '.join(keys)} hold text the database cannot read"
-                    " (NUL or invalid Unicode); they were removed, the original labels are in"
-                    " this event's detail"
-                )
-                kept = dumps({k: v for k, v in labels.items() if repr(k) not in keys})
-                detail = {"labels": row["labels"]}
-                if state in _WAITING:  # failed rather than started
-                    error = {"type": "UnreadableLabels", "message": reason, "class": "permanent"}
-                    values = {"labels": kept, "error": dumps(error)}
-                    failing.append(
-                        Change(row, RunState.FAILED, reason, detail=detail, values=values)
-                    )
+                if fix.to is RunState.FAILED:  # it waited to start: failed rather than started
+                    failing.append(fix)
                 else:
                     tx.execute(
                         "UPDATE runs SET labels = :labels, updated_at = :now WHERE seq = :seq",
-                        {"labels": kept, "now": now, "seq": row["seq"]},
+                        {"labels": fix.values["labels"], "now": now, "seq": row["seq"]},
                     )
-                    self._event(tx, row["id"], state, reason, at=now, detail=detail)
+                    self._event(tx, row["id"], fix.to, fix.reason, at=now, detail=fix.detail)
                 out.append(
-                    Quarantined(run_id=row["id"], tenant=row["tenant"], state=state, reason=reason)
+                    Quarantined(
+                        run_id=row["id"],
+                        tenant=row["tenant"],
+                        state=RunState(row["state"]),
+                        reason=fix.reason,
+                    )
                 )
             moves.move(
                 tx,
@@ -141,6 +134,28 @@ class Repair(StoreBase):
                 sets="labels = w.labels, error = w.error",
             )
         return out
+
+
+def _quarantine(row: Row) -> Change | None:
+    """What quarantine does to a run: its unreadable labels go (kept in the event's detail),
+    and a run waiting to start fails; None for a run whose labels are readable."""
+    labels: dict[str, Any] = json.loads(row["labels"])
+    keys = _bad_keys(labels)
+    if not keys:
+        return None
+    state = RunState(row["state"])
+    reason = (
+        f"quarantined: labels {', '.join(keys)} hold text the database cannot read"
+        " (NUL or invalid Unicode); they were removed, the original labels are in"
+        " this event's detail"
+    )
+    kept = dumps({k: v for k, v in labels.items() if repr(k) not in keys})
+    values: dict[str, Any] = {"labels": kept, "error": None}
+    if state in _WAITING:
+        state = RunState.FAILED
+        error = {"type": "UnreadableLabels", "message": reason, "class": "permanent"}
+        values["error"] = dumps(error)
+    return Change(row, state, reason, detail={"labels": row["labels"]}, values=values)
 
 
 def _bad_keys(labels: dict[str, Any]) -> list[str]:
