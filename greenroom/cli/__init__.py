@@ -31,7 +31,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from greenroom.app import App
 from greenroom.errors import ConfigError, GreenroomError, InvalidInput, NotFound
-from greenroom.settings import load_settings
+from greenroom.settings import DEFAULT_DB, load_settings
 from greenroom.storage import RunStore, open_store
 
 if TYPE_CHECKING:
@@ -200,14 +200,38 @@ def quiet_driver_logs() -> None:
     logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
+def sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def missing_database(path: Path, url: str) -> NotFound:
+    return NotFound(
+        f"no database at {path}: create it with `uv run greenroom db upgrade --db {url}`, "
+        "or check --db and $GREENROOM_DB"
+    )
+
+
+def require_database(url: str) -> None:
+    """A SQLite file given by --db or $GREENROOM_DB must exist: a typo would otherwise make a
+    new, empty database and the command would act on nothing. The default location
+    (.greenroom/greenroom.db, the quick start's) is created when missing, as is any file by
+    `greenroom db upgrade`."""
+    path = sqlite_path(url)
+    if path is None or path.is_file():
+        return
+    default = sqlite_path(DEFAULT_DB)
+    assert default is not None
+    if path.resolve() != default.resolve():
+        raise missing_database(path, url)
+
+
 @contextmanager
 def existing_store(url: str) -> Iterator[RunStore]:
     """A store over a database that must already exist and be migrated."""
     quiet_driver_logs()
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise NotFound(f"no database at {path}: run `greenroom db upgrade` or pass --db")
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise missing_database(path, url)
     store = open_store(url, migrate=False)
     try:
         yield store

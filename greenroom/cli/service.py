@@ -22,6 +22,7 @@ from greenroom.cli import (
     load_app,
     out,
     quiet_driver_logs,
+    require_database,
 )
 from greenroom.cli.accounts import ONCE, describe_key
 from greenroom.errors import ConfigError, Conflict
@@ -194,6 +195,8 @@ def up(
     configure(the_app, db=given_db(ctx, db), api_host=host, api_port=port, concurrency=concurrency)
     settings = the_app.settings
     quiet_driver_logs()
+    if bootstrap_tenant is None:  # --bootstrap sets a new service up: it may create the file
+        require_database(settings.db)
     try:
         store = the_app.store  # opening it migrates
         if bootstrap_tenant is not None:
