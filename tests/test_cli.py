@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -359,3 +360,28 @@ def test_the_default_database_and_db_upgrade_create_the_file(
         capsys, "--db", f"sqlite:///{new}", "enqueue", "hello", "--app", app_ref, "--input", NAME
     )
     assert code == 0, err
+
+
+def printed_command(line: str) -> list[str]:
+    """A hint's command, run as printed but by this interpreter (`uv run greenroom` is how a
+    checkout runs the same entry point)."""
+    found = re.search(r"uv run greenroom (.+)$", line)
+    assert found, line
+    return [sys.executable, "-m", "greenroom.cli", *shlex.split(found[1])]
+
+
+def test_hints_are_commands_that_work_as_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'hinted db.db'}"  # a space: the hint must quote it
+    code, _, err = cli(capsys, "--db", db, "tenants", "create", "acme")
+    assert_one_line_error(code, err, "no database at")
+    upgrade = printed_command(err.split("`")[1])
+    done = subprocess.run(upgrade, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    code, out, _ = cli(capsys, "--db", db, "tenants", "create", "acme")
+    assert code == 0
+    key = printed_command(" ".join(out.split()))
+    done = subprocess.run(key, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("grk_") and "admin key" in done.stderr
