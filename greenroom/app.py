@@ -35,7 +35,8 @@ class RunRequest:
     """One run to enqueue, as callers describe it."""
 
     workflow: str | Workflow
-    input: dict[str, Any] = field(default_factory=dict)
+    #: Keyword arguments of the workflow, or an instance of its input model.
+    input: dict[str, Any] | BaseModel = field(default_factory=dict)
     tenant: str = "default"
     idempotency_key: str | None = None
     priority: int | None = None
@@ -101,8 +102,11 @@ class App:
         priority: int = 0,
         session_concurrency: int = 1,
         isolation: Literal["context", "process"] = "context",
+        input: type[BaseModel] | None = None,
     ) -> Callable[[WorkflowFn], Workflow]:
-        """Declare a workflow: an async function of checkpointed steps taking a RunContext."""
+        """Declare a workflow: an async function of checkpointed steps taking a RunContext,
+        then its input as keyword arguments, or (with `input`, a pydantic model) one validated
+        instance of the model. Enqueueing checks the input against either (greenroom.inputs)."""
 
         def register(func: WorkflowFn) -> Workflow:
             wf = Workflow(
@@ -116,6 +120,7 @@ class App:
                 priority=priority,
                 connector=None if connector is None else connector.name,
                 isolation=isolation,
+                input_model=input,
             )
             if wf.name in self.workflows:
                 raise ConfigError(f"workflow {wf.name!r} is declared twice")
@@ -157,7 +162,12 @@ class App:
         """Validate a request (by the rules of greenroom.rules, as the HTTP API does) and
         render its session key."""
         wf = req.workflow if isinstance(req.workflow, Workflow) else self.get_workflow(req.workflow)
-        check_keys(req.input, "run input")
+        raw = req.input
+        if isinstance(raw, BaseModel):
+            raw = raw.model_dump(mode="json", by_alias=True)
+        if not isinstance(raw, dict):
+            raise InvalidInput("run input must be a JSON object")
+        check_keys(raw, "run input")
         check_name(req.tenant, "tenant")
         if req.queue is not None:
             check_text(req.queue, "queue", max_length=200, min_length=1)
@@ -178,14 +188,15 @@ class App:
         available_at = req.start_at
         if req.delay:
             available_at = self.store.clock.now() + req.delay
-        labels = self._labels(wf, req)
+        labels = self._labels(wf, req, raw)
         check_labels(labels)
-        session_key = wf.session_key(tenant=req.tenant, input=req.input, labels=labels)
+        run_input = wf.inputs.check(raw)
+        session_key = wf.session_key(tenant=req.tenant, input=run_input, labels=labels)
         if session_key is not None:
             check_text(session_key, f"session key of workflow {wf.name!r}", max_length=500)
         return NewRun(
             workflow=wf.name,
-            input=req.input,
+            input=run_input,
             tenant=req.tenant,
             queue=wf.queue if req.queue is None else req.queue,
             session_key=session_key,
@@ -198,12 +209,12 @@ class App:
             timeout=wf.timeout,
         )
 
-    def _labels(self, wf: Workflow, req: RunRequest) -> dict[str, str]:
+    def _labels(self, wf: Workflow, req: RunRequest, input: dict[str, Any]) -> dict[str, str]:
         """The run's labels, its integration's among them; a workflow of a connector takes
         no input named like one of the connector's settings."""
         labels = {str(k): str(v) for k, v in req.labels.items()}
         if wf.connector is not None:
-            self.connectors[wf.connector].check_input(req.input)
+            self.connectors[wf.connector].check_input(input)
         if req.integration is not None:
             labels[INTEGRATION_LABEL] = self._check_integration(wf, req.tenant, req.integration)
         elif INTEGRATION_LABEL in labels:
@@ -224,14 +235,21 @@ class App:
         return found.id
 
     def enqueue_sync(
-        self, workflow: str | Workflow, input: dict[str, Any] | None = None, **options: Any
+        self,
+        workflow: str | Workflow,
+        input: dict[str, Any] | BaseModel | None = None,
+        **options: Any,
     ) -> Run:
-        """Enqueue one run; with an idempotency key already used, the existing run."""
+        """Enqueue one run; with an idempotency key already used, the existing run. An input
+        that does not fit the workflow raises InvalidInput naming its fields."""
         req = RunRequest(workflow=workflow, input=input or {}, **options)
         return self.store.runs.enqueue(self.prepare(req))[0]
 
     async def enqueue(
-        self, workflow: str | Workflow, input: dict[str, Any] | None = None, **options: Any
+        self,
+        workflow: str | Workflow,
+        input: dict[str, Any] | BaseModel | None = None,
+        **options: Any,
     ) -> Run:
         return await asyncio.to_thread(self.enqueue_sync, workflow, input, **options)
 

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 M = TypeVar("M", bound="BaseModel")
 
+#: The timeline's entry for a login step run again after a step raised LoggedOut.
+RELOGIN_REASON = "session logged out; login step re-run"
+
 current_run: contextvars.ContextVar[RunContext] = contextvars.ContextVar("greenroom_run")
 
 
@@ -227,7 +230,7 @@ class RunContext:
             except (LeaseLost, RunCancelled, RunPaused):
                 raise
             except Exception as exc:
-                error = await self._unless_logged_in_again(defn, exc)
+                error = await self._unless_logged_in_again(defn, attempt, exc)
                 if error is None:
                     attempt -= 1  # the logged-out attempt does not count as a retry
                     continue
@@ -294,6 +297,16 @@ class RunContext:
             return None
         return checkpoint
 
+    async def _note(self, reason: str, detail: dict[str, Any]) -> None:
+        """A timeline entry; one the database could not take is logged, not the run's failure
+        (a lost lease still stops the run)."""
+        try:
+            await self._writer.note(self._lease, reason, detail)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            self.log.warning("could not add to the run's timeline", reason=reason, error=str(exc))
+
     # -- logins ----------------------------------------------------------------------------
 
     def _login_lock(self, defn: StepDef) -> AbstractAsyncContextManager[None]:
@@ -301,28 +314,37 @@ class RunContext:
             return self.browser.login_lock()
         return contextlib.nullcontext()
 
-    async def _unless_logged_in_again(self, defn: StepDef, exc: Exception) -> Exception | None:
+    async def _unless_logged_in_again(
+        self, defn: StepDef, attempt: int, exc: Exception
+    ) -> Exception | None:
         """The error that counts for a failed step attempt; None when it was a LoggedOut and
         the login step ran again, so the step is retried. That happens once per run attempt,
         after the workflow called its login step (executed or replayed)."""
         if not isinstance(exc, LoggedOut) or defn.login or self._login is None or self.relogins:
             return exc
         try:
-            await self._log_in_again(defn)
+            await self._log_in_again(defn, attempt)
         except (LeaseLost, RunCancelled, RunPaused):
             raise
         except Exception as login_error:
             return login_error  # the failed login is the step's error
         return None
 
-    async def _log_in_again(self, failed: StepDef) -> None:
+    async def _log_in_again(self, failed: StepDef, attempt: int) -> None:
         """Discard the session's saved state and run the login step again (its checkpoint is
-        kept: the new login's result is not recorded), then save the new session."""
+        kept: the new login's result is not recorded), then save the new session. The run's
+        timeline says so, where operators look (`greenroom runs show`)."""
         login = self._login
         assert login is not None
         self.relogins += 1
         self._check_lease()
-        self.log.warning("session logged out; logging in again", step=failed.name)
+        self.log.warning(
+            "session logged out; logging in again", step=failed.name, step_attempt=attempt
+        )
+        await self._note(
+            f"{RELOGIN_REASON} (step {failed.name!r}, attempt {attempt})",
+            {"step": failed.name, "attempt": attempt, "login_step": login.defn.name},
+        )
         async with self._login_lock(login.defn):
             if self.browser is not None:
                 await self.browser.discard_session()

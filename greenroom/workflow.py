@@ -5,10 +5,13 @@ from __future__ import annotations
 import inspect
 import string
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
+from pydantic import BaseModel
+
 from greenroom.errors import ConfigError, InvalidInput
+from greenroom.inputs import InputSpec
 from greenroom.retry import RetryPolicy
 
 P = ParamSpec("P")
@@ -35,10 +38,15 @@ class Workflow:
     #: "process": each run executes in its own OS process with its own browser, and the whole
     #: process group is killed at its timeout (for pages or code that may hang the worker).
     isolation: Literal["context", "process"] = "context"
+    #: A pydantic model the input is validated as (the function then takes (ctx, input)).
+    input_model: type[BaseModel] | None = None
+    #: What the function takes after ctx, read from its signature (greenroom.inputs).
+    inputs: InputSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not inspect.iscoroutinefunction(self.fn):
             raise ConfigError(f"workflow {self.name!r} must be an async function")
+        object.__setattr__(self, "inputs", InputSpec.of(self.name, self.fn, self.input_model))
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"workflow {self.name!r}: timeout must be positive")
         if self.isolation not in ("context", "process"):
@@ -50,6 +58,12 @@ class Workflow:
                 list(string.Formatter().parse(self.session))
             except ValueError as exc:
                 raise ConfigError(f"workflow {self.name!r}: bad session template: {exc}") from None
+
+    async def call(self, ctx: Any, input: dict[str, Any]) -> Any:
+        """Run the function on a stored input (checked again: PermanentError if it no longer
+        fits, e.g. enqueued by another version of the code)."""
+        args, kwargs = self.inputs.arguments(input)
+        return await self.fn(ctx, *args, **kwargs)
 
     def session_key(
         self, *, tenant: str, input: dict[str, Any], labels: dict[str, str]

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path, capsys: pytest.CaptureFix
 def test_enqueue_is_idempotent_and_runs_list_filters(
     db_url: str, app_ref: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert cli(capsys, "--db", db_url, "db", "upgrade")[0] == 0
     args = ("enqueue", "hello", "--app", app_ref, "--db", db_url, "--input", '{"name": "ada"}')
     code, out, err = cli(capsys, *args, "--idempotency-key", "k1", "--label", "org=acme")
     assert code == 0, err
@@ -148,6 +150,7 @@ def test_enqueue_is_idempotent_and_runs_list_filters(
 def test_runs_show_prints_timeline_steps_and_error(
     sqlite_url: str, app_ref: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert cli(capsys, "--db", sqlite_url, "db", "upgrade")[0] == 0
     code, out, _ = cli(capsys, "enqueue", "boom", "--app", app_ref, "--db", sqlite_url)
     run_id = UUID.findall(out)[0]
     store = open_store(sqlite_url)
@@ -190,6 +193,7 @@ def test_runs_show_prints_timeline_steps_and_error(
 
 
 def test_runs_cancel(sqlite_url: str, app_ref: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "--db", sqlite_url, "db", "upgrade")[0] == 0
     ids = []
     for name in ("a", "b"):
         args = ("enqueue", "hello", "--app", app_ref, "--db", sqlite_url)
@@ -308,3 +312,76 @@ def test_worker_process_runs_workflows_and_stops_on_sigterm(
     code, out, _ = cli(capsys, "--db", sqlite_url, "runs", "show", ids["boom"])
     assert "ValueError: the page layout changed" in out
     assert os.path.exists(sqlite_url.removeprefix("sqlite:///"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["worker", "--app", "{app}"],
+        ["enqueue", "hello", "--app", "{app}"],
+        ["up", "--app", "{app}", "--port", "0"],
+        ["runs", "list"],
+    ],
+)
+def test_a_missing_sqlite_file_is_an_error_not_a_new_database(
+    argv: list[str],
+    app_ref: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A typo in --db or $GREENROOM_DB must not start a worker on a new, empty database."""
+    argv = [a.format(app=app_ref) for a in argv]
+    typo = tmp_path / "typo.db"
+    code, _, err = cli(capsys, "--db", f"sqlite:///{typo}", *argv)
+    assert_one_line_error(code, err, f"no database at {typo}", "uv run greenroom db upgrade")
+    monkeypatch.setenv("GREENROOM_DB", f"sqlite:///{typo}")
+    code, _, err = cli(capsys, *argv)
+    assert_one_line_error(code, err, f"no database at {typo}")
+    assert not typo.exists()
+
+
+NAME = '{"name": "ada"}'
+
+
+def test_the_default_database_and_db_upgrade_create_the_file(
+    app_ref: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("GREENROOM_DB", raising=False)
+    code, _, err = cli(capsys, "enqueue", "hello", "--app", app_ref, "--input", NAME)
+    assert code == 0, err
+    assert (tmp_path / ".greenroom" / "greenroom.db").is_file()
+    new = tmp_path / "new.db"
+    assert cli(capsys, "--db", f"sqlite:///{new}", "db", "upgrade")[0] == 0
+    code, _, err = cli(
+        capsys, "--db", f"sqlite:///{new}", "enqueue", "hello", "--app", app_ref, "--input", NAME
+    )
+    assert code == 0, err
+
+
+def printed_command(line: str) -> list[str]:
+    """A hint's command, run as printed but by this interpreter (`uv run greenroom` is how a
+    checkout runs the same entry point)."""
+    found = re.search(r"uv run greenroom (.+)$", line)
+    assert found, line
+    return [sys.executable, "-m", "greenroom.cli", *shlex.split(found[1])]
+
+
+def test_hints_are_commands_that_work_as_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'hinted db.db'}"  # a space: the hint must quote it
+    code, _, err = cli(capsys, "--db", db, "tenants", "create", "acme")
+    assert_one_line_error(code, err, "no database at")
+    upgrade = printed_command(err.split("`")[1])
+    done = subprocess.run(upgrade, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    code, out, _ = cli(capsys, "--db", db, "tenants", "create", "acme")
+    assert code == 0
+    key = printed_command(" ".join(out.split()))
+    done = subprocess.run(key, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("grk_") and "admin key" in done.stderr

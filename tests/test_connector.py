@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 import zipfile
 from collections.abc import Iterator
@@ -351,6 +352,31 @@ async def test_a_logged_out_step_logs_in_again_once_then_the_error_counts(
         assert CALLS["work:always"] == 3, "then the step's own retries ran and failed"
     finally:
         app.close()
+
+
+async def test_a_relogin_is_in_the_timeline_runs_show_and_the_api(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = login_app(sqlite_url)
+    try:
+        async with worker_running(app):
+            run = await app.enqueue("job", {"who": "shown", "outs": 1})
+            (done,) = await wait_for_states(app.store, [run.id], timeout=30)
+        assert done.state is RunState.SUCCEEDED, done.error
+        events = await asyncio.to_thread(app.store.runs.events, run.id)
+    finally:
+        app.close()
+    [relogin] = [e for e in events if e.reason.startswith("session logged out")]
+    assert relogin.reason == "session logged out; login step re-run (step 'work', attempt 1)"
+    assert relogin.state is RunState.RUNNING and relogin.worker_id
+    assert relogin.detail == {"step": "work", "attempt": 1, "login_step": "login"}
+    assert [e.state for e in events][-1] is RunState.SUCCEEDED, "in order, before the end"
+    assert cli(["--db", sqlite_url, "runs", "show", run.id]) == 0
+    out = capsys.readouterr().out
+    assert "session logged out; login step re-run (step 'work', attempt 1)" in " ".join(out.split())
+    assert cli(["--db", sqlite_url, "runs", "show", run.id, "--json"]) == 0
+    timeline = json.loads(capsys.readouterr().out)["timeline"]  # the API's RunDetail
+    assert any(e["detail"].get("login_step") == "login" for e in timeline)
 
 
 async def test_one_login_per_session_key_at_a_time(sqlite_url: str) -> None:

@@ -97,6 +97,7 @@ def test_demo_syncs_every_org_with_one_login_each(tmp_path: Path) -> None:
     assert summary_value(out, "logins").startswith("2 for 2 runs (demo SaaS counter)")
     assert summary_value(out, "users collected") == "120 of 120"
     assert summary_value(out, "steps").startswith("8 executed and checkpointed (2 logins, 6 pages)")
+    assert f"(try: uv run greenroom --db {url} runs" in summary_value(out, "database")
 
     store = open_store(url, migrate=False)
     try:

@@ -41,7 +41,7 @@ def app(db_url: str, clock: ManualClock) -> Iterator[App]:
     async def sync(ctx: Any, integration: str) -> None: ...
 
     @a.workflow(name="plain")
-    async def plain(ctx: Any) -> None: ...
+    async def plain(ctx: Any, **input: Any) -> None: ...
 
     yield a
     a.close()
@@ -138,7 +138,7 @@ def test_app_enqueue_renders_session_and_applies_delay(app: App, clock: ManualCl
         ("nope", {}, {}, InvalidInput, "unknown workflow 'nope'"),
         ("plain", {"x": object()}, {}, NotSerializable, "run input is not JSON-serializable"),
         ("plain", {"x": float("nan")}, {}, NotSerializable, "run input"),
-        ("sync", {"other": 1}, {}, InvalidInput, "'integration'"),
+        ("sync", {"other": 1}, {}, InvalidInput, "input.integration: missing"),
         ("plain", {}, {"delay": -1}, InvalidInput, "delay must not be negative"),
         ("plain", {}, {"tenant": ""}, InvalidInput, "tenant"),
         ("plain", {}, {"delay": 1, "start_at": 1.0}, InvalidInput, "either delay or start_at"),

@@ -56,7 +56,7 @@ def find_chromium(configured: str | None, playwright_path: str | None) -> FoundB
     if playwright_path and os.access(playwright_path, os.X_OK):
         return FoundBrowser(playwright_path, "playwright")
     raise BrowserNotFound(
-        "no Chromium found: install one with `playwright install chromium` or your system's "
+        "no Chromium found: install one with `uv run playwright install chromium` or your system's "
         "package (e.g. `apt-get install chromium`), or set GREENROOM_BROWSER_EXECUTABLE to a "
         "Chromium or Chrome binary"
     )

@@ -31,7 +31,8 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from greenroom.app import App
 from greenroom.errors import ConfigError, GreenroomError, InvalidInput, NotFound
-from greenroom.settings import load_settings
+from greenroom.hints import command
+from greenroom.settings import DEFAULT_DB, load_settings, redact
 from greenroom.storage import RunStore, open_store
 
 if TYPE_CHECKING:
@@ -169,6 +170,18 @@ def remote_client(
     return Client(str(url), str(key))
 
 
+def hint(ctx: typer.Context, *args: str) -> str:
+    """A command to run next, as it works when pasted: `uv run greenroom`, with the --db or
+    --url this command was given (a key given by --key is left for the user to add)."""
+    root = ctx.find_root()
+    where: tuple[str, ...] = ()
+    if _url_given(ctx):
+        where = ("--url", str(root.params["url"]))
+    elif db := _db_option(ctx, None):
+        where = ("--db", redact(db))
+    return command(*where, *args)
+
+
 def print_json(found: object, of: Callable[[Any], BaseModel]) -> None:
     """Print a list (or one item) as one JSON document in the API's shapes: items from the API
     are printed as they came, local ones converted with `of` (a schema's `.of`), so that local
@@ -201,15 +214,45 @@ def quiet_driver_logs() -> None:
     logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
+def sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def missing_database(path: Path, url: str) -> NotFound:
+    return NotFound(
+        f"no database at {path}: create it with `{command('db', 'upgrade', '--db', url)}`, "
+        "or check --db and $GREENROOM_DB"
+    )
+
+
+def require_database(url: str) -> None:
+    """A SQLite file given by --db or $GREENROOM_DB must exist: a typo would otherwise make a
+    new, empty database and the command would act on nothing. The default location
+    (.greenroom/greenroom.db, the quick start's) is created when missing, as is any file by
+    `greenroom db upgrade`."""
+    path = sqlite_path(url)
+    if path is None or path.is_file():
+        return
+    default = sqlite_path(DEFAULT_DB)
+    assert default is not None
+    if path.resolve() != default.resolve():
+        raise missing_database(path, url)
+
+
 @contextmanager
 def existing_store(url: str) -> Iterator[RunStore]:
     """A store over a database that must already exist and be migrated."""
     quiet_driver_logs()
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise NotFound(f"no database at {path}: run `greenroom db upgrade` or pass --db")
-    store = open_store(url, migrate=False)
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise missing_database(path, url)
+    try:
+        store = open_store(url, migrate=False)
+    except ConfigError as exc:
+        if "schema is not current" not in str(exc):
+            raise
+        upgrade = command("db", "upgrade", "--db", redact(url))
+        raise ConfigError(f"database schema is not current: run `{upgrade}`") from None
     try:
         yield store
     finally:

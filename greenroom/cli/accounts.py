@@ -28,6 +28,7 @@ from greenroom.cli import (
     default_actor,
     err,
     existing_store,
+    hint,
     load_app,
     out,
     print_json,
@@ -73,7 +74,7 @@ def tenants_create(
             tenant_name = store.accounts.create_tenant(name, actor=actor or default_actor()).name
     out.print(
         f"tenant {escape(tenant_name)} registered; an admin key for it: "
-        f"greenroom keys create --tenant {escape(tenant_name)} --role admin",
+        + escape(hint(ctx, "keys", "create", "--tenant", tenant_name, "--role", "admin")),
         soft_wrap=True,
     )
 

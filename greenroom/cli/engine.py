@@ -27,6 +27,7 @@ from greenroom.cli import (
     print_json,
     quiet_driver_logs,
     remote_client,
+    require_database,
 )
 from greenroom.cli.display import ago
 from greenroom.cli.parse import parse_input, parse_iso, parse_labels, split_list
@@ -79,6 +80,7 @@ def worker(
         lease_seconds=lease_seconds,
         heartbeat_seconds=heartbeat_seconds,
     )
+    require_database(the_app.settings.db)
     runner = Worker(the_app, queues=split_list(queues), concurrency=concurrency)
     try:
         asyncio.run(runner.run(install_signal_handlers=True))
@@ -155,6 +157,8 @@ def enqueue(
             raise InvalidInput("--app is needed to enqueue on a database (or give --url)")
         the_app = load_app(app)
         configure(the_app, db=given_db(ctx, db))
+        the_app.get_workflow(workflow)  # an unknown one is the first thing to say
+        require_database(the_app.settings.db)
         quiet_driver_logs()
         request = RunRequest(
             workflow=workflow,

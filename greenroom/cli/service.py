@@ -19,12 +19,14 @@ from greenroom.cli import (
     default_actor,
     existing_store,
     given_db,
+    hint,
     load_app,
     out,
     quiet_driver_logs,
+    require_database,
 )
 from greenroom.cli.accounts import ONCE, describe_key
-from greenroom.errors import ConfigError, Conflict
+from greenroom.errors import Conflict
 from greenroom.model import Role
 from greenroom.settings import redact
 from greenroom.storage import RunStore
@@ -61,12 +63,10 @@ def announce(ref: str | None, app: App, url: str, how: str) -> None:
 
 
 def check_schema(url: str) -> None:
-    """API nodes never migrate: `greenroom db upgrade` does, once, before they start."""
-    try:
-        with existing_store(url):
-            pass
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} (database {redact(url)})") from None
+    """API nodes never migrate: `greenroom db upgrade` does, once, before they start (the
+    error says how, naming the database)."""
+    with existing_store(url):
+        pass
 
 
 def connect_early(app: App) -> None:
@@ -134,7 +134,7 @@ def api(
         the_app.close()
 
 
-def bootstrap(store: RunStore, tenant: str) -> None:
+def bootstrap(ctx: typer.Context, store: RunStore, tenant: str) -> None:
     """Register `tenant` and print an admin key for it; a tenant that exists is left alone."""
     from greenroom.api.keys import create_key
 
@@ -144,7 +144,8 @@ def bootstrap(store: RunStore, tenant: str) -> None:
     except Conflict:
         out.print(
             f"tenant {escape(tenant)} already exists (another admin key: "
-            f"greenroom keys create --tenant {escape(tenant)} --role admin)",
+            + escape(hint(ctx, "keys", "create", "--tenant", tenant, "--role", "admin"))
+            + ")",
             soft_wrap=True,
         )
         return
@@ -155,13 +156,14 @@ def bootstrap(store: RunStore, tenant: str) -> None:
     out.print(f"  {secret}", markup=False, highlight=False, soft_wrap=True)
 
 
-def first_start_hint(store: RunStore) -> None:
+def first_start_hint(ctx: typer.Context, store: RunStore) -> None:
     if store.accounts.api_keys():
         return
+    tenant = hint(ctx, "tenants", "create", "TENANT")
+    key = hint(ctx, "keys", "create", "--tenant", "TENANT", "--role", "admin")
     out.print(
         "no API keys yet: restart with --bootstrap TENANT for a tenant and its admin key, or "
-        "run greenroom tenants create TENANT and greenroom keys create --tenant TENANT "
-        "--role admin",
+        f"run {escape(tenant)} and {escape(key)}",
         soft_wrap=True,
     )
 
@@ -196,12 +198,14 @@ def up(
     configure(the_app, db=given_db(ctx, db), api_host=host, api_port=port, concurrency=concurrency)
     settings = the_app.settings
     quiet_driver_logs()
+    if bootstrap_tenant is None:  # --bootstrap sets a new service up: it may create the file
+        require_database(settings.db)
     try:
         store = the_app.store  # opening it migrates
         if bootstrap_tenant is not None:
-            bootstrap(store, bootstrap_tenant)
+            bootstrap(ctx, store, bootstrap_tenant)
         else:
-            first_start_hint(store)
+            first_start_hint(ctx, store)
         sock = listen(settings.api_host, settings.api_port)
         try:
             worker = Worker(the_app)

@@ -1,10 +1,10 @@
 """The example connector for the demo SaaS admin console: the model to copy for a new app.
 
-    greenroom demo-saas                                   # the console, on 127.0.0.1:8765
-    greenroom worker --app greenroom.demo.connector:app   # workers that run these workflows
+    uv run greenroom demo-saas                                 # the console, on 127.0.0.1:8765
+    uv run greenroom worker --app greenroom.demo.connector:app # workers that run these workflows
     # an admin creates an integration (POST /v1/integrations) with the org admin's e-mail and
     # password as credentials and {"base_url": "http://127.0.0.1:8765"} as settings, then:
-    greenroom enqueue demo.sync_users --app greenroom.demo.connector:app \\
+    uv run greenroom enqueue demo.sync_users --app greenroom.demo.connector:app \\
         --integration int_… --tenant acme --input '{"org": "acme"}'
 
 What makes it durable, and why it is written this way:

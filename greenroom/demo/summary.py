@@ -14,6 +14,7 @@ from rich.table import Table
 from greenroom.browser.launch import FoundBrowser
 from greenroom.demo.driver import Fleet, Kill
 from greenroom.demo.progress import Progress, Resume, name_of, resumed_at_step
+from greenroom.hints import command
 from greenroom.model import RunState
 
 
@@ -89,7 +90,7 @@ def print_summary(console: Console, o: Outcome) -> int:
     grid.add_row("users collected", f"{o.users} of {o.expected_users}")
     grid.add_row("browser", f"{escape(o.browser.path)} ({o.browser.source})")
     grid.add_row("wall time", f"{o.seconds:.1f} s")
-    grid.add_row("database", f"{o.db}  (try: greenroom --db {o.db} runs list)")
+    grid.add_row("database", escape(f"{o.db}  (try: {command('--db', o.db, 'runs', 'list')})"))
     grid.add_row("worker logs", escape(str(o.log_path)))
     console.print()
     console.print(grid)
@@ -152,9 +153,8 @@ def verdict(o: Outcome, ok: bool) -> str:
     if o.interrupted:
         return f"[yellow]Interrupted[/]: {o.succeeded} of {o.orgs} runs succeeded."
     if not ok:
-        return (
-            f"[red]FAILED[/]: {o.succeeded} of {o.orgs} runs succeeded; see "
-            f"greenroom --db {o.db} runs list --state failed"
+        return f"[red]FAILED[/]: {o.succeeded} of {o.orgs} runs succeeded; see " + escape(
+            command("--db", o.db, "runs", "list", "--state", "failed")
         )
     text = f"[green]OK[/]: all {o.succeeded} syncs succeeded, {o.users} users collected"
     found = o.recoveries

@@ -56,7 +56,7 @@ def open_store(
     if schema_revision(backend) != SCHEMA_REVISION:
         if not migrate:
             backend.close()
-            raise ConfigError("database schema is not current: run `greenroom db upgrade`")
+            raise ConfigError("database schema is not current: run `uv run greenroom db upgrade`")
         from greenroom.storage.migrate import upgrade  # Alembic is slow to import: only here
 
         upgrade(backend.sqlalchemy_url())

@@ -323,7 +323,9 @@ class Accounts(StoreBase):
             {"name": tenant},
         )
         if not rows:
-            raise NotFound(f"tenant {tenant} not found (register it: greenroom tenants create)")
+            raise NotFound(
+                f"tenant {tenant} not found (register it: uv run greenroom tenants create)"
+            )
 
     def _name_free(self, tx: Tx, tenant: str, name: str) -> None:
         """Check a name under the tenant's row lock, so two writes cannot both take it."""

@@ -179,6 +179,22 @@ class Runs(StoreBase):
         with self.backend.transaction() as tx:
             return writes.write(tx, self.backend, checkpoints, ends, self.clock.now())
 
+    @retry_conflicts
+    def note(self, lease: Lease, reason: str, detail: dict[str, Any]) -> None:
+        """Add an entry to a running run's timeline (a relogin, say) without changing its
+        state; fenced like every write of the leasing worker."""
+        with self.backend.transaction() as tx:
+            self._fence(tx, lease)
+            self._event(
+                tx,
+                lease.run.id,
+                RunState.RUNNING,
+                reason,
+                at=self.clock.now(),
+                worker_id=lease.worker_id,
+                detail=detail,
+            )
+
     def save_step(
         self,
         lease: Lease,

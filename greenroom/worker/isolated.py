@@ -242,7 +242,7 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
         token = current_run.set(ctx)
         try:
             await bind_integration(ctx, app, store, db)
-            output = await wf.fn(ctx, **run.input)
+            output = await wf.call(ctx, run.input)
             encoded = dumps(output, f"output of workflow {wf.name!r}")
             await ctx.browser.run_completed()
             return {"kind": "succeeded", "output": encoded}

@@ -486,7 +486,7 @@ class Worker:
         try:
             async with asyncio.timeout(run.timeout):
                 await bind_integration(ctx, self.app, self.store, self._db)
-                output = await wf.fn(ctx, **run.input)
+                output = await wf.call(ctx, run.input)
             encoded = dumps(output, f"output of workflow {wf.name!r}")
             await ctx.browser.run_completed()  # the session's final state, before the end
         except asyncio.CancelledError:

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from greenroom.errors import LeaseLost
-from greenroom.model import RunState
+from greenroom.model import Lease, RunState
 from greenroom.storage import DbCall
 from greenroom.storage.runs import Runs
 from greenroom.storage.writes import Checkpoint, End, Written
@@ -48,6 +48,10 @@ class RunWriter:
         """Hand in a checkpoint; the future is done when it is committed. Its run need not wait
         for it: the run's next step does, and the run's end carries it if still unsure."""
         return self._submit(checkpoint)
+
+    async def note(self, lease: Lease, reason: str, detail: dict[str, Any]) -> None:
+        """Add an entry to the run's timeline now (not batched: notes are rare)."""
+        await self._db(self._runs.note, lease, reason, detail)
 
     async def end(self, end: End) -> RunState:
         """The state the run took, once its end is committed."""

@@ -230,14 +230,26 @@ def cancel_run(run_id: Id, body: CancelRequest, state: State, who: Caller = Oper
 def retry_run(run_id: Id, body: RetryRequest, state: State, who: Caller = Operator) -> RunOut:
     """A new run for a failed or cancelled one: from its failed step (its completed steps are
     kept) or from scratch, optionally with new input. A run retried already is refused (409,
-    naming its retry) unless `force`."""
+    naming its retry) unless `force`. New input is checked against the workflow (422)."""
+    new_input = body.input
+    if new_input is not None:
+        wf = state.app.workflows.get(state.store.runs.get_run(run_id, tenant=who.tenant).workflow)
+        if wf is not None:
+            # Inputs named like a setting are the store's to refuse, naming the integration.
+            settings = (
+                frozenset()
+                if wf.connector is None
+                else state.app.connectors[wf.connector].settings_fields()
+            )
+            if not settings & set(new_input):
+                new_input = wf.inputs.check(new_input)
     run = state.store.admin.retry_run(
         run_id,
         actor=who.actor,
         reason=body.reason,
         tenant=who.tenant,
         from_scratch=body.from_scratch,
-        input=body.input,
+        input=new_input,
         force=body.force,
     )
     return RunOut.of(run)
