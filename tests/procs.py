@@ -150,8 +150,9 @@ class Execution:
 def executions(records: list[dict[str, Any]], killed: dict[int, float]) -> list[Execution]:
     """Cut each process's records of a run at every `begin`.
 
-    An execution ends at its last record, or at the process's kill time if it was killed before
-    returning: until then it may still have been running the workflow.
+    An execution ends at its last record once it returned or recorded its cancellation, else at
+    the process's kill time if it was killed: until then it may still have been running the
+    workflow (a later execution by the same process does not prove the earlier one stopped).
     """
     out: list[Execution] = []
     open_: dict[tuple[str, int], dict[str, Any]] = {}
@@ -161,7 +162,7 @@ def executions(records: list[dict[str, Any]], killed: dict[int, float]) -> list[
         if cur is None:
             return
         end = cur["last"]
-        if not cur["returned"] and key[1] in killed:
+        if not cur["ended"] and key[1] in killed:
             end = max(end, killed[key[1]])
         out.append(Execution(key[0], cur["session"], key[1], cur["begin"], end))
 
@@ -172,7 +173,7 @@ def executions(records: list[dict[str, Any]], killed: dict[int, float]) -> list[
             open_[key] = {
                 "begin": r["t"],
                 "last": r["t"],
-                "returned": False,
+                "ended": False,
                 "session": r["session"],
             }
             continue
@@ -180,7 +181,7 @@ def executions(records: list[dict[str, Any]], killed: dict[int, float]) -> list[
         if cur is None:
             raise AssertionError(f"record before any begin: {r}")
         cur["last"] = max(cur["last"], r["t"])
-        cur["returned"] = cur["returned"] or r["ev"] == "return"
+        cur["ended"] = cur["ended"] or r["ev"] in ("return", "cancelled")
     for key in list(open_):
         close(key)
     return out

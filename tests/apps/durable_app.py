@@ -75,12 +75,18 @@ async def chain(
     """`steps` short steps; step `slow_at` takes `slow_seconds` when worker `slow_on` runs it."""
     note(record, "begin", ctx)
     results = []
-    for position in range(steps):
-        if position == slow_at and ctx.worker_id == slow_on:
-            seconds = slow_seconds
-        else:
-            seconds = random.uniform(*step_ms) / 1000
-        results.append(await work(ctx, record, position, seconds))
+    try:
+        for position in range(steps):
+            if position == slow_at and ctx.worker_id == slow_on:
+                seconds = slow_seconds
+            else:
+                seconds = random.uniform(*step_ms) / 1000
+            results.append(await work(ctx, record, position, seconds))
+    except asyncio.CancelledError:
+        # Stopped by its worker (a cancel, a pause, a lease it could no longer prove): this
+        # execution ends here, even if the same process executes the run again later.
+        note(record, "cancelled", ctx)
+        raise
     note(record, "return", ctx)
     return {"by": ctx.worker_id, "steps": results}
 
