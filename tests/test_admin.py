@@ -24,7 +24,7 @@ from greenroom import (
     TransientError,
     step,
 )
-from greenroom.diagnostics import ErrorClass, classify, describe_error
+from greenroom.failures import ErrorClass, classify, describe_error
 from greenroom.model import Lease, NewRun, Run
 from greenroom.storage import RunFilter, RunStore
 

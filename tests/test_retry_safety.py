@@ -17,8 +17,8 @@ import pytest
 
 from greenroom import RunState
 from greenroom.client import Client
-from greenroom.diagnostics import describe_error
 from greenroom.errors import Conflict, InvalidInput, NotFound
+from greenroom.failures import describe_error
 from greenroom.model import NewRun, Role, Run
 from greenroom.storage import RunFilter, RunStore, open_store
 from tests.api_helpers import ApiSetup

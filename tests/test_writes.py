@@ -18,8 +18,8 @@ import pytest
 from helpers import fast_app, wait_for_states, worker_running
 
 from greenroom import LeaseLost, ManualClock, RunContext, RunState, StepStatus, step
-from greenroom.diagnostics import fingerprint
 from greenroom.errors import NotSerializable
+from greenroom.failures import fingerprint
 from greenroom.model import Lease, NewRun, Run
 from greenroom.storage import RunStore
 from greenroom.storage.sqlite import SQLiteBackend

@@ -32,8 +32,8 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from greenroom.app import App
-from greenroom.diagnostics import describe_error
 from greenroom.errors import ConfigError, LeaseLost, RunPaused
+from greenroom.failures import describe_error
 from greenroom.model import Lease
 from greenroom.settings import Settings
 from greenroom.workflow import Workflow

@@ -19,8 +19,8 @@ import structlog
 from greenroom.app import App
 from greenroom.browser.runtime import BrowserRuntime
 from greenroom.context import RunContext, current_run
-from greenroom.diagnostics import describe_error
 from greenroom.errors import LeaseLost, NonDeterminismError, RunPaused
+from greenroom.failures import describe_error
 from greenroom.model import Lease, QueueInfo, RunState
 from greenroom.retry import NO_RETRY, RetryPolicy
 from greenroom.settings import Settings, redact
