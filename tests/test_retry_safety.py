@@ -157,7 +157,10 @@ def test_concurrent_retries_of_one_run_create_one_retry(store: RunStore, db_url:
             ),
         )
         new_runs = [
-            run_id for b in bulk if not isinstance(b, BaseException) for run_id in b.new_runs
+            run_id
+            for done in bulk
+            if not isinstance(done, BaseException)
+            for run_id in done.new_runs
         ]
         assert len(new_runs) == 5, bulk
         assert sorted(store.get_run(r).retry_of or "" for r in new_runs) == sorted(
