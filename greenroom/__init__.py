@@ -3,7 +3,6 @@
 from greenroom.app import App, RunRequest
 from greenroom.clock import Clock, ManualClock, SystemClock
 from greenroom.context import RunContext
-from greenroom.diagnostics import TransientError
 from greenroom.errors import (
     ConfigError,
     Conflict,
@@ -17,6 +16,7 @@ from greenroom.errors import (
     PermanentError,
     SecretRefused,
 )
+from greenroom.failures import TransientError
 from greenroom.model import Run, RunEvent, RunState, StepRecord, StepStatus, WorkerInfo
 from greenroom.origins import SecretOrigin
 from greenroom.retry import RetryPolicy

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from greenroom.diagnostics import describe_error
 from greenroom.errors import (
     ConfigError,
     LeaseLost,
@@ -23,6 +22,7 @@ from greenroom.errors import (
     RunCancelled,
     RunPaused,
 )
+from greenroom.failures import describe_error
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
 from greenroom.storage.writes import Checkpoint

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from greenroom.diagnostics import classify
 from greenroom.errors import ConfigError, PermanentError
+from greenroom.failures import classify
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,7 +18,7 @@ class RetryPolicy:
     jitter: float = 0.2
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     no_retry_on: tuple[type[BaseException], ...] = ()
-    #: Error classes (see greenroom.diagnostics) that may retry; permanent ones never do.
+    #: Error classes (see greenroom.failures) that may retry; permanent ones never do.
     retry_classes: frozenset[str] = frozenset({"transient", "unknown"})
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ from greenroom import (
     TransientError,
     step,
 )
-from greenroom.diagnostics import ErrorClass, classify, describe_error
+from greenroom.failures import ErrorClass, classify, describe_error
 from greenroom.model import Lease, NewRun, Run
 from greenroom.storage import RunFilter, RunStore
 
@@ -274,8 +274,8 @@ def test_bulk_retry_dry_run_reports_and_changes_nothing(
 
 
 def test_bulk_retry_filters(store: RunStore, failures: dict[str, Run], clock: ManualClock) -> None:
-    def matched(f: RunFilter) -> int:
-        return store.admin.retry_where(f, actor=ACTOR, reason="check").matched
+    def matched(run_filter: RunFilter) -> int:
+        return store.admin.retry_where(run_filter, actor=ACTOR, reason="check").matched
 
     group = failures["acme_1"].error_group
     assert group is not None and group == failures["acme_2"].error_group
@@ -298,8 +298,8 @@ def test_bulk_retry_filters(store: RunStore, failures: dict[str, Run], clock: Ma
 def test_bulk_retry_creates_linked_runs_from_their_failed_steps(
     store: RunStore, failures: dict[str, Run]
 ) -> None:
-    f = RunFilter(tenant="t1", label=("app", "acme"))
-    done = store.admin.retry_where(f, actor=ACTOR, reason="layout fixed", dry_run=False)
+    acme_t1 = RunFilter(tenant="t1", label=("app", "acme"))
+    done = store.admin.retry_where(acme_t1, actor=ACTOR, reason="layout fixed", dry_run=False)
     assert not done.dry_run and done.matched == 2 and done.rerun_from == {"fetch": 2}
     new = [store.runs.get_run(i) for i in done.new_runs]
     assert {r.retry_of for r in new} == {failures["acme_1"].id, failures["acme_2"].id}
@@ -313,7 +313,7 @@ def test_bulk_retry_creates_linked_runs_from_their_failed_steps(
     assert actions[0] == ("retry.bulk", ACTOR, "layout fixed")
     assert actions[1:3] == [("retry", ACTOR, "layout fixed")] * 2
     assert store.admin.audit_log()[0].detail["filter"]["label"] == ["app", "acme"]
-    again = store.admin.retry_where(f, actor=ACTOR, reason="dry", dry_run=True)
+    again = store.admin.retry_where(acme_t1, actor=ACTOR, reason="dry", dry_run=True)
     assert (again.matched, again.skipped_superseded) == (0, 2), "their retries stand for them"
     assert {store.runs.get_run(r.id).superseded_by for r in new} == {None}
     assert {

@@ -15,7 +15,7 @@ from browser_site import Site, serve_site
 from greenroom import load_settings
 from greenroom.browser import BrowserNotFound, BrowserPool
 from greenroom.browser.launch import find_chromium
-from greenroom.diagnostics import ErrorClass, classify
+from greenroom.failures import ErrorClass, classify
 
 
 @pytest.fixture

@@ -44,18 +44,18 @@ def _state(tx: Tx) -> dict[str, list[Row]]:
 
 def _both_ways(store: RunStore, worker: str, queues: list[str], limit: int) -> list[int]:
     """Claim in Python, then with the function, from the same state; only the second stays."""
-    b = store.backend
+    backend = store.backend
     now = store.clock.now()
     args = {"worker_id": worker, "queues": queues, "limit": limit, "lease_seconds": LEASE}
     try:
-        with b.transaction() as tx:
-            python = [r["seq"] for r in _claim(tx, b, **args, now=now)]
+        with backend.transaction() as tx:
+            python = [r["seq"] for r in _claim(tx, backend, **args, now=now)]
             python_state = _state(tx)
             assert check_summaries(tx) == []
             raise _Undo
     except _Undo:
         pass
-    with b.transaction() as tx:
+    with backend.transaction() as tx:
         function = [
             r["seq"]
             for r in tx.execute(

@@ -18,7 +18,7 @@ import pytest
 
 from greenroom import RunState, StepStatus
 from greenroom.cli import run
-from greenroom.diagnostics import describe_error
+from greenroom.failures import describe_error
 from greenroom.storage import RunFilter, open_store
 from greenroom.storage.codec import dumps
 from greenroom.storage.migrate import current_revision, head_revision

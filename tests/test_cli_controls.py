@@ -20,8 +20,8 @@ from greenroom import App, RunContext, RunRequest, RunState, StepStatus, step
 from greenroom.cli import run
 from greenroom.cli.parse import parse_duration, parse_rate_limit, parse_time
 from greenroom.clock import ManualClock
-from greenroom.diagnostics import describe_error
 from greenroom.errors import InvalidInput
+from greenroom.failures import describe_error
 from greenroom.retry import NO_RETRY
 from greenroom.storage import RunFilter, RunStore, open_store
 from tests.test_cli import listed, short

@@ -240,10 +240,10 @@ async def test_json_output_is_the_apis_locally_and_remotely(
         code, out, err = cli(capsys, *where, *retry, "--since", "1h")
         assert code == 0 and "dry run: 1 runs would be retried" in out, err
         assert "no runs match" in cli(capsys, *where, *retry, "--until", "1h")[1]
-    with Client(api.url, api.platform_key) as gr:
-        finished = gr.list_runs(finished_after=time.time() - 3600).items
+    with Client(api.url, api.platform_key) as platform_client:
+        finished = platform_client.list_runs(finished_after=time.time() - 3600).items
         assert [r.id for r in finished] == [echo, failed]
-        assert gr.list_runs(finished_before=time.time() - 3600).items == []
+        assert platform_client.list_runs(finished_before=time.time() - 3600).items == []
 
 
 def test_tenants_keys_and_integrations_through_the_api(
@@ -290,9 +290,9 @@ def test_tenants_keys_and_integrations_through_the_api(
 
     from greenroom.api.schemas import IntegrationCreate
 
-    with Client(api.url, api.keys["acme"][Role.ADMIN]) as gr:
+    with Client(api.url, api.keys["acme"][Role.ADMIN]) as acme_admin:
         credentials = {"username": "u", "password": "p"}
-        made = gr.create_integration(
+        made = acme_admin.create_integration(
             IntegrationCreate(connector="crm", name="acme crm", credentials=credentials)
         )
     code, out, err = cli(capsys, *admin, "integrations", "list")

@@ -51,54 +51,54 @@ def echo(value: object) -> RunCreate:
 
 
 async def test_runs_create_list_get_cancel_retry_and_errors(api: ApiSetup) -> None:
-    with client(api, "acme", Role.OPERATOR) as gr:
-        first, created = gr.create_run(echo(1), idempotency_key="k1")
-        again, created_again = gr.create_run(echo(1), idempotency_key="k1")
+    with client(api, "acme", Role.OPERATOR) as acme:
+        first, created = acme.create_run(echo(1), idempotency_key="k1")
+        again, created_again = acme.create_run(echo(1), idempotency_key="k1")
         with pytest.raises(ApiConflict) as conflict:
-            gr.create_run(echo(2), idempotency_key="k1")
-        labelled, _ = gr.create_run(
+            acme.create_run(echo(2), idempotency_key="k1")
+        labelled, _ = acme.create_run(
             RunCreate(workflow="plain.echo", labels={"org": "o2"}, priority=5)
         )
-        failing, _ = gr.create_run(RunCreate(workflow="plain.fail"))
+        failing, _ = acme.create_run(RunCreate(workflow="plain.fail"))
         async with worker_running(api.app):
             await wait_for_states(api.app.store, [first.id, labelled.id, failing.id])
-        waiting, _ = gr.create_run(RunCreate(workflow="plain.echo", delay=3600))
+        waiting, _ = acme.create_run(RunCreate(workflow="plain.echo", delay=3600))
 
         assert (created, created_again, again.id) == (True, False, first.id)
         assert isinstance(conflict.value, Conflict) and conflict.value.status == 409
         newest_first = [waiting.id, failing.id, labelled.id, first.id]
-        assert [r.id for r in gr.iter_runs(page_size=1)] == newest_first
-        page = gr.list_runs(limit=3)
+        assert [r.id for r in acme.iter_runs(page_size=1)] == newest_first
+        page = acme.list_runs(limit=3)
         assert [r.id for r in page.items] == newest_first[:3] and page.next_cursor
-        assert [r.id for r in gr.list_runs(cursor=page.next_cursor).items] == [first.id]
-        assert [r.id for r in gr.list_runs(label="org=o2").items] == [labelled.id]
-        assert [r.id for r in gr.list_runs(state=[RunState.FAILED, "delayed"]).items] == [
+        assert [r.id for r in acme.list_runs(cursor=page.next_cursor).items] == [first.id]
+        assert [r.id for r in acme.list_runs(label="org=o2").items] == [labelled.id]
+        assert [r.id for r in acme.list_runs(state=[RunState.FAILED, "delayed"]).items] == [
             waiting.id,
             failing.id,
         ]
-        assert gr.list_runs(workflow="plain.fail", queue="default").items[0].id == failing.id
-        assert gr.list_runs(created_after=time.time() + 60).items == []
-        assert len(gr.list_runs(created_before=time.time() + 60, tenant="acme").items) == 4
+        assert acme.list_runs(workflow="plain.fail", queue="default").items[0].id == failing.id
+        assert acme.list_runs(created_after=time.time() + 60).items == []
+        assert len(acme.list_runs(created_before=time.time() + 60, tenant="acme").items) == 4
 
-        detail = gr.get_run(first.id)
+        detail = acme.get_run(first.id)
         assert detail.state is RunState.SUCCEEDED and detail.output == 1
         assert [e.state for e in detail.timeline][-1] is RunState.SUCCEEDED
-        [group] = gr.error_groups()
+        [group] = acme.error_groups()
         assert (group.workflow, group.last_run_id) == ("plain.fail", failing.id)
-        assert gr.list_runs(error_group=group.fingerprint).items[0].id == failing.id
+        assert acme.list_runs(error_group=group.fingerprint).items[0].id == failing.id
 
-        assert gr.cancel_run(waiting.id, reason="not needed").state is RunState.CANCELLED
-        retried = gr.retry_run(waiting.id, reason="needed after all", input={"value": "new"})
+        assert acme.cancel_run(waiting.id, reason="not needed").state is RunState.CANCELLED
+        retried = acme.retry_run(waiting.id, reason="needed after all", input={"value": "new"})
         assert (retried.retry_of, retried.input) == (waiting.id, {"value": "new"})
-        dry = gr.retry_runs(BulkRetryRequest(reason="outage over"))
+        dry = acme.retry_runs(BulkRetryRequest(reason="outage over"))
         assert (dry.matched, dry.dry_run, dry.new_runs) == (1, True, [])
-        done = gr.retry_runs(
+        done = acme.retry_runs(
             BulkRetryRequest(reason="outage over", workflow="plain.fail", dry_run=False)
         )
-        assert done.matched == 1 and gr.get_run(done.new_runs[0]).retry_of == failing.id
+        assert done.matched == 1 and acme.get_run(done.new_runs[0]).retry_of == failing.id
 
         with pytest.raises(ApiNotFound) as missing:
-            gr.get_run("nope")
+            acme.get_run("nope")
     assert isinstance(missing.value, NotFound) and missing.value.status == 404
     assert "run nope not found" in str(missing.value)
     with client(api, "globex", Role.VIEWER) as other, pytest.raises(NotFound):
@@ -106,8 +106,8 @@ async def test_runs_create_list_get_cancel_retry_and_errors(api: ApiSetup) -> No
 
 
 def test_artifact_download(api: ApiSetup) -> None:
-    with client(api, "acme") as gr:
-        run, _ = gr.create_run(echo(None))
+    with client(api, "acme") as acme:
+        run, _ = acme.create_run(echo(None))
         data = b"\x89PNG not really"
         location = default_artifact_store(api.app.settings).put(run.id, "shot.png", data)
         api.app.store.sessions.add_artifact(
@@ -122,81 +122,81 @@ def test_artifact_download(api: ApiSetup) -> None:
             location=location,
             size=len(data),
         )
-        [artifact] = gr.get_run(run.id).artifacts
+        [artifact] = acme.get_run(run.id).artifacts
         assert (artifact.kind, artifact.size) == ("screenshot", len(data))
-        assert gr.download_artifact(run.id, artifact.id) == data
+        assert acme.download_artifact(run.id, artifact.id) == data
         with pytest.raises(ApiNotFound):
-            gr.download_artifact(run.id, artifact.id + 1)
+            acme.download_artifact(run.id, artifact.id + 1)
     with client(api, "globex") as other, pytest.raises(ApiNotFound):
         other.download_artifact(run.id, artifact.id)
 
 
 def test_workflows_connectors_and_integrations(api: ApiSetup) -> None:
-    with client(api, "acme") as gr:
-        assert {"crm.sync", "plain.echo"} <= {w.name for w in gr.workflows()}
-        [crm] = gr.connectors()
+    with client(api, "acme") as acme:
+        assert {"crm.sync", "plain.echo"} <= {w.name for w in acme.workflows()}
+        [crm] = acme.connectors()
         assert crm.name == "crm" and "crm.sync" in crm.workflows
         assert {"username", "password"} <= set(crm.credential_schema["properties"])
-        made = gr.create_integration(
+        made = acme.create_integration(
             IntegrationCreate(
                 connector="crm", name="acme crm", credentials={"username": "u", "password": "p"}
             )
         )
-        assert [i.id for i in gr.integrations(connector="crm")] == [made.id]
-        run, _ = gr.create_run(RunCreate(workflow="crm.sync", integration=made.id))
-        assert [r.id for r in gr.list_runs(integration=made.id).items] == [run.id]
-        assert gr.integrations(connector="other") == []
-        assert gr.get_integration(made.id).name == "acme crm"
-        updated = gr.update_integration(
+        assert [i.id for i in acme.integrations(connector="crm")] == [made.id]
+        run, _ = acme.create_run(RunCreate(workflow="crm.sync", integration=made.id))
+        assert [r.id for r in acme.list_runs(integration=made.id).items] == [run.id]
+        assert acme.integrations(connector="other") == []
+        assert acme.get_integration(made.id).name == "acme crm"
+        updated = acme.update_integration(
             made.id, IntegrationUpdate(name="renamed", status="disabled")
         )
         defaults = {"region": "eu", "console": None}  # every setting is stored, and shown
         assert (updated.name, updated.status, updated.settings) == ("renamed", "disabled", defaults)
-        rotated = gr.replace_credentials(made.id, {"username": "u", "password": "new"})
+        rotated = acme.replace_credentials(made.id, {"username": "u", "password": "new"})
         assert rotated.credentials_updated_at > made.credentials_updated_at
         with pytest.raises(ApiInvalid) as bad:
-            gr.replace_credentials(made.id, {"username": "u"})
+            acme.replace_credentials(made.id, {"username": "u"})
         assert isinstance(bad.value, InvalidInput) and bad.value.status == 422
         with client(api, "globex") as other, pytest.raises(ApiNotFound):
             other.get_integration(made.id)
-        gr.delete_integration(made.id)
+        acme.delete_integration(made.id)
         with pytest.raises(ApiNotFound):
-            gr.get_integration(made.id)
+            acme.get_integration(made.id)
     with client(api, None) as platform:
         assert platform.integrations(tenant="acme") == []
 
 
 def test_queues_and_pauses(api: ApiSetup) -> None:
-    with client(api, "acme", Role.OPERATOR) as gr, client(api, None) as platform:
-        run, _ = gr.create_run(echo(1))
-        [queue] = gr.queues()
+    with client(api, "acme", Role.OPERATOR) as acme, client(api, None) as platform:
+        run, _ = acme.create_run(echo(1))
+        [queue] = acme.queues()
         assert (queue.name, queue.counts["queued"], queue.paused) == ("default", 1, False)
         assert platform.queues(tenant="globex")[0].counts.get("queued", 0) == 0
-        assert gr.get_queue("default").counts["queued"] == 1
+        assert acme.get_queue("default").counts["queued"] == 1
         limited = platform.update_queue("default", QueueUpdate(concurrency=3, reason="test"))
         assert limited.concurrency == 3
         cleared = platform.update_queue("default", QueueUpdate(concurrency=None, reason="test"))
         assert cleared.concurrency is None
 
-        paused = gr.pause_queue("default", reason="maintenance", drain=False)
+        paused = acme.pause_queue("default", reason="maintenance", drain=False)
         assert (paused.scope, paused.tenant, paused.drain) == ("queue", "acme", False)
-        assert gr.get_run(run.id).state is RunState.PAUSED
-        assert [p.id for p in gr.pauses()] == [paused.id]
-        assert gr.resume_queue("default", reason="done").resumed == 1
-        assert gr.get_run(run.id).state is RunState.QUEUED
+        assert acme.get_run(run.id).state is RunState.PAUSED
+        assert [p.id for p in acme.pauses()] == [paused.id]
+        assert acme.resume_queue("default", reason="done").resumed == 1
+        assert acme.get_run(run.id).state is RunState.QUEUED
 
         by_label = platform.create_pause(
             PauseCreate(scope="workflow", value="plain.echo", reason="vendor down")
         )
         assert by_label.tenant is None
-        assert gr.get_run(run.id).state is RunState.PAUSED
+        assert acme.get_run(run.id).state is RunState.PAUSED
         with pytest.raises(ApiProblem) as forbidden:
-            gr.resume_pause(by_label.id, reason="not yours")
+            acme.resume_pause(by_label.id, reason="not yours")
         assert forbidden.value.status == 403
         assert platform.resume_pause(by_label.id, reason="vendor back").resumed == 1
-        assert gr.pauses() == []
+        assert acme.pauses() == []
         with pytest.raises(ApiNotFound):
-            gr.resume_pause(by_label.id, reason="gone")
+            acme.resume_pause(by_label.id, reason="gone")
 
 
 def test_tenants_keys_audit_workers_and_health(api: ApiSetup) -> None:
@@ -255,11 +255,11 @@ def test_error_mapping(api: ApiSetup, monkeypatch: pytest.MonkeyPatch) -> None:
         viewer.create_run(echo(1))
     assert forbidden.value.status == 403 and "needs operator" in str(forbidden.value)
 
-    with client(api, "acme", Role.OPERATOR) as gr:
+    with client(api, "acme", Role.OPERATOR) as acme:
         with pytest.raises(ApiInvalid) as invalid:
-            gr.create_run(RunCreate.model_construct(workflow="plain.echo", priority=10**9))
+            acme.create_run(RunCreate.model_construct(workflow="plain.echo", priority=10**9))
         with pytest.raises(ApiInvalid) as limit:
-            gr.list_runs(limit=501)
+            acme.list_runs(limit=501)
     assert [e["field"] for e in invalid.value.errors] == ["body.priority"]
     assert "body.priority" in str(invalid.value) and "less than or equal" in str(invalid.value)
     assert [e["field"] for e in limit.value.errors] == ["query.limit"]

@@ -17,8 +17,8 @@ import pytest
 
 from greenroom import RunState
 from greenroom.client import Client
-from greenroom.diagnostics import describe_error
 from greenroom.errors import Conflict, InvalidInput, NotFound
+from greenroom.failures import describe_error
 from greenroom.model import NewRun, Role, Run
 from greenroom.storage import RunFilter, RunStore, open_store
 from tests.api_helpers import ApiSetup
@@ -157,7 +157,10 @@ def test_concurrent_retries_of_one_run_create_one_retry(store: RunStore, db_url:
             ),
         )
         new_runs = [
-            run_id for b in bulk if not isinstance(b, BaseException) for run_id in b.new_runs
+            run_id
+            for done in bulk
+            if not isinstance(done, BaseException)
+            for run_id in done.new_runs
         ]
         assert len(new_runs) == 5, bulk
         assert sorted(store.runs.get_run(r).retry_of or "" for r in new_runs) == sorted(

@@ -18,8 +18,8 @@ from helpers import fast_app
 from playwright.async_api import Page, Route
 
 from greenroom import SecretRefused
-from greenroom.browser.diagnostics import Redactor
 from greenroom.browser.guard import SecretGuard
+from greenroom.browser.page_capture import Redactor
 from greenroom.browser.pool import BrowserPool, SessionContext
 
 SECRET = "pa55-word-of-the-integration"

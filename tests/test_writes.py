@@ -18,8 +18,8 @@ import pytest
 from helpers import fast_app, wait_for_states, worker_running
 
 from greenroom import LeaseLost, ManualClock, RunContext, RunState, StepStatus, step
-from greenroom.diagnostics import fingerprint
 from greenroom.errors import NotSerializable
+from greenroom.failures import fingerprint
 from greenroom.model import Lease, NewRun, Run
 from greenroom.storage import RunStore
 from greenroom.storage.sqlite import SQLiteBackend
@@ -270,21 +270,23 @@ def test_one_batch_applies_every_kind_of_end(store: RunStore, clock: ManualClock
     for kind, run in got.items():
         assert run.state is expected[kind], kind
         assert (run.lease_owner, run.lease_expires_at) == (None, None), kind
-    s = got["succeeded"]
-    assert (s.output, s.error, s.finished_at, s.attempt) == ([1], None, now, 2)
-    f = got["failed"]
-    assert (f.output, f.error, f.finished_at, f.attempt) == (None, boom, now, 1)
+    succeeded, failed = got["succeeded"], got["failed"]
+    assert (succeeded.output, succeeded.error) == ([1], None)
+    assert (succeeded.finished_at, succeeded.attempt) == (now, 2)
+    assert (failed.output, failed.error, failed.finished_at, failed.attempt) == (None, boom, now, 1)
     assert (
-        f.error_group
+        failed.error_group
         == got["failed_too"].error_group
         == fingerprint("ValueError", "no row 42", "fetch")
     )
-    d = got["delayed"]
-    assert (d.attempt, d.available_at, d.finished_at, d.error) == (2, now + 30, None, retry)
-    c = got["cancelled"]
-    assert (c.finished_at, c.attempt, c.error) == (now, 1, None)
-    q = got["queued"]
-    assert (q.attempt, q.finished_at, q.available_at) == (1, None, runs["queued"].available_at)
+    delayed = got["delayed"]
+    assert (delayed.attempt, delayed.available_at) == (2, now + 30)
+    assert (delayed.finished_at, delayed.error) == (None, retry)
+    cancelled = got["cancelled"]
+    assert (cancelled.finished_at, cancelled.attempt, cancelled.error) == (now, 1, None)
+    queued = got["queued"]
+    assert (queued.attempt, queued.finished_at) == (1, None)
+    assert queued.available_at == runs["queued"].available_at
     for kind in ("succeeded", "delayed", "cancelled", "queued"):
         assert got[kind].error_group is None, kind
 
@@ -302,7 +304,7 @@ def test_one_batch_applies_every_kind_of_end(store: RunStore, clock: ManualClock
 
     (group,) = store.admin.error_groups()
     assert (group.fingerprint, group.workflow, group.step, group.type, group.message) == (
-        f.error_group,
+        failed.error_group,
         "wf-failed",
         "fetch",
         "ValueError",

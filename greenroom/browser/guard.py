@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from greenroom.browser.diagnostics import Redactor
+from greenroom.browser.page_capture import Redactor
 from greenroom.errors import ConfigError, SecretRefused
 from greenroom.origins import OPAQUE, origin_of
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenroom.browser.artifacts import ArtifactStore, default_artifact_store
-from greenroom.browser.diagnostics import Capture, ConsoleLog, Redactor, capture_failure
 from greenroom.browser.guard import SecretGuard
 from greenroom.browser.locks import KeyedLocks
+from greenroom.browser.page_capture import Capture, ConsoleLog, Redactor, capture_failure
 from greenroom.browser.pool import BrowserPool, InitialState, SessionContext
 from greenroom.browser.state import capture, seal, unseal
 from greenroom.crypto import KeyRing, load_keyring

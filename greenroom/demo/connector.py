@@ -41,7 +41,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from pydantic import BaseModel, SecretStr
 
 from greenroom import App, LoggedOut, PermanentError, RetryPolicy, RunContext, SecretOrigin, step
-from greenroom.diagnostics import TransientError
+from greenroom.failures import TransientError
 
 app = App()
 

@@ -47,7 +47,10 @@ from greenroom.storage.writes import Checkpoint, End, Written
 
 
 @dataclass(frozen=True, kw_only=True)
-class Heartbeat:
+class ControlRequests:
+    """The runs a worker holds (whose leases a heartbeat renewed, or that have a request) and
+    those of them an operator asked to cancel or to pause."""
+
     held: set[str]
     cancel_requested: set[str]
     pause_requested: set[str]
@@ -123,7 +126,7 @@ class Runs(StoreBase):
 
     def heartbeat(
         self, worker_id: str, lease_seconds: float, run_ids: Collection[str]
-    ) -> Heartbeat:
+    ) -> ControlRequests:
         """Renew, in one statement, the leases of the runs this worker is executing.
 
         Only those: a run the worker no longer executes (say its end could not be written)
@@ -149,13 +152,13 @@ class Runs(StoreBase):
                 "UPDATE workers SET heartbeat_at = :now WHERE id = :worker",
                 {"now": now, "worker": worker_id},
             )
-        return Heartbeat(
+        return ControlRequests(
             held={r["id"] for r in rows},
             cancel_requested={r["id"] for r in rows if r["cancel_requested"]},
             pause_requested={r["id"] for r in rows if r["pause_requested"]},
         )
 
-    def control_requests(self, worker_id: str) -> Heartbeat:
+    def control_requests(self, worker_id: str) -> ControlRequests:
         """This worker's runs that an operator asked to stop (cancel) or to pause."""
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute(
@@ -164,7 +167,7 @@ class Runs(StoreBase):
                 " AND (cancel_requested OR pause_requested)",
                 {"worker": worker_id},
             )
-        return Heartbeat(
+        return ControlRequests(
             held={r["id"] for r in rows},
             cancel_requested={r["id"] for r in rows if r["cancel_requested"]},
             pause_requested={r["id"] for r in rows if r["pause_requested"]},

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from greenroom.diagnostics import fingerprint
+from greenroom.failures import fingerprint
 from greenroom.model import Lease, RunState, StepStatus
 from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.base import fence

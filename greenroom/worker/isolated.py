@@ -2,53 +2,42 @@
 
 For workflows declared with isolation="process". The worker keeps the lease (heartbeats,
 cancellation, the run's end) and tells the child, one JSON line at a time on its stdin, the
-request, then each lease renewal and any pause; the child imports the workflow's module, replays
-and executes the steps under the same fencing token (and stops before a step once the lease may
-have lapsed, as in a worker), saves the session and diagnostics, and reports how the run ended
-in a file. The child leads its own process group: at a run timeout, a cancellation or a worker
-shutdown the worker kills that group; if the worker dies, the kernel kills the child
-(PR_SET_PDEATHSIG). Its browser, started in a group of its own, dies with the child through the
-launcher's watchdog (greenroom.browser.launch).
+request, then each lease renewal and any pause; the child imports the workflow's module and
+executes the run as a worker does (greenroom.worker.execute): it replays and executes the steps
+under the same fencing token (and stops before a step once the lease may have lapsed), saves the
+session and diagnostics, and reports the run's Outcome, serialised, in a file (not on stdout,
+which the workflow's own prints share). The child leads its own process group: at a run
+timeout, a cancellation or a worker shutdown the worker kills that group; if the worker dies,
+the kernel kills the child (PR_SET_PDEATHSIG). Its browser, started in a group of its own, dies
+with the child through the launcher's watchdog (greenroom.browser.launch).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ctypes
 import importlib
 import json
 import os
-import pickle
 import signal
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import SecretStr
 
 from greenroom.app import App
-from greenroom.diagnostics import describe_error
-from greenroom.errors import ConfigError, LeaseLost, RunPaused
+from greenroom.browser.runtime import BrowserRuntime
+from greenroom.errors import ConfigError
 from greenroom.model import Lease
 from greenroom.settings import Settings
+from greenroom.storage import open_store
+from greenroom.worker.execute import Outcome, RunServices, execute_workflow
+from greenroom.worker.writer import RunWriter
 from greenroom.workflow import Workflow
-
-
-@dataclass(frozen=True, kw_only=True)
-class Outcome:
-    """How an isolated run ended: "succeeded" (with its encoded output), "failed" (with the
-    exception, its stored description and the failed step), "paused" or "lost"."""
-
-    kind: Literal["succeeded", "failed", "paused", "lost"]
-    output: str | None = None
-    error: BaseException | None = None
-    description: dict[str, Any] = field(default_factory=dict)
-    failed_step: str | None = None
 
 
 class IsolatedRun:
@@ -100,7 +89,7 @@ class IsolatedRun:
                 raise RuntimeError(
                     f"the run's process exited with {_exit_status(code)} before reporting"
                 )
-            return _outcome(json.loads(result.read_text()))
+            return Outcome.loads(result.read_text())
 
     def _request(self, result: Path) -> dict[str, Any]:
         lease = self.lease
@@ -133,25 +122,6 @@ def _exit_status(code: int) -> str:
     return f"code {code}"
 
 
-def _outcome(doc: dict[str, Any]) -> Outcome:
-    error: BaseException | None = None
-    if doc.get("error"):
-        try:
-            error = pickle.loads(base64.b64decode(doc["error"]))
-        except Exception:  # a class the worker cannot import: keep the child's description
-            error = None
-    if doc["kind"] == "failed" and error is None:
-        desc = doc.get("description", {})
-        error = RuntimeError(f"{desc.get('type', 'Error')}: {desc.get('message', '')}")
-    return Outcome(
-        kind=doc["kind"],
-        output=doc.get("output"),
-        error=error,
-        description=doc.get("description") or {},
-        failed_step=doc.get("failed_step"),
-    )
-
-
 # -- the child -----------------------------------------------------------------------------
 
 
@@ -164,15 +134,6 @@ def _find_app(module_name: str, workflow: str) -> App:
         f"process isolation: module {module_name!r} has no App with workflow {workflow!r} "
         "at module level (declare isolated workflows on an App defined in an importable module)"
     )
-
-
-def _pickled(exc: BaseException) -> str | None:
-    try:
-        data = pickle.dumps(exc)
-        pickle.loads(data)
-    except Exception:
-        return None
-    return base64.b64encode(data).decode()
 
 
 class _Messages:
@@ -198,19 +159,11 @@ class _Messages:
         threading.Thread(target=read, name="greenroom-worker-messages", daemon=True).start()
 
 
-async def _execute(request: dict[str, Any]) -> dict[str, Any]:
-    from greenroom.browser.runtime import BrowserRuntime
-    from greenroom.context import RunContext, current_run
-    from greenroom.storage import open_store
-    from greenroom.storage.codec import dumps
-    from greenroom.worker.credentials import bind_integration, credentials_source
-    from greenroom.worker.writer import RunWriter
-
+async def _execute(request: dict[str, Any]) -> Outcome:
     messages = _Messages(request)
     messages.listen(asyncio.get_running_loop())
     settings = Settings(**request["settings"])
     app = _find_app(request["module"], request["workflow"])
-    wf = app.workflows[request["workflow"]]
     store = open_store(settings.db, migrate=False, pool_size=2)
     runtime = BrowserRuntime(settings)
 
@@ -226,42 +179,22 @@ async def _execute(request: dict[str, Any]) -> dict[str, Any]:
             expires_at=request["expires_at"],
             seconds=request["lease_seconds"],
         )
-        ctx = RunContext(
-            lease=lease,
-            store=store,
-            writer=RunWriter(store.runs, db),
+        services = RunServices(
+            app=app, store=store, writer=RunWriter(store.runs, db), browser=runtime, db=db
+        )
+        ctx = services.context(
+            lease,
             history=store.runs.steps(run.id),
             lease_valid_until=lambda: messages.valid_until,  # renewed by the worker
             await_checkpoints=True,  # the worker may kill this process group at any moment
         )
-        ctx.browser = runtime.for_run(lease, store.sessions, db, ctx.log)
-        ctx.credentials_source = credentials_source(ctx, app, store, runtime, db)
         messages.on_pause = ctx.request_pause
         if messages.paused:
             ctx.request_pause()
-        token = current_run.set(ctx)
         try:
-            await bind_integration(ctx, app, store, db)
-            output = await wf.call(ctx, run.input)
-            encoded = dumps(output, f"output of workflow {wf.name!r}")
-            await ctx.browser.run_completed()
-            return {"kind": "succeeded", "output": encoded}
-        except RunPaused:
-            return {"kind": "paused"}
-        except LeaseLost:
-            return {"kind": "lost"}
-        except Exception as exc:
-            await ctx.browser.run_failed(exc)
-            return {
-                "kind": "failed",
-                "error": _pickled(exc),
-                "description": describe_error(
-                    exc, step=ctx.failed_step, attempt=run.attempt, redact=ctx.redact
-                ),
-                "failed_step": ctx.failed_step,
-            }
+            return await execute_workflow(services, ctx, app.workflows[request["workflow"]])
         finally:
-            current_run.reset(token)
+            assert ctx.browser is not None
             await ctx.browser.close()
     finally:
         await runtime.close()
@@ -276,14 +209,10 @@ def main() -> None:
             sys.exit(1)
     request = json.loads(sys.stdin.readline())
     try:
-        result = asyncio.run(_execute(request))
+        outcome = asyncio.run(_execute(request))
     except Exception as exc:  # the run could not even start here (import, database)
-        result = {
-            "kind": "failed",
-            "error": _pickled(exc),
-            "description": describe_error(exc),
-        }
+        outcome = Outcome.failed(exc)
     path = Path(request["result"])
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
+    tmp.write_text(outcome.dumps())
     tmp.replace(path)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import secrets
 import signal
 import socket
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,20 +18,20 @@ import structlog
 
 from greenroom.app import App
 from greenroom.browser.runtime import BrowserRuntime
-from greenroom.context import RunContext, current_run
-from greenroom.diagnostics import describe_error
-from greenroom.errors import LeaseLost, NonDeterminismError, RunPaused
+from greenroom.context import RunContext
+from greenroom.errors import LeaseLost, NonDeterminismError
+from greenroom.failures import describe_error
 from greenroom.model import Lease, QueueInfo, RunState
 from greenroom.retry import NO_RETRY, RetryPolicy
 from greenroom.settings import Settings, redact
 from greenroom.storage import RunStore
 from greenroom.storage.backend import ANY_QUEUE, Liveness
-from greenroom.storage.codec import dumps
-from greenroom.storage.runs import Heartbeat
+from greenroom.storage.runs import ControlRequests
 from greenroom.storage.writes import End
-from greenroom.worker.credentials import bind_integration, credentials_source
+from greenroom.worker.execute import Outcome, OutcomeKind, RunServices, execute_workflow
 from greenroom.worker.isolated import IsolatedRun
 from greenroom.worker.memory import MemoryAdmission
+from greenroom.worker.stats import WorkerStats
 from greenroom.worker.writer import RunWriter
 from greenroom.workflow import Workflow
 
@@ -41,7 +41,7 @@ SETTINGS_REFRESH_SECONDS = 2.0
 LIVENESS_CHECK_SECONDS = 0.05
 
 
-class _Stop:
+class _Stop(enum.Enum):
     """Why a run's task was cancelled by its worker."""
 
     CANCEL = "cancelled by request"
@@ -55,7 +55,7 @@ class _Stop:
 class _Active:
     lease: Lease
     task: asyncio.Task[None]
-    stop_reason: str | None = None
+    stop_reason: _Stop | None = None
     ctx: RunContext | None = None
     #: Set while the run executes in its own process (isolation="process").
     isolated: IsolatedRun | None = None
@@ -67,21 +67,6 @@ class _Active:
             self.isolated.request_pause()
         elif self.ctx is not None:
             self.ctx.request_pause()
-
-
-@dataclass
-class WorkerStats:
-    claimed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    cancelled: int = 0
-    released: int = 0
-    lost: int = 0
-    recovered: int = 0
-    paused: int = 0
-    #: Runs failed (or repaired) because the database could not read their labels.
-    quarantined: int = 0
 
 
 class Worker:
@@ -119,6 +104,9 @@ class Worker:
         self.log = log.bind(worker_id=self.id)
         # Browser pool, saved sessions, diagnostics: Chromium starts at a run's first page.
         self.browser = BrowserRuntime(self.settings)
+        self.services = RunServices(
+            app=app, store=self.store, writer=self.writer, browser=self.browser, db=self._db
+        )
 
     @property
     def store(self) -> RunStore:
@@ -195,7 +183,7 @@ class Worker:
 
     async def _drain(self) -> None:
         """Give in-flight runs the grace period, then hand the rest back to the queue."""
-        pending = [a.task for a in self._active.values()]
+        pending = [active.task for active in self._active.values()]
         if pending:
             self.log.info(
                 "draining", runs=len(pending), grace_seconds=self.settings.shutdown_grace_seconds
@@ -203,7 +191,7 @@ class Worker:
             await asyncio.wait(pending, timeout=self.settings.shutdown_grace_seconds)
         for active in list(self._active.values()):
             self._interrupt(active, _Stop.SHUTDOWN)
-        remaining = [a.task for a in self._active.values()]
+        remaining = [active.task for active in self._active.values()]
         if remaining:
             await asyncio.gather(*remaining, return_exceptions=True)
 
@@ -267,13 +255,13 @@ class Worker:
         except Exception as repair_exc:
             self.log.error("quarantine failed", error=str(repair_exc), claim_error=str(exc))
             return False
-        for q in found:
+        for quarantined in found:
             self.log.error(
                 "run quarantined",
-                run_id=q.run_id,
-                tenant=q.tenant,
-                state=q.state.value,
-                reason=q.reason,
+                run_id=quarantined.run_id,
+                tenant=quarantined.tenant,
+                state=quarantined.state.value,
+                reason=quarantined.reason,
                 claim_error=str(exc),
             )
         self.stats.quarantined += len(found)
@@ -291,29 +279,31 @@ class Worker:
 
     def _executing(self) -> int:
         """Runs that hold a slot: a run whose end is being written has given its slot back."""
-        return sum(1 for a in self._active.values() if not a.finishing)
+        return sum(1 for active in self._active.values() if not active.finishing)
 
     def _heartbeat_interval(self) -> float:
         """The worker's setting, or a served queue's shorter one (per-queue lock tuning)."""
         tuned = [
-            q.heartbeat_seconds
-            for name, q in self._queue_settings.items()
-            if name in self.queues and q.heartbeat_seconds
+            queue.heartbeat_seconds
+            for name, queue in self._queue_settings.items()
+            if name in self.queues and queue.heartbeat_seconds
         ]
         return min([self.settings.heartbeat_seconds, *tuned])
 
     async def _heartbeat_loop(self) -> None:
-        s = self.settings
+        settings = self.settings
         while True:
             await asyncio.sleep(self._heartbeat_interval())
             started = self.store.clock.now()
             # Only runs held before the beat can be missing from it: a run claimed or finished
             # while the beat was in flight is not lost. A run whose end is being written is
             # renewed too: its end may be waiting out a database outage.
-            known = {run_id for run_id, a in self._active.items() if not a.finishing}
+            known = {run_id for run_id, active in self._active.items() if not active.finishing}
             renew = set(self._active)
             try:
-                beat = await self._db(self.store.runs.heartbeat, self.id, s.lease_seconds, renew)
+                beat = await self._db(
+                    self.store.runs.heartbeat, self.id, settings.lease_seconds, renew
+                )
             except Exception as exc:
                 self.log.warning("heartbeat failed", error=str(exc))
                 continue
@@ -328,7 +318,7 @@ class Worker:
                     self._interrupt(active, _Stop.LOST)
             self._apply_controls(beat)
 
-    def _apply_controls(self, requests: Heartbeat) -> None:
+    def _apply_controls(self, requests: ControlRequests) -> None:
         for run_id in requests.cancel_requested:
             if run_id in self._active:
                 self._interrupt(self._active[run_id], _Stop.CANCEL)
@@ -338,11 +328,11 @@ class Worker:
                 active.request_pause()
 
     async def _maintenance_loop(self) -> None:
-        s = self.settings
+        settings = self.settings
         while True:
-            wait = s.poll_seconds
+            wait = settings.poll_seconds
             try:
-                recovery = await self._db(self.store.runs.recover, self.id, s.max_stalls)
+                recovery = await self._db(self.store.runs.recover, self.id, settings.max_stalls)
                 promoted = await self._db(self.store.runs.promote_delayed)
                 if self._active:
                     self._apply_controls(await self._db(self.store.runs.control_requests, self.id))
@@ -378,9 +368,9 @@ class Worker:
                 continue
             ended = liveness.ended()
             reason = _Stop.LOST if ended else _Stop.UNCONFIRMED
-            stopping = [a for a in self._active.values() if a.stop_reason is None]
+            stopping = [active for active in self._active.values() if active.stop_reason is None]
             if stopping:
-                self.log.warning(f"stopping runs: {_Stop.UNCONFIRMED}", runs=len(stopping))
+                self.log.warning(f"stopping runs: {_Stop.UNCONFIRMED.value}", runs=len(stopping))
             for active in stopping:
                 self._interrupt(active, reason)
             if ended:
@@ -395,7 +385,7 @@ class Worker:
             lease = active.lease
             margin = min(1.0, lease.seconds / 4)
             if active.stop_reason is None and self._lease_valid_until(lease)() - now < margin:
-                self.log.warning(f"stopping run: {_Stop.EXPIRING}", run_id=lease.run.id)
+                self.log.warning(f"stopping run: {_Stop.EXPIRING.value}", run_id=lease.run.id)
                 self._interrupt(active, _Stop.EXPIRING)
 
     async def _new_identity(self) -> None:
@@ -420,7 +410,9 @@ class Worker:
     def _isolated_pids(self) -> list[int]:
         """The processes of this worker's isolated runs (each leads its own process group)."""
         return [
-            a.isolated.pid for a in list(self._active.values()) if a.isolated and a.isolated.pid
+            active.isolated.pid
+            for active in list(self._active.values())
+            if active.isolated and active.isolated.pid
         ]
 
     def _start_run(self, lease: Lease) -> None:
@@ -428,10 +420,10 @@ class Worker:
         task = asyncio.create_task(self._execute(lease), name=f"run-{lease.run.id}")
         self._active[lease.run.id] = _Active(lease=lease, task=task)
 
-    def _interrupt(self, active: _Active, reason: str) -> None:
+    def _interrupt(self, active: _Active, reason: _Stop) -> None:
         if active.stop_reason is None and not active.finishing and not active.task.done():
             active.stop_reason = reason
-            active.task.cancel(reason)
+            active.task.cancel(reason.value)
 
     def _lease_valid_until(self, lease: Lease) -> Callable[[], float]:
         return lambda: max(lease.expires_at, self._renewed_at + lease.seconds)
@@ -460,62 +452,37 @@ class Worker:
             err = {"type": "UnknownWorkflow", "message": f"no workflow {run.workflow!r} in app"}
             await self._finish(lease, RunState.FAILED, "unknown workflow", error=err)
             return
+        run_log = self.log.bind(run_id=run.id, workflow=run.workflow, attempt=run.attempt)
         if wf.isolation == "process":
-            await self._execute_isolated(lease, wf)
+            execution = self._execute_isolated(lease, wf)
+            facts: dict[str, Any] = {"isolation": "process"}
+        else:
+            ctx = await self._context(lease)
+            execution = execute_workflow(self.services, ctx, wf, timeout=run.timeout)
+            run_log, facts = ctx.log, {}
+        try:
+            outcome = await execution
+        except asyncio.CancelledError:
+            await self._stopped(lease)
             return
+        await self._record(lease, outcome, run_log, **facts)
+
+    async def _context(self, lease: Lease) -> RunContext:
+        """The context of a run executing in this worker, known to its controls."""
+        run = lease.run
         # Steps are only written under a lease: a run leased for the first time has no history.
         fresh = lease.token == 1 and run.retry_of is None  # a retry starts with copied steps
         history = [] if fresh else await self._db(self.store.runs.steps, run.id)
-        ctx = RunContext(
-            lease=lease,
-            store=self.store,
-            writer=self.writer,
-            history=history,
-            lease_valid_until=self._lease_valid_until(lease),
-        )
-        ctx.browser = self.browser.for_run(lease, self.store.sessions, self._db, ctx.log)
-        ctx.credentials_source = credentials_source(
-            ctx, self.app, self.store, self.browser, self._db
+        ctx = self.services.context(
+            lease, history=history, lease_valid_until=self._lease_valid_until(lease)
         )
         if run.id in self._active:
             self._active[run.id].ctx = ctx
             if run.pause_requested:
                 ctx.request_pause()
-        token = current_run.set(ctx)
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(run.timeout):
-                await bind_integration(ctx, self.app, self.store, self._db)
-                output = await wf.call(ctx, run.input)
-            encoded = dumps(output, f"output of workflow {wf.name!r}")
-            await ctx.browser.run_completed()  # the session's final state, before the end
-        except asyncio.CancelledError:
-            await self._stopped(lease)
-            return
-        except LeaseLost:
-            raise
-        except RunPaused:
-            await self._finish(lease, RunState.QUEUED, "stopped at a step boundary for a pause")
-            return
-        except Exception as exc:
-            await ctx.browser.run_failed(exc)  # diagnostics while the page is still open
-            error = describe_error(
-                exc, step=ctx.failed_step, attempt=run.attempt, redact=ctx.redact
-            )
-            await self._failed(lease, exc, failed_step=ctx.failed_step, log=ctx.log, error=error)
-            return
-        finally:
-            current_run.reset(token)
-        ctx.log.info(
-            "run succeeded",
-            seconds=round(time.monotonic() - started, 3),
-            steps_executed=ctx.steps_executed,
-            steps_replayed=ctx.steps_replayed,
-            relogins=ctx.relogins,
-        )
-        await self._finish(lease, RunState.SUCCEEDED, "completed", output=encoded)
+        return ctx
 
-    async def _execute_isolated(self, lease: Lease, wf: Workflow) -> None:
+    async def _execute_isolated(self, lease: Lease, wf: Workflow) -> Outcome:
         """The run executes in its own process group; this worker keeps its lease."""
         run = lease.run
         isolated = IsolatedRun(self.settings, lease, wf)
@@ -524,30 +491,37 @@ class Worker:
             active.isolated = isolated
             if run.pause_requested:
                 isolated.request_pause()
-        run_log = self.log.bind(run_id=run.id, workflow=run.workflow, attempt=run.attempt)
         try:
             async with asyncio.timeout(run.timeout):
-                outcome = await isolated.run()
-        except asyncio.CancelledError:
-            await self._stopped(lease)
-            return
+                return await isolated.run()
         except Exception as exc:  # the run timed out, or its process died before reporting
-            await self._failed(lease, exc, failed_step=None, log=run_log)
-            return
-        if outcome.kind == "succeeded":
-            run_log.info("run succeeded", isolation="process")
+            return Outcome(kind=OutcomeKind.FAILED, error=exc)
+
+    async def _record(self, lease: Lease, outcome: Outcome, log: Any, **facts: Any) -> None:
+        """Write the run's end as its outcome says; a lost lease leaves it to its next owner."""
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            log.info(
+                "run succeeded",
+                seconds=outcome.seconds,
+                steps_executed=outcome.steps_executed,
+                steps_replayed=outcome.steps_replayed,
+                relogins=outcome.relogins,
+                **facts,
+            )
             await self._finish(lease, RunState.SUCCEEDED, "completed", output=outcome.output)
-        elif outcome.kind == "paused":
+        elif outcome.kind is OutcomeKind.PAUSED:
             await self._finish(lease, RunState.QUEUED, "stopped at a step boundary for a pause")
-        elif outcome.kind == "lost":
-            raise LeaseLost(f"run {run.id}: its process found the lease lost")
+        elif outcome.kind is OutcomeKind.LOST:
+            if isinstance(outcome.error, LeaseLost):
+                raise outcome.error
+            raise LeaseLost(f"run {lease.run.id}: lease lost")
         else:
             assert outcome.error is not None
             await self._failed(
                 lease,
                 outcome.error,
                 failed_step=outcome.failed_step,
-                log=run_log,
+                log=log,
                 error=outcome.description or None,
             )
 
@@ -562,7 +536,7 @@ class Worker:
         elif reason == _Stop.SHUTDOWN:
             await self._finish(lease, RunState.QUEUED, "released: worker shutting down")
         elif reason in (_Stop.UNCONFIRMED, _Stop.EXPIRING):
-            await self._finish(lease, RunState.QUEUED, f"released: {reason}")
+            await self._finish(lease, RunState.QUEUED, f"released: {reason.value}")
         elif reason == _Stop.LOST:
             raise LeaseLost(f"run {lease.run.id}: lease lost")
         else:
@@ -600,14 +574,14 @@ class Worker:
 
     def _queue_policy(self, queue: str) -> RetryPolicy:
         """The queue's default retry policy, for workflows that declare none."""
-        q = self._queue_settings.get(queue)
-        if q is None or q.max_attempts is None:
+        info = self._queue_settings.get(queue)
+        if info is None or info.max_attempts is None:
             return NO_RETRY
         return RetryPolicy(
-            max_attempts=q.max_attempts,
-            initial_delay=q.retry_initial_delay if q.retry_initial_delay is not None else 1.0,
-            backoff=q.retry_backoff or 2.0,
-            max_delay=q.retry_max_delay if q.retry_max_delay is not None else 60.0,
+            max_attempts=info.max_attempts,
+            initial_delay=info.retry_initial_delay if info.retry_initial_delay is not None else 1.0,
+            backoff=info.retry_backoff or 2.0,
+            max_delay=info.retry_max_delay if info.retry_max_delay is not None else 60.0,
         )
 
     async def _finish(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> None:
@@ -622,12 +596,4 @@ class Worker:
                     await active.ctx.browser.close()  # back in the pool before the end
         end = End(lease=lease, state=state, reason=reason, checkpoint=checkpoint, **kw)
         state = await self.writer.end(end)
-        counter = {
-            RunState.PAUSED: "paused",
-            RunState.SUCCEEDED: "succeeded",
-            RunState.FAILED: "failed",
-            RunState.DELAYED: "retried",
-            RunState.CANCELLED: "cancelled",
-            RunState.QUEUED: "released",
-        }[state]
-        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        self.stats.count_end(state)

@@ -1,6 +1,7 @@
-"""Failure diagnostics from a page: screenshot, HTML with passwords redacted, console messages and
-page errors, and the URL. Every capture is bounded in time (a hung page must not hang the
-worker) and in size; known secrets are replaced before anything is stored."""
+"""What a failed run's page leaves behind (its failure diagnostics): a screenshot, the HTML with
+passwords redacted, console messages and page errors, and the URL. Every capture is bounded in
+time (a hung page must not hang the worker) and in size; known secrets are replaced before
+anything is stored."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Error diagnostics: classify failures and group them by fingerprint."""
+"""Failures as runs record them: their class (transient, permanent, unknown), their stored
+description, and the fingerprint that groups similar ones."""
 
 from __future__ import annotations
 
