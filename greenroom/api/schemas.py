@@ -51,6 +51,7 @@ from greenroom.rules import (
 from greenroom.storage.controls import QUEUE_LIMITS
 
 if TYPE_CHECKING:
+    from greenroom.storage.admin import BulkRetry
     from greenroom.storage.runs import RunDetail as StoredRunDetail
 
 T = TypeVar("T")
@@ -267,6 +268,16 @@ class BulkRetryOut(BaseModel):
     )
     rerun_from: dict[str, int]
     new_runs: list[str]
+
+    @classmethod
+    def of(cls, done: BulkRetry) -> BulkRetryOut:
+        return cls(
+            matched=done.matched,
+            dry_run=done.dry_run,
+            skipped_superseded=done.skipped_superseded,
+            rerun_from={str(k): v for k, v in done.rerun_from.items()},
+            new_runs=done.new_runs,
+        )
 
 
 # -- queues and pauses ---------------------------------------------------------------------
