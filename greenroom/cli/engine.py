@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.api.schemas import RunCreate
+from greenroom.api.schemas import RunCreate, RunOut
 from greenroom.cli import (
     AppOpt,
     DbOpt,
@@ -138,10 +138,13 @@ def enqueue(
         "integration": integration,
         "queue": queue,
     }
+    request = RunCreate.model_validate(body)
     with operations(ctx, db, app=app) as ops:
-        run, created = ops.create_run(
-            RunCreate.model_validate(body), idempotency_key=idempotency_key
-        )
+        run, created = ops.create_run(request, idempotency_key=idempotency_key)
+    say_enqueued(run, created, idempotency_key)
+
+
+def say_enqueued(run: RunOut, created: bool, idempotency_key: str | None) -> None:
     if created:
         out.print(f"{run.id} created ({run.state.value})")
     else:

@@ -37,6 +37,10 @@ runs_cli = typer.Typer(no_args_is_help=True, help="List, inspect, cancel, retry 
 cli.add_typer(runs_cli, name="runs")
 
 LabelOpt = Annotated[str | None, typer.Option("--label", help="key=value.")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Retry a run that was retried already (one run only; audited)."),
+]
 ErrorGroupOpt = Annotated[
     str | None, typer.Option("--error-group", help="Error group fingerprint (greenroom errors).")
 ]
@@ -82,10 +86,13 @@ def runs_list(
     with operations(ctx, db) as ops:
         pages = ops.iter_runs(page_size=min(limit, 500), **filters)
         found = list(islice(pages, limit))
-    now = time.time()
     if json_out:
         print_json(found)
-        return
+    else:
+        show_runs(found, time.time())
+
+
+def show_runs(found: Sequence[RunOut], now: float) -> None:
     if not found:
         out.print("no runs")
         return
@@ -290,12 +297,7 @@ def runs_retry(
     input: Annotated[
         str | None, typer.Option("--input", help="New input as a JSON object (one run only).")
     ] = None,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", help="Retry a run that was retried already (one run only; audited)."
-        ),
-    ] = False,
+    force: ForceOpt = False,
     tenant: Annotated[str | None, typer.Option()] = None,
     workflow: Annotated[str | None, typer.Option()] = None,
     queue: Annotated[str | None, typer.Option()] = None,
@@ -318,42 +320,23 @@ def runs_retry(
 ) -> None:
     """Retry a failed or cancelled run (ID) or every matching one (--where): from the failed
     step, completed steps keeping their results, or --from-scratch."""
-    bulk_only = {
-        "--workflow": workflow,
-        "--queue": queue,
-        "--label": label,
-        "--error-group": error_group,
-        "--state": state,
-        "--since": since,
-        "--until": until,
-        "--dry-run": dry_run or None,
-    }
-    check_retry(run_id, where, input, force, bulk_only)
-    if run_id is not None:
-        new_input = None if input is None else parse_input(input)
-        with operations(ctx, db, actor=actor) as ops:
-            retry_one(ops, run_id, reason, tenant, from_scratch, new_input, force)
-        return
-    states = [s.value for s in parse_states(state)] or ["failed"]
-    if not set(states) <= {"failed", "cancelled"}:
-        raise InvalidInput("--state: only failed or cancelled runs can be retried")
-    now = time.time()
-    request = {
-        "state": states,
+    bulk = {
         "workflow": workflow,
         "queue": queue,
-        "label": None if label is None else "=".join(parse_label(label)),
+        "label": label,
         "error_group": error_group,
-        "finished_after": None if since is None else parse_time(since, "--since", now),
-        "finished_before": None if until is None else parse_time(until, "--until", now),
-        "from_scratch": from_scratch,
-        "dry_run": dry_run,
-        "reason": reason,
-        "tenant": tenant,
+        "state": state,
+        "since": since,
+        "until": until,
     }
+    check_retry(run_id, where, input, force, {**bulk, "dry_run": dry_run or None})
+    new_input = None if input is None else parse_input(input)
+    request = bulk_retry(bulk, reason, tenant, from_scratch, dry_run) if where else None
     with operations(ctx, db, actor=actor) as ops:
-        result = ops.retry_runs(BulkRetryRequest.model_validate(request))
-    say_bulk_retried(result)
+        if run_id is not None:
+            retry_one(ops, run_id, reason, tenant, from_scratch, new_input, force)
+        elif request is not None:
+            say_bulk_retried(ops.retry_runs(request))
 
 
 def check_retry(
@@ -364,7 +347,9 @@ def check_retry(
     bulk_only: Mapping[str, object],
 ) -> None:
     """One run (ID) or --where and filters, each with the options that apply to it."""
-    given = [name for name, value in bulk_only.items() if value is not None]
+    given = [
+        "--" + name.replace("_", "-") for name, value in bulk_only.items() if value is not None
+    ]
     if run_id is None and not where:
         raise InvalidInput("give a run ID, or --where and filters (see --help)")
     if run_id is not None and where:
@@ -375,6 +360,36 @@ def check_retry(
         raise InvalidInput("--input applies to one run (ID), not to --where")
     if run_id is None and force:
         raise InvalidInput("--force applies to one run (ID): --where never retries a run twice")
+
+
+def bulk_retry(
+    bulk: Mapping[str, str | None],
+    reason: str,
+    tenant: str | None,
+    from_scratch: bool,
+    dry_run: bool,
+) -> BulkRetryRequest:
+    """The API's bulk retry for the filters given as options (--since and --until: finished
+    then); failed runs unless --state says otherwise."""
+    states = [s.value for s in parse_states(bulk["state"])] or ["failed"]
+    if not set(states) <= {"failed", "cancelled"}:
+        raise InvalidInput("--state: only failed or cancelled runs can be retried")
+    now = time.time()
+    since, until, label = bulk["since"], bulk["until"], bulk["label"]
+    request = {
+        "state": states,
+        "workflow": bulk["workflow"],
+        "queue": bulk["queue"],
+        "label": None if label is None else "=".join(parse_label(label)),
+        "error_group": bulk["error_group"],
+        "finished_after": None if since is None else parse_time(since, "--since", now),
+        "finished_before": None if until is None else parse_time(until, "--until", now),
+        "from_scratch": from_scratch,
+        "dry_run": dry_run,
+        "reason": reason,
+        "tenant": tenant,
+    }
+    return BulkRetryRequest.model_validate(request)
 
 
 def retry_one(
