@@ -323,6 +323,7 @@ class Client:
         return _parse(QueueOut, self._request("GET", f"/v1/queues/{_q(name)}"))
 
     def update_queue(self, name: str, update: QueueUpdate) -> QueueOut:
+        """Change a queue's settings (platform keys); a queue that does not exist is created."""
         path = f"/v1/queues/{_q(name)}"
         return _parse(QueueOut, self._request("PATCH", path, json=_body(update)))
 
