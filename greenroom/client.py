@@ -41,6 +41,8 @@ from greenroom.api.schemas import (
     Page,
     PauseCreate,
     PauseOut,
+    PruneOut,
+    PruneRequest,
     QueueOut,
     QueueUpdate,
     ResumeOut,
@@ -273,6 +275,11 @@ class Client:
     def retry_runs(self, request: BulkRetryRequest) -> BulkRetryOut:
         """Retry every matching run; a dry run (the default) only counts them."""
         return _parse(BulkRetryOut, self._request("POST", "/v1/runs/retry", json=_body(request)))
+
+    def prune_runs(self, request: PruneRequest) -> PruneOut:
+        """Delete finished runs that finished longer ago than `older_than` seconds (platform
+        keys); a dry run (the default) only counts them."""
+        return _parse(PruneOut, self._request("POST", "/v1/runs/prune", json=_body(request)))
 
     def download_artifact(self, run_id: str, artifact_id: int) -> bytes:
         return self._request("GET", f"/v1/runs/{_q(run_id)}/artifacts/{artifact_id}").content

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from greenroom.model import RunState
+from greenroom.model import Role, RunState
 from tests.api_helpers import ApiSetup
 from tests.helpers import wait_for_states, worker_running
 from tests.test_cli import UUID, assert_one_line_error, cli
@@ -128,3 +128,38 @@ async def test_runs_cancel_and_retry(
     assert api.app.store.runs.get_run(later).superseded_by is not None
     states = {r["state"] for r in as_json(capsys, *where, "runs", "list", "--tenant", "acme")}
     assert states == {RunState.QUEUED.value}
+
+
+async def test_runs_prune(
+    where: tuple[str, ...], api: ApiSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retention through the API too: a platform key prunes as the database's owner does."""
+    failed = api.app.enqueue_sync("plain.fail", tenant="acme").id
+    echo = api.app.enqueue_sync("plain.echo", {"value": 1}, tenant="globex").id
+    async with worker_running(api.app):
+        await wait_for_states(api.app.store, [failed, echo])
+    capsys.readouterr()  # the worker's log
+    waiting = api.app.enqueue_sync("plain.echo", {"value": 2}, tenant="acme").id
+
+    prune = ("runs", "prune", "--older-than", "0s")
+    out = ok(capsys, *where, *prune, "--dry-run")
+    assert (
+        out.strip()
+        == "dry run: 2 runs finished more than 0s ago would be deleted (nothing deleted)"
+    )
+    assert ok(capsys, *where, *prune, "--older-than", "1d").strip() == (
+        "deleted 0 runs finished more than 1d ago"
+    )
+    out = ok(capsys, *where, *prune, "--status", "failed")
+    assert out.strip() == "deleted 1 runs finished more than 0s ago"
+    assert [r["id"] for r in as_json(capsys, *where, "runs", "list")] == [waiting, echo]
+    assert ok(capsys, *where, *prune).strip() == "deleted 1 runs finished more than 0s ago"
+    assert [r["id"] for r in as_json(capsys, *where, "runs", "list")] == [waiting]
+
+
+def test_runs_prune_through_the_api_needs_a_platform_key(
+    api: ApiSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = ("--url", api.url, "--key", api.keys["acme"][Role.ADMIN])
+    code, _, err = cli(capsys, *admin, "runs", "prune", "--older-than", "1d", "--dry-run")
+    assert_one_line_error(code, err, "may not do this")

@@ -280,6 +280,21 @@ class BulkRetryOut(BaseModel):
         )
 
 
+class PruneRequest(Body):
+    older_than: float = Field(
+        ge=0, allow_inf_nan=False, description="seconds: runs that finished longer ago go"
+    )
+    state: list[Literal["succeeded", "failed", "cancelled"]] = Field(
+        ["succeeded", "failed", "cancelled"], min_length=1, max_length=3
+    )
+    dry_run: bool = Field(True, description="only count the runs that would be deleted")
+
+
+class PruneOut(BaseModel):
+    deleted: int = Field(description="runs deleted, or with dry_run to be deleted")
+    dry_run: bool
+
+
 # -- queues and pauses ---------------------------------------------------------------------
 
 

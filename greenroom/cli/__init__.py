@@ -11,8 +11,8 @@ server through its API when given --url (or $GREENROOM_URL). Those are written o
 `operations.Operations`: the API's operations in the API's shapes, which the HTTP client
 implements and `operations.LocalOperations` implements over a store, so that a command prints
 the same (its --json: the API's JSON) on a database and through a server. `remote_client` says
-which one a command line asks for; the commands with no remote mode (db, worker, doctor, runs
-prune, secrets reseal…) open the database with `existing_store`.
+which one a command line asks for; the commands with no remote mode (db, worker, doctor,
+secrets reseal…) open the database with `existing_store`.
 """
 
 from __future__ import annotations
@@ -83,8 +83,7 @@ UrlOpt = Annotated[
         "--url",
         envvar="GREENROOM_URL",
         help="Act on this greenroom server through its API instead of on a database "
-        "(every command but db, worker, api, up, demo, demo-saas, doctor, runs prune,"
-        " secrets reseal).",
+        "(every command but db, worker, api, up, demo, demo-saas, doctor, secrets reseal).",
         show_default=False,
     ),
 ]

@@ -28,6 +28,8 @@ from greenroom.api.schemas import (
     KeyOut,
     PauseCreate,
     PauseOut,
+    PruneOut,
+    PruneRequest,
     QueueOut,
     QueueUpdate,
     ResumeOut,
@@ -50,7 +52,8 @@ from greenroom.cli import (
     require_database,
 )
 from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import ALL_TENANTS, Role
+from greenroom.model import ALL_TENANTS, Role, RunState
+from greenroom.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from greenroom.app import App
@@ -79,6 +82,7 @@ class Operations(Protocol):
         force: bool = False,
     ) -> RunOut: ...
     def retry_runs(self, request: BulkRetryRequest) -> BulkRetryOut: ...
+    def prune_runs(self, request: PruneRequest) -> PruneOut: ...
     def integrations(
         self, *, connector: str | None = None, tenant: str | None = None
     ) -> list[IntegrationOut]: ...
@@ -113,11 +117,18 @@ class LocalOperations:
     no key to say it), across every tenant as a platform key; `app` checks what only the app
     knows (workflows, connectors' settings), where an operation needs it."""
 
-    def __init__(self, store: RunStore | None, actor: str, app: App | None = None) -> None:
+    def __init__(
+        self, store: RunStore | None, actor: str, app: App | None = None, url: str | None = None
+    ) -> None:
         assert store is not None or app is not None
         self._store = store
         self.actor = actor
         self.app = app
+        self.url = url
+
+    def settings(self) -> Settings:
+        """The settings that say where this database's artifact files are."""
+        return self.app.settings if self.app is not None else load_settings(db=self.url)
 
     @property
     def store(self) -> RunStore:
@@ -200,6 +211,18 @@ class LocalOperations:
             from_scratch=request.from_scratch,
         )
         return BulkRetryOut.of(done)
+
+    def prune_runs(self, request: PruneRequest) -> PruneOut:
+        from greenroom.browser.artifacts import default_artifact_store
+
+        files = default_artifact_store(self.settings())
+        deleted = self.store.admin.prune(
+            older_than=request.older_than,
+            states=[RunState(s) for s in request.state],
+            delete_files=files.delete_run,
+            dry_run=request.dry_run,
+        )
+        return PruneOut(deleted=deleted, dry_run=request.dry_run)
 
     # -- integrations ----------------------------------------------------------------------
 
@@ -364,8 +387,9 @@ def operations(
         return
     who = actor or default_actor()
     if app is None:
-        with existing_store(db_url(ctx, db)) as store:
-            yield LocalOperations(store, who)
+        url = db_url(ctx, db)
+        with existing_store(url) as store:
+            yield LocalOperations(store, who, url=url)
         return
     the_app = load_app(app)
     try:

@@ -11,15 +11,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.api.schemas import BulkRetryOut, BulkRetryRequest, RunDetail, RunOut, StepOut
+from greenroom.api.schemas import (
+    BulkRetryOut,
+    BulkRetryRequest,
+    PruneRequest,
+    RunDetail,
+    RunOut,
+    StepOut,
+)
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
     JsonOpt,
     ReasonOpt,
     cli,
-    db_url,
-    existing_store,
     out,
     print_json,
 )
@@ -28,7 +33,7 @@ from greenroom.cli.operations import LocalOperations, Operations, operations
 from greenroom.cli.parse import parse_duration, parse_input, parse_label, parse_states, parse_time
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import FINISHED_STATES, RunState, StepStatus
-from greenroom.settings import load_settings
+from greenroom.settings import Settings
 
 if TYPE_CHECKING:
     from greenroom.client import RunFilters
@@ -125,7 +130,7 @@ def runs_show(
     it, output and error whole, as the API's RunDetail)."""
     with operations(ctx, db) as ops:
         run = ops.get_run(run_id)
-        where = artifact_locations(ctx, db, ops, run) if run.artifacts else ({}, "")
+        where = artifact_locations(ops, run) if run.artifacts else ({}, "")
     if json_out:
         print_json(run)
         return
@@ -197,15 +202,13 @@ def show_steps(steps: Sequence[StepOut]) -> None:
     out.print(table)
 
 
-def artifact_locations(
-    ctx: typer.Context, db: str | None, ops: Operations, run: RunDetail
-) -> tuple[dict[int, str], str]:
+def artifact_locations(ops: Operations, run: RunDetail) -> tuple[dict[int, str], str]:
     """Where to open each artifact of a run, by id, and a caption saying where that is: files
     of the database's artifact store, or URLs on the server (the API does not say where it
     keeps its files)."""
     if isinstance(ops, LocalOperations):
         stored = ops.store.sessions.artifacts(run.id)
-        return {a.id: a.location for a in stored}, local_artifacts(db_url(ctx, db))
+        return {a.id: a.location for a in stored}, local_artifacts(ops.settings())
     from greenroom.client import Client
 
     assert isinstance(ops, Client)
@@ -214,11 +217,11 @@ def artifact_locations(
     return {a.id: f"{path}/{a.id}" for a in run.artifacts}, where
 
 
-def local_artifacts(url: str) -> str:
+def local_artifacts(settings: Settings) -> str:
     """Where the artifacts of runs in this database are, if they are in local files."""
     from greenroom.browser.artifacts import LocalArtifactStore, default_artifact_store
 
-    files = default_artifact_store(load_settings(db=url))
+    files = default_artifact_store(settings)
     if isinstance(files, LocalArtifactStore):
         return f"locations are under {files.root.resolve()}"
     return ""
@@ -468,19 +471,15 @@ def runs_prune(
     ] = False,
     db: DbOpt = None,
 ) -> None:
-    """Delete finished runs (and their steps, timelines and artifacts), in small batches."""
+    """Delete finished runs (and their steps, timelines and artifacts), in small batches
+    (with --url: as a platform key)."""
     age = parse_duration(older_than, "--older-than")
     states = parse_states(status)
     if any(s not in FINISHED_STATES for s in states):
         raise InvalidInput("--status: only succeeded, failed and cancelled runs can be pruned")
-    from greenroom.browser.artifacts import default_artifact_store
-
-    url = db_url(ctx, db)
-    files = default_artifact_store(load_settings(db=url))
-    with existing_store(url) as store:
-        deleted = store.admin.prune(
-            older_than=age, states=states, delete_files=files.delete_run, dry_run=dry_run
-        )
+    request = {"older_than": age, "state": [s.value for s in states], "dry_run": dry_run}
+    with operations(ctx, db) as ops:
+        deleted = ops.prune_runs(PruneRequest.model_validate(request)).deleted
     if dry_run:
         out.print(
             f"dry run: {deleted} runs finished more than {older_than} ago would be deleted "

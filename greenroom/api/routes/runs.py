@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from greenroom.api.auth import Caller, Operator, Viewer
+from greenroom.api.auth import Caller, Operator, Platform, Viewer
 from greenroom.api.database import DatabaseRoute
 from greenroom.api.filters import retry_filter, runs_filter
 from greenroom.api.problems import ApiError, responses
@@ -26,6 +26,8 @@ from greenroom.api.schemas import (
     Id,
     LabelFilter,
     Page,
+    PruneOut,
+    PruneRequest,
     RetryRequest,
     RowId,
     RunCreate,
@@ -248,6 +250,20 @@ def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> 
         from_scratch=body.from_scratch,
     )
     return BulkRetryOut.of(done)
+
+
+@router.post("/prune", response_model=PruneOut)
+def prune_runs(body: PruneRequest, state: State, who: Caller = Platform) -> PruneOut:
+    """Delete finished runs (their steps, timelines, artifacts and files) that finished more
+    than older_than seconds ago, in small batches; dry_run (the default) only counts them.
+    Platform keys only: retention is the platform's, across tenants."""
+    deleted = state.store.admin.prune(
+        older_than=body.older_than,
+        states=[RunState(s) for s in body.state],
+        delete_files=state.artifacts.delete_run,
+        dry_run=body.dry_run,
+    )
+    return PruneOut(deleted=deleted, dry_run=body.dry_run)
 
 
 @router.get(
