@@ -1,10 +1,10 @@
 """A typed Python client for greenroom's HTTP API.
 
-    with Client("https://greenroom.example", "grk_….…") as gr:
-        run, created = gr.create_run(RunCreate(workflow="demo.sync_users", input={"org": "acme"}),
-                                     idempotency_key="sync-acme-2026-11-25")
-        for failed in gr.iter_runs(state=["failed"]):
-            gr.retry_run(failed.id, reason="vendor outage is over")
+    with Client("https://greenroom.example", "grk_….…") as api:
+        run, created = api.create_run(RunCreate(workflow="demo.sync_users", input={"org": "acme"}),
+                                      idempotency_key="sync-acme-2026-11-25")
+        for failed in api.iter_runs(state=["failed"]):
+            api.retry_run(failed.id, reason="vendor outage is over")
 
 Responses are the API's own models (greenroom.api.schemas). Request bodies with more than a few
 fields are passed as their schema model, so only the fields set are sent (a field set to None

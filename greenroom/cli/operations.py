@@ -114,8 +114,9 @@ class Operations(Protocol):
 
 class LocalOperations:
     """The operations on a database, as `actor` (who acts, for the audit log: locally there is
-    no key to say it), across every tenant as a platform key; `app` checks what only the app
-    knows (workflows, connectors' settings), where an operation needs it."""
+    no key to say it), across every tenant as a platform key. Over `store` (opened on `url`),
+    or over the store of `app`, which also checks what only the app knows (workflows,
+    connectors' settings) for the operations that need it."""
 
     def __init__(
         self, store: RunStore | None, actor: str, app: App | None = None, url: str | None = None
