@@ -5,6 +5,7 @@ modes, on SQLite and PostgreSQL, and asserts the same output for both."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -163,3 +164,20 @@ def test_runs_prune_through_the_api_needs_a_platform_key(
     admin = ("--url", api.url, "--key", api.keys["acme"][Role.ADMIN])
     code, _, err = cli(capsys, *admin, "runs", "prune", "--older-than", "1d", "--dry-run")
     assert_one_line_error(code, err, "may not do this")
+
+
+def test_runs_show(
+    where: tuple[str, ...], api: ApiSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same fields either way; on a database, also the worker that holds a running run
+    (the API does not say)."""
+    run = api.app.enqueue_sync("plain.echo", {"value": 1}, tenant="acme", labels={"org": "o1"})
+    [lease] = api.app.store.runs.claim("w1", [run.queue], 1, 30.0)
+    assert lease.run.id == run.id
+    out = ok(capsys, *where, "runs", "show", run.id[:8])
+    fields = {line.split("  ")[0] for line in out.splitlines()}
+    assert {"run", "workflow", "state", "tenant", "labels", "input", "attempt"} <= fields
+    assert re.search(rf"^run +{run.id}", out, re.M) and '{"org":"o1"}' in out
+    assert re.search(r"^state +running", out, re.M)
+    leased = re.search(r"^leased by +w1 until ", out, re.M)
+    assert (leased is not None) == ("--db" in where)

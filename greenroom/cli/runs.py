@@ -131,10 +131,11 @@ def runs_show(
     with operations(ctx, db) as ops:
         run = ops.get_run(run_id)
         where = artifact_locations(ops, run) if run.artifacts else ({}, "")
+        lease = lease_text(ops, run)
     if json_out:
         print_json(run)
         return
-    show_fields(run)
+    show_fields(run, lease)
     timeline = Table("AT", "+SECONDS", "STATE", "REASON", "WORKER", title="Timeline")
     for e in run.timeline:
         timeline.add_row(
@@ -151,7 +152,18 @@ def runs_show(
     show_artifacts(run, where)
 
 
-def show_fields(run: RunOut) -> None:
+def lease_text(ops: Operations, run: RunOut) -> str | None:
+    """Which worker holds a running run, and until when: on a database only (the API does
+    not say), for who looks into a run that seems stuck."""
+    if not isinstance(ops, LocalOperations):
+        return None
+    stored = ops.store.runs.get_run(run.id)
+    if stored.lease_owner is None:
+        return None
+    return f"{escape(stored.lease_owner)} until {when(stored.lease_expires_at)}"
+
+
+def show_fields(run: RunOut, lease: str | None = None) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")  # whole values, folded, never cut
@@ -179,6 +191,8 @@ def show_fields(run: RunOut) -> None:
         rows.append(("superseded by", f"{run.superseded_by} (its retry stands for it)"))
     if run.error_group:
         rows.append(("error group", escape(run.error_group)))
+    if lease:
+        rows.append(("leased by", lease))
     for name, value in rows:
         grid.add_row(name, value)
     out.print(grid)
