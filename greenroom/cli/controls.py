@@ -303,7 +303,8 @@ def pauses(
 
 
 def as_pause(p: PauseOut) -> Pause:
-    """A pause from the API as the store gives it (its tenant "*" when it holds every one)."""
+    """A pause in the API's shape as the store's model (its tenant "*" when it holds every
+    one), which says what it holds and finds the one `resume` means."""
     return Pause(
         scope=PauseScope(p.scope),
         value=p.value,
@@ -321,8 +322,8 @@ def as_pause(p: PauseOut) -> Pause:
 def find_pause(
     pauses: Sequence[Pause], scope: PauseScope, value: str, key: str, for_tenant: str | None
 ) -> Pause:
-    """The pause `resume` lifts on a server. Without --for-tenant: the only one on that target,
-    else the platform's (as on a database); a tenant's key sees only its own and the platform's."""
+    """The pause `resume` lifts. Without --for-tenant: the only one on that target, else the
+    platform's; through the API, a tenant's key sees only its own and the platform's."""
     found = [p for p in pauses if (p.scope, p.value, p.label) == (scope, value, key)]
     if for_tenant is not None:
         found = [p for p in found if p.tenant == for_tenant]
