@@ -60,7 +60,8 @@ async def fetch(invoice: int) -> dict:
 @step(name="upload", retry=RetryPolicy(max_attempts=1))
 async def upload(document: dict) -> str:
     effect(f"upload {document['invoice']}")
-    if not (HERE / "portal-fixed").exists():
+    fixed = HERE / "portal-fixed"  # "even": a partial fix, for even invoice numbers only
+    if not fixed.exists() or (fixed.read_text() == "even" and document["invoice"] % 2):
         raise RuntimeError("portal rejected the upload: submit button not found")
     return f"uploaded {document['invoice']}"
 
@@ -177,14 +178,20 @@ def effects(where: Path) -> Counter[str]:
     return Counter(log.read_text().splitlines() if log.exists() else [])
 
 
+def enqueue_invoices(admin: Admin, enqueue: tuple[str, ...]) -> list[str]:
+    """A run of the invoice sync for each invoice 0 … FAILING-1; their ids."""
+    ids = []
+    for invoice in range(FAILING):
+        out = admin.ok("enqueue", "invoices.sync", *enqueue, "--input", f'{{"invoice": {invoice}}}')
+        ids += UUID.findall(out)[:1]
+    return ids
+
+
 def oncall_story(admin: Admin, app_dir: Path, enqueue: tuple[str, ...]) -> None:
     """The story, from the failures to the refused second retry; `enqueue` is how this
     admin enqueues (with --app on a database, not through the API)."""
     # 1) Runs fail: the portal's upload page changed.
-    failing = []
-    for invoice in range(FAILING):
-        out = admin.ok("enqueue", "invoices.sync", *enqueue, "--input", f'{{"invoice": {invoice}}}')
-        failing += UUID.findall(out)[:1]
+    failing = enqueue_invoices(admin, enqueue)
     [unrelated] = UUID.findall(admin.ok("enqueue", "reports.export", *enqueue))[:1]
     admin.wait(failing, "failed")
     admin.wait([unrelated], "failed")
@@ -303,3 +310,60 @@ def test_the_oncall_story_through_the_api(
     with api_server(app, db_url, app_dir) as url, start_worker(app, db_url, app_dir):
         admin = Admin(capsys, ("--url", url, "--key", key))
         oncall_story(admin, app_dir, ())
+
+
+def test_a_fix_that_was_not_enough(
+    db_url: str, app_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first fix works for half of the runs: the group stays open for the rest, and the
+    next bulk retry (or a forced retry of an original) re-runs each of them once."""
+    app = write_app(app_dir)
+    admin = Admin(capsys, ("--db", db_url))
+    admin.ok("db", "upgrade")
+    half = FAILING // 2
+    with start_worker(app, db_url, app_dir):
+        failing = enqueue_invoices(admin, ("--app", app))
+        admin.wait(failing, "failed")
+        [group] = admin.json("errors")
+        retry = ("runs", "retry", "--where", "--error-group", group["fingerprint"])
+
+        (app_dir / "portal-fixed").write_text("even")
+        admin.ok(*retry, "--reason", "first fix")
+        retries = admin.runs("--state", "queued,running,succeeded,failed")
+        first = {r["retry_of"]: r["id"] for r in retries}
+        odd = [failing[i] for i in range(1, FAILING, 2)]
+        admin.wait([first[i] for i in failing[0::2]], "succeeded")
+        admin.wait([first[i] for i in odd], "failed")
+        [group] = admin.json("errors")
+        counts = (group["open"], group["resolved"], group["occurrences"])
+        assert counts == (half, half, FAILING + half)
+        assert {r["id"] for r in admin.runs("--state", "failed")} == {first[i] for i in odd}
+
+        # A forced retry of an original takes over its failed retry: still one open failure each.
+        code, _, err = admin("runs", "retry", odd[0], "--reason", "by hand")
+        assert_one_line_error(code, err, f"already retried as {first[odd[0]]}")
+        out = admin.ok("runs", "retry", odd[0], "--force", "--reason", "by hand")
+        forced = UUID.findall(out)[0]
+        admin.wait([forced], "failed")
+        [group] = admin.json("errors")
+        assert group["open"] == half
+        still_failed = {r["id"] for r in admin.runs("--state", "failed")}
+        assert still_failed == {forced, *(first[i] for i in odd[1:])}
+
+        (app_dir / "portal-fixed").write_text("all")
+        out = admin.ok(*retry, "--reason", "second fix", "--dry-run")
+        assert f"dry run: {half} runs would be retried" in out
+        admin.ok(*retry, "--reason", "second fix")
+        latest = {r["id"]: r for r in admin.runs("--state", "succeeded,queued,running")}
+        second = [r["id"] for r in latest.values() if r["retry_of"] in {forced, *first.values()}]
+        assert len(second) == half
+        admin.wait(second, "succeeded")
+    [group] = admin.json("errors")
+    # every failure seen (originals, first retries of odd invoices, the forced one) is resolved
+    assert (group["open"], group["resolved"], group["occurrences"]) == (0, 7, 7)
+    assert admin.runs("--state", "failed") == []
+    uploads = effects(app_dir)
+    assert [uploads[f"fetch {i}"] for i in range(FAILING)] == [1] * FAILING
+    # even invoices: failed, then uploaded; odd: failed, failed on the first fix, uploaded (and
+    # the odd one retried by hand failed once more)
+    assert [uploads[f"upload {i}"] for i in range(FAILING)] == [2, 4, 2, 3]
