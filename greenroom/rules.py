@@ -117,6 +117,17 @@ def check_keys(value: dict[str, Any], field: str) -> dict[str, Any]:
     return value
 
 
+def error_message(error: Mapping[str, Any]) -> str:
+    """A pydantic error's message, in the rules' words where it broke TEXT_PATTERN (pydantic
+    would quote the regular expression)."""
+    value = error.get("input")
+    pattern = (error.get("ctx") or {}).get("pattern")
+    broke_text = error.get("type") == "string_pattern_mismatch" and pattern == TEXT_PATTERN
+    if broke_text and isinstance(value, str) and (wrong := problem(value)) is not None:
+        return wrong
+    return str(error["msg"])
+
+
 # -- the same rules as pydantic types (request bodies and parameters of the HTTP API) --------
 
 

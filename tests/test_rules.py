@@ -238,11 +238,17 @@ def test_the_cli_refuses_control_characters_in_one_line(
     base = ("--db", sqlite_url)
     assert cli(capsys, *base, "db", "upgrade")[0] == 0
     for argv, fragment in [
-        (("enqueue", "hello", "--app", app_ref, "--label", "a=b\x1bc"), "label a"),
+        (
+            ("enqueue", "hello", "--app", app_ref, "--label", "a=b\x1bc"),
+            "labels.a: must not contain control characters",
+        ),
         (("enqueue", "hello", "--app", app_ref, "--tenant", "a/b"), "tenant"),
-        (("enqueue", "hello", "--app", app_ref, "--input", '{"a\\u0000": 1}'), "input key"),
+        (
+            ("enqueue", "hello", "--app", app_ref, "--input", '{"a\\u0000": 1}'),
+            "input.a\\x00.[key]: must not contain control characters",
+        ),
         (("tenants", "create", "../.."), "tenant name"),
-        (("pause", "--workflow", "w\x01", "--reason", "r"), "what to pause"),
+        (("pause", "--workflow", "w\x01", "--reason", "r"), "value: must not contain control"),
         (("runs", "list", "--workflow", "w\x01"), "workflow"),
     ]:
         assert_one_line_error(*cli(capsys, *base, *argv)[::2], fragment)

@@ -20,6 +20,7 @@ from greenroom.errors import (
     NotFound,
     NotSerializable,
 )
+from greenroom.rules import error_message
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("greenroom.api")
@@ -105,7 +106,11 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Where each invalid value was and why; the value itself is not echoed (it may be a
     credential)."""
     return [
-        {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"], "type": err["type"]}
+        {
+            "field": ".".join(str(p) for p in err["loc"]),
+            "message": error_message(err),
+            "type": err["type"],
+        }
         for err in exc.errors()
     ]
 

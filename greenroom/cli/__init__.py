@@ -37,6 +37,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from greenroom.app import App
 from greenroom.errors import ConfigError, GreenroomError, InvalidInput, NotFound
 from greenroom.hints import command
+from greenroom.rules import error_message
 from greenroom.settings import DEFAULT_DB, load_settings, redact
 from greenroom.storage import RunStore, open_store
 
@@ -315,7 +316,10 @@ def describe(exc: BaseException) -> str:
 
 
 def fail(message: str, code: int = 2) -> int:
-    err.print(f"error: {' '.join(message.split())}", markup=False)
+    """One line on stderr; control characters (a bad value may be quoted) are escaped."""
+    line = " ".join(message.split())
+    line = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
+    err.print(f"error: {line}", markup=False)
     return code
 
 
@@ -371,7 +375,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     except GreenroomError as exc:
         return fail(str(exc))
     except ValidationError as exc:
-        return fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        return fail(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {error_message(e)}" for e in exc.errors())
+        )
     except (KeyboardInterrupt, typer.Abort):
         return fail("interrupted", 130)
     except Exception as exc:
