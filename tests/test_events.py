@@ -260,7 +260,7 @@ def test_prune_deletes_events_older_than_the_retention(store: RunStore, clock: M
     clock.advance(100)
     _finish_many(store, "t2", 1)
     assert store.events.prune(older_than=50, tenant="t2") == 0
-    assert store.events.prune(older_than=50) == 2
+    assert store.events.prune(older_than=50, batch=1) == 2
     assert types(store) == ["run.succeeded"]
     with pytest.raises(InvalidInput):
         store.events.prune(older_than=-1)
