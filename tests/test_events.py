@@ -14,6 +14,7 @@ from greenroom.storage.events import EventFilter
 from greenroom.storage.lifecycle.states import EVENTS, Move, allows
 from greenroom.storage.writes import End, write
 from tests.helpers import settle_events
+from tests.test_bad_rows import store_unreadable_labels
 
 LEASE = 10.0
 
@@ -92,6 +93,24 @@ def test_a_retry_after_a_delay_and_stalls_write_theirs(store: RunStore, clock: M
     store.runs.recover("w2", max_stalls=2)
     assert types(store) == ["run.retry_scheduled", "run.stalled", "run.failed"]
     assert {e.subject for e in events(store)} == {f"run:{run.id}"}
+
+
+def test_a_cancel_caught_by_a_stall_and_a_quarantine_write_theirs(
+    store: RunStore, clock: ManualClock
+) -> None:
+    asked, unreadable = enqueue(store), enqueue(store)
+    claim(store)
+    store.runs.cancel(asked.id, actor="op", reason="stop it")
+    clock.advance(LEASE + 1)
+    store.runs.recover("w2", max_stalls=3)
+    store_unreadable_labels(store, unreadable.id)
+    store.repair.quarantine_unreadable()
+    got = [(e.type, e.subject) for e in events(store)]
+    assert got == [
+        ("run.cancel_requested", f"run:{asked.id}"),
+        ("run.cancelled", f"run:{asked.id}"),
+        ("run.failed", f"run:{unreadable.id}"),
+    ]
 
 
 def test_operator_cancels_write_theirs(store: RunStore) -> None:
