@@ -398,5 +398,6 @@ events = Table(
     Column("payload", Text, nullable=False),
     Index("events_position", "txid", "id"),
     Index("events_tenant", "tenant", "txid", "id"),
+    Index("events_type", "tenant", "type", "txid", "id"),
     Index("events_occurred", "occurred_at"),
 )

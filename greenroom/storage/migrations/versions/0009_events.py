@@ -29,6 +29,7 @@ def upgrade() -> None:
     )
     op.create_index("events_position", "events", ["txid", "id"])
     op.create_index("events_tenant", "events", ["tenant", "txid", "id"])
+    op.create_index("events_type", "events", ["tenant", "type", "txid", "id"])
     op.create_index("events_occurred", "events", ["occurred_at"])
 
 
