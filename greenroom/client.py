@@ -1,10 +1,10 @@
 """A typed Python client for greenroom's HTTP API.
 
-    with Client("https://greenroom.example", "grk_….…") as gr:
-        run, created = gr.create_run(RunCreate(workflow="demo.sync_users", input={"org": "acme"}),
-                                     idempotency_key="sync-acme-2026-11-25")
-        for failed in gr.iter_runs(state=["failed"]):
-            gr.retry_run(failed.id, reason="vendor outage is over")
+    with Client("https://greenroom.example", "grk_….…") as api:
+        run, created = api.create_run(RunCreate(workflow="demo.sync_users", input={"org": "acme"}),
+                                      idempotency_key="sync-acme-2026-11-25")
+        for failed in api.iter_runs(state=["failed"]):
+            api.retry_run(failed.id, reason="vendor outage is over")
 
 Responses are the API's own models (greenroom.api.schemas). Request bodies with more than a few
 fields are passed as their schema model, so only the fields set are sent (a field set to None
@@ -42,6 +42,8 @@ from greenroom.api.schemas import (
     Page,
     PauseCreate,
     PauseOut,
+    PruneOut,
+    PruneRequest,
     QueueOut,
     QueueUpdate,
     ResumeOut,
@@ -288,6 +290,11 @@ class Client:
         """Retry every matching run; a dry run (the default) only counts them."""
         return _parse(BulkRetryOut, self._request("POST", "/v1/runs/retry", json=_body(request)))
 
+    def prune_runs(self, request: PruneRequest) -> PruneOut:
+        """Delete finished runs that finished longer ago than `older_than` seconds (platform
+        keys); a dry run (the default) only counts them."""
+        return _parse(PruneOut, self._request("POST", "/v1/runs/prune", json=_body(request)))
+
     def download_artifact(self, run_id: str, artifact_id: int) -> bytes:
         return self._request("GET", f"/v1/runs/{_q(run_id)}/artifacts/{artifact_id}").content
 
@@ -337,6 +344,7 @@ class Client:
         return _parse(QueueOut, self._request("GET", f"/v1/queues/{_q(name)}"))
 
     def update_queue(self, name: str, update: QueueUpdate) -> QueueOut:
+        """Change a queue's settings (platform keys); a queue that does not exist is created."""
         path = f"/v1/queues/{_q(name)}"
         return _parse(QueueOut, self._request("PATCH", path, json=_body(update)))
 

@@ -215,8 +215,7 @@ class RunContext:
         kwargs: dict[str, Any],
     ) -> T:
         await self.saved()  # a step runs only once the one before it is checkpointed
-        clock = self._store.clock
-        started = clock.now()
+        started = self._store.clock.now()
         attempt = 0
         while True:
             attempt += 1
@@ -234,47 +233,66 @@ class RunContext:
                 if error is None:
                     attempt -= 1  # the logged-out attempt does not count as a retry
                     continue
-                if defn.retry.should_retry(error, attempt):
-                    delay = defn.retry.delay(attempt)
-                    self.log.warning(
-                        "step failed, retrying",
-                        step=defn.name,
-                        step_attempt=attempt,
-                        error=self.redact(f"{type(error).__name__}: {error}"),
-                        retry_in=round(delay, 3),
-                    )
-                    await clock.sleep(delay)
+                if await self._retrying(defn, attempt, error):
                     continue
-                self.failed_step = defn.name
-                await self._checkpoint(
-                    position=position,
-                    name=defn.name,
-                    status=StepStatus.FAILED,
-                    result=None,
-                    error=describe_error(
-                        error, step=defn.name, attempt=attempt, redact=self.redact
-                    ),
-                    attempts=attempt,
-                    started_at=started,
-                )
-                if self.browser is not None:
-                    await self.browser.step_failed(position, defn.name, attempt, error)
+                await self._fail_step(defn, position, attempt, started, error)
                 if error is not exc:
                     raise error from exc
                 raise
-            if self.browser is not None:
-                await self.browser.step_completed(position, defn.name)
-            await self._checkpoint(
-                position=position,
-                name=defn.name,
-                status=StepStatus.COMPLETED,
-                result=encoded,
-                error=None,
-                attempts=attempt,
-                started_at=started,
-            )
-            self.steps_executed += 1
-            return json.loads(encoded)  # type: ignore[no-any-return]
+            stored = await self._complete_step(defn, position, attempt, started, encoded)
+            return stored  # type: ignore[no-any-return]
+
+    async def _retrying(self, defn: StepDef, attempt: int, error: BaseException) -> bool:
+        """Whether the step's retry policy gives it another attempt; if so, after its delay."""
+        if not defn.retry.should_retry(error, attempt):
+            return False
+        delay = defn.retry.delay(attempt)
+        self.log.warning(
+            "step failed, retrying",
+            step=defn.name,
+            step_attempt=attempt,
+            error=self.redact(f"{type(error).__name__}: {error}"),
+            retry_in=round(delay, 3),
+        )
+        await self._store.clock.sleep(delay)
+        return True
+
+    async def _fail_step(
+        self, defn: StepDef, position: int, attempt: int, started: float, error: BaseException
+    ) -> None:
+        """A step out of attempts: its failure is checkpointed (a retry of the run starts
+        here), then its page is captured for the failure's artifacts."""
+        self.failed_step = defn.name
+        await self._checkpoint(
+            position=position,
+            name=defn.name,
+            status=StepStatus.FAILED,
+            result=None,
+            error=describe_error(error, step=defn.name, attempt=attempt, redact=self.redact),
+            attempts=attempt,
+            started_at=started,
+        )
+        if self.browser is not None:
+            await self.browser.step_failed(position, defn.name, attempt, error)
+
+    async def _complete_step(
+        self, defn: StepDef, position: int, attempt: int, started: float, encoded: str
+    ) -> Any:
+        """A step that returned: its result is checkpointed, and the workflow gets it as a
+        replay would (decoded from what was stored), so both paths see the same value."""
+        if self.browser is not None:
+            await self.browser.step_completed(position, defn.name)
+        await self._checkpoint(
+            position=position,
+            name=defn.name,
+            status=StepStatus.COMPLETED,
+            result=encoded,
+            error=None,
+            attempts=attempt,
+            started_at=started,
+        )
+        self.steps_executed += 1
+        return json.loads(encoded)
 
     async def _checkpoint(self, **fields: Any) -> None:
         checkpoint = Checkpoint(lease=self._lease, finished_at=self._store.clock.now(), **fields)

@@ -218,6 +218,9 @@ def isolation_probes(g: World, acme_run: str) -> dict[Op, list[Probe]]:
             probe("POST", f"/v1/runs/{g.runs['held']}/cancel", reason)
         ],
         ("POST", "/v1/runs/{run_id}/retry"): [probe("POST", f"/v1/runs/{failed}/retry", reason)],
+        ("POST", "/v1/runs/prune"): [
+            probe("POST", "/v1/runs/prune", {"older_than": 0, "dry_run": False}, 403)
+        ],
         ("POST", "/v1/runs/retry"): [
             probe("POST", "/v1/runs/retry", {**reason, "tenant": "globex"}, 403),
             probe(
@@ -456,6 +459,7 @@ NEEDS: dict[Op, Role | None] = {
     ("POST", "/v1/runs/{run_id}/cancel"): Role.OPERATOR,
     ("POST", "/v1/runs/{run_id}/retry"): Role.OPERATOR,
     ("POST", "/v1/runs/retry"): Role.OPERATOR,
+    ("POST", "/v1/runs/prune"): Role.PLATFORM,
     ("GET", "/v1/runs/{run_id}/artifacts/{artifact_id}"): Role.VIEWER,
     ("GET", "/v1/queues"): Role.VIEWER,
     ("GET", "/v1/queues/{name}"): Role.VIEWER,
@@ -502,6 +506,7 @@ def role_requests(a: World, throwaway_key: str, label_pause: int) -> dict[Op, Pr
         ("POST", "/v1/runs/{run_id}/cancel"): probe("POST", f"/v1/runs/{run}/cancel", reason),
         ("POST", "/v1/runs/{run_id}/retry"): probe("POST", f"/v1/runs/{run}/retry", reason),
         ("POST", "/v1/runs/retry"): probe("POST", "/v1/runs/retry", {**reason, "tenant": "acme"}),
+        ("POST", "/v1/runs/prune"): probe("POST", "/v1/runs/prune", {"older_than": 0}),
         ("GET", "/v1/runs/{run_id}/artifacts/{artifact_id}"): probe(
             "GET", f"/v1/runs/{a.runs['failed']}/artifacts/{a.artifact}"
         ),

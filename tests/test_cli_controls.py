@@ -266,8 +266,11 @@ def test_pause_a_queue_for_one_tenant_only(
     assert (p.scope.value, p.value, p.tenant, p.drain) == ("queue", "reports", "acme", False)
     out = ok(capsys, sqlite_url, "queues", "--tenant", "acme")
     assert "yes" in next(line for line in out.splitlines() if "reports" in line)
+    # Without --for-tenant, resume lifts the only pause on its target, as through the API.
+    hold_globex = ("pause", "--queue", "reports", "--for-tenant", "globex", "--reason", "r")
+    ok(capsys, sqlite_url, *hold_globex)
     code, _, err = cli(capsys, "--db", sqlite_url, "resume", "--queue", "reports", "--reason", "r")
-    assert_one_line_error(code, err, "no pause on queue reports")
+    assert_one_line_error(code, err, "queue reports is paused for acme, globex: give --for-tenant")
     out = ok(
         capsys,
         sqlite_url,
@@ -474,7 +477,10 @@ def test_prune_deletes_old_finished_runs_only(
         (["queues", "set", "q", "--rate-limit", "10", "--reason", "r"], "--rate-limit must"),
         (["queues", "set", "q", "--rate-limit", "0/1m", "--reason", "r"], "at least 1 start"),
         (["queues", "set", "q", "--concurrency", "lots", "--reason", "r"], "--concurrency must"),
-        (["queues", "set", "q", "--concurrency", "0", "--reason", "r"], "at least 1"),
+        (
+            ["queues", "set", "q", "--concurrency", "0", "--reason", "r"],
+            "greater than or equal to 1",
+        ),
         (["queues", "set", "q", "--reason", "r"], "nothing to change"),
         (
             [
@@ -491,7 +497,10 @@ def test_prune_deletes_old_finished_runs_only(
             "half",
         ),
         (["tenants", "set", "t", "--concurrency", "1.5", "--reason", "r"], "whole number"),
-        (["tenants", "set", "t", "--weight", "0", "--reason", "r"], "weight must be a positive"),
+        (
+            ["tenants", "set", "t", "--weight", "0", "--reason", "r"],
+            "weight: Input should be greater",
+        ),
         (["runs", "prune", "--older-than", "30x"], "--older-than must be a duration"),
         (["runs", "prune", "--older-than", "30"], "like 30d"),
         (["runs", "prune", "--older-than", "1d", "--status", "queued"], "only succeeded"),

@@ -84,6 +84,42 @@ def test_a_chain_of_retries_is_stood_for_by_its_newest_run(store: RunStore) -> N
     assert {r.id for r in shown} == {old.id, second.id}
 
 
+def test_a_forced_retry_stands_for_the_whole_chain(store: RunStore) -> None:
+    """A forced second retry of a run whose retry failed: the failed retry's work is the forced
+    run's now, so one failure is open, not two, and a bulk retry re-runs the work once."""
+    old = failed(store)
+    second = store.admin.retry_run(old.id, actor=ACTOR, reason="try again")
+    end(store, second, RunState.FAILED)
+    third = store.admin.retry_run(second.id, actor=ACTOR, reason="fixed now")
+    end(store, third, RunState.FAILED)
+    forced = store.admin.retry_run(old.id, actor=ACTOR, reason="from the first", force=True)
+    for run in (old, second, third):
+        assert store.runs.get_run(run.id).superseded_by == forced.id, run
+    end(store, forced, RunState.FAILED)
+    [group] = store.admin.error_groups()
+    assert (group.open, group.occurrences) == (1, 4)
+    assert [r.id for r in store.runs.list_runs(RunFilter(states=[RunState.FAILED]))] == [forced.id]
+    by_group = RunFilter(error_group=group.fingerprint)
+    plan = store.admin.retry_where(by_group, actor=ACTOR, reason="again")
+    assert (plan.matched, plan.skipped_superseded) == (1, 3)
+
+
+def test_a_forced_retry_leaves_a_pending_or_succeeded_retry_standing(store: RunStore) -> None:
+    """Only failures are superseded: a retry still waiting, or one that succeeded, is a run of
+    its own that lists and counts keep showing."""
+    for state in (RunState.QUEUED, RunState.SUCCEEDED):
+        old = failed(store, queue=state.value)
+        first = store.admin.retry_run(old.id, actor=ACTOR, reason="try again")
+        if state is RunState.SUCCEEDED:
+            end(store, first, state)
+        forced = store.admin.retry_run(old.id, actor=ACTOR, reason="once more", force=True)
+        assert store.runs.get_run(old.id).superseded_by == forced.id
+        assert store.runs.get_run(first.id).superseded_by is None
+        assert store.runs.get_run(first.id).state is state
+        listed = store.runs.list_runs(RunFilter(queue=state.value))
+        assert {r.id for r in listed} == {first.id, forced.id}
+
+
 def test_views_show_that_a_fix_worked(store: RunStore) -> None:
     runs = [failed(store) for _ in range(3)]
     other = failed(store, message="password rejected")

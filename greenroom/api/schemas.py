@@ -52,6 +52,7 @@ from greenroom.rules import (
 from greenroom.storage.controls import QUEUE_LIMITS
 
 if TYPE_CHECKING:
+    from greenroom.storage.admin import BulkRetry
     from greenroom.storage.runs import RunDetail as StoredRunDetail
 
 T = TypeVar("T")
@@ -268,6 +269,31 @@ class BulkRetryOut(BaseModel):
     )
     rerun_from: dict[str, int]
     new_runs: list[str]
+
+    @classmethod
+    def of(cls, done: BulkRetry) -> BulkRetryOut:
+        return cls(
+            matched=done.matched,
+            dry_run=done.dry_run,
+            skipped_superseded=done.skipped_superseded,
+            rerun_from={str(k): v for k, v in done.rerun_from.items()},
+            new_runs=done.new_runs,
+        )
+
+
+class PruneRequest(Body):
+    older_than: float = Field(
+        ge=0, allow_inf_nan=False, description="seconds: runs that finished longer ago go"
+    )
+    state: list[Literal["succeeded", "failed", "cancelled"]] = Field(
+        ["succeeded", "failed", "cancelled"], min_length=1, max_length=3
+    )
+    dry_run: bool = Field(True, description="only count the runs that would be deleted")
+
+
+class PruneOut(BaseModel):
+    deleted: int = Field(description="runs deleted, or with dry_run to be deleted")
+    dry_run: bool
 
 
 # -- queues and pauses ---------------------------------------------------------------------

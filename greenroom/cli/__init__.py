@@ -7,7 +7,12 @@ engine (db, worker, enqueue, workers, demo), runs, controls (queues, pauses, ten
 admin (errors, audit) and events.
 
 Commands act on a database (--db), and the ones that have a remote mode act on a greenroom
-server through its API when given --url (or $GREENROOM_URL): see `remote_client`.
+server through its API when given --url (or $GREENROOM_URL). Those are written once, against
+`operations.Operations`: the API's operations in the API's shapes, which the HTTP client
+implements and `operations.LocalOperations` implements over a store, so that a command prints
+the same (its --json: the API's JSON) on a database and through a server. `remote_client` says
+which one a command line asks for; the commands with no remote mode (db, worker, doctor,
+secrets reseal…) open the database with `existing_store`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import logging
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -78,8 +83,8 @@ UrlOpt = Annotated[
         "--url",
         envvar="GREENROOM_URL",
         help="Act on this greenroom server through its API instead of on a database "
-        "(every command but db, worker, api, up, demo, demo-saas, doctor, runs prune,"
-        " events prune, secrets reseal).",
+        "(every command but db, worker, api, up, demo, demo-saas, doctor, events prune,"
+        " secrets reseal).",
         show_default=False,
     ),
 ]
@@ -182,15 +187,14 @@ def hint(ctx: typer.Context, *args: str) -> str:
     return command(*where, *args)
 
 
-def print_json(found: object, of: Callable[[Any], BaseModel]) -> None:
-    """Print a list (or one item) as one JSON document in the API's shapes: items from the API
-    are printed as they came, local ones converted with `of` (a schema's `.of`), so that local
-    and --url output are the same."""
-
-    def shape(item: object) -> Any:
-        return (item if isinstance(item, BaseModel) else of(item)).model_dump(mode="json")
-
-    data = [shape(i) for i in found] if isinstance(found, Sequence) else shape(found)
+def print_json(found: BaseModel | Sequence[BaseModel]) -> None:
+    """Print a list (or one item) of the API's shapes as one JSON document: what --json gives,
+    the same on a database and through the API."""
+    data = (
+        found.model_dump(mode="json")
+        if isinstance(found, BaseModel)
+        else [item.model_dump(mode="json") for item in found]
+    )
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 

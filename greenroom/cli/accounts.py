@@ -10,37 +10,33 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom import integrations
-from greenroom.api.schemas import IntegrationOut, KeyCreate, KeyOut
+from greenroom.api.schemas import IntegrationOut, IntegrationUpdate, KeyCreate, KeyOut
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
     JsonOpt,
     cli,
     db_url,
-    default_actor,
     err,
     existing_store,
     hint,
-    load_app,
     out,
     print_json,
-    remote_client,
 )
 from greenroom.cli.controls import tenants_cli
 from greenroom.cli.display import ago, short_json, when
+from greenroom.cli.operations import LocalOperations, Operations, operations
 from greenroom.cli.parse import parse_duration, parse_input
 from greenroom.crypto import load_keyring
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.integrations import reseal_all
-from greenroom.model import ApiKey, Integration, Role
+from greenroom.model import Role
 from greenroom.settings import load_settings
 
 keys_cli = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
@@ -65,13 +61,8 @@ def tenants_create(
     db: DbOpt = None,
 ) -> None:
     """Register a tenant, so that it can have API keys and integrations."""
-    gr = remote_client(ctx, db, {"--actor": actor})
-    if gr is not None:
-        with gr:
-            tenant_name = gr.create_tenant(name).name
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            tenant_name = store.accounts.create_tenant(name, actor=actor or default_actor()).name
+    with operations(ctx, db, actor=actor) as ops:
+        tenant_name = ops.create_tenant(name).name
     out.print(
         f"tenant {escape(tenant_name)} registered; an admin key for it: "
         + escape(hint(ctx, "keys", "create", "--tenant", tenant_name, "--role", "admin")),
@@ -79,7 +70,7 @@ def tenants_create(
     )
 
 
-def describe_key(key: ApiKey | KeyOut) -> str:
+def describe_key(key: KeyOut) -> str:
     owner = "every tenant" if key.tenant is None else f"tenant {key.tenant}"
     expiry = "never expires" if key.expires_at is None else f"expires {when(key.expires_at)}"
     name = "" if key.name == key.role.value else f" ({key.name})"
@@ -112,41 +103,20 @@ def keys_create(
 ) -> None:
     """Create an API key and print its secret, once (stdout: the secret alone; stderr: what
     it is), e.g. KEY=$(greenroom keys create --tenant acme --role admin)."""
-    from greenroom.api.keys import create_key  # FastAPI is slow to import: only here
-
     if role is Role.PLATFORM and tenant is not None:
         raise InvalidInput("a platform key acts for every tenant: drop --tenant")
-    gr = remote_client(ctx, db, {"--actor": actor})
-    if role is not Role.PLATFORM and tenant is None and gr is None:  # with --url: the key's
-        raise InvalidInput(
-            f"--tenant is required for role {role.value} (only platform keys have none)"
-        )
     lifetime = None if expires_in is None else parse_duration(expires_in, "--expires-in")
     if lifetime is not None and lifetime <= 0:
         raise InvalidInput("--expires-in must be longer than 0")
-    key: ApiKey | KeyOut
-    if gr is not None:
-        wanted: dict[str, Any] = {"name": name or role.value, "role": role, "tenant": tenant}
-        if lifetime is not None:
-            wanted["expires_at"] = time.time() + lifetime
-        if rate_limit is not None:
-            wanted["rate_limit"] = rate_limit
-        with gr:
-            created = gr.create_api_key(KeyCreate.model_validate(wanted))
-        key, secret = created, created.key
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            key, secret = create_key(
-                store.accounts,
-                tenant=tenant,
-                role=role,
-                name=name or role.value,
-                actor=actor or default_actor(),
-                expires_at=None if lifetime is None else store.clock.now() + lifetime,
-                rate_limit=rate_limit,
-            )
+    wanted: dict[str, Any] = {"name": name or role.value, "role": role, "tenant": tenant}
+    if lifetime is not None:
+        wanted["expires_at"] = time.time() + lifetime
+    if rate_limit is not None:
+        wanted["rate_limit"] = rate_limit
+    with operations(ctx, db, actor=actor) as ops:
+        key = ops.create_api_key(KeyCreate.model_validate(wanted))
     err.print(f"created {describe_key(key)}; its secret is {ONCE}:")
-    out.print(secret, markup=False, highlight=False, soft_wrap=True)
+    out.print(key.key, markup=False, highlight=False, soft_wrap=True)
 
 
 @keys_cli.command("list")
@@ -154,18 +124,11 @@ def keys_list(
     ctx: typer.Context, tenant: TenantOpt = None, json_out: JsonOpt = False, db: DbOpt = None
 ) -> None:
     """List API keys (never their secrets): id, tenant, role, name, state, age and expiry."""
-    found: Sequence[ApiKey | KeyOut]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            found = gr.api_keys(tenant=tenant)
-        now = time.time()
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            found = store.accounts.api_keys(tenant=tenant)
-            now = store.clock.now()
+    with operations(ctx, db) as ops:
+        found = ops.api_keys(tenant=tenant)
+    now = time.time()
     if json_out:
-        print_json(found, KeyOut.of)
+        print_json(found)
         return
     if not found:
         out.print("no API keys")
@@ -185,7 +148,7 @@ def keys_list(
     out.print(table)
 
 
-def key_state(key: ApiKey | KeyOut, now: float) -> str:
+def key_state(key: KeyOut, now: float) -> str:
     if key.revoked_at is not None:
         return "[red]revoked[/]"
     return (
@@ -201,16 +164,9 @@ def keys_revoke(
     db: DbOpt = None,
 ) -> None:
     """Revoke an API key: API servers refuse it within api_key_cache_seconds."""
-    key: ApiKey | KeyOut
-    gr = remote_client(ctx, db, {"--actor": actor})
-    if gr is not None:
-        with gr:
-            before = time.time()
-            key = gr.revoke_api_key(key_id)
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            before = store.clock.now()
-            key = store.accounts.revoke_api_key(key_id, actor=actor or default_actor())
+    before = time.time()
+    with operations(ctx, db, actor=actor) as ops:
+        key = ops.revoke_api_key(key_id)
     if key.revoked_at is not None and key.revoked_at < before:
         out.print(f"{describe_key(key)} was already revoked")
         return
@@ -223,18 +179,12 @@ def integrations_list(
 ) -> None:
     """List integrations (never their credentials), with the key that seals each (on a
     database: the API does not say)."""
-    found: Sequence[Integration | IntegrationOut]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            found = gr.integrations(tenant=tenant)
-        now = time.time()
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            found = store.accounts.integrations(tenant=tenant)
-            now = store.clock.now()
+    with operations(ctx, db) as ops:
+        found = ops.integrations(tenant=tenant)
+        sealed = sealed_with(ops, tenant)
+    now = time.time()
     if json_out:
-        print_json(found, IntegrationOut.of)
+        print_json(found)
         return
     if not found:
         out.print("no integrations")
@@ -250,7 +200,7 @@ def integrations_list(
             escape(i.name),
             i.status,
             short_json(i.settings),
-            escape(i.key_id) if isinstance(i, Integration) else "-",
+            escape(sealed.get(i.id, "-")),
             ago(i.credentials_updated_at, now),
         )
     out.print(table)
@@ -265,18 +215,11 @@ def integrations_show(
     db: DbOpt = None,
 ) -> None:
     """Show an integration (never its credentials): its settings whole, status and times."""
-    found: Integration | IntegrationOut
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            found = gr.get_integration(integration_id)
-        if tenant is not None and found.tenant != tenant:
-            raise NotFound(f"integration {integration_id} not found")
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            found = store.accounts.integration(integration_id, tenant=tenant)
+    with operations(ctx, db) as ops:
+        found = tenants_integration(ops, integration_id, tenant)
+        sealed = sealed_with(ops, found.tenant).get(found.id)
     if json_out:
-        print_json(found, IntegrationOut.of)
+        print_json(found)
         return
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -292,8 +235,8 @@ def integrations_show(
         ("created", when(found.created_at)),
         ("updated", when(found.updated_at)),
     ]
-    if isinstance(found, Integration):
-        rows.append(("sealed with", found.key_id))
+    if sealed is not None:
+        rows.append(("sealed with", sealed))
     for name, value in rows:
         grid.add_row(name, escape(value))
     out.print(grid)
@@ -324,35 +267,30 @@ def integrations_update(
     new_settings = None if settings is None else parse_input(settings, "--settings")
     if new_settings is None and name is None and status is None:
         raise InvalidInput("nothing to change: give --settings, --name or --status")
-    gr = remote_client(ctx, db, {"--app": app, "--actor": actor, "--tenant": tenant})
-    if gr is not None:
-        from greenroom.api.schemas import IntegrationUpdate
+    update = IntegrationUpdate.model_validate(
+        {"settings": new_settings, "name": name, "status": status}
+    )
+    with operations(ctx, db, actor=actor, app=app, local_only={"--app": app}) as ops:
+        tenants_integration(ops, integration_id, tenant)
+        done = ops.update_integration(integration_id, update)
+    out.print(f"integration {escape(done.id)} updated: settings {short_json(done.settings)}")
 
-        update = IntegrationUpdate.model_validate(
-            {"settings": new_settings, "name": name, "status": status}
-        )
-        with gr:
-            done = gr.update_integration(integration_id, update)
-        out.print(f"integration {escape(done.id)} updated: settings {short_json(done.settings)}")
-        return
-    if new_settings is not None and app is None:
-        raise InvalidInput("--settings on a database needs --app: its connector checks them")
-    the_app = None if app is None else load_app(app)
-    with existing_store(db_url(ctx, db)) as store:
-        current = store.accounts.integration(integration_id, tenant=tenant)
-        connector = None if the_app is None else the_app.connectors.get(current.connector)
-        if the_app is not None and connector is None:
-            raise InvalidInput(f"{app} has no connector {current.connector!r}")
-        updated = integrations.update(
-            store.accounts,
-            connector,
-            current,
-            actor=actor or default_actor(),
-            name=name,
-            settings=new_settings,
-            status=status,
-        )
-    out.print(f"integration {escape(updated.id)} updated: settings {short_json(updated.settings)}")
+
+def sealed_with(ops: Operations, tenant: str | None) -> dict[str, str]:
+    """The key that seals each integration's credentials, by id: on a database only (the API
+    does not say), for `secrets reseal` after a key rotation."""
+    if not isinstance(ops, LocalOperations):
+        return {}
+    return {i.id: i.key_id for i in ops.store.accounts.integrations(tenant=tenant)}
+
+
+def tenants_integration(ops: Operations, integration_id: str, tenant: str | None) -> IntegrationOut:
+    """An integration, which must be `tenant`'s if one is given: one of another tenant is not
+    there for who names the tenant."""
+    found = ops.get_integration(integration_id)
+    if tenant is not None and found.tenant != tenant:
+        raise NotFound(f"integration {integration_id} not found")
+    return found
 
 
 @secrets_cli.command("reseal")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict
 from itertools import islice
 from typing import Annotated
@@ -15,7 +14,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.api.schemas import AuditOut, ErrorGroupOut
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
@@ -26,10 +24,9 @@ from greenroom.cli import (
     existing_store,
     out,
     print_json,
-    remote_client,
 )
 from greenroom.cli.display import ago, short, when
-from greenroom.model import AuditEntry, ErrorGroup
+from greenroom.cli.operations import operations
 
 TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant.")]
 
@@ -46,18 +43,11 @@ def errors(
     OPEN failures not retried yet, RESOLVED ones whose retries succeeded, every failure SEEN,
     and the LAST RUN that failed, for `runs show`; `runs retry --where --error-group FP`
     retries a group."""
-    groups: Sequence[ErrorGroup | ErrorGroupOut]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            groups = gr.error_groups(tenant=tenant, limit=limit)
-        now = time.time()
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            groups = store.admin.error_groups(tenant=tenant, limit=limit)
-            now = store.clock.now()
+    with operations(ctx, db) as ops:
+        groups = ops.error_groups(tenant=tenant, limit=limit)
+    now = time.time()
     if json_out:
-        print_json(groups, ErrorGroupOut.of)
+        print_json(groups)
         return
     if not groups:
         out.print("no errors")
@@ -92,17 +82,11 @@ def audit(
     db: DbOpt = None,
 ) -> None:
     """Admin actions, newest first: who did what, when and why."""
-    entries: Sequence[AuditEntry | AuditOut]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            pages = gr.iter_audit_log(tenant=tenant, page_size=min(limit, 500))
-            entries = list(islice(pages, limit))
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            entries = store.admin.audit_log(tenant=tenant, limit=limit)
+    with operations(ctx, db) as ops:
+        pages = ops.iter_audit_log(tenant=tenant, page_size=min(limit, 500))
+        entries = list(islice(pages, limit))
     if json_out:
-        print_json(entries, AuditOut.of)
+        print_json(entries)
         return
     if not entries:
         out.print("no audit entries")

@@ -11,26 +11,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.api.schemas import PauseOut, QueueOut, QueueUpdate, TenantOut, TenantUpdate
-from greenroom.cli import (
-    ActorOpt,
-    DbOpt,
-    JsonOpt,
-    ReasonOpt,
-    cli,
-    db_url,
-    default_actor,
-    err,
-    existing_store,
-    out,
-    print_json,
-    remote_client,
-)
+from greenroom.api.schemas import PauseCreate, PauseOut, QueueOut, QueueUpdate, TenantUpdate
+from greenroom.cli import ActorOpt, DbOpt, JsonOpt, ReasonOpt, cli, err, out, print_json
 from greenroom.cli.display import ago, number
+from greenroom.cli.operations import Operations, operations
 from greenroom.cli.parse import parse_label, parse_rate_limit, parse_setting
 from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState, TenantInfo
-from greenroom.storage import RunFilter
+from greenroom.model import ALL_TENANTS, Pause, PauseScope, RunState
 
 queues_cli = typer.Typer(help="Queues: runs by state, limits; `queues set` changes them.")
 tenants_cli = typer.Typer(help="Tenants: fairness weight and limits; `tenants set` changes them.")
@@ -61,16 +48,10 @@ def queues(
     """List queues: runs by state, paused or not, limits and runs finished in the last minute."""
     if ctx.invoked_subcommand is not None:
         return
-    found: Sequence[QueueInfo | QueueOut]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            found = gr.queues(tenant=tenant)
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            found = store.controls.queues(tenant=tenant)
+    with operations(ctx, db) as ops:
+        found = ops.queues(tenant=tenant)
     if json_out:
-        print_json(found, QueueOut.of)
+        print_json(found)
         return
     if not found:
         out.print("no queues")
@@ -90,7 +71,7 @@ def queues(
     out.print(table)
 
 
-def rate_text(q: QueueInfo | QueueOut) -> str:
+def rate_text(q: QueueOut) -> str:
     if q.rate_limit is None or q.rate_period is None:
         return "-"
     return f"{q.rate_limit}/{number(q.rate_period)}s"
@@ -133,26 +114,9 @@ def queues_set(
         "heartbeat_seconds": heartbeat_seconds,
         "max_stalls": max_stalls,
     }
-    changes: dict[str, Any] = {
-        field: parse_setting(text, "--" + field.replace("_", "-"))
-        for field, text in given.items()
-        if text is not None
-    }
-    if rate_limit is not None:
-        rate = parse_rate_limit(rate_limit)
-        changes["rate_limit"], changes["rate_period"] = rate or (None, None)
-    if not changes:
-        raise InvalidInput("nothing to change: give at least one setting (see --help)")
-    q: QueueInfo | QueueOut
-    gr = remote_client(ctx, db, {"--actor": actor})
-    if gr is not None:
-        with gr:  # the API changes queues that exist only
-            q = gr.update_queue(name, QueueUpdate.model_validate({**changes, "reason": reason}))
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            q = store.controls.set_queue(
-                name, actor=actor or default_actor(), reason=reason, **changes
-            )
+    update = queue_update(given, rate_limit, reason)
+    with operations(ctx, db, actor=actor) as ops:
+        q = ops.update_queue(name, update)
     settings = {
         "concurrency": number(q.concurrency),
         "rate limit": rate_text(q),
@@ -166,6 +130,22 @@ def queues_set(
     }
     shown = ", ".join(f"{k} {v}" for k, v in settings.items() if v != "-") or "no limits"
     out.print(f"queue {escape(q.name)}: {shown} (unset settings: the workers' defaults)")
+
+
+def queue_update(given: dict[str, str | None], rate_limit: str | None, reason: str) -> QueueUpdate:
+    """The settings given as options ("none" clears one), as the API's change: only the
+    fields set are changed."""
+    changes: dict[str, Any] = {
+        field: parse_setting(text, "--" + field.replace("_", "-"))
+        for field, text in given.items()
+        if text is not None
+    }
+    if rate_limit is not None:
+        rate = parse_rate_limit(rate_limit)
+        changes["rate_limit"], changes["rate_period"] = rate or (None, None)
+    if not changes:
+        raise InvalidInput("nothing to change: give at least one setting (see --help)")
+    return QueueUpdate.model_validate({**changes, "reason": reason})
 
 
 # -- pauses --------------------------------------------------------------------------------
@@ -229,45 +209,17 @@ def pause(
     A pause may be set before its runs arrive: one on a tenant, queue or integration that does
     not exist (yet) is set, with a warning, since a typo would hold nothing."""
     scope, value, key = pause_target(queue, tenant, workflow, session, label)
-    gr = remote_client(ctx, db, {"--actor": actor})
-    if gr is not None:
-        from greenroom.api.schemas import PauseCreate
-
-        wanted = {"scope": scope.value, "value": value, "label": key, "drain": not no_drain}
-        with gr:
-            unknown = unknown_target(
-                scope, value, key, gr.get_tenant, gr.get_queue, gr.get_integration
-            )
-            existing = {p.id for p in gr.pauses()}
-            made = gr.create_pause(
-                PauseCreate.model_validate({**wanted, "reason": reason, "tenant": for_tenant})
-            )
-        p, already = as_pause(made), made.id in existing
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            unknown = unknown_target(
-                scope,
-                value,
-                key,
-                store.accounts.tenant,
-                store.controls.queue,
-                store.accounts.integration,
-            )
-            before = store.clock.now()
-            p = store.controls.pause(
-                scope,
-                value,
-                actor=actor or default_actor(),
-                reason=reason,
-                label=key,
-                tenant=for_tenant or ALL_TENANTS,
-                drain=not no_drain,
-            )
-        already = p.created_at < before
+    wanted = {"scope": scope.value, "value": value, "label": key, "drain": not no_drain}
+    request = PauseCreate.model_validate({**wanted, "reason": reason, "tenant": for_tenant})
+    with operations(ctx, db, actor=actor) as ops:
+        unknown = unknown_target(ops, scope, value, key)
+        existing = {p.id for p in ops.pauses()}
+        made = ops.create_pause(request)
     if unknown:
         warning = f"warning: {unknown} (yet): the pause holds its runs when they come"
         err.print(warning, markup=False)
-    if already:
+    p = as_pause(made)
+    if made.id in existing:
         out.print(
             f"{escape(p.describe())} was already paused by {escape(p.paused_by)}: "
             f"{escape(p.reason)} ({p.held} runs held)"
@@ -277,22 +229,14 @@ def pause(
     out.print(f"paused {escape(p.describe())}: {p.held} waiting runs held, {running}")
 
 
-def unknown_target(
-    scope: PauseScope,
-    value: str,
-    key: str,
-    tenant: Callable[[str], object],
-    queue: Callable[[str], object],
-    integration: Callable[[str], object],
-) -> str | None:
-    """What a pause names that does not exist, if it does: a typo would hold nothing. Looked
-    up with the store's or the client's getters, which raise NotFound."""
-    lookups = {
-        PauseScope.TENANT: ("tenant", tenant),
-        PauseScope.QUEUE: ("queue", queue),
+def unknown_target(ops: Operations, scope: PauseScope, value: str, key: str) -> str | None:
+    """What a pause names that does not exist, if it does: a typo would hold nothing."""
+    lookups: dict[PauseScope, tuple[str, Callable[[str], object]]] = {
+        PauseScope.TENANT: ("tenant", ops.get_tenant),
+        PauseScope.QUEUE: ("queue", ops.get_queue),
     }
     if scope is PauseScope.LABEL and key == "integration":
-        lookups[PauseScope.LABEL] = ("integration", integration)
+        lookups[PauseScope.LABEL] = ("integration", ops.get_integration)
     found = lookups.get(scope)
     if found is None:
         return None
@@ -319,21 +263,9 @@ def resume(
 ) -> None:
     """Lift a pause: the runs it held go back to the queue in their order."""
     scope, value, key = pause_target(queue, tenant, workflow, session, label)
-    gr = remote_client(ctx, db, {"--actor": actor})
-    if gr is not None:
-        with gr:
-            found = find_pause([as_pause(p) for p in gr.pauses()], scope, value, key, for_tenant)
-            resumed = gr.resume_pause(found.id, reason=reason).resumed
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            resumed = store.controls.resume(
-                scope,
-                value,
-                actor=actor or default_actor(),
-                reason=reason,
-                label=key,
-                tenant=for_tenant or ALL_TENANTS,
-            )
+    with operations(ctx, db, actor=actor) as ops:
+        found = find_pause([as_pause(p) for p in ops.pauses()], scope, value, key, for_tenant)
+        resumed = ops.resume_pause(found.id, reason=reason).resumed
     what = f"label {key}={value}" if key else f"{scope.value} {value}"
     out.print(f"resumed {escape(what)}: {resumed} runs queued again")
 
@@ -346,18 +278,11 @@ def pauses(
     db: DbOpt = None,
 ) -> None:
     """List pauses in force: scope, what, tenant, drain, who, when and why."""
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            found = [as_pause(p) for p in gr.pauses()]
-        found = [p for p in found if tenant is None or p.tenant in (ALL_TENANTS, tenant)]
-        now = time.time()
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            found = store.controls.pauses(tenant=tenant)
-            now = store.clock.now()
+    with operations(ctx, db) as ops:
+        found = [p for p in ops.pauses() if tenant is None or p.tenant in (None, tenant)]
+    now = time.time()
     if json_out:
-        print_json(found, PauseOut.of)
+        print_json(found)
         return
     if not found:
         out.print("no pauses")
@@ -365,9 +290,9 @@ def pauses(
     table = Table("SCOPE", "WHAT", "TENANT", "HELD", "DRAIN", "BY", "WHEN", "REASON")
     for p in found:
         table.add_row(
-            p.scope.value,
+            p.scope,
             escape(f"{p.label}={p.value}" if p.label else p.value),
-            "all" if p.tenant == ALL_TENANTS else escape(p.tenant),
+            "all" if p.tenant is None else escape(p.tenant),
             str(p.held),
             "yes" if p.drain else "no",
             escape(p.paused_by),
@@ -378,7 +303,8 @@ def pauses(
 
 
 def as_pause(p: PauseOut) -> Pause:
-    """A pause from the API as the store gives it (its tenant "*" when it holds every one)."""
+    """A pause in the API's shape as the store's model (its tenant "*" when it holds every
+    one), which says what it holds and finds the one `resume` means."""
     return Pause(
         scope=PauseScope(p.scope),
         value=p.value,
@@ -396,8 +322,8 @@ def as_pause(p: PauseOut) -> Pause:
 def find_pause(
     pauses: Sequence[Pause], scope: PauseScope, value: str, key: str, for_tenant: str | None
 ) -> Pause:
-    """The pause `resume` lifts on a server. Without --for-tenant: the only one on that target,
-    else the platform's (as on a database); a tenant's key sees only its own and the platform's."""
+    """The pause `resume` lifts. Without --for-tenant: the only one on that target, else the
+    platform's; through the API, a tenant's key sees only its own and the platform's."""
     found = [p for p in pauses if (p.scope, p.value, p.label) == (scope, value, key)]
     if for_tenant is not None:
         found = [p for p in found if p.tenant == for_tenant]
@@ -422,19 +348,11 @@ def tenants(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None) -> 
         return
     # Running runs are few (at most the workers' slots): count them rather than trust the
     # per-tenant counter, which is only kept for tenants with a limit.
-    found: Sequence[TenantInfo | TenantOut]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            found = gr.tenants()
-            running = Counter(r.tenant for r in gr.iter_runs(state=["running"], page_size=500))
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            found = store.controls.tenants()
-            everything = RunFilter(states=[RunState.RUNNING], limit=1_000_000)
-            running = Counter(r.tenant for r in store.runs.list_runs(everything))
+    with operations(ctx, db) as ops:
+        found = ops.tenants()
+        running = Counter(r.tenant for r in ops.iter_runs(state=["running"], page_size=500))
     if json_out:
-        print_json(found, TenantOut.of)
+        print_json(found)
         return
     if not found:
         out.print("no tenants")
@@ -471,26 +389,13 @@ def tenants_set(
         raise InvalidInput(f"--concurrency must be a whole number or none, got {concurrency!r}")
     if weight is None and concurrency is None:
         raise InvalidInput("nothing to change: give --weight or --concurrency")
-    t: TenantInfo | TenantOut
-    gr = remote_client(ctx, db, {"--actor": actor})
-    if gr is not None:
-        given: dict[str, Any] = {"reason": reason}
-        if weight is not None:
-            given["weight"] = weight
-        if concurrency is not None:
-            given["concurrency"] = limit  # None clears the limit
-        with gr:
-            t = gr.update_tenant(name, TenantUpdate.model_validate(given))
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            t = store.controls.set_tenant(
-                name,
-                actor=actor or default_actor(),
-                reason=reason,
-                weight=weight,
-                concurrency=limit,
-                clear_concurrency=concurrency is not None and limit is None,
-            )
+    given: dict[str, Any] = {"reason": reason}
+    if weight is not None:
+        given["weight"] = weight
+    if concurrency is not None:
+        given["concurrency"] = limit  # None clears the limit
+    with operations(ctx, db, actor=actor) as ops:
+        t = ops.update_tenant(name, TenantUpdate.model_validate(given))
     out.print(
         f"tenant {escape(t.name)}: weight {number(t.weight)}, concurrency {number(t.concurrency)}"
     )

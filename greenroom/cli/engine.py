@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.api.schemas import RunOut, WorkerOut
-from greenroom.app import RunRequest
+from greenroom.api.schemas import RunCreate, RunOut
 from greenroom.cli import (
     AppOpt,
     DbOpt,
@@ -20,19 +18,17 @@ from greenroom.cli import (
     cli,
     configure,
     db_url,
-    existing_store,
     given_db,
     load_app,
     out,
     print_json,
     quiet_driver_logs,
-    remote_client,
     require_database,
 )
 from greenroom.cli.display import ago
+from greenroom.cli.operations import operations
 from greenroom.cli.parse import parse_input, parse_iso, parse_labels, split_list
 from greenroom.errors import InvalidInput
-from greenroom.model import Run, WorkerInfo
 from greenroom.settings import redact
 from greenroom.storage import open_backend
 
@@ -128,54 +124,27 @@ def enqueue(
     db: DbOpt = None,
 ) -> None:
     """Enqueue one run and print its id (an existing run's id for a used idempotency key)."""
-    run: Run | RunOut
-    run_input, labels = parse_input(input), parse_labels(label or [])
     at = None if start_at is None else parse_iso(start_at, "--start-at")
     if at is not None and delay is not None:
         raise InvalidInput("give --delay or --start-at, not both")
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        from greenroom.api.schemas import RunCreate
+    body = {
+        "workflow": workflow,
+        "input": parse_input(input),
+        "tenant": tenant,
+        "priority": priority,
+        "delay": delay,
+        "start_at": at,
+        "labels": parse_labels(label or []),
+        "integration": integration,
+        "queue": queue,
+    }
+    request = RunCreate.model_validate(body)
+    with operations(ctx, db, app=app) as ops:
+        run, created = ops.create_run(request, idempotency_key=idempotency_key)
+    say_enqueued(run, created, idempotency_key)
 
-        body = RunCreate.model_validate(
-            {
-                "workflow": workflow,
-                "input": run_input,
-                "tenant": tenant,
-                "priority": priority,
-                "delay": delay,
-                "start_at": at,
-                "labels": labels,
-                "integration": integration,
-                "queue": queue,
-            }
-        )
-        with gr:
-            run, created = gr.create_run(body, idempotency_key=idempotency_key)
-    else:
-        if app is None:
-            raise InvalidInput("--app is needed to enqueue on a database (or give --url)")
-        the_app = load_app(app)
-        configure(the_app, db=given_db(ctx, db))
-        the_app.get_workflow(workflow)  # an unknown one is the first thing to say
-        require_database(the_app.settings.db)
-        quiet_driver_logs()
-        request = RunRequest(
-            workflow=workflow,
-            input=run_input,
-            tenant=tenant or "default",
-            idempotency_key=idempotency_key,
-            priority=priority,
-            delay=delay,
-            start_at=at,
-            labels=labels,
-            integration=integration,
-            queue=queue,
-        )
-        try:
-            run, created = the_app.store.runs.enqueue(the_app.prepare(request))
-        finally:
-            the_app.close()
+
+def say_enqueued(run: RunOut, created: bool, idempotency_key: str | None) -> None:
     if created:
         out.print(f"{run.id} created ({run.state.value})")
     else:
@@ -193,18 +162,11 @@ def workers(
     db: DbOpt = None,
 ) -> None:
     """List workers: id, host, pid, state, last heartbeat and the runs they hold."""
-    found: Sequence[WorkerInfo | WorkerOut]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            found = gr.workers(include_gone=all)
-        now = time.time()
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            found = store.runs.workers(include_gone=all)
-            now = store.clock.now()
+    with operations(ctx, db) as ops:
+        found = ops.workers(include_gone=all)
+    now = time.time()
     if json_out:
-        print_json(found, WorkerOut.of)
+        print_json(found)
         return
     if not found:
         out.print("no workers" if all else "no live workers (--all shows stopped ones)")

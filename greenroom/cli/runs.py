@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,44 +11,41 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.api.schemas import RunDetail, RunOut
+from greenroom.api.schemas import (
+    BulkRetryOut,
+    BulkRetryRequest,
+    PruneRequest,
+    RunDetail,
+    RunOut,
+    StepOut,
+)
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
     JsonOpt,
     ReasonOpt,
     cli,
-    db_url,
-    default_actor,
-    existing_store,
     out,
     print_json,
-    remote_client,
 )
 from greenroom.cli.display import ago, full_json, seconds, short_json, state_text, when
+from greenroom.cli.operations import LocalOperations, Operations, operations
 from greenroom.cli.parse import parse_duration, parse_input, parse_label, parse_states, parse_time
 from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import (
-    FINISHED_STATES,
-    Artifact,
-    Run,
-    RunEvent,
-    RunState,
-    StepRecord,
-    StepStatus,
-)
-from greenroom.settings import load_settings
-from greenroom.storage import RunFilter
-from greenroom.storage.admin import BulkRetry
+from greenroom.model import FINISHED_STATES, RunState, StepStatus
+from greenroom.settings import Settings
 
 if TYPE_CHECKING:
-    from greenroom.api.schemas import ArtifactOut, BulkRetryOut, EventOut, StepOut
-    from greenroom.client import Client
+    from greenroom.client import RunFilters
 
 runs_cli = typer.Typer(no_args_is_help=True, help="List, inspect, cancel, retry and prune runs.")
 cli.add_typer(runs_cli, name="runs")
 
 LabelOpt = Annotated[str | None, typer.Option("--label", help="key=value.")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Retry a run that was retried already (one run only; audited)."),
+]
 ErrorGroupOpt = Annotated[
     str | None, typer.Option("--error-group", help="Error group fingerprint (greenroom errors).")
 ]
@@ -80,43 +77,27 @@ def runs_list(
     """List runs, newest first (failed runs that were retried are left out: their retries
     stand for them)."""
     asked = time.time()
-    f = RunFilter(
-        tenant=tenant,
-        states=parse_states(state),
-        workflow=workflow,
-        queue=queue,
-        label=None if label is None else parse_label(label),
-        error_group=error_group,
-        limit=limit,
-        include_superseded=include_superseded,
-        created_after=None if since is None else parse_time(since, "--since", asked),
-        created_before=None if until is None else parse_time(until, "--until", asked),
-    )
-    found: Sequence[Run | RunOut]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            pages = gr.iter_runs(
-                page_size=min(limit, 500),
-                state=f.states or None,
-                workflow=workflow,
-                queue=queue,
-                label=None if f.label is None else "=".join(f.label),
-                error_group=error_group,
-                tenant=tenant,
-                include_superseded=include_superseded,
-                created_after=f.created_after,
-                created_before=f.created_before,
-            )
-            found = list(islice(pages, limit))
-        now = time.time()
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            found = store.runs.list_runs(f)
-            now = store.clock.now()
+    filters: RunFilters = {
+        "state": parse_states(state) or None,
+        "workflow": workflow,
+        "queue": queue,
+        "label": None if label is None else "=".join(parse_label(label)),
+        "error_group": error_group,
+        "tenant": tenant,
+        "include_superseded": include_superseded,
+        "created_after": None if since is None else parse_time(since, "--since", asked),
+        "created_before": None if until is None else parse_time(until, "--until", asked),
+    }
+    with operations(ctx, db) as ops:
+        pages = ops.iter_runs(page_size=min(limit, 500), **filters)
+        found = list(islice(pages, limit))
     if json_out:
-        print_json(found, RunOut.of)
-        return
+        print_json(found)
+    else:
+        show_runs(found, time.time())
+
+
+def show_runs(found: Sequence[RunOut], now: float) -> None:
     if not found:
         out.print("no runs")
         return
@@ -147,34 +128,16 @@ def runs_show(
 ) -> None:
     """Show a run: its fields, timeline, steps, error and failure artifacts (--json: all of
     it, output and error whole, as the API's RunDetail)."""
-    run: Run | RunOut
-    steps: Sequence[StepRecord | StepOut]
-    events: Sequence[RunEvent | EventOut]
-    artifacts: list[tuple[Artifact | ArtifactOut, str]]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            run = detail = gr.get_run(run_id)
-        if json_out:
-            print_json(detail, RunDetail.of)
-            return
-        steps, events = detail.steps, detail.timeline
-        path = f"/v1/runs/{run.id}/artifacts"
-        artifacts = [(a, f"{path}/{a.id}") for a in detail.artifacts]
-        where = f"locations are on {gr.url}: GET them with your API key"
-    else:
-        url = db_url(ctx, db)
-        with existing_store(url) as store:
-            stored = store.runs.run_detail(run_id)  # the id may be a prefix
-        if json_out:
-            print_json(stored, RunDetail.of)
-            return
-        run, steps, events, found = stored.run, stored.steps, stored.events, stored.artifacts
-        artifacts = [(a, a.location) for a in found]
-        where = local_artifacts(url) if found else ""
-    show_fields(run)
+    with operations(ctx, db) as ops:
+        run = ops.get_run(run_id)
+        where = artifact_locations(ops, run) if run.artifacts else ({}, "")
+        lease = lease_text(ops, run)
+    if json_out:
+        print_json(run)
+        return
+    show_fields(run, lease)
     timeline = Table("AT", "+SECONDS", "STATE", "REASON", "WORKER", title="Timeline")
-    for e in events:
+    for e in run.timeline:
         timeline.add_row(
             when(e.at),
             f"{e.at - run.created_at:.3f}",
@@ -183,13 +146,24 @@ def runs_show(
             escape(e.worker_id or ""),
         )
     out.print(timeline)
-    show_steps(steps)
+    show_steps(run.steps)
     if run.error:
         show_error(run.error)
-    show_artifacts(artifacts, where)
+    show_artifacts(run, where)
 
 
-def show_fields(run: Run | RunOut) -> None:
+def lease_text(ops: Operations, run: RunOut) -> str | None:
+    """Which worker holds a running run, and until when: on a database only (the API does
+    not say), for who looks into a run that seems stuck."""
+    if not isinstance(ops, LocalOperations):
+        return None
+    stored = ops.store.runs.get_run(run.id)
+    if stored.lease_owner is None:
+        return None
+    return f"{escape(stored.lease_owner)} until {when(stored.lease_expires_at)}"
+
+
+def show_fields(run: RunOut, lease: str | None = None) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")  # whole values, folded, never cut
@@ -217,14 +191,14 @@ def show_fields(run: Run | RunOut) -> None:
         rows.append(("superseded by", f"{run.superseded_by} (its retry stands for it)"))
     if run.error_group:
         rows.append(("error group", escape(run.error_group)))
-    if isinstance(run, Run) and run.lease_owner:
-        rows.append(("leased by", f"{escape(run.lease_owner)} until {when(run.lease_expires_at)}"))
+    if lease:
+        rows.append(("leased by", lease))
     for name, value in rows:
         grid.add_row(name, value)
     out.print(grid)
 
 
-def show_steps(steps: Sequence[StepRecord | StepOut]) -> None:
+def show_steps(steps: Sequence[StepOut]) -> None:
     if not steps:
         out.print("no steps recorded")
         return
@@ -242,28 +216,45 @@ def show_steps(steps: Sequence[StepRecord | StepOut]) -> None:
     out.print(table)
 
 
-def local_artifacts(url: str) -> str:
+def artifact_locations(ops: Operations, run: RunDetail) -> tuple[dict[int, str], str]:
+    """Where to open each artifact of a run, by id, and a caption saying where that is: files
+    of the database's artifact store, or URLs on the server (the API does not say where it
+    keeps its files)."""
+    if isinstance(ops, LocalOperations):
+        stored = ops.store.sessions.artifacts(run.id)
+        return {a.id: a.location for a in stored}, local_artifacts(ops.settings())
+    from greenroom.client import Client
+
+    assert isinstance(ops, Client)
+    path = f"/v1/runs/{run.id}/artifacts"
+    where = f"locations are on {ops.url}: GET them with your API key"
+    return {a.id: f"{path}/{a.id}" for a in run.artifacts}, where
+
+
+def local_artifacts(settings: Settings) -> str:
     """Where the artifacts of runs in this database are, if they are in local files."""
     from greenroom.browser.artifacts import LocalArtifactStore, default_artifact_store
 
-    files = default_artifact_store(load_settings(db=url))
+    files = default_artifact_store(settings)
     if isinstance(files, LocalArtifactStore):
         return f"locations are under {files.root.resolve()}"
     return ""
 
 
-def show_artifacts(artifacts: list[tuple[Artifact | ArtifactOut, str]], where: str) -> None:
+def show_artifacts(run: RunDetail, where: tuple[dict[int, str], str]) -> None:
     """Screenshots, HTML, console logs and traces of failed steps, with where to open them."""
-    if not artifacts:
+    if not run.artifacts:
         return
+    locations, caption = where
     table = Table("ATTEMPT", "STEP", "KIND", "SIZE", "LOCATION", title="Artifacts")
-    table.caption = escape(where) or None
-    for a, location in artifacts:
+    table.caption = escape(caption) or None
+    for a in run.artifacts:
         step = "run"
         if a.step_name is not None:
             step = f"{a.step_position} {a.step_name} (try {a.step_attempt})"
         size = f"{a.size:,} B" + (" (truncated)" if a.truncated else "")
-        table.add_row(str(a.attempt), escape(step), escape(a.kind), size, escape(location))
+        place = locations.get(a.id, "-")
+        table.add_row(str(a.attempt), escape(step), escape(a.kind), size, escape(place))
     out.print(table)
 
 
@@ -293,14 +284,8 @@ def runs_cancel(
     db: DbOpt = None,
 ) -> None:
     """Cancel a run: at once if it waits, at its next await if it is running."""
-    run: Run | RunOut
-    gr = remote_client(ctx, db, {"--actor": actor})
-    if gr is not None:
-        with gr:
-            run = gr.cancel_run(run_id, reason=reason)
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            run = store.runs.cancel(run_id, actor=actor or default_actor(), reason=reason)
+    with operations(ctx, db, actor=actor) as ops:
+        run = ops.cancel_run(run_id, reason=reason)
     if run.state is RunState.CANCELLED:
         out.print(f"run {run.id} cancelled")
     elif run.state is RunState.RUNNING:
@@ -329,12 +314,7 @@ def runs_retry(
     input: Annotated[
         str | None, typer.Option("--input", help="New input as a JSON object (one run only).")
     ] = None,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", help="Retry a run that was retried already (one run only; audited)."
-        ),
-    ] = False,
+    force: ForceOpt = False,
     tenant: Annotated[str | None, typer.Option()] = None,
     workflow: Annotated[str | None, typer.Option()] = None,
     queue: Annotated[str | None, typer.Option()] = None,
@@ -357,132 +337,103 @@ def runs_retry(
 ) -> None:
     """Retry a failed or cancelled run (ID) or every matching one (--where): from the failed
     step, completed steps keeping their results, or --from-scratch."""
-    filters = {
-        "--workflow": workflow,
-        "--queue": queue,
-        "--label": label,
-        "--error-group": error_group,
-        "--state": state,
-        "--since": since,
-        "--until": until,
-        "--dry-run": dry_run or None,
+    bulk = {
+        "workflow": workflow,
+        "queue": queue,
+        "label": label,
+        "error_group": error_group,
+        "state": state,
+        "since": since,
+        "until": until,
     }
-    bulk_only = [name for name, value in filters.items() if value is not None]
+    check_retry(run_id, where, input, force, {**bulk, "dry_run": dry_run or None})
+    new_input = None if input is None else parse_input(input)
+    request = bulk_retry(bulk, reason, tenant, from_scratch, dry_run) if where else None
+    with operations(ctx, db, actor=actor) as ops:
+        if run_id is not None:
+            retry_one(ops, run_id, reason, tenant, from_scratch, new_input, force)
+        elif request is not None:
+            say_bulk_retried(ops.retry_runs(request))
+
+
+def check_retry(
+    run_id: str | None,
+    where: bool,
+    input: str | None,
+    force: bool,
+    bulk_only: Mapping[str, object],
+) -> None:
+    """One run (ID) or --where and filters, each with the options that apply to it."""
+    given = [
+        "--" + name.replace("_", "-") for name, value in bulk_only.items() if value is not None
+    ]
     if run_id is None and not where:
         raise InvalidInput("give a run ID, or --where and filters (see --help)")
     if run_id is not None and where:
         raise InvalidInput("give a run ID or --where, not both")
-    if run_id is not None and bulk_only:
-        raise InvalidInput(f"{bulk_only[0]} goes with --where, not with a run ID")
+    if run_id is not None and given:
+        raise InvalidInput(f"{given[0]} goes with --where, not with a run ID")
     if run_id is None and input is not None:
         raise InvalidInput("--input applies to one run (ID), not to --where")
     if run_id is None and force:
         raise InvalidInput("--force applies to one run (ID): --where never retries a run twice")
+
+
+def bulk_retry(
+    bulk: Mapping[str, str | None],
+    reason: str,
+    tenant: str | None,
+    from_scratch: bool,
+    dry_run: bool,
+) -> BulkRetryRequest:
+    """The API's bulk retry for the filters given as options (--since and --until: finished
+    then); failed runs unless --state says otherwise."""
+    states = [s.value for s in parse_states(bulk["state"])] or ["failed"]
+    if not set(states) <= {"failed", "cancelled"}:
+        raise InvalidInput("--state: only failed or cancelled runs can be retried")
     now = time.time()
-    finished_after = None if since is None else parse_time(since, "--since", now)
-    finished_before = None if until is None else parse_time(until, "--until", now)
-    gr = remote_client(ctx, db, {"--actor": actor})
-    if gr is not None:
-        from greenroom.api.schemas import BulkRetryRequest
-
-        with gr:
-            if run_id is not None:
-                retry_remote(gr, run_id, reason, tenant, from_scratch, input, force)
-                return
-            request = {
-                "state": [s.value for s in parse_states(state)] or ["failed"],
-                "workflow": workflow,
-                "queue": queue,
-                "label": None if label is None else "=".join(parse_label(label)),
-                "error_group": error_group,
-                "finished_after": finished_after,
-                "finished_before": finished_before,
-                "from_scratch": from_scratch,
-                "dry_run": dry_run,
-                "reason": reason,
-                "tenant": tenant,
-            }
-            result: BulkRetry | BulkRetryOut = gr.retry_runs(
-                BulkRetryRequest.model_validate(request)
-            )
-    elif run_id is not None:
-        new_input = None if input is None else parse_input(input)
-        with existing_store(db_url(ctx, db)) as store:
-            new = store.admin.retry_run(
-                run_id,
-                actor=actor or default_actor(),
-                reason=reason,
-                tenant=tenant,
-                from_scratch=from_scratch,
-                input=new_input,
-                force=force,
-            )
-            assert new.retry_of is not None  # the whole id of the run given (maybe a prefix)
-            old, kept = store.runs.steps(new.retry_of), store.runs.steps(new.id)
-        say_retried(new.id, new.retry_of, old, kept, from_scratch, new_input is not None)
-        return
-    else:
-        f = RunFilter(
-            tenant=tenant,
-            workflow=workflow,
-            queue=queue,
-            label=None if label is None else parse_label(label),
-            error_group=error_group,
-            states=parse_states(state),
-            finished_after=finished_after,
-            finished_before=finished_before,
-        )
-        with existing_store(db_url(ctx, db)) as store:
-            result = store.admin.retry_where(
-                f,
-                actor=actor or default_actor(),
-                reason=reason,
-                dry_run=dry_run,
-                from_scratch=from_scratch,
-            )
-    skipped = (
-        f"; {result.skipped_superseded} matching runs were retried already and are left alone"
-        if result.skipped_superseded
-        else ""
-    )
-    if not result.matched:
-        out.print(f"no runs match: nothing to retry{skipped}")
-        return
-    table = Table("RE-RUNS FROM", "RUNS")
-    for step, count in sorted(result.rerun_from.items(), key=lambda kv: (-kv[1], kv[0])):
-        table.add_row(escape(step), str(count))
-    if dry_run:
-        out.print(f"dry run: {result.matched} runs would be retried (nothing changed){skipped}")
-    else:
-        out.print(f"retried {result.matched} runs: {len(result.new_runs)} new runs queued{skipped}")
-    out.print(table)
+    since, until, label = bulk["since"], bulk["until"], bulk["label"]
+    request = {
+        "state": states,
+        "workflow": bulk["workflow"],
+        "queue": bulk["queue"],
+        "label": None if label is None else "=".join(parse_label(label)),
+        "error_group": bulk["error_group"],
+        "finished_after": None if since is None else parse_time(since, "--since", now),
+        "finished_before": None if until is None else parse_time(until, "--until", now),
+        "from_scratch": from_scratch,
+        "dry_run": dry_run,
+        "reason": reason,
+        "tenant": tenant,
+    }
+    return BulkRetryRequest.model_validate(request)
 
 
-def retry_remote(
-    gr: Client,
+def retry_one(
+    ops: Operations,
     run_id: str,
     reason: str,
     tenant: str | None,
     from_scratch: bool,
-    input: str | None,
+    new_input: dict[str, Any] | None,
     force: bool,
 ) -> None:
-    new_input = None if input is None else parse_input(input)
-    old = gr.get_run(run_id)
+    """Retry one run and say which step its retry starts from, and with how many kept."""
+    old = ops.get_run(run_id)  # the id may be a prefix
     if tenant is not None and old.tenant != tenant:
         raise NotFound(f"run {run_id} not found")
-    new = gr.retry_run(
-        run_id, reason=reason, from_scratch=from_scratch, input=new_input, force=force
+    new = ops.retry_run(
+        old.id, reason=reason, from_scratch=from_scratch, input=new_input, force=force
     )
-    kept = gr.get_run(new.id).steps
+    kept = ops.get_run(new.id).steps
     say_retried(new.id, old.id, old.steps, kept, from_scratch, new_input is not None)
 
 
 def say_retried(
     new_id: str,
     run_id: str,
-    old_steps: Sequence[StepRecord | StepOut],
-    kept: Sequence[StepRecord | StepOut],
+    old_steps: Sequence[StepOut],
+    kept: Sequence[StepOut],
     from_scratch: bool,
     edited: bool = False,
 ) -> None:
@@ -494,6 +445,26 @@ def say_retried(
         start += f", keeping {len(kept)} completed steps"
     with_input = " with the new input" if edited else ""
     out.print(f"{new_id} created: retry of {run_id} {escape(start)}{with_input}")
+
+
+def say_bulk_retried(result: BulkRetryOut) -> None:
+    """How many runs were (or would be) retried, and from which steps."""
+    skipped = (
+        f"; {result.skipped_superseded} matching runs were retried already and are left alone"
+        if result.skipped_superseded
+        else ""
+    )
+    if not result.matched:
+        out.print(f"no runs match: nothing to retry{skipped}")
+        return
+    table = Table("RE-RUNS FROM", "RUNS")
+    for step, count in sorted(result.rerun_from.items(), key=lambda kv: (-kv[1], kv[0])):
+        table.add_row(escape(step), str(count))
+    if result.dry_run:
+        out.print(f"dry run: {result.matched} runs would be retried (nothing changed){skipped}")
+    else:
+        out.print(f"retried {result.matched} runs: {len(result.new_runs)} new runs queued{skipped}")
+    out.print(table)
 
 
 # -- retention -----------------------------------------------------------------------------
@@ -514,19 +485,15 @@ def runs_prune(
     ] = False,
     db: DbOpt = None,
 ) -> None:
-    """Delete finished runs (and their steps, timelines and artifacts), in small batches."""
+    """Delete finished runs (and their steps, timelines and artifacts), in small batches
+    (with --url: as a platform key)."""
     age = parse_duration(older_than, "--older-than")
     states = parse_states(status)
     if any(s not in FINISHED_STATES for s in states):
         raise InvalidInput("--status: only succeeded, failed and cancelled runs can be pruned")
-    from greenroom.browser.artifacts import default_artifact_store
-
-    url = db_url(ctx, db)
-    files = default_artifact_store(load_settings(db=url))
-    with existing_store(url) as store:
-        deleted = store.admin.prune(
-            older_than=age, states=states, delete_files=files.delete_run, dry_run=dry_run
-        )
+    request = {"older_than": age, "state": [s.value for s in states], "dry_run": dry_run}
+    with operations(ctx, db) as ops:
+        deleted = ops.prune_runs(PruneRequest.model_validate(request)).deleted
     if dry_run:
         out.print(
             f"dry run: {deleted} runs finished more than {older_than} ago would be deleted "

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
+from greenroom.api.schemas import KeyOut
 from greenroom.app import App
 from greenroom.cli import (
     DbOpt,
@@ -152,7 +153,7 @@ def bootstrap(ctx: typer.Context, store: RunStore, tenant: str) -> None:
     key, secret = create_key(
         store.accounts, tenant=tenant, role=Role.ADMIN, name="bootstrap", actor=actor
     )
-    out.print(f"registered tenant {escape(tenant)} and {describe_key(key)}; {ONCE}:")
+    out.print(f"registered tenant {escape(tenant)} and {describe_key(KeyOut.of(key))}; {ONCE}:")
     out.print(f"  {secret}", markup=False, highlight=False, soft_wrap=True)
 
 

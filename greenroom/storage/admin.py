@@ -191,7 +191,7 @@ class Admin(StoreBase):
             self.clock.now(),
             reason=f"retry of {run.id} {how} by {actor}: {reason}",
         )[0]
-        _hand_over(tx, run.id, new["id"], from_scratch, self.clock.now())
+        _hand_over(tx, run, new["id"], from_scratch, self.clock.now())
         self._event(
             tx,
             run.id,
@@ -326,14 +326,26 @@ def _retry_of(run: Run, input: dict[str, Any] | None) -> NewRun:
     )
 
 
-def _hand_over(tx: Tx, old: str, new: str, from_scratch: bool, now: float) -> None:
+def _hand_over(tx: Tx, run: Run, new: str, from_scratch: bool, now: float) -> None:
     """The new run stands for the old one, and for the runs the old one stood for; from the
-    failed step, it starts with the old one's completed steps."""
+    failed step, it starts with the old one's completed steps.
+
+    A forced second retry takes over the whole chain of the retry that stood for the run: its
+    runs, and the retry itself once it failed or was cancelled. Otherwise that retry's failure
+    stays open beside the new run's, and a later `retry --where` re-runs the same work twice."""
+    old, params = run.id, {"new": new, "now": now}
     tx.execute(
         "UPDATE runs SET superseded_by = :new, updated_at = :now"
         " WHERE id = :old OR superseded_by = :old",
-        {"new": new, "now": now, "old": old},
+        {**params, "old": old},
     )
+    if run.superseded_by is not None:
+        tx.execute(
+            "UPDATE runs SET superseded_by = :new, updated_at = :now"
+            " WHERE superseded_by = :previous"
+            " OR (id = :previous AND state IN ('failed', 'cancelled'))",
+            {**params, "previous": run.superseded_by},
+        )
     if not from_scratch:
         tx.execute(
             "INSERT INTO steps (run_id, position, name, status, result, error, attempts,"

@@ -62,12 +62,12 @@ def get_queue(
     return QueueOut.of(state.store.controls.queue(name, tenant=scope(who, tenant)))
 
 
-@router.patch("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)
+@router.patch("/queues/{name}", response_model=QueueOut)
 def update_queue(
     name: QueueName, body: QueueUpdate, state: State, who: Caller = Platform
 ) -> QueueOut:
-    """Change a queue's limits, retry defaults or lock tuning, at run time (audited)."""
-    state.store.controls.queue(name)  # settings are for queues that exist
+    """Change a queue's limits, retry defaults or lock tuning, at run time (audited); a queue
+    set before its runs come is created, so that they find their limits in place."""
     changes = body.model_dump(exclude_unset=True, exclude={"reason"})
     state.store.controls.set_queue(name, actor=who.actor, reason=body.reason, **changes)
     return QueueOut.of(state.store.controls.queue(name, tenant=who.tenant))

@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from greenroom.api.auth import Caller, Operator, Viewer
+from greenroom.api.auth import Caller, Operator, Platform, Viewer
 from greenroom.api.database import DatabaseRoute
+from greenroom.api.filters import retry_filter, runs_filter
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.schemas import (
     BulkRetryOut,
@@ -25,6 +26,8 @@ from greenroom.api.schemas import (
     Id,
     LabelFilter,
     Page,
+    PruneOut,
+    PruneRequest,
     RetryRequest,
     RowId,
     RunCreate,
@@ -34,9 +37,8 @@ from greenroom.api.schemas import (
 from greenroom.api.state import ApiState, get_state
 from greenroom.app import RunRequest
 from greenroom.errors import InvalidInput
-from greenroom.model import INTEGRATION_LABEL, RunState
+from greenroom.model import RunState
 from greenroom.rules import MAX_NAME, Name, Text, text
-from greenroom.storage import RunFilter
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
@@ -63,19 +65,6 @@ def scope(who: Caller, tenant: str | None) -> str | None:
     return who.tenant
 
 
-def label_filter(integration: str | None, label: str | None) -> tuple[str, str] | None:
-    """The label a listing filters on: an integration's, or a `key=value` (its pattern is
-    checked by the schema; the value is everything after the first `=`)."""
-    if integration is not None:
-        if label is not None:
-            raise InvalidInput("filter by integration or by label, not both")
-        return INTEGRATION_LABEL, integration
-    if label is None:
-        return None
-    key, _, value = label.partition("=")
-    return key, value
-
-
 #: A time in a query: ISO 8601 or Unix time.
 Moment = Annotated[
     Annotated[float, Field(allow_inf_nan=False)] | datetime | None,
@@ -85,13 +74,6 @@ Moment = Annotated[
 Cursor = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")
 ]
-
-
-def unix_time(moment: float | datetime) -> float:
-    """One without a UTC offset is UTC, not the server's local time."""
-    if isinstance(moment, datetime):
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    return moment
 
 
 def encode_cursor(seq: int) -> str:
@@ -183,17 +165,18 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Page[RunOut]:
     """Runs, newest first, a page at a time."""
-    f = RunFilter(
+    f = runs_filter(
         tenant=scope(who, tenant),
-        states=run_state or (),
+        states=run_state,
         workflow=workflow,
         queue=queue,
-        label=label_filter(integration, label),
+        integration=integration,
+        label=label,
         error_group=error_group,
-        created_after=None if created_after is None else unix_time(created_after),
-        created_before=None if created_before is None else unix_time(created_before),
-        finished_after=None if finished_after is None else unix_time(finished_after),
-        finished_before=None if finished_before is None else unix_time(finished_before),
+        created_after=created_after,
+        created_before=created_before,
+        finished_after=finished_after,
+        finished_before=finished_before,
         before_seq=None if cursor is None else decode_cursor(cursor),
         limit=limit + 1,
         include_superseded=include_superseded,
@@ -259,30 +242,28 @@ def retry_run(run_id: Id, body: RetryRequest, state: State, who: Caller = Operat
 def retry_runs(body: BulkRetryRequest, state: State, who: Caller = Operator) -> BulkRetryOut:
     """Retry every failed (or cancelled) run matching a filter; dry_run (the default) only
     says how many and from which steps."""
-    f = RunFilter(
-        tenant=scope(who, body.tenant),
-        states=[RunState(s) for s in body.state],
-        workflow=body.workflow,
-        queue=body.queue,
-        label=label_filter(body.integration, body.label),
-        error_group=body.error_group,
-        finished_after=body.finished_after,
-        finished_before=body.finished_before,
-    )
     done = state.store.admin.retry_where(
-        f,
+        retry_filter(body, scope(who, body.tenant)),
         actor=who.actor,
         reason=body.reason,
         dry_run=body.dry_run,
         from_scratch=body.from_scratch,
     )
-    return BulkRetryOut(
-        matched=done.matched,
-        dry_run=done.dry_run,
-        skipped_superseded=done.skipped_superseded,
-        rerun_from={str(k): v for k, v in done.rerun_from.items()},
-        new_runs=done.new_runs,
+    return BulkRetryOut.of(done)
+
+
+@router.post("/prune", response_model=PruneOut)
+def prune_runs(body: PruneRequest, state: State, who: Caller = Platform) -> PruneOut:
+    """Delete finished runs (their steps, timelines, artifacts and files) that finished more
+    than older_than seconds ago, in small batches; dry_run (the default) only counts them.
+    Platform keys only: retention is the platform's, across tenants."""
+    deleted = state.store.admin.prune(
+        older_than=body.older_than,
+        states=[RunState(s) for s in body.state],
+        delete_files=state.artifacts.delete_run,
+        dry_run=body.dry_run,
     )
+    return PruneOut(deleted=deleted, dry_run=body.dry_run)
 
 
 @router.get(

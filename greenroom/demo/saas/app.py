@@ -20,7 +20,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from greenroom.demo.saas import pages
 from greenroom.demo.saas.config import SaasConfig
-from greenroom.demo.saas.data import TIER_COST, Organization, org_slugs, organization, valid_slug
+from greenroom.demo.saas.data import (
+    TIER_COST,
+    Organization,
+    User,
+    org_slugs,
+    organization,
+    valid_slug,
+)
 from greenroom.demo.saas.state import DemoState, Session
 
 COOKIE = "demo_session"
@@ -130,16 +137,8 @@ def _console_routes(app: FastAPI, state: DemoState) -> None:
         if isinstance(session, Response):
             return session
         state.page_view(org)
-        people = state.users(org)
-        query = q.strip().lower()
-        if query:
-            people = [u for u in people if query in u.email.lower() or query in u.name.lower()]
-        size = state.config.page_size
-        count = max(1, math.ceil(len(people) / size))
-        number = min(max(1, _int(page, 1)), count)
-        shown = people[(number - 1) * size : number * size]
+        shown, info = _search_page(state.users(org), q, page, state.config.page_size)
         notice, session.notice = session.notice, None
-        info = pages.Page(number=number, pages=count, total=len(people), query=q.strip())
         return html(
             pages.users_page(
                 the_org,
@@ -169,6 +168,18 @@ def _console_routes(app: FastAPI, state: DemoState) -> None:
         if tier not in TIER_COST:
             return html(pages.error_page(400, f"Unknown tier {tier!r}"), 400)
         return _act(state, request, org, user_id, tier, page, q)
+
+
+def _search_page(people: list[User], q: str, page: str, size: int) -> tuple[list[User], pages.Page]:
+    """The users a search (`q`, in emails and names) and page number show, and where that page
+    is: a page number out of range shows the nearest page, as consoles do."""
+    query = q.strip().lower()
+    if query:
+        people = [u for u in people if query in u.email.lower() or query in u.name.lower()]
+    count = max(1, math.ceil(len(people) / size))
+    number = min(max(1, _int(page, 1)), count)
+    info = pages.Page(number=number, pages=count, total=len(people), query=q.strip())
+    return people[(number - 1) * size : number * size], info
 
 
 def _act(

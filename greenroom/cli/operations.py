@@ -1,0 +1,400 @@
+"""What the commands do, one way whether they act on a database or on a server.
+
+`Operations` names the operations in the API's terms and shapes (greenroom.api.schemas); the
+HTTP `Client` implements it as it is, and `LocalOperations` over a store, converting results as
+the API's routes do, so that a command is written once and prints the same either way.
+`operations` gives the one that --url, --key and --db ask for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
+
+import typer
+
+from greenroom.api.filters import retry_filter, runs_filter
+from greenroom.api.schemas import (
+    AuditOut,
+    BulkRetryOut,
+    BulkRetryRequest,
+    ErrorGroupOut,
+    IntegrationOut,
+    IntegrationUpdate,
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    PauseCreate,
+    PauseOut,
+    PruneOut,
+    PruneRequest,
+    QueueOut,
+    QueueUpdate,
+    ResumeOut,
+    RunCreate,
+    RunDetail,
+    RunOut,
+    TenantOut,
+    TenantUpdate,
+    WorkerOut,
+)
+from greenroom.cli import (
+    configure,
+    db_url,
+    default_actor,
+    existing_store,
+    given_db,
+    load_app,
+    quiet_driver_logs,
+    remote_client,
+    require_database,
+)
+from greenroom.errors import InvalidInput, NotFound
+from greenroom.model import ALL_TENANTS, Role, RunState
+from greenroom.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from greenroom.app import App
+    from greenroom.client import RunFilters
+    from greenroom.storage import RunStore
+
+
+class Operations(Protocol):
+    """What the commands ask of greenroom: `greenroom.client.Client`'s methods of these names."""
+
+    def create_run(
+        self, run: RunCreate, *, idempotency_key: str | None = None
+    ) -> tuple[RunOut, bool]: ...
+    def iter_runs(
+        self, *, page_size: int = 100, **filters: Unpack[RunFilters]
+    ) -> Iterator[RunOut]: ...
+    def get_run(self, run_id: str) -> RunDetail: ...
+    def cancel_run(self, run_id: str, *, reason: str) -> RunOut: ...
+    def retry_run(
+        self,
+        run_id: str,
+        *,
+        reason: str,
+        from_scratch: bool = False,
+        input: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> RunOut: ...
+    def retry_runs(self, request: BulkRetryRequest) -> BulkRetryOut: ...
+    def prune_runs(self, request: PruneRequest) -> PruneOut: ...
+    def integrations(
+        self, *, connector: str | None = None, tenant: str | None = None
+    ) -> list[IntegrationOut]: ...
+    def get_integration(self, integration_id: str) -> IntegrationOut: ...
+    def update_integration(
+        self, integration_id: str, update: IntegrationUpdate
+    ) -> IntegrationOut: ...
+    def queues(self, *, tenant: str | None = None) -> list[QueueOut]: ...
+    def get_queue(self, name: str) -> QueueOut: ...
+    def update_queue(self, name: str, update: QueueUpdate) -> QueueOut: ...
+    def pauses(self) -> list[PauseOut]: ...
+    def create_pause(self, pause: PauseCreate) -> PauseOut: ...
+    def resume_pause(self, pause_id: int, *, reason: str) -> ResumeOut: ...
+    def error_groups(
+        self, *, tenant: str | None = None, limit: int = 50
+    ) -> list[ErrorGroupOut]: ...
+    def iter_audit_log(
+        self, *, tenant: str | None = None, page_size: int = 100
+    ) -> Iterator[AuditOut]: ...
+    def workers(self, *, include_gone: bool = False) -> list[WorkerOut]: ...
+    def tenants(self) -> list[TenantOut]: ...
+    def create_tenant(self, name: str) -> TenantOut: ...
+    def get_tenant(self, name: str) -> TenantOut: ...
+    def update_tenant(self, name: str, update: TenantUpdate) -> TenantOut: ...
+    def api_keys(self, *, tenant: str | None = None) -> list[KeyOut]: ...
+    def create_api_key(self, key: KeyCreate) -> KeyCreated: ...
+    def revoke_api_key(self, key_id: str) -> KeyOut: ...
+
+
+class LocalOperations:
+    """The operations on a database, as `actor` (who acts, for the audit log: locally there is
+    no key to say it), across every tenant as a platform key. Over `store` (opened on `url`),
+    or over the store of `app`, which also checks what only the app knows (workflows,
+    connectors' settings) for the operations that need it."""
+
+    def __init__(
+        self, store: RunStore | None, actor: str, app: App | None = None, url: str | None = None
+    ) -> None:
+        assert store is not None or app is not None
+        self._store = store
+        self.actor = actor
+        self.app = app
+        self.url = url
+
+    def settings(self) -> Settings:
+        """The settings that say where this database's artifact files are."""
+        return self.app.settings if self.app is not None else load_settings(db=self.url)
+
+    @property
+    def store(self) -> RunStore:
+        """The store given, else the app's, opened when first needed: what the app alone can
+        say (an unknown workflow) is said first."""
+        if self._store is not None:
+            return self._store
+        assert self.app is not None
+        require_database(self.app.settings.db)
+        quiet_driver_logs()
+        return self.app.store
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def create_run(
+        self, run: RunCreate, *, idempotency_key: str | None = None
+    ) -> tuple[RunOut, bool]:
+        from greenroom.app import RunRequest
+
+        if self.app is None:
+            raise InvalidInput("--app is needed to enqueue on a database (or give --url)")
+        self.app.get_workflow(run.workflow)  # an unknown one is the first thing to say
+        store = self.store
+        request = RunRequest(
+            workflow=run.workflow,
+            input=run.input,
+            tenant=run.tenant or "default",
+            idempotency_key=idempotency_key,
+            priority=run.priority,
+            delay=run.delay,
+            start_at=run.start_at,
+            labels=run.labels,
+            integration=run.integration,
+            queue=run.queue,
+        )
+        made, created = store.runs.enqueue(self.app.prepare(request))
+        return RunOut.of(made), created
+
+    def iter_runs(self, *, page_size: int = 100, **filters: Unpack[RunFilters]) -> Iterator[RunOut]:
+        given: dict[str, Any] = dict(filters)
+        f = runs_filter(states=given.pop("state", None), limit=page_size, **given)
+        while True:
+            page = self.store.runs.list_runs(f)
+            yield from (RunOut.of(r) for r in page)
+            if len(page) < page_size:
+                return
+            f = replace(f, before_seq=page[-1].seq)
+
+    def get_run(self, run_id: str) -> RunDetail:
+        return RunDetail.of(self.store.runs.run_detail(run_id))
+
+    def cancel_run(self, run_id: str, *, reason: str) -> RunOut:
+        return RunOut.of(self.store.runs.cancel(run_id, actor=self.actor, reason=reason))
+
+    def retry_run(
+        self,
+        run_id: str,
+        *,
+        reason: str,
+        from_scratch: bool = False,
+        input: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> RunOut:
+        new = self.store.admin.retry_run(
+            run_id,
+            actor=self.actor,
+            reason=reason,
+            from_scratch=from_scratch,
+            input=input,
+            force=force,
+        )
+        return RunOut.of(new)
+
+    def retry_runs(self, request: BulkRetryRequest) -> BulkRetryOut:
+        done = self.store.admin.retry_where(
+            retry_filter(request, request.tenant),
+            actor=self.actor,
+            reason=request.reason,
+            dry_run=request.dry_run,
+            from_scratch=request.from_scratch,
+        )
+        return BulkRetryOut.of(done)
+
+    def prune_runs(self, request: PruneRequest) -> PruneOut:
+        from greenroom.browser.artifacts import default_artifact_store
+
+        files = default_artifact_store(self.settings())
+        deleted = self.store.admin.prune(
+            older_than=request.older_than,
+            states=[RunState(s) for s in request.state],
+            delete_files=files.delete_run,
+            dry_run=request.dry_run,
+        )
+        return PruneOut(deleted=deleted, dry_run=request.dry_run)
+
+    # -- integrations ----------------------------------------------------------------------
+
+    def integrations(
+        self, *, connector: str | None = None, tenant: str | None = None
+    ) -> list[IntegrationOut]:
+        found = self.store.accounts.integrations(tenant=tenant, connector=connector)
+        return [IntegrationOut.of(i) for i in found]
+
+    def get_integration(self, integration_id: str) -> IntegrationOut:
+        return IntegrationOut.of(self.store.accounts.integration(integration_id))
+
+    def update_integration(self, integration_id: str, update: IntegrationUpdate) -> IntegrationOut:
+        """New settings are checked by the app's connector: on a database, --app says which."""
+        from greenroom import integrations
+
+        current = self.store.accounts.integration(integration_id)
+        if update.settings is not None and self.app is None:
+            raise InvalidInput("--settings on a database needs --app: its connector checks them")
+        connector = None if self.app is None else self.app.connectors.get(current.connector)
+        if self.app is not None and connector is None:
+            raise InvalidInput(f"the app has no connector {current.connector!r}")
+        updated = integrations.update(
+            self.store.accounts,
+            connector,
+            current,
+            actor=self.actor,
+            name=update.name,
+            settings=update.settings,
+            status=update.status,
+        )
+        return IntegrationOut.of(updated)
+
+    # -- queues and pauses -----------------------------------------------------------------
+
+    def queues(self, *, tenant: str | None = None) -> list[QueueOut]:
+        return [QueueOut.of(q) for q in self.store.controls.queues(tenant=tenant)]
+
+    def get_queue(self, name: str) -> QueueOut:
+        return QueueOut.of(self.store.controls.queue(name))
+
+    def update_queue(self, name: str, update: QueueUpdate) -> QueueOut:
+        changes = update.model_dump(exclude_unset=True, exclude={"reason"})
+        self.store.controls.set_queue(name, actor=self.actor, reason=update.reason, **changes)
+        return self.get_queue(name)
+
+    def pauses(self) -> list[PauseOut]:
+        return [PauseOut.of(p) for p in self.store.controls.pauses()]
+
+    def create_pause(self, pause: PauseCreate) -> PauseOut:
+        made = self.store.controls.pause(
+            pause.scope,
+            pause.value,
+            actor=self.actor,
+            reason=pause.reason,
+            label=pause.label,
+            tenant=pause.tenant or ALL_TENANTS,
+            drain=pause.drain,
+        )
+        return PauseOut.of(made)
+
+    def resume_pause(self, pause_id: int, *, reason: str) -> ResumeOut:
+        for pause in self.store.controls.pauses():
+            if pause.id == pause_id:
+                resumed = self.store.controls.resume(
+                    pause.scope,
+                    pause.value,
+                    actor=self.actor,
+                    reason=reason,
+                    label=pause.label,
+                    tenant=pause.tenant,
+                )
+                return ResumeOut(resumed=resumed)
+        raise NotFound(f"pause {pause_id} not found")
+
+    # -- errors, audit, workers ------------------------------------------------------------
+
+    def error_groups(self, *, tenant: str | None = None, limit: int = 50) -> list[ErrorGroupOut]:
+        found = self.store.admin.error_groups(tenant=tenant, limit=limit)
+        return [ErrorGroupOut.of(g) for g in found]
+
+    def iter_audit_log(
+        self, *, tenant: str | None = None, page_size: int = 100
+    ) -> Iterator[AuditOut]:
+        before = None
+        while True:
+            page = self.store.admin.audit_log(tenant=tenant, limit=page_size, before_id=before)
+            yield from (AuditOut.of(e) for e in page)
+            if len(page) < page_size:
+                return
+            before = page[-1].id
+
+    def workers(self, *, include_gone: bool = False) -> list[WorkerOut]:
+        return [WorkerOut.of(w) for w in self.store.runs.workers(include_gone=include_gone)]
+
+    # -- tenants and keys ------------------------------------------------------------------
+
+    def tenants(self) -> list[TenantOut]:
+        return [TenantOut.of(t) for t in self.store.controls.tenants()]
+
+    def create_tenant(self, name: str) -> TenantOut:
+        return TenantOut.of(self.store.accounts.create_tenant(name, actor=self.actor))
+
+    def get_tenant(self, name: str) -> TenantOut:
+        return TenantOut.of(self.store.accounts.tenant(name))
+
+    def update_tenant(self, name: str, update: TenantUpdate) -> TenantOut:
+        given = update.model_dump(exclude_unset=True)
+        tenant = self.store.controls.set_tenant(
+            name,
+            actor=self.actor,
+            reason=update.reason,
+            weight=update.weight,
+            concurrency=update.concurrency,
+            clear_concurrency="concurrency" in given and update.concurrency is None,
+        )
+        return TenantOut.of(tenant)
+
+    def api_keys(self, *, tenant: str | None = None) -> list[KeyOut]:
+        return [KeyOut.of(k) for k in self.store.accounts.api_keys(tenant=tenant)]
+
+    def create_api_key(self, key: KeyCreate) -> KeyCreated:
+        """On a database no key says which tenant: every role but platform needs one."""
+        from greenroom.api.keys import create_key  # FastAPI is slow to import: only here
+
+        if key.role is not Role.PLATFORM and key.tenant is None:
+            raise InvalidInput(
+                f"--tenant is required for role {key.role.value} (only platform keys have none)"
+            )
+        made, secret = create_key(
+            self.store.accounts,
+            tenant=key.tenant,
+            role=key.role,
+            name=key.name,
+            actor=self.actor,
+            expires_at=key.expires_at,
+            rate_limit=key.rate_limit,
+        )
+        return KeyCreated(**KeyOut.of(made).model_dump(), key=secret)
+
+    def revoke_api_key(self, key_id: str) -> KeyOut:
+        return KeyOut.of(self.store.accounts.revoke_api_key(key_id, actor=self.actor))
+
+
+@contextmanager
+def operations(
+    ctx: typer.Context,
+    db: str | None,
+    *,
+    actor: str | None = None,
+    app: str | None = None,
+    local_only: dict[str, object] | None = None,
+) -> Iterator[Operations]:
+    """The server of --url (or $GREENROOM_URL) through its API, else the database, acting as
+    --actor; `app` (module:attribute) is the App a local operation needs, if any (the server
+    has its own). Options that mean something on a database only (--actor, and `local_only` by
+    flag) are refused with --url: the server acts as the key's owner."""
+    client = remote_client(ctx, db, {"--actor": actor, **(local_only or {})})
+    if client is not None:
+        with client:
+            yield client
+        return
+    who = actor or default_actor()
+    if app is None:
+        url = db_url(ctx, db)
+        with existing_store(url) as store:
+            yield LocalOperations(store, who, url=url)
+        return
+    the_app = load_app(app)
+    try:
+        configure(the_app, db=given_db(ctx, db))
+        yield LocalOperations(None, who, the_app)
+    finally:
+        the_app.close()
