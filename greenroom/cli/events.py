@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from itertools import islice
 from typing import Annotated
 
@@ -11,21 +10,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.api.schemas import OutboxEventOut
-from greenroom.cli import (
-    DbOpt,
-    JsonOpt,
-    cli,
-    db_url,
-    existing_store,
-    out,
-    print_json,
-    remote_client,
-)
+from greenroom.cli import DbOpt, JsonOpt, cli, db_url, existing_store, out, print_json
 from greenroom.cli.display import ago, short_json
+from greenroom.cli.operations import operations
 from greenroom.cli.parse import parse_duration, parse_time, split_list
-from greenroom.model import Event
-from greenroom.storage.events import EventFilter
 
 #: Payload fields the other columns show already.
 _SHOWN = frozenset({"version", "run_id", "integration_id"})
@@ -52,41 +40,23 @@ def events_list(
     db: DbOpt = None,
 ) -> None:
     """List events, oldest first, in the order their changes committed."""
-    types = split_list(event_type) or []
-    start = None if since is None else parse_time(since, "--since", time.time())
-    found: Sequence[Event | OutboxEventOut]
-    gr = remote_client(ctx, db)
-    if gr is not None:
-        with gr:
-            pages = gr.iter_events(
-                after=after,
-                page_size=min(limit, 500),
-                type=types or None,
-                subject=subject,
-                since=start,
-                tenant=tenant,
-            )
-            found = list(islice(pages, limit))
-        now = time.time()
-    else:
-        with existing_store(db_url(ctx, db)) as store:
-            position = None if after is None else store.events.position(after, tenant=tenant)
-            f = EventFilter(
-                tenant=tenant,
-                types=types,
-                subject=subject,
-                since=start,
-                after=position,
-                limit=limit,
-            )
-            found = [e for e, _ in store.events.list_events(f)]
-            now = store.clock.now()
+    with operations(ctx, db) as ops:
+        pages = ops.iter_events(
+            after=after,
+            page_size=min(limit, 500),
+            type=split_list(event_type) or None,
+            subject=subject,
+            since=None if since is None else parse_time(since, "--since", time.time()),
+            tenant=tenant,
+        )
+        found = list(islice(pages, limit))
     if json_out:
-        print_json(found, OutboxEventOut.of)
+        print_json(found)
         return
     if not found:
         out.print("no events")
         return
+    now = time.time()
     table = Table("ID", "TYPE", "TENANT", "SUBJECT", "OCCURRED", "PAYLOAD")
     for event in found:
         table.add_row(

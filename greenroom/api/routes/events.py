@@ -10,8 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.auth import Caller, Viewer
 from greenroom.api.database import DatabaseRoute
+from greenroom.api.filters import unix_time
 from greenroom.api.problems import responses
-from greenroom.api.routes.runs import Moment, scope, unix_time
+from greenroom.api.routes.runs import Moment, scope
 from greenroom.api.schemas import OutboxEventOut, Page
 from greenroom.api.state import ApiState, get_state
 from greenroom.errors import InvalidInput
