@@ -38,6 +38,7 @@ from greenroom.api.schemas import (
     KeyCreate,
     KeyCreated,
     KeyOut,
+    OutboxEventOut,
     Page,
     PauseCreate,
     PauseOut,
@@ -139,6 +140,19 @@ class RunFilters(TypedDict, total=False):
     tenant: str | None
     #: also failed or cancelled runs that were retried
     include_superseded: bool
+
+
+class EventFilters(TypedDict, total=False):
+    """Filters of the events list; they combine, and None is no filter."""
+
+    #: types, or prefixes as run.*
+    type: Sequence[str] | None
+    #: kind:id, as run:<run id>
+    subject: str | None
+    #: a datetime, or Unix time
+    since: datetime | float | None
+    #: platform keys: one tenant
+    tenant: str | None
 
 
 _ADAPTERS: dict[object, TypeAdapter[Any]] = {}
@@ -371,6 +385,28 @@ class Client:
         self, *, tenant: str | None = None, page_size: int = 100
     ) -> Iterator[AuditOut]:
         return _pages(lambda c: self.audit_log(tenant=tenant, cursor=c, limit=page_size))
+
+    def events(
+        self,
+        *,
+        cursor: str | None = None,
+        after: int | None = None,
+        limit: int = 100,
+        **filters: Unpack[EventFilters],
+    ) -> Page[OutboxEventOut]:
+        """One page of events in commit order; its next_cursor is where the next one starts
+        (also on the last page: ask again later for newer events)."""
+        params = _params(cursor=cursor, after=after, limit=limit, **filters)
+        return _parse(Page[OutboxEventOut], self._request("GET", "/v1/events", params=params))
+
+    def iter_events(
+        self, *, after: int | None = None, page_size: int = 100, **filters: Unpack[EventFilters]
+    ) -> Iterator[OutboxEventOut]:
+        """Every matching event so far, in commit order, a page at a time as you iterate."""
+        page = self.events(after=after, limit=page_size, **filters)
+        while page.items:
+            yield from page.items
+            page = self.events(cursor=page.next_cursor, limit=page_size, **filters)
 
     def workers(self, *, include_gone: bool = False) -> list[WorkerOut]:
         params = _params(include_gone=include_gone)

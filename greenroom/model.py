@@ -95,7 +95,7 @@ class StepRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class RunEvent:
-    """One transition of a run: its timeline entry and the seam for the event outbox."""
+    """One transition of a run: its timeline entry (what subscribers read is an `Event`)."""
 
     id: int
     run_id: str
@@ -220,6 +220,21 @@ class TenantInfo:
     active: int
     ready: int
     registered_at: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Something that happened, for subscribers (the outbox, docs/events.md): written in the
+    transaction of the change that made it happen."""
+
+    id: int
+    tenant: str | None
+    type: str
+    occurred_at: float
+    #: What it happened to, as `kind:id` (`run:<run id>`, `integration:<id>`, `pause:<id>`).
+    subject: str
+    #: The type's payload; `version` numbers its schema.
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -71,3 +71,23 @@ async def worker_running(app: App, **options: Any) -> AsyncIterator[Worker]:
         if not task.done():
             worker.stop()
         await asyncio.wait_for(task, timeout=15)
+
+
+def settle_events(store: RunStore, timeout: float = 60.0) -> None:
+    """Wait until every event committed so far is readable: on PostgreSQL, events wait for
+    every older write transaction of the server to end (other tests' included)."""
+    if store.backend.txid_sql == "0":
+        return
+    with store.backend.transaction() as tx:
+        (mark,) = tx.execute("SELECT pg_current_xact_id()::text::bigint AS x")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with store.backend.transaction(write=False) as tx:
+            (row,) = tx.execute(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint > :x AS done",
+                {"x": mark["x"]},
+            )
+        if row["done"]:
+            return
+        time.sleep(0.05)
+    raise AssertionError("events did not settle: a write transaction stayed open")

@@ -303,6 +303,12 @@ def isolation_probes(g: World, acme_run: str) -> dict[Op, list[Probe]]:
             probe("GET", "/v1/errors", None, 200),
             probe("GET", "/v1/errors?tenant=globex", None, 403),
         ],
+        ("GET", "/v1/events"): [
+            probe("GET", "/v1/events", None, 200),
+            probe("GET", "/v1/events?tenant=globex", None, 403),
+            probe("GET", f"/v1/events?subject=run:{run}", None, 200, check=_empty),
+            probe("GET", f"/v1/events?subject=run:{failed}&type=run.*", None, 200, check=_empty),
+        ],
         ("GET", "/v1/audit"): [
             probe("GET", "/v1/audit", None, 200),
             probe("GET", "/v1/audit?tenant=globex", None, 403),
@@ -423,6 +429,8 @@ def test_a_platform_key_sees_every_tenant(api: ApiSetup, globex: World) -> None:
         assert tenants("/v1/integrations") == {"globex"}
         assert tenants("/v1/errors") == {"globex"}
         assert {"acme", "globex"} <= tenants("/v1/audit")
+        assert "globex" in tenants("/v1/events")
+        assert tenants("/v1/events?tenant=globex") == {"globex"}
         assert globex.pause in [p["id"] for p in _ok(c.get("/v1/pauses"))]
         assert _ok(c.get(f"/v1/runs/{globex.runs['synced']}"))["tenant"] == "globex"
         assert _ok(c.get(f"/v1/runs/{acme_run}"))["tenant"] == "acme"
@@ -471,6 +479,7 @@ NEEDS: dict[Op, Role | None] = {
     ("DELETE", "/v1/integrations/{integration_id}"): Role.ADMIN,
     ("GET", "/v1/errors"): Role.VIEWER,
     ("GET", "/v1/audit"): Role.VIEWER,
+    ("GET", "/v1/events"): Role.VIEWER,
     ("GET", "/v1/workers"): Role.PLATFORM,
     ("GET", "/v1/tenants"): Role.PLATFORM,
     ("POST", "/v1/tenants"): Role.PLATFORM,
@@ -539,6 +548,7 @@ def role_requests(a: World, throwaway_key: str, label_pause: int) -> dict[Op, Pr
         ),
         ("GET", "/v1/errors"): probe("GET", "/v1/errors"),
         ("GET", "/v1/audit"): probe("GET", "/v1/audit"),
+        ("GET", "/v1/events"): probe("GET", "/v1/events"),
         ("GET", "/v1/workers"): probe("GET", "/v1/workers"),
         ("GET", "/v1/tenants"): probe("GET", "/v1/tenants"),
         ("POST", "/v1/tenants"): probe("POST", "/v1/tenants", {"name": "initech"}),

@@ -19,6 +19,7 @@ from greenroom.model import (
     Artifact,
     AuditEntry,
     ErrorGroup,
+    Event,
     Integration,
     Pause,
     QueueInfo,
@@ -432,6 +433,19 @@ class AuditOut(BaseModel):
     @classmethod
     def of(cls, entry: AuditEntry) -> AuditOut:
         return cls.model_validate(entry, from_attributes=True)
+
+
+class OutboxEventOut(BaseModel):
+    id: int = Field(description="unique; page with next_cursor, not by id (docs/events.md)")
+    tenant: str | None = Field(description="null: a platform event (a pause of every tenant)")
+    type: str = Field(examples=["run.succeeded"])
+    occurred_at: float
+    subject: str = Field(examples=["run:6f1c0e52-5d4b-4a57-9f0e-3b2c1f7a9d10"])
+    payload: dict[str, Any] = Field(description="the type's fields; `version` numbers its schema")
+
+    @classmethod
+    def of(cls, event: Event) -> OutboxEventOut:
+        return cls.model_validate(event, from_attributes=True)
 
 
 class WorkerOut(BaseModel):

@@ -3,8 +3,8 @@
 Every error a user can cause is one line on stderr with exit code 2, never a traceback
 (GREENROOM_DEBUG=1 shows tracebacks of unexpected errors). This module holds the Typer app,
 the options and helpers every command shares, and the entry point; the commands live in
-engine (db, worker, enqueue, workers, demo), runs, controls (queues, pauses, tenants) and
-admin (errors, audit).
+engine (db, worker, enqueue, workers, demo), runs, controls (queues, pauses, tenants),
+admin (errors, audit) and events.
 
 Commands act on a database (--db), and the ones that have a remote mode act on a greenroom
 server through its API when given --url (or $GREENROOM_URL). Those are written once, against
@@ -84,7 +84,8 @@ UrlOpt = Annotated[
         "--url",
         envvar="GREENROOM_URL",
         help="Act on this greenroom server through its API instead of on a database "
-        "(every command but db, worker, api, up, demo, demo-saas, doctor, secrets reseal).",
+        "(every command but db, worker, api, up, demo, demo-saas, doctor, events prune,"
+        " secrets reseal).",
         show_default=False,
     ),
 ]
@@ -329,13 +330,14 @@ def fail(message: str, code: int = 2) -> int:
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("db", "worker", "enqueue", "workers", "demo"), ("engine",)),
     "runs": ("runs",),
+    "events": ("events",),
     **dict.fromkeys(("queues", "pause", "resume", "pauses"), ("controls",)),
     **dict.fromkeys(("tenants", "keys", "integrations", "secrets"), ("controls", "accounts")),
     **dict.fromkeys(("errors", "audit", "doctor"), ("admin",)),
     "demo-saas": ("saas",),
     **dict.fromkeys(("api", "up"), ("service",)),
 }
-ALL_MODULES = ("accounts", "admin", "controls", "engine", "runs", "saas", "service")
+ALL_MODULES = ("accounts", "admin", "controls", "engine", "events", "runs", "saas", "service")
 #: Options of the root command that take a value (`--db URL`), to find the command after them.
 ROOT_VALUE_OPTIONS = frozenset({"--db", "--url", "--key"})
 
@@ -403,6 +405,7 @@ __all__ = [
     "cli",
     "controls",
     "engine",
+    "events",
     "main",
     "run",
     "runs",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 import typer
 
-from greenroom.api.filters import retry_filter, runs_filter
+from greenroom.api.filters import optional_time, retry_filter, runs_filter
 from greenroom.api.schemas import (
     AuditOut,
     BulkRetryOut,
@@ -26,6 +26,7 @@ from greenroom.api.schemas import (
     KeyCreate,
     KeyCreated,
     KeyOut,
+    OutboxEventOut,
     PauseCreate,
     PauseOut,
     PruneOut,
@@ -54,10 +55,11 @@ from greenroom.cli import (
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import ALL_TENANTS, Role, RunState
 from greenroom.settings import Settings, load_settings
+from greenroom.storage.events import EventFilter
 
 if TYPE_CHECKING:
     from greenroom.app import App
-    from greenroom.client import RunFilters
+    from greenroom.client import EventFilters, RunFilters
     from greenroom.storage import RunStore
 
 
@@ -71,6 +73,9 @@ class Operations(Protocol):
         self, *, page_size: int = 100, **filters: Unpack[RunFilters]
     ) -> Iterator[RunOut]: ...
     def get_run(self, run_id: str) -> RunDetail: ...
+    def iter_events(
+        self, *, after: int | None = None, page_size: int = 100, **filters: Unpack[EventFilters]
+    ) -> Iterator[OutboxEventOut]: ...
     def cancel_run(self, run_id: str, *, reason: str) -> RunOut: ...
     def retry_run(
         self,
@@ -180,6 +185,22 @@ class LocalOperations:
 
     def get_run(self, run_id: str) -> RunDetail:
         return RunDetail.of(self.store.runs.run_detail(run_id))
+
+    def iter_events(
+        self, *, after: int | None = None, page_size: int = 100, **filters: Unpack[EventFilters]
+    ) -> Iterator[OutboxEventOut]:
+        since, tenant = filters.get("since"), filters.get("tenant")
+        f = EventFilter(
+            tenant=tenant,
+            types=filters.get("type") or (),
+            subject=filters.get("subject"),
+            since=optional_time(since),
+            after=None if after is None else self.store.events.position(after, tenant=tenant),
+            limit=page_size,
+        )
+        while page := self.store.events.list_events(f):
+            yield from (OutboxEventOut.of(event) for event, _ in page)
+            f = replace(f, after=page[-1][1])
 
     def cancel_run(self, run_id: str, *, reason: str) -> RunOut:
         return RunOut.of(self.store.runs.cancel(run_id, actor=self.actor, reason=reason))

@@ -20,12 +20,32 @@ from greenroom.rules import (
     check_name,
     check_text,
 )
-from greenroom.storage.backend import Tx
+from greenroom.storage.backend import Backend, Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
 from greenroom.storage.codec import dumps, integration_from_row, key_from_row, tenant_from_row
 from greenroom.storage.lifecycle import summaries
+from greenroom.storage.outbox import NewEvent, emit
 
 INTEGRATION_STATUSES = ("active", "disabled")
+
+
+def _emit_integration(
+    tx: Tx,
+    backend: Backend,
+    kind: str,
+    integration: Integration,
+    actor: str,
+    now: float,
+    changed: list[str] | None = None,
+) -> None:
+    """An integration's outbox event: never its settings or credentials."""
+    payload: dict[str, Any] = {"integration_id": integration.id}
+    payload |= {"connector": integration.connector}
+    payload |= {"name": integration.name, "status": integration.status, "actor": actor}
+    if changed is not None:
+        payload["changed"] = changed
+    subject = f"integration:{integration.id}"
+    emit(tx, backend, [NewEvent(integration.tenant, kind, subject, payload)], now)
 
 
 def _check_name(name: str, what: str) -> None:
@@ -203,6 +223,9 @@ class Accounts(StoreBase):
                 reason="created",
                 detail={"connector": connector, "name": name, "settings": settings},
             )
+            created = self._integration(tx, integration_id, tenant)
+            _emit_integration(tx, self.backend, "integration.created", created, actor, now)
+            return created
             return self._integration(tx, integration_id, tenant)
 
     def integration(self, integration_id: str, *, tenant: str | None = None) -> Integration:
@@ -273,7 +296,14 @@ class Accounts(StoreBase):
                     reason="updated",
                     detail=detail or None,
                 )
-            return self._integration(tx, integration_id, tenant)
+            updated = self._integration(tx, integration_id, tenant)
+            if changes:
+                changed = [k for k in changes if k in ("name", "settings", "status")]
+                changed = sorted(changed + (["credentials"] if sealed is not None else []))
+                _emit_integration(
+                    tx, self.backend, "integration.updated", updated, actor, now, changed
+                )
+            return updated
 
     @retry_conflicts
     def delete_integration(
@@ -289,6 +319,9 @@ class Accounts(StoreBase):
                 action="integration.delete",
                 target=integration_id,
                 reason="deleted",
+            )
+            _emit_integration(
+                tx, self.backend, "integration.deleted", current, actor, self.clock.now()
             )
 
     def reseal_credentials(self, reseal: Callable[[Integration], tuple[str, str] | None]) -> int:

@@ -28,6 +28,7 @@ from greenroom.storage.codec import (
     run_from_row,
 )
 from greenroom.storage.lifecycle.enqueue import insert_runs
+from greenroom.storage.outbox import NewEvent, emit
 
 RETRYABLE = (RunState.FAILED, RunState.CANCELLED)
 BULK_LIMIT = 10_000
@@ -213,6 +214,10 @@ class Admin(StoreBase):
                 **({"superseded_retry": run.superseded_by} if run.superseded_by else {}),
             },
         )
+        retried = {"run_id": run.id, "new_run_id": new["id"], "workflow": run.workflow}
+        retried |= {"queue": run.queue, "from_scratch": from_scratch, "actor": actor}
+        event = NewEvent(run.tenant, "run.retried", f"run:{run.id}", retried | {"reason": reason})
+        emit(tx, self.backend, [event], self.clock.now())
         return new
 
     # -- errors ----------------------------------------------------------------------------

@@ -77,6 +77,12 @@ class Backend(abc.ABC):
     #: Seconds between declaring a worker lost and handing out its runs: longer than a live
     #: worker that lost its lock takes to stop them; 0 where only a dead process loses its lock.
     liveness_grace: float = 0.0
+    #: SQL for the writing transaction's position in commit order (the events table's txid):
+    #: 0 where transactions commit one at a time.
+    txid_sql: str = "0"
+    #: SQL for an event (`events` row) whose transaction every reader will see before any
+    #: transaction that is still open: true where transactions commit one at a time.
+    settled_sql: str = "1 = 1"
 
     @abc.abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]: ...

@@ -30,6 +30,7 @@ from greenroom.storage.codec import pause_from_row, tenant_from_row
 from greenroom.storage.lifecycle import moves, summaries
 from greenroom.storage.lifecycle.moves import Change
 from greenroom.storage.lifecycle.states import Move
+from greenroom.storage.outbox import NewEvent, emit
 
 #: Settable queue fields: the type and the range of values each accepts.
 QUEUE_LIMITS: dict[str, tuple[type, float, float]] = {
@@ -291,6 +292,7 @@ class Controls(StoreBase):
                 reason=reason,
                 detail={"held": len(held), "stopping": stopping, "drain": pause.drain},
             )
+            _emit_pause(tx, backend, "pause.created", pause, actor, reason, now)
             return self._counted(tx, pause)
 
     def _counted(self, tx: Tx, pause: Pause) -> Pause:
@@ -351,6 +353,7 @@ class Controls(StoreBase):
                 reason=reason,
                 detail={"resumed": len(rows)},
             )
+            _emit_pause(tx, backend, "pause.lifted", pause, actor, reason, now)
         return len(rows)
 
     def _find_pause(self, tx: Tx, wanted: Pause) -> Pause:
@@ -367,6 +370,17 @@ class Controls(StoreBase):
         if not rows:
             raise NotFound(f"no pause on {wanted.describe()}")
         return pause_from_row(rows[0])
+
+
+def _emit_pause(
+    tx: Tx, backend: Backend, kind: str, pause: Pause, actor: str, reason: str, now: float
+) -> None:
+    """A pause's outbox event: one of every tenant is the platform's (no tenant)."""
+    payload: dict[str, Any] = {"scope": pause.scope.value, "value": pause.value}
+    payload |= {"label": pause.label}
+    payload |= {"drain": pause.drain, "actor": actor, "reason": reason}
+    tenant = None if pause.tenant == ALL_TENANTS else pause.tenant
+    emit(tx, backend, [NewEvent(tenant, kind, f"pause:{pause.id}", payload)], now)
 
 
 def _insert_pause(tx: Tx, pause: Pause, now: float) -> list[Row]:

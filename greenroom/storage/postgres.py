@@ -204,6 +204,10 @@ class PostgresBackend(Backend):
     composes_writes = True
     claims_in_one_statement = True
     liveness_grace = _AdvisoryLock.GRACE
+    txid_sql = "pg_current_xact_id()::text::bigint"
+    # Transactions older than the oldest open one have all committed or aborted: a later
+    # commit gets a larger txid, after any cursor over these (docs/events.md, "Order").
+    settled_sql = "events.txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url

@@ -43,6 +43,7 @@ from greenroom.storage.lifecycle import moves, summaries
 from greenroom.storage.lifecycle.enqueue import insert_runs, insert_runs_at_once
 from greenroom.storage.lifecycle.moves import Change
 from greenroom.storage.lifecycle.states import Move
+from greenroom.storage.outbox import NewEvent, emit
 from greenroom.storage.writes import Checkpoint, End, Written
 
 
@@ -266,6 +267,10 @@ class Runs(StoreBase):
                     "UPDATE runs SET cancel_requested = true, updated_at = :now WHERE seq = :seq",
                     {"now": now, "seq": row["seq"]},
                 )
+                asked = {"run_id": row["id"], "workflow": row["workflow"], "queue": row["queue"]}
+                asked |= {"actor": actor, "reason": reason}
+                event = NewEvent(row["tenant"], "run.cancel_requested", f"run:{row['id']}", asked)
+                emit(tx, self.backend, [event], now)
             row = self._select_run(tx, row["id"], tenant)
             self._audit(
                 tx,

@@ -380,3 +380,24 @@ session_logins = Table(
     Column("lease_token", BigInteger, nullable=False),
     Column("since", Float, nullable=False),
 )
+
+# The transactional outbox (migration 0009): what happened, written in the transaction of the
+# change that made it happen (storage.outbox). Read in position order (txid, id): on PostgreSQL
+# txid is the writing transaction's id, and readers see only events of transactions older than
+# every transaction still open, so a later commit never lands behind a cursor; SQLite commits one
+# transaction at a time, and txid is 0.
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("txid", BigInteger, nullable=False),
+    Column("tenant", String(200)),
+    Column("type", String(60), nullable=False),
+    Column("occurred_at", Float, nullable=False),
+    Column("subject", String(250), nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("events_position", "txid", "id"),
+    Index("events_tenant", "tenant", "txid", "id"),
+    Index("events_type", "tenant", "type", "txid", "id"),
+    Index("events_occurred", "occurred_at"),
+)

@@ -8,6 +8,7 @@ from greenroom.storage.accounts import Accounts
 from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Backend
 from greenroom.storage.controls import Controls
+from greenroom.storage.events import Events
 from greenroom.storage.repair import Repair
 from greenroom.storage.runs import Runs
 from greenroom.storage.sessions import Sessions
@@ -16,7 +17,7 @@ from greenroom.storage.sessions import Sessions
 class RunStore:
     """Runs and workers (`runs`), queue controls (`controls`), operators' retries, errors and
     audit (`admin`), browser sessions (`sessions`), tenants, keys and integrations
-    (`accounts`), and repairs (`repair`)."""
+    (`accounts`), repairs (`repair`), and what happened, for subscribers (`events`)."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -27,3 +28,4 @@ class RunStore:
         self.sessions = Sessions(backend, self.clock)
         self.accounts = Accounts(backend, self.clock)
         self.repair = Repair(backend, self.clock)
+        self.events = Events(backend, self.clock)

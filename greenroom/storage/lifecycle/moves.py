@@ -2,8 +2,9 @@
 
 Callers decide which runs move where, read them under lock, and call `move`: it checks each move
 against the table (`states`), writes the new states in one statement, and applies what every
-move does: lease columns reset, slots given back, summaries moved, a timeline event, and a
-notification for runs that became ready.
+move does: lease columns reset, slots given back, summaries moved, a timeline event, the
+outbox event the table declares (`states.EVENTS`), and a notification for runs that became
+ready.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from greenroom.model import FINISHED_STATES, RunState
 from greenroom.storage.backend import Backend, Column, Row, Tx
 from greenroom.storage.base import ROWS_CHUNK, event_params, insert_events
 from greenroom.storage.lifecycle import summaries
-from greenroom.storage.lifecycle.states import Move, allows, check
+from greenroom.storage.lifecycle.states import EVENTS, Move, allows, check
+from greenroom.storage.outbox import NewEvent, emit
 
 #: What a moved run's row returns: what the summaries, pauses and error groups read.
 RETURNED = (
@@ -79,6 +81,7 @@ def move(
             if (r := moved.get(c.row["seq"])) is not None
         ],
     )
+    _emit(tx, backend, kind, [(by_seq[seq], r) for seq, r in moved.items()], now)
     before = [by_seq[seq].row for seq in moved]
     summaries.leave_running(tx, [r for r in before if r["state"] == RunState.RUNNING.value])
     summaries.leave_ready(tx, [r for r in before if r["state"] == RunState.QUEUED.value])
@@ -86,6 +89,26 @@ def move(
         tx, backend, [r for r in moved.values() if r["state"] == RunState.QUEUED.value]
     )
     return [moved[c.row["seq"]] for c in changes if c.row["seq"] in moved]
+
+
+def _emit(
+    tx: Tx, backend: Backend, kind: Move, moved: Sequence[tuple[Change, Row]], now: float
+) -> None:
+    """The outbox events of these moved runs, where the table declares one."""
+    events = []
+    for change, row in moved:
+        state = RunState(row["state"])
+        if (kind, state) in EVENTS:
+            payload = {
+                "run_id": row["id"],
+                "workflow": row["workflow"],
+                "queue": row["queue"],
+                "state": state.value,
+                "reason": change.reason,
+                "detail": change.detail,
+            }
+            events.append(NewEvent(row["tenant"], EVENTS[kind, state], f"run:{row['id']}", payload))
+    emit(tx, backend, events, now)
 
 
 def _update(

@@ -63,6 +63,23 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t(Move.QUARANTINE, {Q, D, P}, {F}, "its stored labels cannot be read (storage.repair)"),
 )  # fmt: skip
 
+#: The outbox event a move writes, by the state it moves a run to (docs/events.md). Subscribers
+#: hear how runs end, and of runs that stalled or will be tried again; enqueues, claims, holds,
+#: releases, promotions and hand-backs write none: they are the bulk of moves, and the drain
+#: would pay for each (bench/README.md).
+EVENTS: dict[tuple[Move, RunState], str] = {
+    (Move.END, S): "run.succeeded",
+    (Move.END, F): "run.failed",
+    (Move.END, C): "run.cancelled",
+    (Move.END, D): "run.retry_scheduled",
+    (Move.STALL, Q): "run.stalled",
+    (Move.STALL, P): "run.stalled",
+    (Move.STALL, F): "run.failed",
+    (Move.STALL, C): "run.cancelled",
+    (Move.CANCEL, C): "run.cancelled",
+    (Move.QUARANTINE, F): "run.failed",
+}
+
 _ALLOWED = {
     (t.move, source, target) for t in TRANSITIONS for source in t.sources for target in t.targets
 }
@@ -102,6 +119,8 @@ def effects(move: Move, source: RunState | None, target: RunState) -> list[str]:
         done.append("finished_at set")
     if move is Move.END and target is RunState.FAILED:
         done.append("counted in its error group")
+    if (move, target) in EVENTS:
+        done.append(f"an outbox event ({EVENTS[move, target]}) in the same transaction")
     return done
 
 

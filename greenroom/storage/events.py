@@ -1,0 +1,124 @@
+"""The read side of the events table (the outbox): events in position order, a page at a time,
+and their retention. `storage.outbox` writes them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from greenroom.errors import InvalidInput, NotFound
+from greenroom.model import Event
+from greenroom.rules import check_text
+from greenroom.storage.backend import Row
+from greenroom.storage.base import StoreBase
+from greenroom.storage.codec import loads
+
+#: An event type (`run.failed`), or every type under a prefix (`run.*`).
+TYPE_PATTERN = re.compile(r"[a-z][a-z_]*(\.[a-z][a-z_]*)*(\.\*)?")
+#: Where a reader is in the events: (txid, id) of the last event it read.
+Position = tuple[int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventFilter:
+    tenant: str | None = None
+    #: Types, or prefixes as `run.*`: events of any of them.
+    types: Sequence[str] = ()
+    subject: str | None = None
+    #: Events that occurred at or after this Unix time.
+    since: float | None = None
+    #: Events after this position (from `Events.position` or a page's last event).
+    after: Position | None = None
+    limit: int = 50
+
+
+class Events(StoreBase):
+    """Events as subscribers read them: every read scoped to a tenant unless a platform asks."""
+
+    def list_events(self, event_filter: EventFilter) -> list[tuple[Event, Position]]:
+        """Events in position order (the order their transactions committed), each with its
+        position for the next page."""
+        where, params = _filter_sql(event_filter)
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"SELECT * FROM events WHERE {where} AND {self.backend.settled_sql}"
+                " ORDER BY txid, id LIMIT :limit",
+                params,
+            )
+        return [(_event_from_row(r), (r["txid"], r["id"])) for r in rows]
+
+    def position(self, event_id: int, *, tenant: str | None = None) -> Position:
+        """Where this event is, to read the events after it."""
+        scope = "" if tenant is None else " AND tenant = :tenant"
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"SELECT txid, id FROM events WHERE id = :id{scope}",
+                {"id": event_id, "tenant": tenant},
+            )
+        if not rows:
+            raise NotFound(f"event {event_id} not found (or pruned)")
+        return rows[0]["txid"], rows[0]["id"]
+
+    def prune(self, *, older_than: float, tenant: str | None = None, batch: int = 5000) -> int:
+        """Delete events that occurred more than `older_than` seconds ago; how many. In small
+        transactions: on PostgreSQL an open write transaction holds back every new event
+        (docs/events.md, "Order")."""
+        if older_than < 0:
+            raise InvalidInput("older_than must not be negative")
+        scope = "" if tenant is None else " AND tenant = :tenant"
+        params = {"cutoff": self.clock.now() - older_than, "tenant": tenant, "batch": batch}
+        deleted = 0
+        while True:
+            with self.backend.transaction() as tx:
+                n = tx.execute_count(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events"
+                    f" WHERE occurred_at < :cutoff{scope} LIMIT :batch)",
+                    params,
+                )
+            deleted += n
+            if n < batch:
+                return deleted
+
+
+def _filter_sql(f: EventFilter) -> tuple[str, dict[str, Any]]:
+    clauses = ["1 = 1"]
+    params: dict[str, Any] = {"limit": f.limit}
+    if f.tenant is not None:
+        clauses.append("tenant = :tenant")
+        params["tenant"] = check_text(f.tenant, "tenant", max_length=200)
+    if f.subject is not None:
+        clauses.append("subject = :subject")
+        params["subject"] = check_text(f.subject, "subject", max_length=250)
+    if f.since is not None:
+        clauses.append("occurred_at >= :since")
+        params["since"] = f.since
+    if f.after is not None:
+        clauses.append("(txid, id) > (:after_txid, :after_id)")
+        params["after_txid"], params["after_id"] = f.after
+    matches = []
+    for i, wanted in enumerate(f.types):
+        if not TYPE_PATTERN.fullmatch(wanted):
+            raise InvalidInput(f"type {wanted!r} is not an event type or a prefix like run.*")
+        if wanted.endswith(".*"):
+            prefix = wanted[:-1]
+            matches.append(f"substr(type, 1, {len(prefix)}) = :type_{i}")
+            params[f"type_{i}"] = prefix
+        else:
+            matches.append(f"type = :type_{i}")
+            params[f"type_{i}"] = wanted
+    if matches:
+        clauses.append("(" + " OR ".join(matches) + ")")
+    return " AND ".join(clauses), params
+
+
+def _event_from_row(row: Row) -> Event:
+    return Event(
+        id=row["id"],
+        tenant=row["tenant"],
+        type=row["type"],
+        occurred_at=row["occurred_at"],
+        subject=row["subject"],
+        payload=loads(row["payload"]),
+    )
