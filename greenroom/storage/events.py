@@ -15,8 +15,25 @@ from greenroom.storage.backend import Row
 from greenroom.storage.base import StoreBase
 from greenroom.storage.codec import loads
 
+#: Every type greenroom writes (docs/events.md): a filter naming another is a mistake, not an
+#: empty list.
+EVENT_TYPES = (
+    "run.succeeded",
+    "run.failed",
+    "run.cancelled",
+    "run.retry_scheduled",
+    "run.stalled",
+    "run.cancel_requested",
+    "run.retried",
+    "pause.created",
+    "pause.lifted",
+    "integration.created",
+    "integration.updated",
+    "integration.deleted",
+)
 #: An event type (`run.failed`), or every type under a prefix (`run.*`).
-TYPE_PATTERN = re.compile(r"[a-z][a-z_]*(\.[a-z][a-z_]*)*(\.\*)?")
+TYPE_FILTERS = EVENT_TYPES + tuple(sorted({t.split(".")[0] + ".*" for t in EVENT_TYPES}))
+TYPE_PATTERN = re.compile("(" + "|".join(re.escape(t) for t in TYPE_FILTERS) + ")")
 #: Where a reader is in the events: (txid, id) of the last event it read.
 Position = tuple[int, int]
 
