@@ -14,6 +14,7 @@ from pydantic import (
     field_validator,
 )
 
+from greenroom.app import RunRequest
 from greenroom.model import (
     ApiKey,
     Artifact,
@@ -133,6 +134,21 @@ class RunCreate(Body):
         None, description="another queue than the workflow's (a worker must serve it)"
     )
     tenant: Name | None = Field(None, description="platform keys only")
+
+    def request(self, tenant: str, idempotency_key: str | None) -> RunRequest:
+        """The run this body asks for, as `App.prepare` takes it."""
+        return RunRequest(
+            workflow=self.workflow,
+            input=self.input,
+            tenant=tenant,
+            idempotency_key=idempotency_key,
+            priority=self.priority,
+            delay=self.delay,
+            start_at=self.start_at,
+            labels=self.labels,
+            integration=self.integration,
+            queue=self.queue,
+        )
 
 
 class RunOut(BaseModel):

@@ -152,25 +152,11 @@ class LocalOperations:
     def create_run(
         self, run: RunCreate, *, idempotency_key: str | None = None
     ) -> tuple[RunOut, bool]:
-        from greenroom.app import RunRequest
-
         if self.app is None:
             raise InvalidInput("--app is needed to enqueue on a database (or give --url)")
         self.app.get_workflow(run.workflow)  # an unknown one is the first thing to say
-        store = self.store
-        request = RunRequest(
-            workflow=run.workflow,
-            input=run.input,
-            tenant=run.tenant or "default",
-            idempotency_key=idempotency_key,
-            priority=run.priority,
-            delay=run.delay,
-            start_at=run.start_at,
-            labels=run.labels,
-            integration=run.integration,
-            queue=run.queue,
-        )
-        made, created = store.runs.enqueue(self.app.prepare(request))
+        request = run.request(run.tenant or "default", idempotency_key)
+        made, created = self.store.runs.enqueue(self.app.prepare(request))
         return RunOut.of(made), created
 
     def iter_runs(self, *, page_size: int = 100, **filters: Unpack[RunFilters]) -> Iterator[RunOut]:

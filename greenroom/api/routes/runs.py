@@ -35,7 +35,6 @@ from greenroom.api.schemas import (
     RunOut,
 )
 from greenroom.api.state import ApiState, get_state
-from greenroom.app import RunRequest
 from greenroom.errors import InvalidInput
 from greenroom.model import RunState
 from greenroom.rules import MAX_NAME, Name, Text, text
@@ -115,18 +114,7 @@ def create_run(
     """Start a run. With an Idempotency-Key, repeating the same request returns the same run."""
     tenant = who.acting_for(body.tenant)
     wanted = request_hash(body, tenant)
-    req = RunRequest(
-        workflow=body.workflow,
-        input=body.input,
-        tenant=tenant,
-        idempotency_key=idempotency_key,
-        priority=body.priority,
-        delay=body.delay,
-        start_at=body.start_at,
-        labels=body.labels,
-        integration=body.integration,
-        queue=body.queue,
-    )
+    req = body.request(tenant, idempotency_key)
     run, created = state.store.runs.enqueue(replace(state.app.prepare(req), request_hash=wanted))
     if not created and run.request_hash != wanted:
         raise ApiError(409, "this Idempotency-Key was used for a different request")
