@@ -11,6 +11,7 @@ from greenroom.model import (
     Artifact,
     AuditEntry,
     ErrorGroup,
+    Event,
     Integration,
     Pause,
     PauseScope,
@@ -229,4 +230,15 @@ def artifact_from_row(row: Row) -> Artifact:
         size=int(row["size"]),
         truncated=bool(row["truncated"]),
         created_at=float(row["created_at"]),
+    )
+
+
+def outbox_event_from_row(row: Row) -> Event:
+    return Event(
+        id=row["id"],
+        tenant=row["tenant"],
+        type=row["type"],
+        occurred_at=row["occurred_at"],
+        subject=row["subject"],
+        payload=loads(row["payload"]),
     )

@@ -11,9 +11,8 @@ from typing import Any
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import Event
 from greenroom.rules import check_text
-from greenroom.storage.backend import Row
 from greenroom.storage.base import StoreBase
-from greenroom.storage.codec import loads
+from greenroom.storage.codec import outbox_event_from_row
 
 #: Every type greenroom writes (docs/events.md): a filter naming another is a mistake, not an
 #: empty list.
@@ -64,7 +63,7 @@ class Events(StoreBase):
                 " ORDER BY txid, id LIMIT :limit",
                 params,
             )
-        return [(_event_from_row(r), (r["txid"], r["id"])) for r in rows]
+        return [(outbox_event_from_row(r), (r["txid"], r["id"])) for r in rows]
 
     def position(self, event_id: int, *, tenant: str | None = None) -> Position:
         """Where this event is, to read the events after it."""
@@ -128,14 +127,3 @@ def _filter_sql(f: EventFilter) -> tuple[str, dict[str, Any]]:
     if matches:
         clauses.append("(" + " OR ".join(matches) + ")")
     return " AND ".join(clauses), params
-
-
-def _event_from_row(row: Row) -> Event:
-    return Event(
-        id=row["id"],
-        tenant=row["tenant"],
-        type=row["type"],
-        occurred_at=row["occurred_at"],
-        subject=row["subject"],
-        payload=loads(row["payload"]),
-    )
