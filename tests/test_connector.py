@@ -47,8 +47,11 @@ def saas(demo_saas: DemoSaaS) -> DemoSaaS:
 
 
 def connector_app(db_url: str, **settings: Any) -> App:
-    """The connector's workflows in an App on the test's own database (as `--db` does)."""
-    app = fast_app(db_url, **settings)
+    """The connector's workflows in an App on the test's own database (as `--db` does).
+
+    Its lease is longer than fast_app's 1 s: with Chromium launching on a loaded CI machine a
+    heartbeat can miss 0.75 s, the worker then stops the run itself and a resume logs in twice."""
+    app = fast_app(db_url, **{"lease_seconds": 5.0, "heartbeat_seconds": 0.5, **settings})
     app.connectors.update(connector.app.connectors)
     app.workflows.update(connector.app.workflows)
     return app
