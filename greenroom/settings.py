@@ -92,6 +92,47 @@ class Settings(BaseModel):
         20, ge=1, description="failed authentications a key id or an address may make at once"
     )
 
+    # -- event delivery (greenroom.delivery) --------------------------------------------
+    delivery_enabled: bool = Field(
+        True, description="workers deliver events to subscriptions (webhook, Slack, e-mail)"
+    )
+    delivery_concurrency: int = Field(
+        32, ge=1, description="deliveries a worker makes at once, over every subscription"
+    )
+    delivery_timeout_seconds: float = Field(
+        10.0, gt=0, description="an attempt that has no whole answer by then failed"
+    )
+    delivery_allow_http: bool = Field(
+        False, description="allow http:// endpoints (development); https:// otherwise"
+    )
+    delivery_allow_private: bool = Field(
+        False,
+        description="allow endpoints on loopback, private, link-local or metadata addresses",
+    )
+    delivery_max_payload_bytes: int = Field(
+        256 * 1024, ge=1024, description="a larger event is sent without its payload, as a link"
+    )
+    delivery_log_days: float = Field(
+        30.0, gt=0, description="delivery attempts are kept this long, then pruned"
+    )
+    delivery_disable_after_days: float = Field(
+        5.0, gt=0, description="an endpoint failing this long without a success is disabled"
+    )
+    event_retention_days: float | None = Field(
+        90.0, gt=0, description="events older than this are pruned by workers (none: keep)"
+    )
+    public_url: str | None = Field(
+        None, description="the API's address as receivers reach it, for links in deliveries"
+    )
+    smtp_host: str | None = Field(None, description="SMTP server for e-mail subscriptions")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_security: Literal["auto", "starttls", "tls", "none"] = Field(
+        "auto", description="auto: STARTTLS when the server offers it"
+    )
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = Field("greenroom@localhost", description="sender of notification mail")
+
     @model_validator(mode="before")
     @classmethod
     def _environment(cls, given: Any) -> Any:
