@@ -350,3 +350,90 @@ class Artifact:
     size: int
     truncated: bool
     created_at: float
+
+
+class Channel(enum.StrEnum):
+    """How a subscription is told: a signed webhook, a Slack-compatible incoming webhook, or
+    e-mail."""
+
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+    EMAIL = "email"
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    #: Every attempt of the retry schedule failed (`deliveries recover` sends it again).
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subscription:
+    """A tenant's endpoint for events of some types (and labels). Its signing secrets stay
+    sealed here: only greenroom.delivery opens them, to sign."""
+
+    id: str
+    tenant: str
+    channel: Channel
+    #: The endpoint: an https URL (webhook, Slack) or an e-mail address.
+    url: str
+    description: str
+    #: Event types or prefixes (`run.failed`, `run.*`, `*`): events of any of them.
+    types: list[str]
+    #: Label values an event's run must have, all of them (`integration`: its integration).
+    labels: dict[str, str]
+    enabled: bool
+    disabled_reason: str | None
+    key_id: str | None
+    secret: str | None
+    previous_key_id: str | None
+    previous_secret: str | None
+    #: Until when the previous secret still signs too (rotation without downtime).
+    previous_until: float | None
+    #: E-mail only: one mail per this many minutes with every event since the last.
+    digest_minutes: int | None
+    max_in_flight: int
+    rate_per_second: float | None
+    #: Since when every attempt failed (none: the last one succeeded).
+    failing_since: float | None
+    last_success_at: float | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    """One event to one subscription, tried until it is delivered or the retry schedule ends."""
+
+    id: int
+    tenant: str
+    subscription_id: str
+    event_id: int
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryAttempt:
+    id: int
+    delivery_id: int
+    subscription_id: str
+    event_id: int
+    attempt: int
+    at: float
+    #: delivered, retry (another attempt is scheduled), failed (no more), disabled (410).
+    outcome: str
+    status: int | None
+    latency_ms: float
+    #: The start of the answer's body.
+    response: str
+    error: str | None
+    worker_id: str

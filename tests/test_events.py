@@ -62,6 +62,7 @@ def test_runs_that_end_write_their_event(store: RunStore) -> None:
         "state": "succeeded",
         "reason": "done",
         "detail": None,
+        "labels": {},
     }
     assert got[1].payload["detail"]["message"] == "boom"
     assert [e.id for e in got] == sorted(e.id for e in got)

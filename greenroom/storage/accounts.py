@@ -226,7 +226,6 @@ class Accounts(StoreBase):
             created = self._integration(tx, integration_id, tenant)
             _emit_integration(tx, self.backend, "integration.created", created, actor, now)
             return created
-            return self._integration(tx, integration_id, tenant)
 
     def integration(self, integration_id: str, *, tenant: str | None = None) -> Integration:
         with self.backend.transaction(write=False) as tx:
@@ -349,16 +348,6 @@ class Accounts(StoreBase):
         return changed
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _registered(self, tx: Tx, tenant: str) -> None:
-        rows = tx.execute(
-            "SELECT name FROM tenants WHERE name = :name AND registered_at IS NOT NULL",
-            {"name": tenant},
-        )
-        if not rows:
-            raise NotFound(
-                f"tenant {tenant} not found (register it: uv run greenroom tenants create)"
-            )
 
     def _name_free(self, tx: Tx, tenant: str, name: str) -> None:
         """Check a name under the tenant's row lock, so two writes cannot both take it."""

@@ -197,6 +197,16 @@ class StoreBase:
                 params[column] = value
         return " AND ".join(clauses), params
 
+    def _registered(self, tx: Tx, tenant: str) -> None:
+        rows = tx.execute(
+            "SELECT name FROM tenants WHERE name = :name AND registered_at IS NOT NULL",
+            {"name": tenant},
+        )
+        if not rows:
+            raise NotFound(
+                f"tenant {tenant} not found (register it: uv run greenroom tenants create)"
+            )
+
     def _audit(
         self,
         tx: Tx,

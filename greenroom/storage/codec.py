@@ -10,6 +10,10 @@ from greenroom.model import (
     ApiKey,
     Artifact,
     AuditEntry,
+    Channel,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryState,
     ErrorGroup,
     Event,
     Integration,
@@ -22,6 +26,7 @@ from greenroom.model import (
     SavedSession,
     StepRecord,
     StepStatus,
+    Subscription,
     TenantInfo,
     WorkerInfo,
 )
@@ -242,3 +247,67 @@ def outbox_event_from_row(row: Row) -> Event:
         subject=row["subject"],
         payload=loads(row["payload"]),
     )
+
+
+def subscription_from_row(row: Row) -> Subscription:
+    return Subscription(
+        id=row["id"],
+        tenant=row["tenant"],
+        channel=Channel(row["channel"]),
+        url=row["url"],
+        description=row["description"],
+        types=json.loads(row["types"]),
+        labels=json.loads(row["labels"]),
+        enabled=bool(row["enabled"]),
+        disabled_reason=row["disabled_reason"],
+        key_id=row["key_id"],
+        secret=row["secret"],
+        previous_key_id=row["previous_key_id"],
+        previous_secret=row["previous_secret"],
+        previous_until=_float(row["previous_until"]),
+        digest_minutes=row["digest_minutes"],
+        max_in_flight=int(row["max_in_flight"]),
+        rate_per_second=_float(row["rate_per_second"]),
+        failing_since=_float(row["failing_since"]),
+        last_success_at=_float(row["last_success_at"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+def delivery_from_row(row: Row) -> Delivery:
+    return Delivery(
+        id=int(row["id"]),
+        tenant=row["tenant"],
+        subscription_id=row["subscription_id"],
+        event_id=int(row["event_id"]),
+        state=DeliveryState(row["state"]),
+        attempts=int(row["attempts"]),
+        next_attempt_at=float(row["next_attempt_at"]),
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        delivered_at=_float(row["delivered_at"]),
+    )
+
+
+def delivery_attempt_from_row(row: Row) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        id=int(row["id"]),
+        delivery_id=int(row["delivery_id"]),
+        subscription_id=row["subscription_id"],
+        event_id=int(row["event_id"]),
+        attempt=int(row["attempt"]),
+        at=float(row["at"]),
+        outcome=row["outcome"],
+        status=row["status"],
+        latency_ms=float(row["latency_ms"]),
+        response=row["response"],
+        error=row["error"],
+        worker_id=row["worker_id"],
+    )
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

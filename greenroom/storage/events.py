@@ -29,10 +29,23 @@ EVENT_TYPES = (
     "integration.created",
     "integration.updated",
     "integration.deleted",
+    "endpoint.disabled",
 )
 #: An event type (`run.failed`), or every type under a prefix (`run.*`).
 TYPE_FILTERS = EVENT_TYPES + tuple(sorted({t.split(".")[0] + ".*" for t in EVENT_TYPES}))
 TYPE_PATTERN = re.compile("(" + "|".join(re.escape(t) for t in TYPE_FILTERS) + ")")
+#: Every type (subscriptions only: a reader leaves out `type` instead).
+ANY_TYPE = "*"
+
+
+def type_matches(patterns: Sequence[str], event_type: str) -> bool:
+    """Whether an event of this type is one of these types, prefixes (`run.*`) or `*`."""
+    return any(
+        p in (ANY_TYPE, event_type) or (p.endswith(".*") and event_type.startswith(p[:-1]))
+        for p in patterns
+    )
+
+
 #: Where a reader is in the events: (txid, id) of the last event it read.
 Position = tuple[int, int]
 

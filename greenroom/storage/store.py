@@ -8,16 +8,19 @@ from greenroom.storage.accounts import Accounts
 from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Backend
 from greenroom.storage.controls import Controls
+from greenroom.storage.deliveries import Deliveries
 from greenroom.storage.events import Events
 from greenroom.storage.repair import Repair
 from greenroom.storage.runs import Runs
 from greenroom.storage.sessions import Sessions
+from greenroom.storage.subscriptions import Subscriptions
 
 
 class RunStore:
     """Runs and workers (`runs`), queue controls (`controls`), operators' retries, errors and
     audit (`admin`), browser sessions (`sessions`), tenants, keys and integrations
-    (`accounts`), repairs (`repair`), and what happened, for subscribers (`events`)."""
+    (`accounts`), repairs (`repair`), what happened (`events`), and who hears of it
+    (`subscriptions`, `deliveries`)."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -29,3 +32,5 @@ class RunStore:
         self.accounts = Accounts(backend, self.clock)
         self.repair = Repair(backend, self.clock)
         self.events = Events(backend, self.clock)
+        self.subscriptions = Subscriptions(backend, self.clock)
+        self.deliveries = Deliveries(backend, self.clock)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -36,6 +36,9 @@ from greenroom.worker.writer import RunWriter
 from greenroom.workflow import Workflow
 
 T = TypeVar("T")
+if TYPE_CHECKING:
+    from greenroom.delivery.dispatcher import Dispatcher
+
 log = structlog.get_logger("greenroom.worker")
 SETTINGS_REFRESH_SECONDS = 2.0
 LIVENESS_CHECK_SECONDS = 0.05
@@ -78,11 +81,14 @@ class Worker:
         concurrency: int | None = None,
         settings: Settings | None = None,
         worker_id: str | None = None,
+        deliver: bool | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
         self.queues = queues or sorted({wf.queue for wf in app.workflows.values()}) or ["default"]
         self.concurrency = concurrency or self.settings.concurrency
+        #: Whether this worker also delivers events to subscriptions (greenroom.delivery).
+        self.deliver = self.settings.delivery_enabled if deliver is None else deliver
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stats = WorkerStats()
         self._active: dict[str, _Active] = {}
@@ -101,6 +107,7 @@ class Worker:
         self._liveness: Liveness | None = None
         self._listener: Liveness | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatcher: Dispatcher | None = None
         self.log = log.bind(worker_id=self.id)
         # Browser pool, saved sessions, diagnostics: Chromium starts at a run's first page.
         self.browser = BrowserRuntime(self.settings)
@@ -142,14 +149,32 @@ class Worker:
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
             asyncio.create_task(self._liveness_loop(), name="liveness"),
         ]
+        delivering = asyncio.create_task(self._deliver(), name="delivery") if self.deliver else None
         try:
             await self._claim_loop()
             await self._drain()
         finally:
+            if delivering is not None:
+                await self._stop_delivering(delivering)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._close()
+
+    async def _deliver(self) -> None:
+        """Deliver events beside the runs; imported here, after the first claim started."""
+        from greenroom.delivery.dispatcher import Dispatcher
+
+        self._dispatcher = Dispatcher(self.store, self.settings)
+        await self._dispatcher.run()
+
+    async def _stop_delivering(self, delivering: asyncio.Task[None]) -> None:
+        """Sends in flight finish (within their timeout) and their results are written."""
+        if self._dispatcher is None:
+            delivering.cancel()
+        else:
+            self._dispatcher.stop()
+        await asyncio.gather(delivering, return_exceptions=True)
 
     async def _start(self) -> None:
         store = self.store

@@ -9,6 +9,7 @@ ready.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,9 +107,20 @@ def _emit(
                 "state": state.value,
                 "reason": change.reason,
                 "detail": change.detail,
+                "labels": _labels(row["labels"]),
             }
             events.append(NewEvent(row["tenant"], EVENTS[kind, state], f"run:{row['id']}", payload))
     emit(tx, backend, events, now)
+
+
+def _labels(text: str) -> dict[str, Any]:
+    """A run's labels for its events (subscriptions filter on them); none if unreadable (a
+    quarantined run's)."""
+    try:
+        labels = json.loads(text)
+    except ValueError:
+        return {}
+    return labels if isinstance(labels, dict) else {}
 
 
 def _update(

@@ -1,0 +1,194 @@
+"""The delivery loop every worker runs beside its runs: fan events out to subscriptions, claim
+due deliveries, send them, record how they went, prune what is old.
+
+Any number of workers do this at once with nothing to elect: fan-out takes turns on a locked
+cursor row, claims skip each other's rows, and a worker killed mid-send leaves leases that
+expire. Results are written in batches, a few times a second; a delivery whose result is lost
+(the worker died, the database was down too long) is sent again with the same webhook-id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+
+from greenroom.crypto import KeyRing, load_keyring
+from greenroom.delivery.send import Sender, Sent, finished
+from greenroom.errors import ConfigError
+from greenroom.model import Channel
+from greenroom.settings import Settings
+from greenroom.storage.deliveries import Claimed, Finished
+from greenroom.storage.store import RunStore
+
+T = TypeVar("T")
+log = structlog.get_logger("greenroom.delivery")
+
+#: How often an idle worker looks for new events and due deliveries.
+POLL_SECONDS = 0.1
+FAN_OUT_BATCH = 500
+#: How often results are written, at most.
+FLUSH_SECONDS = 0.05
+PRUNE_EVERY_SECONDS = 600.0
+
+
+class Dispatcher:
+    def __init__(self, store: RunStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.log = log.bind(deliverer=self.id)
+        self._stopping = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._results: list[Finished] = []
+        self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="delivery")
+        # Deliveries can take as long as their timeout, then wait for the next flush.
+        self.lease_seconds = settings.delivery_timeout_seconds * 2 + 10.0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Deliver until stopped; then let sends in flight finish (within their timeout) and
+        write their results."""
+        sender = Sender(self.settings, _keyring(self.settings))
+        loops = [
+            asyncio.create_task(self._fan_out_loop(), name="fan-out"),
+            asyncio.create_task(self._flush_loop(), name="delivery-results"),
+            asyncio.create_task(self._prune_loop(), name="delivery-prune"),
+        ]
+        try:
+            await self._send_loop(sender)
+            if self._sending:
+                await asyncio.wait(self._sending, timeout=self.settings.delivery_timeout_seconds)
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self._flush()
+            await sender.close()
+            self._executor.shutdown(wait=False)
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, or less if the dispatcher is stopped."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _fan_out_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                read = await self._db(self.store.deliveries.fan_out, limit=FAN_OUT_BATCH)
+            except Exception as exc:
+                self.log.warning("fan-out failed; trying again", error=str(exc))
+                read = 0
+            if read < FAN_OUT_BATCH:
+                await self._pause(POLL_SECONDS)
+
+    async def _send_loop(self, sender: Sender) -> None:
+        limit = self.settings.delivery_concurrency
+        while not self._stopping.is_set():
+            room = limit - len(self._sending)
+            if room <= 0:
+                await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                claimed = await self._db(
+                    self.store.deliveries.claim,
+                    self.id,
+                    limit=room,
+                    lease_seconds=self.lease_seconds,
+                )
+            except Exception as exc:
+                self.log.warning("claiming deliveries failed; trying again", error=str(exc))
+                claimed = []
+            for group in _groups(claimed):
+                task = asyncio.create_task(self._send(sender, group))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+            if not claimed:
+                await self._pause(POLL_SECONDS)
+
+    async def _send(self, sender: Sender, group: list[Claimed]) -> None:
+        subscription = group[0].subscription
+        try:
+            sent = await sender.send(subscription, [c.event for c in group])
+        except Exception as exc:  # a bug, not a receiver's failure: retried by the schedule
+            self.log.exception("delivery failed unexpectedly", subscription=subscription.id)
+            sent = Sent(ok=False, error=f"internal error: {type(exc).__name__}")
+        now = time.time()
+        self._results += [finished(claimed, sent, now) for claimed in group]
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write the results so far; kept for the next flush if the database is away."""
+        results, self._results = self._results, []
+        if not results:
+            return
+        try:
+            await self._db(
+                self.store.deliveries.finish,
+                self.id,
+                results,
+                disable_after=self.settings.delivery_disable_after_days * 86400,
+            )
+        except Exception as exc:
+            self.log.warning(
+                "recording deliveries failed; trying again", results=len(results), error=str(exc)
+            )
+            self._results = results + self._results
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+            try:
+                await self._db(
+                    self.store.deliveries.prune,
+                    older_than=self.settings.delivery_log_days * 86400,
+                )
+                days = self.settings.event_retention_days
+                if days is not None:
+                    await self._db(self.store.events.prune, older_than=days * 86400)
+            except Exception as exc:
+                self.log.warning("pruning deliveries and events failed", error=str(exc))
+
+
+def _groups(claimed: list[Claimed]) -> list[list[Claimed]]:
+    """What goes out together: a digest subscription's deliveries in one mail, any other
+    delivery on its own."""
+    digests: dict[str, list[Claimed]] = defaultdict(list)
+    groups = []
+    for c in claimed:
+        s = c.subscription
+        if s.channel is Channel.EMAIL and s.digest_minutes:
+            digests[s.id].append(c)
+        else:
+            groups.append([c])
+    return groups + list(digests.values())
+
+
+def _keyring(settings: Settings) -> KeyRing | None:
+    """The node's keys, to open signing secrets; without them webhooks fail (and say why),
+    while Slack and e-mail still go out."""
+    try:
+        return load_keyring(settings)
+    except ConfigError as exc:
+        log.warning("webhooks cannot be signed", error=str(exc))
+        return None

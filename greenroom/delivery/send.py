@@ -1,0 +1,146 @@
+"""One attempt to tell a subscription of its events, by its channel, and what comes next."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from greenroom.crypto import KeyRing
+from greenroom.delivery import http, render
+from greenroom.delivery.address import AddressPolicy
+from greenroom.delivery.email import SmtpConfig, send_email
+from greenroom.delivery.message import event_url, message_id, webhook_body
+from greenroom.delivery.schedule import next_delay
+from greenroom.delivery.signing import headers
+from greenroom.delivery.subscriptions import signing_secrets
+from greenroom.errors import ConfigError
+from greenroom.model import Channel, Event, Subscription
+from greenroom.settings import Settings
+from greenroom.storage.deliveries import Claimed, Finished
+
+USER_AGENT = "greenroom-webhooks/1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sent:
+    """How an attempt went, whatever the channel."""
+
+    ok: bool
+    status: int | None = None
+    latency_ms: float = 0.0
+    response: str = ""
+    error: str | None = None
+    retry_after: float | None = None
+    #: The endpoint is gone for good (410): disable it.
+    gone: bool = False
+    #: The receiver refused for good (an SMTP 5xx): no retry helps.
+    permanent: bool = False
+
+
+class Sender:
+    """Sends by channel with one HTTP client (its connections reused) and the node's keys."""
+
+    def __init__(self, settings: Settings, ring: KeyRing | None) -> None:
+        self.settings = settings
+        self.ring = ring
+        self.policy = AddressPolicy.of(settings)
+        self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def send(self, subscription: Subscription, events: Sequence[Event]) -> Sent:
+        """One attempt: a webhook or Slack message for one event, or one mail for several
+        (a digest). Never raises for a receiver's failure."""
+        try:
+            if subscription.channel is Channel.EMAIL:
+                return await self._email(subscription, events)
+            (event,) = events
+            if subscription.channel is Channel.SLACK:
+                return await self._post(subscription, render.slack_body(event, self._link(event)))
+            return await self._webhook(subscription, event)
+        except ConfigError as exc:
+            return Sent(ok=False, error=f"not configured: {exc}")
+
+    async def _webhook(self, subscription: Subscription, event: Event) -> Sent:
+        if self.ring is None:
+            raise ConfigError("no GREENROOM_SECRET_KEY to open the signing secret")
+        body = webhook_body(
+            event,
+            max_bytes=self.settings.delivery_max_payload_bytes,
+            public_url=self.settings.public_url,
+        )
+        now = time.time()
+        signed = headers(
+            message_id(event), int(now), body, signing_secrets(self.ring, subscription, now)
+        )
+        return await self._post(subscription, body, signed)
+
+    async def _post(
+        self, subscription: Subscription, body: bytes, extra: dict[str, str] | None = None
+    ) -> Sent:
+        answer = await http.post(
+            subscription.url,
+            body,
+            {"content-type": "application/json", "user-agent": USER_AGENT, **(extra or {})},
+            policy=self.policy,
+            timeout=self.settings.delivery_timeout_seconds,
+            client=self.client,
+        )
+        return Sent(
+            ok=answer.ok,
+            status=answer.status,
+            latency_ms=answer.latency_ms,
+            response=answer.excerpt,
+            error=answer.error,
+            retry_after=answer.retry_after,
+            gone=answer.status == 410,
+        )
+
+    async def _email(self, subscription: Subscription, events: Sequence[Event]) -> Sent:
+        config = SmtpConfig.of(self.settings)
+        message = render.email_message(
+            events, sender=config.sender, recipient=subscription.url, link=self._link
+        )
+        result = await send_email(config, message)
+        return Sent(
+            ok=result.ok,
+            latency_ms=result.latency_ms,
+            response=result.response,
+            error=result.error,
+            permanent=result.permanent,
+        )
+
+    def _link(self, event: Event) -> str | None:
+        return event_url(event, self.settings.public_url)
+
+
+def finished(
+    claimed: Claimed, sent: Sent, now: float, rng: random.Random | None = None
+) -> Finished:
+    """The delivery's next state after this attempt: delivered, retried by the schedule,
+    failed for good, or failed with its endpoint disabled (410)."""
+    next_at = None
+    if sent.ok:
+        outcome = "delivered"
+    elif sent.gone:
+        outcome = "disabled"
+    else:
+        attempts = claimed.delivery.attempts
+        delay = None if sent.permanent else next_delay(attempts, sent.retry_after, rng)
+        outcome = "failed" if delay is None else "retry"
+        next_at = None if delay is None else now + delay
+    return Finished(
+        delivery_id=claimed.delivery.id,
+        attempt=claimed.delivery.attempts,
+        outcome=outcome,
+        status=sent.status,
+        latency_ms=sent.latency_ms,
+        response=sent.response,
+        error=sent.error,
+        next_attempt_at=next_at,
+    )
