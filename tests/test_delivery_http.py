@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from greenroom.delivery.address import (
     AddressPolicy,
     BlockedEndpoint,
+    Resolver,
     UnresolvableEndpoint,
     check_url,
     resolve,
@@ -59,7 +60,7 @@ class Receiver:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.tasks.add(task)  # type: ignore[arg-type]
+        self.tasks.add(task)
         try:
             received = await _read_request(reader)
             self.requests.append(received)
@@ -170,10 +171,25 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def send(url: str, client: httpx.AsyncClient, **kwargs: object) -> Attempt:
-    options: dict[str, object] = {"policy": OPEN, "timeout": 5.0, "client": client}
-    options.update(kwargs)
-    return await post(url, b'{"type":"run.finished"}', {"webhook-id": "msg_1"}, **options)  # type: ignore[arg-type]
+async def send(
+    url: str,
+    client: httpx.AsyncClient,
+    *,
+    policy: AddressPolicy = OPEN,
+    timeout: float = 5.0,
+    max_excerpt: int = 1024,
+    resolver: Resolver | None = None,
+) -> Attempt:
+    return await post(
+        url,
+        b'{"type":"run.finished"}',
+        {"webhook-id": "msg_1"},
+        policy=policy,
+        timeout=timeout,
+        client=client,
+        max_excerpt=max_excerpt,
+        resolver=resolver,
+    )
 
 
 # -- responses ----------------------------------------------------------------------------------
@@ -397,14 +413,15 @@ class Pki:
         )
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*_pem_files(cert, key, self.directory))
-        context.sni_callback = lambda _sock, name, _ctx: seen.append(name)  # type: ignore[assignment,func-returns-value]
+        context.sni_callback = lambda _sock, name, _ctx: seen.append(name)
         return context
 
 
 def _pem_files(
     cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, directory: Path
 ) -> tuple[str, str]:
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    name = cert.subject.rfc4514_string()
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
