@@ -43,6 +43,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    names: list[str]  # every header name as sent, repeats included
 
 
 @dataclass
@@ -141,7 +142,8 @@ async def _read_request(reader: asyncio.StreamReader) -> Received:
             name, value = line.split(":", 1)
             headers[name.strip().lower()] = value.strip()
     body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return Received(path, headers, body)
+    names = [line.split(":", 1)[0].lower() for line in lines[1:] if line]
+    return Received(path, headers, body, names)
 
 
 @contextlib.asynccontextmanager
@@ -183,7 +185,7 @@ async def send(
     return await post(
         url,
         b'{"type":"run.finished"}',
-        {"webhook-id": "msg_1"},
+        {"webhook-id": "msg_1", "host": "evil.example", "user-agent": "hooks/1"},
         policy=policy,
         timeout=timeout,
         client=client,
@@ -204,8 +206,10 @@ async def test_success_records_status_excerpt_and_headers(
     assert attempt.retry_after is None and 0 < attempt.latency_ms < 5000
     [request] = receiver.requests
     assert request.headers["host"] == f"localhost:{receiver.port}"
+    assert request.names.count("host") == 1
     assert request.headers["webhook-id"] == "msg_1"
     assert request.headers["accept-encoding"] == "identity"
+    assert request.headers["user-agent"] == "hooks/1"
     assert request.body == b'{"type":"run.finished"}'
 
 

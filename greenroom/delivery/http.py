@@ -2,8 +2,11 @@
 
 `post` never raises for network or HTTP problems; it records them in an `Attempt` for the
 dispatcher to log and to decide on a retry. Callers should pass a long-lived client from
-`new_client` so connections are pooled; the pool is keyed by the IP address the request is
-sent to, which is fine because every attempt resolves and checks that address first.
+`new_client` so connections are pooled. The pool is keyed by the IP address the request is sent
+to, which is fine: every attempt resolves and checks that address first, so a pooled connection
+only ever leads to an allowed address. (An https connection verified for one host name may carry
+a request for another name on the same address; both names pointed there, and the address is
+public, so this reaches nothing a direct request could not.)
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ def _request(
     and for https in the TLS server name and the certificate check. Built without the client's
     defaults, so no cookie or header one endpoint set reaches another."""
     host = original.raw_host.decode("ascii")
-    sent = {k: v for k, v in headers.items() if k.lower() not in ("host", "accept-encoding")}
+    sent = httpx.Headers(headers)  # case-insensitive: the caller's Host cannot add a second one
     sent["Host"] = original.netloc.decode("ascii")
     sent["Accept-Encoding"] = "identity"  # the excerpt reads raw bytes; no decompression bombs
     sent.setdefault("User-Agent", "greenroom")
