@@ -385,6 +385,16 @@ async def test_connection_goes_to_the_resolved_address(
     assert receiver.requests[0].headers["host"] == f"hooks.example:{receiver.port}"
 
 
+async def test_a_refused_address_falls_back_to_the_next_checked_one(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    """Like "localhost" answering ::1 first: nothing listens on 127.0.0.2, 127.0.0.1 answers."""
+    resolver = _fixed("127.0.0.2", "127.0.0.1")
+    attempt = await send(receiver.url("/ok", host="dual.example"), client, resolver=resolver)
+    assert attempt.ok, attempt.error
+    assert len(receiver.requests) == 1
+
+
 # -- TLS ----------------------------------------------------------------------------------------
 
 
