@@ -1,0 +1,1 @@
+"""Delivering events to subscribers: webhooks, Slack-compatible webhooks and e-mail."""
