@@ -86,29 +86,48 @@ def _refusal(exc: aiosmtplib.SMTPException) -> tuple[str, bool]:
     return _reply(exc.code, exc.message), about_mail and 500 <= exc.code < 600
 
 
+def _client(config: SmtpConfig) -> aiosmtplib.SMTP:
+    use_tls, start_tls = config.tls_options()
+    password = config.password.get_secret_value() if config.password is not None else None
+    return aiosmtplib.SMTP(
+        hostname=config.host,
+        port=config.port,
+        username=config.username,
+        password=password,
+        timeout=config.timeout,
+        use_tls=use_tls,
+        start_tls=start_tls,
+    )
+
+
+async def _quit(client: aiosmtplib.SMTP, deadline: float) -> None:
+    """Say goodbye politely if there is time left; the mail is sent either way."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await client.quit()
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        pass
+
+
 async def send_email(config: SmtpConfig, message: EmailMessage) -> MailResult:
-    """Send `message` (its From and To are the envelope's) in one attempt."""
+    """Send `message` (its From and To are the envelope's) in one attempt of at most
+    `config.timeout` seconds, connecting to QUIT. aiosmtplib's `send()` bounds each command,
+    not the attempt, and on a cancel waits another timeout for its QUIT: this drives its
+    client itself."""
     if config.host is None:
         raise ConfigError("e-mail is not configured: set smtp_host (GREENROOM_SMTP_HOST)")
-    password = config.password.get_secret_value() if config.password is not None else None
-    use_tls, start_tls = config.tls_options()
     started = time.monotonic()
+    deadline = asyncio.get_running_loop().time() + config.timeout
 
     def result(**kw: Any) -> MailResult:
         return MailResult(latency_ms=round((time.monotonic() - started) * 1000, 1), **kw)
 
+    client = _client(config)
     try:
-        async with asyncio.timeout(config.timeout):
-            refused, reply = await aiosmtplib.send(
-                message,
-                hostname=config.host,
-                port=config.port,
-                username=config.username,
-                password=password,
-                timeout=config.timeout,
-                use_tls=use_tls,
-                start_tls=start_tls,
-            )
+        async with asyncio.timeout_at(deadline):
+            await client.connect()
+            refused, reply = await client.send_message(message)
+        await _quit(client, deadline)
     except TimeoutError:
         return result(ok=False, error=f"timed out after {config.timeout:g} s")
     except aiosmtplib.SMTPException as exc:
@@ -116,6 +135,8 @@ async def send_email(config: SmtpConfig, message: EmailMessage) -> MailResult:
         return result(ok=False, response=response, error=response, permanent=permanent)
     except OSError as exc:
         return result(ok=False, error=clean(f"{type(exc).__name__}: {exc}", REPLY_MAX))
+    finally:
+        client.close()
     if refused:
         code, text = next(iter(refused.values()))
         response = _reply(code, text)
