@@ -174,6 +174,14 @@ def test_missing_or_odd_payload_fields_never_raise() -> None:
         assert text(bare) and subject_line(bare)
     odd = event("integration.updated", changed="everything", name=None, status=3)
     assert "integration ? (connector crm, status 3)" in text(odd)
+    assert text(event("run.failed", detail={}, reason="why")).endswith("failed: why")
+    for since in (1e300, float("nan"), True, "yesterday"):
+        assert "failing since " in text(event("endpoint.disabled", failing_since=since))
+    not_a_dict: Any = [1]
+    listed = Event(
+        id=1, tenant=None, type="x.y", occurred_at=0.0, subject="x:1", payload=not_a_dict
+    )
+    assert text(listed) == "x.y on x:1: [1]"
 
 
 def test_slack_body_escapes_mentions_and_links() -> None:
@@ -269,6 +277,8 @@ class Recorder:
     #: Refuse mail from a client that has not logged in (aiosmtpd's own auth_required warns
     #: without TLS).
     need_auth: bool = False
+    #: DATA's answer, when not the acceptance.
+    data_reply: str | None = None
     #: Seconds DATA takes to answer (a slow server).
     delay: float = 0.0
     mails: list[Envelope] = field(default_factory=list)
@@ -292,6 +302,8 @@ class Recorder:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.data_reply is not None:
+            return self.data_reply
         self.mails.append(envelope)
         return "250 Message accepted for delivery"
 
@@ -394,6 +406,13 @@ async def test_refused_recipient_550_is_permanent(smtp: Server) -> None:
     assert smtp.handler.mails == []
 
 
+@pytest.mark.parametrize(("reply", "permanent"), [("554 5.7.1 spam", True), ("452 full", False)])
+async def test_refused_message(smtp: Server, reply: str, permanent: bool) -> None:
+    smtp.handler.data_reply = reply
+    result = await send_email(smtp.config(security="none"), _mail([event("run.failed")]))
+    assert not result.ok and result.permanent is permanent and result.response == reply
+
+
 async def test_refused_recipient_451_is_temporary(smtp: Server) -> None:
     smtp.handler.refuse = "451 4.3.0 try again later"
     result = await send_email(smtp.config(), _mail([event("run.failed")]))
@@ -465,6 +484,7 @@ async def test_wrong_password_is_temporary_and_not_echoed(smtp_auth: Server) -> 
 async def test_without_login_an_auth_server_refuses(smtp_auth: Server) -> None:
     result = await send_email(smtp_auth.config(security="none"), _mail([event("run.failed")]))
     assert not result.ok and result.error is not None and result.error.startswith("530")
+    assert not result.permanent, "a refused sender is the server's configuration, not the mail"
 
 
 async def test_header_injection_makes_no_header(smtp: Server) -> None:

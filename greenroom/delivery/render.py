@@ -63,7 +63,7 @@ def _run(p: Mapping[str, Any]) -> str:
 
 def _error(detail: Any) -> str:
     """` at step upload on attempt 2: TimeoutError: message` from a failure's detail."""
-    if not isinstance(detail, Mapping):
+    if not isinstance(detail, Mapping) or not (detail.get("type") or detail.get("message")):
         return ""
     where = f" at step {clean(detail['step'])}" if detail.get("step") else ""
     if detail.get("attempt"):
@@ -126,9 +126,18 @@ def _integration_updated(p: Mapping[str, Any]) -> str:
     return _integration(p, "updated") + (f": changed {what}" if what else "")
 
 
+def _when(value: object) -> str:
+    """A payload's Unix time as ISO 8601; anything else as given."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return iso(value)
+        except (OverflowError, OSError, ValueError):
+            pass
+    return clean(value, 40)
+
+
 def _endpoint_disabled(p: Mapping[str, Any]) -> str:
-    since = p.get("failing_since")
-    when = iso(since) if isinstance(since, int | float) else clean(since)
+    when = _when(p.get("failing_since"))
     return (
         f"Deliveries to {shown_url(p.get('url'))} (subscription {clean(p.get('subscription_id'))})"
         f" were disabled after failing since {when}: {clean(p.get('reason'))}"
@@ -170,7 +179,12 @@ KNOWN_TYPES = frozenset(_SENTENCES)
 
 
 def _fallback(event: Event) -> str:
-    rest = {k: v for k, v in event.payload.items() if k != "version"}
+    payload: Any = event.payload
+    rest = (
+        {k: v for k, v in payload.items() if k != "version"}
+        if isinstance(payload, Mapping)
+        else payload
+    )
     compact = json.dumps(rest, separators=(",", ":"), sort_keys=True, default=str)
     return f"{clean(event.type, 100)} on {clean(event.subject)}: {clean(compact, FALLBACK_MAX)}"
 
