@@ -7,8 +7,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
-
 from greenroom.crypto import KeyRing
 from greenroom.delivery import http, render
 from greenroom.delivery.address import AddressPolicy
@@ -48,7 +46,7 @@ class Sender:
         self.settings = settings
         self.ring = ring
         self.policy = AddressPolicy.of(settings)
-        self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        self.client = http.new_client()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -61,7 +59,7 @@ class Sender:
                 return await self._email(subscription, events)
             (event,) = events
             if subscription.channel is Channel.SLACK:
-                return await self._post(subscription, render.slack_body(event, self._link(event)))
+                return await self._post(subscription, render.slack_body(event, self._link))
             return await self._webhook(subscription, event)
         except ConfigError as exc:
             return Sent(ok=False, error=f"not configured: {exc}")
