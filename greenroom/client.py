@@ -26,6 +26,17 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from greenroom.api.delivery_schemas import (
+    DeliveryAttemptOut,
+    DeliveryOut,
+    RecoverIn,
+    RecoverOut,
+    ReplayIn,
+    SubscriptionCreate,
+    SubscriptionOut,
+    SubscriptionUpdate,
+    SubscriptionWithSecret,
+)
 from greenroom.api.schemas import (
     AuditOut,
     BulkRetryOut,
@@ -407,6 +418,100 @@ class Client:
         while page.items:
             yield from page.items
             page = self.events(cursor=page.next_cursor, limit=page_size, **filters)
+
+    def get_event(self, event_id: int) -> OutboxEventOut:
+        return _parse(OutboxEventOut, self._request("GET", f"/v1/events/{int(event_id)}"))
+
+    # -- subscriptions and deliveries ------------------------------------------------------
+
+    def subscriptions(self, *, tenant: str | None = None) -> list[SubscriptionOut]:
+        params = _params(tenant=tenant)
+        return _parse(
+            list[SubscriptionOut], self._request("GET", "/v1/subscriptions", params=params)
+        )
+
+    def create_subscription(self, subscription: SubscriptionCreate) -> SubscriptionWithSecret:
+        """The new subscription with its signing secret (webhooks), shown this once."""
+        body = _body(subscription)
+        return _parse(SubscriptionWithSecret, self._request("POST", "/v1/subscriptions", json=body))
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_q(subscription_id)}"
+        return _parse(SubscriptionOut, self._request("GET", path))
+
+    def update_subscription(
+        self, subscription_id: str, update: SubscriptionUpdate
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_q(subscription_id)}"
+        return _parse(SubscriptionOut, self._request("PATCH", path, json=_body(update)))
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        self._request("DELETE", f"/v1/subscriptions/{_q(subscription_id)}")
+
+    def rotate_subscription_secret(self, subscription_id: str) -> SubscriptionWithSecret:
+        path = f"/v1/subscriptions/{_q(subscription_id)}/rotate-secret"
+        return _parse(SubscriptionWithSecret, self._request("POST", path))
+
+    def deliveries(
+        self,
+        *,
+        subscription: str | None = None,
+        event: int | None = None,
+        failed: bool = False,
+        tenant: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page[DeliveryOut]:
+        """Newest first, a page at a time."""
+        params = _params(
+            subscription=subscription,
+            event=event,
+            failed=failed or None,
+            tenant=tenant,
+            cursor=cursor,
+            limit=limit,
+        )
+        return _parse(Page[DeliveryOut], self._request("GET", "/v1/deliveries", params=params))
+
+    def iter_deliveries(
+        self,
+        *,
+        page_size: int = 100,
+        subscription: str | None = None,
+        event: int | None = None,
+        failed: bool = False,
+        tenant: str | None = None,
+    ) -> Iterator[DeliveryOut]:
+        """Every matching delivery, newest first, a page at a time as you iterate."""
+        cursor = None
+        while True:
+            page = self.deliveries(
+                subscription=subscription,
+                event=event,
+                failed=failed,
+                tenant=tenant,
+                cursor=cursor,
+                limit=page_size,
+            )
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def delivery_attempts(self, delivery_id: int) -> list[DeliveryAttemptOut]:
+        path = f"/v1/deliveries/{int(delivery_id)}/attempts"
+        return _parse(list[DeliveryAttemptOut], self._request("GET", path))
+
+    def replay_event(self, event_id: int, *, subscription: str | None = None) -> list[DeliveryOut]:
+        """Send the event again (same webhook-id) to one subscription, or every one that
+        wants it."""
+        body = _body(ReplayIn(subscription=subscription))
+        path = f"/v1/events/{int(event_id)}/replay"
+        return _parse(list[DeliveryOut], self._request("POST", path, json=body))
+
+    def recover_deliveries(self, request: RecoverIn) -> RecoverOut:
+        path = "/v1/deliveries/recover"
+        return _parse(RecoverOut, self._request("POST", path, json=_body(request)))
 
     def workers(self, *, include_gone: bool = False) -> list[WorkerOut]:
         params = _params(include_gone=include_gone)

@@ -10,7 +10,16 @@ from fastapi_offline import FastAPIOffline
 from greenroom.api import openapi, problems
 from greenroom.api.auth import KeyCache
 from greenroom.api.limits import BodyLimit
-from greenroom.api.routes import accounts, controls, events, health, integrations, observe, runs
+from greenroom.api.routes import (
+    accounts,
+    controls,
+    events,
+    health,
+    integrations,
+    observe,
+    runs,
+    subscriptions,
+)
 from greenroom.api.state import ApiState
 from greenroom.api.throttle import FailedAuth, RateLimiter
 from greenroom.app import App
@@ -46,7 +55,7 @@ def create_api(app: App) -> FastAPI:
     problems.install(api)
     openapi.install(api, app)
     api.include_router(health.router)
-    for module in (runs, controls, integrations, events, observe, accounts):
+    for module in (runs, controls, integrations, events, subscriptions, observe, accounts):
         api.include_router(module.router, responses=problems.COMMON)
     api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     return api

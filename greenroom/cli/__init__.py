@@ -331,13 +331,24 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("db", "worker", "enqueue", "workers", "demo"), ("engine",)),
     "runs": ("runs",),
     "events": ("events",),
+    **dict.fromkeys(("subscriptions", "deliveries"), ("deliveries",)),
     **dict.fromkeys(("queues", "pause", "resume", "pauses"), ("controls",)),
     **dict.fromkeys(("tenants", "keys", "integrations", "secrets"), ("controls", "accounts")),
     **dict.fromkeys(("errors", "audit", "doctor"), ("admin",)),
     "demo-saas": ("saas",),
     **dict.fromkeys(("api", "up"), ("service",)),
 }
-ALL_MODULES = ("accounts", "admin", "controls", "engine", "events", "runs", "saas", "service")
+ALL_MODULES = (
+    "accounts",
+    "admin",
+    "controls",
+    "deliveries",
+    "engine",
+    "events",
+    "runs",
+    "saas",
+    "service",
+)
 #: Options of the root command that take a value (`--db URL`), to find the command after them.
 ROOT_VALUE_OPTIONS = frozenset({"--db", "--url", "--key"})
 

@@ -15,6 +15,16 @@ from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 import typer
 
+from greenroom.api.delivery_schemas import (
+    DeliveryAttemptOut,
+    DeliveryOut,
+    RecoverIn,
+    RecoverOut,
+    SubscriptionCreate,
+    SubscriptionOut,
+    SubscriptionUpdate,
+    SubscriptionWithSecret,
+)
 from greenroom.api.filters import optional_time, retry_filter, runs_filter
 from greenroom.api.schemas import (
     AuditOut,
@@ -52,9 +62,13 @@ from greenroom.cli import (
     remote_client,
     require_database,
 )
+from greenroom.crypto import load_keyring
+from greenroom.delivery import subscriptions as delivery_subscriptions
+from greenroom.delivery.address import AddressPolicy
 from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import ALL_TENANTS, Role, RunState
+from greenroom.model import ALL_TENANTS, Channel, Role, RunState
 from greenroom.settings import Settings, load_settings
+from greenroom.storage.deliveries import DeliveryFilter
 from greenroom.storage.events import EventFilter
 
 if TYPE_CHECKING:
@@ -115,6 +129,28 @@ class Operations(Protocol):
     def api_keys(self, *, tenant: str | None = None) -> list[KeyOut]: ...
     def create_api_key(self, key: KeyCreate) -> KeyCreated: ...
     def revoke_api_key(self, key_id: str) -> KeyOut: ...
+    def subscriptions(self, *, tenant: str | None = None) -> list[SubscriptionOut]: ...
+    def create_subscription(self, subscription: SubscriptionCreate) -> SubscriptionWithSecret: ...
+    def get_subscription(self, subscription_id: str) -> SubscriptionOut: ...
+    def update_subscription(
+        self, subscription_id: str, update: SubscriptionUpdate
+    ) -> SubscriptionOut: ...
+    def delete_subscription(self, subscription_id: str) -> None: ...
+    def rotate_subscription_secret(self, subscription_id: str) -> SubscriptionWithSecret: ...
+    def iter_deliveries(
+        self,
+        *,
+        page_size: int = 100,
+        subscription: str | None = None,
+        event: int | None = None,
+        failed: bool = False,
+        tenant: str | None = None,
+    ) -> Iterator[DeliveryOut]: ...
+    def delivery_attempts(self, delivery_id: int) -> list[DeliveryAttemptOut]: ...
+    def replay_event(
+        self, event_id: int, *, subscription: str | None = None
+    ) -> list[DeliveryOut]: ...
+    def recover_deliveries(self, request: RecoverIn) -> RecoverOut: ...
 
 
 class LocalOperations:
@@ -373,6 +409,91 @@ class LocalOperations:
 
     def revoke_api_key(self, key_id: str) -> KeyOut:
         return KeyOut.of(self.store.accounts.revoke_api_key(key_id, actor=self.actor))
+
+    # -- subscriptions and deliveries ------------------------------------------------------
+
+    def subscriptions(self, *, tenant: str | None = None) -> list[SubscriptionOut]:
+        found = self.store.subscriptions.list_subscriptions(tenant=tenant)
+        return [SubscriptionOut.of(s) for s in found]
+
+    def create_subscription(self, subscription: SubscriptionCreate) -> SubscriptionWithSecret:
+        if subscription.tenant is None:
+            raise InvalidInput("--tenant is needed on a database: which tenant subscribes?")
+        channel = Channel(subscription.channel)
+        created, secret = delivery_subscriptions.create(
+            self.store,
+            load_keyring(self.settings()) if channel is Channel.WEBHOOK else None,
+            AddressPolicy.of(self.settings()),
+            tenant=subscription.tenant,
+            channel=channel,
+            spec=subscription.spec(),
+            actor=self.actor,
+        )
+        return SubscriptionWithSecret(**SubscriptionOut.of(created).model_dump(), secret=secret)
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionOut:
+        return SubscriptionOut.of(self.store.subscriptions.get(subscription_id))
+
+    def update_subscription(
+        self, subscription_id: str, update: SubscriptionUpdate
+    ) -> SubscriptionOut:
+        policy = AddressPolicy.of(self.settings())
+        updated = delivery_subscriptions.update(
+            self.store, policy, subscription_id, update.spec(), actor=self.actor, tenant=None
+        )
+        return SubscriptionOut.of(updated)
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        self.store.subscriptions.delete(subscription_id, actor=self.actor)
+
+    def rotate_subscription_secret(self, subscription_id: str) -> SubscriptionWithSecret:
+        ring = load_keyring(self.settings())
+        rotated, secret = delivery_subscriptions.rotate_secret(
+            self.store, ring, subscription_id, actor=self.actor, tenant=None
+        )
+        return SubscriptionWithSecret(**SubscriptionOut.of(rotated).model_dump(), secret=secret)
+
+    def iter_deliveries(
+        self,
+        *,
+        page_size: int = 100,
+        subscription: str | None = None,
+        event: int | None = None,
+        failed: bool = False,
+        tenant: str | None = None,
+    ) -> Iterator[DeliveryOut]:
+        f = DeliveryFilter(
+            tenant=tenant,
+            subscription_id=subscription,
+            event_id=event,
+            failed=failed,
+            limit=page_size,
+        )
+        while page := self.store.deliveries.list_deliveries(f):
+            yield from (DeliveryOut.of(d) for d in page)
+            if len(page) < page_size:
+                return
+            f = replace(f, before=page[-1].id)
+
+    def delivery_attempts(self, delivery_id: int) -> list[DeliveryAttemptOut]:
+        return [DeliveryAttemptOut.of(a) for a in self.store.deliveries.attempts(delivery_id)]
+
+    def replay_event(self, event_id: int, *, subscription: str | None = None) -> list[DeliveryOut]:
+        made = self.store.deliveries.replay(
+            event_id, actor=self.actor, subscription_id=subscription
+        )
+        return [DeliveryOut.of(d) for d in made]
+
+    def recover_deliveries(self, request: RecoverIn) -> RecoverOut:
+        if request.tenant is None:
+            raise InvalidInput("--tenant is needed on a database: whose deliveries?")
+        made = self.store.deliveries.recover(
+            since=request.since,
+            actor=self.actor,
+            tenant=request.tenant,
+            subscription_id=request.subscription,
+        )
+        return RecoverOut(deliveries=made)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import (
@@ -386,7 +387,7 @@ class Deliveries(StoreBase):
         payload = {
             "subscription_id": subscription.id,
             "channel": subscription.channel.value,
-            "url": subscription.url,
+            "url": _shown(subscription),
             "reason": reason,
             "failing_since": since,
         }
@@ -561,6 +562,14 @@ class Deliveries(StoreBase):
                 if n < batch:
                     break
         return deleted
+
+
+def _shown(subscription: Subscription) -> str:
+    """The endpoint as events show it: a Slack webhook's path is its secret."""
+    if subscription.channel is not Channel.SLACK:
+        return subscription.url
+    parts = urlsplit(subscription.url)
+    return f"{parts.scheme}://{parts.hostname}/…"
 
 
 def wants(subscription: Subscription, event: Event) -> bool:

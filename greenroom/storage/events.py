@@ -78,6 +78,16 @@ class Events(StoreBase):
             )
         return [(outbox_event_from_row(r), (r["txid"], r["id"])) for r in rows]
 
+    def get(self, event_id: int, *, tenant: str | None = None) -> Event:
+        scope = "" if tenant is None else " AND tenant = :tenant"
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"SELECT * FROM events WHERE id = :id{scope}", {"id": event_id, "tenant": tenant}
+            )
+        if not rows:
+            raise NotFound(f"event {event_id} not found (or pruned)")
+        return outbox_event_from_row(rows[0])
+
     def position(self, event_id: int, *, tenant: str | None = None) -> Position:
         """Where this event is, to read the events after it."""
         scope = "" if tenant is None else " AND tenant = :tenant"
