@@ -37,7 +37,12 @@ from greenroom.storage.codec import (
 from greenroom.storage.events import type_matches
 from greenroom.storage.outbox import NewEvent, emit
 
-_OPEN = "state IN ('pending', 'sending')"
+#: Deliveries to send now: due, or in flight with a lease that ended, to an enabled subscription.
+_DUE = (
+    "SELECT d.id, d.subscription_id FROM deliveries d WHERE d.state IN ('pending', 'sending')"
+    " AND d.next_attempt_at <= :now AND (d.state = 'pending' OR d.lease_expires_at < :now)"
+    " AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.enabled)"
+)
 #: Deliveries a claim looks at, per delivery it may take.
 _SCAN = 4
 #: The most events of one digest e-mail.
@@ -90,6 +95,13 @@ class Deliveries(StoreBase):
         """Make the deliveries of the next events (up to `limit`); how many events were read.
         None when another worker is fanning out."""
         backend = self.backend
+        with backend.transaction(write=False) as tx:  # most polls find nothing: no write lock
+            if not tx.execute(
+                "SELECT 1 FROM events, delivery_cursor c WHERE c.name = 'events' AND"
+                f" (events.txid, events.id) > (c.txid, c.event_id) AND {backend.settled_sql}"
+                " LIMIT 1"
+            ):
+                return 0
         with backend.transaction() as tx:
             cursor = tx.execute(
                 f"SELECT txid, event_id FROM delivery_cursor WHERE name = 'events'"
@@ -140,13 +152,12 @@ class Deliveries(StoreBase):
         deliveries are taken together."""
         backend = self.backend
         now = self.clock.now()
+        with backend.transaction(write=False) as tx:  # most polls find nothing: no write lock
+            if not tx.execute(f"{_DUE} LIMIT 1", {"now": now}):
+                return []
         with backend.transaction() as tx:
             candidates = tx.execute(
-                "SELECT d.id, d.subscription_id FROM deliveries d WHERE"
-                " ((d.state = 'pending' AND d.next_attempt_at <= :now) OR (d.state = 'sending'"
-                " AND d.lease_expires_at < :now)) AND EXISTS (SELECT 1 FROM subscriptions s"
-                " WHERE s.id = d.subscription_id AND s.enabled)"
-                f" ORDER BY d.next_attempt_at, d.id LIMIT :scan {backend.skip_locked}",
+                f"{_DUE} ORDER BY d.next_attempt_at, d.id LIMIT :scan {backend.skip_locked}",
                 {"now": now, "scan": limit * _SCAN},
             )
             if not candidates:
