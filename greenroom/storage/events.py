@@ -136,17 +136,15 @@ def _filter_sql(f: EventFilter) -> tuple[str, dict[str, Any]]:
     if f.after is not None:
         clauses.append("(txid, id) > (:after_txid, :after_id)")
         params["after_txid"], params["after_id"] = f.after
-    matches = []
-    for i, wanted in enumerate(f.types):
+    wanted_types: set[str] = set()
+    for wanted in f.types:
         if not TYPE_PATTERN.fullmatch(wanted):
             raise InvalidInput(f"type {wanted!r} is not an event type or a prefix like run.*")
-        if wanted.endswith(".*"):
-            prefix = wanted[:-1]
-            matches.append(f"substr(type, 1, {len(prefix)}) = :type_{i}")
-            params[f"type_{i}"] = prefix
-        else:
-            matches.append(f"type = :type_{i}")
-            params[f"type_{i}"] = wanted
-    if matches:
-        clauses.append("(" + " OR ".join(matches) + ")")
+        # A prefix is the types of the catalogue under it: an IN list any index serves, the
+        # same under every collation.
+        wanted_types.update(t for t in EVENT_TYPES if type_matches([wanted], t))
+    if wanted_types:
+        names = [f"type_{i}" for i in range(len(wanted_types))]
+        clauses.append(f"type IN ({', '.join(':' + n for n in names)})")
+        params.update(zip(names, sorted(wanted_types), strict=True))
     return " AND ".join(clauses), params
