@@ -224,3 +224,48 @@ async def test_e_mail_reaches_an_smtp_server(db_url: str, smtp: Server) -> None:
     mail = smtp.handler.parsed()
     assert mail["To"] == "ops@example.com" and mail["From"] == "greenroom@example.com"
     assert "failed" in str(mail["Subject"])
+
+
+async def test_a_digest_sends_one_mail_for_the_events_of_its_window(
+    db_url: str, smtp: Server
+) -> None:
+    app = fast_app(
+        db_url,
+        secret_key=KEY,
+        delivery_enabled=True,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp.port,
+        smtp_security="none",
+    )
+
+    @app.workflow(name="boom")
+    async def boom(ctx: RunContext) -> int:
+        raise ValueError("boom")
+
+    register_tenant(app.store, "t1")
+    sub, _ = subscribe(
+        app, "ops@example.com", channel=Channel.EMAIL, types=["run.failed"], digest_minutes=60
+    )
+
+    def waiting() -> bool:
+        found = app.store.deliveries.list_deliveries(DeliveryFilter(subscription_id=sub.id))
+        return len(found) == 3 and all(d.next_attempt_at > time.time() for d in found)
+
+    def end_the_window() -> None:
+        with app.store.backend.transaction() as tx:
+            tx.execute("UPDATE deliveries SET next_attempt_at = 0")
+
+    try:
+        for _ in range(3):
+            await app.enqueue("boom", {}, tenant="t1")
+        async with worker_running(app):
+            await until(waiting)
+            await asyncio.sleep(0.5)
+            assert smtp.handler.mails == [], "nothing before the window ends"
+            await asyncio.to_thread(end_the_window)
+            await until(lambda: len(delivered(app, subscription_id=sub.id)) == 3)
+    finally:
+        app.close()
+    (mail,) = [smtp.handler.parsed(i) for i in range(len(smtp.handler.mails))]
+    assert "3 events" in str(mail["Subject"])
+    assert len(str(mail["X-Greenroom-Event-Ids"]).split(",")) == 3
