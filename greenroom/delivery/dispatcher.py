@@ -23,9 +23,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from greenroom.crypto import KeyRing, load_keyring
 from greenroom.delivery.send import Sender, Sent, finished
-from greenroom.errors import ConfigError
 from greenroom.model import Channel
 from greenroom.settings import Settings
 from greenroom.storage.deliveries import Claimed, Finished
@@ -61,7 +59,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Deliver until stopped; then let sends in flight finish (within their timeout) and
         write their results."""
-        sender = Sender(self.settings, _keyring(self.settings))
+        sender = Sender(self.settings)
         loops = [
             asyncio.create_task(self._fan_out_loop(), name="fan-out"),
             asyncio.create_task(self._flush_loop(), name="delivery-results"),
@@ -182,13 +180,3 @@ def _groups(claimed: list[Claimed]) -> list[list[Claimed]]:
         else:
             groups.append([c])
     return groups + list(digests.values())
-
-
-def _keyring(settings: Settings) -> KeyRing | None:
-    """The node's keys, to open signing secrets; without them webhooks fail (and say why),
-    while Slack and e-mail still go out."""
-    try:
-        return load_keyring(settings)
-    except ConfigError as exc:
-        log.warning("webhooks cannot be signed", error=str(exc))
-        return None

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from greenroom.crypto import KeyRing
+from greenroom.crypto import KeyRing, load_keyring
 from greenroom.delivery import http, render
 from greenroom.delivery.address import AddressPolicy
 from greenroom.delivery.email import SmtpConfig, send_email
@@ -42,11 +42,19 @@ class Sent:
 class Sender:
     """Sends by channel with one HTTP client (its connections reused) and the node's keys."""
 
-    def __init__(self, settings: Settings, ring: KeyRing | None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.ring = ring
         self.policy = AddressPolicy.of(settings)
         self.client = http.new_client()
+        self._ring: KeyRing | None = None
+
+    @property
+    def ring(self) -> KeyRing:
+        """The node's keys, loaded at the first webhook: a worker that sends none needs none
+        (a ConfigError says what is missing, as the attempt's error)."""
+        if self._ring is None:
+            self._ring = load_keyring(self.settings)
+        return self._ring
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -65,8 +73,6 @@ class Sender:
             return Sent(ok=False, error=f"not configured: {exc}")
 
     async def _webhook(self, subscription: Subscription, event: Event) -> Sent:
-        if self.ring is None:
-            raise ConfigError("no GREENROOM_SECRET_KEY to open the signing secret")
         body = webhook_body(
             event,
             max_bytes=self.settings.delivery_max_payload_bytes,
