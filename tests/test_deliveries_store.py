@@ -343,3 +343,19 @@ def test_prune_removes_old_attempts_and_finished_deliveries(
     clock.advance(40 * DAY)
     assert store.deliveries.prune(older_than=30 * DAY) == 3  # two attempts, one delivery
     assert [d.id for d in deliveries(store)] == [b.delivery.id]
+
+
+def test_one_endpoints_backlog_never_holds_up_anothers(store: RunStore, clock: ManualClock) -> None:
+    slow = subscribe(store, "t1", max_in_flight=2)
+    clock.advance(1)
+    for _ in range(30):
+        finish_run(store, "t1")
+    fan_out(store)
+    first = store.deliveries.claim("a", limit=10, lease_seconds=LEASE)
+    assert {c.subscription.id for c in first} == {slow.id} and len(first) == 2
+    other = subscribe(store, "t2", max_in_flight=2)
+    clock.advance(1)
+    finish_run(store, "t2")
+    fan_out(store)
+    (theirs,) = store.deliveries.claim("b", limit=10, lease_seconds=LEASE)
+    assert theirs.subscription.id == other.id, "t1's 28 waiting deliveries are not in the way"

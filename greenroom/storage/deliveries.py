@@ -37,14 +37,16 @@ from greenroom.storage.codec import (
 from greenroom.storage.events import type_matches
 from greenroom.storage.outbox import NewEvent, emit
 
-#: Deliveries to send now: due, or in flight with a lease that ended, to an enabled subscription.
+#: A delivery to send now: due, or in flight with a lease that ended.
 _DUE = (
-    "SELECT d.id, d.subscription_id FROM deliveries d WHERE d.state IN ('pending', 'sending')"
-    " AND d.next_attempt_at <= :now AND (d.state = 'pending' OR d.lease_expires_at < :now)"
-    " AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.enabled)"
+    "d.state IN ('pending', 'sending') AND d.next_attempt_at <= :now"
+    " AND (d.state = 'pending' OR d.lease_expires_at < :now)"
 )
-#: Deliveries a claim looks at, per delivery it may take.
-_SCAN = 4
+#: Enabled subscriptions with deliveries to send now (an index probe each).
+_WAITING = (
+    "SELECT s.* FROM subscriptions s WHERE s.enabled AND EXISTS (SELECT 1 FROM deliveries d"
+    f" WHERE d.subscription_id = s.id AND {_DUE})"
+)
 #: The most events of one digest e-mail.
 DIGEST_MAX = 500
 
@@ -148,24 +150,41 @@ class Deliveries(StoreBase):
     @retry_conflicts
     def claim(self, worker_id: str, *, limit: int, lease_seconds: float) -> list[Claimed]:
         """Take up to `limit` due deliveries (and deliveries whose worker's lease ended), as
-        their subscriptions' in-flight limits and rates allow; a digest subscription's due
+        their subscriptions' in-flight limits and rates allow, from subscriptions in random
+        order: one endpoint's backlog never holds up another's. A digest subscription's due
         deliveries are taken together."""
         backend = self.backend
         now = self.clock.now()
         with backend.transaction(write=False) as tx:  # most polls find nothing: no write lock
-            if not tx.execute(f"{_DUE} LIMIT 1", {"now": now}):
+            if not tx.execute(f"{_WAITING} LIMIT 1", {"now": now}):
                 return []
         with backend.transaction() as tx:
-            candidates = tx.execute(
-                f"{_DUE} ORDER BY d.next_attempt_at, d.id LIMIT :scan {backend.skip_locked}",
-                {"now": now, "scan": limit * _SCAN},
+            locked = tx.execute(
+                f"{_WAITING} ORDER BY random() LIMIT :limit {backend.skip_locked}",
+                {"now": now, "limit": limit},
             )
-            if not candidates:
+            if not locked:
                 return []
-            by_subscription: dict[str, list[int]] = defaultdict(list)
-            for row in candidates:
-                by_subscription[row["subscription_id"]].append(row["id"])
-            taken = self._allowed(tx, by_subscription, limit, now)
+            ids = backend.list_param([r["id"] for r in locked])
+            in_flight = {
+                r["subscription_id"]: r["n"]
+                for r in tx.execute(
+                    "SELECT subscription_id, COUNT(*) AS n FROM deliveries WHERE state ="
+                    " 'sending' AND lease_expires_at >= :now AND"
+                    f" {backend.member('subscription_id', 'ids')} GROUP BY subscription_id",
+                    {"now": now, "ids": ids},
+                )
+            }
+            taken: list[int] = []
+            for row in locked:
+                busy = in_flight.get(row["id"], 0)
+                if row["digest_minutes"] and row["channel"] == Channel.EMAIL.value:
+                    room = DIGEST_MAX if busy == 0 and len(taken) < limit else 0
+                else:
+                    room = min(row["max_in_flight"] - busy, limit - len(taken))
+                    room = self._take_tokens(tx, row, max(0, room), now)
+                if room > 0:
+                    taken += self._due(tx, row["id"], room, now)
             if not taken:
                 return []
             rows = tx.execute(
@@ -181,47 +200,12 @@ class Deliveries(StoreBase):
             )
             return self._claimed(tx, rows)
 
-    def _allowed(
-        self, tx: Tx, candidates: dict[str, list[int]], limit: int, now: float
-    ) -> list[int]:
-        """Of the candidate deliveries, those their subscriptions may send now; takes the
-        subscriptions' rate tokens."""
-        backend = self.backend
-        ids = backend.list_param(sorted(candidates))
-        locked = tx.execute(
-            f"SELECT * FROM subscriptions WHERE {backend.member('id', 'ids')} ORDER BY id"
-            f" {backend.skip_locked}",
-            {"ids": ids},
-        )
-        in_flight = {
-            r["subscription_id"]: r["n"]
-            for r in tx.execute(
-                "SELECT subscription_id, COUNT(*) AS n FROM deliveries WHERE state = 'sending'"
-                f" AND lease_expires_at >= :now AND {backend.member('subscription_id', 'ids')}"
-                " GROUP BY subscription_id",
-                {"now": now, "ids": ids},
-            )
-        }
-        taken: list[int] = []
-        for row in locked:
-            subscription = subscription_from_row(row)
-            room = subscription.max_in_flight - in_flight.get(subscription.id, 0)
-            if subscription.digest_minutes and subscription.channel is Channel.EMAIL:
-                if in_flight.get(subscription.id, 0) == 0:
-                    taken += self._digest(tx, subscription.id, now)
-                continue
-            wanted = candidates[subscription.id][: max(0, min(room, limit - len(taken)))]
-            wanted = wanted[: self._take_tokens(tx, row, len(wanted), now)]
-            taken += wanted
-        return taken
-
-    def _digest(self, tx: Tx, subscription_id: str, now: float) -> list[int]:
-        """Every due delivery of a digest subscription: one mail for them all."""
+    def _due(self, tx: Tx, subscription_id: str, limit: int, now: float) -> list[int]:
+        """A subscription's oldest due deliveries, locked (skipping other claimers' rows)."""
         rows = tx.execute(
-            "SELECT id FROM deliveries WHERE subscription_id = :id AND state = 'pending'"
-            f" AND next_attempt_at <= :now ORDER BY id LIMIT {DIGEST_MAX}"
-            f" {self.backend.skip_locked}",
-            {"id": subscription_id, "now": now},
+            f"SELECT d.id FROM deliveries d WHERE d.subscription_id = :id AND {_DUE}"
+            f" ORDER BY d.next_attempt_at, d.id LIMIT :limit {self.backend.skip_locked}",
+            {"id": subscription_id, "now": now, "limit": limit},
         )
         return [r["id"] for r in rows]
 

@@ -452,10 +452,10 @@ deliveries = Table(
     Column("updated_at", Float, nullable=False),
     Column("delivered_at", Float),
     UniqueConstraint("subscription_id", "event_id", name="deliveries_once"),
-    _partial_index("deliveries_due", "next_attempt_at", where="state IN ('pending', 'sending')"),
+    _partial_index("deliveries_ended", "updated_at", where="state IN ('delivered', 'failed')"),
     Index("deliveries_tenant", "tenant", "state", "id"),
     Index("deliveries_event", "event_id"),
-    Index("deliveries_subscription", "subscription_id", "state"),
+    Index("deliveries_subscription", "subscription_id", "state", "next_attempt_at"),
 )
 delivery_attempts = Table(
     "delivery_attempts",

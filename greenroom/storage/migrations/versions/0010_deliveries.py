@@ -15,7 +15,7 @@ branch_labels = None
 depends_on = None
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-_OPEN = "state IN ('pending', 'sending')"
+_ENDED = "state IN ('delivered', 'failed')"
 
 
 def upgrade() -> None:
@@ -66,17 +66,20 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("subscription_id", "event_id", name="deliveries_once"),
     )
-    # Only the deliveries still to make: delivered ones pile up until pruned.
+    # Pruning reads the ended deliveries only.
     op.create_index(
-        "deliveries_due",
+        "deliveries_ended",
         "deliveries",
-        ["next_attempt_at"],
-        sqlite_where=sa.text(_OPEN),
-        postgresql_where=sa.text(_OPEN),
+        ["updated_at"],
+        sqlite_where=sa.text(_ENDED),
+        postgresql_where=sa.text(_ENDED),
     )
     op.create_index("deliveries_tenant", "deliveries", ["tenant", "state", "id"])
     op.create_index("deliveries_event", "deliveries", ["event_id"])
-    op.create_index("deliveries_subscription", "deliveries", ["subscription_id", "state"])
+    # A subscription's due deliveries: what claims probe and take.
+    op.create_index(
+        "deliveries_subscription", "deliveries", ["subscription_id", "state", "next_attempt_at"]
+    )
     op.create_table(
         "delivery_attempts",
         sa.Column("id", _ID, nullable=False),
