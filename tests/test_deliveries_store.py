@@ -359,3 +359,21 @@ def test_one_endpoints_backlog_never_holds_up_anothers(store: RunStore, clock: M
     fan_out(store)
     (theirs,) = store.deliveries.claim("b", limit=10, lease_seconds=LEASE)
     assert theirs.subscription.id == other.id, "t1's 28 waiting deliveries are not in the way"
+
+
+def test_a_subscription_greenroom_cannot_read_never_stops_another_tenants_deliveries(
+    store: RunStore, clock: ManualClock
+) -> None:
+    broken = subscribe(store, "t1", types=["*"])
+    fine = subscribe(store, "t2", types=["*"])
+    with store.backend.transaction() as tx:
+        tx.execute(
+            "UPDATE subscriptions SET labels = '{not json' WHERE id = :id", {"id": broken.id}
+        )
+    clock.advance(1)
+    finish_run(store, "t1")
+    finish_run(store, "t2")
+    fan_out(store)
+    assert [d.subscription_id for d in deliveries(store)] == [fine.id]
+    (claimed,) = store.deliveries.claim("w", limit=10, lease_seconds=LEASE)
+    assert claimed.subscription.id == fine.id

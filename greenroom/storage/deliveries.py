@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from greenroom.errors import InvalidInput, NotFound
@@ -37,6 +37,7 @@ from greenroom.storage.codec import (
 from greenroom.storage.events import type_matches
 from greenroom.storage.outbox import NewEvent, emit
 
+T = TypeVar("T")
 #: A delivery to send now: due, or in flight with a lease that ended.
 _DUE = (
     "d.state IN ('pending', 'sending') AND d.next_attempt_at <= :now"
@@ -118,7 +119,7 @@ class Deliveries(StoreBase):
             )
             if not rows:
                 return 0
-            events = [outbox_event_from_row(r) for r in rows]
+            events = _readable(rows, outbox_event_from_row)
             subscriptions = self._enabled(tx, {e.tenant for e in events if e.tenant})
             now = self.clock.now()
             made = [
@@ -137,12 +138,13 @@ class Deliveries(StoreBase):
     def _enabled(self, tx: Tx, tenants: set[str]) -> dict[str, list[Subscription]]:
         found: dict[str, list[Subscription]] = defaultdict(list)
         if tenants:
-            for row in tx.execute(
+            rows = tx.execute(
                 "SELECT * FROM subscriptions WHERE enabled AND"
                 f" {self.backend.member('tenant', 'tenants')}",
                 {"tenants": self.backend.list_param(sorted(tenants))},
-            ):
-                found[row["tenant"]].append(subscription_from_row(row))
+            )
+            for subscription in _readable(rows, subscription_from_row):
+                found[subscription.tenant].append(subscription)
         return found
 
     # -- claiming and finishing -----------------------------------------------------------
@@ -175,8 +177,11 @@ class Deliveries(StoreBase):
                     {"now": now, "ids": ids},
                 )
             }
+            readable = {s.id for s in _readable(locked, subscription_from_row)}
             taken: list[int] = []
             for row in locked:
+                if row["id"] not in readable:
+                    continue
                 busy = in_flight.get(row["id"], 0)
                 if row["digest_minutes"] and row["channel"] == Channel.EMAIL.value:
                     room = DIGEST_MAX if busy == 0 and len(taken) < limit else 0
@@ -226,13 +231,11 @@ class Deliveries(StoreBase):
 
     def _claimed(self, tx: Tx, rows: Sequence[Row]) -> list[Claimed]:
         backend = self.backend
-        events = {
-            r["id"]: outbox_event_from_row(r)
-            for r in tx.execute(
-                f"SELECT * FROM events WHERE {backend.member('id', 'ids')}",
-                {"ids": backend.list_param(sorted({r["event_id"] for r in rows}))},
-            )
-        }
+        found = tx.execute(
+            f"SELECT * FROM events WHERE {backend.member('id', 'ids')}",
+            {"ids": backend.list_param(sorted({r["event_id"] for r in rows}))},
+        )
+        events = {e.id: e for e in _readable(found, outbox_event_from_row)}
         subscriptions = {
             r["id"]: subscription_from_row(r)
             for r in tx.execute(
@@ -244,7 +247,7 @@ class Deliveries(StoreBase):
         for row in rows:
             delivery = delivery_from_row(row)
             event = events.get(delivery.event_id)
-            if event is None:  # pruned while it waited
+            if event is None:  # pruned while it waited (or unreadable)
                 tx.execute(
                     "UPDATE deliveries SET state = 'failed', last_error = 'event pruned',"
                     " leased_by = NULL, lease_expires_at = NULL WHERE id = :id",
@@ -557,6 +560,18 @@ class Deliveries(StoreBase):
                 if n < batch:
                     break
         return deleted
+
+
+def _readable(rows: Sequence[Row], convert: Callable[[Row], T]) -> list[T]:
+    """The rows that convert: a row greenroom cannot read (written by hand, or by a bug) is
+    left out, so it never stops fan-out for every other tenant."""
+    found = []
+    for row in rows:
+        try:
+            found.append(convert(row))
+        except (ValueError, TypeError, KeyError):
+            continue
+    return found
 
 
 def _shown(subscription: Subscription) -> str:
