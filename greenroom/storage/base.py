@@ -207,6 +207,18 @@ class StoreBase:
                 f"tenant {tenant} not found (register it: uv run greenroom tenants create)"
             )
 
+    def _delete_in_batches(self, sql: str, params: dict[str, Any]) -> int:
+        """Run a DELETE of at most :batch rows in transactions of its own until it deletes
+        fewer; how many rows. Small transactions: on PostgreSQL an open write transaction holds
+        back every new event (docs/events.md, "Order")."""
+        deleted = 0
+        while True:
+            with self.backend.transaction() as tx:
+                n = tx.execute_count(sql, params)
+            deleted += n
+            if n < params["batch"]:
+                return deleted
+
     def _audit(
         self,
         tx: Tx,

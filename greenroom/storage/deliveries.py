@@ -541,25 +541,20 @@ class Deliveries(StoreBase):
         return [subscription_from_row(r) for r in rows]
 
     def prune(self, *, older_than: float, batch: int = 5000) -> int:
-        """Delete attempts, and finished deliveries, older than `older_than` seconds; how many
-        rows. In small transactions, like the events' prune."""
+        """Delete attempts, and ended deliveries, older than `older_than` seconds; how many
+        rows."""
         if older_than < 0:
             raise InvalidInput("older_than must not be negative")
-        cutoff = self.clock.now() - older_than
-        deleted = 0
-        for sql in (
+        params = {"cutoff": self.clock.now() - older_than, "batch": batch}
+        return self._delete_in_batches(
             "DELETE FROM delivery_attempts WHERE id IN (SELECT id FROM delivery_attempts"
             " WHERE at < :cutoff LIMIT :batch)",
+            params,
+        ) + self._delete_in_batches(
             "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state IN"
             " ('delivered', 'failed') AND updated_at < :cutoff LIMIT :batch)",
-        ):
-            while True:
-                with self.backend.transaction() as tx:
-                    n = tx.execute_count(sql, {"cutoff": cutoff, "batch": batch})
-                deleted += n
-                if n < batch:
-                    break
-        return deleted
+            params,
+        )
 
 
 def _readable(rows: Sequence[Row], convert: Callable[[Row], T]) -> list[T]:

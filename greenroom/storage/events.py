@@ -101,24 +101,15 @@ class Events(StoreBase):
         return rows[0]["txid"], rows[0]["id"]
 
     def prune(self, *, older_than: float, tenant: str | None = None, batch: int = 5000) -> int:
-        """Delete events that occurred more than `older_than` seconds ago; how many. In small
-        transactions: on PostgreSQL an open write transaction holds back every new event
-        (docs/events.md, "Order")."""
+        """Delete events that occurred more than `older_than` seconds ago; how many."""
         if older_than < 0:
             raise InvalidInput("older_than must not be negative")
         scope = "" if tenant is None else " AND tenant = :tenant"
-        params = {"cutoff": self.clock.now() - older_than, "tenant": tenant, "batch": batch}
-        deleted = 0
-        while True:
-            with self.backend.transaction() as tx:
-                n = tx.execute_count(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM events"
-                    f" WHERE occurred_at < :cutoff{scope} LIMIT :batch)",
-                    params,
-                )
-            deleted += n
-            if n < batch:
-                return deleted
+        return self._delete_in_batches(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events"
+            f" WHERE occurred_at < :cutoff{scope} LIMIT :batch)",
+            {"cutoff": self.clock.now() - older_than, "tenant": tenant, "batch": batch},
+        )
 
 
 def _filter_sql(f: EventFilter) -> tuple[str, dict[str, Any]]:
