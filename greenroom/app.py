@@ -103,10 +103,14 @@ class App:
         session_concurrency: int = 1,
         isolation: Literal["context", "process"] = "context",
         input: type[BaseModel] | None = None,
+        schedule: str | None = None,
+        schedule_timezone: str = "UTC",
     ) -> Callable[[WorkflowFn], Workflow]:
         """Declare a workflow: an async function of checkpointed steps taking a RunContext,
         then its input as keyword arguments, or (with `input`, a pydantic model) one validated
-        instance of the model. Enqueueing checks the input against either (greenroom.inputs)."""
+        instance of the model. Enqueueing checks the input against either (greenroom.inputs).
+        With `schedule` (cron, or "every 15m"), workers also run it at those slots for the
+        default tenant (docs/schedules.md)."""
 
         def register(func: WorkflowFn) -> Workflow:
             wf = Workflow(
@@ -121,6 +125,8 @@ class App:
                 connector=None if connector is None else connector.name,
                 isolation=isolation,
                 input_model=input,
+                schedule=schedule,
+                schedule_timezone=schedule_timezone,
             )
             if wf.name in self.workflows:
                 raise ConfigError(f"workflow {wf.name!r} is declared twice")

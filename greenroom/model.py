@@ -437,3 +437,72 @@ class DeliveryAttempt:
     response: str
     error: str | None
     worker_id: str
+
+
+class Overlap(enum.StrEnum):
+    """What a schedule does at a slot while its previous run has not finished."""
+
+    #: Fire nothing (counted as skipped).
+    SKIP = "skip"
+    #: Fire one run that waits for the running one; more are skipped.
+    BUFFER_ONE = "buffer_one"
+    #: Fire every slot; the runs go one after another.
+    BUFFER_ALL = "buffer_all"
+    #: Cancel the previous run and fire.
+    CANCEL_OTHER = "cancel_other"
+    #: Fire; runs may go at the same time.
+    ALLOW_ALL = "allow_all"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """Runs of a workflow started at cron or interval slots (greenroom.schedules.spec)."""
+
+    id: str
+    tenant: str
+    name: str
+    workflow: str
+    integration: str | None
+    cron: str | None
+    every_seconds: float | None
+    phase_seconds: float
+    timezone: str
+    start_at: float | None
+    end_at: float | None
+    jitter_seconds: float
+    input: dict[str, Any]
+    labels: dict[str, str]
+    overlap: Overlap
+    #: Slots missed by downtime that are still fired when found within this long.
+    catchup_seconds: float
+    paused: bool
+    pause_note: str | None
+    paused_by: str | None
+    paused_at: float | None
+    #: The first slot not handled yet (none: the schedule has ended).
+    next_slot: float | None
+    #: When it fires: the slot plus its jitter.
+    next_due: float | None
+    last_slot: float | None
+    last_fired_at: float | None
+    last_run_id: str | None
+    fired: int
+    skipped: int
+    missed: int
+    #: `app` for schedules a workflow declares, `api` for the ones admins make.
+    origin: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleFiring:
+    id: int
+    schedule_id: str
+    #: The slot (none for a run triggered by hand).
+    slot: float | None
+    at: float
+    #: fired, skipped, missed (with the count in detail), triggered, backfilled, cancelled.
+    outcome: str
+    run_id: str | None
+    detail: dict[str, Any] | None

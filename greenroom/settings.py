@@ -133,6 +133,15 @@ class Settings(BaseModel):
     smtp_password: SecretStr | None = None
     smtp_from: str = Field("greenroom@localhost", description="sender of notification mail")
 
+    # -- schedules (greenroom.schedules) --------------------------------------------------
+    schedules_enabled: bool = Field(True, description="workers fire due schedules")
+    schedule_min_interval_seconds: float = Field(
+        60.0, gt=0, description="the shortest interval (and cron step) a schedule may have"
+    )
+    schedule_firings_days: float = Field(
+        30.0, gt=0, description="a schedule's firings, skips and misses are kept this long"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _environment(cls, given: Any) -> Any:

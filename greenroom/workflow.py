@@ -40,6 +40,10 @@ class Workflow:
     isolation: Literal["context", "process"] = "context"
     #: A pydantic model the input is validated as (the function then takes (ctx, input)).
     input_model: type[BaseModel] | None = None
+    #: Runs for the default tenant at these slots: a cron expression (or @daily …) or an
+    #: interval ("every 15m"), in `schedule_timezone` (greenroom.schedules).
+    schedule: str | None = None
+    schedule_timezone: str = "UTC"
     #: What the function takes after ctx, read from its signature (greenroom.inputs).
     inputs: InputSpec = field(init=False, repr=False, compare=False)
 

@@ -17,6 +17,7 @@ from greenroom.model import (
     ErrorGroup,
     Event,
     Integration,
+    Overlap,
     Pause,
     PauseScope,
     Role,
@@ -24,6 +25,8 @@ from greenroom.model import (
     RunEvent,
     RunState,
     SavedSession,
+    Schedule,
+    ScheduleFiring,
     StepRecord,
     StepStatus,
     Subscription,
@@ -311,3 +314,51 @@ def delivery_attempt_from_row(row: Row) -> DeliveryAttempt:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def schedule_from_row(row: Row) -> Schedule:
+    return Schedule(
+        id=row["id"],
+        tenant=row["tenant"],
+        name=row["name"],
+        workflow=row["workflow"],
+        integration=row["integration"],
+        cron=row["cron"],
+        every_seconds=_float(row["every_seconds"]),
+        phase_seconds=float(row["phase_seconds"]),
+        timezone=row["timezone"],
+        start_at=_float(row["start_at"]),
+        end_at=_float(row["end_at"]),
+        jitter_seconds=float(row["jitter_seconds"]),
+        input=json.loads(row["input"]),
+        labels=json.loads(row["labels"]),
+        overlap=Overlap(row["overlap"]),
+        catchup_seconds=float(row["catchup_seconds"]),
+        paused=bool(row["paused"]),
+        pause_note=row["pause_note"],
+        paused_by=row["paused_by"],
+        paused_at=_float(row["paused_at"]),
+        next_slot=_float(row["next_slot"]),
+        next_due=_float(row["next_due"]),
+        last_slot=_float(row["last_slot"]),
+        last_fired_at=_float(row["last_fired_at"]),
+        last_run_id=row["last_run_id"],
+        fired=int(row["fired"]),
+        skipped=int(row["skipped"]),
+        missed=int(row["missed"]),
+        origin=row["origin"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+def schedule_firing_from_row(row: Row) -> ScheduleFiring:
+    return ScheduleFiring(
+        id=int(row["id"]),
+        schedule_id=row["schedule_id"],
+        slot=_float(row["slot"]),
+        at=float(row["at"]),
+        outcome=row["outcome"],
+        run_id=row["run_id"],
+        detail=loads(row["detail"]),
+    )

@@ -30,6 +30,10 @@ EVENT_TYPES = (
     "integration.updated",
     "integration.deleted",
     "endpoint.disabled",
+    "schedule.fired",
+    "schedule.missed",
+    "schedule.paused",
+    "schedule.resumed",
 )
 #: An event type (`run.failed`), or every type under a prefix (`run.*`).
 TYPE_FILTERS = EVENT_TYPES + tuple(sorted({t.split(".")[0] + ".*" for t in EVENT_TYPES}))

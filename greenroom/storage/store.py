@@ -12,6 +12,7 @@ from greenroom.storage.deliveries import Deliveries
 from greenroom.storage.events import Events
 from greenroom.storage.repair import Repair
 from greenroom.storage.runs import Runs
+from greenroom.storage.schedules import Schedules
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.subscriptions import Subscriptions
 
@@ -20,7 +21,7 @@ class RunStore:
     """Runs and workers (`runs`), queue controls (`controls`), operators' retries, errors and
     audit (`admin`), browser sessions (`sessions`), tenants, keys and integrations
     (`accounts`), repairs (`repair`), what happened (`events`), and who hears of it
-    (`subscriptions`, `deliveries`)."""
+    (`subscriptions`, `deliveries`), and schedules (`schedules`)."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -34,3 +35,4 @@ class RunStore:
         self.events = Events(backend, self.clock)
         self.subscriptions = Subscriptions(backend, self.clock)
         self.deliveries = Deliveries(backend, self.clock)
+        self.schedules = Schedules(backend, self.clock)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -36,9 +36,6 @@ from greenroom.worker.writer import RunWriter
 from greenroom.workflow import Workflow
 
 T = TypeVar("T")
-if TYPE_CHECKING:
-    from greenroom.delivery.dispatcher import Dispatcher
-
 log = structlog.get_logger("greenroom.worker")
 SETTINGS_REFRESH_SECONDS = 2.0
 LIVENESS_CHECK_SECONDS = 0.05
@@ -72,6 +69,11 @@ class _Active:
             self.ctx.request_pause()
 
 
+class _SideLoop(Protocol):
+    async def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 class Worker:
     def __init__(
         self,
@@ -89,6 +91,8 @@ class Worker:
         self.concurrency = concurrency or self.settings.concurrency
         #: Whether this worker also delivers events to subscriptions (greenroom.delivery).
         self.deliver = self.settings.delivery_enabled if deliver is None else deliver
+        #: Whether this worker also fires due schedules (greenroom.schedules).
+        self.fire_schedules = self.settings.schedules_enabled
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stats = WorkerStats()
         self._active: dict[str, _Active] = {}
@@ -107,7 +111,7 @@ class Worker:
         self._liveness: Liveness | None = None
         self._listener: Liveness | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._dispatcher: Dispatcher | None = None
+        self._side_loops: dict[str, _SideLoop] = {}
         self.log = log.bind(worker_id=self.id)
         # Browser pool, saved sessions, diagnostics: Chromium starts at a run's first page.
         self.browser = BrowserRuntime(self.settings)
@@ -149,32 +153,46 @@ class Worker:
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
             asyncio.create_task(self._liveness_loop(), name="liveness"),
         ]
-        delivering = asyncio.create_task(self._deliver(), name="delivery") if self.deliver else None
+        side = self._start_side_loops()
         try:
             await self._claim_loop()
             await self._drain()
         finally:
-            if delivering is not None:
-                await self._stop_delivering(delivering)
+            await self._stop_side_loops(side)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._close()
 
-    async def _deliver(self) -> None:
-        """Deliver events beside the runs; imported here, after the first claim started."""
-        from greenroom.delivery.dispatcher import Dispatcher
+    def _start_side_loops(self) -> list[asyncio.Task[None]]:
+        """Event delivery and schedules, beside the runs (each can be turned off)."""
+        wanted = [("delivery", self.deliver), ("schedules", self.fire_schedules)]
+        return [asyncio.create_task(self._side_loop(k), name=k) for k, on in wanted if on]
 
-        self._dispatcher = Dispatcher(self.store, self.settings)
-        await self._dispatcher.run()
+    async def _side_loop(self, kind: str) -> None:
+        """Imported here, once the first claim has started."""
+        loop: _SideLoop
+        if kind == "delivery":
+            from greenroom.delivery.dispatcher import Dispatcher
 
-    async def _stop_delivering(self, delivering: asyncio.Task[None]) -> None:
-        """Sends in flight finish (within their timeout) and their results are written."""
-        if self._dispatcher is None:
-            delivering.cancel()
+            loop = Dispatcher(self.store, self.settings)
         else:
-            self._dispatcher.stop()
-        await asyncio.gather(delivering, return_exceptions=True)
+            from greenroom.schedules.runner import Scheduler
+
+            loop = Scheduler(self.app)
+        self._side_loops[kind] = loop
+        await loop.run()
+
+    async def _stop_side_loops(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Sends in flight finish (within their timeout) and their results are written; a
+        round of firing ends with its transaction."""
+        for task in tasks:
+            loop = self._side_loops.get(task.get_name())
+            if loop is None:
+                task.cancel()
+            else:
+                loop.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _start(self) -> None:
         store = self.store

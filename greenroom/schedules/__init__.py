@@ -1,0 +1,1 @@
+"""Schedules: cron and interval slots that start runs, fired by every worker, each slot once."""

@@ -1,0 +1,97 @@
+"""The scheduler loop every worker runs beside its runs: fire the schedules that are due.
+
+Nothing is elected: each round locks the due schedules it takes (others skip them) and fires
+them in one transaction, so schedulers racing fire every slot once, and any of them can stop or
+die without leaving a slot behind (its transaction rolls back; the next round takes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from greenroom.errors import GreenroomError
+from greenroom.schedules import service
+from greenroom.storage.schedules import Fired
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from greenroom.app import App
+
+T = TypeVar("T")
+log = structlog.get_logger("greenroom.schedules")
+
+#: Schedules fired in one transaction, at most.
+BATCH = 200
+PRUNE_EVERY_SECONDS = 600.0
+
+
+class Scheduler:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.settings = app.settings
+        self._stopping = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedules")
+        self._prepare = service.preparer(app)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    async def run(self) -> None:
+        try:
+            await self._sync()
+            pruned_at = asyncio.get_running_loop().time()
+            while not self._stopping.is_set():
+                fired = await self._round()
+                if len(fired.runs) + len(fired.paused) < BATCH:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._stopping.wait(), timeout=self.settings.poll_seconds
+                        )
+                if asyncio.get_running_loop().time() - pruned_at > PRUNE_EVERY_SECONDS:
+                    pruned_at = asyncio.get_running_loop().time()
+                    await self._prune()
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def _sync(self) -> None:
+        try:
+            await self._db(service.sync_declared, self.app)
+        except Exception as exc:
+            log.warning("could not make the schedules workflows declare", error=str(exc))
+
+    async def _round(self) -> Fired:
+        store = self.app.store
+        try:
+            fired = await self._db(store.schedules.fire_due, self._prepare, limit=BATCH)
+        except Exception as exc:
+            log.warning("firing schedules failed; trying again", error=str(exc))
+            return Fired()
+        for schedule_id in fired.paused:
+            log.warning("schedule paused: its runs cannot be made", schedule_id=schedule_id)
+        for run_id in fired.cancel:
+            with contextlib.suppress(GreenroomError):  # it ended meanwhile
+                await self._db(
+                    store.runs.cancel,
+                    run_id,
+                    actor="schedule",
+                    reason="its schedule fired again (overlap cancel_other)",
+                )
+        return fired
+
+    async def _prune(self) -> None:
+        try:
+            days = self.settings.schedule_firings_days
+            await self._db(self.app.store.schedules.prune_firings, older_than=days * 86400)
+        except Exception as exc:
+            log.warning("pruning schedule firings failed", error=str(exc))
