@@ -4,6 +4,8 @@ field, a schedule whose workflow is gone paused with a note, trigger and backfil
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -19,7 +21,7 @@ from greenroom.schedules.service import ScheduleRequest
 from greenroom.schedules.spec import Spec
 from greenroom.storage.events import EventFilter
 from greenroom.storage.schedules import Fired, slot_key
-from tests.helpers import fast_app, settle_events
+from tests.helpers import fast_app, settle_events, wait_for_states, worker_running
 
 T0 = 1_800_000_000.0  # a multiple of 900: 15-minute slots fall on it
 
@@ -295,3 +297,34 @@ def test_declared_schedules_are_made_once_and_paused_when_gone(app: App) -> None
     service.sync_declared(app)
     gone = app.store.schedules.get(declared.id)
     assert gone.paused and gone.pause_note == "no longer declared by the app"
+
+
+async def test_workers_fire_schedules_and_run_them(db_url: str) -> None:
+    app = fast_app(db_url, schedules_enabled=True, schedule_min_interval_seconds=1.0)
+
+    @app.workflow(name="tick")
+    async def tick(ctx: RunContext) -> int:
+        return 1
+
+    register_tenant(app.store, "t1")
+    try:
+        s = service.create(
+            app, "t1", ScheduleRequest(name="tick", workflow="tick", every=1.0), actor="a"
+        )
+        async with worker_running(app), worker_running(app):  # two schedulers racing
+            deadline = time.monotonic() + 30
+            while app.store.schedules.get(s.id).fired < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        fired = app.store.schedules.get(s.id)
+        assert fired.fired >= 3
+        with app.store.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT id, idempotency_key FROM runs WHERE idempotency_key LIKE :p",
+                {"p": f"schedule:{s.id}:%"},
+            )
+        keys = [r["idempotency_key"] for r in rows]
+        assert len(keys) == len(set(keys)) == fired.fired
+        done = await wait_for_states(app.store, [r["id"] for r in rows][:3], timeout=30)
+        assert {r.state for r in done} == {RunState.SUCCEEDED}
+    finally:
+        app.close()
