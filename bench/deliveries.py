@@ -5,7 +5,8 @@ stamps every request with `time.time()` when it is whole). Fresh database per ro
 the rounds.
 
 - throughput: N events committed first (written through the store's outbox, batches of 1,000),
-  4 webhook subscriptions (2 per tenant, default max_in_flight of 10), so 2 x N deliveries; then
+  4 webhook subscriptions (2 per tenant, default max_in_flight of 10; --per-tenant and
+  --max-in-flight change them), so 2 x N deliveries; then
   2 workers are spawned. Rate at the receiver, first to last request (`receiver_per_s`), and from
   spawn to the last request (`from_spawn_per_s`, start-up and fan-out included); duplicates are
   requests beyond one per delivery.
@@ -69,14 +70,18 @@ class Bench:
         assert self.receiver.stdout is not None
         self.port = int(self.receiver.stdout.readline())
 
-    def subscribe(self, tenant: str, name: str) -> None:
+    def subscribe(self, tenant: str, name: str, max_in_flight: int | None = None) -> None:
         subscriptions.create(
             self.app.store,
             load_keyring(self.app.settings),
             AddressPolicy.of(self.app.settings),
             tenant=tenant,
             channel=Channel.WEBHOOK,
-            spec=SubscriptionSpec(url=f"http://127.0.0.1:{self.port}/{name}", types=["run.*"]),
+            spec=SubscriptionSpec(
+                url=f"http://127.0.0.1:{self.port}/{name}",
+                types=["run.*"],
+                max_in_flight=max_in_flight,
+            ),
             actor=f"admin@{tenant}",
         )
 
@@ -159,14 +164,16 @@ def event(tenant: str, i: int) -> NewEvent:
     return NewEvent(tenant, "run.succeeded", f"run:bench-{i}", payload)
 
 
-def throughput(db: str, events: int, timeout: float) -> dict[str, Any]:
+def throughput(
+    db: str, events: int, timeout: float, per_tenant: int, max_in_flight: int | None
+) -> dict[str, Any]:
     with bench(db, "deliveries") as b:
         for tenant in ("t1", "t2"):
-            for n in range(2):
-                b.subscribe(tenant, f"{tenant}-{n}")
+            for n in range(per_tenant):
+                b.subscribe(tenant, f"{tenant}-{n}", max_in_flight)
         for start in range(0, events, 1000):
             b.commit([event("t1" if i % 2 else "t2", i) for i in range(start, start + 1000)])
-        wanted = events * 2
+        wanted = events * per_tenant
         spawned = time.time()
         b.worker()
         b.worker()
@@ -252,6 +259,12 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=0.05, help="seconds between lag events")
     p.add_argument("--timeout", type=float, default=120.0, help="give up a round after this")
     p.add_argument("--only", choices=["throughput", "lag"], default=None)
+    p.add_argument(
+        "--per-tenant", type=int, default=2, help="throughput: subscriptions in each of 2 tenants"
+    )
+    p.add_argument(
+        "--max-in-flight", type=int, default=None, help="throughput: the subscriptions' limit"
+    )
     args = p.parse_args()
     benchlib.quiet_logs()
     result: dict[str, Any] = {
@@ -261,12 +274,17 @@ def main() -> None:
         "load_before": os.getloadavg()[0],
     }
     if args.only in (None, "throughput"):
-        rounds = [throughput(args.db, args.events, args.timeout) for _ in range(args.rounds)]
+        rounds = [
+            throughput(args.db, args.events, args.timeout, args.per_tenant, args.max_in_flight)
+            for _ in range(args.rounds)
+        ]
         result["server"] = rounds[0].pop("server")
         for r in rounds[1:]:
             r.pop("server")
         result["throughput"] = {
             "events": args.events,
+            "subscriptions": 2 * args.per_tenant,
+            "max_in_flight": args.max_in_flight or "default (10)",
             "receiver_per_s": statistics.median(r["receiver_per_s"] or 0 for r in rounds),
             "from_spawn_per_s": statistics.median(r["from_spawn_per_s"] or 0 for r in rounds),
             "rounds": rounds,
