@@ -12,7 +12,7 @@ the rounds.
   requests beyond one per delivery.
 - lag: 2 workers up and idle (registered, then 1.5 s); events committed one at a time every
   50 ms for 1 subscription; lag = the request's arrival at the receiver - the moment the event's
-  commit returned.
+  commit returned, split at the delivery row's `created_at` (when fan-out made it).
 """
 
 from __future__ import annotations
@@ -231,11 +231,25 @@ def lag(db: str, count: int, interval: float) -> dict[str, Any]:
                 break
             time.sleep(0.1)
         lags = [first[i] - committed[i] for i in first]
+        made = {
+            ids[r["event_id"]]: float(r["created_at"])
+            for r in _fanned_out(b)
+            if r["event_id"] in ids
+        }
+        fanned = [made[i] - committed[i] for i in first if i in made]
+        sent = [first[i] - made[i] for i in first if i in made]
         return {
             "events": count,
             "arrived": len(first),
             "lag_ms": benchlib.summary(benchlib.ms(lags), 1),
+            # the delivery row's created_at: when fan-out made it (its transaction's clock)
+            "commit_to_fan_out_ms": benchlib.summary(benchlib.ms(fanned), 1),
+            "fan_out_to_arrival_ms": benchlib.summary(benchlib.ms(sent), 1),
         }
+
+
+def _fanned_out(b: Bench) -> list[dict[str, Any]]:
+    return b.query("SELECT event_id, created_at FROM deliveries")
 
 
 def _event_numbers(b: Bench) -> list[dict[str, Any]]:
