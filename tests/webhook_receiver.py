@@ -21,6 +21,9 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: False when the connection ended before the whole body came (the sender was killed or
+    #: gave up): no receiver would act on it.
+    complete: bool = True
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -76,11 +79,14 @@ def running_receiver() -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
-            request = Request(
-                self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length)
-            )
+            body = self.rfile.read(length)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            request = Request(self.path, headers, body, complete=len(body) == length)
             with receiver.lock:
                 receiver.requests.append(request)
+            if not request.complete:
+                self.close_connection = True
+                return
             answer = receiver.answer(request)
             if answer == CLOSE:
                 self.close_connection = True
