@@ -6,8 +6,17 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from greenroom.delivery.schedule import RETRY_DELAYS
 from greenroom.errors import ConfigError
 
 DEFAULT_DB = "sqlite:///.greenroom/greenroom.db"
@@ -102,6 +111,13 @@ class Settings(BaseModel):
     delivery_timeout_seconds: float = Field(
         10.0, gt=0, description="an attempt that has no whole answer by then failed"
     )
+    delivery_retry_delays: tuple[float, ...] = Field(
+        RETRY_DELAYS,
+        min_length=1,
+        description="seconds before each attempt of a delivery (comma-separated; the first is"
+        " the first attempt's, the last attempt gives up): Standard Webhooks' schedule, with"
+        " ±10 % jitter; shorter schedules are for tests",
+    )
     delivery_allow_http: bool = Field(
         False, description="allow http:// endpoints (development); https:// otherwise"
     )
@@ -150,6 +166,20 @@ class Settings(BaseModel):
         names = {f"{ENV_PREFIX}{name}".lower(): name for name in cls.model_fields}
         found = {names[k.lower()]: v for k, v in os.environ.items() if k.lower() in names}
         return {**found, **given}
+
+    @field_validator("delivery_retry_delays", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("delivery_retry_delays")
+    @classmethod
+    def _no_negative_delay(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("delays must not be negative")
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_fits_lease(self) -> Settings:

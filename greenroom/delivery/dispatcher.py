@@ -128,7 +128,8 @@ class Dispatcher:
             self.log.exception("delivery failed unexpectedly", subscription=subscription.id)
             sent = Sent(ok=False, error=f"internal error: {type(exc).__name__}")
         now = time.time()
-        self._results += [finished(claimed, sent, now) for claimed in group]
+        delays = self.settings.delivery_retry_delays
+        self._results += [finished(claimed, sent, now, delays=delays) for claimed in group]
 
     async def _flush_loop(self) -> None:
         while True:

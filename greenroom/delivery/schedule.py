@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
-#: Seconds before each attempt: the first at once, the eighth and last about 27 h later.
+#: Seconds before each attempt: the first at once, the eighth and last about 27 h later. The
+#: default of the `delivery_retry_delays` setting.
 RETRY_DELAYS = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 #: Each delay varies by up to this fraction, so retries of many deliveries spread out.
 JITTER = 0.1
@@ -13,13 +15,17 @@ MAX_RETRY_AFTER = 36000.0
 
 
 def next_delay(
-    attempts: int, retry_after: float | None = None, rng: random.Random | None = None
+    attempts: int,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+    delays: Sequence[float] = RETRY_DELAYS,
 ) -> float | None:
-    """Seconds until the next attempt after `attempts` failed ones; None when the schedule has
-    ended. A Retry-After longer than the schedule's delay is honoured."""
-    if attempts >= len(RETRY_DELAYS):
+    """Seconds until the next attempt after `attempts` failed ones; None when the schedule
+    (`delays`, the seconds before each attempt) has ended. A Retry-After longer than the
+    schedule's delay is honoured."""
+    if attempts >= len(delays):
         return None
-    delay = RETRY_DELAYS[attempts] * (1 + (rng or random).uniform(-JITTER, JITTER))
+    delay = delays[attempts] * (1 + (rng or random).uniform(-JITTER, JITTER))
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay

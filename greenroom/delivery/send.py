@@ -12,7 +12,7 @@ from greenroom.delivery import http, render
 from greenroom.delivery.address import AddressPolicy
 from greenroom.delivery.email import SmtpConfig, send_email
 from greenroom.delivery.message import event_url, message_id, webhook_body
-from greenroom.delivery.schedule import next_delay
+from greenroom.delivery.schedule import RETRY_DELAYS, next_delay
 from greenroom.delivery.signing import headers
 from greenroom.delivery.subscriptions import signing_secrets
 from greenroom.errors import ConfigError
@@ -124,10 +124,15 @@ class Sender:
 
 
 def finished(
-    claimed: Claimed, sent: Sent, now: float, rng: random.Random | None = None
+    claimed: Claimed,
+    sent: Sent,
+    now: float,
+    rng: random.Random | None = None,
+    delays: Sequence[float] = RETRY_DELAYS,
 ) -> Finished:
-    """The delivery's next state after this attempt: delivered, retried by the schedule,
-    failed for good, or failed with its endpoint disabled (410)."""
+    """The delivery's next state after this attempt: delivered, retried by the schedule
+    (`delays`, the `delivery_retry_delays` setting), failed for good, or failed with its
+    endpoint disabled (410)."""
     next_at = None
     if sent.ok:
         outcome = "delivered"
@@ -135,7 +140,7 @@ def finished(
         outcome = "disabled"
     else:
         attempts = claimed.delivery.attempts
-        delay = None if sent.permanent else next_delay(attempts, sent.retry_after, rng)
+        delay = None if sent.permanent else next_delay(attempts, sent.retry_after, rng, delays)
         outcome = "failed" if delay is None else "retry"
         next_at = None if delay is None else now + delay
     return Finished(
