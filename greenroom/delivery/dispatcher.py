@@ -35,8 +35,8 @@ log = structlog.get_logger("greenroom.delivery")
 #: How often an idle worker looks for new events and due deliveries.
 POLL_SECONDS = 0.1
 FAN_OUT_BATCH = 500
-#: How often results are written, at most.
-FLUSH_SECONDS = 0.05
+#: How soon a write of results that failed (the database is away) is tried again.
+FLUSH_RETRY_SECONDS = 0.5
 PRUNE_EVERY_SECONDS = 600.0
 
 
@@ -49,12 +49,18 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._sending: set[asyncio.Task[None]] = set()
         self._results: list[Finished] = []
+        #: Set when there may be deliveries to claim: fan-out made some, or results written
+        #: freed room under subscriptions' in-flight limits (or the dispatcher is stopping).
+        self._work = asyncio.Event()
+        #: Set when sends have results to write.
+        self._finished = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="delivery")
         # Deliveries can take as long as their timeout, then wait for the next flush.
         self.lease_seconds = settings.delivery_timeout_seconds * 2 + 10.0
 
     def stop(self) -> None:
         self._stopping.set()
+        self._work.set()
 
     async def run(self) -> None:
         """Deliver until stopped; then let sends in flight finish (within their timeout) and
@@ -86,6 +92,11 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
+    async def _wait_for_work(self) -> None:
+        """Until there may be deliveries to claim, or the poll interval has passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), timeout=POLL_SECONDS)
+
     async def _fan_out_loop(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -93,6 +104,8 @@ class Dispatcher:
             except Exception as exc:
                 self.log.warning("fan-out failed; trying again", error=str(exc))
                 read = 0
+            if read:
+                self._work.set()
             if read < FAN_OUT_BATCH:
                 await self._pause(POLL_SECONDS)
 
@@ -103,6 +116,7 @@ class Dispatcher:
             if room <= 0:
                 await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            self._work.clear()
             try:
                 claimed = await self._db(
                     self.store.deliveries.claim,
@@ -118,7 +132,7 @@ class Dispatcher:
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
             if not claimed:
-                await self._pause(POLL_SECONDS)
+                await self._wait_for_work()
 
     async def _send(self, sender: Sender, group: list[Claimed]) -> None:
         subscription = group[0].subscription
@@ -130,11 +144,17 @@ class Dispatcher:
         now = time.time()
         delays = self.settings.delivery_retry_delays
         self._results += [finished(claimed, sent, now, delays=delays) for claimed in group]
+        self._finished.set()
 
     async def _flush_loop(self) -> None:
+        """Write results as they come: those that finish during a write go with the next."""
         while True:
-            await asyncio.sleep(FLUSH_SECONDS)
+            await self._finished.wait()
+            self._finished.clear()
             await self._flush()
+            if self._results:  # kept after a failed write: try again shortly
+                await asyncio.sleep(FLUSH_RETRY_SECONDS)
+                self._finished.set()
 
     async def _flush(self) -> None:
         """Write the results so far; kept for the next flush if the database is away."""
@@ -148,6 +168,7 @@ class Dispatcher:
                 results,
                 disable_after=self.settings.delivery_disable_after_days * 86400,
             )
+            self._work.set()  # room under in-flight limits, retries to schedule
         except Exception as exc:
             self.log.warning(
                 "recording deliveries failed; trying again", results=len(results), error=str(exc)

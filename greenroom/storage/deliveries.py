@@ -96,7 +96,7 @@ class Deliveries(StoreBase):
     @retry_conflicts
     def fan_out(self, *, limit: int = 500) -> int:
         """Make the deliveries of the next events (up to `limit`); how many events were read.
-        None when another worker is fanning out."""
+        0 when another worker is fanning out."""
         backend = self.backend
         with backend.transaction(write=False) as tx:  # most polls find nothing: no write lock
             if not tx.execute(
