@@ -151,16 +151,16 @@ class Dispatcher:
         while True:
             await self._finished.wait()
             self._finished.clear()
-            await self._flush()
-            if self._results:  # kept after a failed write: try again shortly
+            if not await self._flush():  # the results are kept: try again shortly
                 await asyncio.sleep(FLUSH_RETRY_SECONDS)
                 self._finished.set()
 
-    async def _flush(self) -> None:
-        """Write the results so far; kept for the next flush if the database is away."""
+    async def _flush(self) -> bool:
+        """Write the results so far; kept for the next flush if the database is away (then
+        False)."""
         results, self._results = self._results, []
         if not results:
-            return
+            return True
         try:
             await self._db(
                 self.store.deliveries.finish,
@@ -169,11 +169,13 @@ class Dispatcher:
                 disable_after=self.settings.delivery_disable_after_days * 86400,
             )
             self._work.set()  # room under in-flight limits, retries to schedule
+            return True
         except Exception as exc:
             self.log.warning(
                 "recording deliveries failed; trying again", results=len(results), error=str(exc)
             )
             self._results = results + self._results
+            return False
 
     async def _prune_loop(self) -> None:
         while True:
