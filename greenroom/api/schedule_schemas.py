@@ -5,13 +5,13 @@ setting) are checked by greenroom.schedules.spec and answered naming the body fi
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from greenroom.api.schemas import Body, Id
-from greenroom.model import Schedule, ScheduleFiring
+from greenroom.model import Run, Schedule, ScheduleFiring
 from greenroom.rules import (
     MAX_NAME,
     MAX_REASON,
@@ -22,8 +22,13 @@ from greenroom.rules import (
     Name,
     text,
 )
+from greenroom.schedules import service
 from greenroom.schedules.service import MAX_CATCHUP, ScheduleRequest
+from greenroom.schedules.spec import invalid
 from greenroom.storage.schedules import spec_of
+
+if TYPE_CHECKING:
+    from greenroom.app import App
 
 #: Upcoming slots each schedule shows.
 NEXT_FIRINGS = 5
@@ -236,3 +241,42 @@ class BackfillSlot(BaseModel):
 class BackfillOut(BaseModel):
     dry_run: bool
     slots: list[BackfillSlot]
+
+
+def run_backfill(
+    app: App, schedule_id: str, body: BackfillIn, *, actor: str, tenant: str | None
+) -> BackfillOut:
+    """A backfill as the API answers it (and the command line's local operations): which
+    slots are new is what a dry run found without a run."""
+    start, end = unix_time(body.start), unix_time(body.end)
+    if end < start:
+        raise invalid("end", "must not be before start")
+    store, prepare = app.store.schedules, service.preparer(app)
+
+    def slots(dry_run: bool) -> list[tuple[float, Run | None]]:
+        return store.backfill(
+            schedule_id,
+            prepare,
+            start=start,
+            end=end,
+            actor=actor,
+            tenant=tenant,
+            dry_run=dry_run,
+        )
+
+    before = slots(True)
+    had = {slot for slot, run in before if run is not None}
+    done = before if body.dry_run else slots(False)
+    timezone = store.get(schedule_id, tenant=tenant).timezone
+    return BackfillOut(
+        dry_run=body.dry_run,
+        slots=[
+            BackfillSlot(
+                slot=slot,
+                at=shown(slot, timezone),
+                run_id=None if run is None else run.id,
+                new=slot not in had,
+            )
+            for slot, run in done
+        ],
+    )

@@ -16,23 +16,18 @@ from greenroom.api.routes.runs import scope
 from greenroom.api.schedule_schemas import (
     BackfillIn,
     BackfillOut,
-    BackfillSlot,
     ScheduleCreate,
     ScheduleFiringOut,
     ScheduleOut,
     SchedulePause,
     ScheduleUpdate,
-    shown,
-    unix_time,
+    run_backfill,
 )
 from greenroom.api.schemas import Id, RunOut
 from greenroom.api.state import ApiState, get_state
-from greenroom.app import App
 from greenroom.errors import InvalidInput
-from greenroom.model import Run
 from greenroom.rules import Name
 from greenroom.schedules import service
-from greenroom.schedules.spec import invalid
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"], route_class=DatabaseRoute)
 State = Annotated[ApiState, Depends(get_state)]
@@ -145,51 +140,13 @@ def backfill_schedule(
     """The slots from start to end (up to now) with their runs; unless dry_run, a run for each
     slot that has none. Idempotent: a slot's run is made once. Audited unless dry_run."""
     with body_fields():
-        return backfill(
+        return run_backfill(
             state.app,
             schedule_id,
             body,
             actor=who.actor,
             tenant=who.tenant,
         )
-
-
-def backfill(
-    app: App, schedule_id: str, body: BackfillIn, *, actor: str, tenant: str | None
-) -> BackfillOut:
-    """The backfill the API and the command line's local operations do."""
-    start, end = unix_time(body.start), unix_time(body.end)
-    if end < start:
-        raise invalid("end", "must not be before start")
-    store, prepare = app.store.schedules, service.preparer(app)
-
-    def slots(dry_run: bool) -> list[tuple[float, Run | None]]:
-        return store.backfill(
-            schedule_id,
-            prepare,
-            start=start,
-            end=end,
-            actor=actor,
-            tenant=tenant,
-            dry_run=dry_run,
-        )
-
-    before = slots(True)
-    had = {slot for slot, run in before if run is not None}
-    done = before if body.dry_run else slots(False)
-    timezone = store.get(schedule_id, tenant=tenant).timezone
-    return BackfillOut(
-        dry_run=body.dry_run,
-        slots=[
-            BackfillSlot(
-                slot=slot,
-                at=shown(slot, timezone),
-                run_id=None if run is None else run.id,
-                new=slot not in had,
-            )
-            for slot, run in done
-        ],
-    )
 
 
 @router.get("/{schedule_id}/firings", response_model=list[ScheduleFiringOut], responses=NOT_FOUND)
