@@ -46,8 +46,9 @@ TimeZone = Annotated[
 ]
 #: ISO 8601 (UTC without an offset): its fields' ranges are checked beyond what this says.
 ISO_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?"
-    r"(Z|[+-][0-9]{2}:?[0-9]{2})?$"
+    r"^(19[7-9][0-9]|20[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?)?"
+    r"(Z|[+-](0[0-9]|1[0-3]):?[0-5][0-9])?$"
 )
 UnixTime = Annotated[float, Field(ge=0, le=MAX_UNIX_TIME)]
 Moment = UnixTime | Annotated[str, StringConstraints(max_length=40, pattern=ISO_PATTERN)]
@@ -249,6 +250,7 @@ def run_backfill(
     """A backfill as the API answers it (and the command line's local operations): which
     slots are new is what a dry run found without a run."""
     start, end = unix_time(body.start), unix_time(body.end)
+    app.store.schedules.get(schedule_id, tenant=tenant)  # another tenant's: 404 first
     if end < start:
         raise invalid("end", "must not be before start")
     store, prepare = app.store.schedules, service.preparer(app)
