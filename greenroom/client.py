@@ -37,6 +37,15 @@ from greenroom.api.delivery_schemas import (
     SubscriptionUpdate,
     SubscriptionWithSecret,
 )
+from greenroom.api.schedule_schemas import (
+    BackfillIn,
+    BackfillOut,
+    ScheduleCreate,
+    ScheduleFiringOut,
+    ScheduleOut,
+    SchedulePause,
+    ScheduleUpdate,
+)
 from greenroom.api.schemas import (
     AuditOut,
     BulkRetryOut,
@@ -421,6 +430,53 @@ class Client:
 
     def get_event(self, event_id: int) -> OutboxEventOut:
         return _parse(OutboxEventOut, self._request("GET", f"/v1/events/{int(event_id)}"))
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def schedules(
+        self, *, tenant: str | None = None, integration: str | None = None
+    ) -> list[ScheduleOut]:
+        params = _params(tenant=tenant, integration=integration)
+        return _parse(list[ScheduleOut], self._request("GET", "/v1/schedules", params=params))
+
+    def create_schedule(self, schedule: ScheduleCreate) -> ScheduleOut:
+        body = _body(schedule)
+        return _parse(ScheduleOut, self._request("POST", "/v1/schedules", json=body))
+
+    def get_schedule(self, schedule_id: str) -> ScheduleOut:
+        return _parse(ScheduleOut, self._request("GET", f"/v1/schedules/{_q(schedule_id)}"))
+
+    def update_schedule(self, schedule_id: str, update: ScheduleUpdate) -> ScheduleOut:
+        path = f"/v1/schedules/{_q(schedule_id)}"
+        return _parse(ScheduleOut, self._request("PATCH", path, json=_body(update)))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._request("DELETE", f"/v1/schedules/{_q(schedule_id)}")
+
+    def pause_schedule(self, schedule_id: str, *, note: str) -> ScheduleOut:
+        path = f"/v1/schedules/{_q(schedule_id)}/pause"
+        body = _body(SchedulePause(note=note))
+        return _parse(ScheduleOut, self._request("POST", path, json=body))
+
+    def resume_schedule(self, schedule_id: str) -> ScheduleOut:
+        path = f"/v1/schedules/{_q(schedule_id)}/resume"
+        return _parse(ScheduleOut, self._request("POST", path))
+
+    def trigger_schedule(self, schedule_id: str) -> RunOut:
+        """A run of the schedule now, whatever its slots and overlap policy."""
+        path = f"/v1/schedules/{_q(schedule_id)}/trigger"
+        return _parse(RunOut, self._request("POST", path))
+
+    def backfill_schedule(self, schedule_id: str, request: BackfillIn) -> BackfillOut:
+        """The slots from start to end with their runs; unless dry_run, the missing runs made."""
+        path = f"/v1/schedules/{_q(schedule_id)}/backfill"
+        body = request.model_dump(mode="json")
+        return _parse(BackfillOut, self._request("POST", path, json=body))
+
+    def schedule_firings(self, schedule_id: str, *, limit: int = 50) -> list[ScheduleFiringOut]:
+        path = f"/v1/schedules/{_q(schedule_id)}/firings"
+        response = self._request("GET", path, params=_params(limit=limit))
+        return _parse(list[ScheduleFiringOut], response)
 
     # -- subscriptions and deliveries ------------------------------------------------------
 

@@ -18,6 +18,7 @@ from greenroom.api.routes import (
     integrations,
     observe,
     runs,
+    schedules,
     subscriptions,
 )
 from greenroom.api.state import ApiState
@@ -43,6 +44,7 @@ def create_api(app: App) -> FastAPI:
             {"name": "runs", "description": "Start, follow, cancel and retry runs."},
             {"name": "queues and pauses", "description": "Queue settings, pause and resume."},
             {"name": "integrations", "description": "Connectors and each tenant's integrations."},
+            {"name": "schedules", "description": "Runs at cron or interval slots."},
             {"name": "events", "description": "What happened, in commit order (docs/events.md)."},
         ],
     )
@@ -55,7 +57,16 @@ def create_api(app: App) -> FastAPI:
     problems.install(api)
     openapi.install(api, app)
     api.include_router(health.router)
-    for module in (runs, controls, integrations, events, subscriptions, observe, accounts):
+    for module in (
+        runs,
+        controls,
+        schedules,
+        integrations,
+        events,
+        subscriptions,
+        observe,
+        accounts,
+    ):
         api.include_router(module.router, responses=problems.COMMON)
     api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     return api

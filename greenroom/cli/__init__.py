@@ -4,7 +4,7 @@ Every error a user can cause is one line on stderr with exit code 2, never a tra
 (GREENROOM_DEBUG=1 shows tracebacks of unexpected errors). This module holds the Typer app,
 the options and helpers every command shares, and the entry point; the commands live in
 engine (db, worker, enqueue, workers, demo), runs, controls (queues, pauses, tenants),
-admin (errors, audit) and events.
+admin (errors, audit), events and schedules.
 
 Commands act on a database (--db), and the ones that have a remote mode act on a greenroom
 server through its API when given --url (or $GREENROOM_URL). Those are written once, against
@@ -330,6 +330,7 @@ def fail(message: str, code: int = 2) -> int:
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("db", "worker", "enqueue", "workers", "demo"), ("engine",)),
     "runs": ("runs",),
+    "schedules": ("schedules",),
     "events": ("events",),
     **dict.fromkeys(("subscriptions", "deliveries"), ("deliveries",)),
     **dict.fromkeys(("queues", "pause", "resume", "pauses"), ("controls",)),
@@ -347,6 +348,7 @@ ALL_MODULES = (
     "events",
     "runs",
     "saas",
+    "schedules",
     "service",
 )
 #: Options of the root command that take a value (`--db URL`), to find the command after them.
@@ -421,5 +423,6 @@ __all__ = [
     "run",
     "runs",
     "saas",
+    "schedules",
     "service",
 ]

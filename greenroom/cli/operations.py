@@ -26,6 +26,15 @@ from greenroom.api.delivery_schemas import (
     SubscriptionWithSecret,
 )
 from greenroom.api.filters import optional_time, retry_filter, runs_filter
+from greenroom.api.schedule_schemas import (
+    BackfillIn,
+    BackfillOut,
+    ScheduleCreate,
+    ScheduleFiringOut,
+    ScheduleOut,
+    ScheduleUpdate,
+    run_backfill,
+)
 from greenroom.api.schemas import (
     AuditOut,
     BulkRetryOut,
@@ -67,6 +76,7 @@ from greenroom.delivery import subscriptions as delivery_subscriptions
 from greenroom.delivery.address import AddressPolicy
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import ALL_TENANTS, Channel, Role, RunState
+from greenroom.schedules import service as schedule_service
 from greenroom.settings import Settings, load_settings
 from greenroom.storage.deliveries import DeliveryFilter
 from greenroom.storage.events import EventFilter
@@ -151,6 +161,18 @@ class Operations(Protocol):
         self, event_id: int, *, subscription: str | None = None
     ) -> list[DeliveryOut]: ...
     def recover_deliveries(self, request: RecoverIn) -> RecoverOut: ...
+    def schedules(
+        self, *, tenant: str | None = None, integration: str | None = None
+    ) -> list[ScheduleOut]: ...
+    def create_schedule(self, schedule: ScheduleCreate) -> ScheduleOut: ...
+    def get_schedule(self, schedule_id: str) -> ScheduleOut: ...
+    def update_schedule(self, schedule_id: str, update: ScheduleUpdate) -> ScheduleOut: ...
+    def delete_schedule(self, schedule_id: str) -> None: ...
+    def pause_schedule(self, schedule_id: str, *, note: str) -> ScheduleOut: ...
+    def resume_schedule(self, schedule_id: str) -> ScheduleOut: ...
+    def trigger_schedule(self, schedule_id: str) -> RunOut: ...
+    def backfill_schedule(self, schedule_id: str, request: BackfillIn) -> BackfillOut: ...
+    def schedule_firings(self, schedule_id: str, *, limit: int = 50) -> list[ScheduleFiringOut]: ...
 
 
 class LocalOperations:
@@ -494,6 +516,61 @@ class LocalOperations:
             subscription_id=request.subscription,
         )
         return RecoverOut(deliveries=made)
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def _app(self, doing: str) -> App:
+        """The app: its workflows make a schedule's runs, so a database alone cannot."""
+        if self.app is None:
+            raise InvalidInput(
+                f"--app module:attribute is needed to {doing} on a database: the app's"
+                " workflows make the schedule's runs (or give --url)"
+            )
+        require_database(self.app.settings.db)
+        return self.app
+
+    def schedules(
+        self, *, tenant: str | None = None, integration: str | None = None
+    ) -> list[ScheduleOut]:
+        found = self.store.schedules.list_schedules(tenant=tenant, integration=integration)
+        return [ScheduleOut.of(s) for s in found]
+
+    def create_schedule(self, schedule: ScheduleCreate) -> ScheduleOut:
+        app = self._app("create a schedule")
+        tenant = schedule.tenant or schedule_service.DEFAULT_TENANT
+        made = schedule_service.create(app, tenant, schedule.request(), actor=self.actor)
+        return ScheduleOut.of(made)
+
+    def get_schedule(self, schedule_id: str) -> ScheduleOut:
+        return ScheduleOut.of(self.store.schedules.get(schedule_id))
+
+    def update_schedule(self, schedule_id: str, update: ScheduleUpdate) -> ScheduleOut:
+        app = self._app("change a schedule")
+        changed = schedule_service.update(
+            app, schedule_id, update.request(), actor=self.actor, tenant=None
+        )
+        return ScheduleOut.of(changed)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self.store.schedules.delete(schedule_id, actor=self.actor)
+
+    def pause_schedule(self, schedule_id: str, *, note: str) -> ScheduleOut:
+        return ScheduleOut.of(self.store.schedules.pause(schedule_id, note=note, actor=self.actor))
+
+    def resume_schedule(self, schedule_id: str) -> ScheduleOut:
+        return ScheduleOut.of(self.store.schedules.resume(schedule_id, actor=self.actor))
+
+    def trigger_schedule(self, schedule_id: str) -> RunOut:
+        prepare = schedule_service.preparer(self._app("trigger a schedule"))
+        return RunOut.of(self.store.schedules.trigger(schedule_id, prepare, actor=self.actor))
+
+    def backfill_schedule(self, schedule_id: str, request: BackfillIn) -> BackfillOut:
+        app = self._app("backfill a schedule")
+        return run_backfill(app, schedule_id, request, actor=self.actor, tenant=None)
+
+    def schedule_firings(self, schedule_id: str, *, limit: int = 50) -> list[ScheduleFiringOut]:
+        found = self.store.schedules.firings(schedule_id, limit=limit)
+        return [ScheduleFiringOut.of(f) for f in found]
 
 
 @contextmanager

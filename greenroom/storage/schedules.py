@@ -269,19 +269,18 @@ class Schedules(StoreBase):
         """Fire the schedules due now (up to `limit`), each slot once."""
         backend = self.backend
         now = self.clock.now()
+        due = f"SELECT * FROM schedules WHERE {_WAITING} ORDER BY next_due LIMIT :limit"
         with backend.transaction(write=False) as tx:  # most polls find nothing: no write lock
-            if not tx.execute(f"SELECT 1 FROM schedules WHERE {_WAITING} LIMIT 1", {"now": now}):
-                return Fired()
+            waiting = tx.execute(due, {"now": now, "limit": limit})
+        if not waiting:
+            return Fired()
+        ready = _prepared(prepare, [w for row in waiting for w in _due_runs(row, now)])
         with backend.transaction() as tx:
-            rows = tx.execute(
-                f"SELECT * FROM schedules WHERE {_WAITING} ORDER BY next_due LIMIT :limit"
-                f" {backend.skip_locked}",
-                {"now": now, "limit": limit},
-            )
+            rows = tx.execute(f"{due} {backend.skip_locked}", {"now": now, "limit": limit})
             schedules = self._readable(tx, rows)
             states = self._run_states(tx, [s.last_run_id for s in schedules if s.last_run_id])
-            plans = [_plan(s, now, states.get(s.last_run_id or ""), prepare) for s in schedules]
-            return self._apply(tx, plans, now)
+            plans = [_plan(s, now, states.get(s.last_run_id or ""), ready) for s in schedules]
+            return self._apply(tx, [p for p in plans if p is not None], now)
 
     @retry_conflicts
     def trigger(
@@ -289,10 +288,11 @@ class Schedules(StoreBase):
     ) -> Run:
         """A run now, whatever the slots and the overlap policy (an operator asked)."""
         now = self.clock.now()
+        key = f"schedule:{schedule_id}:manual:{now:.6f}"
+        ready = _prepared(prepare, [(self.get(schedule_id, tenant=tenant), None, key)])
         with self.backend.transaction() as tx:
             current = self._get(tx, schedule_id, tenant, lock=True)
-            key = f"schedule:{current.id}:manual:{now:.6f}"
-            plan = _Plan(current, runs=[(None, prepare(current, None, key))])
+            plan = _Plan(current, runs=[(None, _ready(ready, current, None, key))])
             fired = self._apply(tx, [plan], now, outcome="triggered", advance=False)
             self._audit(
                 tx,
@@ -322,15 +322,24 @@ class Schedules(StoreBase):
         if end < start:
             raise InvalidInput("end must not be before start")
         now = self.clock.now()
-        with self.backend.transaction(write=not dry_run) as tx:
-            current = self._get(tx, schedule_id, tenant, lock=not dry_run)
+
+        def missing(tx: Tx, lock: bool) -> tuple[Schedule, list[float], dict[str, Run]]:
+            current = self._get(tx, schedule_id, tenant, lock=lock)
             slots = spec_of(current).slots(start - 1e-6, min(end, now), limit=MAX_SLOTS)
             existing = self._by_key(tx, current.tenant, [slot_key(current.id, s) for s in slots])
-            if dry_run:
-                return [(s, existing.get(slot_key(current.id, s))) for s in slots]
+            return current, slots, existing
+
+        with self.backend.transaction(write=False) as tx:
+            current, slots, existing = missing(tx, False)
+        if dry_run:
+            return [(s, existing.get(slot_key(current.id, s))) for s in slots]
+        wanted = [(current, s, slot_key(current.id, s)) for s in slots]
+        ready = _prepared(prepare, [w for w in wanted if w[2] not in existing])
+        with self.backend.transaction() as tx:
+            current, slots, existing = missing(tx, True)
             plan = _Plan(current)
             plan.runs = [
-                (s, prepare(current, s, slot_key(current.id, s)))
+                (s, _ready(ready, current, s, slot_key(current.id, s)))
                 for s in slots
                 if slot_key(current.id, s) not in existing
             ]
@@ -537,9 +546,10 @@ def _columns_of(s: Schedule) -> dict[str, Any]:
     }
 
 
-def _plan(s: Schedule, now: float, last_state: RunState | None, prepare: Prepare) -> _Plan:
+def _plan(s: Schedule, now: float, last_state: RunState | None, prepare: Prepare) -> _Plan | None:
     """What to do with the slots from the schedule's next one up to now, by its catch-up
-    window and overlap policy."""
+    window and overlap policy; None to leave it for the next round (it changed since its runs
+    were prepared)."""
     plan = _Plan(s)
     assert s.next_slot is not None
     slots = [s.next_slot, *spec_of(s).slots(s.next_slot, now, limit=MAX_SLOTS - 1)]
@@ -559,11 +569,59 @@ def _plan(s: Schedule, now: float, last_state: RunState | None, prepare: Prepare
             continue
         try:
             new = prepare(s, slot, slot_key(s.id, slot))
+        except _NotPrepared:
+            return None
         except (InvalidInput, NotFound, ConfigError) as exc:
             return _Plan(s, problem=f"its runs cannot be made: {exc}")
         plan.runs.append((slot, new))
         active = waiting = True
     return plan
+
+
+class _NotPrepared(Exception):
+    """A run `_prepared` did not make: its schedule changed since."""
+
+
+def _prepared(prepare: Prepare, wanted: Sequence[tuple[Schedule, float | None, str]]) -> Prepare:
+    """`prepare` run now, before the write transaction, for these runs; the Prepare returned
+    answers with what it made (or raises what it raised). Preparing a run reads the store (its
+    integration): inside the transaction it would wait for itself on SQLite, whose one
+    connection that transaction holds."""
+    made: dict[tuple[str, float, str], NewRun | Exception] = {}
+    for schedule, slot, key in wanted:
+        try:
+            made[schedule.id, schedule.updated_at, key] = prepare(schedule, slot, key)
+        except (InvalidInput, NotFound, ConfigError) as exc:
+            made[schedule.id, schedule.updated_at, key] = exc
+
+    def answer(schedule: Schedule, slot: float | None, key: str) -> NewRun:
+        found = made.get((schedule.id, schedule.updated_at, key))
+        if found is None:
+            raise _NotPrepared(key)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    return answer
+
+
+def _ready(ready: Prepare, s: Schedule, slot: float | None, key: str) -> NewRun:
+    """A prepared run; the schedule changed while it was prepared: a conflict to try again."""
+    try:
+        return ready(s, slot, key)
+    except _NotPrepared:
+        raise Conflict(f"schedule {s.id} changed meanwhile: try again") from None
+
+
+def _due_runs(row: Row, now: float) -> list[tuple[Schedule, float | None, str]]:
+    """The runs a due schedule may make this round: its slots within the catch-up window."""
+    try:
+        s = schedule_from_row(row)
+    except (ValueError, TypeError, KeyError):
+        return []  # paused as unreadable in the transaction
+    assert s.next_slot is not None
+    slots = [s.next_slot, *spec_of(s).slots(s.next_slot, now, limit=MAX_SLOTS - 1)]
+    return [(s, t, slot_key(s.id, t)) for t in slots if t >= now - s.catchup_seconds]
 
 
 def _firing(
