@@ -328,3 +328,20 @@ async def test_workers_fire_schedules_and_run_them(db_url: str) -> None:
         assert {r.state for r in done} == {RunState.SUCCEEDED}
     finally:
         app.close()
+
+
+def test_the_minimum_interval_holds_for_cron_too(db_url: str) -> None:
+    app = fast_app(db_url, schedule_min_interval_seconds=300.0)
+
+    @app.workflow(name="sync")
+    async def sync(ctx: RunContext) -> int:
+        return 1
+
+    register_tenant(app.store, "t1")
+    try:
+        with pytest.raises(InvalidInput, match="60 seconds apart: at least 300"):
+            make(app, cron="* * * * *")
+        assert make(app, cron="*/5 * * * *").cron == "*/5 * * * *"
+        assert make(app, cron="0 8 * * 1", end_at=T0 + 86400).cron == "0 8 * * 1"
+    finally:
+        app.close()

@@ -133,7 +133,7 @@ class Spec:
             raise invalid("end_at", "must be after start_at")
         if not jitter >= 0:
             raise invalid("jitter", "must not be negative")
-        return cls(
+        spec = cls(
             cron=cron,
             every=every,
             phase=phase,
@@ -142,6 +142,17 @@ class Spec:
             end_at=end_at,
             jitter=jitter,
         )
+        if cron is not None and min_every > 60:
+            # Cron's slots are a minute apart at the closest; closer than the minimum is refused.
+            slots = spec.slots(datetime(2001, 1, 1, tzinfo=UTC).timestamp(), float("inf"), 50)
+            closest = min(
+                (b - a for a, b in zip(slots, slots[1:], strict=False)), default=min_every
+            )
+            if closest < min_every:
+                raise invalid(
+                    "cron", f"fires {closest:g} seconds apart: at least {min_every:g} (a setting)"
+                )
+        return spec
 
     def slot_after(self, moment: float) -> float | None:
         """The first slot strictly after `moment` (and not before start_at); None once the
