@@ -5,6 +5,7 @@ and end; a jitter that never moves a firing past the next slot."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -145,9 +146,7 @@ class Spec:
         if cron is not None and min_every > 60:
             # Cron's slots are a minute apart at the closest; closer than the minimum is refused.
             slots = spec.slots(datetime(2001, 1, 1, tzinfo=UTC).timestamp(), float("inf"), 50)
-            closest = min(
-                (b - a for a, b in zip(slots, slots[1:], strict=False)), default=min_every
-            )
+            closest = min((b - a for a, b in itertools.pairwise(slots)), default=min_every)
             if closest < min_every:
                 raise invalid(
                     "cron", f"fires {closest:g} seconds apart: at least {min_every:g} (a setting)"
