@@ -12,7 +12,8 @@ import pytest
 from greenroom import Conflict, InvalidInput, ManualClock, NotFound, RunState
 from greenroom.model import Channel, DeliveryState, NewRun, Subscription
 from greenroom.storage import RunStore
-from greenroom.storage.deliveries import DeliveryFilter, Finished
+from greenroom.storage.deliveries import DeliveryFilter
+from greenroom.storage.dispatch import Finished
 from greenroom.storage.events import EventFilter
 from greenroom.storage.outbox import NewEvent, emit
 from greenroom.storage.subscriptions import SubscriptionSpec
@@ -56,7 +57,7 @@ def finish_run(
 def fan_out(store: RunStore) -> int:
     settle_events(store)
     total = 0
-    while n := store.deliveries.fan_out(limit=3):
+    while n := store.dispatch.fan_out(limit=3):
         total += n
     return total
 
@@ -125,10 +126,10 @@ def test_a_subscription_at_its_in_flight_limit_does_not_hold_up_other_tenants(
     with store.backend.transaction() as tx:
         emit(tx, store.backend, [NewEvent("t2", "run.succeeded", "run:x", {})], clock.now())
     settle_events(store)
-    while store.deliveries.fan_out(limit=500):
+    while store.dispatch.fan_out(limit=500):
         pass
-    first = store.deliveries.claim("a", limit=10, lease_seconds=LEASE)
-    second = store.deliveries.claim("b", limit=10, lease_seconds=LEASE)
+    first = store.dispatch.claim("a", limit=10, lease_seconds=LEASE)
+    second = store.dispatch.claim("b", limit=10, lease_seconds=LEASE)
     taken = [c.subscription.id for c in first + second]
     assert taken.count(busy.id) == 1, "the busy subscription's limit holds"
     assert taken.count(other.id) == 1, "t2's due delivery is claimed all the same"
@@ -142,20 +143,20 @@ def test_claims_respect_the_in_flight_limit_across_claimers_and_take_back_expire
     for _ in range(5):
         finish_run(store)
     fan_out(store)
-    first = store.deliveries.claim("a", limit=10, lease_seconds=LEASE)
-    second = store.deliveries.claim("b", limit=10, lease_seconds=LEASE)
+    first = store.dispatch.claim("a", limit=10, lease_seconds=LEASE)
+    second = store.dispatch.claim("b", limit=10, lease_seconds=LEASE)
     assert (len(first), len(second)) == (2, 0)
     assert all(c.subscription.id == s.id and c.delivery.attempts == 1 for c in first)
     clock.advance(LEASE + 1)  # worker a died
-    again = store.deliveries.claim("b", limit=10, lease_seconds=LEASE)
+    again = store.dispatch.claim("b", limit=10, lease_seconds=LEASE)
     assert len(again) == 2
     assert {c.delivery.id for c in again} == {c.delivery.id for c in first}, "oldest first"
     assert all(c.delivery.attempts == 2 for c in again)
     # a's late result is logged but does not move b's delivery
-    assert store.deliveries.finish("a", [ok(first[0])], disable_after=5 * DAY) == 0
+    assert store.dispatch.finish("a", [ok(first[0])], disable_after=5 * DAY) == 0
     assert store.deliveries.get(first[0].delivery.id).state is DeliveryState.SENDING
     assert len(store.deliveries.attempts(first[0].delivery.id)) == 1
-    assert store.deliveries.finish("b", [ok(c) for c in again], disable_after=5 * DAY) == 2
+    assert store.dispatch.finish("b", [ok(c) for c in again], disable_after=5 * DAY) == 2
     states = sorted(d.state.value for d in deliveries(store))
     assert states.count("delivered") == 2
 
@@ -168,9 +169,9 @@ def test_results_deliver_retry_or_fail_and_every_attempt_is_logged(
     for _ in range(3):
         finish_run(store)
     fan_out(store)
-    a, b, c = store.deliveries.claim("w", limit=10, lease_seconds=LEASE)
+    a, b, c = store.dispatch.claim("w", limit=10, lease_seconds=LEASE)
     now = clock.now()
-    store.deliveries.finish(
+    store.dispatch.finish(
         "w",
         [
             ok(a, status=200, latency_ms=12.5, response="thanks"),
@@ -185,9 +186,9 @@ def test_results_deliver_retry_or_fail_and_every_attempt_is_logged(
     assert got[b.delivery.id].state is DeliveryState.PENDING
     assert got[b.delivery.id].next_attempt_at == now + 5
     assert got[c.delivery.id].state is DeliveryState.FAILED
-    assert store.deliveries.claim("w", limit=10, lease_seconds=LEASE) == [], "b is not due yet"
+    assert store.dispatch.claim("w", limit=10, lease_seconds=LEASE) == [], "b is not due yet"
     clock.advance(5)
-    (b2,) = store.deliveries.claim("w", limit=10, lease_seconds=LEASE)
+    (b2,) = store.dispatch.claim("w", limit=10, lease_seconds=LEASE)
     assert b2.delivery.id == b.delivery.id and b2.delivery.attempts == 2
     (attempt,) = store.deliveries.attempts(a.delivery.id)
     assert (attempt.outcome, attempt.status, attempt.latency_ms, attempt.response) == (
@@ -212,8 +213,8 @@ def test_a_gone_endpoint_is_disabled_and_the_tenants_other_subscriptions_hear_of
     clock.advance(1)
     finish_run(store)
     fan_out(store)
-    (claimed,) = store.deliveries.claim("w", limit=10, lease_seconds=LEASE)
-    store.deliveries.finish("w", [ok(claimed, "disabled", status=410)], disable_after=5 * DAY)
+    (claimed,) = store.dispatch.claim("w", limit=10, lease_seconds=LEASE)
+    store.dispatch.finish("w", [ok(claimed, "disabled", status=410)], disable_after=5 * DAY)
     now = store.subscriptions.get(gone.id)
     assert not now.enabled and now.disabled_reason == "the endpoint answered 410 Gone"
     fan_out(store)
@@ -237,8 +238,8 @@ def test_an_endpoint_failing_for_days_without_a_success_is_disabled(
     def attempt(outcome: str) -> None:
         finish_run(store)
         fan_out(store)
-        claimed = store.deliveries.claim("w", limit=10, lease_seconds=LEASE)
-        store.deliveries.finish(
+        claimed = store.dispatch.claim("w", limit=10, lease_seconds=LEASE)
+        store.dispatch.finish(
             "w",
             [ok(c, outcome, next_attempt_at=clock.now() + DAY) for c in claimed],
             disable_after=5 * DAY,
@@ -268,12 +269,12 @@ def test_a_rate_limit_holds_across_claims(store: RunStore, clock: ManualClock) -
     for _ in range(6):
         finish_run(store)
     fan_out(store)
-    assert len(store.deliveries.claim("a", limit=10, lease_seconds=LEASE)) == 2
-    assert len(store.deliveries.claim("b", limit=10, lease_seconds=LEASE)) == 0
+    assert len(store.dispatch.claim("a", limit=10, lease_seconds=LEASE)) == 2
+    assert len(store.dispatch.claim("b", limit=10, lease_seconds=LEASE)) == 0
     clock.advance(0.5)
-    assert len(store.deliveries.claim("b", limit=10, lease_seconds=LEASE)) == 1
+    assert len(store.dispatch.claim("b", limit=10, lease_seconds=LEASE)) == 1
     clock.advance(10)
-    assert len(store.deliveries.claim("b", limit=10, lease_seconds=LEASE)) == 2, "a second's"
+    assert len(store.dispatch.claim("b", limit=10, lease_seconds=LEASE)) == 2, "a second's"
 
 
 def test_a_digest_waits_for_its_window_and_goes_out_as_one(
@@ -287,11 +288,11 @@ def test_a_digest_waits_for_its_window_and_goes_out_as_one(
     made = deliveries(store)
     window_end = (int(clock.now() // 600) + 1) * 600.0
     assert {d.next_attempt_at for d in made} == {window_end}
-    assert store.deliveries.claim("w", limit=1, lease_seconds=LEASE) == []
+    assert store.dispatch.claim("w", limit=1, lease_seconds=LEASE) == []
     clock.advance(window_end - clock.now())
-    claimed = store.deliveries.claim("w", limit=1, lease_seconds=LEASE)
+    claimed = store.dispatch.claim("w", limit=1, lease_seconds=LEASE)
     assert len(claimed) == 4 and {c.subscription.id for c in claimed} == {s.id}
-    assert store.deliveries.claim("w", limit=10, lease_seconds=LEASE) == []
+    assert store.dispatch.claim("w", limit=10, lease_seconds=LEASE) == []
 
 
 def test_replay_and_recover_send_again_with_an_audit_entry(
@@ -302,8 +303,8 @@ def test_replay_and_recover_send_again_with_an_audit_entry(
     finish_run(store)
     finish_run(store)
     fan_out(store)
-    a, b = store.deliveries.claim("w", limit=10, lease_seconds=LEASE)
-    store.deliveries.finish("w", [ok(a), ok(b, "failed")], disable_after=5 * DAY)
+    a, b = store.dispatch.claim("w", limit=10, lease_seconds=LEASE)
+    store.dispatch.finish("w", [ok(a), ok(b, "failed")], disable_after=5 * DAY)
     replayed = store.deliveries.replay(a.delivery.event_id, actor="ops", tenant="t1")
     assert [(d.id, d.state, d.attempts) for d in replayed] == [
         (a.delivery.id, DeliveryState.PENDING, 0)
@@ -358,8 +359,8 @@ def test_prune_removes_old_attempts_and_finished_deliveries(
     finish_run(store)
     finish_run(store)
     fan_out(store)
-    a, b = store.deliveries.claim("w", limit=10, lease_seconds=LEASE)
-    store.deliveries.finish(
+    a, b = store.dispatch.claim("w", limit=10, lease_seconds=LEASE)
+    store.dispatch.finish(
         "w", [ok(a), ok(b, "retry", next_attempt_at=clock.now() + 1)], disable_after=DAY
     )
     clock.advance(40 * DAY)
@@ -381,5 +382,5 @@ def test_a_subscription_greenroom_cannot_read_never_stops_another_tenants_delive
     finish_run(store, "t2")
     fan_out(store)
     assert [d.subscription_id for d in deliveries(store)] == [fine.id]
-    (claimed,) = store.deliveries.claim("w", limit=10, lease_seconds=LEASE)
+    (claimed,) = store.dispatch.claim("w", limit=10, lease_seconds=LEASE)
     assert claimed.subscription.id == fine.id

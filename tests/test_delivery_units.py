@@ -15,7 +15,7 @@ from greenroom.delivery.schedule import MAX_RETRY_AFTER, RETRY_DELAYS, next_dela
 from greenroom.delivery.send import Sent, finished
 from greenroom.delivery.signing import headers, new_secret
 from greenroom.model import Channel, Delivery, DeliveryState, Event, Subscription
-from greenroom.storage.deliveries import Claimed
+from greenroom.storage.dispatch import Claimed
 
 EVENT = Event(
     id=42,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from greenroom.model import NewRun, Role, RunState
-from greenroom.storage.deliveries import Finished
+from greenroom.storage.dispatch import Finished
 from greenroom.storage.events import EventFilter
 from tests.api_helpers import ApiSetup
 from tests.helpers import settle_events
@@ -52,7 +52,7 @@ def _deliveries_for(api: ApiSetup, tenant: str, n: int, state: RunState) -> list
         error = {"type": "E", "message": "boom"} if state is RunState.FAILED else None
         store.runs.finish(lease, state, reason=state.value, error=error)
     settle_events(store)
-    while store.deliveries.fan_out():
+    while store.dispatch.fan_out():
         pass
     return [e.id for e, _ in store.events.list_events(EventFilter(tenant=tenant, limit=500))][-n:]
 
@@ -149,8 +149,8 @@ def test_deliveries_their_attempts_replay_and_recover(api: ApiSetup) -> None:
     events = _deliveries_for(api, "acme", 3, RunState.FAILED)
     _deliveries_for(api, "globex", 1, RunState.SUCCEEDED)
     store = api.app.store
-    claimed = store.deliveries.claim("w", limit=10, lease_seconds=30)
-    store.deliveries.finish(
+    claimed = store.dispatch.claim("w", limit=10, lease_seconds=30)
+    store.dispatch.finish(
         "w",
         [
             Finished(

@@ -26,7 +26,7 @@ import structlog
 from greenroom.delivery.send import Sender, Sent, finished
 from greenroom.model import Channel
 from greenroom.settings import Settings
-from greenroom.storage.deliveries import Claimed, Finished
+from greenroom.storage.dispatch import Claimed, Finished
 from greenroom.storage.store import RunStore
 
 T = TypeVar("T")
@@ -100,7 +100,7 @@ class Dispatcher:
     async def _fan_out_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                read = await self._db(self.store.deliveries.fan_out, limit=FAN_OUT_BATCH)
+                read = await self._db(self.store.dispatch.fan_out, limit=FAN_OUT_BATCH)
             except Exception as exc:
                 self.log.warning("fan-out failed; trying again", error=str(exc))
                 read = 0
@@ -119,7 +119,7 @@ class Dispatcher:
             self._work.clear()
             try:
                 claimed = await self._db(
-                    self.store.deliveries.claim,
+                    self.store.dispatch.claim,
                     self.id,
                     limit=room,
                     lease_seconds=self.lease_seconds,
@@ -163,7 +163,7 @@ class Dispatcher:
             return True
         try:
             await self._db(
-                self.store.deliveries.finish,
+                self.store.dispatch.finish,
                 self.id,
                 results,
                 disable_after=self.settings.delivery_disable_after_days * 86400,

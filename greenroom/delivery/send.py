@@ -18,7 +18,7 @@ from greenroom.delivery.subscriptions import signing_secrets
 from greenroom.errors import ConfigError
 from greenroom.model import Channel, Event, Subscription
 from greenroom.settings import Settings
-from greenroom.storage.deliveries import Claimed, Finished
+from greenroom.storage.dispatch import Claimed, Finished
 
 USER_AGENT = "greenroom-webhooks/1"
 

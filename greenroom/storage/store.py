@@ -9,6 +9,7 @@ from greenroom.storage.admin import Admin
 from greenroom.storage.backend import Backend
 from greenroom.storage.controls import Controls
 from greenroom.storage.deliveries import Deliveries
+from greenroom.storage.dispatch import Dispatch
 from greenroom.storage.events import Events
 from greenroom.storage.repair import Repair
 from greenroom.storage.runs import Runs
@@ -21,7 +22,8 @@ class RunStore:
     """Runs and workers (`runs`), queue controls (`controls`), operators' retries, errors and
     audit (`admin`), browser sessions (`sessions`), tenants, keys and integrations
     (`accounts`), repairs (`repair`), what happened (`events`), and who hears of it
-    (`subscriptions`, `deliveries`), and schedules (`schedules`)."""
+    (`subscriptions`, `deliveries`, and the workers' `dispatch` of them), and schedules
+    (`schedules`)."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -35,4 +37,5 @@ class RunStore:
         self.events = Events(backend, self.clock)
         self.subscriptions = Subscriptions(backend, self.clock)
         self.deliveries = Deliveries(backend, self.clock)
+        self.dispatch = Dispatch(backend, self.clock)
         self.schedules = Schedules(backend, self.clock)

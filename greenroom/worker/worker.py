@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -31,6 +31,7 @@ from greenroom.storage.writes import End
 from greenroom.worker.execute import Outcome, OutcomeKind, RunServices, execute_workflow
 from greenroom.worker.isolated import IsolatedRun
 from greenroom.worker.memory import MemoryAdmission
+from greenroom.worker.side_loops import SideLoops
 from greenroom.worker.stats import WorkerStats
 from greenroom.worker.writer import RunWriter
 from greenroom.workflow import Workflow
@@ -69,11 +70,6 @@ class _Active:
             self.ctx.request_pause()
 
 
-class _SideLoop(Protocol):
-    async def run(self) -> None: ...
-    def stop(self) -> None: ...
-
-
 class Worker:
     def __init__(
         self,
@@ -83,16 +79,11 @@ class Worker:
         concurrency: int | None = None,
         settings: Settings | None = None,
         worker_id: str | None = None,
-        deliver: bool | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
         self.queues = queues or sorted({wf.queue for wf in app.workflows.values()}) or ["default"]
         self.concurrency = concurrency or self.settings.concurrency
-        #: Whether this worker also delivers events to subscriptions (greenroom.delivery).
-        self.deliver = self.settings.delivery_enabled if deliver is None else deliver
-        #: Whether this worker also fires due schedules (greenroom.schedules).
-        self.fire_schedules = self.settings.schedules_enabled
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stats = WorkerStats()
         self._active: dict[str, _Active] = {}
@@ -111,7 +102,6 @@ class Worker:
         self._liveness: Liveness | None = None
         self._listener: Liveness | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._side_loops: dict[str, _SideLoop] = {}
         self.log = log.bind(worker_id=self.id)
         # Browser pool, saved sessions, diagnostics: Chromium starts at a run's first page.
         self.browser = BrowserRuntime(self.settings)
@@ -153,46 +143,17 @@ class Worker:
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
             asyncio.create_task(self._liveness_loop(), name="liveness"),
         ]
-        side = self._start_side_loops()
+        side = SideLoops(self.app, self.settings)
+        side.start()
         try:
             await self._claim_loop()
             await self._drain()
         finally:
-            await self._stop_side_loops(side)
+            await side.stop()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._close()
-
-    def _start_side_loops(self) -> list[asyncio.Task[None]]:
-        """Event delivery and schedules, beside the runs (each can be turned off)."""
-        wanted = [("delivery", self.deliver), ("schedules", self.fire_schedules)]
-        return [asyncio.create_task(self._side_loop(k), name=k) for k, on in wanted if on]
-
-    async def _side_loop(self, kind: str) -> None:
-        """Imported here, once the first claim has started."""
-        loop: _SideLoop
-        if kind == "delivery":
-            from greenroom.delivery.dispatcher import Dispatcher
-
-            loop = Dispatcher(self.store, self.settings)
-        else:
-            from greenroom.schedules.runner import Scheduler
-
-            loop = Scheduler(self.app)
-        self._side_loops[kind] = loop
-        await loop.run()
-
-    async def _stop_side_loops(self, tasks: list[asyncio.Task[None]]) -> None:
-        """Sends in flight finish (within their timeout) and their results are written; a
-        round of firing ends with its transaction."""
-        for task in tasks:
-            loop = self._side_loops.get(task.get_name())
-            if loop is None:
-                task.cancel()
-            else:
-                loop.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _start(self) -> None:
         store = self.store
