@@ -20,7 +20,7 @@ from greenroom.schedules import service
 from greenroom.schedules.service import ScheduleRequest
 from greenroom.schedules.spec import Spec
 from greenroom.storage.events import EventFilter
-from greenroom.storage.schedules import Fired, slot_key
+from greenroom.storage.schedule_plans import Fired, slot_key
 from tests.helpers import fast_app, settle_events, wait_for_states, worker_running
 
 T0 = 1_800_000_000.0  # a multiple of 900: 15-minute slots fall on it

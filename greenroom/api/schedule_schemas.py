@@ -25,7 +25,7 @@ from greenroom.rules import (
 from greenroom.schedules import service
 from greenroom.schedules.service import MAX_CATCHUP, ScheduleRequest
 from greenroom.schedules.spec import invalid
-from greenroom.storage.schedules import spec_of
+from greenroom.storage.schedule_plans import spec_of
 
 if TYPE_CHECKING:
     from greenroom.app import App

@@ -17,7 +17,7 @@ import structlog
 
 from greenroom.errors import GreenroomError
 from greenroom.schedules import service
-from greenroom.storage.schedules import Fired
+from greenroom.storage.schedule_plans import Fired
 
 if TYPE_CHECKING:
     from collections.abc import Callable

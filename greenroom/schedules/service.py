@@ -15,7 +15,7 @@ from greenroom.model import NewRun, Overlap, Schedule
 from greenroom.rules import MAX_NAME, check_keys, check_labels, check_text
 from greenroom.schedules.spec import Spec, invalid, parse_every
 from greenroom.storage.codec import dumps, loads
-from greenroom.storage.schedules import Prepare
+from greenroom.storage.schedule_plans import Prepare
 
 if TYPE_CHECKING:
     from greenroom.app import App

@@ -8,15 +8,11 @@ while nothing ran are fired if they are within the schedule's catch-up window, e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-from greenroom.errors import ConfigError, Conflict, InvalidInput, NotFound
+from greenroom.errors import Conflict, InvalidInput, NotFound
 from greenroom.model import (
-    FINISHED_STATES,
-    NewRun,
-    Overlap,
     Run,
     RunState,
     Schedule,
@@ -27,7 +23,6 @@ from greenroom.schedules.spec import MAX_SLOTS, Spec
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
 from greenroom.storage.codec import (
-    dumps,
     loads,
     run_from_row,
     schedule_firing_from_row,
@@ -35,51 +30,22 @@ from greenroom.storage.codec import (
 )
 from greenroom.storage.lifecycle.enqueue import insert_runs
 from greenroom.storage.outbox import NewEvent, emit
+from greenroom.storage.schedule_plans import (
+    Fired,
+    Plan,
+    Prepare,
+    due_runs,
+    firing,
+    insert_firings,
+    new_event,
+    plan_slots,
+    prepared,
+    prepared_run,
+    slot_key,
+    spec_of,
+)
 
-#: Makes a schedule's run for a slot (None: triggered by hand) with this idempotency key;
-#: raises InvalidInput, NotFound or ConfigError when it cannot (its workflow is gone).
-Prepare = Callable[[Schedule, "float | None", str], NewRun]
 _WAITING = "NOT paused AND next_due IS NOT NULL AND next_due <= :now"
-_NOT_STARTED = frozenset({RunState.QUEUED, RunState.DELAYED, RunState.PAUSED})
-
-
-def slot_key(schedule_id: str, slot: float) -> str:
-    """The idempotency key of a slot's run: the same for every scheduler and for backfills."""
-    return f"schedule:{schedule_id}:{slot:.3f}"
-
-
-def spec_of(schedule: Schedule) -> Spec:
-    return Spec(
-        cron=schedule.cron,
-        every=schedule.every_seconds,
-        phase=schedule.phase_seconds,
-        timezone=schedule.timezone,
-        start_at=schedule.start_at,
-        end_at=schedule.end_at,
-        jitter=schedule.jitter_seconds,
-    )
-
-
-@dataclass
-class Fired:
-    """What a round of firing did: runs made, and runs to cancel (cancel_other)."""
-
-    runs: list[Run] = field(default_factory=list)
-    cancel: list[str] = field(default_factory=list)
-    #: Schedules paused because their runs cannot be made (the workflow is gone).
-    paused: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Plan:
-    """One schedule's part of a round."""
-
-    schedule: Schedule
-    runs: list[tuple[float | None, NewRun]] = field(default_factory=list)
-    skipped: list[float] = field(default_factory=list)
-    missed: list[float] = field(default_factory=list)
-    cancel: list[str] = field(default_factory=list)
-    problem: str | None = None
 
 
 class Schedules(StoreBase):
@@ -274,12 +240,12 @@ class Schedules(StoreBase):
             waiting = tx.execute(due, {"now": now, "limit": limit})
         if not waiting:
             return Fired()
-        ready = _prepared(prepare, [w for row in waiting for w in _due_runs(row, now)])
+        ready = prepared(prepare, [w for row in waiting for w in due_runs(row, now)])
         with backend.transaction() as tx:
             rows = tx.execute(f"{due} {backend.skip_locked}", {"now": now, "limit": limit})
             schedules = self._readable(tx, rows)
             states = self._run_states(tx, [s.last_run_id for s in schedules if s.last_run_id])
-            plans = [_plan(s, now, states.get(s.last_run_id or ""), ready) for s in schedules]
+            plans = [plan_slots(s, now, states.get(s.last_run_id or ""), ready) for s in schedules]
             return self._apply(tx, [p for p in plans if p is not None], now)
 
     @retry_conflicts
@@ -289,10 +255,10 @@ class Schedules(StoreBase):
         """A run now, whatever the slots and the overlap policy (an operator asked)."""
         now = self.clock.now()
         key = f"schedule:{schedule_id}:manual:{now:.6f}"
-        ready = _prepared(prepare, [(self.get(schedule_id, tenant=tenant), None, key)])
+        ready = prepared(prepare, [(self.get(schedule_id, tenant=tenant), None, key)])
         with self.backend.transaction() as tx:
             current = self._get(tx, schedule_id, tenant, lock=True)
-            plan = _Plan(current, runs=[(None, _ready(ready, current, None, key))])
+            plan = Plan(current, runs=[(None, prepared_run(ready, current, None, key))])
             fired = self._apply(tx, [plan], now, outcome="triggered", advance=False)
             self._audit(
                 tx,
@@ -334,12 +300,12 @@ class Schedules(StoreBase):
         if dry_run:
             return [(s, existing.get(slot_key(current.id, s))) for s in slots]
         wanted = [(current, s, slot_key(current.id, s)) for s in slots]
-        ready = _prepared(prepare, [w for w in wanted if w[2] not in existing])
+        ready = prepared(prepare, [w for w in wanted if w[2] not in existing])
         with self.backend.transaction() as tx:
             current, slots, existing = missing(tx, True)
-            plan = _Plan(current)
+            plan = Plan(current)
             plan.runs = [
-                (s, _ready(ready, current, s, slot_key(current.id, s)))
+                (s, prepared_run(ready, current, s, slot_key(current.id, s)))
                 for s in slots
                 if slot_key(current.id, s) not in existing
             ]
@@ -361,7 +327,7 @@ class Schedules(StoreBase):
     def _apply(
         self,
         tx: Tx,
-        plans: Sequence[_Plan],
+        plans: Sequence[Plan],
         now: float,
         *,
         outcome: str = "fired",
@@ -386,20 +352,20 @@ class Schedules(StoreBase):
                 run = run_from_row(row)
                 fired.runs.append(run)
                 last_run, last_slot = run.id, slot if slot is not None else last_slot
-                firings.append(_firing(s, slot, now, outcome, run.id))
+                firings.append(firing(s, slot, now, outcome, run.id))
                 payload = {"schedule_id": s.id, "name": s.name, "slot": slot, "run_id": run.id}
-                events.append(_new_event(s, "schedule.fired", {**payload, "how": outcome}))
-            firings += [_firing(s, slot, now, "skipped") for slot in plan.skipped]
+                events.append(new_event(s, "schedule.fired", {**payload, "how": outcome}))
+            firings += [firing(s, slot, now, "skipped") for slot in plan.skipped]
             if plan.missed:
                 detail = {"count": len(plan.missed), "first": plan.missed[0]}
-                firings.append(_firing(s, plan.missed[-1], now, "missed", detail=detail))
+                firings.append(firing(s, plan.missed[-1], now, "missed", detail=detail))
                 missed = {"schedule_id": s.id, "name": s.name, **detail, "last": plan.missed[-1]}
-                events.append(_new_event(s, "schedule.missed", missed))
+                events.append(new_event(s, "schedule.missed", missed))
             fired.cancel += plan.cancel
             handled = [slot for slot, _ in plan.runs if slot is not None]
             handled += plan.skipped + plan.missed
             self._moved(tx, s, handled, last_run, last_slot, plan, now, advance)
-        _insert_firings(tx, firings)
+        insert_firings(tx, firings)
         emit(tx, self.backend, events, now)
         return fired
 
@@ -410,7 +376,7 @@ class Schedules(StoreBase):
         handled: list[float],
         last_run: str | None,
         last_slot: float | None,
-        plan: _Plan,
+        plan: Plan,
         now: float,
         advance: bool,
     ) -> None:
@@ -456,7 +422,7 @@ class Schedules(StoreBase):
         self, tx: Tx, s: Schedule, kind: str, payload: dict[str, Any], now: float
     ) -> None:
         base = {"schedule_id": s.id, "name": s.name, "workflow": s.workflow}
-        emit(tx, self.backend, [_new_event(s, kind, {**base, **payload})], now)
+        emit(tx, self.backend, [new_event(s, kind, {**base, **payload})], now)
 
     def _readable(self, tx: Tx, rows: Sequence[Row]) -> list[Schedule]:
         """The rows as schedules; one greenroom cannot read is paused with a note, so it
@@ -544,117 +510,6 @@ def _columns_of(s: Schedule) -> dict[str, Any]:
         "end_at": s.end_at,
         "jitter_seconds": s.jitter_seconds,
     }
-
-
-def _plan(s: Schedule, now: float, last_state: RunState | None, prepare: Prepare) -> _Plan | None:
-    """What to do with the slots from the schedule's next one up to now, by its catch-up
-    window and overlap policy; None to leave it for the next round (it changed since its runs
-    were prepared)."""
-    plan = _Plan(s)
-    assert s.next_slot is not None
-    slots = [s.next_slot, *spec_of(s).slots(s.next_slot, now, limit=MAX_SLOTS - 1)]
-    window_start = now - s.catchup_seconds
-    plan.missed = [slot for slot in slots if slot < window_start]
-    active = last_state is not None and last_state not in FINISHED_STATES
-    waiting = last_state in _NOT_STARTED
-    recent = [slot for slot in slots if slot >= window_start]
-    if s.overlap is Overlap.CANCEL_OTHER and recent:
-        # Each would cancel the one before: only the latest slot's run is made.
-        plan.skipped, recent = recent[:-1], recent[-1:]
-        if active and s.last_run_id is not None:
-            plan.cancel.append(s.last_run_id)
-    for slot in recent:
-        if active and (s.overlap is Overlap.SKIP or (s.overlap is Overlap.BUFFER_ONE and waiting)):
-            plan.skipped.append(slot)
-            continue
-        try:
-            new = prepare(s, slot, slot_key(s.id, slot))
-        except _NotPrepared:
-            return None
-        except (InvalidInput, NotFound, ConfigError) as exc:
-            return _Plan(s, problem=f"its runs cannot be made: {exc}")
-        plan.runs.append((slot, new))
-        active = waiting = True
-    return plan
-
-
-class _NotPrepared(Exception):
-    """A run `_prepared` did not make: its schedule changed since."""
-
-
-def _prepared(prepare: Prepare, wanted: Sequence[tuple[Schedule, float | None, str]]) -> Prepare:
-    """`prepare` run now, before the write transaction, for these runs; the Prepare returned
-    answers with what it made (or raises what it raised). Preparing a run reads the store (its
-    integration): inside the transaction it would wait for itself on SQLite, whose one
-    connection that transaction holds."""
-    made: dict[tuple[str, float, str], NewRun | Exception] = {}
-    for schedule, slot, key in wanted:
-        try:
-            made[schedule.id, schedule.updated_at, key] = prepare(schedule, slot, key)
-        except (InvalidInput, NotFound, ConfigError) as exc:
-            made[schedule.id, schedule.updated_at, key] = exc
-
-    def answer(schedule: Schedule, slot: float | None, key: str) -> NewRun:
-        found = made.get((schedule.id, schedule.updated_at, key))
-        if found is None:
-            raise _NotPrepared(key)
-        if isinstance(found, Exception):
-            raise found
-        return found
-
-    return answer
-
-
-def _ready(ready: Prepare, s: Schedule, slot: float | None, key: str) -> NewRun:
-    """A prepared run; the schedule changed while it was prepared: a conflict to try again."""
-    try:
-        return ready(s, slot, key)
-    except _NotPrepared:
-        raise Conflict(f"schedule {s.id} changed meanwhile: try again") from None
-
-
-def _due_runs(row: Row, now: float) -> list[tuple[Schedule, float | None, str]]:
-    """The runs a due schedule may make this round: its slots within the catch-up window."""
-    try:
-        s = schedule_from_row(row)
-    except (ValueError, TypeError, KeyError):
-        return []  # paused as unreadable in the transaction
-    assert s.next_slot is not None
-    slots = [s.next_slot, *spec_of(s).slots(s.next_slot, now, limit=MAX_SLOTS - 1)]
-    return [(s, t, slot_key(s.id, t)) for t in slots if t >= now - s.catchup_seconds]
-
-
-def _firing(
-    s: Schedule,
-    slot: float | None,
-    now: float,
-    outcome: str,
-    run_id: str | None = None,
-    *,
-    detail: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "schedule_id": s.id,
-        "tenant": s.tenant,
-        "slot": slot,
-        "at": now,
-        "outcome": outcome,
-        "run_id": run_id,
-        "detail": None if detail is None else dumps(detail),
-    }
-
-
-def _insert_firings(tx: Tx, firings: list[dict[str, Any]]) -> None:
-    if firings:
-        tx.execute_many(
-            "INSERT INTO schedule_firings (schedule_id, tenant, slot, at, outcome, run_id,"
-            " detail) VALUES (:schedule_id, :tenant, :slot, :at, :outcome, :run_id, :detail)",
-            firings,
-        )
-
-
-def _new_event(s: Schedule, kind: str, payload: dict[str, Any]) -> NewEvent:
-    return NewEvent(s.tenant, kind, f"schedule:{s.id}", payload)
 
 
 def _shown(values: dict[str, Any]) -> dict[str, Any]:
