@@ -5,6 +5,7 @@ the OpenAPI schema, so a new endpoint without a case fails here."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from greenroom.browser.artifacts import default_artifact_store
 from greenroom.model import Role, RunState
 from tests.api_helpers import ApiSetup, api_setup
-from tests.helpers import wait_for_states, worker_running
+from tests.helpers import settle_events, wait_for_states, worker_running
 from tests.test_api_errors import assert_problem
 
 Op = tuple[str, str]
@@ -55,6 +56,10 @@ class World:
     key: str
     pause: int
     error_group: str
+    subscription: str
+    schedule: str
+    delivery: int
+    event: int
     #: Every string in it that is this tenant's data, for leak checks.
     markers: frozenset[str]
 
@@ -92,10 +97,42 @@ def _artifact(api: ApiSetup, run_id: str, tenant: str, data: bytes) -> int:
     ).id
 
 
+def _fan_out(api: ApiSetup) -> None:
+    """The deliveries of every event so far, as a worker's fan-out makes them."""
+    settle_events(api.app.store)
+    while api.app.store.dispatch.fan_out():
+        pass
+
+
 async def _build(api: ApiSetup, tenant: str) -> World:
-    """An integration (with a password), a key, a succeeded run with steps, a failed run (an
-    error group) with an artifact, and a queued run held by a queue pause; all audited."""
+    """An integration (with a password), a key, a webhook subscription and a schedule, a
+    succeeded run with steps, a failed run (an error group) with an artifact, the deliveries of
+    their events, and a queued run held by a queue pause; all audited."""
     with api.as_(tenant, Role.ADMIN) as c:
+        # Subscribed before the runs end, so their events are delivered to it.
+        subscription = _ok(
+            c.post(
+                "/v1/subscriptions",
+                json={
+                    "url": f"https://hooks.example.com/{tenant}-marker",
+                    "types": ["run.*"],
+                    "description": f"{tenant} hooks description",
+                },
+            ),
+            201,
+        )
+        schedule = _ok(
+            c.post(
+                "/v1/schedules",
+                json={
+                    "name": f"{tenant} nightly schedule",
+                    "workflow": "plain.echo",
+                    "every": "1h",
+                    "input": {"value": f"{tenant}-schedule-input-marker"},
+                },
+            ),
+            201,
+        )
         integration = _ok(
             c.post(
                 "/v1/integrations",
@@ -120,6 +157,11 @@ async def _build(api: ApiSetup, tenant: str) -> World:
         done = await wait_for_states(api.app.store, [synced, failed])
     assert [r.state for r in done] == [RunState.SUCCEEDED, RunState.FAILED]
     artifact = _artifact(api, failed, tenant, f"{tenant}-artifact-bytes".encode())
+    _fan_out(api)
+    with api.as_(tenant, Role.VIEWER) as c:
+        deliveries = _ok(c.get("/v1/deliveries", params={"subscription": subscription["id"]}))
+    assert deliveries["items"], "the ended runs' events are delivered to the subscription"
+    delivery = deliveries["items"][0]
     with api.as_(tenant, Role.OPERATOR) as c:
         held = _ok(
             c.post(
@@ -151,6 +193,13 @@ async def _build(api: ApiSetup, tenant: str) -> World:
         f"{tenant}-artifact-bytes",
         PASSWORD,
         group["fingerprint"],
+        subscription["id"],
+        subscription["url"],
+        subscription["secret"],
+        f"{tenant} hooks description",
+        schedule["id"],
+        f"{tenant} nightly schedule",
+        f"{tenant}-schedule-input-marker",
     }
     return World(
         tenant=tenant,
@@ -160,6 +209,10 @@ async def _build(api: ApiSetup, tenant: str) -> World:
         key=key["id"],
         pause=pause,
         error_group=group["fingerprint"],
+        subscription=subscription["id"],
+        schedule=schedule["id"],
+        delivery=delivery["id"],
+        event=delivery["event_id"],
         markers=frozenset(markers),
     )
 
@@ -187,10 +240,16 @@ def _counts_are_acme(queues: Any) -> None:
         assert queue["paused"] is False, queue  # globex's pause holds only globex
 
 
-def isolation_probes(g: World, acme_run: str) -> dict[Op, list[Probe]]:
+def isolation_probes(
+    g: World, acme_run: str, acme_event: int = 0, acme_schedule: str = "unused"
+) -> dict[Op, list[Probe]]:
     """What acme's admin key sends at each operation, aimed at globex; in the order sent."""
     run, failed, fp = g.runs["synced"], g.runs["failed"], g.error_group
     reason = {"reason": "probing"}
+    sub, sched = f"/v1/subscriptions/{g.subscription}", f"/v1/schedules/{g.schedule}"
+    hook = {"url": "https://hooks.example.com/acme", "types": ["run.*"]}
+    every = {"name": "acme probe", "workflow": "plain.echo", "every": "1h"}
+    window = {"start": 0, "end": 7200, "dry_run": False}
     return {
         ("GET", "/healthz"): [probe("GET", "/healthz", None, 200)],
         ("GET", "/readyz"): [probe("GET", "/readyz", None, 200)],
@@ -330,6 +389,76 @@ def isolation_probes(g: World, acme_run: str) -> dict[Op, list[Probe]]:
             probe("POST", "/v1/keys", {"name": "k", "role": "platform"}, 403),
         ],
         ("DELETE", "/v1/keys/{key_id}"): [probe("DELETE", f"/v1/keys/{g.key}")],
+        ("GET", "/v1/subscriptions"): [
+            probe("GET", "/v1/subscriptions", None, 200, check=_none),
+            probe("GET", "/v1/subscriptions?tenant=globex", None, 403),
+        ],
+        ("POST", "/v1/subscriptions"): [
+            probe("POST", "/v1/subscriptions", {**hook, "tenant": "globex"}, 403)
+        ],
+        ("GET", "/v1/subscriptions/{subscription_id}"): [probe("GET", sub)],
+        ("PATCH", "/v1/subscriptions/{subscription_id}"): [
+            probe("PATCH", sub, {"url": "https://hooks.example.com/mallory", "enabled": False})
+        ],
+        ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret"): [
+            probe("POST", f"{sub}/rotate-secret")
+        ],
+        ("DELETE", "/v1/subscriptions/{subscription_id}"): [probe("DELETE", sub)],
+        ("GET", "/v1/deliveries"): [
+            probe("GET", "/v1/deliveries", None, 200, check=_empty),
+            probe("GET", "/v1/deliveries?tenant=globex", None, 403),
+            probe("GET", f"/v1/deliveries?subscription={g.subscription}", None, 200, check=_empty),
+            probe("GET", f"/v1/deliveries?event={g.event}", None, 200, check=_empty),
+            probe("GET", "/v1/deliveries?failed=true", None, 200, check=_empty),
+        ],
+        ("GET", "/v1/deliveries/{delivery_id}/attempts"): [
+            probe("GET", f"/v1/deliveries/{g.delivery}/attempts")
+        ],
+        ("POST", "/v1/deliveries/recover"): [
+            probe("POST", "/v1/deliveries/recover", {"since": 0, "subscription": g.subscription}),
+            probe("POST", "/v1/deliveries/recover", {"since": 0, "tenant": "globex"}, 403),
+        ],
+        ("GET", "/v1/events/{event_id}"): [probe("GET", f"/v1/events/{g.event}")],
+        ("POST", "/v1/events/{event_id}/replay"): [
+            probe("POST", f"/v1/events/{g.event}/replay"),
+            probe("POST", f"/v1/events/{g.event}/replay", {"subscription": g.subscription}),
+            # acme's own event, sent to globex's subscription.
+            probe("POST", f"/v1/events/{acme_event}/replay", {"subscription": g.subscription}),
+        ],
+        ("GET", "/v1/schedules"): [
+            probe("GET", "/v1/schedules", None, 200),
+            probe("GET", "/v1/schedules?tenant=globex", None, 403),
+            probe("GET", f"/v1/schedules?integration={g.integration}", None, 200, check=_none),
+        ],
+        ("POST", "/v1/schedules"): [
+            probe("POST", "/v1/schedules", {**every, "tenant": "globex"}, 403),
+            probe(
+                "POST",
+                "/v1/schedules",
+                {**every, "workflow": "crm.sync", "integration": g.integration},
+            ),
+        ],
+        ("GET", "/v1/schedules/{schedule_id}"): [probe("GET", sched)],
+        ("PATCH", "/v1/schedules/{schedule_id}"): [
+            probe("PATCH", sched, {"name": "taken over", "every": "2h"}),
+            # acme's own schedule, pointed at globex's integration.
+            probe(
+                "PATCH",
+                f"/v1/schedules/{acme_schedule}",
+                {"workflow": "crm.sync", "integration": g.integration},
+            ),
+        ],
+        ("POST", "/v1/schedules/{schedule_id}/pause"): [
+            probe("POST", f"{sched}/pause", {"note": "probing"})
+        ],
+        ("POST", "/v1/schedules/{schedule_id}/resume"): [probe("POST", f"{sched}/resume")],
+        ("POST", "/v1/schedules/{schedule_id}/trigger"): [probe("POST", f"{sched}/trigger")],
+        ("POST", "/v1/schedules/{schedule_id}/backfill"): [
+            probe("POST", f"{sched}/backfill", window),
+            probe("POST", f"{sched}/backfill", {**window, "dry_run": True}),
+        ],
+        ("GET", "/v1/schedules/{schedule_id}/firings"): [probe("GET", f"{sched}/firings")],
+        ("DELETE", "/v1/schedules/{schedule_id}"): [probe("DELETE", sched)],
     }
 
 
@@ -337,10 +466,27 @@ def _empty(page: Any) -> None:
     assert page["items"] == [], page
 
 
+def _none(found: Any) -> None:
+    assert found == [], found
+
+
 def test_a_tenant_key_never_reaches_another_tenants_data(api: ApiSetup, globex: World) -> None:
     with api.as_("acme", Role.OPERATOR) as c:
         acme_run = _ok(c.post("/v1/runs", json={"workflow": "plain.echo"}), 201)["id"]
-    probes = isolation_probes(globex, acme_run)
+    with api.as_("acme", Role.ADMIN) as c:
+        acme_schedule = _ok(
+            c.post(
+                "/v1/schedules",
+                json={"name": "acme own", "workflow": "plain.echo", "every": "1h"},
+            ),
+            201,
+        )["id"]
+        # An event of acme's (acme's runs stay queued: the queue counts say so).
+        _ok(c.post(f"/v1/schedules/{acme_schedule}/pause", json={"note": "an acme event"}))
+        _ok(c.post(f"/v1/schedules/{acme_schedule}/resume"))
+        settle_events(api.app.store)
+        acme_event = _ok(c.get("/v1/events", params={"type": "schedule.paused"}))["items"][0]["id"]
+    probes = isolation_probes(globex, acme_run, acme_event, acme_schedule)
     assert set(probes) == operations(api), "every operation needs isolation probes"
     sent_so_far = ""  # what acme sent may come back (e.g. a filter in acme's audit log)
     with api.as_("acme", Role.ADMIN) as c:
@@ -375,6 +521,19 @@ def _globex_is_untouched(api: ApiSetup, g: World) -> None:
         assert {k["id"]: k["revoked_at"] for k in _ok(c.get("/v1/keys"))}[g.key] is None
         download = c.get(f"/v1/runs/{g.runs['failed']}/artifacts/{g.artifact}")
         assert download.content == b"globex-artifact-bytes"
+        subscription = _ok(c.get(f"/v1/subscriptions/{g.subscription}"))
+        assert subscription["enabled"] and subscription["disabled_reason"] is None
+        assert subscription["url"] == "https://hooks.example.com/globex-marker"
+        assert subscription["previous_secret_until"] is None, "its secret was not rotated"
+        deliveries = _ok(c.get("/v1/deliveries", params={"subscription": g.subscription}))
+        assert g.delivery in [d["id"] for d in deliveries["items"]]
+        assert {d["attempts"] for d in deliveries["items"]} == {0}, "none sent again"
+        assert _ok(c.get(f"/v1/events/{g.event}"))["id"] == g.event
+        schedule = _ok(c.get(f"/v1/schedules/{g.schedule}"))
+        assert not schedule["paused"] and schedule["name"] == "globex nightly schedule"
+        assert schedule["every_seconds"] == 3600 and schedule["integration"] is None
+        assert schedule["fired"] == 0 and _ok(c.get(f"/v1/schedules/{g.schedule}/firings")) == []
+        assert [s["id"] for s in _ok(c.get("/v1/schedules"))] == [g.schedule]
         # With globex's pause lifted its run goes: acme's pause of the queue holds acme's only.
         lifted = c.post(f"/v1/pauses/{g.pause}/resume", json={"reason": "done"})
         assert _ok(lifted) == {"resumed": 1}
@@ -436,6 +595,11 @@ def test_a_platform_key_sees_every_tenant(api: ApiSetup, globex: World) -> None:
         assert _ok(c.get(f"/v1/runs/{acme_run}"))["tenant"] == "acme"
         assert _ok(c.get(f"/v1/integrations/{globex.integration}"))["tenant"] == "globex"
         assert _ok(c.get("/v1/tenants/globex"))["name"] == "globex"
+        assert tenants("/v1/subscriptions?tenant=globex") == {"globex"}
+        assert tenants("/v1/deliveries?tenant=globex") == {"globex"}
+        assert tenants("/v1/schedules?tenant=globex") == {"globex"}
+        assert _ok(c.get(f"/v1/schedules/{globex.schedule}"))["tenant"] == "globex"
+        assert _ok(c.get(f"/v1/events/{globex.event}"))["tenant"] == "globex"
         counts = _ok(c.get("/v1/queues/default?tenant=globex"))["counts"]
         assert counts == {"succeeded": 1, "failed": 1, "paused": 1}
         art = c.get(f"/v1/runs/{globex.runs['failed']}/artifacts/{globex.artifact}")
@@ -488,13 +652,48 @@ NEEDS: dict[Op, Role | None] = {
     ("GET", "/v1/keys"): Role.ADMIN,
     ("POST", "/v1/keys"): Role.ADMIN,
     ("DELETE", "/v1/keys/{key_id}"): Role.ADMIN,
+    ("GET", "/v1/subscriptions"): Role.VIEWER,
+    ("POST", "/v1/subscriptions"): Role.ADMIN,
+    ("GET", "/v1/subscriptions/{subscription_id}"): Role.VIEWER,
+    ("PATCH", "/v1/subscriptions/{subscription_id}"): Role.ADMIN,
+    ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret"): Role.ADMIN,
+    ("DELETE", "/v1/subscriptions/{subscription_id}"): Role.ADMIN,
+    ("GET", "/v1/deliveries"): Role.VIEWER,
+    ("GET", "/v1/deliveries/{delivery_id}/attempts"): Role.VIEWER,
+    ("POST", "/v1/deliveries/recover"): Role.ADMIN,
+    ("GET", "/v1/events/{event_id}"): Role.VIEWER,
+    ("POST", "/v1/events/{event_id}/replay"): Role.ADMIN,
+    ("GET", "/v1/schedules"): Role.VIEWER,
+    ("POST", "/v1/schedules"): Role.ADMIN,
+    ("GET", "/v1/schedules/{schedule_id}"): Role.VIEWER,
+    ("PATCH", "/v1/schedules/{schedule_id}"): Role.ADMIN,
+    ("POST", "/v1/schedules/{schedule_id}/pause"): Role.ADMIN,
+    ("POST", "/v1/schedules/{schedule_id}/resume"): Role.ADMIN,
+    ("POST", "/v1/schedules/{schedule_id}/trigger"): Role.OPERATOR,
+    ("POST", "/v1/schedules/{schedule_id}/backfill"): Role.OPERATOR,
+    ("GET", "/v1/schedules/{schedule_id}/firings"): Role.VIEWER,
+    ("DELETE", "/v1/schedules/{schedule_id}"): Role.ADMIN,
 }
 
 
-def role_requests(a: World, throwaway_key: str, label_pause: int) -> dict[Op, Probe]:
+@dataclass(frozen=True)
+class Throwaway:
+    """acme's resources that a role's DELETE may remove, so the other rows keep theirs."""
+
+    key: str
+    label_pause: int
+    subscription: str
+    schedule: str
+
+
+def role_requests(a: World, gone: Throwaway) -> dict[Op, Probe]:
     """One request per operation on acme's own resources, valid for a role that may send it."""
     run, reason = a.runs["held"], {"reason": "role matrix"}
     credentials = {"credentials": {"username": "bot", "password": "rotated"}}
+    sub, sched = f"/v1/subscriptions/{a.subscription}", f"/v1/schedules/{a.schedule}"
+    hook = {"url": "https://hooks.example.com/acme-more", "types": ["run.failed"]}
+    every = {"name": "role matrix", "workflow": "plain.echo", "every": "2h"}
+    now = time.time()
     return {
         ("GET", "/healthz"): probe("GET", "/healthz"),
         ("GET", "/readyz"): probe("GET", "/readyz"),
@@ -524,7 +723,7 @@ def role_requests(a: World, throwaway_key: str, label_pause: int) -> dict[Op, Pr
             {**reason, "scope": "workflow", "value": "plain.fail", "tenant": "acme"},
         ),
         ("POST", "/v1/pauses/{pause_id}/resume"): probe(
-            "POST", f"/v1/pauses/{label_pause}/resume", reason
+            "POST", f"/v1/pauses/{gone.label_pause}/resume", reason
         ),
         ("GET", "/v1/connectors"): probe("GET", "/v1/connectors"),
         ("GET", "/v1/workflows"): probe("GET", "/v1/workflows"),
@@ -560,7 +759,52 @@ def role_requests(a: World, throwaway_key: str, label_pause: int) -> dict[Op, Pr
         ("POST", "/v1/keys"): probe(
             "POST", "/v1/keys", {"name": "made", "role": "viewer", "tenant": "acme"}
         ),
-        ("DELETE", "/v1/keys/{key_id}"): probe("DELETE", f"/v1/keys/{throwaway_key}"),
+        ("DELETE", "/v1/keys/{key_id}"): probe("DELETE", f"/v1/keys/{gone.key}"),
+        ("GET", "/v1/subscriptions"): probe("GET", "/v1/subscriptions"),
+        ("POST", "/v1/subscriptions"): probe(
+            "POST", "/v1/subscriptions", {**hook, "tenant": "acme"}
+        ),
+        ("GET", "/v1/subscriptions/{subscription_id}"): probe("GET", sub),
+        ("PATCH", "/v1/subscriptions/{subscription_id}"): probe(
+            "PATCH", sub, {"description": "role matrix", "max_in_flight": 2}
+        ),
+        ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret"): probe(
+            "POST", f"{sub}/rotate-secret"
+        ),
+        ("DELETE", "/v1/subscriptions/{subscription_id}"): probe(
+            "DELETE", f"/v1/subscriptions/{gone.subscription}"
+        ),
+        ("GET", "/v1/deliveries"): probe("GET", f"/v1/deliveries?subscription={a.subscription}"),
+        ("GET", "/v1/deliveries/{delivery_id}/attempts"): probe(
+            "GET", f"/v1/deliveries/{a.delivery}/attempts"
+        ),
+        ("POST", "/v1/deliveries/recover"): probe(
+            "POST",
+            "/v1/deliveries/recover",
+            {"since": 0, "subscription": a.subscription, "tenant": "acme"},
+        ),
+        ("GET", "/v1/events/{event_id}"): probe("GET", f"/v1/events/{a.event}"),
+        ("POST", "/v1/events/{event_id}/replay"): probe(
+            "POST", f"/v1/events/{a.event}/replay", {"subscription": a.subscription}
+        ),
+        ("GET", "/v1/schedules"): probe("GET", "/v1/schedules"),
+        ("POST", "/v1/schedules"): probe("POST", "/v1/schedules", {**every, "tenant": "acme"}),
+        ("GET", "/v1/schedules/{schedule_id}"): probe("GET", sched),
+        ("PATCH", "/v1/schedules/{schedule_id}"): probe(
+            "PATCH", sched, {"labels": {"team": "acme-t"}, "every": "2h"}
+        ),
+        ("POST", "/v1/schedules/{schedule_id}/pause"): probe(
+            "POST", f"{sched}/pause", {"note": "role matrix"}
+        ),
+        ("POST", "/v1/schedules/{schedule_id}/resume"): probe("POST", f"{sched}/resume"),
+        ("POST", "/v1/schedules/{schedule_id}/trigger"): probe("POST", f"{sched}/trigger"),
+        ("POST", "/v1/schedules/{schedule_id}/backfill"): probe(
+            "POST", f"{sched}/backfill", {"start": now - 3 * 3600, "end": now, "dry_run": True}
+        ),
+        ("GET", "/v1/schedules/{schedule_id}/firings"): probe("GET", f"{sched}/firings"),
+        ("DELETE", "/v1/schedules/{schedule_id}"): probe(
+            "DELETE", f"/v1/schedules/{gone.schedule}"
+        ),
     }
 
 
@@ -570,7 +814,12 @@ async def test_each_role_reaches_what_the_role_table_says(api: ApiSetup) -> None
         throwaway = _ok(c.post("/v1/keys", json={"name": "old", "role": "viewer"}), 201)["id"]
         pause = {"scope": "label", "label": "team", "value": "x", "reason": "role matrix"}
         label_pause = _ok(c.post("/v1/pauses", json=pause), 201)["id"]
-    requests = role_requests(acme, throwaway, label_pause)
+        hook = {"url": "https://hooks.example.com/old", "types": ["*"]}
+        old_subscription = _ok(c.post("/v1/subscriptions", json=hook), 201)["id"]
+        every = {"name": "old", "workflow": "plain.echo", "every": "1d"}
+        old_schedule = _ok(c.post("/v1/schedules", json=every), 201)["id"]
+    gone = Throwaway(throwaway, label_pause, old_subscription, old_schedule)
+    requests = role_requests(acme, gone)
     assert set(NEEDS) == operations(api), "every operation needs a row in the role table"
     assert set(requests) == set(NEEDS)
     answered: dict[Op, list[int]] = {}
