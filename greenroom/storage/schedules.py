@@ -80,6 +80,8 @@ class _Plan:
     missed: list[float] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)
     problem: str | None = None
+    #: More slots up to now than one round lists (MAX_SLOTS): the next round takes them.
+    more: bool = False
 
 
 class Schedules(StoreBase):
@@ -421,7 +423,9 @@ class Schedules(StoreBase):
             assignments += ", last_fired_at = :now"
         if advance:
             spec = spec_of(s)
-            after = max([now, *handled])
+            # The list was cut: move on past the last slot handled, not past now, so the
+            # slots after it are fired or counted by the next round instead of vanishing.
+            after = max(handled) if plan.more else max([now, *handled])
             next_slot = spec.slot_after(after)
             values.update(
                 slot=next_slot,
@@ -542,7 +546,10 @@ def _plan(s: Schedule, now: float, last_state: RunState | None, prepare: Prepare
     window and overlap policy."""
     plan = _Plan(s)
     assert s.next_slot is not None
-    slots = [s.next_slot, *spec_of(s).slots(s.next_slot, now, limit=MAX_SLOTS - 1)]
+    spec = spec_of(s)
+    slots = [s.next_slot, *spec.slots(s.next_slot, now, limit=MAX_SLOTS - 1)]
+    following = spec.slot_after(slots[-1]) if len(slots) >= MAX_SLOTS else None
+    plan.more = following is not None and following <= now
     window_start = now - s.catchup_seconds
     plan.missed = [slot for slot in slots if slot < window_start]
     active = last_state is not None and last_state not in FINISHED_STATES
