@@ -16,8 +16,9 @@ Measured:
 - lag: per slot in the window, the run's `created_at` (the `now` of the firing round, taken
   before its transaction) minus the slot; and `visible`: when a poller in this process (every
   `--poll` s) first saw the run committed, minus the slot (an upper bound by one poll interval).
-- CPU seconds per minute, quiet and firing, of the worker processes and of the PostgreSQL server
-  (every `postgres` process: run nothing else on the server meanwhile), from /proc/PID/stat.
+- CPU seconds per minute, quiet and firing, of the worker processes, of the PostgreSQL backends
+  connected to this run's database, and of the whole server (every `postgres` process: other
+  databases' load included), from /proc/PID/stat; the 1-minute load average beside them.
 - enqueue→start of the ordinary runs (workflow start minus the enqueue call), quiet vs firing.
 
 `--same-slot`: every schedule shares one slot (as cron */15 would), fired at t0; reports the lag
@@ -67,32 +68,44 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def postgres_pids() -> list[int]:
+def postgres_pids(database: str | None = None) -> list[int]:
+    """Every postgres process, or only the backends connected to `database` (their title
+    names it: "postgres: USER DATABASE HOST(PORT) STATE")."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    pids.append(int(entry.name))
+                if (entry / "comm").read_text().strip() != "postgres":
+                    continue
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
+            if database is None or f" {database} " in title:
+                pids.append(int(entry.name))
     return pids
 
 
 class CpuMeter:
-    """CPU seconds of the workers and of every postgres process (backends come and go: each
-    sample sums the ones alive, and a process gone between samples is counted by its last)."""
+    """CPU seconds of the workers, of the backends connected to this run's database and of
+    the whole PostgreSQL server (its background processes, and other databases' backends:
+    on a shared machine, others' load). Backends come and go: each sample adds the ones alive
+    to those seen before, a process gone counted by its last sample."""
 
-    def __init__(self, workers: list[int]) -> None:
+    def __init__(self, workers: list[int], database: str) -> None:
         self.workers = workers
+        self.database = database
         self.seen: dict[int, float] = {}
+        self.ours: set[int] = set()
 
     def sample(self) -> dict[str, float]:
+        self.ours.update(postgres_pids(self.database))
         for pid in postgres_pids():
             self.seen[pid] = max(self.seen.get(pid, 0.0), cpu_seconds(pid))
         return {
             "workers": sum(cpu_seconds(p) for p in self.workers),
+            "postgres_db": sum(v for p, v in self.seen.items() if p in self.ours),
             "postgres": sum(self.seen.values()),
+            "load": os.getloadavg()[0],
             "t": time.monotonic(),
         }
 
@@ -102,7 +115,11 @@ def per_minute(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {
         "minutes": round(minutes, 2),
         "worker_cpu_s_per_min": round((b["workers"] - a["workers"]) / minutes, 2),
-        "postgres_cpu_s_per_min": round((b["postgres"] - a["postgres"]) / minutes, 2),
+        "postgres_db_backends_cpu_s_per_min": round(
+            (b["postgres_db"] - a["postgres_db"]) / minutes, 2
+        ),
+        "postgres_server_cpu_s_per_min": round((b["postgres"] - a["postgres"]) / minutes, 2),
+        "load_1m_at_end": round(b["load"], 2),
     }
 
 
@@ -292,7 +309,7 @@ def phases(url: str, tmp: Path, marks: Path, args: argparse.Namespace, total: in
     try:
         stamps.start()
         time.sleep(5)  # the workers start, run the first stamps
-        meter = CpuMeter([w.pid for w in workers])
+        meter = CpuMeter([w.pid for w in workers], url.rsplit("/", 1)[1])
         stamps.phase = "quiet"
         q0 = meter.sample()
         time.sleep(args.quiet)
