@@ -1,14 +1,17 @@
-"""Firing after a long downtime, with more slots than one round lists (MAX_SLOTS)."""
+"""Rounds of firing: more slots due than one round lists (MAX_SLOTS), more schedules due than
+one round takes (runner.BATCH)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from greenroom import App, ManualClock, RunContext
 from greenroom.demo.setup import register_tenant
-from greenroom.schedules import service
+from greenroom.schedules import runner, service
 from greenroom.schedules.service import ScheduleRequest
 from greenroom.storage import schedules as stored
 from tests.helpers import fast_app
@@ -16,7 +19,8 @@ from tests.helpers import fast_app
 
 @pytest.fixture
 def app(db_url: str, clock: ManualClock) -> Iterator[App]:
-    app = fast_app(db_url, clock)
+    # A long poll: a scheduler that waits for it between two rounds is seen waiting.
+    app = fast_app(db_url, clock, poll_seconds=30.0)
 
     @app.workflow(name="tick")
     async def tick(ctx: RunContext) -> None:
@@ -55,3 +59,34 @@ def test_slots_past_one_rounds_list_are_still_caught_up_or_counted(
     keys = sorted(r.idempotency_key or "" for r in runs)
     assert keys == sorted(stored.slot_key(s.id, x) for x in recent)
     assert s.next_slot == first + 100 * 60.0
+
+
+async def test_a_full_batch_of_skips_is_followed_by_the_next_round_at_once(
+    app: App, clock: ManualClock
+) -> None:
+    """BATCH + 50 skip schedules due while their runs are still queued: the first round skips
+    BATCH of them and makes no run; the scheduler goes on to the rest at once, not a poll
+    later (it counted runs made, not schedules taken)."""
+    count = runner.BATCH + 50
+    for i in range(count):
+        req = ScheduleRequest(name=f"s{i}", workflow="tick", every=60.0, overlap="skip")
+        service.create(app, "acme", req, actor="test")
+    clock.advance(60.0)
+    prepare = service.preparer(app)
+    assert len(app.store.schedules.fire_due(prepare, limit=count).runs) == count  # stay queued
+    clock.advance(60.0)
+    scheduler = runner.Scheduler(app)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        deadline = time.monotonic() + 10
+        skipped = 0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            schedules = await asyncio.to_thread(app.store.schedules.list_schedules)
+            skipped = sum(s.skipped for s in schedules)
+            if skipped == count:
+                break
+        assert skipped == count, f"{skipped} of {count} skipped within 10 s (poll: 30 s)"
+    finally:
+        scheduler.stop()
+        await task

@@ -68,6 +68,8 @@ class Fired:
     cancel: list[str] = field(default_factory=list)
     #: Schedules paused because their runs cannot be made (the workflow is gone).
     paused: list[str] = field(default_factory=list)
+    #: Schedules the round took (fired, skipped, missed or paused): the limit when more wait.
+    taken: int = 0
 
 
 @dataclass
@@ -283,7 +285,9 @@ class Schedules(StoreBase):
             schedules = self._readable(tx, rows)
             states = self._run_states(tx, [s.last_run_id for s in schedules if s.last_run_id])
             plans = [_plan(s, now, states.get(s.last_run_id or ""), prepare) for s in schedules]
-            return self._apply(tx, plans, now)
+            fired = self._apply(tx, plans, now)
+            fired.taken = len(rows)
+            return fired
 
     @retry_conflicts
     def trigger(
