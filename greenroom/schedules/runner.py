@@ -53,7 +53,8 @@ class Scheduler:
             pruned_at = asyncio.get_running_loop().time()
             while not self._stopping.is_set():
                 fired = await self._round()
-                if len(fired.runs) + len(fired.paused) < BATCH:
+                # A full batch taken: more may be due now (skips and misses make no runs).
+                if fired.taken < BATCH:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(
                             self._stopping.wait(), timeout=self.settings.poll_seconds

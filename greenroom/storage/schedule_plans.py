@@ -46,6 +46,8 @@ class Fired:
     cancel: list[str] = field(default_factory=list)
     #: Schedules paused because their runs cannot be made (the workflow is gone).
     paused: list[str] = field(default_factory=list)
+    #: Schedules the round took (fired, skipped, missed or paused): the limit when more wait.
+    taken: int = 0
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Plan:
     missed: list[float] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)
     problem: str | None = None
+    #: More slots up to now than one round lists (MAX_SLOTS): the next round takes them.
+    more: bool = False
 
 
 def plan_slots(
@@ -68,7 +72,10 @@ def plan_slots(
     were prepared)."""
     plan = Plan(s)
     assert s.next_slot is not None
-    slots = [s.next_slot, *spec_of(s).slots(s.next_slot, now, limit=MAX_SLOTS - 1)]
+    spec = spec_of(s)
+    slots = [s.next_slot, *spec.slots(s.next_slot, now, limit=MAX_SLOTS - 1)]
+    following = spec.slot_after(slots[-1]) if len(slots) >= MAX_SLOTS else None
+    plan.more = following is not None and following <= now
     window_start = now - s.catchup_seconds
     plan.missed = [slot for slot in slots if slot < window_start]
     active = last_state is not None and last_state not in FINISHED_STATES

@@ -245,8 +245,11 @@ class Schedules(StoreBase):
             rows = tx.execute(f"{due} {backend.skip_locked}", {"now": now, "limit": limit})
             schedules = self._readable(tx, rows)
             states = self._run_states(tx, [s.last_run_id for s in schedules if s.last_run_id])
-            plans = [plan_slots(s, now, states.get(s.last_run_id or ""), ready) for s in schedules]
-            return self._apply(tx, [p for p in plans if p is not None], now)
+            last = states.get
+            plans = [plan_slots(s, now, last(s.last_run_id or ""), ready) for s in schedules]
+            fired = self._apply(tx, [p for p in plans if p is not None], now)
+            fired.taken = len(rows)
+            return fired
 
     @retry_conflicts
     def trigger(
@@ -396,7 +399,8 @@ class Schedules(StoreBase):
             assignments += ", last_fired_at = :now"
         if advance:
             spec = spec_of(s)
-            after = max([now, *handled])
+            # A schedule with more slots than a round lists goes on after the last one handled.
+            after = max(handled) if plan.more else max([now, *handled])
             next_slot = spec.slot_after(after)
             values.update(
                 slot=next_slot,

@@ -28,6 +28,7 @@ from greenroom import App, RetryPolicy, RunContext, Worker, load_settings, step
 
 CHAIN = "durable.chain"
 SESSION_CHAIN = "durable.session_chain"
+TICK = "durable.tick"
 
 
 def note(path: str, event: str, ctx: RunContext, position: int | None = None) -> None:
@@ -91,11 +92,19 @@ async def chain(
     return {"by": ctx.worker_id, "steps": results}
 
 
+async def tick(ctx: RunContext, seconds: float = 0.0) -> dict[str, Any]:
+    """What the schedule tests fire: returns at once, or after `seconds` (to overlap)."""
+    if seconds:
+        await asyncio.sleep(seconds)
+    return {"by": ctx.worker_id}
+
+
 def build_app(db: str | None = None, **settings: Any) -> App:
-    """The app with both workflows; the session one serializes runs by their `lane` label."""
+    """The app with its workflows; the session one serializes runs by their `lane` label."""
     app = App(db=db, settings=load_settings(db=db, **settings) if db else None)
     app.workflow(name=CHAIN)(chain)
     app.workflow(name=SESSION_CHAIN, session="durable:{lane}")(chain)
+    app.workflow(name=TICK)(tick)
     return app
 
 
