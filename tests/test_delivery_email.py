@@ -50,6 +50,14 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "integration.created": _INTEGRATION | {"actor": "ops"},
     "integration.updated": _INTEGRATION | {"actor": "ops", "changed": ["credentials", "name"]},
     "integration.deleted": _INTEGRATION | {"actor": "ops"},
+    "schedule.fired": {"schedule_id": "s1", "name": "nightly sync", "slot": 1_700_000_000.0}
+    | {"run_id": RUN_ID, "how": "fired"},
+    "schedule.missed": {"schedule_id": "s1", "name": "nightly sync", "count": 7}
+    | {"first": 1_700_000_000.0, "last": 1_700_005_400.0},
+    "schedule.paused": {"schedule_id": "s1", "name": "nightly sync", "workflow": "sync"}
+    | {"note": "vendor maintenance", "actor": "ops"},
+    "schedule.resumed": {"schedule_id": "s1", "name": "nightly sync", "workflow": "sync"}
+    | {"actor": "ops"},
     "endpoint.disabled": {
         "subscription_id": 12,
         "url": "https://hooks.slack.com/services/T000/B000/s3cr3tT0ken",
@@ -74,6 +82,10 @@ EXPECTED: dict[str, list[str]] = {
     "integration.created": ["ops created integration acme-crm (connector crm, status active)"],
     "integration.updated": ["ops updated integration acme-crm", "changed credentials, name"],
     "integration.deleted": ["ops deleted integration acme-crm"],
+    "schedule.fired": ["Schedule nightly sync fired for 2023-11-14T22:13:20Z: run 1234abcd"],
+    "schedule.missed": ["Schedule nightly sync missed 7 slots from 2023-11-14T22:13:20Z"],
+    "schedule.paused": ["ops paused Schedule nightly sync: vendor maintenance"],
+    "schedule.resumed": ["ops resumed Schedule nightly sync"],
     "endpoint.disabled": [
         "https://hooks.slack.com/…",
         "subscription 12",

@@ -3,8 +3,9 @@ due deliveries, send them, record how they went, prune what is old.
 
 Any number of workers do this at once with nothing to elect: fan-out takes turns on a locked
 cursor row, claims skip each other's rows, and a worker killed mid-send leaves leases that
-expire. Results are written in batches, a few times a second; a delivery whose result is lost
-(the worker died, the database was down too long) is sent again with the same webhook-id.
+expire. Results are written as they come (those that finish during a write go with the next);
+a delivery whose result is lost (the worker died, the database was down too long) is sent again
+with the same webhook-id.
 """
 
 from __future__ import annotations

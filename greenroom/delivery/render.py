@@ -157,6 +157,25 @@ def shown_url(url: object) -> str:
     return clean(f"{parts.scheme}://{host}" + (f":{port}" if port else "") + "/…", 100)
 
 
+def _schedule(p: Mapping[str, Any]) -> str:
+    return f"Schedule {clean(p.get('name'))}"
+
+
+def _schedule_fired(p: Mapping[str, Any]) -> str:
+    how = {"triggered": "was triggered", "backfilled": "was backfilled"}.get(
+        str(p.get("how")), "fired"
+    )
+    slot = "" if p.get("slot") is None else f" for {_when(p.get('slot'))}"
+    return f"{_schedule(p)} {how}{slot}: run {clean(str(p.get('run_id'))[:8])}"
+
+
+def _schedule_missed(p: Mapping[str, Any]) -> str:
+    return (
+        f"{_schedule(p)} missed {clean(p.get('count'))} slots from {_when(p.get('first'))}"
+        f" to {_when(p.get('last'))}: no worker ran them within its catch-up window"
+    )
+
+
 _SENTENCES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "run.succeeded": lambda p: f"{_run(p)} succeeded",
     "run.failed": _run_failed,
@@ -173,6 +192,12 @@ _SENTENCES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "integration.updated": _integration_updated,
     "integration.deleted": lambda p: _integration(p, "deleted"),
     "endpoint.disabled": _endpoint_disabled,
+    "schedule.fired": _schedule_fired,
+    "schedule.missed": _schedule_missed,
+    "schedule.paused": lambda p: (
+        f"{clean(p.get('actor'))} paused {_schedule(p)}: {clean(p.get('note'))}"
+    ),
+    "schedule.resumed": lambda p: f"{clean(p.get('actor'))} resumed {_schedule(p)}",
 }
 #: Every type with its own sentence; others get the fallback.
 KNOWN_TYPES = frozenset(_SENTENCES)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -29,13 +30,16 @@ class SideLoops:
         self._tasks = [asyncio.create_task(self._run(kind), name=kind) for kind in self.wanted]
 
     async def _run(self, kind: str) -> None:
-        """Imported here, once the worker's first claim has started."""
+        """Their modules (httpx, SMTP, cron) are imported in a thread: the worker's loop goes
+        on claiming meanwhile."""
         loop: _Loop
         if kind == "delivery":
+            await asyncio.to_thread(importlib.import_module, "greenroom.delivery.dispatcher")
             from greenroom.delivery.dispatcher import Dispatcher
 
             loop = Dispatcher(self.app.store, self.settings)
         else:
+            await asyncio.to_thread(importlib.import_module, "greenroom.schedules.runner")
             from greenroom.schedules.runner import Scheduler
 
             loop = Scheduler(self.app)
