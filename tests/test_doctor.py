@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 
@@ -149,6 +150,9 @@ def test_repair_while_a_worker_drains_leaves_sound_summaries(db_url: str) -> Non
     def repair_often() -> None:
         while not stop.is_set():
             repairs.append(len(store.repair.repair_summaries(actor="a", reason="under load")))
+            # Often, not always: back to back, the repairs held SQLite's one write lock so
+            # steadily that the worker's heartbeats starved and its runs stalled.
+            time.sleep(0.02)
 
     async def main() -> None:
         async with worker_running(app, concurrency=8):
