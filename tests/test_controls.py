@@ -17,6 +17,8 @@ import pytest
 from greenroom import InvalidInput, ManualClock, NotFound, RunState
 from greenroom.model import Lease, NewRun, PauseScope, Run
 from greenroom.storage import RunStore, open_store
+from greenroom.storage.lifecycle.check import check_summaries
+from greenroom.storage.writes import End
 
 LEASE = 30.0
 ACTOR = "ops@example.com"
@@ -580,6 +582,22 @@ def test_session_concurrency_allows_n_runs_of_a_session_at_once(store: RunStore)
     assert keys.count("wide") == 3 and keys.count("narrow") == 1
     succeed(store, next(lease for lease in leases if lease.run.session_key == "wide"))
     assert [lease.run.session_key for lease in claim(store)] == ["wide"]
+
+
+def test_runs_of_one_lane_ended_in_one_write_free_a_slot_each(store: RunStore) -> None:
+    """A worker batches the ends of runs that finish together: each frees its own slot."""
+    for _ in range(4):
+        enqueue(store, session_key="wide", session_concurrency=2)
+    leases = claim(store) + claim(store)
+    assert [lease.run.session_key for lease in leases] == ["wide", "wide"]
+    done = [
+        End(lease=lease, state=RunState.SUCCEEDED, reason="done", output=json.dumps(None))
+        for lease in leases
+    ]
+    store.runs.write([], done)
+    with store.backend.transaction() as tx:
+        assert check_summaries(tx) == []
+    assert len(claim(store) + claim(store)) == 2, "both slots are free again"
 
 
 def test_a_new_lane_takes_its_limit_from_its_oldest_run(store: RunStore) -> None:

@@ -251,10 +251,6 @@ async def test_tenant_limit_holds_across_workers(apps: tuple[App, App]) -> None:
     assert len(workers) == 2
 
 
-# Known bug, not fixed (see the session 9 note): late in session 9 this test's teardown found lane
-# t/w's `active` at 1 with no run of it running, 2 runs in 3 on SQLite, at the session's first
-# commit too. Its own assertions still run; the summaries check is off until the race is found.
-@pytest.mark.summaries_unchecked
 async def test_session_concurrency_allows_n_at_once_and_one_by_default(
     apps: tuple[App, App],
 ) -> None:

@@ -98,16 +98,10 @@ def _account(
     tx: Tx, backend: Backend, chosen: list[Row], rows: list[Row], leasing: Leasing, now: float
 ) -> None:
     """Move lanes, queues and tenants on by what was leased (lock order: lanes, queues, tenants)."""
-    leased = sorted({(r["tenant"], r["session_key"]) for r in rows if r["session_key"] is not None})
-    for tenant, session_key in leased:
-        tx.execute(
-            f"UPDATE lanes SET active = active + 1, (head_seq, head_priority, head_queue) ="
-            f" {summaries.LANE_HEAD} WHERE tenant = :tenant AND session_key = :session_key",
-            {"tenant": tenant, "session_key": session_key},
-        )
-    # A head that was no longer ready (it should not happen): repair it.
-    stale = {(r["tenant"], r["session_key"]) for r in chosen if r["session_key"] is not None}
-    summaries.refresh_lanes(tx, sorted(stale - set(leased)))
+    leased = summaries.lane_counts(rows)
+    # A head that was no longer ready (it should not happen) is repaired on the way.
+    stale = dict.fromkeys(summaries.lane_counts(chosen), 0)
+    summaries.refresh_lanes(tx, {**stale, **leased})
     per_queue = Counter(r["queue"] for r in rows)
     for queue in sorted(per_queue):
         # Counted where the limit stands now: a limit set after this claim read the queue

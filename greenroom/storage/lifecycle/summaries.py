@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,13 +50,14 @@ def lane_offer(source: str) -> str:
 _LANE_OFFER = lane_offer("VALUES (:tenant, :session_key, 0, :max_active, :seq, :priority, :queue)")
 
 
-def _lane_keys(rows: Iterable[Row]) -> list[tuple[str, str]]:
-    return sorted({(r["tenant"], r["session_key"]) for r in rows if r["session_key"] is not None})
+def lane_counts(rows: Iterable[Row]) -> Counter[tuple[str, str]]:
+    """How many of these runs each lane holds (runs without a session key have none)."""
+    return Counter((r["tenant"], r["session_key"]) for r in rows if r["session_key"] is not None)
 
 
 def lock_lanes(tx: Tx, backend: Backend, rows: Iterable[Row]) -> None:
     """Lock the lanes of these runs, in key order, before locking the runs themselves."""
-    for tenant, session_key in _lane_keys(rows):
+    for tenant, session_key in sorted(lane_counts(rows)):
         tx.execute(
             "SELECT active FROM lanes WHERE tenant = :tenant AND session_key = :session_key"
             f" {backend.for_update}",
@@ -64,14 +65,15 @@ def lock_lanes(tx: Tx, backend: Backend, rows: Iterable[Row]) -> None:
         )
 
 
-def refresh_lanes(tx: Tx, keys: Sequence[tuple[str, str]], active_delta: int = 0) -> None:
-    """Recompute the heads of these lanes (and move their running count)."""
-    for tenant, session_key in keys:
+def refresh_lanes(tx: Tx, deltas: Mapping[tuple[str, str], int]) -> None:
+    """Recompute the heads of these lanes and move their running counts by `deltas` (one per
+    run: a move may start or end several runs of one lane)."""
+    for tenant, session_key in sorted(deltas):
         tx.execute(
             f"UPDATE lanes SET active = active + :delta,"
             f" (head_seq, head_priority, head_queue) = {LANE_HEAD}"
             " WHERE tenant = :tenant AND session_key = :session_key",
-            {"delta": active_delta, "tenant": tenant, "session_key": session_key},
+            {"delta": deltas[tenant, session_key], "tenant": tenant, "session_key": session_key},
         )
 
 
@@ -119,7 +121,7 @@ def enter_ready(tx: Tx, backend: Backend, rows: Sequence[Row]) -> None:
 
 def leave_ready(tx: Tx, rows: Sequence[Row]) -> None:
     """These runs were `queued` and are not any more (cancelled, paused; not claimed)."""
-    refresh_lanes(tx, _lane_keys(rows))
+    refresh_lanes(tx, dict.fromkeys(lane_counts(rows), 0))
     _tenant_ready(tx, Counter({t: -n for t, n in Counter(r["tenant"] for r in rows).items()}))
 
 
@@ -127,7 +129,7 @@ def leave_running(tx: Tx, rows: Sequence[Row]) -> None:
     """These runs stopped running: free their lane slots, and the queue and tenant slots they
     hold. A run that went back to `queued` is ready again: call enter_ready for it too.
     """
-    refresh_lanes(tx, _lane_keys(rows), active_delta=-1)
+    refresh_lanes(tx, {lane: -n for lane, n in lane_counts(rows).items()})
     for table, key, flag in (
         ("queues", "queue", "holds_queue_slot"),
         ("tenants", "tenant", "holds_tenant_slot"),
