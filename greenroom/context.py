@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,6 +15,7 @@ import structlog
 
 from greenroom.errors import (
     ConfigError,
+    InvalidInput,
     LeaseLost,
     LoggedOut,
     NonDeterminismError,
@@ -23,8 +24,10 @@ from greenroom.errors import (
     RunPaused,
 )
 from greenroom.failures import describe_error
+from greenroom.licenses.ingest import AccountRow, parse_accounts
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
+from greenroom.storage.licenses import Saved
 from greenroom.storage.writes import Checkpoint
 
 if TYPE_CHECKING:
@@ -166,6 +169,29 @@ class RunContext:
                 f"{type(self._credentials).__name__}, not {model.__name__}"
             )
         return self._credentials
+
+    async def save_accounts(
+        self, rows: Sequence[Mapping[str, Any] | AccountRow], *, complete: bool = False
+    ) -> Saved:
+        """Keep accounts this run read from its integration's app (a page at a time, as they
+        come): rows as licenses.ingest.AccountRow. `complete=True` on the last page of a sync
+        that listed every account: the integration's accounts it did not list are removed.
+        Saving a page again (a retried step) changes nothing; a bad row fails the step for good,
+        saving none of the batch."""
+        self._check_lease()
+        integration = self.integration
+        try:
+            batch = parse_accounts(list(rows))
+        except InvalidInput as exc:
+            raise PermanentError(f"save_accounts: {exc}") from None
+        return await asyncio.to_thread(
+            self._store.licenses.save,
+            self.tenant,
+            integration.id,
+            batch,
+            sync_id=self.run_id,
+            complete=complete,
+        )
 
     def redact(self, text: str) -> str:
         """Text with this run's secrets (registered or from its credentials) replaced."""

@@ -11,6 +11,8 @@ from greenroom.storage.controls import Controls
 from greenroom.storage.deliveries import Deliveries
 from greenroom.storage.dispatch import Dispatch
 from greenroom.storage.events import Events
+from greenroom.storage.license_pass import LicensePass
+from greenroom.storage.licenses import Licenses
 from greenroom.storage.repair import Repair
 from greenroom.storage.runs import Runs
 from greenroom.storage.schedules import Schedules
@@ -22,8 +24,8 @@ class RunStore:
     """Runs and workers (`runs`), queue controls (`controls`), operators' retries, errors and
     audit (`admin`), browser sessions (`sessions`), tenants, keys and integrations
     (`accounts`), repairs (`repair`), what happened (`events`), and who hears of it
-    (`subscriptions`, `deliveries`, and the workers' `dispatch` of them), and schedules
-    (`schedules`)."""
+    (`subscriptions`, `deliveries`, and the workers' `dispatch` of them), schedules
+    (`schedules`), and the licenses integrations' syncs read (`licenses`)."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -39,3 +41,5 @@ class RunStore:
         self.deliveries = Deliveries(backend, self.clock)
         self.dispatch = Dispatch(backend, self.clock)
         self.schedules = Schedules(backend, self.clock)
+        self.licenses = Licenses(backend, self.clock)
+        self.license_pass = LicensePass(backend, self.clock)

@@ -1,0 +1,451 @@
+"""The license pass: verdicts for the licenses that are due, their findings and events.
+
+A license is due when a sync changed it, or when its verdict could change with no new data (it
+crosses its idle threshold, leaves its grace period, a snooze ends). The pass reads only those
+(one index on `due_at`), a batch per transaction, locked so that passes on several workers never
+judge one license twice; its work grows with changes, not with the number of licenses. Each
+batch writes the verdicts, the findings' moves and their events in one transaction: an event is
+sent once per license and episode (the findings' unique key), however often the pass runs.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from greenroom.licenses import detect, findings
+from greenroom.licenses.activity import day_of
+from greenroom.licenses.detect import Account, Baseline, LicenseClass, Policy, Tier, Verdict
+from greenroom.licenses.findings import Finding, FindingState, Step
+from greenroom.licenses.policy import loads, merged
+from greenroom.storage.backend import Column, Row, Tx
+from greenroom.storage.base import StoreBase
+from greenroom.storage.licenses import activity_of
+from greenroom.storage.outbox import NewEvent, emit
+
+#: Licenses judged per transaction.
+BATCH = 2000
+#: A baseline older than this is learned again.
+BASELINE_DAYS = 7
+#: Learned again sooner when this share of an app's licenses changed.
+BASELINE_CHANGE = 0.2
+#: What a license removed at its source is judged as: the seat is gone.
+REMOVED = Verdict(
+    cls=LicenseClass.EXCLUDED,
+    action=None,
+    confidence=None,
+    reason_code="removed_at_source",
+    reason="no longer listed by the app",
+    monthly_savings=None,
+    currency=None,
+    realizable_at=None,
+    episode_start=None,
+    due_at=None,
+)
+_VERDICT_COLUMNS: list[Column] = [
+    ("seq", "bigint"),
+    ("verdict", "text"),
+    ("action", "text"),
+    ("confidence", "text"),
+    ("reason_code", "text"),
+    ("reason", "text"),
+    ("monthly_savings", "double precision"),
+    ("savings_currency", "text"),
+    ("realizable_at", "double precision"),
+    ("episode_start", "double precision"),
+    ("due_at", "double precision"),
+]
+
+
+@dataclass
+class Judged:
+    """What one pass batch did."""
+
+    licenses: int = 0
+    opened: int = 0
+    closed: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _App:
+    """What the pass needs to know of one integration."""
+
+    tenant: str
+    policy: Policy
+    baseline: Baseline
+    #: The cheapest paid tier, per currency.
+    tiers: dict[str, Tier]
+    fresh_sources: frozenset[str]
+
+
+def new_finding_id() -> str:
+    return "fnd_" + secrets.token_hex(10)
+
+
+class LicensePass(StoreBase):
+    def judge_due(self, *, limit: int = BATCH) -> Judged:
+        """Judge up to `limit` due licenses in one transaction; fewer judged: none is left."""
+        now = self.clock.now()
+        judged = Judged()
+        with self.backend.transaction() as tx:
+            rows = tx.execute(
+                "SELECT * FROM licenses WHERE due_at IS NOT NULL AND due_at <= :now"
+                f" ORDER BY due_at LIMIT :limit {self.backend.for_update}"
+                f" {self.backend.skip_locked}",
+                {"now": now, "limit": limit},
+            )
+            if not rows:
+                return judged
+            apps = {i: self._app(tx, i, now) for i in sorted({r["integration_id"] for r in rows})}
+            opened = self._open_findings(tx, [r["id"] for r in rows])
+            verdicts, moves = [], []
+            for row in rows:
+                app = apps[row["integration_id"]]
+                verdict = _verdict(row, app, now)
+                current = opened.get(row["id"])
+                step = findings.advance(
+                    None if current is None else _finding(current), verdict, now, app.policy
+                )
+                verdicts.append(_verdict_row(row, verdict, step, now))
+                moves.append((row, verdict, current, step))
+            self._write_verdicts(tx, verdicts, now)
+            self._move_findings(tx, moves, judged, now)
+            judged.licenses = len(rows)
+        return judged
+
+    # -- what the pass reads -------------------------------------------------------------
+
+    def _app(self, tx: Tx, integration_id: str, now: float) -> _App:
+        (tenant,) = {
+            r["tenant"]
+            for r in tx.execute(
+                "SELECT tenant FROM licenses WHERE integration_id = :i LIMIT 1",
+                {"i": integration_id},
+            )
+        }
+        policy, sync_hours = self._policy(tx, tenant, integration_id)
+        interval = self._sync_interval(tx, integration_id, sync_hours)
+        fresh = frozenset(
+            r["source"]
+            for r in tx.execute(
+                "SELECT source FROM license_sources WHERE integration_id = :i"
+                " AND synced_at >= :since",
+                {"i": integration_id, "since": now - 2 * interval},
+            )
+        )
+        rows = tx.execute(
+            "SELECT * FROM license_baselines WHERE integration_id = :i", {"i": integration_id}
+        )
+        if rows:
+            baseline, tiers = _baseline_of(rows[0])
+        else:
+            baseline, tiers = self._learn(tx, tenant, integration_id, policy, now)
+        return _App(tenant, policy, baseline, tiers, fresh)
+
+    def _policy(self, tx: Tx, tenant: str, integration_id: str) -> tuple[Policy, float]:
+        layers = {
+            r["integration_id"]: loads(r["policy"])
+            for r in tx.execute(
+                "SELECT integration_id, policy FROM license_policies WHERE tenant = :tenant"
+                " AND integration_id IN ('', :i)",
+                {"tenant": tenant, "i": integration_id},
+            )
+        }
+        return merged(layers.get("", {}), layers.get(integration_id, {}))
+
+    def _sync_interval(self, tx: Tx, integration_id: str, sync_hours: float) -> float:
+        """Seconds between an integration's syncs: its shortest interval schedule, else the
+        policy's `sync_hours`."""
+        (row,) = tx.execute(
+            "SELECT MIN(every_seconds) AS every FROM schedules WHERE integration = :i"
+            " AND NOT paused AND every_seconds IS NOT NULL",
+            {"i": integration_id},
+        )
+        return float(row["every"]) if row["every"] else sync_hours * 3600
+
+    def _learn(
+        self, tx: Tx, tenant: str, integration_id: str, policy: Policy, now: float
+    ) -> tuple[Baseline, dict[str, Tier]]:
+        """Learn an app's baseline and tier prices from all its licenses, and keep them."""
+        rows = tx.execute(
+            "SELECT activity, activity_day, tier, unit_cost, currency, billing_period"
+            " FROM licenses WHERE integration_id = :i AND removed_at IS NULL",
+            {"i": integration_id},
+        )
+        baseline = detect.baseline((activity_of(r) for r in rows), day_of(now), policy)
+        tiers = _cheapest_tiers(rows)
+        params = {
+            "tenant": tenant,
+            "i": integration_id,
+            "threshold": baseline.threshold_days,
+            "b": baseline.baseline_days,
+            "users": baseline.active_users,
+            "fallback": baseline.fallback,
+            "tiers": json.dumps({c: t.__dict__ for c, t in tiers.items()}),
+            "now": now,
+            "n": len(rows),
+        }
+        tx.execute(
+            "INSERT INTO license_baselines (tenant, integration_id, threshold_days,"
+            " baseline_days, active_users, fallback, tiers, computed_at, licenses, changed)"
+            " VALUES (:tenant, :i, :threshold, :b, :users, :fallback, :tiers, :now, :n, 0)"
+            " ON CONFLICT (integration_id) DO UPDATE SET threshold_days = :threshold,"
+            " baseline_days = :b, active_users = :users, fallback = :fallback, tiers = :tiers,"
+            " computed_at = :now, licenses = :n, changed = 0",
+            params,
+        )
+        return baseline, tiers
+
+    def _open_findings(self, tx: Tx, license_ids: Sequence[str]) -> dict[str, Row]:
+        return {
+            r["license_id"]: r
+            for r in tx.execute(
+                "SELECT * FROM license_findings WHERE closed_at IS NULL AND"
+                f" {self.backend.member('license_id', 'ids')}",
+                {"ids": self.backend.list_param(list(license_ids))},
+            )
+        }
+
+    # -- what the pass writes ------------------------------------------------------------
+
+    def _write_verdicts(self, tx: Tx, rows: list[dict[str, Any]], now: float) -> None:
+        params: dict[str, Any] = {"now": now}
+        names = ", ".join(name for name, _ in _VERDICT_COLUMNS)
+        sets = ", ".join(f"{n} = w.{n}" for n, _ in _VERDICT_COLUMNS if n != "seq")
+        source = tx.rows(_VERDICT_COLUMNS, rows, params)
+        tx.execute(
+            f"WITH w({names}) AS ({source}) UPDATE licenses SET {sets}, checked_at = :now"
+            " FROM w WHERE licenses.seq = w.seq",
+            params,
+        )
+
+    def _move_findings(
+        self,
+        tx: Tx,
+        moves: list[tuple[Row, Verdict, Row | None, Step]],
+        judged: Judged,
+        now: float,
+    ) -> None:
+        events: list[NewEvent] = []
+        for row, verdict, current, step in moves:
+            new = step.finding
+            if current is not None and (new is None or step.new_episode):
+                self._close(tx, current, verdict, now)
+                judged.closed += 1
+            finding_id = None if current is None else str(current["id"])
+            send = step.event is not None
+            if new is not None and step.new_episode:
+                finding_id, first = self._open(tx, row, verdict, new, now)
+                judged.opened += 1
+                send = send and first  # an episode found before had its event then
+            elif new is not None and current is not None:
+                self._update(tx, current, verdict, new, now)
+            if send:
+                events.append(_event(row, verdict, step, finding_id))
+                judged.events[str(step.event)] = judged.events.get(str(step.event), 0) + 1
+        emit(tx, self.backend, events, now)
+
+    def _close(self, tx: Tx, current: Row, verdict: Verdict, now: float) -> None:
+        outcome = "reclaimed" if verdict.reason_code in detect.RECLAIMED_CODES else "resolved"
+        if verdict.reason_code == "removed_at_source":
+            outcome = "reclaimed"
+        tx.execute(
+            "UPDATE license_findings SET state = 'closed', closed_at = :now, updated_at = :now,"
+            " outcome = :outcome WHERE id = :id",
+            {"now": now, "outcome": outcome, "id": current["id"]},
+        )
+
+    def _open(
+        self, tx: Tx, row: Row, verdict: Verdict, finding: Finding, now: float
+    ) -> tuple[str, bool]:
+        """Open a finding for this episode; (its id, False) when it had been found before,
+        which reopens it without a second event."""
+        episode = finding.episode_start if finding.episode_start is not None else now
+        params = {
+            "tenant": row["tenant"],
+            "integration": row["integration_id"],
+            "license": row["id"],
+            "verdict": finding.verdict_class.value,
+            "action": finding.action.value,
+            "confidence": (verdict.confidence or detect.Confidence.LOW).value,
+            "state": finding.state.value,
+            "episode": episode,
+            "until": finding.until,
+            "reason": verdict.reason,
+            "savings": verdict.monthly_savings,
+            "currency": verdict.currency,
+            "realizable": verdict.realizable_at,
+            "now": now,
+        }
+        before = tx.execute(
+            "SELECT id FROM license_findings WHERE license_id = :license AND verdict = :verdict"
+            " AND episode_start = :episode",
+            params,
+        )
+        if before:
+            tx.execute(
+                "UPDATE license_findings SET state = :state, closed_at = NULL, outcome = NULL,"
+                " confidence = :confidence, reason = :reason, monthly_savings = :savings,"
+                " currency = :currency, realizable_at = :realizable, until = :until,"
+                " updated_at = :now WHERE id = :id",
+                {**params, "id": before[0]["id"]},
+            )
+            return before[0]["id"], False
+        finding_id = new_finding_id()
+        tx.execute(
+            "INSERT INTO license_findings (id, tenant, integration_id, license_id, verdict,"
+            " action, confidence, state, episode_start, until, reason, monthly_savings,"
+            " currency, realizable_at, opened_at, updated_at) VALUES (:id, :tenant,"
+            " :integration, :license, :verdict, :action, :confidence, :state, :episode, :until,"
+            " :reason, :savings, :currency, :realizable, :now, :now)",
+            {**params, "id": finding_id},
+        )
+        return finding_id, True
+
+    def _update(self, tx: Tx, current: Row, verdict: Verdict, finding: Finding, now: float) -> None:
+        """The same episode: its state, class and the verdict's words and savings move on."""
+        if finding == _finding(current) and verdict.reason == current["reason"]:
+            return
+        confidence = verdict.confidence.value if verdict.confidence else current["confidence"]
+        tx.execute(
+            "UPDATE license_findings SET state = :state, verdict = :verdict,"
+            " confidence = :confidence, reason = :reason, monthly_savings = :savings,"
+            " currency = :currency, realizable_at = :realizable, updated_at = :now"
+            " WHERE id = :id",
+            {
+                "state": finding.state.value,
+                "verdict": finding.verdict_class.value,
+                "confidence": confidence,
+                "reason": verdict.reason if verdict.action else current["reason"],
+                "savings": verdict.monthly_savings
+                if verdict.action
+                else current["monthly_savings"],
+                "currency": verdict.currency if verdict.action else current["currency"],
+                "realizable": verdict.realizable_at or current["realizable_at"],
+                "now": now,
+                "id": current["id"],
+            },
+        )
+
+
+def _verdict(row: Row, app: _App, now: float) -> Verdict:
+    if row["removed_at"] is not None:
+        return REMOVED
+    fresh_active = [
+        row[f"{source}_last_active"]
+        for source in ("app", "idp")
+        if source in app.fresh_sources and row[f"{source}_last_active"] is not None
+    ]
+    account = Account(
+        user_id=row["user_id"],
+        email=row["email"],
+        role=row["role"],
+        tier=row["tier"],
+        unit_cost=row["unit_cost"],
+        currency=row["currency"],
+        billing_period=row["billing_period"],
+        assigned_at=row["assigned_at"],
+        first_seen_at=row["first_seen_at"],
+        status=row["status"],
+        idp_status=row["idp_status"],
+        last_active=max(fresh_active) if fresh_active else None,
+        activity=activity_of(row),
+        service_account=bool(row["service_account"]),
+        renewal_at=row["renewal_at"],
+    )
+    cheaper = app.tiers.get(row["currency"] or "")
+    return detect.classify(
+        account, app.baseline, app.policy, fresh=bool(app.fresh_sources), cheaper=cheaper, now=now
+    )
+
+
+def _verdict_row(row: Row, verdict: Verdict, step: Step, now: float) -> dict[str, Any]:
+    due = verdict.due_at
+    held = step.finding is not None and step.finding.state in (
+        FindingState.KEPT,
+        FindingState.SNOOZED,
+    )
+    if held and step.finding is not None and step.finding.until is not None:
+        due = step.finding.until if due is None else min(due, step.finding.until)
+    return {
+        "seq": row["seq"],
+        "verdict": verdict.cls.value,
+        "action": None if verdict.action is None else verdict.action.value,
+        "confidence": None if verdict.confidence is None else verdict.confidence.value,
+        "reason_code": verdict.reason_code,
+        "reason": verdict.reason,
+        "monthly_savings": verdict.monthly_savings,
+        "savings_currency": verdict.currency,
+        "realizable_at": verdict.realizable_at,
+        "episode_start": verdict.episode_start,
+        # Never again in this pass: a due time in the past is the next pass's.
+        "due_at": None if due is None else max(due, now + 1.0),
+    }
+
+
+def _finding(row: Row) -> Finding:
+    return Finding(
+        state=FindingState(row["state"]),
+        verdict_class=LicenseClass(row["verdict"]),
+        action=detect.Action(row["action"]),
+        episode_start=row["episode_start"],
+        until=row["until"],
+        opened_at=row["opened_at"],
+    )
+
+
+def _event(row: Row, verdict: Verdict, step: Step, finding_id: str | None) -> NewEvent:
+    payload = {
+        "license_id": row["id"],
+        "integration_id": row["integration_id"],
+        "user_id": row["user_id"],
+        "email": row["email"],
+        "finding_id": finding_id,
+        "verdict": verdict.cls.value,
+        "action": None if verdict.action is None else verdict.action.value,
+        "confidence": None if verdict.confidence is None else verdict.confidence.value,
+        "reason": verdict.reason,
+        "monthly_savings": verdict.monthly_savings,
+        "currency": verdict.currency,
+        "realizable_at": verdict.realizable_at,
+        "episode_start": step.finding.episode_start if step.finding else verdict.episode_start,
+    }
+    return NewEvent(row["tenant"], str(step.event), f"license:{row['id']}", payload)
+
+
+def _baseline_of(row: Row) -> tuple[Baseline, dict[str, Tier]]:
+    baseline = Baseline(
+        threshold_days=int(row["threshold_days"]),
+        baseline_days=row["baseline_days"],
+        active_users=int(row["active_users"]),
+        fallback=bool(row["fallback"]),
+    )
+    tiers = {c: Tier(**t) for c, t in loads(row["tiers"]).items()}
+    return baseline, tiers
+
+
+def _cheapest_tiers(rows: Sequence[Row]) -> dict[str, Tier]:
+    """Per currency, the paid tier with the lowest monthly price."""
+    cheapest: dict[str, Tier] = {}
+    for r in rows:
+        cost, currency = r["unit_cost"], r["currency"]
+        if not cost or currency is None or r["tier"] is None:
+            continue
+        monthly = cost / 12 if r["billing_period"] == "year" else cost
+        known = cheapest.get(currency)
+        if known is None or monthly < _monthly(known):
+            cheapest[currency] = Tier(
+                name=r["tier"],
+                unit_cost=cost,
+                currency=currency,
+                billing_period=r["billing_period"],
+            )
+    return cheapest
+
+
+def _monthly(tier: Tier) -> float:
+    return tier.unit_cost / 12 if tier.billing_period == "year" else tier.unit_cost

@@ -1,0 +1,384 @@
+"""Licenses: the accounts each integration's syncs read, kept per (tenant, integration, user).
+
+A save is one transaction: the batch's rows are merged with what is stored (activity days are
+marked, never counted, so a replayed page changes nothing) and written in one multi-row upsert.
+Rows whose facts changed are due for the pass at once; the others keep their due time, so the
+pass's work grows with changes, not with the number of licenses. A complete sync removes the
+accounts it did not list; a partial one never removes anyone.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from greenroom.errors import NotFound
+from greenroom.licenses.activity import Activity, day_of
+from greenroom.licenses.ingest import AccountRow
+from greenroom.licenses.records import License
+from greenroom.storage.backend import Column, Row, Tx
+from greenroom.storage.base import StoreBase, retry_conflicts
+
+#: Rows per statement (SQLite binds at most 32,766 parameters).
+_CHUNK = 500
+#: What a row of the source says; a change of any of them makes the license due.
+FACTS = (
+    "email",
+    "display_name",
+    "role",
+    "tier",
+    "unit_cost",
+    "currency",
+    "billing_period",
+    "assigned_at",
+    "renewal_at",
+    "status",
+    "idp_status",
+    "service_account",
+    "app_last_active",
+    "idp_last_active",
+)
+_COLUMNS: list[Column] = [
+    ("id", "text"),
+    ("user_id", "text"),
+    ("email", "text"),
+    ("display_name", "text"),
+    ("role", "text"),
+    ("tier", "text"),
+    ("unit_cost", "double precision"),
+    ("currency", "text"),
+    ("billing_period", "text"),
+    ("assigned_at", "double precision"),
+    ("renewal_at", "double precision"),
+    ("status", "text"),
+    ("idp_status", "text"),
+    ("service_account", "boolean"),
+    ("app_last_active", "double precision"),
+    ("idp_last_active", "double precision"),
+    ("activity", "text"),
+    ("activity_day", "integer"),
+    ("due_at", "double precision"),
+]
+_NAMES = ", ".join(name for name, _ in _COLUMNS)
+_UPDATED = ", ".join(
+    f"{name} = excluded.{name}" for name, _ in _COLUMNS if name not in ("id", "user_id")
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Saved:
+    """What a save did."""
+
+    received: int
+    created: int
+    changed: int
+    #: Accounts a complete sync removed (not listed by it).
+    removed: int
+
+
+def new_license_id() -> str:
+    return "lic_" + secrets.token_hex(10)
+
+
+def _facts(row: AccountRow) -> dict[str, Any]:
+    return {
+        "email": row.email,
+        "display_name": row.name,
+        "role": row.role,
+        "tier": row.tier,
+        "unit_cost": row.unit_cost,
+        "currency": row.currency,
+        "billing_period": row.billing_period,
+        "assigned_at": row.assigned_at,
+        "renewal_at": row.renewal_at,
+        "status": row.status,
+        "idp_status": row.idp_status,
+        "service_account": row.service_account,
+        "app_last_active": row.last_active,
+        "idp_last_active": row.idp_last_active,
+    }
+
+
+def activity_of(row: Row) -> Activity:
+    data = row["activity"]
+    return Activity.from_bytes(bytes.fromhex(data) if data else None, row["activity_day"])
+
+
+def _merged(row: AccountRow, old: Row | None, now: float) -> tuple[dict[str, Any], bool]:
+    """The row to write, and whether its facts changed."""
+    facts = _facts(row)
+    activity = Activity() if old is None else activity_of(old)
+    for seen in (row.last_active, row.idp_last_active):
+        if seen is not None and seen <= now:
+            activity = activity.mark(day_of(seen))
+    changed = (
+        old is None or old["removed_at"] is not None or any(old[k] != v for k, v in facts.items())
+    )
+    return {
+        "id": new_license_id() if old is None else old["id"],
+        "user_id": row.user_id,
+        **facts,
+        "activity": activity.to_bytes().hex(),
+        "activity_day": activity.latest(),
+        "due_at": now if changed or old is None else old["due_at"],
+    }, changed
+
+
+class Licenses(StoreBase):
+    @retry_conflicts
+    def save(
+        self,
+        tenant: str,
+        integration_id: str,
+        rows: Sequence[AccountRow],
+        *,
+        sync_id: str,
+        complete: bool = False,
+    ) -> Saved:
+        """Keep a batch of a sync's accounts (validated by licenses.ingest.parse_accounts):
+        all of it or, on an error, none."""
+        now = self.clock.now()
+        with self.backend.transaction() as tx:
+            self._integration_of(tx, tenant, integration_id)
+            old = self._existing(tx, tenant, integration_id, [r.user_id for r in rows])
+            merged = [_merged(r, old.get(r.user_id), now) for r in rows]
+            for start in range(0, len(merged), _CHUNK):
+                chunk = [m for m, _ in merged[start : start + _CHUNK]]
+                self._upsert(tx, tenant, integration_id, chunk, sync_id, now)
+            removed = (
+                self._remove_unlisted(tx, tenant, integration_id, sync_id, now) if complete else 0
+            )
+            self._synced(tx, tenant, integration_id, rows, complete, now)
+            changed = sum(1 for _, c in merged if c) + removed
+            tx.execute(
+                "UPDATE license_baselines SET changed = changed + :n WHERE integration_id = :i",
+                {"n": changed, "i": integration_id},
+            )
+        return Saved(
+            received=len(rows),
+            created=sum(1 for r in rows if r.user_id not in old),
+            changed=changed,
+            removed=removed,
+        )
+
+    def list_licenses(
+        self, license_filter: LicenseFilter
+    ) -> tuple[list[License], tuple[float, int] | None]:
+        """A page of licenses, and the `after` of the next page (None: this was the last)."""
+        f = license_filter
+        clauses: list[str] = ["1 = 1"]
+        params: dict[str, Any] = {"limit": f.limit}
+        for column, value in (
+            ("l.tenant", f.tenant),
+            ("l.integration_id", f.integration_id),
+            ("l.verdict", f.verdict),
+            ("l.confidence", f.confidence),
+        ):
+            if value is not None:
+                name = column.split(".")[1]
+                clauses.append(f"{column} = :{name}")
+                params[name] = value
+        if f.finding_state == "none":
+            clauses.append("f.id IS NULL")
+        elif f.finding_state is not None:
+            clauses.append("f.state = :state")
+            params["state"] = f.finding_state
+        clauses.append("l.removed_at IS NOT NULL" if f.removed else "l.removed_at IS NULL")
+        if f.sort == "savings":
+            order = "sort_savings DESC, l.seq DESC"
+            if f.after is not None:
+                clauses.append(
+                    "(COALESCE(l.monthly_savings, -1) < :after_savings OR"
+                    " (COALESCE(l.monthly_savings, -1) = :after_savings AND l.seq < :after_seq))"
+                )
+                params |= {"after_savings": f.after[0], "after_seq": f.after[1]}
+        else:
+            order = "l.seq DESC"
+            if f.after is not None:
+                clauses.append("l.seq < :after_seq")
+                params["after_seq"] = f.after[1]
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"{_LICENSE_SELECT} WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT :limit",
+                params,
+            )
+        after = None
+        if len(rows) == f.limit:
+            after = (float(rows[-1]["sort_savings"]), int(rows[-1]["seq"]))
+        return [license_from_row(r) for r in rows], after
+
+    def get_license(self, license_id: str, *, tenant: str | None = None) -> License:
+        scope = "" if tenant is None else " AND l.tenant = :tenant"
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"{_LICENSE_SELECT} WHERE l.id = :id{scope}", {"id": license_id, "tenant": tenant}
+            )
+        if not rows:
+            raise NotFound(f"license {license_id} not found")
+        return license_from_row(rows[0])
+
+    def _integration_of(self, tx: Tx, tenant: str, integration_id: str) -> None:
+        found = tx.execute(
+            "SELECT id FROM integrations WHERE id = :id AND tenant = :tenant",
+            {"id": integration_id, "tenant": tenant},
+        )
+        if not found:
+            raise NotFound(f"integration {integration_id} not found")
+
+    def _existing(
+        self, tx: Tx, tenant: str, integration_id: str, user_ids: list[str]
+    ) -> dict[str, Row]:
+        found: dict[str, Row] = {}
+        for start in range(0, len(user_ids), _CHUNK):
+            for row in tx.execute(
+                f"SELECT id, user_id, removed_at, due_at, activity, activity_day,"
+                f" {', '.join(FACTS)} FROM licenses WHERE tenant = :tenant"
+                f" AND integration_id = :integration AND {self.backend.member('user_id', 'ids')}",
+                {
+                    "tenant": tenant,
+                    "integration": integration_id,
+                    "ids": self.backend.list_param(user_ids[start : start + _CHUNK]),
+                },
+            ):
+                found[row["user_id"]] = row
+        return found
+
+    def _upsert(
+        self,
+        tx: Tx,
+        tenant: str,
+        integration_id: str,
+        rows: list[dict[str, Any]],
+        sync_id: str,
+        now: float,
+    ) -> None:
+        params: dict[str, Any] = {
+            "tenant": tenant,
+            "integration": integration_id,
+            "sync": sync_id,
+            "now": now,
+        }
+        source = tx.rows(_COLUMNS, rows, params)
+        tx.execute(
+            f"WITH w({_NAMES}) AS ({source})"
+            f" INSERT INTO licenses (tenant, integration_id, first_seen_at, seen_at, sync_id,"
+            f" removed_at, updated_at, {_NAMES})"
+            f" SELECT :tenant, :integration, :now, :now, :sync, NULL, :now, {_NAMES} FROM w"
+            # SQLite needs a WHERE to read an upsert's SELECT right.
+            " WHERE true ON CONFLICT (tenant, integration_id, user_id) DO UPDATE SET"
+            f" seen_at = :now, sync_id = :sync, removed_at = NULL, updated_at = :now, {_UPDATED}",
+            params,
+        )
+
+    def _remove_unlisted(
+        self, tx: Tx, tenant: str, integration_id: str, sync_id: str, now: float
+    ) -> int:
+        return tx.execute_count(
+            "UPDATE licenses SET removed_at = :now, due_at = :now, updated_at = :now"
+            " WHERE tenant = :tenant AND integration_id = :integration"
+            " AND removed_at IS NULL AND sync_id <> :sync",
+            {"tenant": tenant, "integration": integration_id, "sync": sync_id, "now": now},
+        )
+
+    def _synced(
+        self,
+        tx: Tx,
+        tenant: str,
+        integration_id: str,
+        rows: Sequence[AccountRow],
+        complete: bool,
+        now: float,
+    ) -> None:
+        """Each source the batch brought data of was synced now (the freshness gate reads it)."""
+        sources = ["app"]
+        if any(r.idp_last_active is not None or r.idp_status is not None for r in rows):
+            sources.append("idp")
+        stale = tx.execute(
+            "SELECT 1 FROM license_sources WHERE integration_id = :integration"
+            " AND stale_since IS NOT NULL",
+            {"integration": integration_id},
+        )
+        if stale:  # fresh data again: what the stale data left unknown is looked at again
+            tx.execute(
+                "UPDATE licenses SET due_at = :now WHERE tenant = :tenant"
+                " AND integration_id = :integration AND verdict = 'unknown'",
+                {"tenant": tenant, "integration": integration_id, "now": now},
+            )
+        for source in sources:
+            tx.execute(
+                "INSERT INTO license_sources (tenant, integration_id, source, synced_at,"
+                " complete_at, stale_since) VALUES (:tenant, :integration, :source, :now,"
+                " :complete, NULL) ON CONFLICT (integration_id, source) DO UPDATE SET"
+                " synced_at = :now, stale_since = NULL,"
+                " complete_at = COALESCE(:complete, license_sources.complete_at)",
+                {
+                    "tenant": tenant,
+                    "integration": integration_id,
+                    "source": source,
+                    "now": now,
+                    "complete": now if complete else None,
+                },
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LicenseFilter:
+    tenant: str | None = None
+    integration_id: str | None = None
+    verdict: str | None = None
+    confidence: str | None = None
+    #: The open finding's state (`none`: licenses without an open finding).
+    finding_state: str | None = None
+    removed: bool = False
+    #: `savings` (largest first) or `recent` (newest first).
+    sort: str = "savings"
+    #: The last row of the previous page: (savings, seq) for `savings`, (seq,) for `recent`.
+    after: tuple[float, int] | None = None
+    limit: int = 50
+
+
+_LICENSE_SELECT = (
+    "SELECT l.*, COALESCE(l.monthly_savings, -1) AS sort_savings, f.id AS finding_id,"
+    " f.state AS finding_state FROM licenses l LEFT JOIN license_findings f"
+    " ON f.license_id = l.id AND f.closed_at IS NULL"
+)
+
+
+def license_from_row(row: Row) -> License:
+    return License(
+        id=row["id"],
+        tenant=row["tenant"],
+        integration_id=row["integration_id"],
+        user_id=row["user_id"],
+        email=row["email"],
+        display_name=row["display_name"],
+        role=row["role"],
+        tier=row["tier"],
+        unit_cost=row["unit_cost"],
+        currency=row["currency"],
+        billing_period=row["billing_period"],
+        assigned_at=row["assigned_at"],
+        renewal_at=row["renewal_at"],
+        status=row["status"],
+        idp_status=row["idp_status"],
+        service_account=bool(row["service_account"]),
+        app_last_active=row["app_last_active"],
+        idp_last_active=row["idp_last_active"],
+        active_days=activity_of(row).days(),
+        first_seen_at=row["first_seen_at"],
+        seen_at=row["seen_at"],
+        removed_at=row["removed_at"],
+        verdict=row["verdict"],
+        action=row["action"],
+        confidence=row["confidence"],
+        reason_code=row["reason_code"],
+        reason=row["reason"],
+        monthly_savings=row["monthly_savings"],
+        savings_currency=row["savings_currency"],
+        realizable_at=row["realizable_at"],
+        checked_at=row["checked_at"],
+        finding_id=row.get("finding_id"),
+        finding_state=row.get("finding_state"),
+    )
