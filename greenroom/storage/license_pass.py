@@ -20,10 +20,10 @@ from greenroom.licenses import detect, findings
 from greenroom.licenses.activity import day_of
 from greenroom.licenses.detect import Account, Baseline, LicenseClass, Policy, Tier, Verdict
 from greenroom.licenses.findings import Finding, FindingState, Step
-from greenroom.licenses.policy import loads, merged
+from greenroom.licenses.policy import loads
 from greenroom.storage.backend import Column, Row, Tx
 from greenroom.storage.base import StoreBase
-from greenroom.storage.licenses import activity_of
+from greenroom.storage.licenses import activity_of, policy_of
 from greenroom.storage.outbox import NewEvent, emit
 
 #: Licenses judged per transaction.
@@ -127,7 +127,7 @@ class LicensePass(StoreBase):
                 {"i": integration_id},
             )
         }
-        policy, sync_hours = self._policy(tx, tenant, integration_id)
+        policy, sync_hours = policy_of(tx, tenant, integration_id)
         interval = self._sync_interval(tx, integration_id, sync_hours)
         fresh = frozenset(
             r["source"]
@@ -145,17 +145,6 @@ class LicensePass(StoreBase):
         else:
             baseline, tiers = self._learn(tx, tenant, integration_id, policy, now)
         return _App(tenant, policy, baseline, tiers, fresh)
-
-    def _policy(self, tx: Tx, tenant: str, integration_id: str) -> tuple[Policy, float]:
-        layers = {
-            r["integration_id"]: loads(r["policy"])
-            for r in tx.execute(
-                "SELECT integration_id, policy FROM license_policies WHERE tenant = :tenant"
-                " AND integration_id IN ('', :i)",
-                {"tenant": tenant, "i": integration_id},
-            )
-        }
-        return merged(layers.get("", {}), layers.get(integration_id, {}))
 
     def _sync_interval(self, tx: Tx, integration_id: str, sync_hours: float) -> float:
         """Seconds between an integration's syncs: its shortest interval schedule, else the

@@ -16,7 +16,9 @@ from typing import Any
 
 from greenroom.errors import NotFound
 from greenroom.licenses.activity import Activity, day_of
+from greenroom.licenses.detect import Policy
 from greenroom.licenses.ingest import AccountRow
+from greenroom.licenses.policy import loads, merged
 from greenroom.licenses.records import License
 from greenroom.storage.backend import Column, Row, Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
@@ -99,6 +101,23 @@ def _facts(row: AccountRow) -> dict[str, Any]:
         "app_last_active": row.last_active,
         "idp_last_active": row.idp_last_active,
     }
+
+
+def policy_layers(tx: Tx, tenant: str) -> dict[str, dict[str, Any]]:
+    """A tenant's stored policy layers: '' its default, else by integration id."""
+    return {
+        r["integration_id"]: loads(r["policy"])
+        for r in tx.execute(
+            "SELECT integration_id, policy FROM license_policies WHERE tenant = :tenant",
+            {"tenant": tenant},
+        )
+    }
+
+
+def policy_of(tx: Tx, tenant: str, integration_id: str) -> tuple[Policy, float]:
+    """The policy in force for an integration, and its expected sync interval (hours)."""
+    layers = policy_layers(tx, tenant)
+    return merged(layers.get("", {}), layers.get(integration_id, {}))
 
 
 def activity_of(row: Row) -> Activity:

@@ -11,6 +11,7 @@ from greenroom.storage.controls import Controls
 from greenroom.storage.deliveries import Deliveries
 from greenroom.storage.dispatch import Dispatch
 from greenroom.storage.events import Events
+from greenroom.storage.findings import Findings
 from greenroom.storage.license_pass import LicensePass
 from greenroom.storage.licenses import Licenses
 from greenroom.storage.repair import Repair
@@ -25,7 +26,8 @@ class RunStore:
     audit (`admin`), browser sessions (`sessions`), tenants, keys and integrations
     (`accounts`), repairs (`repair`), what happened (`events`), and who hears of it
     (`subscriptions`, `deliveries`, and the workers' `dispatch` of them), schedules
-    (`schedules`), and the licenses integrations' syncs read (`licenses`)."""
+    (`schedules`), the licenses integrations' syncs read (`licenses`), the
+    `license_pass` that judges them and the `findings` admins act on."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -43,3 +45,4 @@ class RunStore:
         self.schedules = Schedules(backend, self.clock)
         self.licenses = Licenses(backend, self.clock)
         self.license_pass = LicensePass(backend, self.clock)
+        self.findings = Findings(backend, self.clock)
