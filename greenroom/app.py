@@ -79,14 +79,20 @@ class App:
         credentials: type[BaseModel] = NoCredentials,
         settings: type[BaseModel] = NoSettings,
         title: str = "",
+        deactivate: str | None = None,
     ) -> Connector:
         """Declare a connector: give it to the workflows that drive its SaaS app. Its
         integrations hold `credentials` (sealed) and `settings` (set by their admins, read by
-        runs as ctx.integration.settings; SecretOrigin fields say where secrets may go)."""
+        runs as ctx.integration.settings; SecretOrigin fields say where secrets may go).
+        `deactivate` names its workflow that deactivates one account (a license reclaim)."""
         if name in self.connectors:
             raise ConfigError(f"connector {name!r} is declared twice")
         self.connectors[name] = Connector(
-            name=name, credentials=credentials, settings=settings, title=title or name
+            name=name,
+            credentials=credentials,
+            settings=settings,
+            title=title or name,
+            deactivate=deactivate,
         )
         return self.connectors[name]
 

@@ -32,6 +32,10 @@ class Connector:
     credentials: type[BaseModel] = NoCredentials
     settings: type[BaseModel] = NoSettings
     title: str = ""
+    #: The workflow that deactivates one account of the app (a license finding's reclaim):
+    #: it is given the account's `user_id` and `email`, and the input of the sync run that read
+    #: the account, each where its signature takes them.
+    deactivate: str | None = None
     #: Names of the workflows declared with this connector (filled in by App.workflow).
     workflows: list[str] = field(default_factory=list)
 

@@ -158,6 +158,17 @@ class Settings(BaseModel):
         30.0, gt=0, description="a schedule's firings, skips and misses are kept this long"
     )
 
+    # -- license intelligence (greenroom.licenses) ----------------------------------------
+    licenses_enabled: bool = Field(True, description="workers judge licenses that are due")
+    license_pass_seconds: float = Field(
+        30.0, gt=0, description="how often a worker looks for licenses that are due"
+    )
+    license_upkeep_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="how often stale data, old baselines and daily digests are looked for",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _environment(cls, given: Any) -> Any:

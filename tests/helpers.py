@@ -22,9 +22,10 @@ def fast_app(db_url: str, clock: Clock | None = None, **settings: Any) -> App:
         "heartbeat_seconds": 0.2,
         "poll_seconds": 0.05,
         "shutdown_grace_seconds": 0.2,
-        # Event delivery and schedules are tested where they are the subject.
+        # Event delivery, schedules and licenses are tested where they are the subject.
         "delivery_enabled": False,
         "schedules_enabled": False,
+        "licenses_enabled": False,
     }
     values.update(settings)
     return App(db=db_url, settings=load_settings(**values), clock=clock)

@@ -128,7 +128,7 @@ class LicensePass(StoreBase):
             )
         }
         policy, sync_hours = policy_of(tx, tenant, integration_id)
-        interval = self._sync_interval(tx, integration_id, sync_hours)
+        interval = sync_interval(tx, integration_id, sync_hours)
         fresh = frozenset(
             r["source"]
             for r in tx.execute(
@@ -143,51 +143,8 @@ class LicensePass(StoreBase):
         if rows:
             baseline, tiers = _baseline_of(rows[0])
         else:
-            baseline, tiers = self._learn(tx, tenant, integration_id, policy, now)
+            baseline, tiers = learn(tx, tenant, integration_id, policy, now)
         return _App(tenant, policy, baseline, tiers, fresh)
-
-    def _sync_interval(self, tx: Tx, integration_id: str, sync_hours: float) -> float:
-        """Seconds between an integration's syncs: its shortest interval schedule, else the
-        policy's `sync_hours`."""
-        (row,) = tx.execute(
-            "SELECT MIN(every_seconds) AS every FROM schedules WHERE integration = :i"
-            " AND NOT paused AND every_seconds IS NOT NULL",
-            {"i": integration_id},
-        )
-        return float(row["every"]) if row["every"] else sync_hours * 3600
-
-    def _learn(
-        self, tx: Tx, tenant: str, integration_id: str, policy: Policy, now: float
-    ) -> tuple[Baseline, dict[str, Tier]]:
-        """Learn an app's baseline and tier prices from all its licenses, and keep them."""
-        rows = tx.execute(
-            "SELECT activity, activity_day, tier, unit_cost, currency, billing_period"
-            " FROM licenses WHERE integration_id = :i AND removed_at IS NULL",
-            {"i": integration_id},
-        )
-        baseline = detect.baseline((activity_of(r) for r in rows), day_of(now), policy)
-        tiers = _cheapest_tiers(rows)
-        params = {
-            "tenant": tenant,
-            "i": integration_id,
-            "threshold": baseline.threshold_days,
-            "b": baseline.baseline_days,
-            "users": baseline.active_users,
-            "fallback": baseline.fallback,
-            "tiers": json.dumps({c: t.__dict__ for c, t in tiers.items()}),
-            "now": now,
-            "n": len(rows),
-        }
-        tx.execute(
-            "INSERT INTO license_baselines (tenant, integration_id, threshold_days,"
-            " baseline_days, active_users, fallback, tiers, computed_at, licenses, changed)"
-            " VALUES (:tenant, :i, :threshold, :b, :users, :fallback, :tiers, :now, :n, 0)"
-            " ON CONFLICT (integration_id) DO UPDATE SET threshold_days = :threshold,"
-            " baseline_days = :b, active_users = :users, fallback = :fallback, tiers = :tiers,"
-            " computed_at = :now, licenses = :n, changed = 0",
-            params,
-        )
-        return baseline, tiers
 
     def _open_findings(self, tx: Tx, license_ids: Sequence[str]) -> dict[str, Row]:
         return {
@@ -319,6 +276,51 @@ class LicensePass(StoreBase):
                 "id": current["id"],
             },
         )
+
+
+def sync_interval(tx: Tx, integration_id: str, sync_hours: float) -> float:
+    """Seconds between an integration's syncs: its shortest interval schedule, else the
+    policy's `sync_hours`."""
+    (row,) = tx.execute(
+        "SELECT MIN(every_seconds) AS every FROM schedules WHERE integration = :i"
+        " AND NOT paused AND every_seconds IS NOT NULL",
+        {"i": integration_id},
+    )
+    return float(row["every"]) if row["every"] else sync_hours * 3600
+
+
+def learn(
+    tx: Tx, tenant: str, integration_id: str, policy: Policy, now: float
+) -> tuple[Baseline, dict[str, Tier]]:
+    """Learn an app's baseline and tier prices from all its licenses, and keep them."""
+    rows = tx.execute(
+        "SELECT activity, activity_day, tier, unit_cost, currency, billing_period"
+        " FROM licenses WHERE integration_id = :i AND removed_at IS NULL",
+        {"i": integration_id},
+    )
+    baseline = detect.baseline((activity_of(r) for r in rows), day_of(now), policy)
+    tiers = _cheapest_tiers(rows)
+    params = {
+        "tenant": tenant,
+        "i": integration_id,
+        "threshold": baseline.threshold_days,
+        "b": baseline.baseline_days,
+        "users": baseline.active_users,
+        "fallback": baseline.fallback,
+        "tiers": json.dumps({c: t.__dict__ for c, t in tiers.items()}),
+        "now": now,
+        "n": len(rows),
+    }
+    tx.execute(
+        "INSERT INTO license_baselines (tenant, integration_id, threshold_days,"
+        " baseline_days, active_users, fallback, tiers, computed_at, licenses, changed)"
+        " VALUES (:tenant, :i, :threshold, :b, :users, :fallback, :tiers, :now, :n, 0)"
+        " ON CONFLICT (integration_id) DO UPDATE SET threshold_days = :threshold,"
+        " baseline_days = :b, active_users = :users, fallback = :fallback, tiers = :tiers,"
+        " computed_at = :now, licenses = :n, changed = 0",
+        params,
+    )
+    return baseline, tiers
 
 
 def _verdict(row: Row, app: _App, now: float) -> Verdict:

@@ -238,6 +238,17 @@ class Licenses(StoreBase):
             raise NotFound(f"license {license_id} not found")
         return license_from_row(rows[0])
 
+    def sync_run_input(self, license_id: str) -> dict[str, Any]:
+        """The input of the run whose sync last listed this license ({} for pushed data)."""
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT r.input FROM licenses l JOIN runs r ON r.id = l.sync_id"
+                " AND r.tenant = l.tenant WHERE l.id = :id",
+                {"id": license_id},
+            )
+        value = loads(rows[0]["input"]) if rows else {}
+        return value
+
     def _integration_of(self, tx: Tx, tenant: str, integration_id: str) -> None:
         found = tx.execute(
             "SELECT id FROM integrations WHERE id = :id AND tenant = :tenant",

@@ -13,6 +13,7 @@ from greenroom.storage.dispatch import Dispatch
 from greenroom.storage.events import Events
 from greenroom.storage.findings import Findings
 from greenroom.storage.license_pass import LicensePass
+from greenroom.storage.license_upkeep import LicenseUpkeep
 from greenroom.storage.licenses import Licenses
 from greenroom.storage.repair import Repair
 from greenroom.storage.runs import Runs
@@ -27,7 +28,8 @@ class RunStore:
     (`accounts`), repairs (`repair`), what happened (`events`), and who hears of it
     (`subscriptions`, `deliveries`, and the workers' `dispatch` of them), schedules
     (`schedules`), the licenses integrations' syncs read (`licenses`), the
-    `license_pass` that judges them and the `findings` admins act on."""
+    `license_pass` that judges them (and its `license_upkeep`), and the `findings` admins
+    act on."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -46,3 +48,4 @@ class RunStore:
         self.licenses = Licenses(backend, self.clock)
         self.license_pass = LicensePass(backend, self.clock)
         self.findings = Findings(backend, self.clock)
+        self.license_upkeep = LicenseUpkeep(backend, self.clock)

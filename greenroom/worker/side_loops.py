@@ -1,5 +1,6 @@
-"""What a worker runs beside its runs: event delivery (greenroom.delivery) and schedules
-(greenroom.schedules), each in its own task, each able to be turned off."""
+"""What a worker runs beside its runs: event delivery (greenroom.delivery), schedules
+(greenroom.schedules) and the license pass (greenroom.licenses), each in its own task, each able
+to be turned off."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ class SideLoops:
     def __init__(self, app: App, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        on = {"delivery": settings.delivery_enabled, "schedules": settings.schedules_enabled}
+        on = {
+            "delivery": settings.delivery_enabled,
+            "schedules": settings.schedules_enabled,
+            "licenses": settings.licenses_enabled,
+        }
         self.wanted = [kind for kind, enabled in on.items() if enabled]
         self._loops: dict[str, _Loop] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -38,11 +43,15 @@ class SideLoops:
             from greenroom.delivery.dispatcher import Dispatcher
 
             loop = Dispatcher(self.app.store, self.settings)
-        else:
+        elif kind == "schedules":
             await asyncio.to_thread(importlib.import_module, "greenroom.schedules.runner")
             from greenroom.schedules.runner import Scheduler
 
             loop = Scheduler(self.app)
+        else:
+            from greenroom.licenses.runner import LicenseLoop
+
+            loop = LicenseLoop(self.app.store, self.settings)
         self._loops[kind] = loop
         await loop.run()
 

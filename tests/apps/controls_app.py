@@ -34,9 +34,10 @@ def main(db: str, concurrency: int) -> None:
         heartbeat_seconds=0.5,
         poll_seconds=0.05,
         shutdown_grace_seconds=1.0,
-        # Claims are the subject: no delivery or schedule loops beside them (as in fast_app).
+        # Claims are the subject: no side loops beside them (as in fast_app).
         delivery_enabled=False,
         schedules_enabled=False,
+        licenses_enabled=False,
     )
     worker = Worker(app, queues=["limited", "capped"], concurrency=concurrency)
     try:

@@ -1,0 +1,68 @@
+"""The license loop every worker runs beside its runs: judge the licenses that are due, and now
+and then look after stale data, baselines and digests.
+
+Nothing is elected: a batch locks the licenses it judges (others skip them), so loops on many
+workers share the work and any of them can stop or die without losing any (its transaction rolls
+back; the licenses stay due). A sync's changes make licenses due at once, so a finding follows
+its sync within `license_pass_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import structlog
+
+from greenroom.storage.license_pass import BATCH
+
+if TYPE_CHECKING:
+    from greenroom.settings import Settings
+    from greenroom.storage import RunStore
+
+log = structlog.get_logger("greenroom.licenses")
+
+
+class LicenseLoop:
+    def __init__(self, store: RunStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        upkeep_at = 0.0
+        while not self._stopping.is_set():
+            try:
+                if loop.time() >= upkeep_at:
+                    await asyncio.to_thread(self.upkeep)
+                    upkeep_at = loop.time() + self.settings.license_upkeep_seconds
+                await self.judge()
+            except Exception as exc:  # the next round tries again; a worker never dies of it
+                log.warning("license pass failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.settings.license_pass_seconds
+                )
+
+    async def judge(self) -> int:
+        """Judge batches until none is full (or the worker stops); how many licenses."""
+        judged = 0
+        while not self._stopping.is_set():
+            batch = await asyncio.to_thread(self.store.license_pass.judge_due)
+            judged += batch.licenses
+            if batch.events:
+                log.info("licenses judged", licenses=batch.licenses, events=batch.events)
+            if batch.licenses < BATCH:
+                break
+        return judged
+
+    def upkeep(self) -> None:
+        upkeep = self.store.license_upkeep
+        stale, learned, digests = upkeep.mark_stale(), upkeep.relearn_baselines(), upkeep.digest()
+        if stale or learned or digests:
+            log.info("license upkeep", stale=stale, baselines=learned, digests=digests)

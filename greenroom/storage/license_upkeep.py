@@ -1,0 +1,140 @@
+"""What the license loop does besides judging due licenses, every few minutes: integrations whose
+data went stale, baselines learned again, and each tenant's daily digest.
+
+Stale data is the noise vendors' users complain of most: a sync that stopped makes everyone look
+idle. When no source of an integration is fresh (synced within twice its interval) its licenses
+become UNKNOWN at once, their findings stay as they were, and one `integration.data_stale`
+event says so; fresh data makes them due again (storage.licenses).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from greenroom.licenses.activity import DAY, day_of
+from greenroom.storage.base import StoreBase
+from greenroom.storage.license_pass import BASELINE_CHANGE, BASELINE_DAYS, learn, sync_interval
+from greenroom.storage.licenses import policy_of
+from greenroom.storage.outbox import NewEvent, emit
+
+STALE_REASON = "no fresh data: the last sync is older than twice the sync interval"
+
+
+class LicenseUpkeep(StoreBase):
+    def mark_stale(self) -> int:
+        """Integrations whose every source went stale since the last check: their licenses
+        become UNKNOWN, with one event each; how many."""
+        now = self.clock.now()
+        marked = 0
+        with self.backend.transaction() as tx:
+            sources: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+            for r in tx.execute(
+                "SELECT * FROM license_sources WHERE integration_id IN (SELECT integration_id"
+                " FROM license_sources WHERE stale_since IS NULL)"
+                f" ORDER BY integration_id, source {self.backend.for_update}"
+            ):
+                sources[r["tenant"], r["integration_id"]].append(r)
+            for (tenant, integration_id), rows in sorted(sources.items()):
+                _, hours = policy_of(tx, tenant, integration_id)
+                interval = sync_interval(tx, integration_id, hours)
+                last = max(r["synced_at"] for r in rows)
+                if last >= now - 2 * interval:
+                    continue
+                tx.execute(
+                    "UPDATE license_sources SET stale_since = :now WHERE integration_id = :i",
+                    {"now": now, "i": integration_id},
+                )
+                tx.execute(
+                    "UPDATE licenses SET verdict = 'unknown', action = NULL, confidence = NULL,"
+                    " reason_code = 'no_fresh_data', reason = :reason, monthly_savings = NULL,"
+                    " savings_currency = NULL, realizable_at = NULL, due_at = NULL,"
+                    " checked_at = :now WHERE integration_id = :i AND removed_at IS NULL",
+                    {"reason": STALE_REASON, "now": now, "i": integration_id},
+                )
+                payload = {
+                    "integration_id": integration_id,
+                    "last_synced_at": last,
+                    "expected_every_hours": round(interval / 3600, 2),
+                }
+                subject = f"integration:{integration_id}"
+                emit(
+                    tx,
+                    self.backend,
+                    [NewEvent(tenant, "integration.data_stale", subject, payload)],
+                    now,
+                )
+                marked += 1
+        return marked
+
+    def relearn_baselines(self) -> int:
+        """Learn again the baselines that are a week old or whose app changed a lot; an app
+        whose threshold moved has all its licenses judged again. How many were learned."""
+        now = self.clock.now()
+        with self.backend.transaction() as tx:
+            due = tx.execute(
+                "SELECT tenant, integration_id, threshold_days FROM license_baselines"
+                " WHERE computed_at < :old OR changed > licenses * :share + 10"
+                f" ORDER BY integration_id {self.backend.for_update} {self.backend.skip_locked}",
+                {"old": now - BASELINE_DAYS * DAY, "share": BASELINE_CHANGE},
+            )
+            for row in due:
+                policy, _ = policy_of(tx, row["tenant"], row["integration_id"])
+                baseline, _ = learn(tx, row["tenant"], row["integration_id"], policy, now)
+                if baseline.threshold_days != row["threshold_days"]:
+                    tx.execute(
+                        "UPDATE licenses SET due_at = :now WHERE integration_id = :i"
+                        " AND removed_at IS NULL AND verdict <> 'unknown'",
+                        {"now": now, "i": row["integration_id"]},
+                    )
+        return len(due)
+
+    def digest(self) -> int:
+        """Each tenant with open findings gets one `license.digest` event per UTC day: what is
+        open, by state and class, and the savings waiting; how many were sent."""
+        now = self.clock.now()
+        today = day_of(now)
+        sent = 0
+        with self.backend.transaction() as tx:
+            rows = tx.execute(
+                "SELECT tenant, state, verdict, currency, COUNT(*) AS n,"
+                " SUM(monthly_savings) AS savings FROM license_findings"
+                " WHERE closed_at IS NULL AND tenant NOT IN"
+                " (SELECT tenant FROM license_digests WHERE day = :today)"
+                " GROUP BY tenant, state, verdict, currency ORDER BY tenant",
+                {"today": today},
+            )
+            by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for r in rows:
+                by_tenant[r["tenant"]].append(r)
+            for tenant, groups in by_tenant.items():
+                taken = tx.execute_count(
+                    "INSERT INTO license_digests (tenant, day, at) VALUES (:tenant, :day, :now)"
+                    " ON CONFLICT (tenant, day) DO NOTHING",
+                    {"tenant": tenant, "day": today, "now": now},
+                )
+                if not taken:
+                    continue
+                emit(tx, self.backend, [_digest(tenant, today, groups)], now)
+                sent += 1
+        return sent
+
+
+def _digest(tenant: str, today: int, groups: list[dict[str, Any]]) -> NewEvent:
+    by_state: dict[str, int] = defaultdict(int)
+    by_verdict: dict[str, int] = defaultdict(int)
+    savings: dict[str, float] = defaultdict(float)
+    for g in groups:
+        by_state[g["state"]] += int(g["n"])
+        by_verdict[g["verdict"]] += int(g["n"])
+        if g["currency"] is not None and g["state"] in ("candidate", "notified"):
+            savings[g["currency"]] += float(g["savings"] or 0)
+    payload = {
+        "day": datetime.fromtimestamp(today * DAY, UTC).date().isoformat(),
+        "open_findings": sum(by_state.values()),
+        "by_state": dict(by_state),
+        "by_verdict": dict(by_verdict),
+        "monthly_savings_available": {c: round(v, 2) for c, v in sorted(savings.items())},
+    }
+    return NewEvent(tenant, "license.digest", f"tenant:{tenant}", payload)
