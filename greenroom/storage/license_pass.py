@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import structlog
 
 from greenroom.licenses import detect, findings
 from greenroom.licenses.activity import day_of
@@ -25,6 +27,8 @@ from greenroom.storage.backend import Column, Row, Tx
 from greenroom.storage.base import StoreBase
 from greenroom.storage.licenses import activity_of, policy_of
 from greenroom.storage.outbox import NewEvent, emit
+
+log = structlog.get_logger("greenroom.licenses")
 
 #: Licenses judged per transaction.
 BATCH = 2000
@@ -100,16 +104,23 @@ class LicensePass(StoreBase):
             )
             if not rows:
                 return judged
-            apps = {i: self._app(tx, i, now) for i in sorted({r["integration_id"] for r in rows})}
+            apps = self._apps(tx, rows, now)
             opened = self._open_findings(tx, [r["id"] for r in rows])
             verdicts, moves = [], []
             for row in rows:
-                app = apps[row["integration_id"]]
-                verdict = _verdict(row, app, now)
                 current = opened.get(row["id"])
-                step = findings.advance(
-                    None if current is None else _finding(current), verdict, now, app.policy
-                )
+                app = apps.get(row["integration_id"])
+                try:
+                    if app is None:
+                        raise ValueError("its integration's policy or baseline is unreadable")
+                    verdict = _verdict(row, app, now)
+                    finding = None if current is None else _finding(current)
+                except (ValueError, TypeError, KeyError) as exc:
+                    # One unreadable row is left aside, never the pass of every tenant.
+                    log.warning("license unreadable", license_id=row["id"], error=repr(exc))
+                    verdicts.append(_verdict_row(row, unreadable(exc), Step(finding=None), now))
+                    continue
+                step = findings.advance(finding, verdict, now, app.policy)
                 verdicts.append(_verdict_row(row, verdict, step, now))
                 moves.append((row, verdict, current, step))
             self._write_verdicts(tx, verdicts, now)
@@ -119,14 +130,18 @@ class LicensePass(StoreBase):
 
     # -- what the pass reads -------------------------------------------------------------
 
-    def _app(self, tx: Tx, integration_id: str, now: float) -> _App:
-        (tenant,) = {
-            r["tenant"]
-            for r in tx.execute(
-                "SELECT tenant FROM licenses WHERE integration_id = :i LIMIT 1",
-                {"i": integration_id},
-            )
-        }
+    def _apps(self, tx: Tx, rows: Sequence[Row], now: float) -> dict[str, _App]:
+        """What the pass needs of each integration of these rows (an unreadable one is left
+        out, and its licenses with it)."""
+        apps: dict[str, _App] = {}
+        for tenant, integration_id in sorted({(r["tenant"], r["integration_id"]) for r in rows}):
+            try:
+                apps[integration_id] = self._app(tx, tenant, integration_id, now)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("integration unreadable", integration=integration_id, error=repr(exc))
+        return apps
+
+    def _app(self, tx: Tx, tenant: str, integration_id: str, now: float) -> _App:
         policy, sync_hours = policy_of(tx, tenant, integration_id)
         interval = sync_interval(tx, integration_id, sync_hours)
         fresh = frozenset(
@@ -321,6 +336,16 @@ def learn(
         params,
     )
     return baseline, tiers
+
+
+def unreadable(exc: Exception) -> Verdict:
+    """The verdict of a row greenroom cannot read: looked at again when a sync changes it."""
+    return replace(
+        REMOVED,
+        cls=LicenseClass.UNKNOWN,
+        reason_code="unreadable",
+        reason=f"greenroom cannot read this license's stored data ({type(exc).__name__})",
+    )
 
 
 def _verdict(row: Row, app: _App, now: float) -> Verdict:

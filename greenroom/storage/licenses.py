@@ -9,6 +9,7 @@ accounts it did not list; a partial one never removes anyone.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,7 +129,10 @@ def activity_of(row: Row) -> Activity:
 def _merged(row: AccountRow, old: Row | None, now: float) -> tuple[dict[str, Any], bool]:
     """The row to write, and whether its facts changed."""
     facts = _facts(row)
-    activity = Activity() if old is None else activity_of(old)
+    activity = Activity()
+    if old is not None:
+        with contextlib.suppress(ValueError):  # unreadable history: start it again
+            activity = activity_of(old)
     for seen in (row.last_active, row.idp_last_active):
         if seen is not None and seen <= now:
             activity = activity.mark(day_of(seen))
