@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from greenroom.clock import ManualClock
-from greenroom.licenses.activity import DAY, WINDOW_DAYS, Activity, day_of
+from greenroom.licenses.activity import DAY, WINDOW_DAYS, Activity
 from greenroom.licenses.detect import (
     Account,
     Action,
@@ -476,7 +476,24 @@ def test_an_actioned_reclaim_ends_when_the_account_is_deactivated() -> None:
     assert active == Step(finding=actioned)
     gone = account(last_active=NOW - 20 * DAY, status="deactivated")
     step = advance(actioned, judge(gone, now=NOW + 2 * DAY), NOW + 2 * DAY, POLICY)
-    assert step == Step(finding=None, event="license.reclaimed")
+    closed = replace(actioned, state=FindingState.CLOSED)
+    assert step == Step(finding=closed, event="license.reclaimed")
+    # The source still lists the deactivated account with its paid tier: not reported again.
+    _, steps = run(gone, 30, closed)
+    assert events(steps) == [] and all(step.finding == closed for step in steps)
+    # Reactivated and still idle: a license to report again.
+    again = advance(closed, judge(account(last_active=NOW - 20 * DAY)), NOW, POLICY)
+    assert again.event == "license.idle" and again.new_episode
+
+
+def test_an_actioned_reclaim_ends_when_the_tier_is_free() -> None:
+    finding, _ = run(account(last_active=NOW - 20 * DAY), 1)
+    assert finding is not None
+    actioned = replace(finding, state=FindingState.ACTIONED)
+    free = judge(account(last_active=NOW - 20 * DAY, unit_cost=0.0))
+    step = advance(actioned, free, NOW + DAY, POLICY)
+    assert step.event == "license.reclaimed"
+    assert step.finding is not None and step.finding.state is FindingState.CLOSED
 
 
 def test_an_unknown_verdict_changes_nothing() -> None:
@@ -536,9 +553,23 @@ def test_classify_is_deterministic_and_repeated_passes_are_quiet() -> None:
             assert verdict.confidence is not Confidence.HIGH
         if verdict.due_at is not None:
             assert verdict.due_at > now
-        first = advance(None, verdict, now, policy)
+        start = advance(None, verdict, now, policy)
         if verdict.confidence is Confidence.LOW:
-            assert first.event is None
+            assert start.event is None
+        assert advance(start.finding, verdict, now, policy) == Step(finding=start.finding)
+        # From any state, a second identical pass says nothing new.
+        current = rng.choice([None, some_finding(rng, now)])
+        first = advance(current, verdict, now, policy)
         second = advance(first.finding, verdict, now, policy)
         assert second == Step(finding=first.finding)
-        assert day_of(now) >= TODAY
+
+
+def some_finding(rng: random.Random, now: float) -> Finding:
+    return Finding(
+        state=rng.choice(list(FindingState)),
+        verdict_class=rng.choice([LicenseClass.IDLE, LicenseClass.UNDERUSED]),
+        action=rng.choice(list(Action)),
+        episode_start=now - rng.uniform(0, 400) * DAY,
+        until=rng.choice([None, now + rng.uniform(-30, 30) * DAY]),
+        opened_at=now - rng.uniform(0, 30) * DAY,
+    )
