@@ -318,11 +318,19 @@ def test_a_young_account_is_not_underused() -> None:
 def test_an_unused_premium_tier_is_a_downgrade() -> None:
     tenant = Policy(threshold_days=200)
     fixed = Baseline(threshold_days=200, baseline_days=None, active_users=0, fallback=False)
-    acc = account(last_active=NOW - 95 * DAY, activity=active_on(TODAY - 95))
+    activity = active_on(*range(TODAY - 150, TODAY - 100), TODAY - 95)
+    acc = account(last_active=NOW - 95 * DAY, activity=activity)
     verdict = judge(acc, base=fixed, policy=tenant, cheaper=BASIC)
     assert verdict.cls is LicenseClass.UNDERUSED and verdict.reason_code == "premium_unused"
     assert verdict.reason == "the pro tier has gone unused for 95 days; basic costs less"
-    assert verdict.confidence is Confidence.MEDIUM and verdict.episode_start == NOW - 95 * DAY
+    assert verdict.confidence is Confidence.MEDIUM
+    # Underused by share first, since the day its 30-day share dropped under 9 days; the
+    # premium rule then keeps that episode, so the finding is not reported twice.
+    before = judge(acc, base=fixed, policy=tenant, cheaper=BASIC, now=NOW - 10 * DAY)
+    assert before.reason_code == "underused"
+    assert before.episode_start == verdict.episode_start == (TODAY - 78) * DAY
+    step = advance(None, before, NOW - 10 * DAY, tenant)
+    assert advance(step.finding, verdict, NOW, tenant) == Step(finding=step.finding)
 
 
 def test_the_share_episode_starts_the_day_it_dropped_and_stays() -> None:
