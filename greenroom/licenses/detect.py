@@ -5,7 +5,7 @@ inactivity, new hires flagged, every user of a monthly-use app reported. The rul
 
 1. Freshness: with no fresh source the verdict is UNKNOWN, never IDLE; old data says nothing.
 2. Hard facts: deactivated or suspended at the source or at the identity provider while holding a
-   paid license is a reclaim with high confidence.
+   paid license is a reclaim with high confidence (with the price unknown, the other rules judge).
 3. Exclusions, each with its reason code: a free tier ("unpaid"), service accounts, exempt users
    and roles (case-insensitive), and new licenses within the grace period.
 4. Never used since it was assigned (after the grace period): reclaim.
