@@ -5,7 +5,7 @@ inactivity, new hires flagged, every user of a monthly-use app reported. The rul
 
 1. Freshness: with no fresh source the verdict is UNKNOWN, never IDLE; old data says nothing.
 2. Hard facts: deactivated or suspended at the source or at the identity provider while holding a
-   paid license is a reclaim with high confidence.
+   paid license is a reclaim with high confidence (with the price unknown, the other rules judge).
 3. Exclusions, each with its reason code: a free tier ("unpaid"), service accounts, exempt users
    and roles (case-insensitive), and new licenses within the grace period.
 4. Never used since it was assigned (after the grace period): reclaim.
@@ -153,7 +153,7 @@ def baseline(activities: Iterable[Activity], today: int, policy: Policy) -> Base
     fallback; a tenant's fixed threshold wins (B is still reported when it could be learned)."""
     per_user = [_p90(gaps) for activity in activities if (gaps := _recent_gaps(activity, today))]
     learned = len(per_user) >= policy.min_users
-    b = _p90(per_user) if learned else None
+    b = float(_p90(per_user)) if learned else None
     if policy.threshold_days is not None:
         return Baseline(
             threshold_days=policy.threshold_days,
@@ -181,6 +181,8 @@ def classify(
     cheaper: Tier | None,
     now: float,
 ) -> Verdict:
+    """The first rule that applies decides (see the module docstring). `fresh`: some source of
+    activity is recent enough to trust; `cheaper`: the cheapest paid alternative tier, if any."""
     if not fresh:
         return _quiet(LicenseClass.UNKNOWN, "no_fresh_data", "no fresh activity data to judge by")
     return (
@@ -211,7 +213,9 @@ def _quiet(cls: LicenseClass, code: str, reason: str, due_at: float | None = Non
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Finding:
+class _Grounds:
+    """Why an action is recommended; money and timing are added by `_act`."""
+
     cls: LicenseClass
     confidence: Confidence
     code: str
@@ -220,18 +224,18 @@ class _Finding:
     due_at: float | None
 
 
-def _reclaim(account: Account, found: _Finding, now: float) -> Verdict:
+def _reclaim(account: Account, found: _Grounds, now: float) -> Verdict:
     savings = _monthly(account.unit_cost, account.billing_period)
     known = savings is not None and account.currency is not None
     return _act(found, Action.RECLAIM, savings if known else None, account, now)
 
 
-def _downgrade(account: Account, cheaper: Tier, found: _Finding, now: float) -> Verdict:
+def _downgrade(account: Account, cheaper: Tier, found: _Grounds, now: float) -> Verdict:
     return _act(found, Action.DOWNGRADE, _difference(account, cheaper), account, now)
 
 
 def _act(
-    found: _Finding, action: Action, savings: float | None, account: Account, now: float
+    found: _Grounds, action: Action, savings: float | None, account: Account, now: float
 ) -> Verdict:
     renewal = account.renewal_at
     return Verdict(
@@ -309,7 +313,7 @@ def _hard_fact(account: Account, now: float) -> Verdict | None:
     status, where = inactive
     place = "the source" if where == "source" else "the identity provider"
     start = account.last_active if account.last_active is not None else _start(account)[0]
-    found = _Finding(
+    found = _Grounds(
         cls=LicenseClass.INACTIVE_AT_SOURCE,
         confidence=Confidence.HIGH,
         code=f"{status}_at_{where}",
@@ -350,7 +354,7 @@ def _unused(account: Account, baseline: Baseline, policy: Policy, now: float) ->
         return None
     high = idle >= 2 * t * DAY
     confidence = Confidence.HIGH if high else _threshold_confidence(baseline)
-    found = _Finding(
+    found = _Grounds(
         cls=LicenseClass.IDLE,
         confidence=confidence,
         code="idle",
@@ -384,7 +388,7 @@ def _never_used(account: Account, policy: Policy, now: float) -> Verdict:
     certain_at = start + 2 * policy.grace_days * DAY
     high = now >= certain_at
     action = "it was assigned" if how == "assigned" else "greenroom first saw it"
-    found = _Finding(
+    found = _Grounds(
         cls=LicenseClass.NEVER_USED,
         confidence=Confidence.HIGH if high else Confidence.MEDIUM,
         code="never_used",
@@ -430,6 +434,17 @@ def _underuse_start(activity: Activity, today: int, eligible_from: int, share: f
     return day
 
 
+def _underuse_episode(account: Account, policy: Policy, now: float) -> float | None:
+    """When the current run of underused days began, or None if today is not one. A premium tier
+    that then goes unused keeps this start, so it stays the same episode (no second event)."""
+    today = day_of(now)
+    eligible_from = _eligible_from(account)
+    share = policy.underuse_share
+    if today < eligible_from or not _underused_on(account.activity, today, share):
+        return None
+    return _underuse_start(account.activity, today, eligible_from, share) * DAY
+
+
 def _underused(
     account: Account, baseline: Baseline, policy: Policy, cheaper: Tier | None, now: float
 ) -> Verdict | None:
@@ -438,7 +453,7 @@ def _underused(
     last_active = account.last_active
     idle_at = last_active + baseline.threshold_days * DAY
     if _premium(account, cheaper) and now - last_active >= policy.premium_idle_days * DAY:
-        found = _Finding(
+        found = _Grounds(
             cls=LicenseClass.UNDERUSED,
             confidence=Confidence.MEDIUM,
             code="premium_unused",
@@ -446,25 +461,25 @@ def _underused(
                 f"the {account.tier or 'current'} tier has gone unused for "
                 f"{_plural(_whole_days(now - last_active), 'day')}; {cheaper.name} costs less"
             ),
-            episode_start=last_active,
+            episode_start=_underuse_episode(account, policy, now) or last_active,
             due_at=idle_at,
         )
         return _downgrade(account, cheaper, found, now)
-    today = day_of(now)
-    eligible_from = _eligible_from(account)
-    share = policy.underuse_share
-    if today < eligible_from or not _underused_on(account.activity, today, share):
+    episode_start = _underuse_episode(account, policy, now)
+    if episode_start is None:
         return None
+    today = day_of(now)
+    share = policy.underuse_share
     active = account.activity.count(today - RECENT_DAYS + 1, today)
     premium_at = last_active + policy.premium_idle_days * DAY
-    found = _Finding(
+    found = _Grounds(
         cls=LicenseClass.UNDERUSED,
         confidence=Confidence.MEDIUM,
         code="underused",
         reason=(
             f"active on {active} of the last {RECENT_DAYS} days (under {round(share * 100)} %)"
         ),
-        episode_start=_underuse_start(account.activity, today, eligible_from, share) * DAY,
+        episode_start=episode_start,
         due_at=min(idle_at, premium_at) if _premium(account, cheaper) else idle_at,
     )
     return _downgrade(account, cheaper, found, now)

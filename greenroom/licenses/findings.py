@@ -12,7 +12,11 @@ transitions:
   later only when it starts after the open one, so a reopened finding (whose episode starts at the
   end of its hold) is not mistaken for a new one on the next pass.
 - an ACTIVE or EXCLUDED verdict closes the finding silently, except an ACTIONED reclaim, which
-  stays until the seat is gone at the source (deactivated, or no longer paid): `license.reclaimed`.
+  stays until the seat is gone at the source (deactivated, or no longer paid): `license.reclaimed`,
+  and the finding is returned CLOSED rather than dropped. Passed back in, it keeps the next passes
+  quiet while the source still lists the account as deactivated (a deactivated account with a
+  paid tier is otherwise a reclaim, which would report the seat again); once the account is
+  reactivated and paid again, it starts afresh.
   An ACTIONED downgrade ends once the verdict no longer recommends one: silently, or with a new
   finding when a reclaim is due instead.
 - KEPT and SNOOZED hold, whatever the verdicts say, until `until`; then a still actionable
@@ -63,7 +67,10 @@ class Finding:
 
 @dataclass(frozen=True, kw_only=True)
 class Step:
-    finding: Finding | None  # None: nothing open, or the finding closes
+    """What to store and say. `finding` None: nothing open, or the open finding closes silently;
+    a reclaimed finding comes back CLOSED instead, to be passed in again (see `advance`)."""
+
+    finding: Finding | None
     event: str | None = None
     new_episode: bool = False
 
@@ -74,9 +81,13 @@ def keep(finding: Finding, now: float, policy: Policy) -> Finding:
 
 
 def advance(current: Finding | None, verdict: Verdict, now: float, policy: Policy) -> Step:
+    """`current` is the license's open finding, or its CLOSED reclaimed one: a seat the source
+    still lists as deactivated after it was reclaimed must not be reported again."""
     if verdict.cls is LicenseClass.UNKNOWN:
         return Step(finding=current)
-    if current is None or current.state is FindingState.CLOSED:
+    if current is not None and current.state is FindingState.CLOSED:
+        return _reclaimed(current, verdict, now)
+    if current is None:
         return _open(verdict, verdict.action, now) if verdict.action else Step(finding=None)
     if current.state in (FindingState.KEPT, FindingState.SNOOZED):
         return _held(current, verdict, now)
@@ -114,10 +125,18 @@ def _held(current: Finding, verdict: Verdict, now: float) -> Step:
 
 def _actioned(current: Finding, verdict: Verdict, now: float) -> Step:
     if verdict.reason_code in RECLAIMED_CODES:
-        return Step(finding=None, event=RECLAIMED_EVENT)
+        closed = replace(current, state=FindingState.CLOSED, until=None)
+        return Step(finding=closed, event=RECLAIMED_EVENT)
     if current.action is Action.DOWNGRADE and verdict.action is not Action.DOWNGRADE:
         return _open(verdict, verdict.action, now) if verdict.action else Step(finding=None)
     return Step(finding=current)
+
+
+def _reclaimed(current: Finding, verdict: Verdict, now: float) -> Step:
+    """Quiet while the source still says the seat is gone; anything else starts afresh."""
+    if verdict.reason_code in RECLAIMED_CODES:
+        return Step(finding=current)
+    return _open(verdict, verdict.action, now) if verdict.action else Step(finding=None)
 
 
 def _later_episode(current: Finding, verdict: Verdict) -> bool:
