@@ -12,6 +12,7 @@ import pytest
 from greenroom import ManualClock, NotFound
 from greenroom.licenses.ingest import parse_accounts
 from greenroom.licenses.policy import PolicyIn
+from greenroom.licenses.records import License
 from greenroom.storage import RunStore, open_store
 from greenroom.storage.licenses import LicenseFilter, Saved
 
@@ -71,7 +72,9 @@ def regulars(now: float) -> list[dict[str, Any]]:
 
 
 def judge(store: RunStore) -> dict[str, int]:
-    """One pass to the end; the events it sent, by type."""
+    """One round of the license loop: upkeep, then the pass to the end; the pass's events."""
+    store.license_upkeep.mark_stale()
+    store.license_upkeep.relearn_baselines()
     sent: dict[str, int] = {}
     while True:
         batch = store.license_pass.judge_due()
@@ -87,11 +90,12 @@ def event_count(store: RunStore, kind: str) -> int:
     return int(row["n"])
 
 
-def one(store: RunStore, user: str) -> Any:
-    page, _ = store.licenses.list_licenses(LicenseFilter(tenant="acme", limit=500))
-    removed, _ = store.licenses.list_licenses(LicenseFilter(tenant="acme", removed=True))
-    (found,) = [lic for lic in page + removed if lic.user_id == user]
-    return found
+def one(store: RunStore, user: str, tenant: str = "acme") -> License:
+    with store.backend.transaction(write=False) as tx:
+        (row,) = tx.execute(
+            "SELECT id FROM licenses WHERE tenant = :t AND user_id = :u", {"t": tenant, "u": user}
+        )
+    return store.licenses.get_license(row["id"], tenant=tenant)
 
 
 def daily(
@@ -99,7 +103,7 @@ def daily(
 ) -> dict[str, int]:
     """Sync the regulars (and `extra(now)`) and pass, once a day for `days` days."""
     sent: dict[str, int] = {}
-    for d in range(days):
+    for _ in range(days):
         now = clock.now()
         save(store, regulars(now) + extra(now), sync=f"day{now:.0f}")
         for kind, n in judge(store).items():
@@ -164,9 +168,7 @@ def test_an_idle_license_is_reported_once_over_30_daily_passes(
     assert lic.monthly_savings == 30.0 and lic.savings_currency == "USD"
 
 
-def test_active_again_then_idle_again_is_a_new_finding(
-    acme: RunStore, clock: ManualClock
-) -> None:
+def test_active_again_then_idle_again_is_a_new_finding(acme: RunStore, clock: ManualClock) -> None:
     start = clock.now()
     daily(acme, clock, 2, lambda now: [account("u", start - 40 * DAY)])
     back = clock.now()
@@ -214,8 +216,9 @@ def test_stale_data_gives_unknown_and_one_event(acme: RunStore, clock: ManualClo
 def test_kept_holds_for_the_cooldown(acme: RunStore, clock: ManualClock) -> None:
     start = clock.now()
     idle = [account("idle", start - 40 * DAY)]
-    daily(acme, clock, 1, lambda now: idle)
+    daily(acme, clock, 2, lambda now: idle)  # a day of history to learn the app's rhythm
     finding = one(acme, "idle").finding_id
+    assert finding is not None
     kept = acme.findings.keep(finding, tenant="acme", actor="admin", note="the CFO's seat")
     assert kept.state == "kept" and kept.until == pytest.approx(clock.now() + 90 * DAY)
     assert daily(acme, clock, 89, lambda now: idle) == {}
@@ -229,7 +232,7 @@ def test_a_removed_account_closes_its_finding_as_reclaimed(
     acme: RunStore, clock: ManualClock
 ) -> None:
     start = clock.now()
-    daily(acme, clock, 1, lambda now: [account("idle", start - 40 * DAY)])
+    daily(acme, clock, 2, lambda now: [account("idle", start - 40 * DAY)])
     daily(acme, clock, 1)  # a complete sync without it
     with acme.backend.transaction(write=False) as tx:
         (row,) = tx.execute("SELECT state, outcome FROM license_findings")
@@ -264,7 +267,7 @@ def test_a_pass_run_again_changes_and_sends_nothing(acme: RunStore, clock: Manua
 
 def test_a_digest_once_per_tenant_and_day(acme: RunStore, clock: ManualClock) -> None:
     start = clock.now()
-    daily(acme, clock, 1, lambda now: [account("idle", start - 40 * DAY)])
+    daily(acme, clock, 2, lambda now: [account("idle", start - 40 * DAY)])
     assert acme.license_upkeep.digest() == 1
     assert acme.license_upkeep.digest() == 0
     clock.advance(DAY)
@@ -276,7 +279,7 @@ def test_a_tenant_threshold_wins_and_makes_the_licenses_due(
     acme: RunStore, clock: ManualClock
 ) -> None:
     start = clock.now()
-    daily(acme, clock, 1, lambda now: [account("u", start - 20 * DAY)])
+    daily(acme, clock, 2, lambda now: [account("u", start - 20 * DAY)])
     assert one(acme, "u").verdict == "idle", "the learned threshold (14 days) is passed"
     acme.findings.set_policy("acme", PolicyIn(threshold_days=30), integration_id=None, actor="a")
     judge(acme)
@@ -284,13 +287,20 @@ def test_a_tenant_threshold_wins_and_makes_the_licenses_due(
     assert acme.findings.policy("acme")["threshold_days"] == 30
 
 
+def passes(store: RunStore) -> None:
+    for _ in range(12):
+        store.license_pass.judge_due(limit=50)
+
+
 def test_passes_at_once_judge_each_license_once(acme: RunStore, db_url: str) -> None:
     now = acme.clock.now()
-    save(acme, regulars(now) + [account(f"idle{i}", now - 60 * DAY) for i in range(400)], sync="s")
+    save(acme, regulars(now) + [account(f"idle{i}", now - 150 * DAY) for i in range(400)], sync="s")
     stores = [open_store(db_url, clock=acme.clock) for _ in range(3)]
     try:
         threads = [
-            threading.Thread(target=lambda s=s: [s.license_pass.judge_due(limit=50) for _ in range(12)])
+            threading.Thread(
+                target=lambda s=s: [s.license_pass.judge_due(limit=50) for _ in range(12)]
+            )
             for s in stores
         ]
         for t in threads:
@@ -310,7 +320,7 @@ def test_an_unreadable_license_never_stops_another_tenants(
     add_integration(acme, "globex", "i2")
     now = clock.now()
     save(acme, [account("broken", now), *regulars(now)], sync="a")
-    globex = [account("idle", now - 60 * DAY)]
+    globex = [account("idle", now - 150 * DAY)]
     save(acme, globex, sync="g", tenant="globex", integration="i2")
     with acme.backend.transaction() as tx:
         tx.execute("UPDATE licenses SET activity = 'zz' WHERE user_id = 'broken'")

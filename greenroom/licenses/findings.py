@@ -148,7 +148,11 @@ def _later_episode(current: Finding, verdict: Verdict) -> bool:
 
 
 def _pending(current: Finding, verdict: Verdict, now: float) -> Step:
-    """CANDIDATE or NOTIFIED: waiting for someone to act."""
+    """CANDIDATE or NOTIFIED: waiting for someone to act. A seat that is gone (removed or no
+    longer paid) was reclaimed by someone: said, and kept CLOSED like an actioned one."""
+    if verdict.action is None and verdict.reason_code in RECLAIMED_CODES:
+        closed = replace(current, state=FindingState.CLOSED, until=None)
+        return Step(finding=closed, event=RECLAIMED_EVENT)
     if verdict.action is None:
         return Step(finding=None)
     if _later_episode(current, verdict):

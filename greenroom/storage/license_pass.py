@@ -162,14 +162,18 @@ class LicensePass(StoreBase):
         return _App(tenant, policy, baseline, tiers, fresh)
 
     def _open_findings(self, tx: Tx, license_ids: Sequence[str]) -> dict[str, Row]:
-        return {
-            r["license_id"]: r
-            for r in tx.execute(
-                "SELECT * FROM license_findings WHERE closed_at IS NULL AND"
-                f" {self.backend.member('license_id', 'ids')}",
-                {"ids": self.backend.list_param(list(license_ids))},
-            )
-        }
+        """Each license's open finding, else its reclaimed one (which keeps a seat the source
+        still lists as deactivated from being reported again)."""
+        found: dict[str, Row] = {}
+        for r in tx.execute(
+            "SELECT * FROM license_findings WHERE (closed_at IS NULL OR outcome = 'reclaimed')"
+            f" AND {self.backend.member('license_id', 'ids')} ORDER BY seq",
+            {"ids": self.backend.list_param(list(license_ids))},
+        ):
+            known = found.get(r["license_id"])
+            if known is None or known["closed_at"] is not None:
+                found[r["license_id"]] = r
+        return found
 
     # -- what the pass writes ------------------------------------------------------------
 
@@ -194,7 +198,9 @@ class LicensePass(StoreBase):
         events: list[NewEvent] = []
         for row, verdict, current, step in moves:
             new = step.finding
-            if current is not None and (new is None or step.new_episode):
+            is_open = current is not None and current["closed_at"] is None
+            ends = new is None or step.new_episode or new.state is FindingState.CLOSED
+            if current is not None and is_open and ends:
                 self._close(tx, current, verdict, now)
                 judged.closed += 1
             finding_id = None if current is None else str(current["id"])
@@ -203,7 +209,7 @@ class LicensePass(StoreBase):
                 finding_id, first = self._open(tx, row, verdict, new, now)
                 judged.opened += 1
                 send = send and first  # an episode found before had its event then
-            elif new is not None and current is not None:
+            elif current is not None and is_open and new is not None and not ends:
                 self._update(tx, current, verdict, new, now)
             if send:
                 events.append(_event(row, verdict, step, finding_id))
@@ -212,8 +218,6 @@ class LicensePass(StoreBase):
 
     def _close(self, tx: Tx, current: Row, verdict: Verdict, now: float) -> None:
         outcome = "reclaimed" if verdict.reason_code in detect.RECLAIMED_CODES else "resolved"
-        if verdict.reason_code == "removed_at_source":
-            outcome = "reclaimed"
         tx.execute(
             "UPDATE license_findings SET state = 'closed', closed_at = :now, updated_at = :now,"
             " outcome = :outcome WHERE id = :id",
@@ -313,7 +317,8 @@ def learn(
         " FROM licenses WHERE integration_id = :i AND removed_at IS NULL",
         {"i": integration_id},
     )
-    baseline = detect.baseline((activity_of(r) for r in rows), day_of(now), policy)
+    activities = (activity_of(r, strict=False) for r in rows)
+    baseline = detect.baseline(activities, day_of(now), policy)
     tiers = _cheapest_tiers(rows)
     params = {
         "tenant": tenant,

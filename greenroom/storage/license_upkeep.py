@@ -69,15 +69,22 @@ class LicenseUpkeep(StoreBase):
         return marked
 
     def relearn_baselines(self) -> int:
-        """Learn again the baselines that are a week old or whose app changed a lot; an app
+        """Learn again the baselines that are a week old, whose app changed a lot, or that fell
+        back for want of users a day ago or more; an app
         whose threshold moved has all its licenses judged again. How many were learned."""
         now = self.clock.now()
         with self.backend.transaction() as tx:
             due = tx.execute(
                 "SELECT tenant, integration_id, threshold_days FROM license_baselines"
                 " WHERE computed_at < :old OR changed > licenses * :share + 10"
+                # Learned from too few users (a new app): again each day as its history grows.
+                " OR (fallback AND computed_at <= :day_ago)"
                 f" ORDER BY integration_id {self.backend.for_update} {self.backend.skip_locked}",
-                {"old": now - BASELINE_DAYS * DAY, "share": BASELINE_CHANGE},
+                {
+                    "old": now - BASELINE_DAYS * DAY,
+                    "share": BASELINE_CHANGE,
+                    "day_ago": now - DAY,
+                },
             )
             for row in due:
                 policy, _ = policy_of(tx, row["tenant"], row["integration_id"])

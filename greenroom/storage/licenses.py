@@ -9,7 +9,6 @@ accounts it did not list; a partial one never removes anyone.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,18 +120,23 @@ def policy_of(tx: Tx, tenant: str, integration_id: str) -> tuple[Policy, float]:
     return merged(layers.get("", {}), layers.get(integration_id, {}))
 
 
-def activity_of(row: Row) -> Activity:
+def activity_of(row: Row, *, strict: bool = True) -> Activity:
+    """A row's activity; an unreadable one raises ValueError, or reads as none when not
+    `strict` (to show a license, or learn a baseline, rather than fail)."""
     data = row["activity"]
-    return Activity.from_bytes(bytes.fromhex(data) if data else None, row["activity_day"])
+    try:
+        return Activity.from_bytes(bytes.fromhex(data) if data else None, row["activity_day"])
+    except ValueError:
+        if strict:
+            raise
+        return Activity()
 
 
 def _merged(row: AccountRow, old: Row | None, now: float) -> tuple[dict[str, Any], bool]:
     """The row to write, and whether its facts changed."""
     facts = _facts(row)
-    activity = Activity()
-    if old is not None:
-        with contextlib.suppress(ValueError):  # unreadable history: start it again
-            activity = activity_of(old)
+    # Unreadable history starts again.
+    activity = Activity() if old is None else activity_of(old, strict=False)
     for seen in (row.last_active, row.idp_last_active):
         if seen is not None and seen <= now:
             activity = activity.mark(day_of(seen))
@@ -175,13 +179,15 @@ class Licenses(StoreBase):
             )
             self._synced(tx, tenant, integration_id, rows, complete, now)
             changed = sum(1 for _, c in merged if c) + removed
+            created = sum(1 for r in rows if r.user_id not in old)
+            # An app whose accounts came and went a lot learns its baseline again.
             tx.execute(
                 "UPDATE license_baselines SET changed = changed + :n WHERE integration_id = :i",
-                {"n": changed, "i": integration_id},
+                {"n": created + removed, "i": integration_id},
             )
         return Saved(
             received=len(rows),
-            created=sum(1 for r in rows if r.user_id not in old),
+            created=created,
             changed=changed,
             removed=removed,
         )
@@ -400,7 +406,7 @@ def license_from_row(row: Row) -> License:
         service_account=bool(row["service_account"]),
         app_last_active=row["app_last_active"],
         idp_last_active=row["idp_last_active"],
-        active_days=activity_of(row).days(),
+        active_days=activity_of(row, strict=False).days(),
         first_seen_at=row["first_seen_at"],
         seen_at=row["seen_at"],
         removed_at=row["removed_at"],
