@@ -16,6 +16,7 @@ import pytest
 from greenroom import RunState, StepStatus
 from greenroom.demo.saas import org_slugs, organization
 from greenroom.storage import RunFilter, RunStore, open_store
+from greenroom.storage.findings import FindingFilter
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
@@ -108,8 +109,20 @@ def test_demo_syncs_every_org_with_one_login_each(tmp_path: Path) -> None:
         workers = store.runs.workers(include_gone=True)
         assert len(workers) == 2 and {w.state for w in workers} == {"stopped"}
         assert_nothing_left(url, store)
+        assert_licenses_judged(store, summary_value(out, "licenses"))
     finally:
         store.backend.close()
+
+
+def assert_licenses_judged(store: RunStore, line: str) -> None:
+    """Every synced user is a license; the summary's findings are the store's."""
+    found, _ = store.findings.list_findings(FindingFilter(limit=500))
+    users = [u for slug in org_slugs(2) for u in organization(slug, 60).users]
+    idle = [u for u in users if u.last_login is None and u.tier != "free"]
+    assert line.startswith(f"120 judged: {len(found)} to act on")
+    assert {f.email for f in found if f.verdict == "never_used"} == {u.email for u in idle}
+    saves = sum(f.monthly_savings or 0 for f in found)
+    assert f"saves ${saves:,.2f} a month" in line
 
 
 def test_demo_chaos_resumes_the_killed_workers_run_without_a_second_login(

@@ -328,3 +328,16 @@ def test_an_unreadable_license_never_stops_another_tenants(
     assert one(acme, "broken").reason_code == "unreadable"
     assert one(acme, "r1").verdict == "active"
     assert event_count(acme, "license.idle") == 1, "the other tenant's finding is made"
+
+
+def test_accounts_of_the_first_sync_are_judged_at_once_and_later_ones_get_grace(
+    acme: RunStore, clock: ManualClock
+) -> None:
+    """Without assignment dates, an app connected today is judged today (its accounts are no
+    new hires); an account that appears in a later sync is one."""
+    start = clock.now()
+    unknown = {"assigned_at": None}
+    daily(acme, clock, 2, lambda now: [account("old", start - 90 * DAY, **unknown)])
+    assert one(acme, "old").verdict == "idle"
+    daily(acme, clock, 1, lambda now: [account("new", None, **unknown)])
+    assert one(acme, "new").reason_code == "grace"

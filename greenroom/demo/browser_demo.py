@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -34,6 +35,7 @@ from greenroom.app import App, RunRequest
 from greenroom.browser.launch import BrowserNotFound, FoundBrowser, find_chromium
 from greenroom.crypto import load_keyring
 from greenroom.demo.driver import Fleet, Kill, WorkerProc
+from greenroom.demo.licenses import LicenseReport, judge_licenses
 from greenroom.demo.progress import Header, Observer, Progress, clock_title, render
 from greenroom.demo.saas import DemoSaaS, org_slugs, organization, running_demo_saas
 from greenroom.demo.setup import connect_org, register_tenant
@@ -157,6 +159,7 @@ class BrowserDemo:
                     orgs=self.options.orgs,
                     users_per_org=self.options.users_per_org,
                     latency_ms=self.options.latency_ms,
+                    data_date=datetime.now(UTC).date(),
                 )
             )
             self.note(f"demo SaaS console at {self.saas.url}")
@@ -187,7 +190,8 @@ class BrowserDemo:
                     live.update(self.view(), refresh=True)
             stats = self.saas.stats()
             logins = sum(stats.get(p.slug, {}).get("logins", 0) for p in self.plans)
-        return print_summary(self.console, self.outcome(browser, logins, interrupted))
+            licenses = None if interrupted else judge_licenses(store, self.tenant)
+        return print_summary(self.console, self.outcome(browser, logins, interrupted, licenses))
 
     def worker_env(self) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1"}
@@ -330,7 +334,13 @@ class BrowserDemo:
         )
         return render(header, self.observer.progress, self.fleet, self.notes)
 
-    def outcome(self, browser: FoundBrowser, logins: int, interrupted: bool) -> Outcome:
+    def outcome(
+        self,
+        browser: FoundBrowser,
+        logins: int,
+        interrupted: bool,
+        licenses: LicenseReport | None,
+    ) -> Outcome:
         assert self.fleet is not None and self.observer is not None
         return Outcome(
             progress=self.observer.progress,
@@ -341,6 +351,7 @@ class BrowserDemo:
             kill=self.kill,
             chaos=self.options.chaos,
             interrupted=interrupted,
+            licenses=licenses,
             seconds=time.monotonic() - self.started,
             browser=browser,
             db=self.shown_url,

@@ -14,6 +14,9 @@ What makes it durable, and why it is written this way:
   sent to that origin. A URL taken from a run's input would let whoever starts a run send the
   integration's password to a page of their choosing.
 
+- Each page's step hands its users to greenroom as license accounts (ctx.save_accounts): tier,
+  monthly cost, last login and status are what license intelligence judges (idle seats and
+  their savings); `deactivate=` names the workflow that reclaims one.
 - One login step (`@step(login=True)`), then one checkpointed step per page of users. A run
   resumed on another worker replays the steps it has and reads only the pages it is missing,
   in the browser session greenroom saved after each step: it does not sign in again.
@@ -61,7 +64,11 @@ class DemoSettings(BaseModel):
 
 
 demo = app.connector(
-    "demo", credentials=DemoCredentials, settings=DemoSettings, title="Demo SaaS admin console"
+    "demo",
+    credentials=DemoCredentials,
+    settings=DemoSettings,
+    title="Demo SaaS admin console",
+    deactivate="demo.deactivate_user",
 )
 
 #: One browser session per tenant and organization: its runs never overlap, and each starts
@@ -212,7 +219,25 @@ async def read_users_page(ctx: RunContext, base_url: str, org: str, number: int)
     pages = await page.locator(PAGE_INFO).get_attribute("data-pages")
     if pages is None or not (pages.isascii() and pages.isdigit()):
         raise LayoutChanged(f"{page.url}: {PAGE_INFO} has no data-pages")
+    # greenroom keeps the licenses as they come; the last page says the list was complete, so
+    # accounts no longer listed are removed (saving a page again changes nothing).
+    await ctx.save_accounts([license_of(row) for row in rows], complete=number >= int(pages))
     return {"number": number, "pages": int(pages), "users": rows}
+
+
+def license_of(row: UserRow) -> dict[str, object]:
+    """A users-table row as an account greenroom judges (the console prices in US dollars)."""
+    return {
+        "user_id": row["email"],
+        "email": row["email"],
+        "name": row["name"],
+        "role": row["role"],
+        "tier": row["tier"],
+        "unit_cost": row["monthly_cost"],
+        "currency": "USD",
+        "last_active": row["last_login"],
+        "status": "active" if row["active"] else "deactivated",
+    }
 
 
 @step(name="demo.deactivate", retry=STEP_RETRY, timeout=STEP_TIMEOUT)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from greenroom.browser.launch import FoundBrowser
 from greenroom.demo.driver import Fleet, Kill
+from greenroom.demo.licenses import LicenseReport
 from greenroom.demo.progress import Progress, Resume, name_of, resumed_at_step
 from greenroom.hints import command
 from greenroom.model import RunState
@@ -29,6 +30,8 @@ class Outcome:
     kill: Kill | None
     chaos: bool
     interrupted: bool
+    #: The synced organizations' licenses, judged (None when interrupted).
+    licenses: LicenseReport | None
     seconds: float
     browser: FoundBrowser
     db: str
@@ -88,6 +91,10 @@ def print_summary(console: Console, o: Outcome) -> int:
         grid.add_row("recoveries", recoveries_line(o))
     grid.add_row("logins", logins_line(o))
     grid.add_row("users collected", f"{o.users} of {o.expected_users}")
+    if o.licenses is not None:
+        grid.add_row("licenses", licenses_line(o.licenses))
+        for f in o.licenses.top:
+            grid.add_row("", escape(f"{f.email}: {f.reason} ({money(f.monthly_savings)}/month)"))
     grid.add_row("browser", f"{escape(o.browser.path)} ({o.browser.source})")
     grid.add_row("wall time", f"{o.seconds:.1f} s")
     grid.add_row("database", escape(f"{o.db}  (try: {command('--db', o.db, 'runs', 'list')})"))
@@ -133,6 +140,24 @@ def recoveries_line(o: Outcome) -> str:
         f"{resumed_at_step(r)}, {r.resumed_at - kill_at:.2f} s after the kill, "
         f"{r.replayed} steps replayed"
         for r in found
+    )
+
+
+def money(amount: float | None, currency: str = "USD") -> str:
+    if amount is None:
+        return "no price"
+    return f"${amount:,.2f}" if currency == "USD" else f"{amount:,.2f} {currency}"
+
+
+def licenses_line(report: LicenseReport) -> str:
+    found = sum(report.by_verdict.values())
+    if not found:
+        return f"{report.licenses} judged, none to reclaim"
+    kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in report.by_verdict.items())
+    saves = ", ".join(money(v, c) for c, v in sorted(report.savings.items())) or "no price"
+    return (
+        f"{report.licenses} judged: {found} to act on ({kinds}); reclaiming them saves "
+        f"{saves} a month. Most saved:"
     )
 
 

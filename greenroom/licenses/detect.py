@@ -87,6 +87,9 @@ class Account:
     activity: Activity
     service_account: bool
     renewal_at: float | None
+    #: Listed by the integration's first sync: with no assignment date, when it began is
+    #: unknown, and it is no new hire (no grace: an app connected today is judged today).
+    listed_at_start: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -339,6 +342,8 @@ def _excluded(account: Account, policy: Policy, now: float) -> Verdict | None:
         return _quiet(excluded, "exempt_user", "an exempt user")
     if account.role and account.role.lower() in {role.lower() for role in policy.exempt_roles}:
         return _quiet(excluded, "exempt_role", f"holds the exempt role {account.role!r}")
+    if account.assigned_at is None and account.listed_at_start:
+        return None
     start, how = _start(account)
     grace_end = start + policy.grace_days * DAY
     if now < grace_end:
@@ -387,6 +392,18 @@ def _idle_reason(baseline: Baseline, policy: Policy, idle_days: int) -> str:
 
 
 def _never_used(account: Account, policy: Policy, now: float) -> Verdict:
+    if account.assigned_at is None and account.listed_at_start:
+        days = _whole_days(now - account.first_seen_at)
+        since = "first synced today" if not days else f"synced for {_plural(days, 'day')}"
+        found = _Grounds(
+            cls=LicenseClass.NEVER_USED,
+            confidence=Confidence.MEDIUM,
+            code="never_used",
+            reason=f"no login on record (this app was {since})",
+            episode_start=account.first_seen_at,
+            due_at=None,
+        )
+        return _reclaim(account, found, now)
     start, how = _start(account)
     certain_at = start + 2 * policy.grace_days * DAY
     high = now >= certain_at
@@ -420,8 +437,9 @@ def _underused_on(activity: Activity, day: int, share: float) -> bool:
 
 
 def _eligible_from(account: Account) -> int:
-    """The first day the account is old enough for its 30-day share to mean anything."""
-    return day_of(_start(account)[0]) + RECENT_DAYS
+    """The first day the account is old enough, and greenroom has watched it long enough (its
+    activity is known only since it was first seen), for its 30-day share to mean anything."""
+    return day_of(max(_start(account)[0], account.first_seen_at)) + RECENT_DAYS
 
 
 def _underuse_start(activity: Activity, today: int, eligible_from: int, share: float) -> int:

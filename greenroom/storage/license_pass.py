@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from greenroom.licenses import detect, findings
-from greenroom.licenses.activity import day_of
+from greenroom.licenses.activity import DAY, day_of
 from greenroom.licenses.detect import Account, Baseline, LicenseClass, Policy, Tier, Verdict
 from greenroom.licenses.findings import Finding, FindingState, Step
 from greenroom.licenses.policy import loads
@@ -84,6 +84,8 @@ class _App:
     #: The cheapest paid tier, per currency.
     tiers: dict[str, Tier]
     fresh_sources: frozenset[str]
+    #: When greenroom first synced the app: accounts listed then are no new hires.
+    first_synced_at: float
 
 
 def new_finding_id() -> str:
@@ -144,14 +146,13 @@ class LicensePass(StoreBase):
     def _app(self, tx: Tx, tenant: str, integration_id: str, now: float) -> _App:
         policy, sync_hours = policy_of(tx, tenant, integration_id)
         interval = sync_interval(tx, integration_id, sync_hours)
-        fresh = frozenset(
-            r["source"]
-            for r in tx.execute(
-                "SELECT source FROM license_sources WHERE integration_id = :i"
-                " AND synced_at >= :since",
-                {"i": integration_id, "since": now - 2 * interval},
-            )
+        sources = tx.execute(
+            "SELECT source, synced_at, first_synced_at FROM license_sources"
+            " WHERE integration_id = :i",
+            {"i": integration_id},
         )
+        fresh = frozenset(r["source"] for r in sources if r["synced_at"] >= now - 2 * interval)
+        first = min((r["first_synced_at"] for r in sources), default=now)
         rows = tx.execute(
             "SELECT * FROM license_baselines WHERE integration_id = :i", {"i": integration_id}
         )
@@ -159,7 +160,7 @@ class LicensePass(StoreBase):
             baseline, tiers = _baseline_of(rows[0])
         else:
             baseline, tiers = learn(tx, tenant, integration_id, policy, now)
-        return _App(tenant, policy, baseline, tiers, fresh)
+        return _App(tenant, policy, baseline, tiers, fresh, first)
 
     def _open_findings(self, tx: Tx, license_ids: Sequence[str]) -> dict[str, Row]:
         """Each license's open finding, else its reclaimed one (which keeps a seat the source
@@ -377,6 +378,7 @@ def _verdict(row: Row, app: _App, now: float) -> Verdict:
         activity=activity_of(row),
         service_account=bool(row["service_account"]),
         renewal_at=row["renewal_at"],
+        listed_at_start=row["first_seen_at"] < app.first_synced_at + DAY,
     )
     cheaper = app.tiers.get(row["currency"] or "")
     return detect.classify(

@@ -348,9 +348,9 @@ class Licenses(StoreBase):
             )
         for source in sources:
             tx.execute(
-                "INSERT INTO license_sources (tenant, integration_id, source, synced_at,"
-                " complete_at, stale_since) VALUES (:tenant, :integration, :source, :now,"
-                " :complete, NULL) ON CONFLICT (integration_id, source) DO UPDATE SET"
+                "INSERT INTO license_sources (tenant, integration_id, source, first_synced_at,"
+                " synced_at, complete_at, stale_since) VALUES (:tenant, :integration, :source,"
+                " :now, :now, :complete, NULL) ON CONFLICT (integration_id, source) DO UPDATE SET"
                 " synced_at = :now, stale_since = NULL,"
                 " complete_at = COALESCE(:complete, license_sources.complete_at)",
                 {

@@ -595,6 +595,7 @@ license_sources = Table(
     Column("tenant", String(200), nullable=False),
     Column("integration_id", String(40), primary_key=True),
     Column("source", String(8), primary_key=True),
+    Column("first_synced_at", Float, nullable=False),
     Column("synced_at", Float, nullable=False),
     Column("complete_at", Float),
     Column("stale_since", Float),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from datetime import date
 from typing import Any
 
-from greenroom.demo.saas.data import DEFAULT_SECRET
+from greenroom.demo.saas.data import DATA_DATE, DEFAULT_SECRET
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +69,9 @@ class SaasConfig:
     page_size: int = 25
     secret: str = field(default=DEFAULT_SECRET, repr=False)
     faults: Faults = field(default_factory=Faults)
+    #: The day last logins count back from (the data's own fixed day by default; `greenroom
+    #: demo` serves today's, so that idle licenses read as idle now).
+    data_date: date = DATA_DATE
 
     def __post_init__(self) -> None:
         if self.orgs < 1:

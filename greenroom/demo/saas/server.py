@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, TypedDict, Unpack
 
 import httpx
@@ -20,7 +21,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from greenroom.demo.saas.app import create_app
 from greenroom.demo.saas.config import Faults, SaasConfig
-from greenroom.demo.saas.data import DEFAULT_SECRET, Credentials, admin_credentials
+from greenroom.demo.saas.data import DATA_DATE, DEFAULT_SECRET, Credentials, admin_credentials
 
 HOST = "127.0.0.1"
 
@@ -81,6 +82,7 @@ class SaasOptions(TypedDict, total=False):
     session_seconds: float
     changed_layout: bool
     seed: int
+    data_date: date
 
 
 def make_config(
@@ -94,6 +96,7 @@ def make_config(
     session_seconds: float = 1800.0,
     changed_layout: bool = False,
     seed: int = 0,
+    data_date: date = DATA_DATE,
 ) -> SaasConfig:
     faults = Faults(
         latency_ms=latency_ms,
@@ -103,7 +106,12 @@ def make_config(
         seed=seed,
     )
     return SaasConfig(
-        orgs=orgs, users_per_org=users_per_org, page_size=page_size, secret=secret, faults=faults
+        orgs=orgs,
+        users_per_org=users_per_org,
+        page_size=page_size,
+        secret=secret,
+        faults=faults,
+        data_date=data_date,
     )
 
 
@@ -144,7 +152,7 @@ def running_demo_saas(port: int = 0, **settings: Unpack[SaasOptions]) -> Iterato
     """Serve the console on 127.0.0.1 in a background thread until the block ends.
 
     settings are make_config's: orgs, users_per_org, page_size, secret, latency_ms,
-    error_rate, session_seconds, changed_layout, seed.
+    error_rate, session_seconds, changed_layout, seed, data_date.
     """
     config = make_config(**settings)
     sock = bind(port)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from greenroom.demo.saas.config import Faults, SaasConfig
-from greenroom.demo.saas.data import TIER_COST, User, admin_credentials, organization
+from greenroom.demo.saas.data import DATA_DATE, TIER_COST, User, admin_credentials, organization
 
 
 @dataclass
@@ -137,6 +137,12 @@ class DemoState:
     def users(self, org: str) -> list[User]:
         """The org's users with admin actions applied, in their stable order."""
         base = organization(org, self.config.users_per_org).users
+        shift = self.config.data_date - DATA_DATE
+        if shift:
+            base = tuple(
+                u if u.last_login is None else replace(u, last_login=u.last_login + shift)
+                for u in base
+            )
         with self.lock:
             changes = dict(self.changes.get(org, {}))
         return [_apply(user, changes.get(user.id)) for user in base]

@@ -81,6 +81,8 @@ def upgrade() -> None:
         sa.Column("tenant", sa.String(200), nullable=False),
         sa.Column("integration_id", sa.String(40), nullable=False),
         sa.Column("source", sa.String(8), nullable=False),
+        # The first sync: accounts it listed are no new hires.
+        sa.Column("first_synced_at", sa.Float(), nullable=False),
         sa.Column("synced_at", sa.Float(), nullable=False),
         sa.Column("complete_at", sa.Float()),
         sa.Column("stale_since", sa.Float()),
