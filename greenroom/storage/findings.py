@@ -238,12 +238,18 @@ class Findings(StoreBase):
         return finding_from_row(self._row(tx, row["id"], None))
 
     def _row(self, tx: Tx, finding_id: str, tenant: str | None, lock: bool = False) -> Row:
+        """The finding (with its license's user); locked, its license first: the order the pass
+        locks them in, so an admin acting during a pass never deadlocks with it."""
         scope = "" if tenant is None else " AND f.tenant = :tenant"
+        params = {"id": finding_id, "tenant": tenant}
+        if lock and self.backend.for_update:
+            tx.execute(
+                "SELECT l.seq FROM licenses l JOIN license_findings f ON f.license_id = l.id"
+                f" WHERE f.id = :id{scope} FOR UPDATE OF l",
+                params,
+            )
         locked = " FOR UPDATE OF f" if lock and self.backend.for_update else ""
-        rows = tx.execute(
-            f"{_SELECT} WHERE f.id = :id{scope}{locked}",
-            {"id": finding_id, "tenant": tenant},
-        )
+        rows = tx.execute(f"{_SELECT} WHERE f.id = :id{scope}{locked}", params)
         if not rows:
             raise NotFound(f"finding {finding_id} not found")
         return rows[0]
