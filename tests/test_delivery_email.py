@@ -32,6 +32,21 @@ FAILURE = {"type": "TimeoutError", "message": "upload took 30 s", "step": "uploa
 _RUN = {"run_id": RUN_ID, "workflow": "demo.sync_users", "queue": "default"}
 _PAUSE = {"scope": "queue", "value": "default", "label": "", "drain": True, "actor": "ops"}
 _INTEGRATION = {"integration_id": 7, "connector": "crm", "name": "acme-crm", "status": "active"}
+_LICENSE = {
+    "license_id": "lic_1",
+    "integration_id": "int_7",
+    "user_id": "u-0042",
+    "email": "ada@acme.example",
+    "finding_id": "fnd_1",
+    "verdict": "idle",
+    "action": "reclaim",
+    "confidence": "high",
+    "reason": "users of this app return within 9 days; this one has been idle for 41",
+    "monthly_savings": 30.0,
+    "currency": "USD",
+    "realizable_at": 1_700_000_000.0,
+    "episode_start": 1_696_000_000.0,
+}
 #: A payload of every type, as greenroom writes them (docs/events.md).
 PAYLOADS: dict[str, dict[str, Any]] = {
     "run.succeeded": _RUN | {"state": "succeeded", "reason": "finished", "detail": None},
@@ -58,6 +73,14 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     | {"note": "vendor maintenance", "actor": "ops"},
     "schedule.resumed": {"schedule_id": "s1", "name": "nightly sync", "workflow": "sync"}
     | {"actor": "ops"},
+    "integration.data_stale": {"integration_id": "int_7", "last_synced_at": 1_700_000_000.0}
+    | {"expected_every_hours": 24.0},
+    "license.idle": _LICENSE,
+    "license.underused": _LICENSE
+    | {"verdict": "underused", "action": "downgrade", "reason": "active on 4 of the last 30 days"},
+    "license.reclaimed": _LICENSE,
+    "license.digest": {"day": "2026-12-07", "open_findings": 12, "by_state": {"notified": 12}}
+    | {"by_verdict": {"idle": 12}, "monthly_savings_available": {"USD": 360.0}},
     "endpoint.disabled": {
         "subscription_id": 12,
         "url": "https://hooks.slack.com/services/T000/B000/s3cr3tT0ken",
@@ -86,6 +109,14 @@ EXPECTED: dict[str, list[str]] = {
     "schedule.missed": ["Schedule nightly sync missed 7 slots from 2023-11-14T22:13:20Z"],
     "schedule.paused": ["ops paused Schedule nightly sync: vendor maintenance"],
     "schedule.resumed": ["ops resumed Schedule nightly sync"],
+    "integration.data_stale": ["Integration int_7 has no fresh data", "every 24.0 hours"],
+    "license.idle": [
+        "The license of ada@acme.example goes unused: users of this app return within 9 days;"
+        " this one has been idle for 41; high confidence, reclaim it (30.00 USD a month)"
+    ],
+    "license.underused": ["ada@acme.example is underused", "downgrade it"],
+    "license.reclaimed": ["The license of ada@acme.example was reclaimed (30.00 USD a month)"],
+    "license.digest": ["12 licenses to act on (2026-12-07); 360.0 USD a month to save"],
     "endpoint.disabled": [
         "https://hooks.slack.com/…",
         "subscription 12",

@@ -176,6 +176,45 @@ def _schedule_missed(p: Mapping[str, Any]) -> str:
     )
 
 
+def _license(p: Mapping[str, Any]) -> str:
+    return f"The license of {clean(p.get('email') or p.get('user_id'))}"
+
+
+def _savings(p: Mapping[str, Any]) -> str:
+    amount, currency = p.get("monthly_savings"), p.get("currency")
+    if not isinstance(amount, int | float) or isinstance(amount, bool) or not currency:
+        return ""
+    return f" ({amount:,.2f} {clean(currency, 3)} a month)"
+
+
+def _license_found(p: Mapping[str, Any]) -> str:
+    what = "is underused" if p.get("action") == "downgrade" else "goes unused"
+    return (
+        f"{_license(p)} {what}: {clean(p.get('reason'))}; {clean(p.get('confidence'))}"
+        f" confidence, {clean(p.get('action'))} it{_savings(p)}"
+    )
+
+
+def _license_digest(p: Mapping[str, Any]) -> str:
+    savings = p.get("monthly_savings_available")
+    waiting = ""
+    if isinstance(savings, Mapping) and savings:
+        waiting = (
+            "; "
+            + ", ".join(f"{clean(v, 20)} {clean(c, 3)}" for c, v in sorted(savings.items()))
+            + " a month to save"
+        )
+    return f"{clean(p.get('open_findings'))} licenses to act on ({clean(p.get('day'))}){waiting}"
+
+
+def _data_stale(p: Mapping[str, Any]) -> str:
+    return (
+        f"Integration {clean(p.get('integration_id'))} has no fresh data: last synced"
+        f" {_when(p.get('last_synced_at'))}, expected every {clean(p.get('expected_every_hours'))}"
+        " hours; its licenses read as unknown until it syncs again"
+    )
+
+
 _SENTENCES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "run.succeeded": lambda p: f"{_run(p)} succeeded",
     "run.failed": _run_failed,
@@ -198,6 +237,11 @@ _SENTENCES: dict[str, Callable[[Mapping[str, Any]], str]] = {
         f"{clean(p.get('actor'))} paused {_schedule(p)}: {clean(p.get('note'))}"
     ),
     "schedule.resumed": lambda p: f"{clean(p.get('actor'))} resumed {_schedule(p)}",
+    "integration.data_stale": _data_stale,
+    "license.idle": _license_found,
+    "license.underused": _license_found,
+    "license.reclaimed": lambda p: f"{_license(p)} was reclaimed{_savings(p)}",
+    "license.digest": _license_digest,
 }
 #: Every type with its own sentence; others get the fallback.
 KNOWN_TYPES = frozenset(_SENTENCES)

@@ -34,6 +34,11 @@ EVENT_TYPES = (
     "schedule.missed",
     "schedule.paused",
     "schedule.resumed",
+    "integration.data_stale",
+    "license.idle",
+    "license.underused",
+    "license.reclaimed",
+    "license.digest",
 )
 #: An event type (`run.failed`), or every type under a prefix (`run.*`).
 TYPE_FILTERS = EVENT_TYPES + tuple(sorted({t.split(".")[0] + ".*" for t in EVENT_TYPES}))
