@@ -24,7 +24,7 @@ from greenroom.errors import (
     RunPaused,
 )
 from greenroom.failures import describe_error
-from greenroom.licenses.ingest import AccountRow, parse_accounts
+from greenroom.licenses.ingest import AccountRow, parse_accounts, parse_seats
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
 from greenroom.storage.licenses import Saved
@@ -191,6 +191,19 @@ class RunContext:
             batch,
             sync_id=self.run_id,
             complete=complete,
+        )
+
+    async def save_seats(self, seats: Mapping[str, int]) -> None:
+        """The seats bought per tier, as the app's billing page says (`{"pro": 50}`): seats
+        bought but assigned to no active account are reported (`seats.unassigned`)."""
+        self._check_lease()
+        integration = self.integration
+        try:
+            counts = parse_seats(dict(seats))
+        except InvalidInput as exc:
+            raise PermanentError(f"save_seats: {exc}") from None
+        await asyncio.to_thread(
+            self._store.licenses.save_seats, self.tenant, integration.id, counts
         )
 
     def redact(self, text: str) -> str:

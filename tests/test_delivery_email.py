@@ -81,6 +81,8 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "license.reclaimed": _LICENSE,
     "license.digest": {"day": "2026-12-07", "open_findings": 12, "by_state": {"notified": 12}}
     | {"by_verdict": {"idle": 12}, "monthly_savings_available": {"USD": 360.0}},
+    "seats.unassigned": {"integration_id": "int_7", "tier": "pro", "purchased": 50}
+    | {"assigned": 42, "unassigned": 8, "monthly_savings": 240.0, "currency": "USD"},
     "endpoint.disabled": {
         "subscription_id": 12,
         "url": "https://hooks.slack.com/services/T000/B000/s3cr3tT0ken",
@@ -117,6 +119,9 @@ EXPECTED: dict[str, list[str]] = {
     "license.underused": ["ada@acme.example is underused", "downgrade it"],
     "license.reclaimed": ["The license of ada@acme.example was reclaimed (30.00 USD a month)"],
     "license.digest": ["12 licenses to act on (2026-12-07); 360.0 USD a month to save"],
+    "seats.unassigned": [
+        "8 of 50 pro seats of integration int_7 are assigned to nobody (240.00 USD a month)"
+    ],
     "endpoint.disabled": [
         "https://hooks.slack.com/…",
         "subscription 12",

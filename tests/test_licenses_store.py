@@ -3,6 +3,7 @@ what is due, findings moving, events sent once, on a manual clock driven day by 
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from typing import Any
@@ -341,3 +342,20 @@ def test_accounts_of_the_first_sync_are_judged_at_once_and_later_ones_get_grace(
     assert one(acme, "old").verdict == "idle"
     daily(acme, clock, 1, lambda now: [account("new", None, **unknown)])
     assert one(acme, "new").reason_code == "grace"
+
+
+def test_unassigned_seats_are_told_when_their_number_grows(acme: RunStore) -> None:
+    now = acme.clock.now()
+    save(acme, [account(f"u{i}", now) for i in range(42)], sync="s1")
+    acme.licenses.save_seats("acme", "i1", {"pro": 50, "standard": 0})
+    assert acme.license_upkeep.unassigned_seats() == 1
+    assert acme.license_upkeep.unassigned_seats() == 0, "told once while it stays"
+    with acme.backend.transaction(write=False) as tx:
+        (event,) = tx.execute("SELECT payload FROM events WHERE type = 'seats.unassigned'")
+    payload = json.loads(event["payload"])
+    assert (payload["unassigned"], payload["monthly_savings"]) == (8, 240.0)
+    save(acme, [account(f"u{i}", now) for i in range(40)], sync="s2")  # two left
+    assert acme.license_upkeep.unassigned_seats() == 1
+    save(acme, [account(f"u{i}", now) for i in range(50)], sync="s3")  # all assigned
+    assert acme.license_upkeep.unassigned_seats() == 0
+    assert event_count(acme, "seats.unassigned") == 2

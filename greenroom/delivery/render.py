@@ -242,6 +242,11 @@ _SENTENCES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "license.underused": _license_found,
     "license.reclaimed": lambda p: f"{_license(p)} was reclaimed{_savings(p)}",
     "license.digest": _license_digest,
+    "seats.unassigned": lambda p: (
+        f"{clean(p.get('unassigned'))} of {clean(p.get('purchased'))} {clean(p.get('tier'))}"
+        f" seats of integration {clean(p.get('integration_id'))} are assigned to nobody"
+        f"{_savings(p)}"
+    ),
 }
 #: Every type with its own sentence; others get the fallback.
 KNOWN_TYPES = frozenset(_SENTENCES)

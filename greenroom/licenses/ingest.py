@@ -20,7 +20,7 @@ from pydantic import (
 
 from greenroom.errors import InvalidInput
 from greenroom.licenses.currencies import CODES
-from greenroom.rules import MAX_NAME, text
+from greenroom.rules import MAX_INT, MAX_NAME, text
 
 #: The most accounts one batch may hold (a page of a sync, or one push request).
 MAX_BATCH = 10_000
@@ -139,3 +139,25 @@ def _check_unique(batch: list[AccountRow], field: str) -> None:
 
 def _error(field: str, message: str) -> dict[str, str]:
     return {"field": field, "message": message}
+
+
+#: The most tiers a seat count may name.
+MAX_TIERS = 1000
+_SEATS = TypeAdapter(
+    dict[Annotated[str, text(MAX_NAME, 1)], Annotated[int, Field(ge=0, le=MAX_INT)]]
+)
+
+
+def parse_seats(data: Any) -> dict[str, int]:
+    """Seats bought per tier (`{"pro": 50}`), or InvalidInput naming the tier."""
+    if not isinstance(data, dict) or len(data) > MAX_TIERS:
+        message = f"seats must be an object of at most {MAX_TIERS} tiers and counts"
+        raise InvalidInput(message, errors=[_error("seats", message)])
+    try:
+        return _SEATS.validate_python(data)
+    except ValidationError as exc:
+        errors = [
+            _error("seats" + "".join(f".{p}" for p in e["loc"]), e["msg"])
+            for e in exc.errors(include_input=False)
+        ]
+        raise InvalidInput("invalid seats: " + errors[0]["message"], errors=errors) from None

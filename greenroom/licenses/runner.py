@@ -63,6 +63,11 @@ class LicenseLoop:
 
     def upkeep(self) -> None:
         upkeep = self.store.license_upkeep
-        stale, learned, digests = upkeep.mark_stale(), upkeep.relearn_baselines(), upkeep.digest()
-        if stale or learned or digests:
-            log.info("license upkeep", stale=stale, baselines=learned, digests=digests)
+        done = {
+            "stale": upkeep.mark_stale(),
+            "baselines": upkeep.relearn_baselines(),
+            "seats": upkeep.unassigned_seats(),
+            "digests": upkeep.digest(),
+        }
+        if any(done.values()):
+            log.info("license upkeep", **done)

@@ -39,6 +39,7 @@ EVENT_TYPES = (
     "license.underused",
     "license.reclaimed",
     "license.digest",
+    "seats.unassigned",
 )
 #: An event type (`run.failed`), or every type under a prefix (`run.*`).
 TYPE_FILTERS = EVENT_TYPES + tuple(sorted({t.split(".")[0] + ".*" for t in EVENT_TYPES}))

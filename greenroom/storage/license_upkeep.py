@@ -97,6 +97,35 @@ class LicenseUpkeep(StoreBase):
                     )
         return len(due)
 
+    def unassigned_seats(self) -> int:
+        """Seats bought but assigned to no active account: `seats.unassigned` when their number
+        grows (not again while it stays); how many events."""
+        now = self.clock.now()
+        sent = 0
+        with self.backend.transaction() as tx:
+            rows = tx.execute(
+                "SELECT s.tenant, s.integration_id, s.tier, s.purchased, s.told_unassigned,"
+                " COUNT(l.seq) AS assigned, MAX(l.unit_cost) AS unit_cost,"
+                " MAX(l.currency) AS currency, MAX(l.billing_period) AS period"
+                " FROM license_seats s LEFT JOIN licenses l ON l.integration_id = s.integration_id"
+                " AND l.tier = s.tier AND l.removed_at IS NULL AND l.status = 'active'"
+                " GROUP BY s.tenant, s.integration_id, s.tier, s.purchased, s.told_unassigned"
+                " ORDER BY s.integration_id, s.tier"
+            )
+            for r in rows:
+                unassigned = max(int(r["purchased"]) - int(r["assigned"]), 0)
+                if unassigned == r["told_unassigned"]:
+                    continue
+                tx.execute(
+                    "UPDATE license_seats SET told_unassigned = :n WHERE integration_id = :i"
+                    " AND tier = :tier",
+                    {"n": unassigned, "i": r["integration_id"], "tier": r["tier"]},
+                )
+                if unassigned > r["told_unassigned"]:
+                    emit(tx, self.backend, [_unassigned(r, unassigned)], now)
+                    sent += 1
+        return sent
+
     def digest(self) -> int:
         """Each tenant with open findings gets one `license.digest` event per UTC day: what is
         open, by state and class, and the savings waiting; how many were sent."""
@@ -145,3 +174,21 @@ def _digest(tenant: str, today: int, groups: list[dict[str, Any]]) -> NewEvent:
         "monthly_savings_available": {c: round(v, 2) for c, v in sorted(savings.items())},
     }
     return NewEvent(tenant, "license.digest", f"tenant:{tenant}", payload)
+
+
+def _unassigned(row: dict[str, Any], unassigned: int) -> NewEvent:
+    cost = row["unit_cost"]
+    monthly = None
+    if cost and row["currency"]:
+        monthly = round(unassigned * (cost / 12 if row["period"] == "year" else cost), 2)
+    payload = {
+        "integration_id": row["integration_id"],
+        "tier": row["tier"],
+        "purchased": int(row["purchased"]),
+        "assigned": int(row["assigned"]),
+        "unassigned": unassigned,
+        "monthly_savings": monthly,
+        "currency": row["currency"] if monthly is not None else None,
+    }
+    subject = f"integration:{row['integration_id']}"
+    return NewEvent(row["tenant"], "seats.unassigned", subject, payload)

@@ -10,7 +10,7 @@ accounts it did not list; a partial one never removes anyone.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +191,33 @@ class Licenses(StoreBase):
             changed=changed,
             removed=removed,
         )
+
+    @retry_conflicts
+    def save_seats(self, tenant: str, integration_id: str, seats: Mapping[str, int]) -> None:
+        """The seats bought per tier, as the app's billing page says (validated by
+        licenses.ingest.parse_seats): they replace what was said before."""
+        now = self.clock.now()
+        with self.backend.transaction() as tx:
+            self._integration_of(tx, tenant, integration_id)
+            tx.execute(
+                "DELETE FROM license_seats WHERE integration_id = :i AND NOT"
+                f" {self.backend.member('tier', 'tiers')}",
+                {"i": integration_id, "tiers": self.backend.list_param(sorted(seats))},
+            )
+            for tier, purchased in sorted(seats.items()):
+                tx.execute(
+                    "INSERT INTO license_seats (tenant, integration_id, tier, purchased,"
+                    " updated_at, told_unassigned) VALUES (:tenant, :i, :tier, :n, :now, 0)"
+                    " ON CONFLICT (integration_id, tier) DO UPDATE SET purchased = :n,"
+                    " updated_at = :now",
+                    {
+                        "tenant": tenant,
+                        "i": integration_id,
+                        "tier": tier,
+                        "n": purchased,
+                        "now": now,
+                    },
+                )
 
     def list_licenses(
         self, license_filter: LicenseFilter

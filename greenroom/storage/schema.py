@@ -652,6 +652,16 @@ license_findings = Table(
     _partial_index("license_findings_open", "license_id", where="closed_at IS NULL", unique=True),
     Index("license_findings_tenant", "tenant", "state", "seq"),
 )
+license_seats = Table(
+    "license_seats",
+    metadata,
+    Column("tenant", String(200), nullable=False),
+    Column("integration_id", String(40), primary_key=True),
+    Column("tier", String(200), primary_key=True),
+    Column("purchased", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("told_unassigned", Integer, nullable=False),
+)
 license_digests = Table(
     "license_digests",
     metadata,

@@ -153,6 +153,17 @@ def upgrade() -> None:
     )
     op.create_index("license_findings_tenant", "license_findings", ["tenant", "state", "seq"])
     op.create_table(
+        "license_seats",
+        sa.Column("tenant", sa.String(200), nullable=False),
+        sa.Column("integration_id", sa.String(40), nullable=False),
+        sa.Column("tier", sa.String(200), nullable=False),
+        sa.Column("purchased", sa.Integer(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+        # The unassigned count last told (seats.unassigned is sent when it grows).
+        sa.Column("told_unassigned", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("integration_id", "tier"),
+    )
+    op.create_table(
         "license_digests",
         sa.Column("tenant", sa.String(200), nullable=False),
         sa.Column("day", sa.Integer(), nullable=False),
@@ -163,6 +174,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("license_digests")
+    op.drop_table("license_seats")
     op.drop_table("license_findings")
     op.drop_table("license_policies")
     op.drop_table("license_baselines")
