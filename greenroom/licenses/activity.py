@@ -24,7 +24,8 @@ def day_of(t: float) -> int:
 
 @dataclass(frozen=True)
 class Activity:
-    """Days a user was active, the last WINDOW_DAYS of them: bit i set = active on day `last_day - i`."""
+    """Days a user was active, the last WINDOW_DAYS of them: bit i set = active on day
+    `last_day - i`."""
 
     bits: int = 0
     last_day: int = 0  # meaningful only when bits != 0
@@ -62,7 +63,8 @@ class Activity:
 
     @classmethod
     def from_bytes(cls, data: bytes | None, last_day: int | None) -> Activity:
-        """Read what `to_bytes` wrote; bits without a last day cannot be placed, so they are refused."""
+        """Read what `to_bytes` wrote; bits without a last day cannot be placed, so they are
+        refused."""
         bits = int.from_bytes(data, "little") & _MASK if data else 0
         if not bits:
             return cls()
