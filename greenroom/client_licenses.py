@@ -157,9 +157,12 @@ class LicensesClient(_Http):
         integration: str | None = None,
         tenant: str | None = None,
     ) -> PolicyOut:
-        """Only the fields set on `change` are sent (one set to None clears it)."""
-        params = _params(integration=integration, tenant=tenant)
+        """Only the fields set on `change` are sent (one set to None clears it); a platform key
+        names the tenant, unless the integration says it."""
+        params = _params(integration=integration)
         body = change.model_dump(mode="json", exclude_unset=True)
+        if tenant is not None:
+            body["tenant"] = tenant
         response = self._request("PUT", "/v1/license-policy", json=body, params=params)
         return _parse(PolicyOut, response)
 

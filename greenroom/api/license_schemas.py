@@ -9,14 +9,15 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from greenroom.api.schedule_schemas import Moment, unix_time
 from greenroom.api.schemas import Body
 from greenroom.errors import InvalidInput
 from greenroom.licenses.ingest import MAX_BATCH
+from greenroom.licenses.policy import PolicyIn
 from greenroom.licenses.records import Finding, License, SavingsTotal
-from greenroom.rules import MAX_REASON, text
+from greenroom.rules import MAX_REASON, Name, text
 
 Verdict = Literal[
     "never_used", "idle", "underused", "active", "excluded", "inactive_at_source", "unknown"
@@ -118,6 +119,13 @@ class FindingActionIn(Body):
     )
     until: Moment | None = Field(None, description="snooze only: ISO 8601 or Unix time")
 
+    @field_validator("note")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must say why (it is audited)")
+        return value
+
     def until_unix(self) -> float | None:
         """`until` as Unix time; given for a snooze only, and a snooze must give it."""
         if (self.until is None) == (self.action == "snooze"):
@@ -176,6 +184,16 @@ class SavingsOut(BaseModel):
             items=[SavingsTotalOut.of(t) for t in found],
             totals=[totals[c] for c in sorted(totals)],
         )
+
+
+class PolicySet(PolicyIn):
+    """A change of the tenant's default or of one integration's override: fields left out
+    keep their value, null clears one."""
+
+    tenant: Name | None = Field(None, description="platform keys: the tenant whose policy")
+
+    def change(self) -> PolicyIn:
+        return PolicyIn.model_validate(self.model_dump(exclude={"tenant"}, exclude_unset=True))
 
 
 class PolicyOut(BaseModel):

@@ -20,6 +20,7 @@ from greenroom.api.license_schemas import (
     FindingStateFilter,
     LicenseOut,
     PolicyOut,
+    PolicySet,
     PushOut,
     SavingsOut,
     Sort,
@@ -34,7 +35,6 @@ from greenroom.api.schemas import Id, Page
 from greenroom.api.state import ApiState, get_state
 from greenroom.licenses.actions import act
 from greenroom.licenses.ingest import AccountRow, parse_accounts
-from greenroom.licenses.policy import PolicyIn
 from greenroom.rules import MAX_NAME, Name, text
 from greenroom.storage.findings import FindingFilter
 from greenroom.storage.licenses import LicenseFilter
@@ -258,17 +258,13 @@ def get_policy(
 
 @router.put("/license-policy", response_model=PolicyOut, responses=NO_INTEGRATION)
 def set_policy(
-    body: PolicyIn,
-    state: State,
-    who: Caller = Admin,
-    integration: IntegrationQuery = None,
-    tenant: TenantQuery = None,
+    body: PolicySet, state: State, who: Caller = Admin, integration: IntegrationQuery = None
 ) -> PolicyOut:
     """Change the tenant's default, or with an integration its override: fields left out stay
     as they are, null clears one (back to the default). The licenses it governs are judged
     again on the next pass. Audited."""
-    owner = _policy_tenant(state, who, tenant, integration)
+    owner = _policy_tenant(state, who, body.tenant, integration)
     changed = state.store.findings.set_policy(
-        owner, body, integration_id=integration, actor=who.actor
+        owner, body.change(), integration_id=integration, actor=who.actor
     )
     return PolicyOut(**changed)
