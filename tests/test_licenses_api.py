@@ -206,7 +206,7 @@ def _finding(c: httpx.Client, user: str) -> dict[str, Any]:
 def test_findings_are_kept_snoozed_and_reclaimed_once(api: ApiSetup) -> None:
     hr, crm = integration(api, "acme", "hr"), integration(api, "acme")
     with api.as_("acme", Role.OPERATOR) as c:
-        _ok(push(c, hr, [account(u, 200, cost=20) for u in ("ann", "ben", "col")]))
+        _ok(push(c, hr, [account(u, 200, cost=20) for u in ("ann", "ben", "col", "dan")]))
         _ok(push(c, crm, [account("dee", 200)]))
     api.app.store.license_pass.judge_due()
     with api.as_("acme", Role.OPERATOR) as c:
@@ -232,27 +232,34 @@ def test_findings_are_kept_snoozed_and_reclaimed_once(api: ApiSetup) -> None:
         run_id = reclaimed["action_run_id"]
         assert reclaimed["state"] == "actioned" and run_id
         assert _ok(act(col, action="reclaim", note="again"))["action_run_id"] == run_id
+        dan = _ok(act(_finding(c, "dan"), action="reclaim", note="left too"))
+        assert dan["action_run_id"] not in (None, run_id)
         run = _ok(c.get(f"/v1/runs/{run_id}"))
         assert run["workflow"] == "hr.deactivate" and run["input"] == {"email": "col@example.com"}
         assert run["labels"]["integration"] == hr and run["labels"]["finding"] == col["id"]
         assert run["idempotency_key"] == f"finding:{col['id']}:reclaim"
         no_way = act(_finding(c, "dee"), action="reclaim", note="crm cannot")
         assert "deactivate" in assert_problem(no_way, 409)["detail"]
-    # The account is gone at the source: the finding closes as reclaimed.
+    # One account is deactivated at the source, the other no longer listed: both findings
+    # close as reclaimed.
+    listed = [account(u, 200, cost=20) for u in ("ann", "ben")]
+    listed.append(account("col", 200, cost=20, status="deactivated"))
     with api.as_("acme", Role.OPERATOR) as c:
-        _ok(push(c, hr, [account("col", 200, cost=20, status="deactivated")]))
+        assert _ok(push(c, hr, listed, complete="true"))["removed"] == 1
     api.app.store.license_pass.judge_due()
     with api.as_("acme", Role.ADMIN) as c:
         closed = _finding(c, "col")
         assert closed["state"] == "closed" and closed["outcome"] == "reclaimed", closed
         assert_problem(act(closed, action="keep", note="too late"), 409)
+        removed = _finding(c, "dan")
+        assert removed["state"] == "closed" and removed["outcome"] == "reclaimed", removed
         totals = _ok(c.get("/v1/savings"))
     by_integration = {t["integration_id"]: t for t in totals["items"]}
-    assert by_integration[hr]["realized"] == 20.0 and by_integration[hr]["reclaimed"] == 1
+    assert by_integration[hr]["realized"] == 40.0 and by_integration[hr]["reclaimed"] == 2
     assert by_integration[hr]["available"] == 0.0, "kept and snoozed findings are not counted"
     assert by_integration[crm]["available"] == 10.0
     assert totals["totals"] == [
-        {"currency": "USD", "available": 10.0, "realized": 20.0, "open_findings": 3, "reclaimed": 1}
+        {"currency": "USD", "available": 10.0, "realized": 40.0, "open_findings": 3, "reclaimed": 2}
     ]
 
 

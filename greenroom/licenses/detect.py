@@ -40,7 +40,9 @@ RECENT_DAYS = 30
 MIN_THRESHOLD_DAYS = 14
 MAX_THRESHOLD_DAYS = 120
 #: Reason codes that mean the seat is gone at the source (see `findings`: an actioned reclaim ends).
-RECLAIMED_CODES = frozenset({"deactivated_at_source", "deactivated_at_idp", "unpaid"})
+RECLAIMED_CODES = frozenset(
+    {"deactivated_at_source", "deactivated_at_idp", "unpaid", "removed_at_source"}
+)
 _INACTIVE = ("deactivated", "suspended")
 
 

@@ -197,8 +197,6 @@ class LicensePass(StoreBase):
 
     def _close(self, tx: Tx, current: Row, verdict: Verdict, now: float) -> None:
         outcome = "reclaimed" if verdict.reason_code in detect.RECLAIMED_CODES else "resolved"
-        if verdict.reason_code == "removed_at_source":
-            outcome = "reclaimed"
         tx.execute(
             "UPDATE license_findings SET state = 'closed', closed_at = :now, updated_at = :now,"
             " outcome = :outcome WHERE id = :id",

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from greenroom.api.auth import Admin, Caller, Operator, Viewer
 from greenroom.api.database import DatabaseRoute
 from greenroom.api.license_schemas import (
+    CURSOR_PATTERN,
     Confidence,
     FindingActionIn,
     FindingOut,
@@ -46,7 +47,7 @@ IntegrationQuery = Annotated[Id | None, Query(description="one integration's")]
 SortQuery = Annotated[Sort, Query(description="savings: largest first; recent: newest first")]
 CursorQuery = Annotated[
     str | None,
-    Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the last page"),
+    Query(max_length=80, pattern=CURSOR_PATTERN, description="next_cursor of the last page"),
 ]
 Limit = Annotated[int, Query(ge=1, le=500)]
 NO_INTEGRATION = responses(c404="no such integration (or another tenant's)")
@@ -98,11 +99,14 @@ async def push_accounts(
     ] = None,
 ) -> PushOut:
     """Accounts read by your own sync of the integration's app: a JSON array of account rows
-    (application/json), or one row per line (application/x-ndjson, blank lines skipped). At most
-    10,000 rows per request and the server's body limit (`api_max_body_bytes`, 413 beyond); a
-    larger sync sends pages under one `sync` id, the last one with `complete=true` to remove the
-    accounts no page listed. A bad row refuses the whole request (422 naming `accounts[i].field`):
-    a push is applied entirely or not at all. Without `sync`, each request is its own sync."""
+    (application/json), or one row per line (application/x-ndjson, blank lines skipped).
+
+    Two limits: at most 10,000 rows per request (422), and the server's body limit,
+    GREENROOM_API_MAX_BODY_BYTES (1,000,000 bytes by default, about 4,000 rows of 250 bytes;
+    413 beyond). A larger sync sends pages under one `sync` id, the last one with
+    `complete=true` to remove the accounts no page of that sync listed. A bad row refuses the
+    whole request (422 naming `accounts[i].field`): a push is applied entirely or not at all.
+    Without `sync`, each request is its own sync."""
     accounts = state.store.accounts
     integration = await run_in_threadpool(accounts.integration, integration_id, tenant=who.tenant)
     raw = await request.body()
