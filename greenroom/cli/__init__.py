@@ -85,7 +85,7 @@ UrlOpt = Annotated[
         envvar="GREENROOM_URL",
         help="Act on this greenroom server through its API instead of on a database "
         "(every command but db, worker, api, up, demo, demo-saas, doctor, events prune,"
-        " secrets reseal).",
+        " secrets reseal, licenses pass).",
         show_default=False,
     ),
 ]

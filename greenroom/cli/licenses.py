@@ -351,8 +351,10 @@ def licenses_push(
 
 @licenses_cli.command("pass")
 def licenses_pass(ctx: typer.Context, db: DbOpt = None) -> None:
-    """Run the license pass now on a database (workers run it every few minutes): stale data,
-    baselines and digests, then every license that is due."""
+    """Run the license pass now on a database (as every worker does every few minutes).
+
+    Marks stale data, learns baselines again where due, sends the day's digests, then judges
+    every license that is due."""
     with local_license_operations(ctx, db) as local:
         done = local.run_pass()
     events = ", ".join(f"{n} {kind}" for kind, n in sorted(done.events.items())) or "none"

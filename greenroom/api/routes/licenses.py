@@ -53,7 +53,7 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 NO_INTEGRATION = responses(c404="no such integration (or another tenant's)")
 NO_FINDING = responses(c404="no such finding (or another tenant's)")
 JSON_TYPES = ("application/json",)
-NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-seq")
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl")
 
 _PUSH_BODY: dict[str, Any] = {
     "requestBody": {
@@ -81,7 +81,6 @@ def _accounts(content_type: str, raw: bytes) -> list[AccountRow]:
 @router.post(
     "/integrations/{integration_id}/accounts",
     response_model=PushOut,
-    tags=["licenses"],
     openapi_extra=_PUSH_BODY,
     responses={**NO_INTEGRATION, **responses(c415="neither JSON nor NDJSON")},
 )
