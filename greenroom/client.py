@@ -17,14 +17,12 @@ not answer raises ApiUnreachable.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypedDict, TypeVar, Unpack
-from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, TypeAdapter
 
 from greenroom.api.delivery_schemas import (
     DeliveryAttemptOut,
@@ -75,6 +73,8 @@ from greenroom.api.schemas import (
     WorkerOut,
     WorkflowOut,
 )
+from greenroom.client_http import _body, _pages, _params, _parse, _q
+from greenroom.client_licenses import LicensesClient
 from greenroom.errors import ConfigError, Conflict, GreenroomError, InvalidInput, NotFound
 from greenroom.model import RunState
 
@@ -175,43 +175,7 @@ class EventFilters(TypedDict, total=False):
     tenant: str | None
 
 
-_ADAPTERS: dict[object, TypeAdapter[Any]] = {}
-
-
-def _parse(tp: type[T], response: httpx.Response) -> T:
-    adapter = _ADAPTERS.get(tp) or _ADAPTERS.setdefault(tp, TypeAdapter(tp))
-    parsed: T = adapter.validate_json(response.content)
-    return parsed
-
-
-def _body(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_unset=True)
-
-
-def _params(**given: Any) -> dict[str, Any]:
-    """Query parameters: None is left out, times go as ISO 8601."""
-    return {
-        k: v.isoformat() if isinstance(v, datetime) else v
-        for k, v in given.items()
-        if v is not None
-    }
-
-
-def _q(segment: str) -> str:
-    return quote(segment, safe="")
-
-
-def _pages(fetch: Callable[[str | None], Page[T]]) -> Iterator[T]:
-    cursor = None
-    while True:
-        page = fetch(cursor)
-        yield from page.items
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
-
-
-class Client:
+class Client(LicensesClient):
     """A connection to one greenroom API server, acting with one API key."""
 
     def __init__(self, url: str, key: str, *, timeout: float = 30.0) -> None:

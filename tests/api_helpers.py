@@ -9,7 +9,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,8 +119,14 @@ class ApiSetup:
 
 
 @contextlib.contextmanager
-def api_setup(db_url: str, **settings: Any) -> Iterator[ApiSetup]:
+def api_setup(
+    db_url: str, extend: Callable[[App], object] | None = None, **settings: Any
+) -> Iterator[ApiSetup]:
+    """The server over the test app; `extend` declares more of the app (connectors,
+    workflows) before the API starts."""
     app = build_app(db_url, **settings)
+    if extend is not None:
+        extend(app)
     store = app.store
     _, platform = create_key(
         store.accounts, tenant=None, role=Role.PLATFORM, name="ops", actor="test"

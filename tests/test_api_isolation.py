@@ -60,6 +60,8 @@ class World:
     schedule: str
     delivery: int
     event: int
+    license: str
+    finding: str
     #: Every string in it that is this tenant's data, for leak checks.
     markers: frozenset[str]
 
@@ -177,6 +179,7 @@ async def _build(api: ApiSetup, tenant: str) -> World:
         [group] = _ok(c.get("/v1/errors"))
         detail = _ok(c.get(f"/v1/runs/{synced}"))
     assert detail["steps"] and detail["state"] == "succeeded"
+    license, finding = _idle_license(api, tenant, integration)
     markers = {
         integration,
         f"{tenant} payroll",
@@ -200,6 +203,9 @@ async def _build(api: ApiSetup, tenant: str) -> World:
         schedule["id"],
         f"{tenant} nightly schedule",
         f"{tenant}-schedule-input-marker",
+        license,
+        finding,
+        f"{tenant}-seat-marker",
     }
     return World(
         tenant=tenant,
@@ -213,8 +219,29 @@ async def _build(api: ApiSetup, tenant: str) -> World:
         schedule=schedule["id"],
         delivery=delivery["id"],
         event=delivery["event_id"],
+        license=license,
+        finding=finding,
         markers=frozenset(markers),
     )
+
+
+def _idle_license(api: ApiSetup, tenant: str, integration: str) -> tuple[str, str]:
+    """A license pushed for the integration, idle long enough for the pass to open a finding."""
+    long_ago = time.time() - 300 * 86400
+    row = {
+        "user_id": f"{tenant}-seat-marker",
+        "unit_cost": 12,
+        "currency": "EUR",
+        "assigned_at": long_ago,
+        "last_active": long_ago,
+    }
+    with api.as_(tenant, Role.OPERATOR) as c:
+        _ok(c.post(f"/v1/integrations/{integration}/accounts", json=[row]))
+    api.app.store.license_pass.judge_due()
+    with api.as_(tenant, Role.VIEWER) as c:
+        [license] = _ok(c.get("/v1/licenses"))["items"]
+    assert license["finding_id"], license
+    return license["id"], license["finding_id"]
 
 
 @pytest.fixture
@@ -459,6 +486,48 @@ def isolation_probes(
         ],
         ("GET", "/v1/schedules/{schedule_id}/firings"): [probe("GET", f"{sched}/firings")],
         ("DELETE", "/v1/schedules/{schedule_id}"): [probe("DELETE", sched)],
+        **license_probes(g),
+    }
+
+
+def license_probes(g: World) -> dict[Op, list[Probe]]:
+    """acme's admin key at globex's licenses, findings and policy."""
+    finding, mine = f"/v1/findings/{g.finding}", {"grace_days": 1}
+    return {
+        ("POST", "/v1/integrations/{integration_id}/accounts"): [
+            probe("POST", f"/v1/integrations/{g.integration}/accounts", [{"user_id": "probe"}])
+        ],
+        ("GET", "/v1/licenses"): [
+            probe("GET", "/v1/licenses", None, 200, check=_empty),
+            probe("GET", "/v1/licenses?tenant=globex", None, 403),
+            probe("GET", f"/v1/licenses?integration={g.integration}", None, 200, check=_empty),
+        ],
+        ("GET", "/v1/licenses/{license_id}"): [probe("GET", f"/v1/licenses/{g.license}")],
+        ("GET", "/v1/findings"): [
+            probe("GET", "/v1/findings?open=false", None, 200, check=_empty),
+            probe("GET", "/v1/findings?tenant=globex", None, 403),
+            probe("GET", f"/v1/findings?integration={g.integration}", None, 200, check=_empty),
+        ],
+        ("GET", "/v1/findings/{finding_id}"): [probe("GET", finding)],
+        ("POST", "/v1/findings/{finding_id}/actions"): [
+            probe("POST", f"{finding}/actions", {"action": "keep", "note": "probing"}),
+            probe("POST", f"{finding}/actions", {"action": "reclaim", "note": "probing"}),
+        ],
+        ("GET", "/v1/savings"): [
+            probe(
+                "GET", "/v1/savings", None, 200, check=lambda b: b == {"items": [], "totals": []}
+            ),
+            probe("GET", "/v1/savings?tenant=globex", None, 403),
+        ],
+        ("GET", "/v1/license-policy"): [
+            probe("GET", "/v1/license-policy", None, 200),
+            probe("GET", f"/v1/license-policy?integration={g.integration}"),
+            probe("GET", "/v1/license-policy?tenant=globex", None, 403),
+        ],
+        ("PUT", "/v1/license-policy"): [
+            probe("PUT", f"/v1/license-policy?integration={g.integration}", mine),
+            probe("PUT", "/v1/license-policy", {**mine, "tenant": "globex"}, 403),
+        ],
     }
 
 
@@ -534,6 +603,12 @@ def _globex_is_untouched(api: ApiSetup, g: World) -> None:
         assert schedule["every_seconds"] == 3600 and schedule["integration"] is None
         assert schedule["fired"] == 0 and _ok(c.get(f"/v1/schedules/{g.schedule}/firings")) == []
         assert [s["id"] for s in _ok(c.get("/v1/schedules"))] == [g.schedule]
+        finding = _ok(c.get(f"/v1/findings/{g.finding}"))
+        assert finding["state"] == "notified" and finding["action_run_id"] is None
+        assert _ok(c.get(f"/v1/licenses/{g.license}"))["user_id"] == "globex-seat-marker"
+        assert _ok(c.get("/v1/license-policy"))["grace_days"] == 60
+        policy = _ok(c.get("/v1/license-policy", params={"integration": g.integration}))
+        assert policy["grace_days"] == 60
         # With globex's pause lifted its run goes: acme's pause of the queue holds acme's only.
         lifted = c.post(f"/v1/pauses/{g.pause}/resume", json={"reason": "done"})
         assert _ok(lifted) == {"resumed": 1}
@@ -600,6 +675,9 @@ def test_a_platform_key_sees_every_tenant(api: ApiSetup, globex: World) -> None:
         assert tenants("/v1/schedules?tenant=globex") == {"globex"}
         assert _ok(c.get(f"/v1/schedules/{globex.schedule}"))["tenant"] == "globex"
         assert _ok(c.get(f"/v1/events/{globex.event}"))["tenant"] == "globex"
+        assert tenants("/v1/licenses") == tenants("/v1/findings") == {"globex"}
+        assert _ok(c.get(f"/v1/findings/{globex.finding}"))["tenant"] == "globex"
+        assert _ok(c.get(f"/v1/licenses/{globex.license}"))["tenant"] == "globex"
         counts = _ok(c.get("/v1/queues/default?tenant=globex"))["counts"]
         assert counts == {"succeeded": 1, "failed": 1, "paused": 1}
         art = c.get(f"/v1/runs/{globex.runs['failed']}/artifacts/{globex.artifact}")
@@ -640,6 +718,16 @@ NEEDS: dict[Op, Role | None] = {
     ("GET", "/v1/integrations/{integration_id}"): Role.VIEWER,
     ("PATCH", "/v1/integrations/{integration_id}"): Role.ADMIN,
     ("PUT", "/v1/integrations/{integration_id}/credentials"): Role.ADMIN,
+    # Before the integration is deleted: these act on its licenses.
+    ("POST", "/v1/integrations/{integration_id}/accounts"): Role.OPERATOR,
+    ("GET", "/v1/licenses"): Role.VIEWER,
+    ("GET", "/v1/licenses/{license_id}"): Role.VIEWER,
+    ("GET", "/v1/findings"): Role.VIEWER,
+    ("GET", "/v1/findings/{finding_id}"): Role.VIEWER,
+    ("POST", "/v1/findings/{finding_id}/actions"): Role.ADMIN,
+    ("GET", "/v1/savings"): Role.VIEWER,
+    ("GET", "/v1/license-policy"): Role.VIEWER,
+    ("PUT", "/v1/license-policy"): Role.ADMIN,
     ("DELETE", "/v1/integrations/{integration_id}"): Role.ADMIN,
     ("GET", "/v1/errors"): Role.VIEWER,
     ("GET", "/v1/audit"): Role.VIEWER,
@@ -805,6 +893,27 @@ def role_requests(a: World, gone: Throwaway) -> dict[Op, Probe]:
         ("DELETE", "/v1/schedules/{schedule_id}"): probe(
             "DELETE", f"/v1/schedules/{gone.schedule}"
         ),
+        **license_requests(a),
+    }
+
+
+def license_requests(a: World) -> dict[Op, Probe]:
+    """One request per license operation on acme's own licenses, findings and policy."""
+    policy = f"/v1/license-policy?integration={a.integration}"
+    return {
+        ("POST", "/v1/integrations/{integration_id}/accounts"): probe(
+            "POST", f"/v1/integrations/{a.integration}/accounts", [{"user_id": "role-matrix"}]
+        ),
+        ("GET", "/v1/licenses"): probe("GET", "/v1/licenses"),
+        ("GET", "/v1/licenses/{license_id}"): probe("GET", f"/v1/licenses/{a.license}"),
+        ("GET", "/v1/findings"): probe("GET", "/v1/findings"),
+        ("GET", "/v1/findings/{finding_id}"): probe("GET", f"/v1/findings/{a.finding}"),
+        ("POST", "/v1/findings/{finding_id}/actions"): probe(
+            "POST", f"/v1/findings/{a.finding}/actions", {"action": "keep", "note": "role matrix"}
+        ),
+        ("GET", "/v1/savings"): probe("GET", "/v1/savings"),
+        ("GET", "/v1/license-policy"): probe("GET", policy),
+        ("PUT", "/v1/license-policy"): probe("PUT", policy, {"grace_days": 30}),
     }
 
 

@@ -16,6 +16,7 @@ from greenroom.api.routes import (
     events,
     health,
     integrations,
+    licenses,
     observe,
     runs,
     schedules,
@@ -46,6 +47,7 @@ def create_api(app: App) -> FastAPI:
             {"name": "integrations", "description": "Connectors and each tenant's integrations."},
             {"name": "schedules", "description": "Runs at cron or interval slots."},
             {"name": "events", "description": "What happened, in commit order (docs/events.md)."},
+            {"name": "licenses", "description": "Unused licenses and their findings."},
         ],
     )
     api.state.greenroom = ApiState(
@@ -66,6 +68,7 @@ def create_api(app: App) -> FastAPI:
         subscriptions,
         observe,
         accounts,
+        licenses,
     ):
         api.include_router(module.router, responses=problems.COMMON)
     api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)

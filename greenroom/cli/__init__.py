@@ -85,7 +85,7 @@ UrlOpt = Annotated[
         envvar="GREENROOM_URL",
         help="Act on this greenroom server through its API instead of on a database "
         "(every command but db, worker, api, up, demo, demo-saas, doctor, events prune,"
-        " secrets reseal).",
+        " secrets reseal, licenses pass).",
         show_default=False,
     ),
 ]
@@ -332,6 +332,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "runs": ("runs",),
     "schedules": ("schedules",),
     "events": ("events",),
+    "licenses": ("licenses",),
     **dict.fromkeys(("subscriptions", "deliveries"), ("deliveries",)),
     **dict.fromkeys(("queues", "pause", "resume", "pauses"), ("controls",)),
     **dict.fromkeys(("tenants", "keys", "integrations", "secrets"), ("controls", "accounts")),
@@ -346,6 +347,7 @@ ALL_MODULES = (
     "deliveries",
     "engine",
     "events",
+    "licenses",
     "runs",
     "saas",
     "schedules",
