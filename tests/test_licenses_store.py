@@ -359,3 +359,19 @@ def test_unassigned_seats_are_told_when_their_number_grows(acme: RunStore) -> No
     save(acme, [account(f"u{i}", now) for i in range(50)], sync="s3")  # all assigned
     assert acme.license_upkeep.unassigned_seats() == 0
     assert event_count(acme, "seats.unassigned") == 2
+
+
+def test_a_deleted_integration_takes_its_licenses_and_findings(
+    acme: RunStore, clock: ManualClock
+) -> None:
+    start = clock.now()
+    daily(acme, clock, 2, lambda now: [account("idle", start - 40 * DAY)])
+    acme.findings.set_policy("acme", PolicyIn(grace_days=10), integration_id="i1", actor="a")
+    acme.accounts.delete_integration("i1", actor="op")
+    with acme.backend.transaction(write=False) as tx:
+        left = {
+            table: tx.execute(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]
+            for table in ("licenses", "license_findings", "license_sources", "license_policies")
+        }
+    assert left == dict.fromkeys(left, 0)
+    assert acme.findings.savings(tenant="acme") == []

@@ -23,6 +23,7 @@ from greenroom.rules import (
 from greenroom.storage.backend import Backend, Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
 from greenroom.storage.codec import dumps, integration_from_row, key_from_row, tenant_from_row
+from greenroom.storage.licenses import forget_integration
 from greenroom.storage.lifecycle import summaries
 from greenroom.storage.outbox import NewEvent, emit
 
@@ -311,6 +312,7 @@ class Accounts(StoreBase):
         with self.backend.transaction() as tx:
             current = self._integration(tx, integration_id, tenant)
             tx.execute("DELETE FROM integrations WHERE id = :id", {"id": integration_id})
+            forget_integration(tx, integration_id)
             self._audit(
                 tx,
                 tenant=current.tenant,

@@ -120,6 +120,20 @@ def policy_of(tx: Tx, tenant: str, integration_id: str) -> tuple[Policy, float]:
     return merged(layers.get("", {}), layers.get(integration_id, {}))
 
 
+def forget_integration(tx: Tx, integration_id: str) -> None:
+    """A deleted integration's licenses, findings and settings go with it (licenses first: the
+    order the pass locks them in)."""
+    for table in (
+        "licenses",
+        "license_findings",
+        "license_sources",
+        "license_baselines",
+        "license_seats",
+        "license_policies",
+    ):
+        tx.execute(f"DELETE FROM {table} WHERE integration_id = :i", {"i": integration_id})
+
+
 def activity_of(row: Row, *, strict: bool = True) -> Activity:
     """A row's activity; an unreadable one raises ValueError, or reads as none when not
     `strict` (to show a license, or learn a baseline, rather than fail)."""
