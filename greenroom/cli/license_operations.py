@@ -31,9 +31,9 @@ from greenroom.errors import InvalidInput
 from greenroom.licenses import actions
 from greenroom.licenses.ingest import AccountRow, parse_accounts
 from greenroom.licenses.policy import PolicyIn
+from greenroom.licenses.runner import judge_all, upkeep
 from greenroom.schedules.service import DEFAULT_TENANT
 from greenroom.storage.findings import FindingFilter
-from greenroom.storage.license_pass import BATCH
 from greenroom.storage.licenses import LicenseFilter
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ class PassDone:
 
     stale: int
     baselines: int
+    seats: int
     digests: int
     judged: int
     opened: int
@@ -209,34 +210,18 @@ class LocalLicenseOperations:
         return PolicyOut(**changed)
 
     def run_pass(self) -> PassDone:
-        """The license loop's work, now: upkeep, then judge batches until one is not full."""
-        upkeep = self.store.license_upkeep
-        stale, baselines, digests = (
-            upkeep.mark_stale(),
-            upkeep.relearn_baselines(),
-            upkeep.digest(),
-        )
-        judged = opened = closed = 0
-        events: dict[str, int] = {}
-        while True:
-            batch = self.store.license_pass.judge_due()
-            judged, opened, closed = (
-                judged + batch.licenses,
-                opened + batch.opened,
-                closed + batch.closed,
-            )
-            for kind, n in batch.events.items():
-                events[kind] = events.get(kind, 0) + n
-            if batch.licenses < BATCH:
-                break
+        """The license loop's work, now: upkeep, then every due license."""
+        done = upkeep(self.store)
+        judged = judge_all(self.store)
         return PassDone(
-            stale=stale,
-            baselines=baselines,
-            digests=digests,
-            judged=judged,
-            opened=opened,
-            closed=closed,
-            events=events,
+            stale=done["stale"],
+            baselines=done["baselines"],
+            seats=done["seats"],
+            digests=done["digests"],
+            judged=judged.licenses,
+            opened=judged.opened,
+            closed=judged.closed,
+            events=judged.events,
         )
 
     def _owner(self, integration: str | None, tenant: str | None) -> str:

@@ -353,13 +353,13 @@ def licenses_push(
 def licenses_pass(ctx: typer.Context, db: DbOpt = None) -> None:
     """Run the license pass now on a database (as every worker does every few minutes).
 
-    Marks stale data, learns baselines again where due, sends the day's digests, then judges
-    every license that is due."""
+    Marks stale data, learns baselines again where due, tells unassigned seats, sends the day's
+    digests, then judges every license that is due."""
     with local_license_operations(ctx, db) as local:
         done = local.run_pass()
     events = ", ".join(f"{n} {kind}" for kind, n in sorted(done.events.items())) or "none"
     out.print(
         f"judged {done.judged} licenses: {done.opened} findings opened, {done.closed} closed;"
         f" events: {events}; stale integrations: {done.stale}, baselines learned:"
-        f" {done.baselines}, digests: {done.digests}"
+        f" {done.baselines}, seat counts told: {done.seats}, digests: {done.digests}"
     )

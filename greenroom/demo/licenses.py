@@ -8,9 +8,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from greenroom.licenses.records import Finding
+from greenroom.licenses.runner import judge_all, upkeep
 from greenroom.storage import RunStore
 from greenroom.storage.findings import FindingFilter
-from greenroom.storage.license_pass import BATCH
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,9 +25,8 @@ class LicenseReport:
 
 
 def judge_licenses(store: RunStore, tenant: str) -> LicenseReport:
-    store.license_upkeep.relearn_baselines()
-    while store.license_pass.judge_due().licenses >= BATCH:
-        pass
+    upkeep(store)
+    judge_all(store)
     found: list[Finding] = []
     after = None
     while True:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from greenroom.storage.license_pass import BATCH
+from greenroom.storage.license_pass import BATCH, Judged
 
 if TYPE_CHECKING:
     from greenroom.settings import Settings
@@ -49,25 +49,38 @@ class LicenseLoop:
                     self._stopping.wait(), timeout=self.settings.license_pass_seconds
                 )
 
-    async def judge(self) -> int:
-        """Judge batches until none is full (or the worker stops); how many licenses."""
-        judged = 0
+    async def judge(self) -> None:
+        """Judge batches until none is full (or the worker stops)."""
         while not self._stopping.is_set():
             batch = await asyncio.to_thread(self.store.license_pass.judge_due)
-            judged += batch.licenses
             if batch.events:
                 log.info("licenses judged", licenses=batch.licenses, events=batch.events)
             if batch.licenses < BATCH:
-                break
-        return judged
+                return
 
     def upkeep(self) -> None:
-        upkeep = self.store.license_upkeep
-        done = {
-            "stale": upkeep.mark_stale(),
-            "baselines": upkeep.relearn_baselines(),
-            "seats": upkeep.unassigned_seats(),
-            "digests": upkeep.digest(),
-        }
+        done = upkeep(self.store)
         if any(done.values()):
             log.info("license upkeep", **done)
+
+
+def upkeep(store: RunStore) -> dict[str, int]:
+    """The loop's upkeep, once: integrations gone stale, baselines learned again, seats
+    unassigned and the day's digests; how many of each."""
+    kept = store.license_upkeep
+    return {
+        "stale": kept.mark_stale(),
+        "baselines": kept.relearn_baselines(),
+        "seats": kept.unassigned_seats(),
+        "digests": kept.digest(),
+    }
+
+
+def judge_all(store: RunStore) -> Judged:
+    """Judge every due license now, batch after batch (the command line and the demo)."""
+    judged = Judged()
+    while True:
+        batch = store.license_pass.judge_due()
+        judged.add(batch)
+        if batch.licenses < BATCH:
+            return judged

@@ -73,6 +73,13 @@ class Judged:
     closed: int = 0
     events: dict[str, int] = field(default_factory=dict)
 
+    def add(self, other: Judged) -> None:
+        self.licenses += other.licenses
+        self.opened += other.opened
+        self.closed += other.closed
+        for kind, n in other.events.items():
+            self.events[kind] = self.events.get(kind, 0) + n
+
 
 @dataclass(frozen=True)
 class _App:
