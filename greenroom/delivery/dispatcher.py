@@ -17,10 +17,6 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import Any, TypeVar
 
 import structlog
 
@@ -29,8 +25,8 @@ from greenroom.model import Channel
 from greenroom.settings import Settings
 from greenroom.storage.dispatch import Claimed, Finished
 from greenroom.storage.store import RunStore
+from greenroom.storage.threads import StoreThreads
 
-T = TypeVar("T")
 log = structlog.get_logger("greenroom.delivery")
 
 #: How often an idle worker looks for new events and due deliveries.
@@ -55,7 +51,7 @@ class Dispatcher:
         self._work = asyncio.Event()
         #: Set when sends have results to write.
         self._finished = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="delivery")
+        self._db = StoreThreads(3, "delivery")
         # Deliveries can take as long as their timeout, then wait for the next flush.
         self.lease_seconds = settings.delivery_timeout_seconds * 2 + 10.0
 
@@ -82,11 +78,7 @@ class Dispatcher:
             await asyncio.gather(*loops, return_exceptions=True)
             await self._flush()
             await sender.close()
-            self._executor.shutdown(wait=False)
-
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+            self._db.shutdown(wait=False)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, or less if the dispatcher is stopped."""

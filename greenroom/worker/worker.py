@@ -9,10 +9,8 @@ import secrets
 import signal
 import socket
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -27,6 +25,7 @@ from greenroom.settings import Settings, redact
 from greenroom.storage import RunStore
 from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.runs import ControlRequests
+from greenroom.storage.threads import StoreThreads
 from greenroom.storage.writes import End
 from greenroom.worker.execute import Outcome, OutcomeKind, RunServices, execute_workflow
 from greenroom.worker.isolated import IsolatedRun
@@ -36,7 +35,6 @@ from greenroom.worker.stats import WorkerStats
 from greenroom.worker.writer import RunWriter
 from greenroom.workflow import Workflow
 
-T = TypeVar("T")
 log = structlog.get_logger("greenroom.worker")
 SETTINGS_REFRESH_SECONDS = 2.0
 LIVENESS_CHECK_SECONDS = 0.05
@@ -90,7 +88,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stop_requested = False
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
+        self._db = StoreThreads(4, "greenroom-db")
         self.writer = RunWriter(self.store.runs, self._db)
         self._renewed_at = 0.0
         self.memory = MemoryAdmission(
@@ -112,10 +110,6 @@ class Worker:
     @property
     def store(self) -> RunStore:
         return self.app.store
-
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     def wake(self) -> None:
         """Thread-safe: there may be work to claim."""
@@ -209,7 +203,7 @@ class Worker:
             self.log.warning("could not mark worker stopped", error=str(exc))
         if self._liveness is not None:
             self._liveness.close()
-        self._executor.shutdown(wait=True)
+        self._db.shutdown(wait=True)
         self.log.info("worker stopped", **self.stats.__dict__)
 
     # -- loops -----------------------------------------------------------------------------
