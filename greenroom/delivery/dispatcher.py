@@ -80,15 +80,10 @@ class Dispatcher:
             await sender.close()
             self._db.shutdown(wait=False)
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, or less if the dispatcher is stopped."""
+    async def _poll(self, event: asyncio.Event) -> None:
+        """Until `event` is set (there is work, or a stop), or the poll interval has passed."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-
-    async def _wait_for_work(self) -> None:
-        """Until there may be deliveries to claim, or the poll interval has passed."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._work.wait(), timeout=POLL_SECONDS)
+            await asyncio.wait_for(event.wait(), timeout=POLL_SECONDS)
 
     async def _fan_out_loop(self) -> None:
         while not self._stopping.is_set():
@@ -100,7 +95,7 @@ class Dispatcher:
             if read:
                 self._work.set()
             if read < FAN_OUT_BATCH:
-                await self._pause(POLL_SECONDS)
+                await self._poll(self._stopping)
 
     async def _send_loop(self, sender: Sender) -> None:
         limit = self.settings.delivery_concurrency
@@ -127,7 +122,7 @@ class Dispatcher:
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
             if not claimed:
-                await self._wait_for_work()
+                await self._poll(self._work)
 
     async def _send(self, sender: Sender, group: list[Claimed]) -> None:
         subscription = group[0].subscription
