@@ -14,8 +14,8 @@ from rich.table import Table
 
 from greenroom.api.schedule_schemas import BackfillIn, ScheduleCreate, ScheduleOut, ScheduleUpdate
 from greenroom.cli import ActorOpt, DbOpt, JsonOpt, cli, out, print_json
+from greenroom.cli.connect import operations
 from greenroom.cli.display import ago, number
-from greenroom.cli.operations import operations
 from greenroom.cli.parse import parse_duration, parse_input, parse_iso, parse_labels, parse_time
 from greenroom.errors import InvalidInput
 
