@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from greenroom.api.schemas import Body
-from greenroom.delivery.render import shown_url
-from greenroom.model import Channel, Delivery, DeliveryAttempt, Subscription
+from greenroom.delivery.render import shown_endpoint
+from greenroom.model import Delivery, DeliveryAttempt, Subscription
 from greenroom.rules import MAX_REASON, Labels, Name, text
 from greenroom.storage.events import TYPE_PATTERN
 from greenroom.storage.subscriptions import MAX_IN_FLIGHT, MAX_TYPES, SubscriptionSpec
@@ -86,7 +86,7 @@ class SubscriptionOut(BaseModel):
             id=s.id,
             tenant=s.tenant,
             channel=s.channel.value,
-            url=shown_url(s.url) if s.channel is Channel.SLACK else s.url,
+            url=shown_endpoint(s),
             description=s.description,
             types=s.types,
             labels=s.labels,

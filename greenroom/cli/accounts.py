@@ -29,9 +29,10 @@ from greenroom.cli import (
     out,
     print_json,
 )
+from greenroom.cli.connect import operations
 from greenroom.cli.controls import tenants_cli
 from greenroom.cli.display import ago, short_json, when
-from greenroom.cli.operations import LocalOperations, Operations, operations
+from greenroom.cli.operations import LocalOperations, Operations
 from greenroom.cli.parse import parse_duration, parse_input
 from greenroom.crypto import load_keyring
 from greenroom.errors import InvalidInput, NotFound

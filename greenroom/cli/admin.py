@@ -25,8 +25,8 @@ from greenroom.cli import (
     out,
     print_json,
 )
+from greenroom.cli.connect import operations
 from greenroom.cli.display import ago, short, when
-from greenroom.cli.operations import operations
 
 TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant.")]
 

@@ -13,8 +13,9 @@ from rich.table import Table
 
 from greenroom.api.schemas import PauseCreate, PauseOut, QueueOut, QueueUpdate, TenantUpdate
 from greenroom.cli import ActorOpt, DbOpt, JsonOpt, ReasonOpt, cli, err, out, print_json
+from greenroom.cli.connect import operations
 from greenroom.cli.display import ago, number
-from greenroom.cli.operations import Operations, operations
+from greenroom.cli.operations import Operations
 from greenroom.cli.parse import parse_label, parse_rate_limit, parse_setting
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import ALL_TENANTS, Pause, PauseScope, RunState

@@ -18,8 +18,8 @@ from greenroom.api.delivery_schemas import (
     SubscriptionUpdate,
 )
 from greenroom.cli import ActorOpt, DbOpt, JsonOpt, cli, err, out, print_json
+from greenroom.cli.connect import operations
 from greenroom.cli.display import ago
-from greenroom.cli.operations import operations
 from greenroom.cli.parse import parse_labels, parse_time, split_list
 from greenroom.errors import InvalidInput
 

@@ -25,8 +25,8 @@ from greenroom.cli import (
     quiet_driver_logs,
     require_database,
 )
+from greenroom.cli.connect import operations
 from greenroom.cli.display import ago
-from greenroom.cli.operations import operations
 from greenroom.cli.parse import parse_input, parse_iso, parse_labels, split_list
 from greenroom.errors import InvalidInput
 from greenroom.settings import redact

@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from greenroom.cli import DbOpt, JsonOpt, cli, db_url, existing_store, out, print_json
+from greenroom.cli.connect import operations
 from greenroom.cli.display import ago, short_json
-from greenroom.cli.operations import operations
 from greenroom.cli.parse import parse_duration, parse_time, split_list
 
 #: Payload fields the other columns show already.

@@ -3,17 +3,14 @@
 `Operations` names the operations in the API's terms and shapes (greenroom.api.schemas); the
 HTTP `Client` implements it as it is, and `LocalOperations` over a store, converting results as
 the API's routes do, so that a command is written once and prints the same either way.
-`operations` gives the one that --url, --key and --db ask for.
+`connect.operations` gives the one that --url, --key and --db ask for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, Unpack
-
-import typer
 
 from greenroom.api.delivery_schemas import (
     DeliveryAttemptOut,
@@ -60,17 +57,7 @@ from greenroom.api.schemas import (
     TenantUpdate,
     WorkerOut,
 )
-from greenroom.cli import (
-    configure,
-    db_url,
-    default_actor,
-    existing_store,
-    given_db,
-    load_app,
-    quiet_driver_logs,
-    remote_client,
-    require_database,
-)
+from greenroom.cli import quiet_driver_logs, require_database
 from greenroom.crypto import load_keyring
 from greenroom.delivery import subscriptions as delivery_subscriptions
 from greenroom.delivery.address import AddressPolicy
@@ -571,35 +558,3 @@ class LocalOperations:
     def schedule_firings(self, schedule_id: str, *, limit: int = 50) -> list[ScheduleFiringOut]:
         found = self.store.schedules.firings(schedule_id, limit=limit)
         return [ScheduleFiringOut.of(f) for f in found]
-
-
-@contextmanager
-def operations(
-    ctx: typer.Context,
-    db: str | None,
-    *,
-    actor: str | None = None,
-    app: str | None = None,
-    local_only: dict[str, object] | None = None,
-) -> Iterator[Operations]:
-    """The server of --url (or $GREENROOM_URL) through its API, else the database, acting as
-    --actor; `app` (module:attribute) is the App a local operation needs, if any (the server
-    has its own). Options that mean something on a database only (--actor, and `local_only` by
-    flag) are refused with --url: the server acts as the key's owner."""
-    client = remote_client(ctx, db, {"--actor": actor, **(local_only or {})})
-    if client is not None:
-        with client:
-            yield client
-        return
-    who = actor or default_actor()
-    if app is None:
-        url = db_url(ctx, db)
-        with existing_store(url) as store:
-            yield LocalOperations(store, who, url=url)
-        return
-    the_app = load_app(app)
-    try:
-        configure(the_app, db=given_db(ctx, db))
-        yield LocalOperations(None, who, the_app)
-    finally:
-        the_app.close()

@@ -28,8 +28,9 @@ from greenroom.cli import (
     out,
     print_json,
 )
+from greenroom.cli.connect import operations
 from greenroom.cli.display import ago, full_json, seconds, short_json, state_text, when
-from greenroom.cli.operations import LocalOperations, Operations, operations
+from greenroom.cli.operations import LocalOperations, Operations
 from greenroom.cli.parse import parse_duration, parse_input, parse_label, parse_states, parse_time
 from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import FINISHED_STATES, RunState, StepStatus

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from greenroom.api.schedule_schemas import BackfillIn, ScheduleCreate, ScheduleOut, ScheduleUpdate
 from greenroom.cli import ActorOpt, DbOpt, JsonOpt, cli, out, print_json
+from greenroom.cli.connect import operations
 from greenroom.cli.display import ago, number
-from greenroom.cli.operations import operations
 from greenroom.cli.parse import parse_duration, parse_input, parse_iso, parse_labels, parse_time
 from greenroom.errors import InvalidInput
 
@@ -64,37 +64,44 @@ StartOpt = Annotated[str | None, typer.Option(help="No slot before this ISO time
 EndOpt = Annotated[str | None, typer.Option(help="No slot after this ISO time.")]
 
 
-def _spec(
-    *,
-    workflow: str | None,
+def _slots(
     cron: str | None,
     every: str | None,
     timezone: str | None,
-    integration: str | None,
-    input: str | None,
-    labels: list[str] | None,
-    overlap: str | None,
     catchup: str | None,
     jitter: str | None,
     start: str | None,
     end: str | None,
 ) -> dict[str, Any]:
-    """The body fields the options give (None: not given)."""
+    """The body fields for when it fires that the options give (None: not given)."""
     if cron is not None and every is not None:
         raise InvalidInput("give --cron or --every, not both")
     given = {
-        "workflow": workflow,
         "cron": cron,
         "every": None if every is None else _every(every),
         "timezone": timezone,
-        "integration": integration,
-        "input": None if input is None else parse_input(input),
-        "labels": None if labels is None else parse_labels(labels),
-        "overlap": overlap,
         "catchup_seconds": None if catchup is None else parse_duration(catchup, "--catchup"),
         "jitter": None if jitter is None else parse_duration(jitter, "--jitter"),
         "start_at": None if start is None else parse_iso(start, "--start"),
         "end_at": None if end is None else parse_iso(end, "--end"),
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _runs(
+    workflow: str | None,
+    integration: str | None,
+    input: str | None,
+    labels: list[str] | None,
+    overlap: str | None,
+) -> dict[str, Any]:
+    """The body fields for the runs it makes that the options give (None: not given)."""
+    given = {
+        "workflow": workflow,
+        "integration": integration,
+        "input": None if input is None else parse_input(input),
+        "labels": None if labels is None else parse_labels(labels),
+        "overlap": overlap,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -192,20 +199,10 @@ def schedules_create(
         raise InvalidInput("--workflow is needed: which workflow does it run?")
     if cron is None and every is None:
         raise InvalidInput("give --cron EXPR or --every 15m")
-    wanted = _spec(
-        workflow=workflow,
-        cron=cron,
-        every=every,
-        timezone=timezone,
-        integration=integration,
-        input=input,
-        labels=labels,
-        overlap=overlap,
-        catchup=catchup,
-        jitter=jitter,
-        start=start,
-        end=end,
-    )
+    wanted = {
+        **_slots(cron, every, timezone, catchup, jitter, start, end),
+        **_runs(workflow, integration, input, labels, overlap),
+    }
     body = ScheduleCreate.model_validate({"name": name, "tenant": tenant, **wanted})
     with operations(ctx, db, actor=actor, app=app) as ops:
         made = ops.create_schedule(body)
@@ -263,20 +260,10 @@ def schedules_update(
     db: DbOpt = None,
 ) -> None:
     """Change a schedule; a new spec fires from its next slot after now."""
-    wanted = _spec(
-        workflow=workflow,
-        cron=cron,
-        every=every,
-        timezone=timezone,
-        integration=integration,
-        input=input,
-        labels=labels,
-        overlap=overlap,
-        catchup=catchup,
-        jitter=jitter,
-        start=start,
-        end=end,
-    )
+    wanted = {
+        **_slots(cron, every, timezone, catchup, jitter, start, end),
+        **_runs(workflow, integration, input, labels, overlap),
+    }
     if name is not None:
         wanted["name"] = name
     if not wanted:

@@ -17,10 +17,6 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import Any, TypeVar
 
 import structlog
 
@@ -29,8 +25,8 @@ from greenroom.model import Channel
 from greenroom.settings import Settings
 from greenroom.storage.dispatch import Claimed, Finished
 from greenroom.storage.store import RunStore
+from greenroom.storage.threads import StoreThreads
 
-T = TypeVar("T")
 log = structlog.get_logger("greenroom.delivery")
 
 #: How often an idle worker looks for new events and due deliveries.
@@ -55,7 +51,7 @@ class Dispatcher:
         self._work = asyncio.Event()
         #: Set when sends have results to write.
         self._finished = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="delivery")
+        self._db = StoreThreads(3, "delivery")
         # Deliveries can take as long as their timeout, then wait for the next flush.
         self.lease_seconds = settings.delivery_timeout_seconds * 2 + 10.0
 
@@ -82,21 +78,12 @@ class Dispatcher:
             await asyncio.gather(*loops, return_exceptions=True)
             await self._flush()
             await sender.close()
-            self._executor.shutdown(wait=False)
+            self._db.shutdown(wait=False)
 
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, or less if the dispatcher is stopped."""
+    async def _poll(self, event: asyncio.Event) -> None:
+        """Until `event` is set (there is work, or a stop), or the poll interval has passed."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-
-    async def _wait_for_work(self) -> None:
-        """Until there may be deliveries to claim, or the poll interval has passed."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._work.wait(), timeout=POLL_SECONDS)
+            await asyncio.wait_for(event.wait(), timeout=POLL_SECONDS)
 
     async def _fan_out_loop(self) -> None:
         while not self._stopping.is_set():
@@ -108,7 +95,7 @@ class Dispatcher:
             if read:
                 self._work.set()
             if read < FAN_OUT_BATCH:
-                await self._pause(POLL_SECONDS)
+                await self._poll(self._stopping)
 
     async def _send_loop(self, sender: Sender) -> None:
         limit = self.settings.delivery_concurrency
@@ -135,7 +122,7 @@ class Dispatcher:
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
             if not claimed:
-                await self._wait_for_work()
+                await self._poll(self._work)
 
     async def _send(self, sender: Sender, group: list[Claimed]) -> None:
         subscription = group[0].subscription

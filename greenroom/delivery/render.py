@@ -18,7 +18,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
-from greenroom.model import Event
+from greenroom.model import Channel, Event, Subscription
 
 #: Subject lines are one line of at most this many characters (mail clients cut them anyway).
 SUBJECT_MAX = 150
@@ -155,6 +155,13 @@ def shown_url(url: object) -> str:
     if not host or parts.scheme not in ("http", "https"):
         return "?"
     return clean(f"{parts.scheme}://{host}" + (f":{port}" if port else "") + "/…", 100)
+
+
+def shown_endpoint(subscription: Subscription) -> str:
+    """A subscription's endpoint as others see it: a Slack webhook's path is its secret."""
+    if subscription.channel is not Channel.SLACK:
+        return subscription.url
+    return shown_url(subscription.url)
 
 
 def _schedule(p: Mapping[str, Any]) -> str:

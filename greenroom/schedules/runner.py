@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import structlog
 
 from greenroom.errors import GreenroomError
 from greenroom.schedules import service
 from greenroom.storage.schedule_plans import Fired
+from greenroom.storage.threads import StoreThreads
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from greenroom.app import App
 
-T = TypeVar("T")
 log = structlog.get_logger("greenroom.schedules")
 
 #: Schedules fired in one transaction, at most.
@@ -37,15 +33,11 @@ class Scheduler:
         self.app = app
         self.settings = app.settings
         self._stopping = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedules")
+        self._db = StoreThreads(1, "schedules")
         self._prepare = service.preparer(app)
 
     def stop(self) -> None:
         self._stopping.set()
-
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     async def run(self) -> None:
         try:
@@ -63,7 +55,7 @@ class Scheduler:
                     pruned_at = asyncio.get_running_loop().time()
                     await self._prune()
         finally:
-            self._executor.shutdown(wait=False)
+            self._db.shutdown(wait=False)
 
     async def _sync(self) -> None:
         try:

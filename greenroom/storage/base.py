@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -13,7 +13,7 @@ from greenroom.errors import InvalidInput, LeaseLost, NotFound
 from greenroom.model import Lease, RunState
 from greenroom.rules import MAX_REASON, check_text
 from greenroom.storage.backend import Backend, Column, Row, Tx
-from greenroom.storage.codec import dumps
+from greenroom.storage.codec import dumps, loads
 from greenroom.storage.lifecycle import summaries
 
 P = ParamSpec("P")
@@ -250,3 +250,9 @@ def require_reason(reason: str) -> None:
     if not reason or not reason.strip():
         raise InvalidInput("a reason is required for this action (it goes to the audit log)")
     check_text(reason, "reason", max_length=MAX_REASON)
+
+
+def audit_columns(values: Mapping[str, Any], json_columns: Collection[str]) -> dict[str, Any]:
+    """Changed columns as the audit shows them: JSON columns decoded, so they read as values
+    rather than as text."""
+    return {k: loads(v) if k in json_columns else v for k, v in values.items()}

@@ -17,8 +17,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
+from greenroom.delivery.render import shown_endpoint
 from greenroom.model import Channel, Delivery, Event, Subscription
 from greenroom.storage.backend import Column, Row, Tx
 from greenroom.storage.base import ROWS_CHUNK, StoreBase, retry_conflicts
@@ -393,7 +393,7 @@ class Dispatch(StoreBase):
         payload = {
             "subscription_id": subscription.id,
             "channel": subscription.channel.value,
-            "url": _shown(subscription),
+            "url": shown_endpoint(subscription),
             "reason": reason,
             "failing_since": since,
         }
@@ -410,11 +410,3 @@ class Dispatch(StoreBase):
             ],
             now,
         )
-
-
-def _shown(subscription: Subscription) -> str:
-    """The endpoint as events show it: a Slack webhook's path is its secret."""
-    if subscription.channel is not Channel.SLACK:
-        return subscription.url
-    parts = urlsplit(subscription.url)
-    return f"{parts.scheme}://{parts.hostname}/…"

@@ -21,9 +21,8 @@ from greenroom.model import (
 from greenroom.rules import MAX_REASON, check_text
 from greenroom.schedules.spec import MAX_SLOTS, Spec
 from greenroom.storage.backend import Row, Tx
-from greenroom.storage.base import StoreBase, retry_conflicts
+from greenroom.storage.base import StoreBase, audit_columns, retry_conflicts
 from greenroom.storage.codec import (
-    loads,
     run_from_row,
     schedule_firing_from_row,
     schedule_from_row,
@@ -46,6 +45,8 @@ from greenroom.storage.schedule_plans import (
 )
 
 _WAITING = "NOT paused AND next_due IS NOT NULL AND next_due <= :now"
+#: Columns stored as JSON, which the audit shows decoded.
+_JSON_COLUMNS = ("input", "labels")
 
 
 class Schedules(StoreBase):
@@ -90,7 +91,7 @@ class Schedules(StoreBase):
                 action="schedule.create",
                 target=schedule_id,
                 reason="created",
-                detail=_shown(values),
+                detail=audit_columns(values, _JSON_COLUMNS),
             )
             return self._get(tx, schedule_id, tenant)
 
@@ -145,7 +146,7 @@ class Schedules(StoreBase):
                     action="schedule.update",
                     target=schedule_id,
                     reason="updated",
-                    detail=_shown(values),
+                    detail=audit_columns(values, _JSON_COLUMNS),
                 )
             return self._get(tx, schedule_id, tenant)
 
@@ -514,8 +515,3 @@ def _columns_of(s: Schedule) -> dict[str, Any]:
         "end_at": s.end_at,
         "jitter_seconds": s.jitter_seconds,
     }
-
-
-def _shown(values: dict[str, Any]) -> dict[str, Any]:
-    """The audit's view of changed columns: JSON columns as values."""
-    return {k: loads(v) if k in ("input", "labels") else v for k, v in values.items()}

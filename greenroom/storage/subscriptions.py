@@ -11,8 +11,8 @@ from greenroom.errors import InvalidInput, NotFound
 from greenroom.model import Channel, Subscription
 from greenroom.rules import MAX_REASON, check_labels, check_text
 from greenroom.storage.backend import Tx
-from greenroom.storage.base import StoreBase, retry_conflicts
-from greenroom.storage.codec import dumps, loads, subscription_from_row
+from greenroom.storage.base import StoreBase, audit_columns, retry_conflicts
+from greenroom.storage.codec import dumps, subscription_from_row
 from greenroom.storage.events import ANY_TYPE, TYPE_PATTERN
 
 MAX_TYPES = 50
@@ -263,10 +263,5 @@ class Subscriptions(StoreBase):
 
 
 def _shown(values: dict[str, Any]) -> dict[str, Any]:
-    """The audit's view of changed columns: JSON columns as values."""
-    shown = {}
-    for key in _UPDATABLE:
-        if key in values:
-            value = values[key]
-            shown[key] = loads(value) if key in ("types", "labels") else value
-    return shown
+    """The audit's view of changed columns: only those it may show (never secrets)."""
+    return audit_columns({k: values[k] for k in _UPDATABLE if k in values}, ("types", "labels"))

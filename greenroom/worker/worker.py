@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import os
 import secrets
 import signal
 import socket
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -27,7 +23,9 @@ from greenroom.settings import Settings, redact
 from greenroom.storage import RunStore
 from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.runs import ControlRequests
+from greenroom.storage.threads import StoreThreads
 from greenroom.storage.writes import End
+from greenroom.worker.active import ActiveRun, StopReason
 from greenroom.worker.execute import Outcome, OutcomeKind, RunServices, execute_workflow
 from greenroom.worker.isolated import IsolatedRun
 from greenroom.worker.memory import MemoryAdmission
@@ -36,38 +34,9 @@ from greenroom.worker.stats import WorkerStats
 from greenroom.worker.writer import RunWriter
 from greenroom.workflow import Workflow
 
-T = TypeVar("T")
 log = structlog.get_logger("greenroom.worker")
 SETTINGS_REFRESH_SECONDS = 2.0
 LIVENESS_CHECK_SECONDS = 0.05
-
-
-class _Stop(enum.Enum):
-    """Why a run's task was cancelled by its worker."""
-
-    CANCEL = "cancelled by request"
-    LOST = "lease lost"
-    SHUTDOWN = "worker shutting down"
-    UNCONFIRMED = "worker cannot confirm its liveness lock"
-    EXPIRING = "its lease expires before a heartbeat renewed it"
-
-
-@dataclass
-class _Active:
-    lease: Lease
-    task: asyncio.Task[None]
-    stop_reason: _Stop | None = None
-    ctx: RunContext | None = None
-    #: Set while the run executes in its own process (isolation="process").
-    isolated: IsolatedRun | None = None
-    #: Its end is being written: heartbeats and controls leave it alone.
-    finishing: bool = False
-
-    def request_pause(self) -> None:
-        if self.isolated is not None:
-            self.isolated.request_pause()
-        elif self.ctx is not None:
-            self.ctx.request_pause()
 
 
 class Worker:
@@ -86,11 +55,11 @@ class Worker:
         self.concurrency = concurrency or self.settings.concurrency
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stats = WorkerStats()
-        self._active: dict[str, _Active] = {}
+        self._active: dict[str, ActiveRun] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stop_requested = False
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="greenroom-db")
+        self._db = StoreThreads(4, "greenroom-db")
         self.writer = RunWriter(self.store.runs, self._db)
         self._renewed_at = 0.0
         self.memory = MemoryAdmission(
@@ -112,10 +81,6 @@ class Worker:
     @property
     def store(self) -> RunStore:
         return self.app.store
-
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     def wake(self) -> None:
         """Thread-safe: there may be work to claim."""
@@ -194,7 +159,7 @@ class Worker:
             )
             await asyncio.wait(pending, timeout=self.settings.shutdown_grace_seconds)
         for active in list(self._active.values()):
-            self._interrupt(active, _Stop.SHUTDOWN)
+            self._interrupt(active, StopReason.SHUTDOWN)
         remaining = [active.task for active in self._active.values()]
         if remaining:
             await asyncio.gather(*remaining, return_exceptions=True)
@@ -209,7 +174,7 @@ class Worker:
             self.log.warning("could not mark worker stopped", error=str(exc))
         if self._liveness is not None:
             self._liveness.close()
-        self._executor.shutdown(wait=True)
+        self._db.shutdown(wait=True)
         self.log.info("worker stopped", **self.stats.__dict__)
 
     # -- loops -----------------------------------------------------------------------------
@@ -319,13 +284,13 @@ class Worker:
             for run_id in known - beat.held:
                 active = self._active.get(run_id)
                 if active is not None and not active.finishing:
-                    self._interrupt(active, _Stop.LOST)
+                    self._interrupt(active, StopReason.LOST)
             self._apply_controls(beat)
 
     def _apply_controls(self, requests: ControlRequests) -> None:
         for run_id in requests.cancel_requested:
             if run_id in self._active:
-                self._interrupt(self._active[run_id], _Stop.CANCEL)
+                self._interrupt(self._active[run_id], StopReason.CANCEL)
         for run_id in requests.pause_requested:
             active = self._active.get(run_id)
             if active is not None:
@@ -371,10 +336,12 @@ class Worker:
                 self._stop_expiring()
                 continue
             ended = liveness.ended()
-            reason = _Stop.LOST if ended else _Stop.UNCONFIRMED
+            reason = StopReason.LOST if ended else StopReason.UNCONFIRMED
             stopping = [active for active in self._active.values() if active.stop_reason is None]
             if stopping:
-                self.log.warning(f"stopping runs: {_Stop.UNCONFIRMED.value}", runs=len(stopping))
+                self.log.warning(
+                    f"stopping runs: {StopReason.UNCONFIRMED.value}", runs=len(stopping)
+                )
             for active in stopping:
                 self._interrupt(active, reason)
             if ended:
@@ -389,8 +356,8 @@ class Worker:
             lease = active.lease
             margin = min(1.0, lease.seconds / 4)
             if active.stop_reason is None and self._lease_valid_until(lease)() - now < margin:
-                self.log.warning(f"stopping run: {_Stop.EXPIRING.value}", run_id=lease.run.id)
-                self._interrupt(active, _Stop.EXPIRING)
+                self.log.warning(f"stopping run: {StopReason.EXPIRING.value}", run_id=lease.run.id)
+                self._interrupt(active, StopReason.EXPIRING)
 
     async def _new_identity(self) -> None:
         """Declared lost, this worker's runs are being handed out; it goes on as a new worker."""
@@ -422,9 +389,9 @@ class Worker:
     def _start_run(self, lease: Lease) -> None:
         self.stats.claimed += 1
         task = asyncio.create_task(self._execute(lease), name=f"run-{lease.run.id}")
-        self._active[lease.run.id] = _Active(lease=lease, task=task)
+        self._active[lease.run.id] = ActiveRun(lease=lease, task=task)
 
-    def _interrupt(self, active: _Active, reason: _Stop) -> None:
+    def _interrupt(self, active: ActiveRun, reason: StopReason) -> None:
         if active.stop_reason is None and not active.finishing and not active.task.done():
             active.stop_reason = reason
             active.task.cancel(reason.value)
@@ -535,13 +502,13 @@ class Worker:
             task.uncancel()  # we asked for this cancellation; record the outcome below
         active = self._active.get(lease.run.id)
         reason = active.stop_reason if active else None
-        if reason == _Stop.CANCEL:
+        if reason == StopReason.CANCEL:
             await self._finish(lease, RunState.CANCELLED, "cancelled while running")
-        elif reason == _Stop.SHUTDOWN:
+        elif reason == StopReason.SHUTDOWN:
             await self._finish(lease, RunState.QUEUED, "released: worker shutting down")
-        elif reason in (_Stop.UNCONFIRMED, _Stop.EXPIRING):
+        elif reason in (StopReason.UNCONFIRMED, StopReason.EXPIRING):
             await self._finish(lease, RunState.QUEUED, f"released: {reason.value}")
-        elif reason == _Stop.LOST:
+        elif reason == StopReason.LOST:
             raise LeaseLost(f"run {lease.run.id}: lease lost")
         else:
             raise asyncio.CancelledError
