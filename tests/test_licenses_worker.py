@@ -4,8 +4,10 @@ who it did not list, and bad rows or a run without an integration failing clearl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ from greenroom.crypto import load_keyring
 from greenroom.demo.setup import register_tenant
 from greenroom.integrations import create
 from greenroom.storage import RunStore
+from greenroom.storage.findings import FindingFilter
 
 TENANT = "acme"
 FAILED_ONCE: set[int] = set()
@@ -121,3 +124,33 @@ async def test_a_run_without_an_integration_cannot_save_accounts(app: App) -> No
         (done,) = await wait_for_states(app.store, [run.id])
     assert done.state is RunState.FAILED
     assert "not started for an integration" in str((done.error or {}).get("message"))
+
+
+async def test_the_workers_license_loop_judges_what_a_sync_saved(db_url: str) -> None:
+    """A finding follows its sync within the loop's interval, made by a worker's side loop."""
+    a = fast_app(
+        db_url,
+        secret_key=base64.b64encode(os.urandom(32)).decode(),
+        licenses_enabled=True,
+        license_pass_seconds=0.1,
+    )
+    crm = a.connector("crm")
+
+    @a.workflow(name="crm.sync", connector=crm)
+    async def sync(ctx: RunContext) -> None:
+        stale = [{**row, "last_active": "2025-01-01"} for row in rows(0, 5)]
+        await ctx.save_accounts(stale, complete=True)
+
+    try:
+        register_tenant(a.store, TENANT)
+        async with worker_running(a):
+            run = await a.enqueue("crm.sync", tenant=TENANT, integration=integration(a))
+            await wait_for_states(a.store, [run.id])
+            deadline = time.monotonic() + 10
+            while {r["verdict"] for r in accounts(a.store).values()} != {"idle"}:
+                assert time.monotonic() < deadline, "the loop judged nothing"
+                await asyncio.sleep(0.05)
+        found, _ = a.store.findings.list_findings(FindingFilter(tenant=TENANT))
+        assert len(found) == 5 and {f.verdict for f in found} == {"idle"}
+    finally:
+        a.close()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from greenroom.storage.license_pass import BATCH, Judged
+from greenroom.storage.threads import StoreThreads
 
 if TYPE_CHECKING:
     from greenroom.settings import Settings
@@ -29,6 +30,7 @@ class LicenseLoop:
         self.store = store
         self.settings = settings
         self._stopping = asyncio.Event()
+        self._db = StoreThreads(1, "licenses")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -39,7 +41,7 @@ class LicenseLoop:
         while not self._stopping.is_set():
             try:
                 if loop.time() >= upkeep_at:
-                    await asyncio.to_thread(self.upkeep)
+                    await self._db(self.upkeep)
                     upkeep_at = loop.time() + self.settings.license_upkeep_seconds
                 await self.judge()
             except Exception as exc:  # the next round tries again; a worker never dies of it
@@ -52,7 +54,7 @@ class LicenseLoop:
     async def judge(self) -> None:
         """Judge batches until none is full (or the worker stops)."""
         while not self._stopping.is_set():
-            batch = await asyncio.to_thread(self.store.license_pass.judge_due)
+            batch = await self._db(self.store.license_pass.judge_due)
             if batch.events:
                 log.info("licenses judged", licenses=batch.licenses, events=batch.events)
             if batch.licenses < BATCH:
