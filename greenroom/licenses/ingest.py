@@ -24,8 +24,6 @@ from greenroom.rules import MAX_INT, MAX_NAME, text
 
 #: The most accounts one batch may hold (a page of a sync, or one push request).
 MAX_BATCH = 10_000
-#: The largest push request body, in bytes.
-MAX_BODY = 16 * 1024 * 1024
 
 Status = Literal["active", "suspended", "deactivated"]
 
