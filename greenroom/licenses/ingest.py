@@ -109,7 +109,8 @@ def parse_accounts(data: Any, *, field: str = "accounts") -> list[AccountRow]:
         batch = _BATCH.validate_python(rows)
     except ValidationError as exc:
         errors = [
-            _error(_where(field, e["loc"]), e["msg"]) for e in exc.errors(include_input=False)
+            _error(_where(field, e["loc"]), _message(e["msg"]))
+            for e in exc.errors(include_input=False)
         ]
         shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
@@ -133,6 +134,11 @@ def _check_unique(batch: list[AccountRow], field: str) -> None:
                 errors=[_error(f"{field}[{i}].user_id", message)],
             )
         seen[row.user_id] = i
+
+
+def _message(text_: str) -> str:
+    """pydantic's message without the prefix it gives a validator's own words."""
+    return text_.removeprefix("Value error, ")
 
 
 def _error(field: str, message: str) -> dict[str, str]:
