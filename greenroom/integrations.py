@@ -38,6 +38,12 @@ def seal(
     return ring.encrypt(plain, _context(tenant, integration_id))
 
 
+def opens(ring: KeyRing, integration: Integration) -> bool:
+    """Whether this node's keys open the integration's credentials (greenroom doctor)."""
+    context = _context(integration.tenant, integration.id)
+    return ring.decrypt(integration.key_id, integration.credentials, context) is not None
+
+
 def open_credentials(ring: KeyRing, integration: Integration, connector: Connector) -> BaseModel:
     plain = ring.decrypt(
         integration.key_id, integration.credentials, _context(integration.tenant, integration.id)

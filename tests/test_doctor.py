@@ -7,21 +7,30 @@ corrupt them on purpose and see the drift found, named and repaired.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import threading
 import time
+from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
 from greenroom import RunContext
 from greenroom.cli import run
+from greenroom.crypto import KEY_FILE
 from greenroom.model import NewRun, RunState
 from greenroom.storage import RunStore, open_store
 from tests.helpers import fast_app, wait_for_states, worker_running
 
+KEY = base64.b64encode(bytes(32)).decode()
+
 
 def doctor(capsys: pytest.CaptureFixture[str], db_url: str, *args: str) -> tuple[int, str]:
-    code = run(["--db", db_url, "doctor", *args])
+    """The doctor without its browser check (test_doctor_checks_the_browser has it)."""
+    with patch.dict(os.environ, {"GREENROOM_SECRET_KEY": KEY}):
+        code = run(["--db", db_url, "doctor", "--no-browser", *args])
     return code, capsys.readouterr().out
 
 
@@ -87,12 +96,13 @@ def test_each_kind_of_drift_is_reported_and_repaired(
     field: str,
 ) -> None:
     store = seeded(db_url)
-    assert doctor(capsys, db_url) == (0, "summaries agree with the runs\n")
+    code, out = doctor(capsys, db_url)
+    assert code == 0 and "summaries   agree with the runs" in out
     corrupt(store, statement)
 
     code, out = doctor(capsys, db_url, "--json")
     assert code == 1
-    found = json.loads(out)
+    found = json.loads(out)["drift"]
     # A run that lost its slot also makes its queue count one run too many.
     assert (kind, field) in [(d["kind"], d["field"]) for d in found] and len(found) <= 2
     if key is not None:
@@ -175,3 +185,71 @@ def test_doctor_has_no_remote_mode(capsys: pytest.CaptureFixture[str]) -> None:
     code = run(["--url", "http://127.0.0.1:9", "--key", "k", "doctor"])
     assert code == 2
     assert "no remote mode" in capsys.readouterr().err
+
+
+def lines(out: str) -> dict[str, tuple[str, str]]:
+    """The doctor's lines by check: (status, detail)."""
+    found = {}
+    for line in out.splitlines():
+        status, name, detail = line[:4].strip(), line[5:16].strip(), line[17:]
+        found[name] = (status, detail)
+    return found
+
+
+def test_doctor_checks_workers_clock_and_key(
+    capsys: pytest.CaptureFixture[str], db_url: str
+) -> None:
+    store = open_store(db_url)
+    try:
+        code, out = doctor(capsys, db_url)
+        found = lines(out)
+        assert code == 0 and found["workers"][0] == "warn", out
+        assert found["database"] == ("ok", "reachable, schema 0012 (current)")
+        assert found["clock"][0] == "ok" and found["secret key"][0] == "ok"
+        store.runs.register_worker(
+            "w-silent", host="h", pid=1, queues=["default"], concurrency=2, lock_key=7
+        )
+        corrupt(store, "UPDATE workers SET heartbeat_at = heartbeat_at - 3600")
+        code, out = doctor(capsys, db_url)
+        assert code == 1 and lines(out)["workers"][0] == "FAIL"
+        assert "w-silent (3600 s)" in lines(out)["workers"][1]
+    finally:
+        store.backend.close()
+
+
+def test_doctor_fails_a_key_that_cannot_open_the_credentials(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str
+) -> None:
+    store = open_store(sqlite_url)
+    try:
+        store.accounts.create_tenant("acme", actor="op")
+        store.accounts.add_integration(
+            integration_id="i1",
+            tenant="acme",
+            connector="crm",
+            name="crm",
+            settings={},
+            sealed=("k-old", "c2VhbGVk"),
+            actor="op",
+        )
+    finally:
+        store.backend.close()
+    code, out = doctor(capsys, sqlite_url)
+    assert code == 1
+    assert lines(out)["secret key"] == (
+        "FAIL",
+        "cannot open integration i1's credentials (sealed with k-old)",
+    )
+
+
+def test_doctor_checks_the_browser_and_a_missing_database(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    code = run(["--db", url, "doctor"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert lines(out)["database"][0] == "FAIL" and "no database at" in out
+    status, detail = lines(out)["browser"]
+    assert status == "ok" and "launched in" in detail
+    assert not (tmp_path / KEY_FILE).exists(), "no key file made beside no database"

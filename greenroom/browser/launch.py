@@ -13,8 +13,12 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from greenroom.errors import ConfigError
+
+if TYPE_CHECKING:
+    from greenroom.settings import Settings
 
 #: Flags for headless Chromium in containers and on servers (no sandbox, GPU or background calls).
 CHROMIUM_ARGS = [
@@ -60,6 +64,21 @@ def find_chromium(configured: str | None, playwright_path: str | None) -> FoundB
         "package (e.g. `apt-get install chromium`), or set GREENROOM_BROWSER_EXECUTABLE to a "
         "Chromium or Chrome binary"
     )
+
+
+def find_browser(settings: Settings) -> FoundBrowser:
+    """The Chromium a worker will launch, found outside a worker (the demo, greenroom doctor);
+    without one, one line that says how to get it."""
+    try:
+        return find_chromium(settings.browser_executable, None)
+    except BrowserNotFound:
+        if settings.browser_executable:
+            raise
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        bundled = pw.chromium.executable_path
+    return find_chromium(None, bundled)
 
 
 _WRAPPER = r'''#!{python} -S

@@ -1,19 +1,21 @@
 """What admins look back at: `greenroom errors` (failures grouped), `greenroom audit`, and
-`greenroom doctor` (summaries checked against the runs)."""
+`greenroom doctor` (what is wrong, checked in one go: greenroom.doctor)."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from itertools import islice
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from greenroom import doctor as check
 from greenroom.cli import (
     ActorOpt,
     DbOpt,
@@ -27,6 +29,10 @@ from greenroom.cli import (
 )
 from greenroom.cli.connect import operations
 from greenroom.cli.display import ago, short, when
+from greenroom.doctor import Check
+from greenroom.errors import GreenroomError
+from greenroom.settings import Settings, load_settings
+from greenroom.storage import RunStore
 
 TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant.")]
 
@@ -110,6 +116,9 @@ def doctor(
     repair: Annotated[
         bool, typer.Option("--repair", help="Recompute the summaries that drifted (audited).")
     ] = False,
+    browser: Annotated[
+        bool, typer.Option("--browser/--no-browser", help="Launch the browser workers use.")
+    ] = True,
     actor: ActorOpt = None,
     reason: Annotated[
         str, typer.Option(help="Why, for the audit log of --repair.")
@@ -117,21 +126,53 @@ def doctor(
     json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> int:
-    """Check the summaries the claim reads (lanes, tenants' and queues' counts, leases) against
-    the runs: exit 1 and list each difference when they drifted; --repair recomputes them."""
-    with existing_store(db_url(ctx, db)) as store:
-        if repair:
-            drift = store.repair.repair_summaries(actor=actor or default_actor(), reason=reason)
-        else:
-            drift = store.repair.summary_drift()
+    """Check the database and its schema, the workers' heartbeats, the clocks, the secret key,
+    the browser and the summaries the claim reads, one line each: exit 1 when one fails.
+    --repair recomputes summaries that drifted from the runs."""
+    url = db_url(ctx, db)
+    settings = load_settings(db=url)
+    checks: list[Check] = []
+    drift: list[Any] = []
+    with ExitStack() as stack:
+        try:
+            store: RunStore | None = stack.enter_context(existing_store(url))
+        except GreenroomError as exc:
+            checks.append(Check("database", "fail", str(exc).splitlines()[0]))
+            store = None
+        if store is not None:
+            checks += _store_checks(store, settings)
+            if repair:
+                drift = store.repair.repair_summaries(actor=actor or default_actor(), reason=reason)
+                checks.append(Check("summaries", "ok", f"{len(drift)} repaired"))
+            else:
+                drift = store.repair.summary_drift()
+                checks.append(check.guarded("summaries", lambda: check.summaries(store)))
+        if store is not None or not url.startswith("sqlite"):  # SQLite's key file is beside it
+            checks.append(check.guarded("secret key", lambda: check.secret_key(settings, store)))
+    if browser:
+        checks.append(check.guarded("browser", lambda: check.browser(settings)))
+    _show_checks(checks, drift, json_out)
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def _store_checks(store: RunStore, settings: Settings) -> list[Check]:
+    return [
+        check.guarded("database", lambda: check.database(store)),
+        check.guarded("workers", lambda: check.workers(store, settings.lease_seconds)),
+        check.guarded("clock", lambda: check.clock_skew(store)),
+    ]
+
+
+def _show_checks(checks: list[Check], drift: list[Any], json_out: bool) -> None:
     if json_out:
-        sys.stdout.write(json.dumps([asdict(d) for d in drift], indent=2) + "\n")
-    elif not drift:
-        out.print("summaries agree with the runs")
-    else:
+        found = {"checks": [asdict(c) for c in checks], "drift": [asdict(d) for d in drift]}
+        sys.stdout.write(json.dumps(found, indent=2) + "\n")
+        return
+    marks = {"ok": "[green]ok[/]  ", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+    for c in checks:
+        out.print(f"{marks[c.status]} {c.name:<11} {escape(c.detail)}", soft_wrap=True)
+    if drift:
         table = Table("KIND", "KEY", "FIELD", "STORED", "RUNS SAY")
         for d in drift:
             table.add_row(d.kind, escape(d.key), d.field, escape(str(d.stored)), str(d.actual))
         out.print(table)
-        out.print(f"{len(drift)} repaired" if repair else f"{len(drift)} drifted: --repair mends")
-    return 1 if drift and not repair else 0

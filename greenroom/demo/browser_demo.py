@@ -32,7 +32,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 
 from greenroom.app import App, RunRequest
-from greenroom.browser.launch import BrowserNotFound, FoundBrowser, find_chromium
+from greenroom.browser.launch import FoundBrowser, find_browser
 from greenroom.crypto import load_keyring
 from greenroom.demo.driver import Fleet, Kill, WorkerProc
 from greenroom.demo.licenses import LicenseReport, judge_licenses
@@ -41,7 +41,7 @@ from greenroom.demo.saas import DemoSaaS, org_slugs, organization, running_demo_
 from greenroom.demo.setup import connect_org, register_tenant
 from greenroom.demo.summary import Outcome, print_summary
 from greenroom.errors import ConfigError, GreenroomError
-from greenroom.settings import Settings, load_settings
+from greenroom.settings import load_settings
 from greenroom.storage import RunStore
 
 CONNECTOR = "greenroom.demo.connector:app"
@@ -69,20 +69,6 @@ class OrgPlan:
     slug: str
     users: int
     pages: int
-
-
-def find_browser(settings: Settings) -> FoundBrowser:
-    """The Chromium the workers will launch; without one, one line that says how to get it."""
-    try:
-        return find_chromium(settings.browser_executable, None)
-    except BrowserNotFound:
-        if settings.browser_executable:
-            raise
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        bundled = pw.chromium.executable_path
-    return find_chromium(None, bundled)
 
 
 def fresh_db(folder: Path, stem: str) -> str:
