@@ -64,6 +64,28 @@ _VERDICT_COLUMNS: list[Column] = [
 ]
 
 
+#: Findings opened per statement (SQLite binds at most 32,766 parameters).
+_INSERT_CHUNK = 1000
+_FINDING_COLUMNS: list[Column] = [
+    ("id", "text"),
+    ("tenant", "text"),
+    ("integration_id", "text"),
+    ("license_id", "text"),
+    ("verdict", "text"),
+    ("action", "text"),
+    ("confidence", "text"),
+    ("state", "text"),
+    ("episode_start", "double precision"),
+    ("until", "double precision"),
+    ("reason", "text"),
+    ("monthly_savings", "double precision"),
+    ("currency", "text"),
+    ("realizable_at", "double precision"),
+    ("opened_at", "double precision"),
+    ("updated_at", "double precision"),
+]
+
+
 @dataclass
 class Judged:
     """What one pass batch did."""
@@ -196,6 +218,9 @@ class LicensePass(StoreBase):
         now: float,
     ) -> None:
         events: list[NewEvent] = []
+        found_before = self._episodes_found(tx, moves)
+        reopened: list[dict[str, Any]] = []
+        inserted: list[dict[str, Any]] = []
         for row, verdict, current, step in moves:
             new = step.finding
             is_open = current is not None and current["closed_at"] is None
@@ -206,15 +231,62 @@ class LicensePass(StoreBase):
             finding_id = None if current is None else str(current["id"])
             send = step.event is not None
             if new is not None and step.new_episode:
-                finding_id, first = self._open(tx, row, verdict, new, now)
+                # Written after every close of this batch: a license has one open finding.
+                finding = _opened(row, verdict, new, now)
+                before = found_before.get((row["id"], finding["verdict"], finding["episode_start"]))
+                if before is None:
+                    inserted.append(finding)
+                    finding_id = finding["id"]
+                else:  # found before: reopened, without a second event
+                    reopened.append({**finding, "id": before})
+                    finding_id = before
                 judged.opened += 1
-                send = send and first  # an episode found before had its event then
+                send = send and before is None  # an episode found before had its event then
             elif current is not None and is_open and new is not None and not ends:
                 self._update(tx, current, verdict, new, now)
             if send:
                 events.append(_event(row, verdict, step, finding_id))
                 judged.events[str(step.event)] = judged.events.get(str(step.event), 0) + 1
+        for finding in reopened:
+            tx.execute(
+                "UPDATE license_findings SET state = :state, closed_at = NULL, outcome = NULL,"
+                " confidence = :confidence, reason = :reason, monthly_savings = :monthly_savings,"
+                " currency = :currency, realizable_at = :realizable_at, until = :until,"
+                " updated_at = :updated_at WHERE id = :id",
+                finding,
+            )
+        for start in range(0, len(inserted), _INSERT_CHUNK):
+            self._insert_findings(tx, inserted[start : start + _INSERT_CHUNK])
         emit(tx, self.backend, events, now)
+
+    def _episodes_found(
+        self, tx: Tx, moves: list[tuple[Row, Verdict, Row | None, Step]]
+    ) -> dict[tuple[str, str, float], str]:
+        """The findings, by (license, class, episode start), of the episodes this batch opens
+        that were found before (one statement for the batch)."""
+        licenses = [
+            row["id"] for row, _, _, step in moves if step.finding is not None and step.new_episode
+        ]
+        if not licenses:
+            return {}
+        return {
+            (r["license_id"], r["verdict"], r["episode_start"]): r["id"]
+            for r in tx.execute(
+                "SELECT id, license_id, verdict, episode_start FROM license_findings"
+                f" WHERE {self.backend.member('license_id', 'ids')}",
+                {"ids": self.backend.list_param(licenses)},
+            )
+        }
+
+    def _insert_findings(self, tx: Tx, findings_: list[dict[str, Any]]) -> None:
+        params: dict[str, Any] = {}
+        names = ", ".join(name for name, _ in _FINDING_COLUMNS)
+        source = tx.rows(_FINDING_COLUMNS, findings_, params)
+        tx.execute(
+            f"WITH w({names}) AS ({source}) INSERT INTO license_findings ({names})"
+            f" SELECT {names} FROM w",
+            params,
+        )
 
     def _close(self, tx: Tx, current: Row, verdict: Verdict, now: float) -> None:
         outcome = "reclaimed" if verdict.reason_code in detect.RECLAIMED_CODES else "resolved"
@@ -223,53 +295,6 @@ class LicensePass(StoreBase):
             " outcome = :outcome WHERE id = :id",
             {"now": now, "outcome": outcome, "id": current["id"]},
         )
-
-    def _open(
-        self, tx: Tx, row: Row, verdict: Verdict, finding: Finding, now: float
-    ) -> tuple[str, bool]:
-        """Open a finding for this episode; (its id, False) when it had been found before,
-        which reopens it without a second event."""
-        episode = finding.episode_start if finding.episode_start is not None else now
-        params = {
-            "tenant": row["tenant"],
-            "integration": row["integration_id"],
-            "license": row["id"],
-            "verdict": finding.verdict_class.value,
-            "action": finding.action.value,
-            "confidence": (verdict.confidence or detect.Confidence.LOW).value,
-            "state": finding.state.value,
-            "episode": episode,
-            "until": finding.until,
-            "reason": verdict.reason,
-            "savings": verdict.monthly_savings,
-            "currency": verdict.currency,
-            "realizable": verdict.realizable_at,
-            "now": now,
-        }
-        before = tx.execute(
-            "SELECT id FROM license_findings WHERE license_id = :license AND verdict = :verdict"
-            " AND episode_start = :episode",
-            params,
-        )
-        if before:
-            tx.execute(
-                "UPDATE license_findings SET state = :state, closed_at = NULL, outcome = NULL,"
-                " confidence = :confidence, reason = :reason, monthly_savings = :savings,"
-                " currency = :currency, realizable_at = :realizable, until = :until,"
-                " updated_at = :now WHERE id = :id",
-                {**params, "id": before[0]["id"]},
-            )
-            return before[0]["id"], False
-        finding_id = new_finding_id()
-        tx.execute(
-            "INSERT INTO license_findings (id, tenant, integration_id, license_id, verdict,"
-            " action, confidence, state, episode_start, until, reason, monthly_savings,"
-            " currency, realizable_at, opened_at, updated_at) VALUES (:id, :tenant,"
-            " :integration, :license, :verdict, :action, :confidence, :state, :episode, :until,"
-            " :reason, :savings, :currency, :realizable, :now, :now)",
-            {**params, "id": finding_id},
-        )
-        return finding_id, True
 
     def _update(self, tx: Tx, current: Row, verdict: Verdict, finding: Finding, now: float) -> None:
         """The same episode: its state, class and the verdict's words and savings move on."""
@@ -405,6 +430,28 @@ def _verdict_row(row: Row, verdict: Verdict, step: Step, now: float) -> dict[str
         "episode_start": verdict.episode_start,
         # Never again in this pass: a due time in the past is the next pass's.
         "due_at": None if due is None else max(due, now + 1.0),
+    }
+
+
+def _opened(row: Row, verdict: Verdict, finding: Finding, now: float) -> dict[str, Any]:
+    """The finding row a new episode opens."""
+    return {
+        "id": new_finding_id(),
+        "tenant": row["tenant"],
+        "integration_id": row["integration_id"],
+        "license_id": row["id"],
+        "verdict": finding.verdict_class.value,
+        "action": finding.action.value,
+        "confidence": (verdict.confidence or detect.Confidence.LOW).value,
+        "state": finding.state.value,
+        "episode_start": finding.episode_start if finding.episode_start is not None else now,
+        "until": finding.until,
+        "reason": verdict.reason,
+        "monthly_savings": verdict.monthly_savings,
+        "currency": verdict.currency,
+        "realizable_at": verdict.realizable_at,
+        "opened_at": now,
+        "updated_at": now,
     }
 
 
