@@ -424,6 +424,7 @@ def run(url: str, args: Any) -> dict[str, Any]:
     # 2. ingest: today's complete sync.
     first, second = split(specs, 2)
     one, one_s = in_parallel(ingest_worker, [(url, first, args.batch, NOW)])
+    log(f"ingest, 1 process: {sum(r['accounts'] for r in one):,} accounts in {one_s:.1f} s")
     many, many_s = in_parallel(
         ingest_worker, [(url, part, args.batch, NOW) for part in split(second, args.procs)]
     )
@@ -453,6 +454,7 @@ def run(url: str, args: Any) -> dict[str, Any]:
     share = max(2000, int(live * args.pass_share))
     now = NOW + 60.0
     (a,), a_s = in_parallel(pass_worker, [(url, now, share)])
+    log(f"full pass, 1 process: {a['licenses']:,} licenses in {a_s:.1f} s")
     rest, rest_s = in_parallel(pass_worker, [(url, now, None)] * args.procs)
     (tail,), tail_s = in_parallel(pass_worker, [(url, now, None)])
     rest_n = sum(r["licenses"] for r in rest) + tail["licenses"]
