@@ -261,6 +261,21 @@ def _store(url: str, now: float) -> RunStore:
     return open_store(url, clock=ManualClock(now), migrate=False, pool_size=2)
 
 
+def again(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """`fn` retried while the database server is restarting (other sessions' tests restart the
+    shared PostgreSQL server); a save or a pass batch is one transaction, so a retry is safe. The
+    wait counts in the measured time: each retry is logged."""
+    for attempt in range(120):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] != "psycopg" or attempt == 119:
+                raise
+            log(f"database unavailable ({type(exc).__name__}): retrying")
+            time.sleep(0.5)
+    return None
+
+
 def ingest_worker(args: tuple[str, list[dict[str, Any]], int, float]) -> dict[str, float]:
     """Today's complete sync of these integrations, batch by batch."""
     url, specs, batch, now = args
@@ -275,7 +290,8 @@ def ingest_worker(args: tuple[str, list[dict[str, Any]], int, float]) -> dict[st
             t0 = time.perf_counter()
             rows = parse_accounts(chunk)
             t1 = time.perf_counter()
-            store.licenses.save(
+            again(
+                store.licenses.save,
                 s["tenant"],
                 s["id"],
                 rows,
@@ -306,7 +322,9 @@ def resync_worker(args: tuple[str, list[dict[str, Any]], int, float]) -> dict[st
     for s, changed in pending:
         for start in range(0, len(changed), batch):
             rows = parse_accounts(changed[start : start + batch])
-            store.licenses.save(s["tenant"], s["id"], rows, sync_id=f"sync-again-{s['index']}")
+            again(
+                store.licenses.save, s["tenant"], s["id"], rows, sync_id=f"sync-again-{s['index']}"
+            )
             n += len(rows)
     elapsed = time.perf_counter() - t0
     store.backend.close()
@@ -321,7 +339,7 @@ def pass_worker(args: tuple[str, float, int | None]) -> dict[str, float]:
     t0 = time.perf_counter()
     judged = batches = opened = 0
     while True:
-        done = store.license_pass.judge_due()
+        done = again(store.license_pass.judge_due)
         judged += done.licenses
         opened += done.opened
         batches += 1
@@ -403,7 +421,8 @@ def run(url: str, args: Any) -> dict[str, Any]:
     log(f"set up: {result['setup']}")
 
     # 1. baselines, all stale.
-    sql_exec(
+    again(
+        sql_exec,
         url,
         "INSERT INTO license_baselines (tenant, integration_id, threshold_days, baseline_days,"
         " active_users, fallback, tiers, computed_at, licenses, changed)"
@@ -411,7 +430,7 @@ def run(url: str, args: Any) -> dict[str, Any]:
     )
     store = _store(url, NOW)
     t0 = time.perf_counter()
-    learned = store.license_upkeep.relearn_baselines()
+    learned = again(store.license_upkeep.relearn_baselines)
     relearn_s = time.perf_counter() - t0
     store.backend.close()
     result["baselines"] = {
@@ -444,13 +463,13 @@ def run(url: str, args: Any) -> dict[str, Any]:
     result["ingest"] = {"1_proc": rates(one, one_s), f"{args.procs}_procs": rates(many, many_s)}
     log(f"ingest: {result['ingest']}")
     if pg:
-        sql_exec(url, "VACUUM ANALYZE licenses")
+        again(sql_exec, url, "VACUUM ANALYZE licenses")
 
     # 3. full pass: everything due.
-    live = sql_one(url, "SELECT COUNT(*) FROM licenses")
-    sql_exec(url, f"UPDATE licenses SET due_at = {NOW - 60.0}")
+    live = again(sql_one, url, "SELECT COUNT(*) FROM licenses")
+    again(sql_exec, url, f"UPDATE licenses SET due_at = {NOW - 60.0}")
     if pg:
-        sql_exec(url, "VACUUM ANALYZE licenses")
+        again(sql_exec, url, "VACUUM ANALYZE licenses")
     share = max(2000, int(live * args.pass_share))
     now = NOW + 60.0
     (a,), a_s = in_parallel(pass_worker, [(url, now, share)])
@@ -491,9 +510,9 @@ def run(url: str, args: Any) -> dict[str, Any]:
 
     # 5. size.
     if pg:
-        sql_exec(url, "VACUUM ANALYZE licenses")
-        sql_exec(url, "VACUUM ANALYZE license_findings")
-    size = db_size(url)
+        again(sql_exec, url, "VACUUM ANALYZE licenses")
+        again(sql_exec, url, "VACUUM ANALYZE license_findings")
+    size = again(db_size, url)
     per_m = 1e6 / live
     result["size"] = {k: int(v) for k, v in size.items()} | {
         "licenses_and_findings_mb_per_million": round(
@@ -506,7 +525,7 @@ def run(url: str, args: Any) -> dict[str, Any]:
             1,
         ),
         "database_mb_per_million": round(size["database_bytes"] * per_m / 2**20, 1),
-        "findings": sql_one(url, "SELECT COUNT(*) FROM license_findings"),
+        "findings": again(sql_one, url, "SELECT COUNT(*) FROM license_findings"),
     }
     result["load_avg"] = os.getloadavg()[0]
     return result
