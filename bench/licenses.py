@@ -25,7 +25,8 @@ Measured, in this order, on a manual clock set late "today":
 3. full pass: every license made due (one UPDATE), then `license_pass.judge_due()` in a loop
    until a batch is not full: the first `--pass-share` of the licenses by 1 process, the rest by
    `--procs` processes; the time of a whole pass is extrapolated for 1 and for `--procs`.
-4. incremental pass: 1 % of the licenses (every 100th account of each integration) synced again
+4. incremental pass: 1 % of the licenses (of each integration, the accounts at its index mod 100,
+   +100, ...) synced again
    with a newer last_active (partial syncs, batches of `--batch`), then judge_due until done.
 5. database size: licenses, license_findings and their indexes (PostgreSQL
    pg_total_relation_size; SQLite: the file), per million licenses.
@@ -313,7 +314,13 @@ def resync_worker(args: tuple[str, list[dict[str, Any]], int, float]) -> dict[st
     pending: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     for s in specs:
         today = [t for _, t, _, _ in accounts(s) if t is not None]
-        changed = [{**t, "last_active": now - 30.0} for t in today[::100]]
+        # 1 % of each integration's accounts, whatever its size: those whose position is the
+        # integration's index, modulo 100.
+        changed = [
+            {**t, "last_active": now - 30.0}
+            for k, t in enumerate(today)
+            if (k + s["index"]) % 100 == 0
+        ]
         if changed:
             pending.append((s, changed))
     t0 = time.perf_counter()

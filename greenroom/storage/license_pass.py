@@ -22,10 +22,10 @@ from greenroom.licenses import detect, findings
 from greenroom.licenses.activity import day_of
 from greenroom.licenses.detect import Account, Baseline, LicenseClass, Policy, Tier, Verdict
 from greenroom.licenses.findings import Finding, FindingState, Step
-from greenroom.licenses.policy import loads
+from greenroom.licenses.policy import loads, merged
 from greenroom.storage.backend import Column, Row, Tx
 from greenroom.storage.base import StoreBase
-from greenroom.storage.licenses import activity_of, policy_of
+from greenroom.storage.licenses import activity_of
 from greenroom.storage.outbox import NewEvent, emit
 
 log = structlog.get_logger("greenroom.licenses")
@@ -154,34 +154,64 @@ class LicensePass(StoreBase):
 
     def _apps(self, tx: Tx, rows: Sequence[Row], now: float) -> dict[str, _App]:
         """What the pass needs of each integration of these rows (an unreadable one is left
-        out, and its licenses with it)."""
+        out, and its licenses with it): read for all of them at once, a statement per table,
+        since a batch of changes can span thousands of integrations."""
+        pairs = sorted({(r["tenant"], r["integration_id"]) for r in rows})
+        ids = self.backend.list_param([i for _, i in pairs])
+        member = self.backend.member
+        layers: dict[str, dict[str, str]] = {}
+        for r in tx.execute(
+            "SELECT tenant, integration_id, policy FROM license_policies"
+            f" WHERE {member('tenant', 'tenants')}",
+            {"tenants": self.backend.list_param(sorted({t for t, _ in pairs}))},
+        ):
+            layers.setdefault(r["tenant"], {})[r["integration_id"]] = r["policy"]
+        every = {
+            r["integration"]: r["every"]
+            for r in tx.execute(
+                "SELECT integration, MIN(every_seconds) AS every FROM schedules"
+                f" WHERE {member('integration', 'ids')} AND NOT paused"
+                " AND every_seconds IS NOT NULL GROUP BY integration",
+                {"ids": ids},
+            )
+        }
+        sources: dict[str, list[Row]] = {}
+        for r in tx.execute(
+            "SELECT integration_id, source, synced_at FROM license_sources"
+            f" WHERE {member('integration_id', 'ids')}",
+            {"ids": ids},
+        ):
+            sources.setdefault(r["integration_id"], []).append(r)
+        baselines = {
+            r["integration_id"]: r
+            for r in tx.execute(
+                f"SELECT * FROM license_baselines WHERE {member('integration_id', 'ids')}",
+                {"ids": ids},
+            )
+        }
         apps: dict[str, _App] = {}
-        for tenant, integration_id in sorted({(r["tenant"], r["integration_id"]) for r in rows}):
+        for tenant, integration_id in pairs:
             try:
-                apps[integration_id] = self._app(tx, tenant, integration_id, now)
+                tenant_layers = {i: loads(p) for i, p in layers.get(tenant, {}).items()}
+                policy, sync_hours = merged(
+                    tenant_layers.get("", {}), tenant_layers.get(integration_id, {})
+                )
+                seconds = every.get(integration_id)
+                interval = float(seconds) if seconds else sync_hours * 3600
+                fresh = frozenset(
+                    r["source"]
+                    for r in sources.get(integration_id, [])
+                    if r["synced_at"] >= now - 2 * interval
+                )
+                known = baselines.get(integration_id)
+                if known is not None:
+                    baseline, tiers = _baseline_of(known)
+                else:
+                    baseline, tiers = learn(tx, tenant, integration_id, policy, now)
+                apps[integration_id] = _App(tenant, policy, baseline, tiers, fresh)
             except (ValueError, TypeError, KeyError) as exc:
                 log.warning("integration unreadable", integration=integration_id, error=repr(exc))
         return apps
-
-    def _app(self, tx: Tx, tenant: str, integration_id: str, now: float) -> _App:
-        policy, sync_hours = policy_of(tx, tenant, integration_id)
-        interval = sync_interval(tx, integration_id, sync_hours)
-        fresh = frozenset(
-            r["source"]
-            for r in tx.execute(
-                "SELECT source FROM license_sources WHERE integration_id = :i"
-                " AND synced_at >= :since",
-                {"i": integration_id, "since": now - 2 * interval},
-            )
-        )
-        rows = tx.execute(
-            "SELECT * FROM license_baselines WHERE integration_id = :i", {"i": integration_id}
-        )
-        if rows:
-            baseline, tiers = _baseline_of(rows[0])
-        else:
-            baseline, tiers = learn(tx, tenant, integration_id, policy, now)
-        return _App(tenant, policy, baseline, tiers, fresh)
 
     def _open_findings(self, tx: Tx, license_ids: Sequence[str]) -> dict[str, Row]:
         """Each license's open finding, else its reclaimed one (which keeps a seat the source
