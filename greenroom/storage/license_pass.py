@@ -66,6 +66,7 @@ _VERDICT_COLUMNS: list[Column] = [
 
 #: Findings opened per statement (SQLite binds at most 32,766 parameters).
 _INSERT_CHUNK = 1000
+_CLOSE_COLUMNS: list[Column] = [("id", "text"), ("outcome", "text")]
 _FINDING_COLUMNS: list[Column] = [
     ("id", "text"),
     ("tenant", "text"),
@@ -249,6 +250,7 @@ class LicensePass(StoreBase):
     ) -> None:
         events: list[NewEvent] = []
         found_before = self._episodes_found(tx, moves)
+        closed: list[dict[str, Any]] = []
         reopened: list[dict[str, Any]] = []
         inserted: list[dict[str, Any]] = []
         for row, verdict, current, step in moves:
@@ -256,7 +258,7 @@ class LicensePass(StoreBase):
             is_open = current is not None and current["closed_at"] is None
             ends = new is None or step.new_episode or new.state is FindingState.CLOSED
             if current is not None and is_open and ends:
-                self._close(tx, current, verdict, now)
+                closed.append(_closed(current, verdict))
                 judged.closed += 1
             finding_id = None if current is None else str(current["id"])
             send = step.event is not None
@@ -277,6 +279,9 @@ class LicensePass(StoreBase):
             if send:
                 events.append(_event(row, verdict, step, finding_id))
                 judged.events[str(step.event)] = judged.events.get(str(step.event), 0) + 1
+        # Closes first: a license has one open finding, the one this batch may open next.
+        if closed:
+            self._close(tx, closed, now)
         for finding in reopened:
             tx.execute(
                 "UPDATE license_findings SET state = :state, closed_at = NULL, outcome = NULL,"
@@ -318,12 +323,14 @@ class LicensePass(StoreBase):
             params,
         )
 
-    def _close(self, tx: Tx, current: Row, verdict: Verdict, now: float) -> None:
-        outcome = "reclaimed" if verdict.reason_code in detect.RECLAIMED_CODES else "resolved"
+    def _close(self, tx: Tx, closed: list[dict[str, Any]], now: float) -> None:
+        params: dict[str, Any] = {"now": now}
+        source = tx.rows(_CLOSE_COLUMNS, closed, params)
         tx.execute(
-            "UPDATE license_findings SET state = 'closed', closed_at = :now, updated_at = :now,"
-            " outcome = :outcome WHERE id = :id",
-            {"now": now, "outcome": outcome, "id": current["id"]},
+            f"WITH w(id, outcome) AS ({source}) UPDATE license_findings SET state = 'closed',"
+            " closed_at = :now, updated_at = :now, outcome = w.outcome FROM w"
+            " WHERE license_findings.id = w.id",
+            params,
         )
 
     def _update(self, tx: Tx, current: Row, verdict: Verdict, finding: Finding, now: float) -> None:
@@ -461,6 +468,11 @@ def _verdict_row(row: Row, verdict: Verdict, step: Step, now: float) -> dict[str
         # Never again in this pass: a due time in the past is the next pass's.
         "due_at": None if due is None else max(due, now + 1.0),
     }
+
+
+def _closed(current: Row, verdict: Verdict) -> dict[str, Any]:
+    outcome = "reclaimed" if verdict.reason_code in detect.RECLAIMED_CODES else "resolved"
+    return {"id": current["id"], "outcome": outcome}
 
 
 def _opened(row: Row, verdict: Verdict, finding: Finding, now: float) -> dict[str, Any]:
