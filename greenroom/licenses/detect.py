@@ -445,13 +445,21 @@ def _eligible_from(account: Account) -> int:
 def _underuse_start(activity: Activity, today: int, eligible_from: int, share: float) -> int:
     """The first day of the current run of underused days (today is one of them)."""
     earliest = activity.last_day - WINDOW_DAYS + 1 if activity.bits else today
+    bits, last_day = activity.bits, activity.last_day
+
+    def active_on(day: int) -> int:
+        return (bits >> (last_day - day)) & 1 if earliest <= day <= last_day and bits else 0
+
     day = today
+    # The 30 days ending `day - 1`, slid back a day at a time (what _underused_on counts).
+    active = activity.count(day - RECENT_DAYS, day - 1)
     while day > eligible_from:
         if day - 1 < earliest:
             return eligible_from
-        if not _underused_on(activity, day - 1, share):
+        if not active / RECENT_DAYS < share:
             break
         day -= 1
+        active += active_on(day - RECENT_DAYS) - active_on(day)
     return day
 
 

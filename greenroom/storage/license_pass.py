@@ -22,10 +22,10 @@ from greenroom.licenses import detect, findings
 from greenroom.licenses.activity import DAY, day_of
 from greenroom.licenses.detect import Account, Baseline, LicenseClass, Policy, Tier, Verdict
 from greenroom.licenses.findings import Finding, FindingState, Step
-from greenroom.licenses.policy import loads
+from greenroom.licenses.policy import loads, merged
 from greenroom.storage.backend import Column, Row, Tx
 from greenroom.storage.base import StoreBase
-from greenroom.storage.licenses import activity_of, policy_of
+from greenroom.storage.licenses import activity_of
 from greenroom.storage.outbox import NewEvent, emit
 
 log = structlog.get_logger("greenroom.licenses")
@@ -61,6 +61,29 @@ _VERDICT_COLUMNS: list[Column] = [
     ("realizable_at", "double precision"),
     ("episode_start", "double precision"),
     ("due_at", "double precision"),
+]
+
+
+#: Findings opened per statement (SQLite binds at most 32,766 parameters).
+_INSERT_CHUNK = 1000
+_CLOSE_COLUMNS: list[Column] = [("id", "text"), ("outcome", "text")]
+_FINDING_COLUMNS: list[Column] = [
+    ("id", "text"),
+    ("tenant", "text"),
+    ("integration_id", "text"),
+    ("license_id", "text"),
+    ("verdict", "text"),
+    ("action", "text"),
+    ("confidence", "text"),
+    ("state", "text"),
+    ("episode_start", "double precision"),
+    ("until", "double precision"),
+    ("reason", "text"),
+    ("monthly_savings", "double precision"),
+    ("currency", "text"),
+    ("realizable_at", "double precision"),
+    ("opened_at", "double precision"),
+    ("updated_at", "double precision"),
 ]
 
 
@@ -141,33 +164,64 @@ class LicensePass(StoreBase):
 
     def _apps(self, tx: Tx, rows: Sequence[Row], now: float) -> dict[str, _App]:
         """What the pass needs of each integration of these rows (an unreadable one is left
-        out, and its licenses with it)."""
+        out, and its licenses with it): read for all of them at once, a statement per table,
+        since a batch of changes can span thousands of integrations."""
+        pairs = sorted({(r["tenant"], r["integration_id"]) for r in rows})
+        ids = self.backend.list_param([i for _, i in pairs])
+        member = self.backend.member
+        layers: dict[str, dict[str, str]] = {}
+        for r in tx.execute(
+            "SELECT tenant, integration_id, policy FROM license_policies"
+            f" WHERE {member('tenant', 'tenants')}",
+            {"tenants": self.backend.list_param(sorted({t for t, _ in pairs}))},
+        ):
+            layers.setdefault(r["tenant"], {})[r["integration_id"]] = r["policy"]
+        every = {
+            r["integration"]: r["every"]
+            for r in tx.execute(
+                "SELECT integration, MIN(every_seconds) AS every FROM schedules"
+                f" WHERE {member('integration', 'ids')} AND NOT paused"
+                " AND every_seconds IS NOT NULL GROUP BY integration",
+                {"ids": ids},
+            )
+        }
+        sources: dict[str, list[Row]] = {}
+        for r in tx.execute(
+            "SELECT integration_id, source, synced_at, first_synced_at FROM license_sources"
+            f" WHERE {member('integration_id', 'ids')}",
+            {"ids": ids},
+        ):
+            sources.setdefault(r["integration_id"], []).append(r)
+        baselines = {
+            r["integration_id"]: r
+            for r in tx.execute(
+                f"SELECT * FROM license_baselines WHERE {member('integration_id', 'ids')}",
+                {"ids": ids},
+            )
+        }
         apps: dict[str, _App] = {}
-        for tenant, integration_id in sorted({(r["tenant"], r["integration_id"]) for r in rows}):
+        for tenant, integration_id in pairs:
             try:
-                apps[integration_id] = self._app(tx, tenant, integration_id, now)
+                tenant_layers = {i: loads(p) for i, p in layers.get(tenant, {}).items()}
+                policy, sync_hours = merged(
+                    tenant_layers.get("", {}), tenant_layers.get(integration_id, {})
+                )
+                seconds = every.get(integration_id)
+                interval = float(seconds) if seconds else sync_hours * 3600
+                synced = sources.get(integration_id, [])
+                fresh = frozenset(
+                    r["source"] for r in synced if r["synced_at"] >= now - 2 * interval
+                )
+                first = min((r["first_synced_at"] for r in synced), default=now)
+                known = baselines.get(integration_id)
+                if known is not None:
+                    baseline, tiers = _baseline_of(known)
+                else:
+                    baseline, tiers = learn(tx, tenant, integration_id, policy, now)
+                apps[integration_id] = _App(tenant, policy, baseline, tiers, fresh, first)
             except (ValueError, TypeError, KeyError) as exc:
                 log.warning("integration unreadable", integration=integration_id, error=repr(exc))
         return apps
-
-    def _app(self, tx: Tx, tenant: str, integration_id: str, now: float) -> _App:
-        policy, sync_hours = policy_of(tx, tenant, integration_id)
-        interval = sync_interval(tx, integration_id, sync_hours)
-        sources = tx.execute(
-            "SELECT source, synced_at, first_synced_at FROM license_sources"
-            " WHERE integration_id = :i",
-            {"i": integration_id},
-        )
-        fresh = frozenset(r["source"] for r in sources if r["synced_at"] >= now - 2 * interval)
-        first = min((r["first_synced_at"] for r in sources), default=now)
-        rows = tx.execute(
-            "SELECT * FROM license_baselines WHERE integration_id = :i", {"i": integration_id}
-        )
-        if rows:
-            baseline, tiers = _baseline_of(rows[0])
-        else:
-            baseline, tiers = learn(tx, tenant, integration_id, policy, now)
-        return _App(tenant, policy, baseline, tiers, fresh, first)
 
     def _open_findings(self, tx: Tx, license_ids: Sequence[str]) -> dict[str, Row]:
         """Each license's open finding, else its reclaimed one (which keeps a seat the source
@@ -204,80 +258,89 @@ class LicensePass(StoreBase):
         now: float,
     ) -> None:
         events: list[NewEvent] = []
+        found_before = self._episodes_found(tx, moves)
+        closed: list[dict[str, Any]] = []
+        reopened: list[dict[str, Any]] = []
+        inserted: list[dict[str, Any]] = []
         for row, verdict, current, step in moves:
             new = step.finding
             is_open = current is not None and current["closed_at"] is None
             ends = new is None or step.new_episode or new.state is FindingState.CLOSED
             if current is not None and is_open and ends:
-                self._close(tx, current, verdict, now)
+                closed.append(_closed(current, verdict))
                 judged.closed += 1
             finding_id = None if current is None else str(current["id"])
             send = step.event is not None
             if new is not None and step.new_episode:
-                finding_id, first = self._open(tx, row, verdict, new, now)
+                # Written after every close of this batch: a license has one open finding.
+                finding = _opened(row, verdict, new, now)
+                before = found_before.get((row["id"], finding["verdict"], finding["episode_start"]))
+                if before is None:
+                    inserted.append(finding)
+                    finding_id = finding["id"]
+                else:  # found before: reopened, without a second event
+                    reopened.append({**finding, "id": before})
+                    finding_id = before
                 judged.opened += 1
-                send = send and first  # an episode found before had its event then
+                send = send and before is None  # an episode found before had its event then
             elif current is not None and is_open and new is not None and not ends:
                 self._update(tx, current, verdict, new, now)
             if send:
                 events.append(_event(row, verdict, step, finding_id))
                 judged.events[str(step.event)] = judged.events.get(str(step.event), 0) + 1
-        emit(tx, self.backend, events, now)
-
-    def _close(self, tx: Tx, current: Row, verdict: Verdict, now: float) -> None:
-        outcome = "reclaimed" if verdict.reason_code in detect.RECLAIMED_CODES else "resolved"
-        tx.execute(
-            "UPDATE license_findings SET state = 'closed', closed_at = :now, updated_at = :now,"
-            " outcome = :outcome WHERE id = :id",
-            {"now": now, "outcome": outcome, "id": current["id"]},
-        )
-
-    def _open(
-        self, tx: Tx, row: Row, verdict: Verdict, finding: Finding, now: float
-    ) -> tuple[str, bool]:
-        """Open a finding for this episode; (its id, False) when it had been found before,
-        which reopens it without a second event."""
-        episode = finding.episode_start if finding.episode_start is not None else now
-        params = {
-            "tenant": row["tenant"],
-            "integration": row["integration_id"],
-            "license": row["id"],
-            "verdict": finding.verdict_class.value,
-            "action": finding.action.value,
-            "confidence": (verdict.confidence or detect.Confidence.LOW).value,
-            "state": finding.state.value,
-            "episode": episode,
-            "until": finding.until,
-            "reason": verdict.reason,
-            "savings": verdict.monthly_savings,
-            "currency": verdict.currency,
-            "realizable": verdict.realizable_at,
-            "now": now,
-        }
-        before = tx.execute(
-            "SELECT id FROM license_findings WHERE license_id = :license AND verdict = :verdict"
-            " AND episode_start = :episode",
-            params,
-        )
-        if before:
+        # Closes first: a license has one open finding, the one this batch may open next.
+        if closed:
+            self._close(tx, closed, now)
+        for finding in reopened:
             tx.execute(
                 "UPDATE license_findings SET state = :state, closed_at = NULL, outcome = NULL,"
-                " confidence = :confidence, reason = :reason, monthly_savings = :savings,"
-                " currency = :currency, realizable_at = :realizable, until = :until,"
-                " updated_at = :now WHERE id = :id",
-                {**params, "id": before[0]["id"]},
+                " confidence = :confidence, reason = :reason, monthly_savings = :monthly_savings,"
+                " currency = :currency, realizable_at = :realizable_at, until = :until,"
+                " updated_at = :updated_at WHERE id = :id",
+                finding,
             )
-            return before[0]["id"], False
-        finding_id = new_finding_id()
+        for start in range(0, len(inserted), _INSERT_CHUNK):
+            self._insert_findings(tx, inserted[start : start + _INSERT_CHUNK])
+        emit(tx, self.backend, events, now)
+
+    def _episodes_found(
+        self, tx: Tx, moves: list[tuple[Row, Verdict, Row | None, Step]]
+    ) -> dict[tuple[str, str, float], str]:
+        """The findings, by (license, class, episode start), of the episodes this batch opens
+        that were found before (one statement for the batch)."""
+        licenses = [
+            row["id"] for row, _, _, step in moves if step.finding is not None and step.new_episode
+        ]
+        if not licenses:
+            return {}
+        return {
+            (r["license_id"], r["verdict"], r["episode_start"]): r["id"]
+            for r in tx.execute(
+                "SELECT id, license_id, verdict, episode_start FROM license_findings"
+                f" WHERE {self.backend.member('license_id', 'ids')}",
+                {"ids": self.backend.list_param(licenses)},
+            )
+        }
+
+    def _insert_findings(self, tx: Tx, findings_: list[dict[str, Any]]) -> None:
+        params: dict[str, Any] = {}
+        names = ", ".join(name for name, _ in _FINDING_COLUMNS)
+        source = tx.rows(_FINDING_COLUMNS, findings_, params)
         tx.execute(
-            "INSERT INTO license_findings (id, tenant, integration_id, license_id, verdict,"
-            " action, confidence, state, episode_start, until, reason, monthly_savings,"
-            " currency, realizable_at, opened_at, updated_at) VALUES (:id, :tenant,"
-            " :integration, :license, :verdict, :action, :confidence, :state, :episode, :until,"
-            " :reason, :savings, :currency, :realizable, :now, :now)",
-            {**params, "id": finding_id},
+            f"WITH w({names}) AS ({source}) INSERT INTO license_findings ({names})"
+            f" SELECT {names} FROM w",
+            params,
         )
-        return finding_id, True
+
+    def _close(self, tx: Tx, closed: list[dict[str, Any]], now: float) -> None:
+        params: dict[str, Any] = {"now": now}
+        source = tx.rows(_CLOSE_COLUMNS, closed, params)
+        tx.execute(
+            f"WITH w(id, outcome) AS ({source}) UPDATE license_findings SET state = 'closed',"
+            " closed_at = :now, updated_at = :now, outcome = w.outcome FROM w"
+            " WHERE license_findings.id = w.id",
+            params,
+        )
 
     def _update(self, tx: Tx, current: Row, verdict: Verdict, finding: Finding, now: float) -> None:
         """The same episode: its state, class and the verdict's words and savings move on."""
@@ -414,6 +477,33 @@ def _verdict_row(row: Row, verdict: Verdict, step: Step, now: float) -> dict[str
         "episode_start": verdict.episode_start,
         # Never again in this pass: a due time in the past is the next pass's.
         "due_at": None if due is None else max(due, now + 1.0),
+    }
+
+
+def _closed(current: Row, verdict: Verdict) -> dict[str, Any]:
+    outcome = "reclaimed" if verdict.reason_code in detect.RECLAIMED_CODES else "resolved"
+    return {"id": current["id"], "outcome": outcome}
+
+
+def _opened(row: Row, verdict: Verdict, finding: Finding, now: float) -> dict[str, Any]:
+    """The finding row a new episode opens."""
+    return {
+        "id": new_finding_id(),
+        "tenant": row["tenant"],
+        "integration_id": row["integration_id"],
+        "license_id": row["id"],
+        "verdict": finding.verdict_class.value,
+        "action": finding.action.value,
+        "confidence": (verdict.confidence or detect.Confidence.LOW).value,
+        "state": finding.state.value,
+        "episode_start": finding.episode_start if finding.episode_start is not None else now,
+        "until": finding.until,
+        "reason": verdict.reason,
+        "monthly_savings": verdict.monthly_savings,
+        "currency": verdict.currency,
+        "realizable_at": verdict.realizable_at,
+        "opened_at": now,
+        "updated_at": now,
     }
 
 

@@ -376,32 +376,32 @@ class Licenses(StoreBase):
         sources = ["app"]
         if any(r.idp_last_active is not None or r.idp_status is not None for r in rows):
             sources.append("idp")
-        stale = tx.execute(
-            "SELECT 1 FROM license_sources WHERE integration_id = :integration"
-            " AND stale_since IS NOT NULL",
-            {"integration": integration_id},
+        params: dict[str, Any] = {
+            "tenant": tenant,
+            "integration": integration_id,
+            "now": now,
+            "complete": now if complete else None,
+        }
+        # Fresh data again: what the stale data left unknown is looked at again.
+        tx.execute(
+            "UPDATE licenses SET due_at = :now WHERE integration_id = :integration"
+            " AND tenant = :tenant AND verdict = 'unknown' AND EXISTS (SELECT 1 FROM"
+            " license_sources WHERE integration_id = :integration AND stale_since IS NOT NULL)",
+            params,
         )
-        if stale:  # fresh data again: what the stale data left unknown is looked at again
-            tx.execute(
-                "UPDATE licenses SET due_at = :now WHERE tenant = :tenant"
-                " AND integration_id = :integration AND verdict = 'unknown'",
-                {"tenant": tenant, "integration": integration_id, "now": now},
-            )
-        for source in sources:
-            tx.execute(
-                "INSERT INTO license_sources (tenant, integration_id, source, first_synced_at,"
-                " synced_at, complete_at, stale_since) VALUES (:tenant, :integration, :source,"
-                " :now, :now, :complete, NULL) ON CONFLICT (integration_id, source) DO UPDATE SET"
-                " synced_at = :now, stale_since = NULL,"
-                " complete_at = COALESCE(:complete, license_sources.complete_at)",
-                {
-                    "tenant": tenant,
-                    "integration": integration_id,
-                    "source": source,
-                    "now": now,
-                    "complete": now if complete else None,
-                },
-            )
+        values = ", ".join(
+            f"(:tenant, :integration, :source_{i}, :now, :now, :complete, NULL)"
+            for i in range(len(sources))
+        )
+        params |= {f"source_{i}": source for i, source in enumerate(sources)}
+        tx.execute(
+            "INSERT INTO license_sources (tenant, integration_id, source, first_synced_at,"
+            f" synced_at, complete_at, stale_since) VALUES {values}"
+            " ON CONFLICT (integration_id, source)"
+            " DO UPDATE SET synced_at = :now, stale_since = NULL,"
+            " complete_at = COALESCE(:complete, license_sources.complete_at)",
+            params,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

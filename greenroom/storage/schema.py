@@ -585,7 +585,8 @@ licenses = Table(
     Column("checked_at", Float),
     Column("due_at", Float),
     UniqueConstraint("id", name="licenses_id"),
-    UniqueConstraint("tenant", "integration_id", "user_id", name="licenses_account"),
+    # Integration first: baselines and staleness read all of an integration's licenses.
+    UniqueConstraint("integration_id", "tenant", "user_id", name="licenses_account"),
     _partial_index("licenses_due", "due_at", where="due_at IS NOT NULL"),
     Index("licenses_tenant_verdict", "tenant", "verdict", "seq"),
 )

@@ -66,7 +66,8 @@ def upgrade() -> None:
         sa.Column("due_at", sa.Float()),
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("id", name="licenses_id"),
-        sa.UniqueConstraint("tenant", "integration_id", "user_id", name="licenses_account"),
+        # Integration first: baselines and staleness read all of an integration's licenses.
+        sa.UniqueConstraint("integration_id", "tenant", "user_id", name="licenses_account"),
     )
     op.create_index(
         "licenses_due",
