@@ -16,12 +16,15 @@ from typing import Any
 
 import pytest
 import structlog
+from pydantic import BaseModel, SecretStr
 
-from greenroom import App, RunContext, RunState, step
+from greenroom import App, RunContext, RunState, integrations, step
 from greenroom.cli import run as cli_run
 from greenroom.context import current_run
+from greenroom.crypto import load_keyring
 from greenroom.logs import _Handler, configure_logging, trace_id
 from greenroom.settings import load_settings
+from tests.apps import isolated_app
 from tests.helpers import fast_app, wait_for_states, worker_running
 
 SECRET = "hunter2-in-the-log"
@@ -143,6 +146,73 @@ async def test_the_runs_secrets_are_redacted_from_every_line(
         lines = json_lines(written)
         assert lines["second through ctx.log"]["password"] == "[redacted]"
         assert lines["a library's error"]["exception"].endswith("ValueError: rejected [redacted]")
+
+
+class Credentials(BaseModel):
+    user: str
+    password: SecretStr
+
+
+async def test_the_integrations_credentials_are_redacted_from_every_line(
+    sqlite_url: str, configure: Configure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = fast_app(sqlite_url, log_format="json")
+    site = app.connector("logs.site", credentials=Credentials)
+
+    @app.workflow(name="logs.careless", connector=site)
+    async def careless(ctx: RunContext) -> None:
+        creds = await ctx.credentials(Credentials)
+        password = creds.password.get_secret_value()
+        logging.getLogger("thirdparty").warning("login as %s with %s", creds.user, password)
+        ctx.log.info("typed", password=password)
+
+    try:
+        configure(**app.settings.model_dump())
+        app.store.accounts.create_tenant("acme", actor="test")
+        made = integrations.create(
+            app.store.accounts,
+            load_keyring(app.settings),
+            site,
+            tenant="acme",
+            name="site",
+            credentials={"user": "bot", "password": SECRET},
+            settings={},
+            actor="test",
+        )
+        run = await app.enqueue("logs.careless", tenant="acme", integration=made.id)
+        async with worker_running(app):
+            [done] = await wait_for_states(app.store, [run.id])
+        assert done.state is RunState.SUCCEEDED, done.error
+    finally:
+        app.close()
+    lines = json_lines(capsys.readouterr().err)
+    assert lines["typed"]["password"] == "[redacted]"
+    assert "login as bot with [redacted]" in lines
+    assert SECRET not in json.dumps(lines)
+
+
+async def test_an_isolated_runs_own_process_logs_the_same_way(
+    sqlite_url: str, configure: Configure, capfd: pytest.CaptureFixture[str]
+) -> None:
+    app = fast_app(sqlite_url, log_format="json")
+    app.workflows.update(isolated_app.app.workflows)
+    try:
+        configure(**app.settings.model_dump())
+        run = await app.enqueue("iso.logs", {"secret": SECRET}, tenant="acme")
+        async with worker_running(app):
+            [done] = await wait_for_states(app.store, [run.id], timeout=30)
+        assert done.state is RunState.SUCCEEDED, done.error
+    finally:
+        app.close()
+    lines = json_lines(capfd.readouterr().err)
+    line = lines["logged in its own process: [redacted]"]
+    assert {k: line[k] for k in ("run_id", "tenant", "workflow", "step")} == {
+        "run_id": run.id,
+        "tenant": "acme",
+        "workflow": "iso.logs",
+        "step": "log_here",
+    }
+    assert line["worker"] == lines["worker started"]["worker"]
 
 
 async def test_the_console_format_is_one_readable_line_without_colors(
