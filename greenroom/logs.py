@@ -55,7 +55,7 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(settings: Settings) -> None:
     """Route structlog and the standard `logging` module to one handler on stderr, at the
     settings' level and in their format. Calling it again replaces the configuration."""
-    level = logging.getLevelName(settings.log_level.upper())
+    level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
@@ -74,6 +74,20 @@ def configure_logging(settings: Settings) -> None:
         # Not cached: module-level loggers follow a later configure_logging or a reset.
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(_handler(shared, settings.log_format))
+    root.setLevel(level)
+    for name in _URL_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.WARNING)
+
+
+def _handler(shared: list[Processor], log_format: str) -> _Handler:
+    """The one handler: a structlog line arrives as its event dict, a `logging` record goes
+    through `shared` first; both are redacted, then rendered."""
     handler = _Handler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -82,19 +96,11 @@ def configure_logging(settings: Settings) -> None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,  # a traceback as text, to be redacted
                 _redact_secrets,
-                _renderer(settings.log_format),
+                _renderer(log_format),
             ],
         )
     )
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-    for name in _URL_LOGGERS:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
-    for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.WARNING)
+    return handler
 
 
 def _renderer(log_format: str) -> Processor:
