@@ -25,6 +25,7 @@ from greenroom.errors import (
 )
 from greenroom.failures import describe_error
 from greenroom.licenses.ingest import AccountRow, parse_accounts, parse_seats
+from greenroom.logs import step_context
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
 from greenroom.storage.licenses import Saved
@@ -101,6 +102,7 @@ class RunContext:
             tenant=self.run.tenant,
             workflow=self.run.workflow,
             attempt=self.run.attempt,
+            worker=self.worker_id,
         )
 
     @property
@@ -243,7 +245,8 @@ class RunContext:
             if recorded.status is StepStatus.COMPLETED:
                 self.steps_replayed += 1
                 return recorded.result  # type: ignore[no-any-return]
-        return await self._execute_step(defn, position, fn, args, kwargs)
+        with step_context(defn.name):
+            return await self._execute_step(defn, position, fn, args, kwargs)
 
     async def _execute_step(
         self,
@@ -405,7 +408,8 @@ class RunContext:
         async with self._login_lock(login.defn):
             if self.browser is not None:
                 await self.browser.discard_session()
-            async with asyncio.timeout(login.defn.timeout):
-                await login.fn(*login.args, **login.kwargs)
+            with step_context(login.defn.name):
+                async with asyncio.timeout(login.defn.timeout):
+                    await login.fn(*login.args, **login.kwargs)
             if self.browser is not None:
                 await self.browser.save()

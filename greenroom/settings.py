@@ -45,6 +45,12 @@ class Settings(BaseModel):
     memory_per_run_mb: int = Field(
         150, ge=1, description="memory a run is assumed to need until runs have been measured"
     )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="lines below this level are not written (greenroom's and others')"
+    )
+    log_format: Literal["console", "json"] = Field(
+        "console", description="console: a line for people; json: one object a line, to ship"
+    )
 
     # -- browser runtime (greenroom.browser) --------------------------------------------
     browser_executable: str | None = Field(
@@ -177,6 +183,11 @@ class Settings(BaseModel):
         names = {f"{ENV_PREFIX}{name}".lower(): name for name in cls.model_fields}
         found = {names[k.lower()]: v for k, v in os.environ.items() if k.lower() in names}
         return {**found, **given}
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("delivery_retry_delays", mode="before")
     @classmethod

@@ -52,6 +52,7 @@ def address(sock: socket.socket) -> str:
 
 def _options(settings: Settings, access_log: bool) -> dict[str, Any]:
     return {
+        "log_config": None,  # greenroom.logs configured logging, uvicorn's loggers included
         "log_level": "info" if access_log else "warning",
         "access_log": access_log,
         "lifespan": "off",

@@ -29,6 +29,7 @@ from greenroom.cli.connect import operations
 from greenroom.cli.display import ago
 from greenroom.cli.parse import parse_input, parse_iso, parse_labels, split_list
 from greenroom.errors import InvalidInput
+from greenroom.logs import configure_logging
 from greenroom.settings import redact
 from greenroom.storage import open_backend
 
@@ -77,6 +78,7 @@ def worker(
         heartbeat_seconds=heartbeat_seconds,
     )
     require_database(the_app.settings.db)
+    configure_logging(the_app.settings)
     runner = Worker(the_app, queues=split_list(queues), concurrency=concurrency)
     try:
         asyncio.run(runner.run(install_signal_handlers=True))

@@ -28,6 +28,7 @@ from greenroom.cli import (
 )
 from greenroom.cli.accounts import ONCE, describe_key
 from greenroom.errors import Conflict
+from greenroom.logs import configure_logging
 from greenroom.model import Role
 from greenroom.settings import redact
 from greenroom.storage import RunStore
@@ -85,6 +86,7 @@ def api_process() -> FastAPI:
 
     app = load_app(os.environ.get(APP_ENV) or DEMO_APP)
     configure(app, db=os.environ.get(DB_ENV))
+    configure_logging(app.settings)  # a new process: uvicorn leaves its logging alone
     app.migrate = False
     connect_early(app)
     return create_api(app)
@@ -109,6 +111,7 @@ def api(
     settings = the_app.settings
     quiet_driver_logs()
     check_schema(settings.db)
+    configure_logging(settings)
     the_app.migrate = False
     from greenroom.api.app import create_api  # FastAPI is slow to import: not before the checks
     from greenroom.api.serve import address, listen, serve, serve_processes, server
@@ -201,6 +204,7 @@ def up(
     quiet_driver_logs()
     if bootstrap_tenant is None:  # --bootstrap sets a new service up: it may create the file
         require_database(settings.db)
+    configure_logging(settings)
     try:
         store = the_app.store  # opening it migrates
         if bootstrap_tenant is not None:

@@ -19,6 +19,7 @@ from greenroom.browser.runtime import BrowserRuntime
 from greenroom.context import RunContext, current_run
 from greenroom.errors import LeaseLost, RunPaused
 from greenroom.failures import describe_error
+from greenroom.logs import redact_run_secrets
 from greenroom.model import Lease, StepRecord
 from greenroom.storage import DbCall, RunStore
 from greenroom.storage.codec import dumps
@@ -120,7 +121,8 @@ class RunServices:
         lease_valid_until: Callable[[], float],
         await_checkpoints: bool = False,
     ) -> RunContext:
-        """The run's context, with its browser and its integration's credentials."""
+        """The run's context, with its browser and its integration's credentials; the rest of
+        the run's task (or process) logs with its secrets redacted."""
         ctx = RunContext(
             lease=lease,
             store=self.store,
@@ -130,6 +132,7 @@ class RunServices:
             await_checkpoints=await_checkpoints,
         )
         ctx.browser = self.browser.for_run(lease, self.store.sessions, self.db, ctx.log)
+        redact_run_secrets(ctx.redact)
         ctx.credentials_source = credentials_source(
             ctx, self.app, self.store, self.browser, self.db
         )

@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from greenroom.app import App
 from greenroom.browser.runtime import BrowserRuntime
 from greenroom.errors import ConfigError
+from greenroom.logs import bind_run, configure_logging
 from greenroom.model import Lease
 from greenroom.settings import Settings
 from greenroom.storage import open_store
@@ -163,6 +164,7 @@ async def _execute(request: dict[str, Any]) -> Outcome:
     messages = _Messages(request)
     messages.listen(asyncio.get_running_loop())
     settings = Settings(**request["settings"])
+    configure_logging(settings)  # its lines join the worker's, on the stderr they share
     app = _find_app(request["module"], request["workflow"])
     store = open_store(settings.db, migrate=False, pool_size=2)
     runtime = BrowserRuntime(settings)
@@ -179,6 +181,7 @@ async def _execute(request: dict[str, Any]) -> Outcome:
             expires_at=request["expires_at"],
             seconds=request["lease_seconds"],
         )
+        bind_run(lease)
         services = RunServices(
             app=app, store=store, writer=RunWriter(store.runs, db), browser=runtime, db=db
         )

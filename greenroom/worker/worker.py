@@ -17,6 +17,7 @@ from greenroom.browser.runtime import BrowserRuntime
 from greenroom.context import RunContext
 from greenroom.errors import LeaseLost, NonDeterminismError
 from greenroom.failures import describe_error
+from greenroom.logs import run_context
 from greenroom.model import Lease, QueueInfo, RunState
 from greenroom.retry import NO_RETRY, RetryPolicy
 from greenroom.settings import Settings, redact
@@ -71,7 +72,7 @@ class Worker:
         self._liveness: Liveness | None = None
         self._listener: Liveness | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.log = log.bind(worker_id=self.id)
+        self.log = log.bind(worker=self.id)
         # Browser pool, saved sessions, diagnostics: Chromium starts at a run's first page.
         self.browser = BrowserRuntime(self.settings)
         self.services = RunServices(
@@ -366,7 +367,7 @@ class Worker:
         await self._db(self._liveness.close)
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._lock_key = secrets.randbelow(2**31 - 2) + 1
-        self.log = log.bind(worker_id=self.id)
+        self.log = log.bind(worker=self.id)
         self.log.warning("declared lost by another worker; its runs were stopped", previous=old)
         while True:
             try:
@@ -388,7 +389,9 @@ class Worker:
 
     def _start_run(self, lease: Lease) -> None:
         self.stats.claimed += 1
-        task = asyncio.create_task(self._execute(lease), name=f"run-{lease.run.id}")
+        task = asyncio.create_task(
+            self._execute(lease), name=f"run-{lease.run.id}", context=run_context(lease)
+        )
         self._active[lease.run.id] = ActiveRun(lease=lease, task=task)
 
     def _interrupt(self, active: ActiveRun, reason: StopReason) -> None:

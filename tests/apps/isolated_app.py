@@ -4,6 +4,7 @@ imports this module to find them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -118,3 +119,16 @@ async def login(ctx: RunContext, login_url: str) -> dict[str, str]:
     await page.click("#go")
     await page.wait_for_url("**/home")
     return {"site": str(settings.site), "user": await page.inner_text("#user")}
+
+
+@step(name="log_here")
+async def log_here(secret: str) -> int:
+    logging.getLogger("thirdparty").info("logged in its own process: %s", secret)
+    return os.getpid()
+
+
+@app.workflow(name="iso.logs", isolation="process")
+async def logs(ctx: RunContext, secret: str) -> int:
+    assert ctx.browser is not None
+    ctx.browser.add_secret(secret)
+    return await log_here(secret)
