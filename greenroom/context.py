@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+from greenroom import metrics
 from greenroom.errors import (
     ConfigError,
     InvalidInput,
@@ -289,6 +290,7 @@ class RunContext:
         if not defn.retry.should_retry(error, attempt):
             return False
         delay = defn.retry.delay(attempt)
+        metrics.RETRIES.labels("step", self.run.workflow, type(error).__name__).inc()
         self.log.warning(
             "step failed, retrying",
             step=defn.name,
@@ -305,6 +307,7 @@ class RunContext:
         """A step out of attempts: its failure is checkpointed (a retry of the run starts
         here), then its page is captured for the failure's artifacts."""
         self.failed_step = defn.name
+        self._step_took(started, "failed")
         await self._checkpoint(
             position=position,
             name=defn.name,
@@ -324,6 +327,7 @@ class RunContext:
         replay would (decoded from what was stored), so both paths see the same value."""
         if self.browser is not None:
             await self.browser.step_completed(position, defn.name)
+        self._step_took(started, "completed")
         await self._checkpoint(
             position=position,
             name=defn.name,
@@ -335,6 +339,10 @@ class RunContext:
         )
         self.steps_executed += 1
         return json.loads(encoded)
+
+    def _step_took(self, started: float, outcome: str) -> None:
+        seconds = self._store.clock.now() - started
+        metrics.STEP_DURATION.labels(self.run.workflow, outcome).observe(max(0.0, seconds))
 
     async def _checkpoint(self, **fields: Any) -> None:
         checkpoint = Checkpoint(lease=self._lease, finished_at=self._store.clock.now(), **fields)

@@ -175,6 +175,21 @@ class Settings(BaseModel):
         description="how often stale data, old baselines and daily digests are looked for",
     )
 
+    # -- metrics (greenroom.metrics; docs/observability.md) -------------------------------
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="a worker serves /metrics on this port (0: off)"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address a worker's /metrics listens on")
+    metrics_api: bool = Field(
+        True, description="API nodes serve GET /metrics, without authentication (off: 404)"
+    )
+    metrics_tenant_label: bool = Field(
+        False, description="label run metrics with their tenant (one series per tenant)"
+    )
+    metrics_scrape_timeout: float = Field(
+        2.0, gt=0, description="an API node's database reads for /metrics give up after this"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _environment(cls, given: Any) -> Any:

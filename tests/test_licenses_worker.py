@@ -18,6 +18,7 @@ from greenroom import App, RetryPolicy, RunContext, RunState, step
 from greenroom.crypto import load_keyring
 from greenroom.demo.setup import register_tenant
 from greenroom.integrations import create
+from greenroom.metrics import REGISTRY
 from greenroom.storage import RunStore
 from greenroom.storage.findings import FindingFilter
 
@@ -141,6 +142,8 @@ async def test_the_workers_license_loop_judges_what_a_sync_saved(db_url: str) ->
         stale = [{**row, "last_active": "2025-01-01"} for row in rows(0, 5)]
         await ctx.save_accounts(stale, complete=True)
 
+    judged = "greenroom_licenses_judged_total"
+    judged_before = REGISTRY.get_sample_value(judged) or 0
     try:
         register_tenant(a.store, TENANT)
         async with worker_running(a):
@@ -152,5 +155,7 @@ async def test_the_workers_license_loop_judges_what_a_sync_saved(db_url: str) ->
                 await asyncio.sleep(0.05)
         found, _ = a.store.findings.list_findings(FindingFilter(tenant=TENANT))
         assert len(found) == 5 and {f.verdict for f in found} == {"idle"}
+        assert (REGISTRY.get_sample_value(judged) or 0) - judged_before >= 5
+        assert REGISTRY.get_sample_value("greenroom_license_pass_duration_seconds_count")
     finally:
         a.close()

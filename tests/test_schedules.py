@@ -15,6 +15,7 @@ import pytest
 
 from greenroom import App, InvalidInput, ManualClock, RunContext, RunState
 from greenroom.demo.setup import register_tenant
+from greenroom.metrics import REGISTRY
 from greenroom.model import Overlap, Schedule
 from greenroom.schedules import service
 from greenroom.schedules.service import ScheduleRequest
@@ -307,6 +308,8 @@ async def test_workers_fire_schedules_and_run_them(db_url: str) -> None:
         return 1
 
     register_tenant(app.store, "t1")
+    lags = "greenroom_schedule_firing_lag_seconds_count"
+    lags_before = REGISTRY.get_sample_value(lags) or 0
     try:
         s = service.create(
             app, "t1", ScheduleRequest(name="tick", workflow="tick", every=1.0), actor="a"
@@ -324,6 +327,9 @@ async def test_workers_fire_schedules_and_run_them(db_url: str) -> None:
             )
         keys = [r["idempotency_key"] for r in rows]
         assert len(keys) == len(set(keys)) == fired.fired
+        assert (REGISTRY.get_sample_value(lags) or 0) - lags_before == fired.fired
+        lag = REGISTRY.get_sample_value("greenroom_schedule_firing_lag_seconds_sum")
+        assert lag is not None and lag / (lags_before + fired.fired) < 30
         done = await wait_for_states(app.store, [r["id"] for r in rows][:3], timeout=30)
         assert {r.state for r in done} == {RunState.SUCCEEDED}
     finally:

@@ -7,7 +7,7 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from greenroom.api import openapi, problems
+from greenroom.api import metrics, openapi, problems
 from greenroom.api.auth import KeyCache
 from greenroom.api.limits import BodyLimit
 from greenroom.api.routes import (
@@ -72,4 +72,5 @@ def create_api(app: App) -> FastAPI:
     ):
         api.include_router(module.router, responses=problems.COMMON)
     api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    metrics.install(api, app)  # outermost: it times and counts what the others answer too
     return api

@@ -31,6 +31,14 @@ from greenroom.browser.launch import (
     write_wrapper,
 )
 from greenroom.browser.locks import KeyedLocks
+from greenroom.metrics import (
+    BROWSER_CONTEXTS_CREATED,
+    BROWSER_CONTEXTS_REUSED,
+    BROWSER_CRASHES,
+    BROWSER_LAUNCHES,
+    BROWSER_RECYCLES,
+)
+from greenroom.metrics.browser import track
 from greenroom.settings import Settings
 
 if TYPE_CHECKING:
@@ -115,6 +123,7 @@ class BrowserPool:
         self._closed = False
         #: Keeps runs' integration secrets to the origins they may go to (guard.py).
         self.shield = Shield()
+        track(self)
 
     # -- acquiring contexts ----------------------------------------------------------------
 
@@ -131,6 +140,7 @@ class BrowserPool:
             warm = self._sessions.get(key)
             if warm is not None and warm.usable and (warm.version == version or warm.users):
                 self.stats.contexts_reused += 1
+                BROWSER_CONTEXTS_REUSED.inc()
                 entry = warm
             else:
                 if warm is not None:
@@ -199,6 +209,7 @@ class BrowserPool:
         pooled.live.add(entry)
         pooled.contexts_created += 1
         self.stats.contexts_created += 1
+        BROWSER_CONTEXTS_CREATED.inc()
         if pooled.contexts_created >= self.settings.browser_recycle_after:
             self._retire(pooled, "served its contexts")
         return entry
@@ -262,6 +273,7 @@ class BrowserPool:
         browser.on("disconnected", lambda _: self._on_disconnected(pooled))
         self._browsers.append(pooled)
         self.stats.browsers_launched += 1
+        BROWSER_LAUNCHES.inc()
         log.info("browser launched", browser=number, pid=pid, version=browser.version)
         return pooled
 
@@ -273,6 +285,7 @@ class BrowserPool:
             self._browsers.remove(pooled)
         if not pooled.retiring and not self._closed:
             self.stats.browsers_crashed += 1
+            BROWSER_CRASHES.inc()
             log.warning("browser disconnected; replacing it", browser=pooled.number)
         for entry in list(pooled.live):
             entry.closed = True
@@ -283,6 +296,7 @@ class BrowserPool:
         if not pooled.retiring:
             pooled.retiring = True
             self.stats.browsers_recycled += 1
+            BROWSER_RECYCLES.inc()
             log.info("browser retiring", browser=pooled.number, why=why)
 
     async def _check_memory(self, pooled: PooledBrowser) -> None:

@@ -65,6 +65,12 @@ def worker(
     ] = None,
     lease_seconds: Annotated[float | None, typer.Option(help="Lease duration.")] = None,
     heartbeat_seconds: Annotated[float | None, typer.Option(help="Heartbeat interval.")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve Prometheus /metrics on this port (default: off)."
+        ),
+    ] = None,
 ) -> None:
     """Run a worker: lease runs of the app's workflows and execute them (SIGTERM stops it)."""
     from greenroom.worker import Worker
@@ -76,6 +82,7 @@ def worker(
         concurrency=concurrency,
         lease_seconds=lease_seconds,
         heartbeat_seconds=heartbeat_seconds,
+        metrics_port=metrics_port,
     )
     require_database(the_app.settings.db)
     configure_logging(the_app.settings)

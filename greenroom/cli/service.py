@@ -29,6 +29,7 @@ from greenroom.cli import (
 from greenroom.cli.accounts import ONCE, describe_key
 from greenroom.errors import Conflict
 from greenroom.logs import configure_logging
+from greenroom.metrics.expose import fresh_multiprocess_dir, remove_multiprocess_dir
 from greenroom.model import Role
 from greenroom.settings import redact
 from greenroom.storage import RunStore
@@ -126,13 +127,18 @@ def api(
         announce(app, the_app, address(sock), f"{workers} processes")
         os.environ[APP_ENV] = app or DEMO_APP
         os.environ[DB_ENV] = settings.db
-        serve_processes(
-            f"{__name__}:{api_process.__name__}",
-            sock,
-            settings,
-            workers=workers,
-            access_log=access_log,
-        )
+        # The processes add their metrics up through files (prometheus_client multiprocess).
+        metrics_dir = fresh_multiprocess_dir()
+        try:
+            serve_processes(
+                f"{__name__}:{api_process.__name__}",
+                sock,
+                settings,
+                workers=workers,
+                access_log=access_log,
+            )
+        finally:
+            remove_multiprocess_dir(metrics_dir)
     finally:
         sock.close()
         the_app.close()

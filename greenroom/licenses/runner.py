@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import TYPE_CHECKING
 
 import structlog
 
+from greenroom.metrics import LICENSE_PASS, LICENSES_JUDGED
 from greenroom.storage.license_pass import BATCH, Judged
 from greenroom.storage.threads import StoreThreads
 
@@ -53,12 +55,15 @@ class LicenseLoop:
 
     async def judge(self) -> None:
         """Judge batches until none is full (or the worker stops)."""
+        started = time.monotonic()
         while not self._stopping.is_set():
             batch = await self._db(self.store.license_pass.judge_due)
+            LICENSES_JUDGED.inc(batch.licenses)
             if batch.events:
                 log.info("licenses judged", licenses=batch.licenses, events=batch.events)
             if batch.licenses < BATCH:
-                return
+                break
+        LICENSE_PASS.observe(time.monotonic() - started)
 
     def upkeep(self) -> None:
         done = upkeep(self.store)

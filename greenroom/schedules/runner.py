@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from greenroom.errors import GreenroomError
+from greenroom.metrics import SCHEDULE_LAG
 from greenroom.schedules import service
 from greenroom.storage.schedule_plans import Fired
 from greenroom.storage.threads import StoreThreads
@@ -70,6 +71,8 @@ class Scheduler:
         except Exception as exc:
             log.warning("firing schedules failed; trying again", error=str(exc))
             return Fired()
+        for lag in fired.lags:
+            SCHEDULE_LAG.observe(max(0.0, lag))
         for schedule_id in fired.paused:
             log.warning("schedule paused: its runs cannot be made", schedule_id=schedule_id)
         for run_id in fired.cancel:

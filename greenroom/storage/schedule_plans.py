@@ -48,6 +48,8 @@ class Fired:
     paused: list[str] = field(default_factory=list)
     #: Schedules the round took (fired, skipped, missed or paused): the limit when more wait.
     taken: int = 0
+    #: Per run made for a slot, seconds from the slot to now (greenroom.metrics).
+    lags: list[float] = field(default_factory=list)
 
 
 @dataclass

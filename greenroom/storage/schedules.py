@@ -357,6 +357,8 @@ class Schedules(StoreBase):
                 fired.runs.append(run)
                 last_run, last_slot = run.id, slot if slot is not None else last_slot
                 firings.append(firing(s, slot, now, outcome, run.id))
+                if slot is not None:
+                    fired.lags.append(now - slot)
                 payload = {"schedule_id": s.id, "name": s.name, "slot": slot, "run_id": run.id}
                 events.append(new_event(s, "schedule.fired", {**payload, "how": outcome}))
             firings += [firing(s, slot, now, "skipped") for slot in plan.skipped]

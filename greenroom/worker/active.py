@@ -33,6 +33,10 @@ class ActiveRun:
     isolated: IsolatedRun | None = None
     #: Its end is being written: heartbeats and controls leave it alone.
     finishing: bool = False
+    #: time.monotonic() at its claim, for greenroom_run_duration_seconds.
+    started: float = 0.0
+    #: Its end was counted in the metrics.
+    counted: bool = False
 
     def request_pause(self) -> None:
         if self.isolated is not None:

@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from greenroom.context import RunContext
 from greenroom.errors import LeaseLost, NonDeterminismError
 from greenroom.failures import describe_error
 from greenroom.logs import run_context
+from greenroom.metrics.expose import MetricsServer, serve_metrics
 from greenroom.model import Lease, QueueInfo, RunState
 from greenroom.retry import NO_RETRY, RetryPolicy
 from greenroom.settings import Settings, redact
@@ -30,6 +32,7 @@ from greenroom.worker.active import ActiveRun, StopReason
 from greenroom.worker.execute import Outcome, OutcomeKind, RunServices, execute_workflow
 from greenroom.worker.isolated import IsolatedRun
 from greenroom.worker.memory import MemoryAdmission
+from greenroom.worker.metered import LOST, OUTCOMES, UNRECORDED, RunMetrics
 from greenroom.worker.side_loops import SideLoops
 from greenroom.worker.stats import WorkerStats
 from greenroom.worker.writer import RunWriter
@@ -56,6 +59,8 @@ class Worker:
         self.concurrency = concurrency or self.settings.concurrency
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stats = WorkerStats()
+        self.metrics = RunMetrics(app, self.settings)
+        self._metrics_server: MetricsServer | None = None
         self._active: dict[str, ActiveRun] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -123,6 +128,10 @@ class Worker:
 
     async def _start(self) -> None:
         store = self.store
+        if self.settings.metrics_port:
+            self._metrics_server = serve_metrics(
+                self.settings.metrics_host, self.settings.metrics_port
+            )
         await self._register()
         self._renewed_at = store.clock.now()
         self._queue_settings = await self._db(store.controls.queue_settings)
@@ -176,6 +185,8 @@ class Worker:
         if self._liveness is not None:
             self._liveness.close()
         self._db.shutdown(wait=True)
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.close)
         self.log.info("worker stopped", **self.stats.__dict__)
 
     # -- loops -----------------------------------------------------------------------------
@@ -192,6 +203,7 @@ class Worker:
                 free = 0  # it could not stop in time runs it claimed now
             if free > 0:
                 try:
+                    asked = time.monotonic()
                     leases = await self._db(
                         self.store.runs.claim,
                         self.id,
@@ -199,6 +211,7 @@ class Worker:
                         free,
                         self.settings.lease_seconds,
                     )
+                    self.metrics.claimed(time.monotonic() - asked)
                 except Exception as exc:
                     if await self._quarantine(exc):
                         continue  # the runs that failed it are out of the way: claim again
@@ -275,6 +288,7 @@ class Worker:
                     self.store.runs.heartbeat, self.id, settings.lease_seconds, renew
                 )
             except Exception as exc:
+                self.metrics.renew_failed()
                 self.log.warning("heartbeat failed", error=str(exc))
                 continue
             self._renewed_at = started
@@ -312,6 +326,7 @@ class Worker:
             except Exception as exc:
                 self.log.warning("maintenance failed", error=str(exc))
             else:
+                self.metrics.recovered(recovery)
                 if recovery.lost_workers:
                     self.log.warning("workers declared lost", workers=recovery.lost_workers)
                 if recovery.requeued or recovery.failed:
@@ -389,10 +404,11 @@ class Worker:
 
     def _start_run(self, lease: Lease) -> None:
         self.stats.claimed += 1
+        started = self.metrics.started(lease.run, self.store.clock.now())
         task = asyncio.create_task(
             self._execute(lease), name=f"run-{lease.run.id}", context=run_context(lease)
         )
-        self._active[lease.run.id] = ActiveRun(lease=lease, task=task)
+        self._active[lease.run.id] = ActiveRun(lease=lease, task=task, started=started)
 
     def _interrupt(self, active: ActiveRun, reason: StopReason) -> None:
         if active.stop_reason is None and not active.finishing and not active.task.done():
@@ -408,10 +424,13 @@ class Worker:
             await self._execute_run(lease)
         except LeaseLost as exc:
             self.stats.lost += 1
+            self._count_end(lease, LOST)
             self.log.warning("lease lost; run abandoned", run_id=run.id, reason=str(exc))
         except Exception as exc:
+            self._count_end(lease, UNRECORDED)
             self.log.exception("could not record the end of a run", run_id=run.id, error=str(exc))
         finally:
+            self.metrics.gone()
             active = self._active.get(run.id)
             if active is not None and active.task is asyncio.current_task():
                 del self._active[run.id]  # not a later lease of the same run, claimed meanwhile
@@ -533,6 +552,7 @@ class Worker:
         error = error or describe_error(exc, step=failed_step, attempt=run.attempt)
         retry = run.attempt < run.max_attempts and policy.should_retry(exc, run.attempt)
         if retry and not isinstance(exc, NonDeterminismError):
+            self.metrics.retried(run, error["type"])
             delay = policy.delay(run.attempt)
             log.warning("run failed; will retry", error=error["message"], retry_in=delay)
             await self._finish(
@@ -571,3 +591,11 @@ class Worker:
         end = End(lease=lease, state=state, reason=reason, checkpoint=checkpoint, **kw)
         state = await self.writer.end(end)
         self.stats.count_end(state)
+        self._count_end(lease, OUTCOMES[state])
+
+    def _count_end(self, lease: Lease, outcome: str) -> None:
+        """Count the run's end once (a failed write of a counted end is not counted again)."""
+        active = self._active.get(lease.run.id)
+        if active is not None and active.lease is lease and not active.counted:
+            active.counted = True
+            self.metrics.ended(lease.run, outcome, active.started)
