@@ -185,6 +185,7 @@ def throughput(
             if not got and time.time() - spawned > 30:
                 raise SystemExit(f"nothing received 30 s after spawn (see {b.tmp})")
             time.sleep(0.1)
+        cpu = sum(_cpu_seconds(p.pid) for p in b.procs)
         times = sorted(t for t, _, _ in got)
         distinct = len({(p, w) for _, p, w in got})
         states = b.query("SELECT state, count(*) AS n FROM deliveries GROUP BY state")
@@ -200,9 +201,18 @@ def throughput(
             "from_spawn_per_s": round(len(times) / (times[-1] - spawned)) if times else None,
             "best_second": max(per_second.values()) if per_second else 0,
             "first_request_after_spawn_s": round(times[0] - spawned, 3) if times else None,
+            # CPU the workers used (start-up included) per request: steadier than the rate when
+            # the machine is shared
+            "worker_cpu_ms_per_request": round(cpu * 1000 / len(times), 3) if times else None,
             "delivery_states": {r["state"]: r["n"] for r in states},
             "server": benchlib.server_version(b.url),
         }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU of a running process so far (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def lag(db: str, count: int, interval: float) -> dict[str, Any]:
@@ -301,6 +311,9 @@ def main() -> None:
             "max_in_flight": args.max_in_flight or "default (10)",
             "receiver_per_s": statistics.median(r["receiver_per_s"] or 0 for r in rounds),
             "from_spawn_per_s": statistics.median(r["from_spawn_per_s"] or 0 for r in rounds),
+            "worker_cpu_ms_per_request": statistics.median(
+                r["worker_cpu_ms_per_request"] or 0 for r in rounds
+            ),
             "rounds": rounds,
         }
     if args.only in (None, "lag"):

@@ -161,6 +161,31 @@ def test_claims_respect_the_in_flight_limit_across_claimers_and_take_back_expire
     assert states.count("delivered") == 2
 
 
+def test_an_exchange_writes_results_then_claims_the_room_they_free(
+    store: RunStore, clock: ManualClock
+) -> None:
+    s = subscribe(store, max_in_flight=2)
+    clock.advance(1)
+    for _ in range(5):
+        finish_run(store)
+    fan_out(store)
+    first = store.dispatch.exchange("a", [], limit=10, lease_seconds=LEASE, disable_after=DAY)
+    assert len(first) == 2, "the in-flight limit holds"
+    results = [ok(c) for c in first]
+    blocked = store.dispatch.exchange("b", [], limit=10, lease_seconds=LEASE, disable_after=DAY)
+    assert blocked == []
+    nxt = store.dispatch.exchange("a", results, limit=10, lease_seconds=LEASE, disable_after=DAY)
+    assert len(nxt) == 2 and all(c.subscription.id == s.id for c in nxt)
+    assert {c.delivery.id for c in nxt}.isdisjoint(c.delivery.id for c in first)
+    assert [store.deliveries.get(c.delivery.id).state for c in first] == [
+        DeliveryState.DELIVERED
+    ] * 2
+    # a stale result is fenced as in `finish`, and no claim goes past the limit
+    late = store.dispatch.exchange("b", results, limit=10, lease_seconds=LEASE, disable_after=DAY)
+    assert late == []
+    assert sorted(d.state.value for d in deliveries(store)).count("sending") == 2
+
+
 def test_results_deliver_retry_or_fail_and_every_attempt_is_logged(
     store: RunStore, clock: ManualClock
 ) -> None:

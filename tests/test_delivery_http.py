@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,13 +25,12 @@ from cryptography.x509.oid import NameOID
 from greenroom.delivery.address import (
     AddressPolicy,
     BlockedEndpoint,
-    Resolver,
     UnresolvableEndpoint,
     check_url,
     resolve,
     why_blocked,
 )
-from greenroom.delivery.http import MAX_BODY_READ, Attempt, post, retry_after
+from greenroom.delivery.http import MAX_BODY_READ, Attempt, Client, retry_after
 from greenroom.settings import load_settings
 
 OPEN = AddressPolicy(allow_http=True, allow_private=True)
@@ -168,37 +167,38 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as c:
-        yield c
+async def client() -> AsyncIterator[Client]:
+    c = Client(OPEN)
+    yield c
+    await c.close()
 
 
 async def send(
-    url: str,
-    client: httpx.AsyncClient,
-    *,
-    policy: AddressPolicy = OPEN,
-    timeout: float = 5.0,
-    max_excerpt: int = 1024,
-    resolver: Resolver | None = None,
+    url: str, client: Client, *, timeout: float = 5.0, max_excerpt: int = 1024
 ) -> Attempt:
-    return await post(
+    return await client.post(
         url,
         b'{"type":"run.finished"}',
         {"webhook-id": "msg_1", "host": "evil.example", "user-agent": "hooks/1"},
-        policy=policy,
         timeout=timeout,
-        client=client,
         max_excerpt=max_excerpt,
-        resolver=resolver,
     )
+
+
+@contextlib.asynccontextmanager
+async def guarded(policy: AddressPolicy, **kwargs: Any) -> AsyncIterator[Client]:
+    c = Client(policy, **kwargs)
+    try:
+        yield c
+    finally:
+        await c.close()
 
 
 # -- responses ----------------------------------------------------------------------------------
 
 
 async def test_success_records_status_excerpt_and_headers(
-    receiver: Receiver, client: httpx.AsyncClient
+    receiver: Receiver, client: Client
 ) -> None:
     attempt = await send(receiver.url("/ok", host="localhost"), client)
     assert attempt.ok and attempt.status == 200 and attempt.error is None
@@ -213,24 +213,17 @@ async def test_success_records_status_excerpt_and_headers(
     assert request.body == b'{"type":"run.finished"}'
 
 
-async def test_without_a_client_one_is_made_for_the_attempt(receiver: Receiver) -> None:
-    attempt = await post(receiver.url("/ok"), b"{}", {}, policy=OPEN, timeout=5)
-    assert attempt.ok
-
-
 @pytest.mark.parametrize(
     ("path", "status", "excerpt"), [("/500", 500, "boom"), ("/410", 410, "gone")]
 )
 async def test_error_statuses_are_recorded(
-    receiver: Receiver, client: httpx.AsyncClient, path: str, status: int, excerpt: str
+    receiver: Receiver, client: Client, path: str, status: int, excerpt: str
 ) -> None:
     attempt = await send(receiver.url(path), client)
     assert (attempt.status, attempt.ok, attempt.excerpt) == (status, False, excerpt)
 
 
-async def test_retry_after_in_seconds_and_as_a_date(
-    receiver: Receiver, client: httpx.AsyncClient
-) -> None:
+async def test_retry_after_in_seconds_and_as_a_date(receiver: Receiver, client: Client) -> None:
     seconds = await send(receiver.url("/429s"), client)
     assert (seconds.status, seconds.retry_after) == (429, 7.0)
     dated = await send(receiver.url("/429d"), client)
@@ -247,7 +240,7 @@ def test_retry_after_parsing() -> None:
     assert retry_after("-5") is None and retry_after("soon") is None
 
 
-async def test_redirects_are_not_followed(receiver: Receiver, client: httpx.AsyncClient) -> None:
+async def test_redirects_are_not_followed(receiver: Receiver, client: Client) -> None:
     attempt = await send(receiver.url("/302"), client)
     assert attempt.status == 302 and not attempt.ok
     assert attempt.error == "redirect to http://127.0.0.1:1/elsewhere not followed"
@@ -255,7 +248,7 @@ async def test_redirects_are_not_followed(receiver: Receiver, client: httpx.Asyn
 
 
 async def test_excerpt_is_capped_and_control_characters_escaped(
-    receiver: Receiver, client: httpx.AsyncClient
+    receiver: Receiver, client: Client
 ) -> None:
     attempt = await send(receiver.url("/control"), client)
     assert attempt.excerpt == "a\\x1b[31mred\\x0d\nfake log line\tok\\x00\ufffd\\u202e"
@@ -267,9 +260,7 @@ async def test_excerpt_is_capped_and_control_characters_escaped(
 
 
 @pytest.mark.parametrize("path", ["/slow", "/hang", "/trickle"])
-async def test_whole_attempt_timeout(
-    receiver: Receiver, client: httpx.AsyncClient, path: str
-) -> None:
+async def test_whole_attempt_timeout(receiver: Receiver, client: Client, path: str) -> None:
     started = time.monotonic()
     attempt = await send(receiver.url(path), client, timeout=0.5)
     took = time.monotonic() - started
@@ -278,7 +269,7 @@ async def test_whole_attempt_timeout(
     assert 450 <= attempt.latency_ms < 3000
 
 
-async def test_huge_body_is_not_read(receiver: Receiver, client: httpx.AsyncClient) -> None:
+async def test_huge_body_is_not_read(receiver: Receiver, client: Client) -> None:
     started = time.monotonic()
     attempt = await send(receiver.url("/huge"), client, timeout=20)
     assert time.monotonic() - started < 5
@@ -291,19 +282,17 @@ async def test_huge_body_is_not_read(receiver: Receiver, client: httpx.AsyncClie
 # -- connection failures ------------------------------------------------------------------------
 
 
-async def test_connection_reset(receiver: Receiver, client: httpx.AsyncClient) -> None:
+async def test_connection_reset(receiver: Receiver, client: Client) -> None:
     attempt = await send(receiver.url("/reset"), client)
     assert attempt.status is None and attempt.error == "connection reset"
 
 
-async def test_connection_closed_without_answer(
-    receiver: Receiver, client: httpx.AsyncClient
-) -> None:
+async def test_connection_closed_without_answer(receiver: Receiver, client: Client) -> None:
     attempt = await send(receiver.url("/close"), client)
     assert attempt.status is None and attempt.error == "connection closed without a response"
 
 
-async def test_connection_refused(client: httpx.AsyncClient) -> None:
+async def test_connection_refused(client: Client) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -311,23 +300,22 @@ async def test_connection_refused(client: httpx.AsyncClient) -> None:
     assert attempt.status is None and attempt.error == "connection refused"
 
 
-async def test_unresolvable_host_is_a_delivery_failure(client: httpx.AsyncClient) -> None:
+async def test_unresolvable_host_is_a_delivery_failure(client: Client) -> None:
     attempt = await send("https://nowhere.invalid/", client)
     assert attempt.status is None and attempt.error is not None
     assert attempt.error.startswith("host nowhere.invalid does not resolve")
 
 
-async def test_blocked_endpoints_are_recorded_not_raised(
-    receiver: Receiver, client: httpx.AsyncClient
-) -> None:
-    attempt = await send(receiver.url("/ok"), client, policy=AddressPolicy(allow_http=True))
-    assert attempt.status is None and not attempt.ok
-    assert attempt.error is not None and attempt.error.startswith("blocked: address 127.0.0.1")
-    by_name = await send(
-        receiver.url("/ok", host="localhost"), client, policy=AddressPolicy(allow_http=True)
-    )
-    assert by_name.error is not None and by_name.error.startswith("blocked: host localhost")
-    plain = await send(receiver.url("/ok"), client, policy=AddressPolicy(allow_private=True))
+async def test_blocked_endpoints_are_recorded_not_raised(receiver: Receiver) -> None:
+    async with guarded(AddressPolicy(allow_http=True)) as public:
+        attempt = await send(receiver.url("/ok"), public)
+        assert attempt.status is None and not attempt.ok
+        assert attempt.error is not None
+        assert attempt.error.startswith("blocked: address 127.0.0.1")
+        by_name = await send(receiver.url("/ok", host="localhost"), public)
+        assert by_name.error is not None and by_name.error.startswith("blocked: host localhost")
+    async with guarded(AddressPolicy(allow_private=True)) as https_only:
+        plain = await send(receiver.url("/ok"), https_only)
     assert plain.error is not None and "GREENROOM_DELIVERY_ALLOW_HTTP" in plain.error
     assert receiver.requests == []
 
@@ -347,50 +335,44 @@ def _flipping(
     return calls, resolver
 
 
-class _Stop(Exception):
-    pass
-
-
 async def test_dns_rebinding_cannot_redirect_the_connection(receiver: Receiver) -> None:
-    """The resolver answers a public address, then 127.0.0.1: the request goes to the public
-    address that was checked (stopped before connecting), and the next attempt is blocked."""
+    """The resolver answers a public address, then 127.0.0.1: the connection goes to the public
+    address that was checked (stopped at the socket, refused), and the next connection is
+    blocked."""
     calls, resolver = _flipping("93.184.216.34", "127.0.0.1")
-    sent: list[httpx.Request] = []
+    connected: list[tuple[Any, ...]] = []
 
-    async def stop(request: httpx.Request) -> None:
-        sent.append(request)
-        raise _Stop
+    def refuse(addr_info: tuple[Any, ...]) -> socket.socket:
+        connected.append(addr_info[4])
+        raise ConnectionRefusedError
 
-    async with httpx.AsyncClient(trust_env=False, event_hooks={"request": [stop]}) as spy:
+    async with guarded(
+        AddressPolicy(allow_http=True), resolver=resolver, socket_factory=refuse
+    ) as spy:
         url = receiver.url("/ok", host="rebind.example")
-        policy = AddressPolicy(allow_http=True)
-        with pytest.raises(_Stop):
-            await post(url, b"{}", {}, policy=policy, timeout=2, client=spy, resolver=resolver)
-        [request] = sent
-        assert request.url.host == "93.184.216.34" and request.url.port == receiver.port
-        assert request.headers["host"] == f"rebind.example:{receiver.port}"
-        again = await post(url, b"{}", {}, policy=policy, timeout=2, client=spy, resolver=resolver)
+        first = await send(url, spy, timeout=2)
+        assert first.error == "connection refused"
+        assert connected == [("93.184.216.34", receiver.port)]
+        again = await send(url, spy, timeout=2)
     assert again.error is not None and again.error.startswith("blocked: host rebind.example")
-    assert calls == ["rebind.example", "rebind.example"]  # once per attempt
+    assert calls == ["rebind.example", "rebind.example"]  # once per new connection
+    assert connected == [("93.184.216.34", receiver.port)]
     assert receiver.requests == []
 
 
-async def test_connection_goes_to_the_resolved_address(
-    receiver: Receiver, client: httpx.AsyncClient
-) -> None:
+async def test_connection_goes_to_the_resolved_address(receiver: Receiver) -> None:
     """Resolved once: a second lookup would answer an unroutable address and fail."""
     calls, resolver = _flipping("127.0.0.1", "192.0.2.1")
-    attempt = await send(receiver.url("/ok", host="hooks.example"), client, resolver=resolver)
+    async with guarded(OPEN, resolver=resolver) as client:
+        attempt = await send(receiver.url("/ok", host="hooks.example"), client)
     assert attempt.ok and len(calls) == 1
     assert receiver.requests[0].headers["host"] == f"hooks.example:{receiver.port}"
 
 
-async def test_a_refused_address_falls_back_to_the_next_checked_one(
-    receiver: Receiver, client: httpx.AsyncClient
-) -> None:
+async def test_a_refused_address_falls_back_to_the_next_checked_one(receiver: Receiver) -> None:
     """Like "localhost" answering ::1 first: nothing listens on 127.0.0.2, 127.0.0.1 answers."""
-    resolver = _fixed("127.0.0.2", "127.0.0.1")
-    attempt = await send(receiver.url("/ok", host="dual.example"), client, resolver=resolver)
+    async with guarded(OPEN, resolver=_fixed("127.0.0.2", "127.0.0.1")) as client:
+        attempt = await send(receiver.url("/ok", host="dual.example"), client)
     assert attempt.ok, attempt.error
     assert len(receiver.requests) == 1
 
@@ -473,10 +455,10 @@ async def test_https_verifies_the_original_hostname_on_the_checked_address(pki: 
     policy = AddressPolicy(allow_private=True)
     async with (
         serve(pki.server_context("localhost", seen)) as server,
-        httpx.AsyncClient(verify=trusting, trust_env=False) as tls_client,
+        guarded(policy, ssl_context=trusting) as tls_client,
     ):
         url = server.url("/ok", host="localhost", scheme="https")
-        attempt = await post(url, b"{}", {}, policy=policy, timeout=5, client=tls_client)
+        attempt = await tls_client.post(url, b"{}", {}, timeout=5)
         assert attempt.ok, attempt.error
         assert seen == ["localhost"]  # SNI names the host although the connection is to an IP
         assert server.requests[0].headers["host"] == f"localhost:{server.port}"
@@ -488,10 +470,10 @@ async def test_https_refuses_a_certificate_for_another_name(pki: Pki) -> None:
     policy = AddressPolicy(allow_private=True)
     async with (
         serve(pki.server_context("other.example", seen)) as server,
-        httpx.AsyncClient(verify=trusting, trust_env=False) as tls_client,
+        guarded(policy, ssl_context=trusting) as tls_client,
     ):
         url = server.url("/ok", host="localhost", scheme="https")
-        attempt = await post(url, b"{}", {}, policy=policy, timeout=5, client=tls_client)
+        attempt = await tls_client.post(url, b"{}", {}, timeout=5)
     assert attempt.status is None and attempt.error is not None
     assert attempt.error.startswith("TLS certificate not accepted")
     assert server.requests == []

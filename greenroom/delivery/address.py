@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import httpx
+from yarl import URL
 
 from greenroom.errors import GreenroomError
 
@@ -46,6 +46,7 @@ _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _LEGACY_V4 = re.compile(r"^[0-9a-fx.]+$", re.IGNORECASE)
+_PORT = re.compile(r":(\d+)$")
 
 
 class BlockedEndpoint(GreenroomError, ValueError):
@@ -154,14 +155,20 @@ def ip_literal(host: str) -> IPAddress | None:
     return None
 
 
-def parse_url(url: str, policy: AddressPolicy) -> httpx.URL:
+def parse_url(url: str, policy: AddressPolicy) -> URL:
     """The URL parsed as the sender will use it, after `check_url`'s checks."""
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise BlockedEndpoint("the URL must not contain spaces or control characters")
     try:
-        parsed = httpx.URL(url)
         authority = urlsplit(url).netloc
-    except (httpx.InvalidURL, ValueError) as exc:
+    except ValueError as exc:
+        raise BlockedEndpoint(f"the URL is not valid: {exc}") from None
+    port = _PORT.search(authority)  # before yarl, which refuses some ports less plainly
+    if port is not None and not 1 <= int(port.group(1)) <= 65535:
+        raise BlockedEndpoint("the URL's port must be between 1 and 65535")
+    try:
+        parsed = URL(url)
+    except ValueError as exc:
         raise BlockedEndpoint(f"the URL is not valid: {exc}") from None
     if parsed.scheme != "https":
         if parsed.scheme != "http":
@@ -169,12 +176,10 @@ def parse_url(url: str, policy: AddressPolicy) -> httpx.URL:
             raise BlockedEndpoint(f"the URL must use https{shown}")
         if not policy.allow_http:
             raise BlockedEndpoint(f"the URL must use https ({_HTTP_HINT})")
-    if "@" in authority or parsed.userinfo:
+    if "@" in authority or parsed.user is not None:
         raise BlockedEndpoint("the URL must not contain a user name or password")
     if not parsed.host:
         raise BlockedEndpoint("the URL must have a host")
-    if parsed.port is not None and not 1 <= parsed.port <= 65535:
-        raise BlockedEndpoint("the URL's port must be between 1 and 65535")
     literal = ip_literal(parsed.host)
     if literal is not None:
         _check_ip(literal, policy)
@@ -184,7 +189,7 @@ def parse_url(url: str, policy: AddressPolicy) -> httpx.URL:
 def check_url(url: str, policy: AddressPolicy) -> None:
     """Refuse (BlockedEndpoint) a URL deliveries may not use: not https (or http when allowed),
     no host, user info, a port outside 1-65535, or an IP literal the policy blocks. A host
-    name is checked only when `resolve` resolves it, at each attempt."""
+    name is checked only when `resolve` resolves it, for each new connection."""
     parse_url(url, policy)
 
 

@@ -3,9 +3,9 @@ due deliveries, send them, record how they went, prune what is old.
 
 Any number of workers do this at once with nothing to elect: fan-out takes turns on a locked
 cursor row, claims skip each other's rows, and a worker killed mid-send leaves leases that
-expire. Results are written as they come (those that finish during a write go with the next);
-a delivery whose result is lost (the worker died, the database was down too long) is sent again
-with the same webhook-id.
+expire. Results are written as they come (those that finish during a write go with the next),
+in one transaction with the claim that takes their room again; a delivery whose result is lost
+(the worker died, the database was down too long) is sent again with the same webhook-id.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ log = structlog.get_logger("greenroom.delivery")
 POLL_SECONDS = 0.1
 FAN_OUT_BATCH = 500
 #: How soon a write of results that failed (the database is away) is tried again.
-FLUSH_RETRY_SECONDS = 0.5
+RETRY_SECONDS = 0.5
 PRUNE_EVERY_SECONDS = 600.0
 
 
@@ -46,18 +46,16 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._sending: set[asyncio.Task[None]] = set()
         self._results: list[Finished] = []
-        #: Set when there may be deliveries to claim: fan-out made some, or results written
-        #: freed room under subscriptions' in-flight limits (or the dispatcher is stopping).
-        self._work = asyncio.Event()
-        #: Set when sends have results to write.
-        self._finished = asyncio.Event()
+        #: Set when there is something to do: fan-out made deliveries, a send ended (its result
+        #: to write, its room to fill), or the dispatcher is stopping.
+        self._wake = asyncio.Event()
         self._db = StoreThreads(3, "delivery")
         # Deliveries can take as long as their timeout, then wait for the next flush.
         self.lease_seconds = settings.delivery_timeout_seconds * 2 + 10.0
 
     def stop(self) -> None:
         self._stopping.set()
-        self._work.set()
+        self._wake.set()
 
     async def run(self) -> None:
         """Deliver until stopped; then let sends in flight finish (within their timeout) and
@@ -65,11 +63,10 @@ class Dispatcher:
         sender = Sender(self.settings)
         loops = [
             asyncio.create_task(self._fan_out_loop(), name="fan-out"),
-            asyncio.create_task(self._flush_loop(), name="delivery-results"),
             asyncio.create_task(self._prune_loop(), name="delivery-prune"),
         ]
         try:
-            await self._send_loop(sender)
+            await self._exchange_loop(sender)
             if self._sending:
                 await asyncio.wait(self._sending, timeout=self.settings.delivery_timeout_seconds)
         finally:
@@ -93,36 +90,53 @@ class Dispatcher:
                 self.log.warning("fan-out failed; trying again", error=str(exc))
                 read = 0
             if read:
-                self._work.set()
+                self._wake.set()
             if read < FAN_OUT_BATCH:
                 await self._poll(self._stopping)
 
-    async def _send_loop(self, sender: Sender) -> None:
+    async def _exchange_loop(self, sender: Sender) -> None:
+        """Write the results so far and claim for the room there is, in one transaction; then
+        wait for something to do."""
         limit = self.settings.delivery_concurrency
         while not self._stopping.is_set():
             room = limit - len(self._sending)
             if self._sending and room < max(1, limit // 4):
-                # Claim for several at once: a claim per finished send costs the database more
-                # than the sends.
-                await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+                room = 0  # claim for several at once: a claim per send costs more than the send
+            self._wake.clear()
+            results, self._results = self._results, []
+            if not results and not room:
+                await self._poll(self._wake)
                 continue
-            self._work.clear()
             try:
                 claimed = await self._db(
-                    self.store.dispatch.claim,
+                    self.store.dispatch.exchange,
                     self.id,
+                    results,
                     limit=room,
                     lease_seconds=self.lease_seconds,
+                    disable_after=self.settings.delivery_disable_after_days * 86400,
                 )
             except Exception as exc:
-                self.log.warning("claiming deliveries failed; trying again", error=str(exc))
-                claimed = []
+                self.log.warning(
+                    "recording and claiming deliveries failed; trying again",
+                    results=len(results),
+                    error=str(exc),
+                )
+                self._results = results + self._results
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=RETRY_SECONDS)
+                continue
             for group in _groups(claimed):
                 task = asyncio.create_task(self._send(sender, group))
                 self._sending.add(task)
-                task.add_done_callback(self._sending.discard)
-            if not claimed:
-                await self._poll(self._work)
+                task.add_done_callback(self._sent)
+            await self._poll(self._wake)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        """Wake the loop once the send is no longer counted: its result to write, its room to
+        fill."""
+        self._sending.discard(task)
+        self._wake.set()
 
     async def _send(self, sender: Sender, group: list[Claimed]) -> None:
         subscription = group[0].subscription
@@ -134,23 +148,13 @@ class Dispatcher:
         now = time.time()
         delays = self.settings.delivery_retry_delays
         self._results += [finished(claimed, sent, now, delays=delays) for claimed in group]
-        self._finished.set()
 
-    async def _flush_loop(self) -> None:
-        """Write results as they come: those that finish during a write go with the next."""
-        while True:
-            await self._finished.wait()
-            self._finished.clear()
-            if not await self._flush():  # the results are kept: try again shortly
-                await asyncio.sleep(FLUSH_RETRY_SECONDS)
-                self._finished.set()
-
-    async def _flush(self) -> bool:
-        """Write the results so far; kept for the next flush if the database is away (then
-        False)."""
+    async def _flush(self) -> None:
+        """At shutdown, write the results left; lost if the database is away (the deliveries
+        are sent again when their leases end)."""
         results, self._results = self._results, []
         if not results:
-            return True
+            return
         try:
             await self._db(
                 self.store.dispatch.finish,
@@ -158,14 +162,8 @@ class Dispatcher:
                 results,
                 disable_after=self.settings.delivery_disable_after_days * 86400,
             )
-            self._work.set()  # room under in-flight limits, retries to schedule
-            return True
         except Exception as exc:
-            self.log.warning(
-                "recording deliveries failed; trying again", results=len(results), error=str(exc)
-            )
-            self._results = results + self._results
-            return False
+            self.log.warning("recording deliveries failed", results=len(results), error=str(exc))
 
     async def _prune_loop(self) -> None:
         while True:

@@ -1,12 +1,12 @@
-"""One guarded HTTP delivery attempt: resolve once, check, connect to the checked address.
+"""One guarded HTTP delivery attempt, on aiohttp with keep-alive connections per origin.
 
-`post` never raises for network or HTTP problems; it records them in an `Attempt` for the
-dispatcher to log and to decide on a retry. Callers should pass a long-lived client from
-`new_client` so connections are pooled. The pool is keyed by the IP address the request is sent
-to, which is fine: every attempt resolves and checks that address first, so a pooled connection
-only ever leads to an allowed address. (An https connection verified for one host name may carry
-a request for another name on the same address; both names pointed there, and the address is
-public, so this reaches nothing a direct request could not.)
+`Client.post` never raises for network or HTTP problems; it records them in an `Attempt` for the
+dispatcher to log and to decide on a retry. Keep one long-lived `Client` so connections are
+pooled. The address check sits in the connector's resolver: every new connection resolves its
+host once, refuses it if any answer is blocked, and connects only to the checked answers, so DNS
+rebinding between the check and the connection is impossible. A pooled connection was checked
+when it was made and only ever leads to that address. (IP literals skip the resolver; `parse_url`
+checks them before each attempt.)
 """
 
 from __future__ import annotations
@@ -14,18 +14,20 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import re
+import socket
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from greenroom.delivery.address import (
     AddressPolicy,
     BlockedEndpoint,
-    IPAddress,
     Resolver,
     UnresolvableEndpoint,
     parse_url,
@@ -38,6 +40,7 @@ MAX_BODY_READ = 64 * 1024
 # C0 and C1 controls but newline and tab, and the invisible ones that reorder or hide text.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 _NUMBER = re.compile(r"^\d+$")
+_NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
 
 
 @dataclass(frozen=True)
@@ -57,135 +60,146 @@ class Attempt:
         return self.status is not None and 200 <= self.status < 300 and self.error is None
 
 
-def new_client(**kwargs: Any) -> httpx.AsyncClient:
-    """A client for deliveries: never follows redirects, ignores proxy and certificate settings
-    from the environment (a proxy would connect to the host itself, skipping the address check).
-    Reuse it for every attempt; close it on shutdown."""
-    return httpx.AsyncClient(follow_redirects=False, trust_env=False, **kwargs)
+class _GuardedResolver(AbstractResolver):
+    """aiohttp connects only to the addresses this returns: each checked against the policy."""
+
+    def __init__(self, policy: AddressPolicy, resolver: Resolver | None) -> None:
+        self.policy = policy
+        self.resolver = resolver
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await resolve(host, port, self.policy, resolver=self.resolver)
+        return [
+            {
+                "hostname": host,
+                "host": str(ip),
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": socket.IPPROTO_TCP,
+                "flags": _NUMERIC,
+            }
+            for ip in addresses
+        ]
+
+    async def close(self) -> None:
+        pass
 
 
-async def post(
-    url: str,
-    body: bytes,
-    headers: Mapping[str, str],
-    *,
-    policy: AddressPolicy,
-    timeout: float,
-    client: httpx.AsyncClient | None = None,
-    max_excerpt: int = 1024,
-    resolver: Resolver | None = None,
-) -> Attempt:
-    """POST `body` to `url` once. `timeout` bounds the whole attempt: resolving, connecting,
-    sending and reading the answer. Without `client`, a client is made and closed for this one
-    attempt (no pooling). `resolver` replaces the system resolver (tests)."""
-    started = time.monotonic()
+class Client:
+    """Connections for deliveries under one address policy: never follows redirects, keeps no
+    cookies, ignores proxy settings from the environment (a proxy would connect to the host
+    itself, skipping the address check), verifies certificates (`ssl`, a context trusting other
+    authorities in tests). `resolver` replaces the system resolver (tests); `socket_factory`
+    makes the sockets (tests watch where connections go). Close it on shutdown."""
 
-    def elapsed() -> float:
-        return (time.monotonic() - started) * 1000
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        *,
+        resolver: Resolver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        socket_factory: aiohttp.connector.SocketFactoryType | None = None,
+    ) -> None:
+        self.policy = policy
+        self._resolver = resolver
+        self._ssl: ssl.SSLContext | bool = ssl_context or True
+        self._socket_factory = socket_factory
+        self._session: aiohttp.ClientSession | None = None
 
-    try:
-        async with asyncio.timeout(timeout):
-            if client is not None:
-                result = await _attempt(url, body, headers, policy, timeout, client, resolver)
-            else:
-                async with new_client() as own:
-                    result = await _attempt(url, body, headers, policy, timeout, own, resolver)
-    except (TimeoutError, httpx.TimeoutException):
-        return Attempt(None, elapsed(), error=f"timed out after {timeout:g} s")
-    except BlockedEndpoint as exc:
-        return Attempt(None, elapsed(), error=f"blocked: {exc}")
-    except UnresolvableEndpoint as exc:
-        return Attempt(None, elapsed(), error=str(exc))
-    except (httpx.HTTPError, OSError) as exc:
-        return Attempt(None, elapsed(), error=_describe(exc))
-    status, raw, response_headers, charset = result
-    location = response_headers.get("location")
-    error = None
-    if 300 <= status < 400:
-        shown = _printable(location)[:500] if location else "nowhere"
-        error = f"redirect to {shown} not followed"
-    return Attempt(
-        status=status,
-        latency_ms=elapsed(),
-        excerpt=_excerpt(raw, charset, max_excerpt),
-        retry_after=retry_after(response_headers.get("retry-after")),
-        error=error,
-    )
+    def _open(self) -> aiohttp.ClientSession:
+        """Made at the first attempt, inside the event loop it will run on."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=_GuardedResolver(self.policy, self._resolver),
+                use_dns_cache=False,  # resolved and checked for every new connection
+                ssl=self._ssl,
+                limit=0,  # the dispatcher bounds how many attempts run at once
+                socket_factory=self._socket_factory,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=None),  # `post` bounds the whole attempt
+            )
+        return self._session
 
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-async def _attempt(
-    url: str,
-    body: bytes,
-    headers: Mapping[str, str],
-    policy: AddressPolicy,
-    timeout: float,
-    client: httpx.AsyncClient,
-    resolver: Resolver | None,
-) -> tuple[int, bytes, httpx.Headers, str | None]:
-    original = parse_url(url, policy)
-    port = original.port or (443 if original.scheme == "https" else 80)
-    addresses = await resolve(original.host, port, policy, resolver=resolver)
-    response = await _send(client, original, addresses, body, headers, timeout)
-    try:
-        raw = await _read(response, MAX_BODY_READ)
-    finally:
-        await response.aclose()
-    return response.status_code, raw, response.headers, response.charset_encoding
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout: float,
+        max_excerpt: int = 1024,
+    ) -> Attempt:
+        """POST `body` to `url` once. `timeout` bounds the whole attempt: resolving, connecting,
+        sending and reading the answer."""
+        started = time.monotonic()
 
+        def elapsed() -> float:
+            return (time.monotonic() - started) * 1000
 
-async def _send(
-    client: httpx.AsyncClient,
-    original: httpx.URL,
-    addresses: list[IPAddress],
-    body: bytes,
-    headers: Mapping[str, str],
-    timeout: float,
-) -> httpx.Response:
-    """The response from the first checked address that accepts a connection ("localhost" may
-    answer ::1 first while the endpoint listens on 127.0.0.1 only). Only a failed connect moves
-    on, when nothing has been sent, so an event is never posted twice in one attempt."""
-    for ip in addresses[:-1]:
         try:
-            request = _request(original, ip, body, headers, timeout)
-            return await client.send(request, stream=True, follow_redirects=False)
-        except httpx.ConnectError:
-            continue
-    request = _request(original, addresses[-1], body, headers, timeout)
-    return await client.send(request, stream=True, follow_redirects=False)
+            async with asyncio.timeout(timeout):
+                status, raw, response_headers, charset = await self._attempt(url, body, headers)
+        except TimeoutError:
+            return Attempt(None, elapsed(), error=f"timed out after {timeout:g} s")
+        except BlockedEndpoint as exc:
+            return Attempt(None, elapsed(), error=f"blocked: {exc}")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Attempt(None, elapsed(), error=_describe(exc))
+        location = response_headers.get("location")
+        error = None
+        if 300 <= status < 400:
+            shown = _printable(location)[:500] if location else "nowhere"
+            error = f"redirect to {shown} not followed"
+        return Attempt(
+            status=status,
+            latency_ms=elapsed(),
+            excerpt=_excerpt(raw, charset, max_excerpt),
+            retry_after=retry_after(response_headers.get("retry-after")),
+            error=error,
+        )
+
+    async def _attempt(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, bytes, CIMultiDictProxy[str], str | None]:
+        """The request names the original host (Host header, TLS server name and certificate
+        check); its connection goes to an address the resolver checked. No header of the
+        session's reaches the endpoint but aiohttp's defaults."""
+        original = parse_url(url, self.policy)
+        sent = CIMultiDict(headers)
+        sent.popall("Host", None)  # aiohttp names the URL's host: the caller cannot add another
+        sent["Accept-Encoding"] = "identity"  # the excerpt reads raw bytes; no decompression bombs
+        sent.setdefault("User-Agent", "greenroom")
+        session = self._open()
+        async with session.post(original, data=body, headers=sent, allow_redirects=False) as r:
+            raw, whole = await _read(r.content, MAX_BODY_READ)
+            if not whole:
+                r.close()  # the rest is never received: the connection is not reused
+            return r.status, raw, r.headers, r.charset
 
 
-def _request(
-    original: httpx.URL, ip: IPAddress, body: bytes, headers: Mapping[str, str], timeout: float
-) -> httpx.Request:
-    """A request to the checked address that still names the original host: in the Host header,
-    and for https in the TLS server name and the certificate check. Built without the client's
-    defaults, so no cookie or header one endpoint set reaches another."""
-    host = original.raw_host.decode("ascii")
-    sent = httpx.Headers(headers)  # case-insensitive: the caller's Host cannot add a second one
-    sent["Host"] = original.netloc.decode("ascii")
-    sent["Accept-Encoding"] = "identity"  # the excerpt reads raw bytes; no decompression bombs
-    sent.setdefault("User-Agent", "greenroom")
-    extensions: dict[str, Any] = {"timeout": httpx.Timeout(timeout).as_dict()}
-    if original.scheme == "https":
-        extensions["sni_hostname"] = host
-    return httpx.Request(
-        "POST",
-        original.copy_with(host=str(ip)),
-        headers=sent,
-        content=body,
-        extensions=extensions,
-    )
-
-
-async def _read(response: httpx.Response, limit: int) -> bytes:
+async def _read(content: aiohttp.StreamReader, limit: int) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of the body, and whether that was all of it."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_raw():
+    while size < limit:
+        chunk = await content.readany()
+        if not chunk:
+            return b"".join(chunks), True
         chunks.append(chunk)
         size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit]
+    return b"".join(chunks)[:limit], False
 
 
 def _excerpt(raw: bytes, charset: str | None, limit: int) -> str:
@@ -232,12 +246,14 @@ def _describe(exc: BaseException) -> str:
         causes.append(current)
         current = current.__cause__ or current.__context__
     for cause in causes:
+        if isinstance(cause, UnresolvableEndpoint):  # the resolver's, wrapped by aiohttp
+            return str(cause)
         if isinstance(cause, ConnectionRefusedError):
             return "connection refused"
         if isinstance(cause, ConnectionResetError):
             return "connection reset"
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.RemoteProtocolError) and "without sending" in text:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "connection closed without a response"
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return f"TLS certificate not accepted: {_printable(text)[:300]}"

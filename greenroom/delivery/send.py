@@ -45,7 +45,7 @@ class Sender:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.policy = AddressPolicy.of(settings)
-        self.client = http.new_client()
+        self.client = http.Client(self.policy)
         self._ring: KeyRing | None = None
 
     @property
@@ -57,7 +57,7 @@ class Sender:
         return self._ring
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
     async def send(self, subscription: Subscription, events: Sequence[Event]) -> Sent:
         """One attempt: a webhook or Slack message for one event, or one mail for several
@@ -87,13 +87,11 @@ class Sender:
     async def _post(
         self, subscription: Subscription, body: bytes, extra: dict[str, str] | None = None
     ) -> Sent:
-        answer = await http.post(
+        answer = await self.client.post(
             subscription.url,
             body,
             {"content-type": "application/json", "user-agent": USER_AGENT, **(extra or {})},
-            policy=self.policy,
             timeout=self.settings.delivery_timeout_seconds,
-            client=self.client,
         )
         return Sent(
             ok=answer.ok,

@@ -163,55 +163,86 @@ class Dispatch(StoreBase):
         their subscriptions' in-flight limits and rates allow, from subscriptions in random
         order: one endpoint's backlog never holds up another's. A digest subscription's due
         deliveries are taken together."""
-        backend = self.backend
         now = self.clock.now()
-        with backend.transaction(write=False) as tx:  # most polls find nothing: no write lock
-            if not tx.execute(f"{_WAITING} LIMIT 1", {"now": now}):
-                return []
-        with backend.transaction() as tx:
-            locked = tx.execute(
-                f"{_WAITING} ORDER BY random() LIMIT :limit {backend.skip_locked}",
-                {"now": now, "limit": limit},
+        if not self._waiting(now):
+            return []
+        with self.backend.transaction() as tx:
+            return self._claim(tx, worker_id, limit, lease_seconds, now)
+
+    @retry_conflicts
+    def exchange(
+        self,
+        worker_id: str,
+        finished: Sequence[Finished],
+        *,
+        limit: int,
+        lease_seconds: float,
+        disable_after: float,
+    ) -> list[Claimed]:
+        """`finish` these results, then `claim` up to `limit`, in one transaction: a
+        dispatcher's room under in-flight limits is taken again as soon as it is freed, for one
+        commit instead of two."""
+        now = self.clock.now()
+        if not finished and (limit <= 0 or not self._waiting(now)):
+            return []
+        with self.backend.transaction() as tx:
+            if finished:
+                self._finish_all(tx, worker_id, finished, now, disable_after)
+            return self._claim(tx, worker_id, limit, lease_seconds, now) if limit > 0 else []
+
+    def _waiting(self, now: float) -> bool:
+        """Whether any subscription has deliveries due, without a write lock (most polls find
+        nothing)."""
+        with self.backend.transaction(write=False) as tx:
+            return bool(tx.execute(f"{_WAITING} LIMIT 1", {"now": now}))
+
+    def _claim(
+        self, tx: Tx, worker_id: str, limit: int, lease_seconds: float, now: float
+    ) -> list[Claimed]:
+        backend = self.backend
+        locked = tx.execute(
+            f"{_WAITING} ORDER BY random() LIMIT :limit {backend.skip_locked}",
+            {"now": now, "limit": limit},
+        )
+        if not locked:
+            return []
+        ids = backend.list_param([r["id"] for r in locked])
+        in_flight = {
+            r["subscription_id"]: r["n"]
+            for r in tx.execute(
+                "SELECT subscription_id, COUNT(*) AS n FROM deliveries WHERE state ="
+                " 'sending' AND lease_expires_at >= :now AND"
+                f" {backend.member('subscription_id', 'ids')} GROUP BY subscription_id",
+                {"now": now, "ids": ids},
             )
-            if not locked:
-                return []
-            ids = backend.list_param([r["id"] for r in locked])
-            in_flight = {
-                r["subscription_id"]: r["n"]
-                for r in tx.execute(
-                    "SELECT subscription_id, COUNT(*) AS n FROM deliveries WHERE state ="
-                    " 'sending' AND lease_expires_at >= :now AND"
-                    f" {backend.member('subscription_id', 'ids')} GROUP BY subscription_id",
-                    {"now": now, "ids": ids},
-                )
-            }
-            usable = {s.id for s in readable(locked, subscription_from_row)}
-            taken: list[int] = []
-            for row in locked:
-                if row["id"] not in usable:
-                    continue
-                busy = in_flight.get(row["id"], 0)
-                if row["digest_minutes"] and row["channel"] == Channel.EMAIL.value:
-                    room = DIGEST_MAX if busy == 0 and len(taken) < limit else 0
-                else:
-                    room = min(row["max_in_flight"] - busy, limit - len(taken))
-                    room = self._take_tokens(tx, row, max(0, room), now)
-                if room > 0:
-                    taken += self._due(tx, row["id"], room, now)
-            if not taken:
-                return []
-            rows = tx.execute(
-                "UPDATE deliveries SET state = 'sending', attempts = attempts + 1,"
-                " leased_by = :worker, lease_expires_at = :until, updated_at = :now"
-                f" WHERE {backend.member('id', 'ids')} RETURNING *",
-                {
-                    "worker": worker_id,
-                    "until": now + lease_seconds,
-                    "now": now,
-                    "ids": backend.list_param(taken),
-                },
-            )
-            return self._claimed(tx, rows)
+        }
+        usable = {s.id for s in readable(locked, subscription_from_row)}
+        taken: list[int] = []
+        for row in locked:
+            if row["id"] not in usable:
+                continue
+            busy = in_flight.get(row["id"], 0)
+            if row["digest_minutes"] and row["channel"] == Channel.EMAIL.value:
+                room = DIGEST_MAX if busy == 0 and len(taken) < limit else 0
+            else:
+                room = min(row["max_in_flight"] - busy, limit - len(taken))
+                room = self._take_tokens(tx, row, max(0, room), now)
+            if room > 0:
+                taken += self._due(tx, row["id"], room, now)
+        if not taken:
+            return []
+        rows = tx.execute(
+            "UPDATE deliveries SET state = 'sending', attempts = attempts + 1,"
+            " leased_by = :worker, lease_expires_at = :until, updated_at = :now"
+            f" WHERE {backend.member('id', 'ids')} RETURNING *",
+            {
+                "worker": worker_id,
+                "until": now + lease_seconds,
+                "now": now,
+                "ids": backend.list_param(taken),
+            },
+        )
+        return self._claimed(tx, rows)
 
     def _due(self, tx: Tx, subscription_id: str, limit: int, now: float) -> list[int]:
         """A subscription's oldest due deliveries, locked (skipping other claimers' rows)."""
@@ -272,12 +303,21 @@ class Dispatch(StoreBase):
         many were applied."""
         if not finished:
             return 0
-        now = self.clock.now()
-        applied = 0
         with self.backend.transaction() as tx:
-            for start in range(0, len(finished), ROWS_CHUNK):
-                applied += self._finish(tx, worker_id, finished[start : start + ROWS_CHUNK], now)
-            self._endpoints_after(tx, finished, now, disable_after)
+            return self._finish_all(tx, worker_id, finished, self.clock.now(), disable_after)
+
+    def _finish_all(
+        self,
+        tx: Tx,
+        worker_id: str,
+        finished: Sequence[Finished],
+        now: float,
+        disable_after: float,
+    ) -> int:
+        applied = 0
+        for start in range(0, len(finished), ROWS_CHUNK):
+            applied += self._finish(tx, worker_id, finished[start : start + ROWS_CHUNK], now)
+        self._endpoints_after(tx, finished, now, disable_after)
         return applied
 
     def _finish(self, tx: Tx, worker_id: str, finished: Sequence[Finished], now: float) -> int:

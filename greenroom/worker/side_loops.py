@@ -35,7 +35,7 @@ class SideLoops:
         self._tasks = [asyncio.create_task(self._run(kind), name=kind) for kind in self.wanted]
 
     async def _run(self, kind: str) -> None:
-        """Their modules (httpx, SMTP, cron) are imported in a thread: the worker's loop goes
+        """Their modules (aiohttp, SMTP, cron) are imported in a thread: the worker's loop goes
         on claiming meanwhile."""
         loop: _Loop
         if kind == "delivery":
