@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from greenroom.api.schedule_schemas import Moment, unix_time
+from greenroom.api.schedule_schemas import Moment, checked_moment, unix_time
 from greenroom.api.schemas import Body
 from greenroom.errors import InvalidInput
 from greenroom.licenses.ingest import MAX_BATCH
@@ -115,6 +115,11 @@ class FindingActionIn(Body):
         examples=["on parental leave until March"], description="why; audited"
     )
     until: Moment | None = Field(None, description="snooze only: ISO 8601 or Unix time")
+
+    @field_validator("until")
+    @classmethod
+    def _real_time(cls, value: Any) -> Any:
+        return checked_moment(value)
 
     @field_validator("note")
     @classmethod

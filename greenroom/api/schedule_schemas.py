@@ -67,7 +67,7 @@ def unix_time(value: float | str) -> float:
     return found
 
 
-def _checked_moment(value: Any) -> Any:
+def checked_moment(value: Any) -> Any:
     if isinstance(value, str):
         try:
             unix_time(value)
@@ -122,7 +122,7 @@ class ScheduleUpdate(Body):
     @field_validator("start_at", "end_at")
     @classmethod
     def _moment(cls, value: Any) -> Any:
-        return _checked_moment(value)
+        return checked_moment(value)
 
     def request(self) -> ScheduleRequest:
         given = self.model_dump(exclude_unset=True, exclude={"tenant"})
@@ -229,7 +229,7 @@ class BackfillIn(Body):
     @field_validator("start", "end")
     @classmethod
     def _moment(cls, value: Any) -> Any:
-        return _checked_moment(value)
+        return checked_moment(value)
 
 
 class BackfillSlot(BaseModel):
