@@ -38,6 +38,7 @@ REFUSED_FOR_A_REASON = {
     ("platform", "POST /v1/subscriptions"): "tenant is required of platform keys",
     ("platform", "POST /v1/deliveries/recover"): "tenant is required of platform keys",
     ("platform", "POST /v1/schedules"): "tenant is required of platform keys",
+    ("platform", "PUT /v1/license-policy"): "tenant is required of platform keys",
     # Fields that go together (rate_limit with rate_period, heartbeat under half the lease):
     # about half the generated bodies pair them wrong.
     ("platform", "PATCH /v1/queues/{name}"): "fields that depend on each other",
