@@ -17,7 +17,7 @@ from greenroom.licenses.records import Finding, SavingsTotal
 from greenroom.rules import MAX_UNIX_TIME
 from greenroom.storage.backend import Row, Tx
 from greenroom.storage.base import StoreBase, require_reason, retry_conflicts
-from greenroom.storage.licenses import policy_layers, policy_of
+from greenroom.storage.licenses import next_after, page_order, policy_layers, policy_of
 
 #: States an admin may still act on.
 OPEN_STATES = (
@@ -96,27 +96,12 @@ class Findings(StoreBase):
                 params[column] = value
         if f.open_only:
             clauses.append("f.closed_at IS NULL")
-        if f.sort == "savings":
-            order = "sort_savings DESC, f.seq DESC"
-            if f.after is not None:
-                clauses.append(
-                    "(COALESCE(f.monthly_savings, -1) < :after_savings OR"
-                    " (COALESCE(f.monthly_savings, -1) = :after_savings AND f.seq < :after_seq))"
-                )
-                params |= {"after_savings": f.after[0], "after_seq": f.after[1]}
-        else:
-            order = "f.seq DESC"
-            if f.after is not None:
-                clauses.append("f.seq < :after_seq")
-                params["after_seq"] = f.after[1]
+        order = page_order("f", f.sort, f.after, clauses, params)
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute(
                 f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT :limit", params
             )
-        after = None
-        if len(rows) == f.limit:
-            after = (float(rows[-1]["sort_savings"]), int(rows[-1]["seq"]))
-        return [finding_from_row(r) for r in rows], after
+        return [finding_from_row(r) for r in rows], next_after(rows, f.limit)
 
     def get_finding(self, finding_id: str, *, tenant: str | None = None) -> Finding:
         with self.backend.transaction(write=False) as tx:

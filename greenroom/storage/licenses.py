@@ -103,6 +103,37 @@ def _facts(row: AccountRow) -> dict[str, Any]:
     }
 
 
+def page_order(
+    alias: str,
+    sort: str,
+    after: tuple[float, int] | None,
+    clauses: list[str],
+    params: dict[str, Any],
+) -> str:
+    """The order of a page of licenses or findings (`savings`: largest first; else newest
+    first), adding to `clauses` where the page after `after` starts."""
+    if sort == "savings":
+        if after is not None:
+            clauses.append(
+                f"(COALESCE({alias}.monthly_savings, -1) < :after_savings OR"
+                f" (COALESCE({alias}.monthly_savings, -1) = :after_savings"
+                f" AND {alias}.seq < :after_seq))"
+            )
+            params |= {"after_savings": after[0], "after_seq": after[1]}
+        return f"sort_savings DESC, {alias}.seq DESC"
+    if after is not None:
+        clauses.append(f"{alias}.seq < :after_seq")
+        params["after_seq"] = after[1]
+    return f"{alias}.seq DESC"
+
+
+def next_after(rows: list[Row], limit: int) -> tuple[float, int] | None:
+    """The `after` of the next page; None when this one was the last."""
+    if len(rows) < limit:
+        return None
+    return (float(rows[-1]["sort_savings"]), int(rows[-1]["seq"]))
+
+
 def policy_layers(tx: Tx, tenant: str) -> dict[str, dict[str, Any]]:
     """A tenant's stored policy layers: '' its default, else by integration id."""
     return {
@@ -256,28 +287,13 @@ class Licenses(StoreBase):
             clauses.append("f.state = :state")
             params["state"] = f.finding_state
         clauses.append("l.removed_at IS NOT NULL" if f.removed else "l.removed_at IS NULL")
-        if f.sort == "savings":
-            order = "sort_savings DESC, l.seq DESC"
-            if f.after is not None:
-                clauses.append(
-                    "(COALESCE(l.monthly_savings, -1) < :after_savings OR"
-                    " (COALESCE(l.monthly_savings, -1) = :after_savings AND l.seq < :after_seq))"
-                )
-                params |= {"after_savings": f.after[0], "after_seq": f.after[1]}
-        else:
-            order = "l.seq DESC"
-            if f.after is not None:
-                clauses.append("l.seq < :after_seq")
-                params["after_seq"] = f.after[1]
+        order = page_order("l", f.sort, f.after, clauses, params)
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute(
                 f"{_LICENSE_SELECT} WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT :limit",
                 params,
             )
-        after = None
-        if len(rows) == f.limit:
-            after = (float(rows[-1]["sort_savings"]), int(rows[-1]["seq"]))
-        return [license_from_row(r) for r in rows], after
+        return [license_from_row(r) for r in rows], next_after(rows, f.limit)
 
     def get_license(self, license_id: str, *, tenant: str | None = None) -> License:
         scope = "" if tenant is None else " AND l.tenant = :tenant"
