@@ -26,7 +26,11 @@ async def noop_step() -> int:
 
 
 def build_app(url: str) -> App:
-    app = App(db=url)
+    return declare(App(db=url))
+
+
+def declare(app: App) -> App:
+    """The benchmark's workflow, on `app`."""
 
     @app.workflow(name="bench.one_step")
     async def one_step(ctx: RunContext, i: int = 0) -> int:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
+from opentelemetry import trace
 
-from greenroom import metrics
+from greenroom import metrics, tracing
 from greenroom.errors import (
     ConfigError,
     InvalidInput,
@@ -49,6 +50,15 @@ M = TypeVar("M", bound="BaseModel")
 RELOGIN_REASON = "session logged out; login step re-run"
 
 current_run: contextvars.ContextVar[RunContext] = contextvars.ContextVar("greenroom_run")
+
+
+def _step(defn: StepDef, position: int, replayed: bool) -> dict[str, Any]:
+    """What a step's span says of it."""
+    return {
+        "greenroom.step.name": defn.name,
+        "greenroom.step.position": position,
+        "greenroom.step.replayed": replayed,
+    }
 
 
 @dataclass(frozen=True)
@@ -245,8 +255,12 @@ class RunContext:
                 )
             if recorded.status is StepStatus.COMPLETED:
                 self.steps_replayed += 1
-                return recorded.result  # type: ignore[no-any-return]
-        with step_context(defn.name):
+                with tracing.span(f"step {defn.name}", attributes=_step(defn, position, True)):
+                    return recorded.result  # type: ignore[no-any-return]
+        with (
+            step_context(defn.name),
+            tracing.span(f"step {defn.name}", attributes=_step(defn, position, False)),
+        ):
             return await self._execute_step(defn, position, fn, args, kwargs)
 
     async def _execute_step(
@@ -291,6 +305,10 @@ class RunContext:
             return False
         delay = defn.retry.delay(attempt)
         metrics.RETRIES.labels("step", self.run.workflow, type(error).__name__).inc()
+        trace.get_current_span().add_event(
+            "step attempt failed",
+            {"greenroom.step.attempt": attempt, "exception.type": type(error).__name__},
+        )
         self.log.warning(
             "step failed, retrying",
             step=defn.name,
@@ -308,12 +326,14 @@ class RunContext:
         here), then its page is captured for the failure's artifacts."""
         self.failed_step = defn.name
         self._step_took(started, "failed")
+        described = describe_error(error, step=defn.name, attempt=attempt, redact=self.redact)
+        tracing.failed(trace.get_current_span(), described)
         await self._checkpoint(
             position=position,
             name=defn.name,
             status=StepStatus.FAILED,
             result=None,
-            error=describe_error(error, step=defn.name, attempt=attempt, redact=self.redact),
+            error=described,
             attempts=attempt,
             started_at=started,
         )

@@ -6,8 +6,9 @@ Only the commands that run greenroom as a service (`worker`, `api`, `up`, and a 
 process) call `configure_logging`; an application that embeds greenroom keeps its own.
 
 While a run executes, every line its task emits, through any logger, carries the run's fields
-(`run_context`), the step's name inside a step (`step_context`) and a trace id when one is set
-(`trace_id`); the run's secrets are replaced in every line (`redact_run_secrets`).
+(`run_context`), the step's name inside a step (`step_context`) and the current span's
+`trace_id` and `span_id` when tracing is on (greenroom.tracing); the run's secrets are replaced
+in every line (`redact_run_secrets`).
 """
 
 from __future__ import annotations
@@ -20,17 +21,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 if TYPE_CHECKING:
     from greenroom.model import Lease
     from greenroom.settings import Settings
-
-#: The hook for tracing: the id of the trace current in this context, added to every line as
-#: `trace_id`. greenroom sets nothing here yet; the tracing integration sets it for a run.
-trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "greenroom_trace_id", default=None
-)
 
 #: Replaces the current run's secrets in a text: the redactor its artifacts use.
 _redact: contextvars.ContextVar[Callable[[str], str] | None] = contextvars.ContextVar(
@@ -149,9 +145,10 @@ def redact_run_secrets(redact: Callable[[str], str]) -> None:
 
 
 def _add_trace_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    current = trace_id.get()
-    if current is not None:
-        event_dict.setdefault("trace_id", current)
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        event_dict.setdefault("trace_id", trace.format_trace_id(span.trace_id))
+        event_dict.setdefault("span_id", trace.format_span_id(span.span_id))
     return event_dict
 
 

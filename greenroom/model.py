@@ -66,6 +66,8 @@ class Run:
     superseded_by: str | None = None
     error_group: str | None = None
     request_hash: str | None = None
+    #: The W3C traceparent it was created under (greenroom.tracing).
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +141,8 @@ class NewRun:
     retry_of: str | None = None
     #: What an idempotent create asked for, so the same key with another request is refused.
     request_hash: str | None = None
+    #: The trace it joins; None: the trace current where it is enqueued, if any.
+    trace_parent: str | None = None
 
 
 class PauseScope(enum.StrEnum):
@@ -235,6 +239,8 @@ class Event:
     subject: str
     #: The type's payload; `version` numbers its schema.
     payload: dict[str, Any] = field(default_factory=dict)
+    #: The W3C traceparent it was written under: its deliveries join that trace.
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,11 +18,11 @@ import pytest
 import structlog
 from pydantic import BaseModel, SecretStr
 
-from greenroom import App, RunContext, RunState, integrations, step
+from greenroom import App, RunContext, RunState, integrations, step, tracing
 from greenroom.cli import run as cli_run
 from greenroom.context import current_run
 from greenroom.crypto import load_keyring
-from greenroom.logs import _Handler, configure_logging, trace_id
+from greenroom.logs import _Handler, configure_logging
 from greenroom.settings import load_settings
 from tests.apps import isolated_app
 from tests.helpers import fast_app, wait_for_states, worker_running
@@ -256,19 +256,17 @@ def test_configuring_twice_writes_each_line_once(
     assert sum(isinstance(h, _Handler) for h in logging.getLogger().handlers) == 1
 
 
-def test_a_trace_id_set_by_tracing_is_on_the_lines(
+def test_the_current_trace_and_span_are_on_the_lines(
     configure: Configure, capsys: pytest.CaptureFixture[str]
 ) -> None:
     configure(log_format="json")
-    token = trace_id.set("4bf92f3577b34da6a3ce929d0e0e4736")
-    try:
+    with tracing.under("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"):
         logging.getLogger("thirdparty").info("traced")
-    finally:
-        trace_id.reset(token)
     logging.getLogger("thirdparty").info("untraced")
     lines = json_lines(capsys.readouterr().err)
     assert lines["traced"]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert "trace_id" not in lines["untraced"]
+    assert lines["traced"]["span_id"] == "00f067aa0ba902b7"
+    assert "trace_id" not in lines["untraced"] and "span_id" not in lines["untraced"]
 
 
 async def test_greenroom_as_a_library_leaves_logging_alone(sqlite_url: str) -> None:

@@ -21,14 +21,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from greenroom import App, RetryPolicy, RunContext, RunState, step
+from greenroom.clock import ManualClock
 from greenroom.metrics import REGISTRY
 from greenroom.metrics.expose import exposition
 from greenroom.metrics.store import StoreCollector, families
-from greenroom.model import Role
+from greenroom.model import NewRun, Role
+from greenroom.settings import load_settings
 from greenroom.storage import RunStore, open_store
+from greenroom.worker.metered import RunMetrics
 from tests.api_helpers import ApiSetup, api_setup, build_app
 from tests.helpers import fast_app, wait_for_states, worker_running
 from tests.test_cli_service import base_url, greenroom
+from tests.test_delivery import KEY, subscribe, until
+from tests.webhook_receiver import running_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "docs" / "grafana" / "greenroom.json"
@@ -121,6 +126,61 @@ async def test_the_tenant_label_is_there_only_when_the_operator_opts_in(db_url: 
     async with worker_running(app):
         await wait_for_states(app.store, [run.id])
     assert value(parse(exposition()), finished, tenant="acme") == before + 1
+
+
+def test_recovery_time_runs_from_the_lease_expiring(store: RunStore, clock: ManualClock) -> None:
+    run, _ = store.runs.enqueue(NewRun(workflow="metrics.stalls"))
+    [lease] = store.runs.claim("w1", ["default"], 1, lease_seconds=10)
+    assert lease.run.id == run.id
+    clock.advance(25)  # the lease expired 15 s ago
+    recovery = store.runs.recover("w2", max_stalls=3)
+    assert recovery.requeued == [run.id] and recovery.waited == [pytest.approx(15)]
+    name = "greenroom_stalled_run_recovery_seconds"
+    before = parse(exposition())
+    RunMetrics(App(), load_settings()).recovered(recovery)
+    after = parse(exposition())
+    assert value(after, f"{name}_count") - value(before, f"{name}_count") == 1
+    assert value(after, f"{name}_sum") - value(before, f"{name}_sum") == pytest.approx(15)
+    assert value(after, f"{name}_bucket", le="10.0") == value(before, f"{name}_bucket", le="10.0")
+    assert (
+        value(after, f"{name}_bucket", le="30.0") == value(before, f"{name}_bucket", le="30.0") + 1
+    )
+
+
+async def test_deliveries_are_counted_by_channel_and_result(db_url: str) -> None:
+    app = fast_app(
+        db_url,
+        secret_key=KEY,
+        delivery_enabled=True,
+        delivery_allow_http=True,
+        delivery_allow_private=True,
+    )
+
+    @app.workflow(name="metrics.delivered")
+    async def delivered(ctx: RunContext) -> None:
+        return None
+
+    app.store.accounts.create_tenant("t1", actor="test")
+    before = parse(exposition())
+    try:
+        with running_receiver() as ok, running_receiver() as down:
+            down.answer = lambda request: 503
+            subscribe(app, ok.url, types=["run.succeeded"])
+            subscribe(app, down.url, types=["run.succeeded"])
+            await app.enqueue("metrics.delivered", {}, tenant="t1")
+            async with worker_running(app):
+                await until(lambda: ok.received() and down.received())
+    finally:
+        app.close()
+    after = parse(exposition())
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("greenroom_deliveries_total", channel="webhook", result="ok") == 1
+    assert grew("greenroom_deliveries_total", channel="webhook", result="failed") >= 1
+    attempts = grew("greenroom_deliveries_total", channel="webhook")
+    assert grew("greenroom_delivery_duration_seconds_count", channel="webhook") == attempts
 
 
 def free_port() -> int:

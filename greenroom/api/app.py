@@ -49,6 +49,10 @@ def create_api(app: App) -> FastAPI:
             {"name": "events", "description": "What happened, in commit order (docs/events.md)."},
             {"name": "licenses", "description": "Unused licenses and their findings."},
         ],
+        # A span per request, a child of the caller's traceparent (greenroom.tracing): the runs
+        # it creates store it. Metrics are Prometheus's (greenroom.metrics); logs are
+        # greenroom's, redacted (FastAPI's would carry exception messages as they are).
+        telemetry={"metrics": False, "logs": False, "operation_spans": False},
     )
     api.state.greenroom = ApiState(
         app=app,

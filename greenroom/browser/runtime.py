@@ -14,7 +14,11 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
+from opentelemetry import trace
+
+from greenroom import tracing
 from greenroom.browser.artifacts import ArtifactStore, default_artifact_store
 from greenroom.browser.guard import SecretGuard
 from greenroom.browser.locks import KeyedLocks
@@ -26,7 +30,7 @@ from greenroom.model import Lease
 from greenroom.settings import Settings
 
 if TYPE_CHECKING:
-    from playwright.async_api import Page
+    from playwright.async_api import Page, Request
 
     from greenroom.model import SavedSession
     from greenroom.storage import DbCall
@@ -90,6 +94,9 @@ class RunBrowser:
         self._ok = False
         self._diagnosed: BaseException | None = None
         self._step: tuple[int, str, int] | None = None
+        #: Where navigations are noted: the step's span, between steps the run attempt's.
+        self._run_span = trace.get_current_span()
+        self._span = self._run_span
         self._tracing = False
         self._traces = 0  # a re-login starts a second trace in a new context
         self.guard: SecretGuard | None = None
@@ -107,6 +114,7 @@ class RunBrowser:
             assert self._entry is not None
             if self._page is None or self._page.is_closed():
                 self._page = await self._entry.take_page()
+                self._page.on("requestfinished", self._navigated)
             if restore_url and self._entry.url and self._page.url == "about:blank":
                 await self._page.goto(self._entry.url)
             return self._page
@@ -169,15 +177,35 @@ class RunBrowser:
 
     def step_started(self, position: int, name: str, attempt: int) -> None:
         self._step = (position, name, attempt)
+        self._span = trace.get_current_span()
 
     async def step_completed(self, position: int, name: str) -> None:
         """Save the session before the step is checkpointed: a resumed run that skips the step
         then always finds the browser state the step left."""
         self._step = None
         await self.save()
+        self._span = self._run_span
 
     async def step_failed(self, position: int, name: str, attempt: int, exc: BaseException) -> None:
         await self._diagnose(exc, (position, name, attempt))
+        self._span = self._run_span
+
+    def _navigated(self, request: Request) -> None:
+        """A page loaded a document: noted with its timing on the current step's span (the
+        URL without its query, which may carry tokens)."""
+        if not self._span.is_recording() or not request.is_navigation_request():
+            return
+        parts = urlsplit(request.url)
+        url = self.redactor.text(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
+        timing = request.timing
+        self._span.add_event(
+            "navigation",
+            {
+                "url.full": url,
+                "greenroom.navigation.main_frame": request.frame.parent_frame is None,
+                "greenroom.navigation.response_ms": round(timing["responseEnd"], 1),
+            },
+        )
 
     async def run_completed(self) -> None:
         await self.save()
@@ -201,6 +229,10 @@ class RunBrowser:
         return None if run.session_key is None else f"{run.tenant}\0{run.session_key}"
 
     async def _acquire(self) -> None:
+        with tracing.span("browser context"):
+            await self._open()
+
+    async def _open(self) -> None:
         run = self._lease.run
         version, factory = 0, None
         if run.session_key is not None:
@@ -237,6 +269,10 @@ class RunBrowser:
         entry = self._entry
         if entry is None or entry.key is None or not entry.usable:
             return
+        with tracing.span("browser session save"):
+            await self._save(entry)
+
+    async def _save(self, entry: SessionContext) -> None:
         run = self._lease.run
         assert run.session_key is not None
         if not self._logged_out and not await self._probe_ok():
@@ -307,20 +343,21 @@ class RunBrowser:
         self._diagnosed = exc
         run = self._lease.run
         where = "run" if step is None else f"step{step[0]}-try{step[2]}"
-        try:
-            captures = await capture_failure(
-                self._page,
-                self.console,
-                error=exc,
-                redactor=self.redactor,
-                max_bytes=self.settings.artifact_max_bytes,
-                timeout=self.settings.diagnostics_timeout,
-                prefix=f"attempt{run.attempt}-{where}",
-            )
-            for item in captures:
-                await self._store_artifact(item, step)
-        except Exception as exc2:
-            self._log.warning("could not capture failure diagnostics", error=_brief(exc2))
+        with tracing.span("browser failure capture"):
+            try:
+                captures = await capture_failure(
+                    self._page,
+                    self.console,
+                    error=exc,
+                    redactor=self.redactor,
+                    max_bytes=self.settings.artifact_max_bytes,
+                    timeout=self.settings.diagnostics_timeout,
+                    prefix=f"attempt{run.attempt}-{where}",
+                )
+                for item in captures:
+                    await self._store_artifact(item, step)
+            except Exception as exc2:
+                self._log.warning("could not capture failure diagnostics", error=_brief(exc2))
 
     async def _store_artifact(self, item: Capture, step: tuple[int, str, int] | None) -> None:
         run = self._lease.run

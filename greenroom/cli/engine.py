@@ -32,6 +32,7 @@ from greenroom.errors import InvalidInput
 from greenroom.logs import configure_logging
 from greenroom.settings import redact
 from greenroom.storage import open_backend
+from greenroom.tracing import configure_tracing
 
 db_cli = typer.Typer(no_args_is_help=True, help="Manage the database schema.")
 cli.add_typer(db_cli, name="db")
@@ -86,6 +87,7 @@ def worker(
     )
     require_database(the_app.settings.db)
     configure_logging(the_app.settings)
+    configure_tracing("greenroom-worker")
     runner = Worker(the_app, queues=split_list(queues), concurrency=concurrency)
     try:
         asyncio.run(runner.run(install_signal_handlers=True))

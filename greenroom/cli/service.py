@@ -33,6 +33,7 @@ from greenroom.metrics.expose import fresh_multiprocess_dir, remove_multiprocess
 from greenroom.model import Role
 from greenroom.settings import redact
 from greenroom.storage import RunStore
+from greenroom.tracing import configure_tracing
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -88,6 +89,7 @@ def api_process() -> FastAPI:
     app = load_app(os.environ.get(APP_ENV) or DEMO_APP)
     configure(app, db=os.environ.get(DB_ENV))
     configure_logging(app.settings)  # a new process: uvicorn leaves its logging alone
+    configure_tracing("greenroom-api")
     app.migrate = False
     connect_early(app)
     return create_api(app)
@@ -113,6 +115,7 @@ def api(
     quiet_driver_logs()
     check_schema(settings.db)
     configure_logging(settings)
+    configure_tracing("greenroom-api")
     the_app.migrate = False
     from greenroom.api.app import create_api  # FastAPI is slow to import: not before the checks
     from greenroom.api.serve import address, listen, serve, serve_processes, server
@@ -211,6 +214,7 @@ def up(
     if bootstrap_tenant is None:  # --bootstrap sets a new service up: it may create the file
         require_database(settings.db)
     configure_logging(settings)
+    configure_tracing("greenroom")
     try:
         store = the_app.store  # opening it migrates
         if bootstrap_tenant is not None:

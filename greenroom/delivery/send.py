@@ -7,6 +7,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from greenroom import metrics, tracing
 from greenroom.crypto import KeyRing, load_keyring
 from greenroom.delivery import http, render
 from greenroom.delivery.address import AddressPolicy
@@ -62,6 +65,15 @@ class Sender:
     async def send(self, subscription: Subscription, events: Sequence[Event]) -> Sent:
         """One attempt: a webhook or Slack message for one event, or one mail for several
         (a digest). Never raises for a receiver's failure."""
+        started = time.perf_counter()
+        sent = await self._send(subscription, events)
+        channel = subscription.channel.value
+        result = "ok" if sent.ok else "gone" if sent.gone else "failed"
+        metrics.DELIVERIES.labels(channel, result).inc()
+        metrics.DELIVERY_DURATION.labels(channel).observe(time.perf_counter() - started)
+        return sent
+
+    async def _send(self, subscription: Subscription, events: Sequence[Event]) -> Sent:
         try:
             if subscription.channel is Channel.EMAIL:
                 return await self._email(subscription, events)
@@ -82,7 +94,25 @@ class Sender:
         signed = headers(
             message_id(event), int(now), body, signing_secrets(self.ring, subscription, now)
         )
-        return await self._post(subscription, body, signed)
+        with tracing.run_span(
+            f"webhook {event.type}",
+            traceparent=event.trace_parent,
+            run_id=event.subject.removeprefix("run:") if event.subject.startswith("run:") else None,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "greenroom.event.id": event.id,
+                "greenroom.event.type": event.type,
+                "greenroom.subscription.id": subscription.id,
+                "greenroom.tenant": event.tenant,
+            },
+        ) as span:
+            tracing.inject(signed)  # traceparent: the receiver's work joins the trace
+            sent = await self._post(subscription, body, signed)
+            if sent.status is not None:
+                span.set_attribute("http.response.status_code", sent.status)
+            if not sent.ok:
+                span.set_status(Status(StatusCode.ERROR, sent.error or f"HTTP {sent.status}"))
+        return sent
 
     async def _post(
         self, subscription: Subscription, body: bytes, extra: dict[str, str] | None = None

@@ -105,6 +105,13 @@ RUNS_RECOVERED = Counter(
     ("action",),
     registry=REGISTRY,
 )
+RECOVERY_TIME = Histogram(
+    "greenroom_stalled_run_recovery_seconds",
+    "How long a stalled run waited to be recovered: from its lease expiring or its worker"
+    " declared lost (whichever came first) to this worker's maintenance taking it back.",
+    buckets=LONG,
+    registry=REGISTRY,
+)
 WORKERS_LOST = Counter(
     "greenroom_workers_declared_lost_total",
     "Workers this worker's maintenance declared lost.",
@@ -132,6 +139,23 @@ BROWSER_CONTEXTS_CREATED = Counter(
 BROWSER_CONTEXTS_REUSED = Counter(
     "greenroom_browser_contexts_reused_total",
     "Warm session contexts handed to a run again.",
+    registry=REGISTRY,
+)
+
+# -- deliveries (workers' side loop) ----------------------------------------------------------
+
+DELIVERIES = Counter(
+    "greenroom_deliveries_total",
+    "Delivery attempts (a webhook or Slack message for one event, a mail for one or a digest),"
+    " by channel and result: ok, failed (sent again later, or given up), gone (410: disabled).",
+    ("channel", "result"),
+    registry=REGISTRY,
+)
+DELIVERY_DURATION = Histogram(
+    "greenroom_delivery_duration_seconds",
+    "How long one delivery attempt took (connect, send, answer), by channel.",
+    ("channel",),
+    buckets=STEP,
     registry=REGISTRY,
 )
 

@@ -80,6 +80,7 @@ def run_from_row(row: Row) -> Run:
         superseded_by=row["superseded_by"],
         error_group=row["error_group"],
         request_hash=row["request_hash"],
+        trace_parent=row["trace_parent"],
     )
 
 
@@ -249,6 +250,7 @@ def outbox_event_from_row(row: Row) -> Event:
         occurred_at=row["occurred_at"],
         subject=row["subject"],
         payload=loads(row["payload"]),
+        trace_parent=row.get("trace_parent"),
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from greenroom.storage.backend import Backend, Column, Tx
 from greenroom.storage.base import ROWS_CHUNK
 from greenroom.storage.codec import dumps
+from greenroom.tracing import current_traceparent
 
 #: The schema version of every payload written now (docs/events.md); a change that removes or
 #: retypes a field makes the next one.
@@ -19,6 +20,7 @@ _COLUMNS: list[Column] = [
     ("type", "text"),
     ("subject", "text"),
     ("payload", "text"),
+    ("trace_parent", "text"),
 ]
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
 
@@ -31,6 +33,8 @@ class NewEvent:
     subject: str
     #: The type's fields; `version` is added.
     payload: dict[str, Any]
+    #: The trace it joins; None: the trace current where it is written, if any.
+    trace_parent: str | None = None
 
 
 def emit(tx: Tx, backend: Backend, events: Sequence[NewEvent], now: float) -> None:
@@ -45,6 +49,7 @@ def emit(tx: Tx, backend: Backend, events: Sequence[NewEvent], now: float) -> No
                     "type": e.type,
                     "subject": e.subject,
                     "payload": dumps({"version": PAYLOAD_VERSION, **e.payload}, "payload"),
+                    "trace_parent": e.trace_parent or current_traceparent(),
                 }
                 for e in events[start : start + ROWS_CHUNK]
             ],

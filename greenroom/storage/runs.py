@@ -7,7 +7,7 @@ they only apply while the run is still leased with the worker's token.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from greenroom.errors import LeaseLost
@@ -74,6 +74,9 @@ class Recovery:
     lost_workers: list[str]
     #: When the next lost worker's runs are due to be handed out, if any are pending.
     next_due: float | None = None
+    #: For each run recovered: how long it waited, from its lease expiring or its worker
+    #: declared lost (whichever came first) to its recovery.
+    waited: list[float] = field(default_factory=list)
 
 
 class Runs(StoreBase):
@@ -318,25 +321,26 @@ class Runs(StoreBase):
         failed: list[str] = []
         with backend.transaction() as tx:
             lost = self._declare_lost(tx, candidates, now)
-            gone = [
-                r["id"]
+            gone = {
+                r["id"]: float(r["lost_at"])
                 for r in tx.execute(
                     "UPDATE workers SET state = 'dead' WHERE state = 'lost'"
-                    " AND lost_at <= :cutoff RETURNING id",
+                    " AND lost_at <= :cutoff RETURNING id, lost_at",
                     {"cutoff": now - backend.liveness_grace},
                 )
-            ]
+            }
             pending = tx.execute("SELECT MIN(lost_at) AS at FROM workers WHERE state = 'lost'")
             due = None if pending[0]["at"] is None else pending[0]["at"] + backend.liveness_grace
             stalled = tx.execute(
                 "SELECT * FROM runs WHERE state = 'running' AND (lease_expires_at < :now"
                 f" OR {backend.member('lease_owner', 'gone')}) ORDER BY seq {backend.skip_locked}",
-                {"now": now, "gone": backend.list_param(gone)},
+                {"now": now, "gone": backend.list_param(list(gone))},
             )
             if not stalled:
                 return Recovery(requeued=[], failed=[], lost_workers=lost, next_due=due)
             limits = self._queue_max_stalls(tx, {r["queue"] for r in stalled})
             changes = [_stall(row, gone, limits.get(row["queue"], max_stalls)) for row in stalled]
+            waited = [now - _recoverable_since(row, gone) for row in stalled]
             for r in moves.move(
                 tx,
                 backend,
@@ -347,7 +351,9 @@ class Runs(StoreBase):
                 sets="stalls = runs.stalls + 1, error = COALESCE(w.error, runs.error)",
             ):
                 (failed if RunState(r["state"]).finished else requeued).append(r["id"])
-        return Recovery(requeued=requeued, failed=failed, lost_workers=lost, next_due=due)
+        return Recovery(
+            requeued=requeued, failed=failed, lost_workers=lost, next_due=due, waited=waited
+        )
 
     def _declare_lost(self, tx: Tx, candidates: list[Row], now: float) -> list[str]:
         """Mark lost the workers whose locks this transaction takes: until it commits, none of
@@ -490,7 +496,15 @@ class Runs(StoreBase):
     # -- helpers ---------------------------------------------------------------------------
 
 
-def _stall(row: Row, gone: list[str], max_stalls: int) -> Change:
+def _recoverable_since(row: Row, gone: dict[str, float]) -> float:
+    """When a stalled run could first be recovered: its lease expired or its worker was lost."""
+    times = [float(row["lease_expires_at"] or 0.0)]
+    if row["lease_owner"] in gone:
+        times.append(gone[row["lease_owner"]])
+    return min(times)
+
+
+def _stall(row: Row, gone: dict[str, float], max_stalls: int) -> Change:
     """Where a stalled run goes: cancelled if a cancel was asked for, failed at max_stalls,
     else ready again."""
     why = (

@@ -78,6 +78,8 @@ runs = Table(
     Column("holds_tenant_slot", Boolean, nullable=False, server_default=text("false")),
     # Added by migration 0008: the newest retry of this failed or cancelled run.
     Column("superseded_by", String(40)),
+    # Added by migration 0013: the W3C traceparent it was created under.
+    Column("trace_parent", String(55)),
     _partial_index(
         "runs_idempotency",
         "tenant",
@@ -397,6 +399,8 @@ events = Table(
     Column("occurred_at", Float, nullable=False),
     Column("subject", String(250), nullable=False),
     Column("payload", Text, nullable=False),
+    # Added by migration 0013: the W3C traceparent it was written under (its deliveries join it).
+    Column("trace_parent", String(55)),
     Index("events_position", "txid", "id"),
     Index("events_tenant", "tenant", "txid", "id"),
     Index("events_type", "tenant", "type", "txid", "id"),

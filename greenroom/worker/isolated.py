@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from greenroom import tracing
 from greenroom.app import App
 from greenroom.browser.runtime import BrowserRuntime
 from greenroom.errors import ConfigError
@@ -36,6 +37,7 @@ from greenroom.logs import bind_run, configure_logging
 from greenroom.model import Lease
 from greenroom.settings import Settings
 from greenroom.storage import open_store
+from greenroom.tracing import configure_tracing, shutdown_tracing
 from greenroom.worker.execute import Outcome, RunServices, execute_workflow
 from greenroom.worker.writer import RunWriter
 from greenroom.workflow import Workflow
@@ -109,6 +111,7 @@ class IsolatedRun:
             "lease_seconds": lease.seconds,
             "pause_requested": self._pause_requested,
             "result": str(result),
+            "trace_parent": tracing.current_traceparent(),  # its steps join the attempt's span
         }
 
 
@@ -165,6 +168,7 @@ async def _execute(request: dict[str, Any]) -> Outcome:
     messages.listen(asyncio.get_running_loop())
     settings = Settings(**request["settings"])
     configure_logging(settings)  # its lines join the worker's, on the stderr they share
+    configure_tracing("greenroom-worker")
     app = _find_app(request["module"], request["workflow"])
     store = open_store(settings.db, migrate=False, pool_size=2)
     runtime = BrowserRuntime(settings)
@@ -182,23 +186,24 @@ async def _execute(request: dict[str, Any]) -> Outcome:
             seconds=request["lease_seconds"],
         )
         bind_run(lease)
-        services = RunServices(
-            app=app, store=store, writer=RunWriter(store.runs, db), browser=runtime, db=db
-        )
-        ctx = services.context(
-            lease,
-            history=store.runs.steps(run.id),
-            lease_valid_until=lambda: messages.valid_until,  # renewed by the worker
-            await_checkpoints=True,  # the worker may kill this process group at any moment
-        )
-        messages.on_pause = ctx.request_pause
-        if messages.paused:
-            ctx.request_pause()
-        try:
-            return await execute_workflow(services, ctx, app.workflows[request["workflow"]])
-        finally:
-            assert ctx.browser is not None
-            await ctx.browser.close()
+        with tracing.under(request.get("trace_parent")):
+            services = RunServices(
+                app=app, store=store, writer=RunWriter(store.runs, db), browser=runtime, db=db
+            )
+            ctx = services.context(
+                lease,
+                history=store.runs.steps(run.id),
+                lease_valid_until=lambda: messages.valid_until,  # renewed by the worker
+                await_checkpoints=True,  # the worker may kill this process group at any moment
+            )
+            messages.on_pause = ctx.request_pause
+            if messages.paused:
+                ctx.request_pause()
+            try:
+                return await execute_workflow(services, ctx, app.workflows[request["workflow"]])
+            finally:
+                assert ctx.browser is not None
+                await ctx.browser.close()
     finally:
         await runtime.close()
         store.backend.close()
@@ -215,6 +220,7 @@ def main() -> None:
         outcome = asyncio.run(_execute(request))
     except Exception as exc:  # the run could not even start here (import, database)
         outcome = Outcome.failed(exc)
+    shutdown_tracing()  # its spans exported before it reports
     path = Path(request["result"])
     tmp = path.with_suffix(".tmp")
     tmp.write_text(outcome.dumps())

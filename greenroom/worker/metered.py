@@ -66,5 +66,7 @@ class RunMetrics:
             metrics.RUNS_RECOVERED.labels("requeued").inc(len(recovery.requeued))
         if recovery.failed:
             metrics.RUNS_RECOVERED.labels("failed").inc(len(recovery.failed))
+        for seconds in recovery.waited:
+            metrics.RECOVERY_TIME.observe(max(0.0, seconds))
         if recovery.lost_workers:
             metrics.WORKERS_LOST.inc(len(recovery.lost_workers))

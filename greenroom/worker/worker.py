@@ -12,7 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from opentelemetry.trace import SpanKind
 
+from greenroom import tracing
 from greenroom.app import App
 from greenroom.browser.runtime import BrowserRuntime
 from greenroom.context import RunContext
@@ -28,6 +30,7 @@ from greenroom.storage.backend import ANY_QUEUE, Liveness
 from greenroom.storage.runs import ControlRequests
 from greenroom.storage.threads import StoreThreads
 from greenroom.storage.writes import End
+from greenroom.tracing import attempt_attributes
 from greenroom.worker.active import ActiveRun, StopReason
 from greenroom.worker.execute import Outcome, OutcomeKind, RunServices, execute_workflow
 from greenroom.worker.isolated import IsolatedRun
@@ -440,11 +443,27 @@ class Worker:
 
     async def _execute_run(self, lease: Lease) -> None:
         run = lease.run
+        with tracing.run_span(
+            f"run {run.workflow}",
+            traceparent=run.trace_parent,
+            run_id=run.id,
+            kind=SpanKind.CONSUMER,
+            attributes=attempt_attributes(lease, self.id),
+        ) as span:
+            outcome = await self._execute_attempt(lease)
+            if outcome is not None:
+                span.set_attribute("greenroom.run.outcome", outcome.kind.value)
+                if outcome.kind is OutcomeKind.FAILED and outcome.error is not None:
+                    tracing.failed(span, outcome.description or describe_error(outcome.error))
+
+    async def _execute_attempt(self, lease: Lease) -> Outcome | None:
+        """Execute the run and record its end: the outcome, if the workflow got to one."""
+        run = lease.run
         wf = self.app.workflows.get(run.workflow)
         if wf is None:
             err = {"type": "UnknownWorkflow", "message": f"no workflow {run.workflow!r} in app"}
             await self._finish(lease, RunState.FAILED, "unknown workflow", error=err)
-            return
+            return None
         run_log = self.log.bind(run_id=run.id, workflow=run.workflow, attempt=run.attempt)
         if wf.isolation == "process":
             execution = self._execute_isolated(lease, wf)
@@ -457,8 +476,9 @@ class Worker:
             outcome = await execution
         except asyncio.CancelledError:
             await self._stopped(lease)
-            return
+            return None
         await self._record(lease, outcome, run_log, **facts)
+        return outcome
 
     async def _context(self, lease: Lease) -> RunContext:
         """The context of a run executing in this worker, known to its controls."""

@@ -14,6 +14,7 @@ from greenroom.storage.base import ROWS_CHUNK, event_params, insert_events
 from greenroom.storage.codec import dumps
 from greenroom.storage.lifecycle import moves, summaries
 from greenroom.storage.lifecycle.states import Move, check
+from greenroom.tracing import current_traceparent
 
 _NEW_COLUMNS: list[Column] = [
     ("id", "text"),
@@ -31,17 +32,19 @@ _NEW_COLUMNS: list[Column] = [
     ("retry_of", "text"),
     ("request_hash", "text"),
     ("available_at", "double precision"),
+    ("trace_parent", "text"),
 ]
 _NEW_NAMES = ", ".join(name for name, _ in _NEW_COLUMNS)
 _INSERT_RUNS = (
     "INSERT INTO runs (id, tenant, workflow, queue, session_key, state, priority, input, labels,"
     " idempotency_key, attempt, max_attempts, timeout, stalls, cancel_requested,"
     " pause_requested, retry_of, request_hash, lease_token, available_at, created_at,"
-    " updated_at) SELECT id, tenant, workflow, queue, session_key, state, priority, input,"
-    " labels, idempotency_key, 1, COALESCE(max_attempts, (SELECT q.max_attempts FROM queues q"
-    " WHERE q.name = w.queue), 1), timeout, 0, false, false, retry_of, request_hash, 0,"
+    " updated_at, trace_parent) SELECT id, tenant, workflow, queue, session_key, state,"
+    " priority, input, labels, idempotency_key, 1, COALESCE(max_attempts, (SELECT"
+    " q.max_attempts FROM queues q WHERE q.name = w.queue), 1), timeout, 0, false, false,"
+    " retry_of, request_hash, 0, available_at, :now, :now, trace_parent"
     # A WHERE clause: SQLite needs one to read ON CONFLICT as the upsert clause.
-    " available_at, :now, :now FROM w WHERE {where}"
+    " FROM w WHERE {where}"
     " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
     # Whether any pause exists, in the same round trip (there rarely is one).
     " RETURNING *, (SELECT COUNT(*) FROM pauses) AS pauses"
@@ -198,4 +201,5 @@ def _new_row(new: NewRun, now: float) -> dict[str, Any]:
         "retry_of": new.retry_of,
         "request_hash": new.request_hash,
         "available_at": available,
+        "trace_parent": new.trace_parent or current_traceparent(),
     }

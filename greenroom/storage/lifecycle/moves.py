@@ -21,13 +21,21 @@ from greenroom.storage.lifecycle import summaries
 from greenroom.storage.lifecycle.states import EVENTS, Move, allows, check
 from greenroom.storage.outbox import NewEvent, emit
 
-#: What a moved run's row returns: what the summaries, pauses and error groups read.
-RETURNED = (
-    ", ".join(
-        f"runs.{c}"
-        for c in ("id", "seq", "state", "tenant", "workflow", "queue", "session_key", "priority")
+#: What a moved run's row returns: what the summaries, pauses, error groups and events read.
+RETURNED = ", ".join(
+    f"runs.{c}"
+    for c in (
+        "id",
+        "seq",
+        "state",
+        "tenant",
+        "workflow",
+        "queue",
+        "session_key",
+        "priority",
+        "labels",
+        "trace_parent",
     )
-    + ", runs.labels"
 )
 _FINISHED = ", ".join(f"'{s.value}'" for s in sorted(FINISHED_STATES))
 
@@ -109,7 +117,9 @@ def _emit(
                 "detail": change.detail,
                 "labels": _labels(row["labels"]),
             }
-            events.append(NewEvent(row["tenant"], EVENTS[kind, state], f"run:{row['id']}", payload))
+            event = EVENTS[kind, state]
+            subject = f"run:{row['id']}"
+            events.append(NewEvent(row["tenant"], event, subject, payload, row["trace_parent"]))
     emit(tx, backend, events, now)
 
 
