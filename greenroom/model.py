@@ -141,8 +141,6 @@ class NewRun:
     retry_of: str | None = None
     #: What an idempotent create asked for, so the same key with another request is refused.
     request_hash: str | None = None
-    #: The trace it joins; None: the trace current where it is enqueued, if any.
-    trace_parent: str | None = None
 
 
 class PauseScope(enum.StrEnum):

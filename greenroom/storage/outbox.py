@@ -39,6 +39,7 @@ class NewEvent:
 
 def emit(tx: Tx, backend: Backend, events: Sequence[NewEvent], now: float) -> None:
     """Write these events in `tx`, in order."""
+    ambient = current_traceparent()
     for start in range(0, len(events), ROWS_CHUNK):
         params: dict[str, Any] = {"now": now}
         rows = tx.rows(
@@ -49,7 +50,7 @@ def emit(tx: Tx, backend: Backend, events: Sequence[NewEvent], now: float) -> No
                     "type": e.type,
                     "subject": e.subject,
                     "payload": dumps({"version": PAYLOAD_VERSION, **e.payload}, "payload"),
-                    "trace_parent": e.trace_parent or current_traceparent(),
+                    "trace_parent": e.trace_parent or ambient,
                 }
                 for e in events[start : start + ROWS_CHUNK]
             ],

@@ -99,7 +99,8 @@ def insert_runs(
         queues=[n.queue for n in batch if n.queue not in known.queues],
         now=now,
     )
-    new_rows = [_new_row(new, now) for new in batch]
+    ambient = current_traceparent()
+    new_rows = [_new_row(new, now, ambient) for new in batch]
     inserted: dict[str, Row] = {}
     for start in range(0, len(new_rows), ROWS_CHUNK):
         params: dict[str, Any] = {"now": now}
@@ -146,7 +147,8 @@ def insert_runs_at_once(
         or not {new.queue for new in batch} <= known.queues
     ):
         return None
-    new_rows = [_new_row(new, now) for new in batch]
+    ambient = current_traceparent()
+    new_rows = [_new_row(new, now, ambient) for new in batch]
     params: dict[str, Any] = {"now": now, "tenant": batch[0].tenant}
     with backend.single_statement() as tx:
         source = tx.rows(
@@ -182,7 +184,8 @@ def _existing(tx: Tx, new: NewRun) -> Row:
     )[0]
 
 
-def _new_row(new: NewRun, now: float) -> dict[str, Any]:
+def _new_row(new: NewRun, now: float, trace_parent: str | None) -> dict[str, Any]:
+    """The row of a new run; `trace_parent` is the trace current where it is enqueued."""
     available = new.available_at if new.available_at is not None else now
     return {
         "id": str(uuid.uuid4()),
@@ -201,5 +204,5 @@ def _new_row(new: NewRun, now: float) -> dict[str, Any]:
         "retry_of": new.retry_of,
         "request_hash": new.request_hash,
         "available_at": available,
-        "trace_parent": new.trace_parent or current_traceparent(),
+        "trace_parent": trace_parent,
     }
