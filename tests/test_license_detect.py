@@ -25,6 +25,7 @@ from greenroom.licenses.detect import (
     classify,
 )
 from greenroom.licenses.findings import Finding, FindingState, Step, advance, keep
+from greenroom.storage.license_pass import REMOVED
 
 TODAY = 20_000
 NOW = TODAY * DAY + 12 * 3600.0
@@ -448,6 +449,21 @@ def test_kept_and_snoozed_hold_until_they_end(state: FindingState) -> None:
     assert reopened.finding.state is FindingState.NOTIFIED
     assert reopened.finding.episode_start == NOW + 90 * DAY
     assert after is not None and after.episode_start == NOW + 90 * DAY
+
+
+@pytest.mark.parametrize("state", [FindingState.KEPT, FindingState.SNOOZED])
+def test_a_held_seat_that_goes_away_is_reclaimed_at_once(state: FindingState) -> None:
+    finding, _ = run(account(last_active=NOW - 20 * DAY), 1)
+    assert finding is not None
+    held = replace(finding, state=state, until=NOW + 90 * DAY)
+    free = judge(account(last_active=NOW - 20 * DAY, unit_cost=0.0))
+    for gone in (REMOVED, free):
+        step = advance(held, gone, NOW + DAY, POLICY)
+        closed = replace(held, state=FindingState.CLOSED, until=None)
+        assert step == Step(finding=closed, event="license.reclaimed")
+    # Deactivated but still paid for: the seat is still there, and the hold with it.
+    paid = judge(account(last_active=NOW - 20 * DAY, status="deactivated"))
+    assert advance(held, paid, NOW + DAY, POLICY) == Step(finding=held)
 
 
 def test_a_hold_that_ends_on_an_active_user_closes() -> None:

@@ -15,7 +15,7 @@ from greenroom.licenses.ingest import parse_accounts
 from greenroom.licenses.policy import PolicyIn
 from greenroom.licenses.records import License
 from greenroom.storage import RunStore, open_store
-from greenroom.storage.licenses import LicenseFilter, Saved
+from greenroom.storage.licenses import LicenseFilter, Saved, activity_of
 
 DAY = 86400.0
 REGULARS = 25  # enough recently active users to learn the app's rhythm (20)
@@ -286,6 +286,38 @@ def test_a_tenant_threshold_wins_and_makes_the_licenses_due(
     judge(acme)
     assert one(acme, "u").verdict == "active"
     assert acme.findings.policy("acme")["threshold_days"] == 30
+
+
+def test_saves_of_one_account_at_once_keep_both_days(acme: RunStore, db_url: str) -> None:
+    """Two syncs report the same users, each a different day: both days are kept, as each save
+    merges into what the other wrote (they take turns on the integration)."""
+    now = acme.clock.now()
+    users = [f"u{i}" for i in range(200)]
+    stores = [open_store(db_url, clock=acme.clock) for _ in range(2)]
+    try:
+        for round_ in range(5):
+            days = (now - (2 * round_ + 1) * DAY, now - (2 * round_ + 2) * DAY)
+            batches = [parse_accounts([account(u, day) for u in users]) for day in days]
+            threads = [
+                threading.Thread(
+                    target=s.licenses.save,
+                    args=("acme", "i1", rows),
+                    kwargs={"sync_id": f"s{round_}-{k}"},
+                )
+                for k, (s, rows) in enumerate(zip(stores, batches, strict=True))
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        for s in stores:
+            s.backend.close()
+    with acme.backend.transaction(write=False) as tx:
+        rows = tx.execute("SELECT user_id, activity, activity_day FROM licenses")
+    assert len(rows) == len(users)
+    for row in rows:
+        assert len(activity_of(row).days()) == 10, row["user_id"]
 
 
 def passes(store: RunStore) -> None:

@@ -113,6 +113,9 @@ def _open(verdict: Verdict, action: Action, now: float, episode_start: float | N
 
 
 def _held(current: Finding, verdict: Verdict, now: float) -> Step:
+    """KEPT or SNOOZED: quiet until the hold ends, unless the seat is gone meanwhile."""
+    if _gone(verdict):
+        return _closed(current)
     if current.until is None or now < current.until:
         return Step(finding=current)
     if verdict.action is None:
@@ -123,10 +126,21 @@ def _held(current: Finding, verdict: Verdict, now: float) -> Step:
     return _open(verdict, verdict.action, now, start)
 
 
+def _gone(verdict: Verdict) -> bool:
+    """The seat is gone: removed at the source, deactivated, or no longer paid."""
+    return verdict.action is None and verdict.reason_code in RECLAIMED_CODES
+
+
+def _closed(current: Finding) -> Step:
+    """Someone reclaimed the seat: said once, and kept CLOSED (a seat the source still lists
+    as gone is not reported again)."""
+    closed = replace(current, state=FindingState.CLOSED, until=None)
+    return Step(finding=closed, event=RECLAIMED_EVENT)
+
+
 def _actioned(current: Finding, verdict: Verdict, now: float) -> Step:
     if verdict.reason_code in RECLAIMED_CODES:
-        closed = replace(current, state=FindingState.CLOSED, until=None)
-        return Step(finding=closed, event=RECLAIMED_EVENT)
+        return _closed(current)
     if current.action is Action.DOWNGRADE and verdict.action is not Action.DOWNGRADE:
         return _open(verdict, verdict.action, now) if verdict.action else Step(finding=None)
     return Step(finding=current)
@@ -148,11 +162,9 @@ def _later_episode(current: Finding, verdict: Verdict) -> bool:
 
 
 def _pending(current: Finding, verdict: Verdict, now: float) -> Step:
-    """CANDIDATE or NOTIFIED: waiting for someone to act. A seat that is gone (removed or no
-    longer paid) was reclaimed by someone: said, and kept CLOSED like an actioned one."""
-    if verdict.action is None and verdict.reason_code in RECLAIMED_CODES:
-        closed = replace(current, state=FindingState.CLOSED, until=None)
-        return Step(finding=closed, event=RECLAIMED_EVENT)
+    """CANDIDATE or NOTIFIED: waiting for someone to act."""
+    if _gone(verdict):
+        return _closed(current)
     if verdict.action is None:
         return Step(finding=None)
     if _later_episode(current, verdict):

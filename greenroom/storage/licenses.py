@@ -317,8 +317,11 @@ class Licenses(StoreBase):
         return value
 
     def _integration_of(self, tx: Tx, tenant: str, integration_id: str) -> None:
+        """The integration, locked: saves of one integration take turns, so that two saving
+        the same account at once both keep their activity (each merges into what it read)."""
         found = tx.execute(
-            "SELECT id FROM integrations WHERE id = :id AND tenant = :tenant",
+            "SELECT id FROM integrations WHERE id = :id AND tenant = :tenant"
+            f" {self.backend.for_update}",
             {"id": integration_id, "tenant": tenant},
         )
         if not found:
