@@ -1,0 +1,76 @@
+"""What the console's forms do: the API's own route functions (roles, tenant scoping, audit,
+refusing a second retry of a run), after the CSRF token and the role are checked."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from greenroom.api.database import DatabaseRoute
+from greenroom.api.routes import runs
+from greenroom.api.schemas import BulkRetryRequest, CancelRequest, RetryRequest
+from greenroom.model import Role
+from greenroom.ui.access import Visitor, checked_form, require, ui_state, visitor
+from greenroom.ui.pages import RUN_ID
+from greenroom.ui.render import page
+from greenroom.ui.session import PATH
+
+router = APIRouter(route_class=DatabaseRoute, include_in_schema=False)
+Who = Annotated[Visitor, Depends(visitor)]
+
+
+@router.post("/runs/{run_id}/cancel")
+async def cancel(request: Request, run_id: str, who: Who) -> Response:
+    form = await checked_form(request, who)
+    require(who, Role.OPERATOR)
+    body = CancelRequest.model_validate({"reason": form.get("reason", "")})
+    run = await run_in_threadpool(
+        runs.cancel_run, RUN_ID.validate_python(run_id), body, ui_state(request).api, who.caller
+    )
+    return RedirectResponse(f"{PATH}/runs/{run.id}", status_code=303)
+
+
+@router.post("/runs/{run_id}/retry")
+async def retry(request: Request, run_id: str, who: Who) -> Response:
+    """A new run from the failed step (its completed steps kept) or, with from_scratch, from
+    the start; the page of the new run follows."""
+    form = await checked_form(request, who)
+    require(who, Role.OPERATOR)
+    body = RetryRequest.model_validate(
+        {"reason": form.get("reason", ""), "from_scratch": form.get("from_scratch") == "true"}
+    )
+    run = await run_in_threadpool(
+        runs.retry_run, RUN_ID.validate_python(run_id), body, ui_state(request).api, who.caller
+    )
+    return RedirectResponse(f"{PATH}/runs/{run.id}", status_code=303)
+
+
+@router.post("/errors/retry")
+async def retry_group(request: Request, who: Who) -> Response:
+    """Retry an error group's failed runs from their failed steps: a dry run first (the
+    preview says how many and from which steps), then the same form for real."""
+    form = await checked_form(request, who)
+    require(who, Role.OPERATOR)
+    body = BulkRetryRequest.model_validate(
+        {
+            "error_group": form.get("error_group") or None,
+            "tenant": form.get("tenant") or None,
+            "reason": form.get("reason", ""),
+            "dry_run": form.get("dry_run") != "false",
+        }
+    )
+    done = await run_in_threadpool(runs.retry_runs, body, ui_state(request).api, who.caller)
+    return page(
+        request,
+        "retry_preview.html",
+        {
+            "who": who.caller,
+            "csrf": who.csrf,
+            "operator": True,
+            "body": body,
+            "done": done,
+        },
+    )
