@@ -221,3 +221,12 @@ def test_bad_input_answers_4xx_pages(console: ApiSetup) -> None:
         run_id = start(console, "acme")
         empty = c.post(f"/ui/runs/{run_id}/cancel", data={"reason": "", "csrf": token})
         assert empty.status_code == 422 and "reason" in empty.text
+
+
+def test_console_requests_are_counted_under_their_ui_routes(console: ApiSetup) -> None:
+    with sign_in(console.url, console.keys["acme"][Role.VIEWER]) as c:
+        c.get("/ui/runs/no-such-run")
+        metrics = c.get("/metrics").text
+    assert 'route="/ui/runs/{run_id}",status="404"' in metrics
+    assert 'route="/ui/login",status="303"' in metrics
+    assert 'route="/runs/{run_id}"' not in metrics

@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from greenroom.api.problems import ApiError
 from greenroom.api.state import ApiState
@@ -34,6 +35,29 @@ POLICY = (
 _STATUS: dict[type[GreenroomError], int] = {NotFound: 404, Conflict: 409, InvalidInput: 422}
 
 
+class MountedRoute:
+    """A console route as the API's request metrics name it: with its /ui prefix."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class RouteLabel:
+    """Pure ASGI middleware: the API's metrics label requests by the route matched, and this
+    app's routes do not know they are mounted; prefix them so /ui/login is not "/login"."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            path = getattr(scope.get("route"), "path", None)
+            if path:
+                scope["route"] = MountedRoute(PATH + path)
+
+
 def create_ui(state: ApiState) -> FastAPI:
     """The console over the API's state (store, keys, limits)."""
     ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -43,6 +67,7 @@ def create_ui(state: ApiState) -> FastAPI:
     for module in (login, pages, actions):
         ui.include_router(module.router)
     _install_errors(ui)
+    ui.add_middleware(RouteLabel)
 
     @ui.middleware("http")
     async def headers(
