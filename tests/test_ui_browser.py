@@ -178,3 +178,48 @@ async def test_injected_html_in_input_error_and_labels_stays_text(
     assert PAYLOAD in await page.locator(".labels").inner_text()
     assert await page.locator("main script").count() == 0
     assert dialogs == [], "an injected script ran"
+
+
+async def test_bulk_retry_of_an_error_group_previews_then_retries_and_rows_update_live(
+    console: ApiSetup, site: Site, browser: Any
+) -> None:
+    base = console.url
+    failing = [
+        start(console, "site.check", input={"site_url": site.url, "token": f"bulk-{n}"})
+        for n in range(2)
+    ]
+    async with worker_running(console.app):
+        await wait_for_states(console.app.store, failing, {RunState.FAILED}, timeout=60)
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await sign_in(page, base, console.keys["acme"][Role.OPERATOR])
+    await page.click("nav >> text=Errors")
+    await page.wait_for_url(base + "/ui/errors")
+    group = page.locator("form.inline-form").first
+    assert "2 open" in await group.inner_text()
+    await group.locator("input[name=reason]").fill("the site is back")
+    await group.locator("button[type=submit]").click()
+
+    # The dry run retries nothing and says how many it would.
+    await page.locator("#matched").wait_for()
+    assert (await page.locator("#matched").inner_text()).startswith("2 run(s) would be retried")
+    assert "2 from step check_total" in await page.locator("main").inner_text()
+    runs = await asyncio.to_thread(console.app.store.runs.get_run, failing[0])
+    assert runs.superseded_by is None
+    await page.click("#confirm")
+    await page.locator("#matched", has_text="2 run(s) retried").wait_for()
+    new_runs = [await a.inner_text() for a in await page.locator(".new-runs a").all()]
+    assert len(new_runs) == 2 and not set(new_runs) & set(failing)
+
+    # The runs list shows the retries queued, then succeeded, without a reload.
+    await page.goto(base + "/ui/runs")
+    for run_id in new_runs:
+        assert "queued" in await page.locator(f"tr[data-run='{run_id}']").inner_text()
+    await page.evaluate("window.notReloaded = true")
+    async with worker_running(console.app):
+        for run_id in new_runs:
+            row = page.locator(f"tr[data-run='{run_id}'] .badge", has_text="succeeded")
+            await row.wait_for(timeout=30_000)
+    assert await page.evaluate("window.notReloaded === true"), "the page was reloaded"
+    with console.as_("acme") as api:
+        audit = api.get("/v1/audit").json()["items"]
+    assert any(a["reason"] == "the site is back" for a in audit)
