@@ -3,7 +3,8 @@ refusing a second retry of a run), after the CSRF token and the role are checked
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
@@ -12,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from greenroom.api.database import DatabaseRoute
 from greenroom.api.routes import runs
 from greenroom.api.schemas import BulkRetryRequest, CancelRequest, RetryRequest
+from greenroom.errors import InvalidInput
 from greenroom.model import Role
 from greenroom.ui.access import Visitor, checked_form, require, ui_state, visitor
 from greenroom.ui.pages import RUN_ID
@@ -33,6 +35,17 @@ async def cancel(request: Request, run_id: str, who: Who) -> Response:
     return RedirectResponse(f"{PATH}/runs/{run.id}", status_code=303)
 
 
+def _new_input(text: str) -> Any:
+    """The retry's new input: None (keep the run's) when the field is empty. Only what was
+    typed is sent: the page shows the input redacted, and sending that back would lose secrets."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"the new input is not JSON: {exc}") from None
+
+
 @router.post("/runs/{run_id}/retry")
 async def retry(request: Request, run_id: str, who: Who) -> Response:
     """A new run from the failed step (its completed steps kept) or, with from_scratch, from
@@ -40,7 +53,11 @@ async def retry(request: Request, run_id: str, who: Who) -> Response:
     form = await checked_form(request, who)
     require(who, Role.OPERATOR)
     body = RetryRequest.model_validate(
-        {"reason": form.get("reason", ""), "from_scratch": form.get("from_scratch") == "true"}
+        {
+            "reason": form.get("reason", ""),
+            "from_scratch": form.get("from_scratch") == "true",
+            "input": _new_input(form.get("input", "")),
+        }
     )
     run = await run_in_threadpool(
         runs.retry_run, RUN_ID.validate_python(run_id), body, ui_state(request).api, who.caller
