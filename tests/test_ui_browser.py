@@ -5,6 +5,7 @@ that succeeds while the page watches, and injected HTML that stays text."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,37 @@ async def test_bulk_retry_of_an_error_group_previews_then_retries_and_rows_updat
     with console.as_("acme") as api:
         audit = api.get("/v1/audit").json()["items"]
     assert any(a["reason"] == "the site is back" for a in audit)
+
+
+DOC_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "img"
+
+
+@pytest.mark.parametrize(
+    ("viewport", "name"),
+    [({"width": 1280, "height": 800}, "desktop"), ({"width": 390, "height": 844}, "phone")],
+)
+async def test_the_pages_fit_the_screen(
+    console: ApiSetup, site: Site, browser: Any, viewport: dict[str, int], name: str
+) -> None:
+    """No page is wider than the window (tables scroll inside their box). With
+    GREENROOM_UI_SCREENSHOTS=1 the desktop run writes docs/img/console-*.png for the README."""
+    failed = start(
+        console,
+        "site.check",
+        input={"site_url": site.url, "token": f"fit-{name}"},
+        labels={"batch": "nightly"},
+    )
+    done = [start(console, "plain.echo", input={"value": n}) for n in range(3)]
+    async with worker_running(console.app):
+        await wait_for_states(console.app.store, [failed, *done], timeout=60)
+    page = await browser.new_page(viewport=viewport)
+    await sign_in(page, console.url, console.platform_key)
+    write = name == "desktop" and os.environ.get("GREENROOM_UI_SCREENSHOTS") == "1"
+    for path, shot in (("/ui/", "overview"), ("/ui/runs", "runs"), (f"/ui/runs/{failed}", "run")):
+        await page.goto(console.url + path)
+        await page.wait_for_load_state("networkidle")
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= viewport["width"], f"{path} is {width}px wide on a {name}"
+        if write:
+            DOC_IMAGES.mkdir(exist_ok=True)
+            await page.screenshot(path=DOC_IMAGES / f"console-{shot}.png")
