@@ -46,3 +46,76 @@ def test_retry_from_scratch_with_new_input_and_only_once(console: ApiSetup) -> N
         original = api.get(f"/v1/runs/{run_id}").json()
     assert retried["input"] == {"value": "<b>new</b>"} and retried["retry_of"] == run_id
     assert original["superseded_by"] == retry_id
+
+
+def test_pause_and_resume_through_the_console_as_the_api_would(console: ApiSetup) -> None:
+    with sign_in(console.url, console.keys["acme"][Role.OPERATOR]) as c:
+        token = page_csrf(c, "/ui/pauses")
+        paused = c.post(
+            "/ui/pauses",
+            data={
+                "csrf": token,
+                "scope": "workflow",
+                "value": "plain.echo",
+                "reason": "vendor down",
+            },
+        )
+        assert paused.status_code == 303
+        with console.as_("acme", Role.OPERATOR) as api:
+            (pause,) = api.get("/v1/pauses").json()
+            held = api.post("/v1/runs", json={"workflow": "plain.echo"}).json()
+            assert api.get(f"/v1/runs/{held['id']}").json()["state"] == "paused"
+        assert pause["tenant"] == "acme" and pause["paused_by"].startswith("key:")
+        listed = c.get("/ui/pauses").text
+        assert "vendor down" in listed and f'action="/ui/pauses/{pause["id"]}/resume"' in listed
+        # Another tenant's pause is refused as in the API.
+        other = c.post(
+            "/ui/pauses",
+            data={"csrf": token, "scope": "tenant", "value": "globex", "reason": "r"},
+        )
+        assert other.status_code == 403
+        resumed = c.post(
+            f"/ui/pauses/{pause['id']}/resume", data={"csrf": token, "reason": "vendor back"}
+        )
+        assert resumed.status_code == 303
+        assert "Nothing is paused" in c.get("/ui/pauses").text
+        audit = c.get("/ui/audit").text
+        assert "vendor down" in audit and "vendor back" in audit
+        assert c.get("/ui/audit?cursor=abc").status_code == 422
+        assert c.get("/ui/pauses/1/resume").status_code == 405
+        assert c.post("/ui/pauses/x/resume", data={"csrf": token, "reason": "r"}).status_code == 422
+    with console.as_("acme") as api:
+        assert api.get(f"/v1/runs/{held['id']}").json()["state"] == "queued"
+
+
+def test_a_viewer_gets_no_pause_forms_and_a_tenant_not_the_platform_s_pause(
+    console: ApiSetup,
+) -> None:
+    with console.platform() as api:
+        made = api.post(
+            "/v1/pauses", json={"scope": "queue", "value": "default", "reason": "maintenance"}
+        )
+        assert made.status_code == 201
+        pause_id = made.json()["id"]
+    with sign_in(console.url, console.keys["acme"][Role.VIEWER]) as c:
+        page = c.get("/ui/pauses").text
+        assert "maintenance" in page and 'action="/ui/pauses' not in page
+        token = page_csrf(c, "/ui/pauses")
+        for path in ("/ui/pauses", f"/ui/pauses/{pause_id}/resume"):
+            data = {"csrf": token, "scope": "queue", "value": "default", "reason": "r"}
+            assert c.post(path, data=data).status_code == 403
+    with sign_in(console.url, console.keys["acme"][Role.ADMIN]) as c:
+        page = c.get("/ui/pauses").text
+        assert f'action="/ui/pauses/{pause_id}/resume"' not in page
+        token = page_csrf(c, "/ui/pauses")
+        refused = c.post(f"/ui/pauses/{pause_id}/resume", data={"csrf": token, "reason": "r"})
+        assert refused.status_code == 403 and "platform" in refused.text
+    with console.platform() as api:
+        assert [p["id"] for p in api.get("/v1/pauses").json()] == [pause_id]
+
+
+def test_the_runs_filter_by_integration_or_label_not_both(console: ApiSetup) -> None:
+    with sign_in(console.url, console.keys["acme"][Role.VIEWER]) as c:
+        both = c.get("/ui/runs?integration=abc&label=a%3Db")
+        assert both.status_code == 422 and "not both" in both.text
+        assert c.get("/ui/runs?integration=abc").status_code == 200

@@ -11,12 +11,18 @@ from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.database import DatabaseRoute
-from greenroom.api.routes import runs
-from greenroom.api.schemas import BulkRetryRequest, CancelRequest, RetryRequest
+from greenroom.api.routes import controls, runs
+from greenroom.api.schemas import (
+    BulkRetryRequest,
+    CancelRequest,
+    PauseCreate,
+    QueueResume,
+    RetryRequest,
+)
 from greenroom.errors import InvalidInput
 from greenroom.model import Role
 from greenroom.ui.access import Visitor, checked_form, require, ui_state, visitor
-from greenroom.ui.pages import RUN_ID
+from greenroom.ui.pages import ROW_ID, RUN_ID
 from greenroom.ui.render import page
 from greenroom.ui.session import PATH
 
@@ -91,3 +97,37 @@ async def retry_group(request: Request, who: Who) -> Response:
             "done": done,
         },
     )
+
+
+@router.post("/pauses")
+async def pause(request: Request, who: Who) -> Response:
+    """Pause at any scope, with the API's rules (a tenant key pauses its own tenant only)."""
+    form = await checked_form(request, who)
+    require(who, Role.OPERATOR)
+    body = PauseCreate.model_validate(
+        {
+            "scope": form.get("scope", ""),
+            "value": form.get("value", ""),
+            "label": form.get("label", ""),
+            "drain": form.get("drain") != "false",
+            "reason": form.get("reason", ""),
+            "tenant": form.get("tenant") or None,
+        }
+    )
+    await run_in_threadpool(controls.create_pause, body, ui_state(request).api, who.caller)
+    return RedirectResponse(f"{PATH}/pauses", status_code=303)
+
+
+@router.post("/pauses/{pause_id}/resume")
+async def resume(request: Request, pause_id: str, who: Who) -> Response:
+    form = await checked_form(request, who)
+    require(who, Role.OPERATOR)
+    body = QueueResume.model_validate({"reason": form.get("reason", "")})
+    await run_in_threadpool(
+        controls.resume_pause,
+        ROW_ID.validate_python(pause_id, strict=False),
+        body,
+        ui_state(request).api,
+        who.caller,
+    )
+    return RedirectResponse(f"{PATH}/pauses", status_code=303)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.database import DatabaseRoute
@@ -23,8 +23,9 @@ router = APIRouter(route_class=DatabaseRoute, include_in_schema=False)
 Who = Annotated[Visitor, Depends(visitor)]
 PAGE_SIZE = 50
 RUN_ID = TypeAdapter(Id)
-ARTIFACT_ID = TypeAdapter(RowId)
+ROW_ID = TypeAdapter(RowId)
 TENANT = TypeAdapter(Name | None)
+AUDIT_CURSOR = TypeAdapter(Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")] | None)
 
 
 class RunsQuery(BaseModel):
@@ -35,6 +36,7 @@ class RunsQuery(BaseModel):
     state: RunState | None = None
     workflow: Text | None = None
     tenant: Name | None = None
+    integration: Id | None = None
     label: LabelFilter | None = None
     error_group: Text | None = None
     created_after: datetime | None = None
@@ -104,6 +106,7 @@ async def _runs_page(request: Request, who: Visitor) -> tuple[RunsQuery, Page[Ru
         who.caller,
         run_state=None if query.state is None else [query.state],
         workflow=query.workflow,
+        integration=query.integration,
         label=query.label,
         error_group=query.error_group,
         created_after=query.created_after,
@@ -149,7 +152,7 @@ async def artifact(request: Request, run_id: str, artifact_id: str, who: Who) ->
     return await run_in_threadpool(
         runs.download_artifact,
         RUN_ID.validate_python(run_id),
-        ARTIFACT_ID.validate_python(artifact_id, strict=False),
+        ROW_ID.validate_python(artifact_id, strict=False),
         ui_state(request).api,
         who.caller,
     )
@@ -162,3 +165,22 @@ async def errors(request: Request, who: Who) -> Response:
     tenant = _tenant(request)
     groups = await run_in_threadpool(observe.list_error_groups, state, who.caller, tenant, 100)
     return page(request, "errors.html", _context(who, tenant=tenant, groups=groups))
+
+
+@router.get("/pauses")
+async def pauses(request: Request, who: Who) -> Response:
+    """Pauses in force (a tenant sees its own and the platform's), with resume and a form to
+    pause a queue, tenant, workflow, session or label for operators."""
+    found = await run_in_threadpool(controls.list_pauses, ui_state(request).api, who.caller)
+    return page(request, "pauses.html", _context(who, pauses=found))
+
+
+@router.get("/audit")
+async def audit(request: Request, who: Who) -> Response:
+    """Admin actions, newest first: who, when, what, why; a page at a time."""
+    tenant = _tenant(request)
+    cursor = AUDIT_CURSOR.validate_python(request.query_params.get("cursor") or None)
+    found = await run_in_threadpool(
+        observe.audit_log, ui_state(request).api, who.caller, tenant, cursor, PAGE_SIZE
+    )
+    return page(request, "audit.html", _context(who, tenant=tenant, page=found))
