@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 from ui_helpers import page_csrf, sign_in
 
+from greenroom.crypto import load_keyring
+from greenroom.integrations import open_credentials
 from greenroom.model import Role
 from tests.api_helpers import ApiSetup, api_setup
 
@@ -119,3 +121,46 @@ def test_the_runs_filter_by_integration_or_label_not_both(console: ApiSetup) -> 
         both = c.get("/ui/runs?integration=abc&label=a%3Db")
         assert both.status_code == 422 and "not both" in both.text
         assert c.get("/ui/runs?integration=abc").status_code == 200
+
+
+def test_integrations_show_no_credentials_and_admins_replace_them(console: ApiSetup) -> None:
+    secret = "pw-<never>-shown"
+    made: dict[str, str] = {}
+    for tenant in ("acme", "globex"):
+        with console.as_(tenant, Role.ADMIN) as api:
+            created = api.post(
+                "/v1/integrations",
+                json={
+                    "connector": "crm",
+                    "name": f"{tenant} crm",
+                    "credentials": {"username": "u", "password": secret},
+                },
+            )
+            assert created.status_code == 201, created.text
+            made[tenant] = created.json()["id"]
+    with sign_in(console.url, console.keys["acme"][Role.OPERATOR]) as c:
+        page = c.get("/ui/integrations").text
+        assert made["acme"] in page and made["globex"] not in page
+        assert secret not in page and "pw-&lt;never&gt;" not in page
+        assert "Replace credentials" not in page
+        token = page_csrf(c, "/ui/integrations")
+        path = f"/ui/integrations/{made['acme']}/credentials"
+        new = '{"username": "u2", "password": "rotated"}'
+        assert c.post(path, data={"csrf": token, "credentials": new}).status_code == 403
+    with sign_in(console.url, console.keys["acme"][Role.ADMIN]) as c:
+        token = page_csrf(c, "/ui/integrations")
+        assert "Replace credentials" in c.get("/ui/integrations").text
+        bad = c.post(path, data={"csrf": token, "credentials": '{"password": "half-a-secret'})
+        assert bad.status_code == 422 and "half-a-secret" not in bad.text
+        wrong = c.post(path, data={"csrf": token, "credentials": '{"user": "no-password"}'})
+        assert wrong.status_code == 422 and "no-password" not in wrong.text
+        other = f"/ui/integrations/{made['globex']}/credentials"
+        assert c.post(other, data={"csrf": token, "credentials": new}).status_code == 404
+        done = c.post(path, data={"csrf": token, "credentials": new})
+        assert done.status_code == 303 and "rotated" not in c.get("/ui/integrations").text
+    stored = console.app.store.accounts.integration(made["acme"])
+    opened = open_credentials(
+        load_keyring(console.app.settings), stored, console.app.connectors["crm"]
+    )
+    assert opened.model_dump(mode="json") == {"username": "u2", "password": "**********"}
+    assert opened.password.get_secret_value() == "rotated"  # type: ignore[attr-defined]

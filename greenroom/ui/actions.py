@@ -11,10 +11,11 @@ from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.database import DatabaseRoute
-from greenroom.api.routes import controls, runs
+from greenroom.api.routes import controls, integrations, runs
 from greenroom.api.schemas import (
     BulkRetryRequest,
     CancelRequest,
+    CredentialsIn,
     PauseCreate,
     QueueResume,
     RetryRequest,
@@ -131,3 +132,24 @@ async def resume(request: Request, pause_id: str, who: Who) -> Response:
         who.caller,
     )
     return RedirectResponse(f"{PATH}/pauses", status_code=303)
+
+
+@router.post("/integrations/{integration_id}/credentials")
+async def credentials(request: Request, integration_id: str, who: Who) -> Response:
+    """Replace an integration's credentials (admins, as in the API): a JSON object, checked
+    against the connector's credentials model and sealed; the page never shows them."""
+    form = await checked_form(request, who)
+    require(who, Role.ADMIN)
+    try:
+        given = json.loads(form.get("credentials", ""))
+    except ValueError:
+        raise InvalidInput("the credentials are not JSON") from None  # never echo them
+    body = CredentialsIn.model_validate({"credentials": given})
+    await run_in_threadpool(
+        integrations.replace_credentials,
+        RUN_ID.validate_python(integration_id),
+        body,
+        ui_state(request).api,
+        who.caller,
+    )
+    return RedirectResponse(f"{PATH}/integrations", status_code=303)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.database import DatabaseRoute
-from greenroom.api.routes import controls, observe, runs
+from greenroom.api.routes import controls, integrations, observe, runs
 from greenroom.api.schemas import Id, LabelFilter, Page, RowId, RunOut
 from greenroom.model import Role, RunState
 from greenroom.rules import Name, Text
@@ -184,3 +184,17 @@ async def audit(request: Request, who: Who) -> Response:
         observe.audit_log, ui_state(request).api, who.caller, tenant, cursor, PAGE_SIZE
     )
     return page(request, "audit.html", _context(who, tenant=tenant, page=found))
+
+
+@router.get("/integrations")
+async def integrations_list(request: Request, who: Who) -> Response:
+    """Each integration's connector, status and settings, and when its credentials were last
+    set (they are never shown: admins may replace them)."""
+    found = await run_in_threadpool(
+        integrations.list_integrations, ui_state(request).api, who.caller, None, _tenant(request)
+    )
+    return page(
+        request,
+        "integrations.html",
+        _context(who, tenant=_tenant(request), integrations=found, admin=who.may(Role.ADMIN)),
+    )
