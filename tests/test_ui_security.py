@@ -230,3 +230,38 @@ def test_console_requests_are_counted_under_their_ui_routes(console: ApiSetup) -
     assert 'route="/ui/runs/{run_id}",status="404"' in metrics
     assert 'route="/ui/login",status="303"' in metrics
     assert 'route="/runs/{run_id}"' not in metrics
+
+
+def test_artifacts_are_served_to_their_tenant_only_and_never_render_as_a_page(
+    console: ApiSetup,
+) -> None:
+    from greenroom.browser.artifacts import default_artifact_store
+
+    globex_run = start(console, "globex")
+    acme_run = start(console, "acme")
+    html = b"<!doctype html><script>alert(1)</script><p>saved page</p>"
+    location = default_artifact_store(console.app.settings).put(globex_run, "page.html", html)
+    artifact = console.app.store.sessions.add_artifact(
+        run_id=globex_run,
+        tenant="globex",
+        attempt=1,
+        step_position=0,
+        step_name="look",
+        step_attempt=1,
+        kind="html",
+        content_type="text/html; charset=utf-8",
+        location=location,
+        size=len(html),
+    )
+    with sign_in(console.url, console.keys["globex"][Role.VIEWER]) as c:
+        page = c.get(f"/ui/runs/{globex_run}").text
+        assert f'href="/ui/runs/{globex_run}/artifacts/{artifact.id}" download' in page
+        got = c.get(f"/ui/runs/{globex_run}/artifacts/{artifact.id}")
+        assert got.status_code == 200 and got.content == html
+        assert got.headers["content-disposition"].startswith("attachment")
+        assert got.headers["x-content-type-options"] == "nosniff"
+        assert "script-src 'self'" in got.headers["content-security-policy"]
+    with sign_in(console.url, console.keys["acme"][Role.ADMIN]) as c:
+        for run_id in (globex_run, acme_run):
+            stolen = c.get(f"/ui/runs/{run_id}/artifacts/{artifact.id}")
+            assert stolen.status_code == 404 and b"saved page" not in stolen.content
