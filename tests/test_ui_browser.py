@@ -142,6 +142,13 @@ async def test_on_call_signs_in_finds_the_failure_sees_the_screenshot_and_retrie
     width = await shot.evaluate("i => i.naturalWidth")
     height = await shot.evaluate("i => i.naturalHeight")
     assert width > 0 and height > 0, "the screenshot did not load"
+    # The saved page's HTML reads as text in a page of its own.
+    view = await page.locator(".artifacts a", has_text="view").first.get_attribute("href")
+    assert view is not None
+    await page.goto(base + view)
+    assert '<input type="password"' in await page.locator("#artifact").inner_text()
+    assert await page.locator("#artifact input").count() == 0
+    await page.goto(f"{base}/ui/runs/{run_id}")
 
     # Retry from the failed step: the new run's page follows and turns succeeded by itself.
     await page.fill("#retry input[name=reason]", "the site is fixed")

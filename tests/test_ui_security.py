@@ -261,7 +261,13 @@ def test_artifacts_are_served_to_their_tenant_only_and_never_render_as_a_page(
         assert got.headers["content-disposition"].startswith("attachment")
         assert got.headers["x-content-type-options"] == "nosniff"
         assert "script-src 'self'" in got.headers["content-security-policy"]
+        shown = c.get(f"/ui/runs/{globex_run}/artifacts/{artifact.id}/text")
+        assert shown.status_code == 200
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;p&gt;saved page" in shown.text
+        assert "<script>alert(1)" not in shown.text
     with sign_in(console.url, console.keys["acme"][Role.ADMIN]) as c:
         for run_id in (globex_run, acme_run):
             stolen = c.get(f"/ui/runs/{run_id}/artifacts/{artifact.id}")
             assert stolen.status_code == 404 and b"saved page" not in stolen.content
+            as_text = c.get(f"/ui/runs/{run_id}/artifacts/{artifact.id}/text")
+            assert as_text.status_code == 404 and "saved page" not in as_text.text

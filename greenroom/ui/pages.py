@@ -142,7 +142,9 @@ async def run_detail(request: Request, run_id: str, who: Who) -> Response:
     screenshots, artifacts and the actions the key's role allows."""
     detail = await runs.get_run(RUN_ID.validate_python(run_id), ui_state(request).api, who.caller)
     shots = [a for a in detail.artifacts if a.kind == "screenshot"]
-    return page(request, "run.html", _context(who, run=detail, screenshots=shots))
+    return page(
+        request, "run.html", _context(who, run=detail, screenshots=shots, text_kinds=TEXT_KINDS)
+    )
 
 
 @router.get("/runs/{run_id}/artifacts/{artifact_id}")
@@ -155,6 +157,33 @@ async def artifact(request: Request, run_id: str, artifact_id: str, who: Who) ->
         ROW_ID.validate_python(artifact_id, strict=False),
         ui_state(request).api,
         who.caller,
+    )
+
+
+#: Artifacts that read as text: shown escaped in a page, never rendered.
+TEXT_KINDS = frozenset({"html", "log"})
+#: The most of an artifact a page shows (artifacts are capped when saved, too).
+MAX_SHOWN = 512 * 1024
+
+
+@router.get("/runs/{run_id}/artifacts/{artifact_id}/text")
+async def artifact_text(request: Request, run_id: str, artifact_id: str, who: Who) -> Response:
+    """A saved page's (redacted) HTML or a console log, as text in a page: what the browser
+    saw at the failure, without rendering it."""
+    found = await run_in_threadpool(
+        runs.download_artifact,
+        RUN_ID.validate_python(run_id),
+        ROW_ID.validate_python(artifact_id, strict=False),
+        ui_state(request).api,
+        who.caller,
+    )
+    text = bytes(found.body[:MAX_SHOWN]).decode("utf-8", errors="replace")
+    return page(
+        request,
+        "artifact.html",
+        _context(
+            who, run_id=run_id, artifact_id=artifact_id, text=text, cut=len(found.body) > MAX_SHOWN
+        ),
     )
 
 
