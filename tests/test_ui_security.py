@@ -19,8 +19,9 @@ ACTIONS = re.compile(r'action="/ui/runs/[^"]+/(retry|cancel)"')
 
 
 @pytest.fixture
-def console(sqlite_url: str) -> Iterator[ApiSetup]:
-    with api_setup(sqlite_url) as setup:
+def console(db_url: str) -> Iterator[ApiSetup]:
+    """The real app on loopback, on SQLite and on PostgreSQL."""
+    with api_setup(db_url) as setup:
         yield setup
 
 
