@@ -68,9 +68,14 @@ def test_the_session_cookie_is_httponly_strict_scoped_and_holds_no_key(
 
 def test_pages_need_a_session_and_a_forged_cookie_is_refused(console: ApiSetup) -> None:
     with httpx.Client(base_url=console.url) as c:
-        for path in ("/ui/", "/ui/runs", "/ui/errors"):
+        wanted = {
+            "/ui/": "/ui/login",
+            "/ui/runs?state=failed": "/ui/login?next=%2Fui%2Fruns%3Fstate%3Dfailed",
+            "/ui/errors": "/ui/login?next=%2Fui%2Ferrors",
+        }
+        for path, login in wanted.items():
             page = c.get(path)
-            assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+            assert page.status_code == 303 and page.headers["location"] == login
         assert c.post("/ui/runs/x/cancel", data={"reason": "r"}).status_code == 403
     with sign_in(console.url, console.keys["acme"][Role.VIEWER]) as c:
         token = c.cookies["greenroom_session"]
@@ -272,3 +277,32 @@ def test_artifacts_are_served_to_their_tenant_only_and_never_render_as_a_page(
             assert stolen.status_code == 404 and b"saved page" not in stolen.content
             as_text = c.get(f"/ui/runs/{run_id}/artifacts/{artifact.id}/text")
             assert as_text.status_code == 404 and "saved page" not in as_text.text
+
+
+@pytest.mark.parametrize(
+    ("after", "lands"),
+    [
+        ("/ui/runs?state=failed", "/ui/runs?state=failed"),
+        ("https://evil.example/ui/", "/ui/"),
+        ("//evil.example/ui/", "/ui/"),
+        ("/ui//evil.example", "/ui/"),
+        ("/ui/\\evil.example", "/ui/"),
+        ("/v1/runs", "/ui/"),
+        ("/ui/login", "/ui/"),
+    ],
+)
+def test_sign_in_returns_to_the_page_asked_for_and_nowhere_else(
+    console: ApiSetup, after: str, lands: str
+) -> None:
+    with httpx.Client(base_url=console.url) as c:
+        form = c.get("/ui/login", params={"next": after})
+        assert f'name="next" value="{lands}"' in form.text
+        done = c.post(
+            "/ui/login",
+            data={
+                "api_key": console.keys["acme"][Role.VIEWER],
+                "csrf": csrf_of(form.text),
+                "next": after,
+            },
+        )
+        assert done.status_code == 303 and done.headers["location"] == lands

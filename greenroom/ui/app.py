@@ -22,6 +22,7 @@ from greenroom.errors import ConfigError, Conflict, GreenroomError, InvalidInput
 from greenroom.rules import error_message
 from greenroom.ui import actions, login, pages
 from greenroom.ui.access import SignInNeeded, UiState
+from greenroom.ui.login import login_url
 from greenroom.ui.render import page
 from greenroom.ui.session import PATH
 
@@ -103,7 +104,7 @@ def _install_errors(ui: FastAPI) -> None:
             return _error_page(request, 403, "sign in first")
         if "hx-request" in request.headers:  # htmx follows this with a full page load
             return Response(status_code=204, headers={"HX-Redirect": f"{PATH}/login"})
-        return RedirectResponse(f"{PATH}/login", status_code=303)
+        return RedirectResponse(login_url(request), status_code=303)
 
     @ui.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

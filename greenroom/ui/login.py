@@ -5,7 +5,9 @@ cookie, so another site cannot sign a browser in with its own key."""
 
 from __future__ import annotations
 
+import re
 import secrets
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
@@ -25,6 +27,24 @@ from greenroom.ui.session import (
 )
 
 router = APIRouter(route_class=DatabaseRoute, include_in_schema=False)
+#: Where sign-in may lead: a console path and its query, never another site ("//host", "\\").
+_NEXT = re.compile(r"^/ui/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$")
+
+
+def back_to(path: str | None) -> str:
+    """The console page to go to after sign-in: `path` if it is one, else the overview."""
+    fine = path and len(path) <= 2000 and _NEXT.match(path) and "//" not in path
+    if fine and path and not path.startswith(f"{PATH}/login"):
+        return path
+    return f"{PATH}/"
+
+
+def login_url(request: Request) -> str:
+    """The sign-in page, asked to come back to the page `request` wanted."""
+    wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if back_to(wanted) == f"{PATH}/":
+        return f"{PATH}/login"
+    return f"{PATH}/login?next={quote(wanted, safe='')}"
 
 
 def _set_cookie(request: Request, response: Response, name: str, value: str, age: int) -> None:
@@ -39,18 +59,19 @@ def _set_cookie(request: Request, response: Response, name: str, value: str, age
     )
 
 
-def _form(request: Request, error: str | None = None, status: int = 200) -> Response:
+def _form(request: Request, after: str, error: str | None = None, status: int = 200) -> Response:
     """The sign-in form, with a fresh nonce cookie its CSRF token is bound to."""
     nonce = secrets.token_urlsafe(16)
     token = ui_state(request).signer.csrf("login:" + nonce)
-    response = page(request, "login.html", {"csrf": token, "error": error}, status=status)
+    context = {"csrf": token, "error": error, "next": after}
+    response = page(request, "login.html", context, status=status)
     _set_cookie(request, response, LOGIN_COOKIE, nonce, LOGIN_SECONDS)
     return response
 
 
 @router.get("/login")
 async def login_form(request: Request) -> Response:
-    return _form(request)
+    return _form(request, back_to(request.query_params.get("next")))
 
 
 @router.post("/login")
@@ -65,17 +86,19 @@ async def login(request: Request) -> Response:
         "login:" + nonce, token if isinstance(token, str) else None
     ):
         raise ApiError(403, "the sign-in form expired or came from elsewhere: reload it")
+    wanted = form.get("next")
+    after = back_to(wanted if isinstance(wanted, str) else None)
     presented = form.get("api_key")
     if not isinstance(presented, str) or not presented.strip():
-        return _form(request, "enter an API key", status=422)
+        return _form(request, after, "enter an API key", status=422)
     address = request.client.host if request.client else None
     try:
         key = await verify_key(presented.strip(), ui.api, address)
     except ApiError as exc:
         if exc.status == 429:
             raise
-        return _form(request, exc.detail, status=exc.status)
-    response = RedirectResponse(f"{PATH}/", status_code=303)
+        return _form(request, after, exc.detail, status=exc.status)
+    response = RedirectResponse(after, status_code=303)
     session = ui.signer.issue(key, ui.api.store.clock.now())
     _set_cookie(request, response, COOKIE, session, LIFETIME_SECONDS)
     response.delete_cookie(LOGIN_COOKIE, path=PATH, httponly=True, samesite="strict")
