@@ -10,6 +10,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import os
 import secrets
 import zlib
@@ -50,6 +51,7 @@ class KeyRing:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         self.current_id = key_id(current)
+        self._current = current
         self._keys = {key_id(k): AESGCM(k) for k in [*(previous or []), current]}
 
     def encrypt(self, plain: bytes, context: str) -> tuple[str, str]:
@@ -57,6 +59,12 @@ class KeyRing:
         nonce = os.urandom(12)
         sealed = self._keys[self.current_id].encrypt(nonce, zlib.compress(plain), context.encode())
         return self.current_id, base64.b64encode(nonce + sealed).decode()
+
+    def subkey(self, purpose: str) -> bytes:
+        """A key for one purpose (signing the console's sessions, say), derived from the
+        current key so that a leak of one purpose's key reveals neither the others nor the
+        encryption key. Rotating the secret key changes every subkey."""
+        return hmac.new(self._current, b"greenroom subkey:" + purpose.encode(), "sha256").digest()
 
     def decrypt(self, kid: str, blob: str, context: str) -> bytes | None:
         """The plaintext; None for an unknown key id or a blob that fails authentication."""

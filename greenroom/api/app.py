@@ -25,6 +25,7 @@ from greenroom.api.routes import (
 from greenroom.api.state import ApiState
 from greenroom.api.throttle import FailedAuth, RateLimiter
 from greenroom.app import App
+from greenroom.ui.app import create_ui
 
 DESCRIPTION = """\
 Drive greenroom: start runs of your workflows for your integrations, follow and retry them,
@@ -75,6 +76,7 @@ def create_api(app: App) -> FastAPI:
         licenses,
     ):
         api.include_router(module.router, responses=problems.COMMON)
+    api.mount("/ui", create_ui(api.state.greenroom))
     api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     metrics.install(api, app)  # outermost: it times and counts what the others answer too
     return api

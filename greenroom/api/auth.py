@@ -158,6 +158,13 @@ async def _authenticate(
     return key
 
 
+async def verify_key(presented: str, state: ApiState, address: str | None) -> ApiKey:
+    """A presented key, checked as a request's bearer key is (throttled, 401 or 429): the
+    console's sign-in uses it."""
+    bearer = HTTPAuthorizationCredentials(scheme="Bearer", credentials=presented)
+    return await _authenticate(bearer, state, address)
+
+
 def caller(needed: Role) -> Callable[..., Awaitable[Caller]]:
     """A dependency: the authenticated caller, if its role allows `needed` and its rate is
     not exceeded."""

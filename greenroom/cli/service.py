@@ -64,6 +64,7 @@ def announce(ref: str | None, app: App, url: str, how: str) -> None:
     out.print(f"app       {escape(which)}", soft_wrap=True)
     out.print(f"database  {escape(redact(app.settings.db))}", soft_wrap=True)
     out.print(f"API       {url} ({how}; docs at {url}/docs); Ctrl-C stops", soft_wrap=True)
+    out.print(f"console   {url}/ui/ (sign in with an API key)", soft_wrap=True)
 
 
 def check_schema(url: str) -> None:
