@@ -9,7 +9,7 @@ turns (off, metrics, tracing, off, metrics, …), each trial in a fresh process 
   that drops the spans (an attempt span and a step span per run).
 
 Reported: the median runs/s of each mode and its ratio to `off` (issue 17: metrics cost
-≤ 5 %, tracing ≤ 15 %).
+≤ 5 %, tracing ≤ 15 %), and the same for this process's CPU time per run.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ def trial(db: str, mode: str, runs: int, concurrency: int, timeout: float) -> di
             drain_rate.fill(app, runs)
             if port:
                 scraper.start()
+            cpu = time.process_time()
             out = asyncio.run(drain_rate.drain(app, runs, concurrency, timeout))
+            cpu = time.process_time() - cpu
         finally:
             stop.set()
             app.close()
@@ -109,6 +111,7 @@ def trial(db: str, mode: str, runs: int, concurrency: int, timeout: float) -> di
     return {
         "mode": mode,
         "runs_per_s": round(out["runs_per_s"], 1),
+        "cpu_ms_per_run": round(cpu * 1000 / max(1, out["finished"]), 3),
         "finished": out["finished"],
         "scrapes": len(scrapes),
         "spans_exported": exporter.spans,
@@ -139,6 +142,10 @@ def main() -> None:
         mode: statistics.median(t["runs_per_s"] for t in trials if t["mode"] == mode)
         for mode in MODES
     }
+    cpu = {
+        mode: statistics.median(t["cpu_ms_per_run"] for t in trials if t["mode"] == mode)
+        for mode in MODES
+    }
     benchlib.emit(
         {
             "benchmark": "observability_overhead",
@@ -148,6 +155,10 @@ def main() -> None:
             "cost_vs_off": {
                 mode: f"{1 - medians[mode] / medians['off']:+.1%}" for mode in MODES[1:]
             },
+            # This process's CPU per run (the worker, and SQLite's work, not PostgreSQL's):
+            # steadier than runs/s on a shared machine.
+            "cpu_ms_per_run": cpu,
+            "cpu_cost_vs_off": {mode: f"{cpu[mode] / cpu['off'] - 1:+.1%}" for mode in MODES[1:]},
             "stranded_runs": sum(args.runs - t["finished"] for t in trials),
             "trials": trials,
         }

@@ -150,19 +150,16 @@ def _trace_id_of(run_id: str) -> int | None:
         return None
 
 
-@contextmanager
 def span(
     name: str,
     *,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[Span]:
+) -> _Current:
     """A child of the current span, current inside the block."""
-    with _used(TRACER.start_span(name, kind=kind, attributes=_attributes(attributes))) as started:
-        yield started
+    return _Current(TRACER.start_span(name, kind=kind, attributes=_attributes(attributes)))
 
 
-@contextmanager
 def run_span(
     name: str,
     *,
@@ -170,19 +167,17 @@ def run_span(
     run_id: str | None,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[Span]:
+) -> _Current:
     """A span of a run, current inside the block: a child of the run's stored trace context,
     or else a root whose trace id is the run's id."""
     parent = extract({"traceparent": traceparent}) if traceparent else Context()
     token = _next_trace_id.set(_trace_id_of(run_id) if run_id and not traceparent else None)
     try:
-        started = TRACER.start_span(
-            name, context=parent, kind=kind, attributes=_attributes(attributes)
+        return _Current(
+            TRACER.start_span(name, context=parent, kind=kind, attributes=_attributes(attributes))
         )
     finally:
         _next_trace_id.reset(token)
-    with _used(started) as current:
-        yield current
 
 
 def attempt_attributes(lease: Lease, worker: str) -> dict[str, Any]:
@@ -195,7 +190,6 @@ def attempt_attributes(lease: Lease, worker: str) -> dict[str, Any]:
         "greenroom.queue": run.queue,
         "greenroom.run.attempt": run.attempt,
         "greenroom.session_key": run.session_key,
-        "greenroom.lease.token": lease.token,
         "greenroom.worker": worker,
     }
 
@@ -204,20 +198,25 @@ def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (attributes or {}).items() if v is not None}
 
 
-@contextmanager
-def _used(started: Span) -> Iterator[Span]:
-    """The span current inside the block, ended after it. An exception escaping it marks the
-    span failed by its class name only: messages and tracebacks may hold secrets (`failed`
-    records a redacted one)."""
-    with trace.use_span(
-        started, end_on_exit=True, record_exception=False, set_status_on_exception=False
-    ):
-        try:
-            yield started
-        except BaseException as exc:
-            if _unset(started) and not _stopped(exc):
-                started.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
+class _Current:
+    """A started span, current inside the block and ended after it. An exception escaping it
+    marks the span failed by its class name only: messages and tracebacks may hold secrets
+    (`failed` records a redacted one). A class, not a generator: it is on every run's path."""
+
+    __slots__ = ("_token", "span")
+
+    def __init__(self, started: Span) -> None:
+        self.span = started
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        otel_context.detach(self._token)
+        if exc is not None and _unset(self.span) and not _stopped(exc):
+            self.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        self.span.end()
 
 
 def _unset(started: Span) -> bool:
