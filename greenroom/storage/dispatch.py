@@ -242,7 +242,8 @@ class Dispatch(StoreBase):
                 "ids": backend.list_param(taken),
             },
         )
-        return self._claimed(tx, rows)
+        subscriptions = {r["id"]: subscription_from_row(r) for r in locked if r["id"] in usable}
+        return self._claimed(tx, rows, subscriptions)
 
     def _due(self, tx: Tx, subscription_id: str, limit: int, now: float) -> list[int]:
         """A subscription's oldest due deliveries, locked (skipping other claimers' rows)."""
@@ -268,20 +269,17 @@ class Dispatch(StoreBase):
         )
         return take
 
-    def _claimed(self, tx: Tx, rows: Sequence[Row]) -> list[Claimed]:
+    def _claimed(
+        self, tx: Tx, rows: Sequence[Row], subscriptions: dict[str, Subscription]
+    ) -> list[Claimed]:
+        """The claimed deliveries with their events, and their subscriptions as the claim
+        read (and locked) them."""
         backend = self.backend
         found = tx.execute(
             f"SELECT * FROM events WHERE {backend.member('id', 'ids')}",
             {"ids": backend.list_param(sorted({r["event_id"] for r in rows}))},
         )
         events = {e.id: e for e in readable(found, outbox_event_from_row)}
-        subscriptions = {
-            r["id"]: subscription_from_row(r)
-            for r in tx.execute(
-                f"SELECT * FROM subscriptions WHERE {backend.member('id', 'ids')}",
-                {"ids": backend.list_param(sorted({r["subscription_id"] for r in rows}))},
-            )
-        }
         claimed = []
         for row in rows:
             delivery = delivery_from_row(row)
@@ -315,12 +313,22 @@ class Dispatch(StoreBase):
         disable_after: float,
     ) -> int:
         applied = 0
+        outcomes: dict[str, list[str]] = defaultdict(list)
         for start in range(0, len(finished), ROWS_CHUNK):
-            applied += self._finish(tx, worker_id, finished[start : start + ROWS_CHUNK], now)
-        self._endpoints_after(tx, finished, now, disable_after)
+            chunk = finished[start : start + ROWS_CHUNK]
+            applied += self._finish(tx, worker_id, chunk, now, outcomes)
+        self._endpoints_after(tx, outcomes, now, disable_after)
         return applied
 
-    def _finish(self, tx: Tx, worker_id: str, finished: Sequence[Finished], now: float) -> int:
+    def _finish(
+        self,
+        tx: Tx,
+        worker_id: str,
+        finished: Sequence[Finished],
+        now: float,
+        outcomes: dict[str, list[str]],
+    ) -> int:
+        """Log the attempts and apply them; each subscription's outcomes go to `outcomes`."""
         columns: list[Column] = [
             ("id", "bigint"),
             ("attempt", "integer"),
@@ -350,14 +358,16 @@ class Dispatch(StoreBase):
             params,
         )
         names = ", ".join(name for name, _ in columns)
-        tx.execute(
+        logged = tx.execute(
             f"WITH w({names}) AS ({values}) INSERT INTO delivery_attempts (delivery_id, tenant,"
             " subscription_id, event_id, attempt, at, outcome, status, latency_ms, response,"
             " error, worker_id) SELECT w.id, d.tenant, d.subscription_id, d.event_id, w.attempt,"
             " :now, w.outcome, w.status, w.latency_ms, w.response, w.error, :worker FROM w"
-            " JOIN deliveries d ON d.id = w.id",
+            " JOIN deliveries d ON d.id = w.id RETURNING subscription_id, outcome",
             params,
         )
+        for row in logged:
+            outcomes[row["subscription_id"]].append(row["outcome"])
         applied = tx.execute(
             f"WITH w({names}) AS ({values}) UPDATE deliveries SET state = CASE w.outcome"
             " WHEN 'delivered' THEN 'delivered' WHEN 'retry' THEN 'pending' ELSE 'failed' END,"
@@ -372,26 +382,24 @@ class Dispatch(StoreBase):
         return len(applied)
 
     def _endpoints_after(
-        self, tx: Tx, finished: Sequence[Finished], now: float, disable_after: float
+        self, tx: Tx, outcomes: dict[str, list[str]], now: float, disable_after: float
     ) -> None:
         """Each endpoint's streak: a success ends it, a failure starts it; a gone endpoint,
-        or one failing too long, is disabled and the tenant's other subscriptions hear of it."""
+        or one failing too long, is disabled and the tenant's other subscriptions hear of it.
+
+        A success is written at most once a second per endpoint: each write locks the
+        subscription's row, which other dispatchers' claims then skip."""
         backend = self.backend
-        by_id = {f.delivery_id: f for f in finished}
-        rows = tx.execute(
-            f"SELECT id, subscription_id FROM deliveries WHERE {backend.member('id', 'ids')}",
-            {"ids": backend.list_param(sorted(by_id))},
-        )
-        outcomes: dict[str, list[str]] = defaultdict(list)
-        for row in rows:
-            outcomes[row["subscription_id"]].append(by_id[row["id"]].outcome)
+        succeeded = sorted(s for s, seen in outcomes.items() if "delivered" in seen)
+        if succeeded:
+            tx.execute(
+                "UPDATE subscriptions SET failing_since = NULL, last_success_at = :now"
+                f" WHERE {backend.member('id', 'ids')} AND (failing_since IS NOT NULL"
+                " OR last_success_at IS NULL OR last_success_at < :recent)",
+                {"now": now, "recent": now - 1.0, "ids": backend.list_param(succeeded)},
+            )
         for subscription_id, seen in sorted(outcomes.items()):
             if "delivered" in seen:
-                tx.execute(
-                    "UPDATE subscriptions SET failing_since = NULL, last_success_at = :now"
-                    " WHERE id = :id",
-                    {"now": now, "id": subscription_id},
-                )
                 continue
             found = tx.execute(
                 f"SELECT * FROM subscriptions WHERE id = :id AND enabled {backend.for_update}",
