@@ -28,8 +28,9 @@ from tests.webhook_receiver import Receiver, running_receiver
 KEY = base64.b64encode(b"k" * 32).decode()
 
 
-@pytest.fixture
-def app(db_url: str) -> Iterator[App]:
+def delivering_app(db_url: str) -> App:
+    """An app whose worker delivers events to receivers on 127.0.0.1: workflows `ok` and
+    `boom`, tenants t1 and t2."""
     a = fast_app(
         db_url,
         secret_key=KEY,
@@ -49,6 +50,12 @@ def app(db_url: str) -> Iterator[App]:
 
     register_tenant(a.store, "t1")
     register_tenant(a.store, "t2")
+    return a
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[App]:
+    a = delivering_app(db_url)
     yield a
     a.close()
 

@@ -32,7 +32,7 @@ from greenroom.worker.metered import RunMetrics
 from tests.api_helpers import ApiSetup, api_setup, build_app
 from tests.helpers import fast_app, wait_for_states, worker_running
 from tests.test_cli_service import base_url, greenroom
-from tests.test_delivery import KEY, subscribe, until
+from tests.test_delivery import delivering_app, subscribe, until
 from tests.webhook_receiver import running_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,26 +148,14 @@ def test_recovery_time_runs_from_the_lease_expiring(store: RunStore, clock: Manu
 
 
 async def test_deliveries_are_counted_by_channel_and_result(db_url: str) -> None:
-    app = fast_app(
-        db_url,
-        secret_key=KEY,
-        delivery_enabled=True,
-        delivery_allow_http=True,
-        delivery_allow_private=True,
-    )
-
-    @app.workflow(name="metrics.delivered")
-    async def delivered(ctx: RunContext) -> None:
-        return None
-
-    app.store.accounts.create_tenant("t1", actor="test")
+    app = delivering_app(db_url)
     before = parse(exposition())
     try:
         with running_receiver() as ok, running_receiver() as down:
             down.answer = lambda request: 503
             subscribe(app, ok.url, types=["run.succeeded"])
             subscribe(app, down.url, types=["run.succeeded"])
-            await app.enqueue("metrics.delivered", {}, tenant="t1")
+            await app.enqueue("ok", {}, tenant="t1")
             async with worker_running(app):
                 await until(lambda: ok.received() and down.received())
     finally:

@@ -30,7 +30,7 @@ from greenroom.errors import ConfigError
 from tests.api_helpers import ApiSetup
 from tests.browser_site import serve_site
 from tests.helpers import fast_app, wait_for_states, worker_running
-from tests.test_delivery import KEY, subscribe, until
+from tests.test_delivery import delivering_app, subscribe, until
 from tests.webhook_receiver import Receiver, running_receiver
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -165,19 +165,7 @@ async def test_a_run_created_through_the_api_joins_the_callers_trace(
 
 @pytest.fixture
 def delivering(db_url: str) -> Iterator[App]:
-    app = fast_app(
-        db_url,
-        secret_key=KEY,
-        delivery_enabled=True,
-        delivery_allow_http=True,
-        delivery_allow_private=True,
-    )
-
-    @app.workflow(name="ok")
-    async def ok(ctx: RunContext) -> int:
-        return 1
-
-    app.store.accounts.create_tenant("t1", actor="test")
+    app = delivering_app(db_url)
     yield app
     app.close()
 

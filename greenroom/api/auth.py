@@ -158,6 +158,20 @@ async def _authenticate(
     return key
 
 
+def admitted(state: ApiState, key: ApiKey) -> Caller:
+    """The caller a verified key makes, within the key's request rate (429 past it): for the
+    API's requests and the console's pages alike."""
+    wait = state.limiter.take(key.id, key.rate_limit)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "request rate of this key exceeded",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    rate = state.limiter.rate if key.rate_limit is None else key.rate_limit
+    return Caller(key_id=key.id, tenant=key.tenant, role=key.role, rate=rate)
+
+
 async def verify_key(presented: str, state: ApiState, address: str | None) -> ApiKey:
     """A presented key, checked as a request's bearer key is (throttled, 401 or 429): the
     console's sign-in uses it."""
@@ -176,17 +190,10 @@ def caller(needed: Role) -> Callable[..., Awaitable[Caller]]:
     ) -> Caller:
         address = request.client.host if request.client else None
         key = await _authenticate(bearer, state, address)
-        wait = state.limiter.take(key.id, key.rate_limit)
-        if wait > 0:
-            raise ApiError(
-                429,
-                "request rate of this key exceeded",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+        caller = admitted(state, key)
         if not key.role.allows(needed):
             raise ApiError(403, f"this key's role ({key.role}) may not do this (needs {needed})")
-        rate = state.limiter.rate if key.rate_limit is None else key.rate_limit
-        return Caller(key_id=key.id, tenant=key.tenant, role=key.role, rate=rate)
+        return caller
 
     return dependency
 

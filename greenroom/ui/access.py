@@ -3,14 +3,13 @@ checks a bearer key (exists, not revoked or expired, rate), its role and its CSR
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from greenroom.api.auth import Caller
+from greenroom.api.auth import Caller, admitted
 from greenroom.api.problems import ApiError
 from greenroom.api.state import ApiState
 from greenroom.model import ApiKey, Role
@@ -72,16 +71,7 @@ async def visitor(request: Request) -> Visitor:
     key = await run_in_threadpool(_usable_key, state, session)
     if key is None:
         raise SignInNeeded
-    wait = state.limiter.take(key.id, key.rate_limit)
-    if wait > 0:
-        raise ApiError(
-            429,
-            "request rate of this key exceeded",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
-    rate = state.limiter.rate if key.rate_limit is None else key.rate_limit
-    caller = Caller(key_id=key.id, tenant=key.tenant, role=key.role, rate=rate)
-    return Visitor(caller, session, ui.signer.csrf(session.token))
+    return Visitor(admitted(state, key), session, ui.signer.csrf(session.token))
 
 
 async def checked_form(request: Request, who: Visitor) -> dict[str, str]:
