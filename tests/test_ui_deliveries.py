@@ -1,7 +1,7 @@
 """The console's subscriptions and deliveries over HTTP: endpoints as the API shows them (no
 secret), deliveries paged with the API's cursor and filtered, a delivery's attempts, sending
-again and enabling a subscription as the API does (admins, audited), tenants kept apart, CSRF,
-descriptions escaped."""
+again, enabling a subscription and sending it what it missed as the API does (admins,
+audited), tenants kept apart, CSRF, descriptions escaped."""
 
 from __future__ import annotations
 
@@ -129,15 +129,24 @@ def test_admins_send_again_and_enable_as_the_api_with_audit(console: ApiSetup) -
         assert c.post(f"{toggle}/disable", data={"csrf": token}).status_code == 303
         shown = c.get("/ui/deliveries").text
         assert "disabled" in shown and f'action="{toggle}/enable"' in shown
+        deliveries_for(console, "acme", 1)  # missed while disabled
         assert c.post(f"{toggle}/enable", data={"csrf": token}).status_code == 303
         assert f'action="{toggle}/disable"' in c.get("/ui/deliveries").text
+        with console.as_("acme") as api:
+            assert [d["id"] for d in api.get("/v1/deliveries").json()["items"]] == [failed]
+        for bad in ("", "yesterday"):
+            wrong = c.post(f"{toggle}/recover", data={"csrf": token, "since": bad})
+            assert wrong.status_code == 422 and "since" in wrong.text, bad
+        recovered = c.post(f"{toggle}/recover", data={"csrf": token, "since": "2000-01-01T00:00"})
+        assert recovered.status_code == 303
     with console.as_("acme") as api:
-        (delivery,) = api.get("/v1/deliveries").json()["items"]
+        found = api.get("/v1/deliveries").json()["items"]
         audit = api.get("/v1/audit").json()["items"]
         assert api.get(f"/v1/subscriptions/{sub['id']}").json()["enabled"]
-    assert delivery["id"] == failed and delivery["state"] == "pending"
+    assert len(found) == 2 and {d["state"] for d in found} == {"pending"}
+    assert failed in {d["id"] for d in found}
     actions = [a["action"] for a in audit]
-    assert "delivery.replay" in actions
+    assert "delivery.replay" in actions and "delivery.recover" in actions
     admin = console.keys["acme"][Role.ADMIN].split(".", 1)[0]
     assert {a["actor"] for a in audit if a["action"] == "delivery.replay"} == {f"key:{admin}"}
     assert sum(a["action"].startswith("subscription.") for a in audit) >= 3
@@ -153,6 +162,7 @@ def test_a_viewer_may_not_post_and_a_tenant_not_touch_another_s(console: ApiSetu
         f"/ui/deliveries/{delivery['id']}/redeliver": 404,
         f"/ui/subscriptions/{theirs['id']}/disable": 404,
         f"/ui/subscriptions/{theirs['id']}/enable": 404,
+        f"/ui/subscriptions/{theirs['id']}/recover": 404,
     }
     with sign_in(console.url, console.keys["acme"][Role.VIEWER]) as c:
         token = page_csrf(c, "/ui/deliveries")
@@ -166,7 +176,8 @@ def test_a_viewer_may_not_post_and_a_tenant_not_touch_another_s(console: ApiSetu
         assert c.get(f"/ui/deliveries/{delivery['id']}").status_code == 404
         token = page_csrf(c, "/ui/deliveries")
         for post, status in posts.items():
-            assert c.post(post, data={"csrf": token}).status_code == status, post
+            data = {"csrf": token, "since": "2000-01-01T00:00"}
+            assert c.post(post, data=data).status_code == status, post
         assert c.post(f"/ui/subscriptions/{ours['id']}/disable").status_code == 403, "no CSRF"
         assert c.get("/ui/deliveries?tenant=globex").status_code == 403
     with sign_in(console.url, console.platform_key) as c:

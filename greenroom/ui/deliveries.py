@@ -1,6 +1,7 @@
 """The console's event deliveries: subscriptions (their endpoints as the API shows them, never a
 secret), deliveries a page at a time with the API's cursor, a delivery's attempts, and the admin
-actions the API offers (send a delivery's event again; enable or disable a subscription),
+actions the API offers (send a delivery's event again; enable or disable a subscription; send
+a subscription what it missed),
 through the API's route functions so roles, tenant scoping and audit are the API's."""
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.database import DatabaseRoute
-from greenroom.api.delivery_schemas import ReplayIn, SubscriptionUpdate
+from greenroom.api.delivery_schemas import RecoverIn, ReplayIn, SubscriptionUpdate
 from greenroom.api.routes import subscriptions
+from greenroom.api.schedule_schemas import unix_time
 from greenroom.api.schemas import Id, RowId
+from greenroom.errors import InvalidInput
 from greenroom.model import Role
 from greenroom.rules import Name
 from greenroom.ui.access import Visitor, checked_form, require, ui_state, visitor
@@ -137,3 +140,23 @@ async def enable(request: Request, subscription_id: str, who: Who) -> Response:
 @router.post("/subscriptions/{subscription_id}/disable")
 async def disable(request: Request, subscription_id: str, who: Who) -> Response:
     return await _switch(request, subscription_id, who, False)
+
+
+@router.post("/subscriptions/{subscription_id}/recover")
+async def recover(request: Request, subscription_id: str, who: Who) -> Response:
+    """Send a subscription what it did not receive of the events since a time (failed
+    deliveries, events while it was disabled): the API's recover, for admins; audited."""
+    form = await checked_form(request, who)
+    require(who, Role.ADMIN)
+    wanted = RUN_ID.validate_python(subscription_id)
+    try:
+        since = unix_time(form.get("since", ""))
+    except ValueError:
+        raise InvalidInput("since: not a time (UTC)") from None
+    body = RecoverIn.model_validate(
+        {"since": since, "subscription": wanted, "tenant": form.get("tenant") or None}
+    )
+    await run_in_threadpool(subscriptions.recover, body, ui_state(request).api, who.caller)
+    return RedirectResponse(
+        f"{PATH}/deliveries?{urlencode({'subscription': wanted})}", status_code=303
+    )
