@@ -1,6 +1,7 @@
 """The console in real Chromium against the real app on loopback: sign in, the overview, the
 runs list and its filters, a failed run's steps and screenshot, a retry from the failed step
-that succeeds while the page watches, and injected HTML that stays text."""
+that succeeds while the page watches, injected HTML that stays text, and a license finding
+kept."""
 
 from __future__ import annotations
 
@@ -262,6 +263,9 @@ async def test_the_pages_fit_the_screen(
         "/ui/runs": "runs",
         f"/ui/runs/{failed}": "run",
         "/ui/errors": None,
+        "/ui/schedules": None,
+        "/ui/deliveries": None,
+        "/ui/licenses": None,
         "/ui/integrations": None,
         "/ui/pauses": None,
         "/ui/audit": None,
@@ -275,3 +279,33 @@ async def test_the_pages_fit_the_screen(
         if write and shot:
             DOC_IMAGES.mkdir(exist_ok=True)
             await page.screenshot(path=DOC_IMAGES / f"console-{shot}.png")
+
+
+@pytest.fixture
+def license_console(sqlite_url: str) -> Iterator[ApiSetup]:
+    from tests.test_licenses_api import with_hr
+
+    with api_setup(sqlite_url, extend=with_hr) as setup:
+        yield setup
+
+
+async def test_an_admin_keeps_a_license_finding(license_console: ApiSetup, browser: Any) -> None:
+    from tests.test_licenses_api import account
+    from tests.test_ui_licenses import findings
+
+    findings(license_console, "acme", [account("ann", 200, cost=20)])
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await sign_in(page, license_console.url, license_console.keys["acme"][Role.ADMIN])
+    await page.goto(license_console.url + "/ui/licenses")
+    row = page.locator("tr.finding", has_text="ann@example.com")
+    assert await row.locator(".finding-state").inner_text() != "kept"
+    available = page.locator("tr.total td:nth-child(3)")
+    assert await available.inner_text() == "20.00"
+    await row.locator("input[name=note]").fill("the CEO's assistant")
+    await row.locator("button[value=keep]").click()
+    await page.wait_for_load_state("networkidle")
+    assert page.url == license_console.url + "/ui/licenses"
+    row = page.locator("tr.finding", has_text="ann@example.com")
+    assert await row.locator(".finding-state").inner_text() == "kept"
+    assert "the CEO's assistant" in await row.inner_text()
+    assert await available.inner_text() == "0.00", "kept: no longer available"

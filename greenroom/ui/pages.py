@@ -54,12 +54,13 @@ class RunsQuery(BaseModel):
         return urlencode({k: v for k, v in fields.items() if v is not None})
 
 
-def _tenant(request: Request) -> str | None:
+def tenant_of(request: Request) -> str | None:
     """A platform key's choice of tenant (?tenant=); blank: every tenant."""
     return TENANT.validate_python(request.query_params.get("tenant") or None)
 
 
-def _context(who: Visitor, **more: Any) -> dict[str, Any]:
+def context(who: Visitor, **more: Any) -> dict[str, Any]:
+    """What every page's template is given: the caller, the CSRF token and its powers."""
     return {
         "who": who.caller,
         "csrf": who.csrf,
@@ -72,7 +73,7 @@ def _context(who: Visitor, **more: Any) -> dict[str, Any]:
 async def overview(request: Request, who: Who) -> Response:
     """Runs by state, queues, workers and the latest error groups."""
     state = ui_state(request).api
-    tenant = _tenant(request)
+    tenant = tenant_of(request)
     queues = await run_in_threadpool(controls.list_queues, state, who.caller, tenant)
     totals: dict[str, int] = {s.value: 0 for s in RunState}
     for q in queues:
@@ -87,7 +88,7 @@ async def overview(request: Request, who: Who) -> Response:
     return page(
         request,
         "overview.html",
-        _context(
+        context(
             who,
             tenant=tenant,
             totals=totals,
@@ -125,7 +126,7 @@ async def runs_list(request: Request, who: Who) -> Response:
     return page(
         request,
         "runs.html",
-        _context(who, query=query, page=found, states=[s.value for s in RunState]),
+        context(who, query=query, page=found, states=[s.value for s in RunState]),
     )
 
 
@@ -133,7 +134,7 @@ async def runs_list(request: Request, who: Who) -> Response:
 async def runs_rows(request: Request, who: Who) -> Response:
     """The rows alone, for the list's polling."""
     query, found = await _runs_page(request, who)
-    return page(request, "_run_rows.html", _context(who, query=query, page=found))
+    return page(request, "_run_rows.html", context(who, query=query, page=found))
 
 
 @router.get("/runs/{run_id}")
@@ -143,7 +144,7 @@ async def run_detail(request: Request, run_id: str, who: Who) -> Response:
     detail = await runs.get_run(RUN_ID.validate_python(run_id), ui_state(request).api, who.caller)
     shots = [a for a in detail.artifacts if a.kind == "screenshot"]
     return page(
-        request, "run.html", _context(who, run=detail, screenshots=shots, text_kinds=TEXT_KINDS)
+        request, "run.html", context(who, run=detail, screenshots=shots, text_kinds=TEXT_KINDS)
     )
 
 
@@ -181,7 +182,7 @@ async def artifact_text(request: Request, run_id: str, artifact_id: str, who: Wh
     return page(
         request,
         "artifact.html",
-        _context(
+        context(
             who, run_id=run_id, artifact_id=artifact_id, text=text, cut=len(found.body) > MAX_SHOWN
         ),
     )
@@ -191,9 +192,9 @@ async def artifact_text(request: Request, run_id: str, artifact_id: str, who: Wh
 async def errors(request: Request, who: Who) -> Response:
     """Failures grouped by fingerprint, latest first, with bulk retry for operators."""
     state = ui_state(request).api
-    tenant = _tenant(request)
+    tenant = tenant_of(request)
     groups = await run_in_threadpool(observe.list_error_groups, state, who.caller, tenant, 100)
-    return page(request, "errors.html", _context(who, tenant=tenant, groups=groups))
+    return page(request, "errors.html", context(who, tenant=tenant, groups=groups))
 
 
 @router.get("/pauses")
@@ -201,18 +202,18 @@ async def pauses(request: Request, who: Who) -> Response:
     """Pauses in force (a tenant sees its own and the platform's), with resume and a form to
     pause a queue, tenant, workflow, session or label for operators."""
     found = await run_in_threadpool(controls.list_pauses, ui_state(request).api, who.caller)
-    return page(request, "pauses.html", _context(who, pauses=found))
+    return page(request, "pauses.html", context(who, pauses=found))
 
 
 @router.get("/audit")
 async def audit(request: Request, who: Who) -> Response:
     """Admin actions, newest first: who, when, what, why; a page at a time."""
-    tenant = _tenant(request)
+    tenant = tenant_of(request)
     cursor = AUDIT_CURSOR.validate_python(request.query_params.get("cursor") or None)
     found = await run_in_threadpool(
         observe.audit_log, ui_state(request).api, who.caller, tenant, cursor, PAGE_SIZE
     )
-    return page(request, "audit.html", _context(who, tenant=tenant, page=found))
+    return page(request, "audit.html", context(who, tenant=tenant, page=found))
 
 
 @router.get("/integrations")
@@ -220,10 +221,10 @@ async def integrations_list(request: Request, who: Who) -> Response:
     """Each integration's connector, status and settings, and when its credentials were last
     set (they are never shown: admins may replace them)."""
     found = await run_in_threadpool(
-        integrations.list_integrations, ui_state(request).api, who.caller, None, _tenant(request)
+        integrations.list_integrations, ui_state(request).api, who.caller, None, tenant_of(request)
     )
     return page(
         request,
         "integrations.html",
-        _context(who, tenant=_tenant(request), integrations=found, admin=who.may(Role.ADMIN)),
+        context(who, tenant=tenant_of(request), integrations=found, admin=who.may(Role.ADMIN)),
     )

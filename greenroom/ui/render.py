@@ -34,6 +34,14 @@ def took(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def interval(seconds: float) -> str:
+    """A schedule's interval as it is written (90s, 15m, 1h, 1d) when it is whole."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
 def pretty(value: Any) -> str:
     """JSON for a <pre>: escaped by autoescape where it is shown."""
     return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
@@ -46,7 +54,7 @@ ENV = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENV.filters.update(when=when, took=took, pretty=pretty)
+ENV.filters.update(when=when, took=took, interval=interval, pretty=pretty)
 ENV.globals["FINISHED"] = FINISHED
 
 
