@@ -124,9 +124,11 @@ runs = Table(
         "retry_of",
         where="retry_of IS NOT NULL",
     ),
+    # (error_group, tenant) since migration 0014: a group's runs are counted per tenant.
     _partial_index(
         "runs_error_group",
         "error_group",
+        "tenant",
         where="error_group IS NOT NULL",
     ),
     _partial_index(
