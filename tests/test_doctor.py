@@ -21,7 +21,7 @@ from greenroom import RunContext
 from greenroom.cli import run
 from greenroom.crypto import KEY_FILE
 from greenroom.model import NewRun, RunState
-from greenroom.storage import RunStore, open_store
+from greenroom.storage import SCHEMA_REVISION, RunStore, open_store
 from tests.helpers import fast_app, wait_for_states, worker_running
 
 KEY = base64.b64encode(bytes(32)).decode()
@@ -204,7 +204,7 @@ def test_doctor_checks_workers_clock_and_key(
         code, out = doctor(capsys, db_url)
         found = lines(out)
         assert code == 0 and found["workers"][0] == "warn", out
-        assert found["database"] == ("ok", "reachable, schema 0012 (current)")
+        assert found["database"] == ("ok", f"reachable, schema {SCHEMA_REVISION} (current)")
         assert found["clock"][0] == "ok" and found["secret key"][0] == "ok"
         store.runs.register_worker(
             "w-silent", host="h", pid=1, queues=["default"], concurrency=2, lock_key=7
