@@ -6,12 +6,11 @@ through the API's route functions so roles, tenant scoping and audit are the API
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.database import DatabaseRoute
@@ -23,7 +22,7 @@ from greenroom.errors import InvalidInput
 from greenroom.model import Role
 from greenroom.rules import Name
 from greenroom.ui.access import Visitor, checked_form, require, ui_state, visitor
-from greenroom.ui.pages import PAGE_SIZE, ROW_ID, RUN_ID, context
+from greenroom.ui.pages import PAGE_SIZE, ROW_ID, RUN_ID, ListQuery, context
 from greenroom.ui.render import page
 from greenroom.ui.session import PATH
 
@@ -31,26 +30,14 @@ router = APIRouter(route_class=DatabaseRoute, include_in_schema=False)
 Who = Annotated[Visitor, Depends(visitor)]
 
 
-class DeliveriesQuery(BaseModel):
-    """The deliveries list's filters, with the API's types (empty form fields are left out)."""
-
-    model_config = ConfigDict(extra="ignore")
+class DeliveriesQuery(ListQuery):
+    """The deliveries list's filters."""
 
     subscription: Id | None = None
     event: RowId | None = None
     failed: bool = False
     tenant: Name | None = None
     cursor: RowId | None = None
-
-    @classmethod
-    def of(cls, request: Request) -> DeliveriesQuery:
-        return cls.model_validate({k: v for k, v in request.query_params.items() if v.strip()})
-
-    def link(self, **changes: Any) -> str:
-        """This query string with `changes` (None drops a field)."""
-        fields = {k: v for k, v in self.model_dump(mode="json").items() if v not in (None, False)}
-        fields.update(changes)
-        return urlencode({k: v for k, v in fields.items() if v is not None})
 
 
 @router.get("/deliveries")

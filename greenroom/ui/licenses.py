@@ -4,12 +4,11 @@ the API's route functions so roles, tenant scoping and audit are the API's."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, get_args
-from urllib.parse import urlencode
+from typing import Annotated, get_args
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.database import DatabaseRoute
@@ -25,7 +24,7 @@ from greenroom.api.schemas import Id
 from greenroom.model import Role
 from greenroom.rules import Name
 from greenroom.ui.access import Visitor, checked_form, require, ui_state, visitor
-from greenroom.ui.pages import PAGE_SIZE, RUN_ID, context
+from greenroom.ui.pages import PAGE_SIZE, RUN_ID, ListQuery, context
 from greenroom.ui.render import page
 from greenroom.ui.session import PATH
 
@@ -36,10 +35,8 @@ VERDICTS = get_args(Verdict)
 STATES = get_args(FindingState)
 
 
-class FindingsQuery(BaseModel):
-    """The findings list's filters, with the API's types (empty form fields are left out)."""
-
-    model_config = ConfigDict(extra="ignore")
+class FindingsQuery(ListQuery):
+    """The findings list's filters."""
 
     integration: Id | None = None
     state: FindingState | None = None
@@ -48,20 +45,6 @@ class FindingsQuery(BaseModel):
     sort: Sort = "savings"
     tenant: Name | None = None
     cursor: Cursor | None = None
-
-    @classmethod
-    def of(cls, request: Request) -> FindingsQuery:
-        return cls.model_validate({k: v for k, v in request.query_params.items() if v.strip()})
-
-    def link(self, **changes: Any) -> str:
-        """This query string with `changes` (None drops a field); defaults are left out."""
-        fields: dict[str, Any] = {
-            k: v for k, v in self.model_dump(mode="json", exclude_defaults=True).items()
-        }
-        if not self.open:
-            fields["open"] = "false"
-        fields.update(changes)
-        return urlencode({k: v for k, v in fields.items() if v is not None})
 
 
 @router.get("/licenses")

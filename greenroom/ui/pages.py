@@ -4,7 +4,7 @@ calls, tenant scoping and redaction), rendered as HTML."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -28,10 +28,31 @@ TENANT = TypeAdapter(Name | None)
 AUDIT_CURSOR = TypeAdapter(Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")] | None)
 
 
-class RunsQuery(BaseModel):
-    """The runs list's filters, with the API's types (empty form fields are left out)."""
+class ListQuery(BaseModel):
+    """A list page's filters from its query string, with the API's types (empty form fields
+    are left out)."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def of(cls, request: Request) -> Self:
+        return cls.model_validate({k: v for k, v in request.query_params.items() if v.strip()})
+
+    def link(self, **changes: Any) -> str:
+        """This query string with `changes` (None drops a field); defaults are left out."""
+        fields = self.model_dump(mode="json", exclude_defaults=True)
+        fields.update(changes)
+        return urlencode(
+            {
+                k: str(v).lower() if isinstance(v, bool) else v
+                for k, v in fields.items()
+                if v is not None
+            }
+        )
+
+
+class RunsQuery(ListQuery):
+    """The runs list's filters."""
 
     state: RunState | None = None
     workflow: Text | None = None
@@ -42,16 +63,6 @@ class RunsQuery(BaseModel):
     created_after: datetime | None = None
     created_before: datetime | None = None
     cursor: runs.Cursor | None = None
-
-    @classmethod
-    def of(cls, request: Request) -> RunsQuery:
-        return cls.model_validate({k: v for k, v in request.query_params.items() if v.strip()})
-
-    def link(self, **changes: Any) -> str:
-        """This query string with `changes` (None drops a field)."""
-        fields = {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
-        fields.update(changes)
-        return urlencode({k: v for k, v in fields.items() if v is not None})
 
 
 def tenant_of(request: Request) -> str | None:
