@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import threading
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -288,6 +290,15 @@ def test_a_tenant_threshold_wins_and_makes_the_licenses_due(
     assert acme.findings.policy("acme")["threshold_days"] == 30
 
 
+def at_once(*calls: Callable[[], object]) -> None:
+    """Each call in a thread of its own, all started before any is awaited."""
+    threads = [threading.Thread(target=call) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_saves_of_one_account_at_once_keep_both_days(acme: RunStore, db_url: str) -> None:
     """Two syncs report the same users, each a different day: both days are kept, as each save
     merges into what the other wrote (they take turns on the integration)."""
@@ -298,18 +309,12 @@ def test_saves_of_one_account_at_once_keep_both_days(acme: RunStore, db_url: str
         for round_ in range(5):
             days = (now - (2 * round_ + 1) * DAY, now - (2 * round_ + 2) * DAY)
             batches = [parse_accounts([account(u, day) for u in users]) for day in days]
-            threads = [
-                threading.Thread(
-                    target=s.licenses.save,
-                    args=("acme", "i1", rows),
-                    kwargs={"sync_id": f"s{round_}-{k}"},
+            at_once(
+                *(
+                    partial(s.licenses.save, "acme", "i1", rows, sync_id=f"s{round_}-{k}")
+                    for k, (s, rows) in enumerate(zip(stores, batches, strict=True))
                 )
-                for k, (s, rows) in enumerate(zip(stores, batches, strict=True))
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            )
     finally:
         for s in stores:
             s.backend.close()
@@ -330,16 +335,7 @@ def test_passes_at_once_judge_each_license_once(acme: RunStore, db_url: str) -> 
     save(acme, regulars(now) + [account(f"idle{i}", now - 150 * DAY) for i in range(400)], sync="s")
     stores = [open_store(db_url, clock=acme.clock) for _ in range(3)]
     try:
-        threads = [
-            threading.Thread(
-                target=lambda s=s: [s.license_pass.judge_due(limit=50) for _ in range(12)]
-            )
-            for s in stores
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        at_once(*(partial(passes, s) for s in stores))
     finally:
         for s in stores:
             s.backend.close()
