@@ -21,7 +21,6 @@ import asyncio
 import base64
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 import benchlib
 import httpx
+from api_load import free_port, wait_ready
 
 from greenroom import App, RetryPolicy, RunContext, load_settings, step
 from greenroom.api.keys import create_key
@@ -151,12 +151,6 @@ def real_runs(url: str, count: int) -> list[str]:
     return ids
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def api(url: str, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
@@ -164,18 +158,7 @@ def api(url: str, env: dict[str, str]) -> Iterator[str]:
     command = [sys.executable, "-m", "greenroom.cli", "api", "--db", url, "--port", str(port)]
     proc = subprocess.Popen(command, stdout=sys.stderr, env={**os.environ, **env})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"greenroom api exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("greenroom api did not become ready")
-            time.sleep(0.2)
+        wait_ready(base, proc)
         yield base
     finally:
         proc.terminate()
