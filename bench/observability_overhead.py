@@ -1,6 +1,7 @@
 """What metrics and tracing cost: the drain benchmark (drain_rate.py: N no-op one-step runs
 enqueued first, one Worker, concurrency 10, in this process's event loop) in three modes, in
-turns (off, metrics, tracing, off, metrics, …), each trial in a fresh process and database:
+turns (off, metrics, tracing, off, metrics, …), each trial in a fresh process and database,
+which freezes what its set-up made (as `greenroom worker` does after start-up):
 
 - off: greenroom's metric objects replaced by no-ops, no tracer provider (the floor);
 - metrics: as shipped, the worker serving /metrics on a port a thread scrapes every second
@@ -10,13 +11,24 @@ turns (off, metrics, tracing, off, metrics, …), each trial in a fresh process 
 
 Reported: the median runs/s of each mode and its ratio to `off` (issue 17: metrics cost
 ≤ 5 %, tracing ≤ 15 %), and the same for this process's CPU time per run.
+
+`--worker cli` measures the same as users run it: a `greenroom worker` process with default
+settings drains the runs (user_config.py's drain, timed from the first claim to the last end).
+Its metrics cannot be switched off, so `off` is the default (metrics kept, not served);
+`metrics` serves them on a port scraped every second; `tracing` adds the standard
+OTEL_EXPORTER_OTLP_ENDPOINT, pointed at a local OTLP/HTTP receiver that drops what it gets
+(the spans are encoded and posted, as to a collector). CPU per run is the worker process's,
+from its first run's end to its last.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import http.server
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -25,10 +37,12 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import benchlib
 import drain_rate
+import user_config
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
@@ -82,6 +96,63 @@ def _scrape(port: int, stop: threading.Event, scrapes: list[float]) -> None:
         scrapes.append(time.perf_counter() - started)
 
 
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that takes spans and drops them."""
+
+    posts = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).posts += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cli_trial(db: str, mode: str, runs: int, timeout: float) -> dict[str, Any]:
+    """One drain by a `greenroom worker` process, in `mode`."""
+    extra: dict[str, str] = {}
+    stop, scrapes = threading.Event(), []
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    port = _free_port()
+    if mode != "off":
+        extra["GREENROOM_METRICS_PORT"] = str(port)
+        threading.Thread(target=_scrape, args=(port, stop, scrapes), daemon=True).start()
+    if mode == "tracing":
+        extra["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{receiver.server_port}"
+    try:
+        with user_config.bench(db, "observability") as b:
+            user_config.prefill(b, runs)
+            proc = b.worker(extra=extra)
+            b.wait_finished(1, timeout)
+            cpu = _cpu_seconds(proc.pid)
+            b.wait_finished(runs, timeout)
+            cpu = _cpu_seconds(proc.pid) - cpu
+            first, last, finished = b.span("bench.one_step")
+            b.stop(proc)
+    finally:
+        stop.set()
+        receiver.shutdown()
+    return {
+        "mode": mode,
+        "runs_per_s": round(finished / (last - first), 1),
+        "cpu_ms_per_run": round(cpu * 1000 / max(1, finished - 1), 3),
+        "finished": finished,
+        "scrapes": len(scrapes),
+        "otlp_posts": _Receiver.posts,
+    }
+
+
 def trial(db: str, mode: str, runs: int, concurrency: int, timeout: float) -> dict[str, Any]:
     """One drain in this process, in `mode`."""
     exporter = _Dropped()
@@ -99,6 +170,8 @@ def trial(db: str, mode: str, runs: int, concurrency: int, timeout: float) -> di
         drain_rate.declare(app)
         try:
             drain_rate.fill(app, runs)
+            gc.collect()  # as `greenroom worker` does once started (cli.freeze_start_up)
+            gc.freeze()
             if port:
                 scraper.start()
             cpu = time.process_time()
@@ -124,18 +197,27 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="trials of each mode, in turns")
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--timeout", type=float, default=60.0, help="give up a trial after this")
+    p.add_argument(
+        "--worker",
+        choices=("process", "cli"),
+        default="process",
+        help="the drain in this benchmark's process (default), or by a `greenroom worker`",
+    )
     p.add_argument("--trial", choices=MODES, help=argparse.SUPPRESS)  # one trial, in this process
     args = p.parse_args()
     benchlib.quiet_logs()
     if args.trial:
-        print(json.dumps(trial(args.db, args.trial, args.runs, args.concurrency, args.timeout)))
+        if args.worker == "cli":
+            print(json.dumps(cli_trial(args.db, args.trial, args.runs, args.timeout)))
+        else:
+            print(json.dumps(trial(args.db, args.trial, args.runs, args.concurrency, args.timeout)))
         return
     trials = []
     for _ in range(args.rounds):
         for mode in MODES:
             command = [sys.executable, __file__, "--db", args.db, "--trial", mode]
             command += ["--runs", str(args.runs), "--concurrency", str(args.concurrency)]
-            command += ["--timeout", str(args.timeout)]
+            command += ["--timeout", str(args.timeout), "--worker", args.worker]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             trials.append(json.loads(done.stdout.strip().splitlines()[-1]))
     medians = {
@@ -150,6 +232,7 @@ def main() -> None:
         {
             "benchmark": "observability_overhead",
             "backend": benchlib.backend_name(args.db),
+            "worker": args.worker,
             "runs_per_trial": args.runs,
             "runs_per_s": {mode: round(v) for mode, v in medians.items()},
             "cost_vs_off": {

@@ -64,10 +64,14 @@ class Bench:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs = 0
 
-    def worker(self, role: str = "", bytecode: Path | None = None) -> subprocess.Popen[bytes]:
-        """`greenroom worker` with default settings; its output goes to a log file. Its bytecode
-        comes from `bytecode` (default: the warm cache); a new directory means none at all."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    def worker(
+        self, role: str = "", bytecode: Path | None = None, extra: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`greenroom worker` with default settings, and `extra` variables; its output goes to
+        a log file. Its bytecode comes from `bytecode` (default: the warm cache); a new
+        directory means none at all."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENROOM_", "OTEL_"))}
+        env.update(extra or {})
         path = [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]  # e.g. another tree
         env.update(PYTHONPATH=os.pathsep.join(path), BENCH_MARKS=str(self.marks), BENCH_ROLE=role)
         env["PYTHONPYCACHEPREFIX"] = str(bytecode or self.warm_bytecode)
@@ -202,16 +206,20 @@ def startup(db: str, trials: int) -> dict[str, Any]:
     }
 
 
+def prefill(b: Bench, runs: int) -> None:
+    """Enqueue `runs` no-op runs, in batches of 500."""
+    for start in range(0, runs, 500):
+        n = min(500, runs - start)
+        b.app.enqueue_many_sync(
+            [RunRequest(workflow="bench.one_step", input={"i": start + i}) for i in range(n)]
+        )
+
+
 def drain_prefilled(db: str, runs: int, trials: int) -> dict[str, Any]:
     out = []
     for _ in range(trials):
         with bench(db, "drainp") as b:
-            for start in range(0, runs, 500):
-                n = min(500, runs - start)
-                batch = [
-                    RunRequest(workflow="bench.one_step", input={"i": start + i}) for i in range(n)
-                ]
-                b.app.enqueue_many_sync(batch)
+            prefill(b, runs)
             spawned = time.time()
             proc = b.worker()
             done = b.wait_finished(runs, 120)

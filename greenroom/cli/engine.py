@@ -18,6 +18,7 @@ from greenroom.cli import (
     cli,
     configure,
     db_url,
+    freeze_start_up,
     given_db,
     load_app,
     out,
@@ -89,6 +90,7 @@ def worker(
     configure_logging(the_app.settings)
     configure_tracing("greenroom-worker")
     runner = Worker(the_app, queues=split_list(queues), concurrency=concurrency)
+    freeze_start_up()
     try:
         asyncio.run(runner.run(install_signal_handlers=True))
     finally:

@@ -19,6 +19,7 @@ from greenroom.cli import (
     configure,
     default_actor,
     existing_store,
+    freeze_start_up,
     given_db,
     hint,
     load_app,
@@ -229,6 +230,7 @@ def up(
                 app, the_app, address(sock), f"with a worker: concurrency {worker.concurrency}"
             )
             api_server = server(create_api(the_app), settings, access_log=access_log)
+            freeze_start_up()
             asyncio.run(serve(api_server, sock, worker=worker))
         finally:
             sock.close()
