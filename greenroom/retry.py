@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from greenroom.errors import ConfigError, PermanentError
 from greenroom.failures import classify
+
+if TYPE_CHECKING:
+    from greenroom.model import QueueInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +34,18 @@ class RetryPolicy:
             raise ConfigError("backoff must be at least 1 (1 means a constant delay)")
         if not 0 <= self.jitter <= 1:
             raise ConfigError("jitter must be between 0 and 1")
+
+    @classmethod
+    def of_queue(cls, queue: QueueInfo | None) -> RetryPolicy:
+        """A queue's default policy, for workflows that declare none: no retry unless set."""
+        if queue is None or queue.max_attempts is None:
+            return NO_RETRY
+        return cls(
+            max_attempts=queue.max_attempts,
+            initial_delay=1.0 if queue.retry_initial_delay is None else queue.retry_initial_delay,
+            backoff=queue.retry_backoff or 2.0,
+            max_delay=60.0 if queue.retry_max_delay is None else queue.retry_max_delay,
+        )
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """Whether a failure on `attempt` (1-based) gets another attempt."""

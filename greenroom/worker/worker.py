@@ -18,12 +18,12 @@ from greenroom import tracing
 from greenroom.app import App
 from greenroom.browser.runtime import BrowserRuntime
 from greenroom.context import RunContext
-from greenroom.errors import LeaseLost, NonDeterminismError
+from greenroom.errors import LeaseLost
 from greenroom.failures import describe_error
 from greenroom.logs import run_context
 from greenroom.metrics.expose import MetricsServer, serve_metrics
 from greenroom.model import Lease, QueueInfo, RunState
-from greenroom.retry import NO_RETRY, RetryPolicy
+from greenroom.retry import RetryPolicy
 from greenroom.settings import Settings, redact
 from greenroom.storage import RunStore
 from greenroom.storage.backend import ANY_QUEUE, Liveness
@@ -568,10 +568,9 @@ class Worker:
         elsewhere (an isolated run's process, with its traceback)."""
         run = lease.run
         wf = self.app.workflows[run.workflow]
-        policy = wf.retry or self._queue_policy(run.queue)
+        policy = wf.retry or RetryPolicy.of_queue(self._queue_settings.get(run.queue))
         error = error or describe_error(exc, step=failed_step, attempt=run.attempt)
-        retry = run.attempt < run.max_attempts and policy.should_retry(exc, run.attempt)
-        if retry and not isinstance(exc, NonDeterminismError):
+        if run.attempt < run.max_attempts and policy.should_retry(exc, run.attempt):
             self.metrics.retried(run, error["type"])
             delay = policy.delay(run.attempt)
             log.warning("run failed; will retry", error=error["message"], retry_in=delay)
@@ -585,18 +584,6 @@ class Worker:
         else:
             log.error("run failed", error=error["message"], error_type=error["type"])
             await self._finish(lease, RunState.FAILED, f"failed: {error['type']}", error=error)
-
-    def _queue_policy(self, queue: str) -> RetryPolicy:
-        """The queue's default retry policy, for workflows that declare none."""
-        info = self._queue_settings.get(queue)
-        if info is None or info.max_attempts is None:
-            return NO_RETRY
-        return RetryPolicy(
-            max_attempts=info.max_attempts,
-            initial_delay=info.retry_initial_delay if info.retry_initial_delay is not None else 1.0,
-            backoff=info.retry_backoff or 2.0,
-            max_delay=info.retry_max_delay if info.retry_max_delay is not None else 60.0,
-        )
 
     async def _finish(self, lease: Lease, state: RunState, reason: str, **kw: Any) -> None:
         active = self._active.get(lease.run.id)
