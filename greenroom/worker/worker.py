@@ -223,10 +223,11 @@ class Worker:
                 for lease in leases:
                     self._start_run(lease)
                 got = len(leases)
+            if got:
+                await asyncio.sleep(0)  # the runs start before the next claim takes the GIL
             if got and got == free:
-                await asyncio.sleep(0)  # claimed all we could: look again once a slot frees
                 if self._executing() >= self.concurrency:
-                    await self._wait_wake(None)
+                    await self._wait_wake(None)  # all we could: again once a slot frees
                 continue
             if not got:
                 await self._wait_wake(idle_wait)
