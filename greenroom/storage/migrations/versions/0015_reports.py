@@ -33,9 +33,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index(
-        "report_subscriptions_tenant", "report_subscriptions", ["tenant", "created_at"]
-    )
+    op.create_index("report_subscriptions_tenant", "report_subscriptions", ["tenant", "created_at"])
     op.create_table(
         "reports",
         sa.Column("id", sa.String(36), nullable=False),
