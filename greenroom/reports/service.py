@@ -7,23 +7,32 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from greenroom.crypto import KeyRing
 from greenroom.delivery import subscriptions
 from greenroom.delivery.address import AddressPolicy
 from greenroom.errors import Conflict, InvalidInput, NotFound
-from greenroom.model import Channel
+from greenroom.model import Channel, Run
 from greenroom.reports.period import DEFAULT_CRON, PeriodKind
 from greenroom.reports.records import PERIOD_LABEL, REPORT_LABEL, ReportSubscription, ReportType
-from greenroom.reports.workflows import DEFAULT_CONCURRENCY, REPORT_WORKFLOW, REPORTS_QUEUE
+from greenroom.reports.workflows import (
+    DEFAULT_CONCURRENCY,
+    REPORT_WORKFLOW,
+    REPORTS_QUEUE,
+    period_of,
+    run_key,
+)
 from greenroom.schedules import service as schedules
 from greenroom.schedules.service import ScheduleRequest
 from greenroom.schedules.spec import zone
+from greenroom.storage.base import require_reason
 from greenroom.storage.subscriptions import SubscriptionSpec
 
 if TYPE_CHECKING:
     from greenroom.app import App
+    from greenroom.storage import RunStore
 
 #: Firings of one slot are spread over this many seconds: a platform's tenants subscribed to
 #: Monday 07:00 do not all enqueue in the same instant.
@@ -132,9 +141,45 @@ def subscribe(
             actor=actor,
         )
     except BaseException:
-        _remove(app, tenant, schedule_id, made, actor)
+        _remove(app.store, tenant, schedule_id, made, actor)
         raise
     return Subscribed(subscription=subscription, secrets=secrets)
+
+
+def run_report(
+    app: App,
+    *,
+    tenant: str,
+    report_type: str,
+    period: str,
+    timezone: str,
+    at: float,
+    again: bool = False,
+    resend: tuple[str, str] | None = None,
+) -> Run:
+    """A run that makes the report of the period `at` is after (its last complete one). The
+    same period asked again is the same run; `again` makes a new run (after a data fix), whose
+    report keeps its id and tells nobody, unless `resend` (actor, reason: an admin's audited
+    action) asks that it tell the subscribers again."""
+    check(report_type, period, timezone)
+    if resend is not None:
+        require_reason(resend[1])
+    span = period_of(report_type, period, timezone, at)
+    key = run_key(tenant, report_type, span)
+    if again or resend is not None:
+        key += f":again:{app.store.clock.now():.6f}"
+    return app.enqueue_sync(
+        REPORT_WORKFLOW,
+        {
+            "report_type": report_type,
+            "period": period,
+            "timezone": timezone,
+            "at": datetime.fromtimestamp(at, UTC).isoformat(),
+            **({"resend_actor": resend[0], "resend_reason": resend[1]} if resend else {}),
+        },
+        tenant=tenant,
+        idempotency_key=key,
+    )
 
 
 def limit_queue(app: App) -> None:
@@ -151,36 +196,40 @@ def limit_queue(app: App) -> None:
 
 
 def set_enabled(
-    app: App, subscription_id: str, enabled: bool, *, actor: str, tenant: str | None
+    store: RunStore, subscription_id: str, enabled: bool, *, actor: str, tenant: str | None
 ) -> ReportSubscription:
     """Pause or resume the subscription's schedule (its past reports stay)."""
-    current = app.store.reports.subscription(subscription_id, tenant=tenant)
+    current = store.reports.subscription(subscription_id, tenant=tenant)
     with contextlib.suppress(NotFound, Conflict):  # gone, or already so
         if enabled:
-            app.store.schedules.resume(current.schedule_id, actor=actor, tenant=current.tenant)
+            store.schedules.resume(current.schedule_id, actor=actor, tenant=current.tenant)
         else:
-            app.store.schedules.pause(
+            store.schedules.pause(
                 current.schedule_id,
                 note="report subscription disabled",
                 actor=actor,
                 tenant=current.tenant,
             )
-    return app.store.reports.set_enabled(current.id, enabled, actor=actor, tenant=tenant)
+    return store.reports.set_enabled(current.id, enabled, actor=actor, tenant=tenant)
 
 
-def unsubscribe(app: App, subscription_id: str, *, actor: str, tenant: str | None) -> None:
+def unsubscribe(store: RunStore, subscription_id: str, *, actor: str, tenant: str | None) -> None:
     """Remove the subscription with its schedule and event subscriptions (reports stay)."""
-    current = app.store.reports.subscription(subscription_id, tenant=tenant)
-    _remove(app, current.tenant, current.schedule_id, current.subscription_ids, actor)
-    app.store.reports.unsubscribe(current.id, actor=actor, tenant=tenant)
+    current = store.reports.subscription(subscription_id, tenant=tenant)
+    _remove(store, current.tenant, current.schedule_id, current.subscription_ids, actor)
+    store.reports.unsubscribe(current.id, actor=actor, tenant=tenant)
 
 
 def _remove(
-    app: App, tenant: str, schedule_id: str | None, subscription_ids: Sequence[str], actor: str
+    store: RunStore,
+    tenant: str,
+    schedule_id: str | None,
+    subscription_ids: Sequence[str],
+    actor: str,
 ) -> None:
     if schedule_id is not None:
         with contextlib.suppress(NotFound):
-            app.store.schedules.delete(schedule_id, actor=actor, tenant=tenant)
+            store.schedules.delete(schedule_id, actor=actor, tenant=tenant)
     for sid in subscription_ids:
         with contextlib.suppress(NotFound):
-            app.store.subscriptions.delete(sid, actor=actor, tenant=tenant)
+            store.subscriptions.delete(sid, actor=actor, tenant=tenant)

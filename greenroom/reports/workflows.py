@@ -77,6 +77,7 @@ def save_report(
     run_id: str | None,
     public_url: str | None,
     made: float | None = None,
+    resend: tuple[str, str] | None = None,
 ) -> tuple[Report, bool]:
     """Render the report's files and save them; the report, and whether it is new (only a new
     one is published)."""
@@ -101,6 +102,7 @@ def save_report(
         files=files,
         run_id=run_id,
         public_url=public_url,
+        resend=resend,
     )
 
 
@@ -126,7 +128,12 @@ def add_reports(app: App, *, queue: str = REPORTS_QUEUE) -> Workflow:
 
     @step(name="reports.store")
     async def store_step(
-        tenant: str, report_type: str, period: Period, data: dict[str, Any], run_id: str
+        tenant: str,
+        report_type: str,
+        period: Period,
+        data: dict[str, Any],
+        run_id: str,
+        resend: tuple[str, str] | None,
     ) -> dict[str, Any]:
         report, created = await asyncio.to_thread(
             save_report,
@@ -137,6 +144,7 @@ def add_reports(app: App, *, queue: str = REPORTS_QUEUE) -> Workflow:
             data=data,
             run_id=run_id,
             public_url=app.settings.public_url,
+            resend=resend,
         )
         return {"report_id": report.id, "created": created, "files": [f.name for f in report.files]}
 
@@ -152,16 +160,21 @@ def add_reports(app: App, *, queue: str = REPORTS_QUEUE) -> Workflow:
         period: str = PeriodKind.WEEK.value,
         timezone: str = "UTC",
         at: str = "",
+        resend_actor: str = "",
+        resend_reason: str = "",
     ) -> dict[str, Any]:
         """`at`: an ISO time (a schedule's `{slot}`) in or after the period; none: when the
-        run was made."""
+        run was made. `resend_actor` and `resend_reason`: an admin asked that the period's
+        subscribers be told again even if it was made before (audited; greenroom reports run
+        --force-resend)."""
         try:
             moment = datetime.fromisoformat(at).timestamp() if at else ctx.run.created_at
             span = period_of(report_type, period, timezone, moment)
         except (InvalidInput, ValueError) as exc:
             raise PermanentError(f"report input: {exc}") from None
         data = await gather_step(ctx.tenant, report_type, span.start, span.end)
-        saved = await store_step(ctx.tenant, report_type, span, data, ctx.run_id)
+        resend = (resend_actor, resend_reason) if resend_actor and resend_reason else None
+        saved = await store_step(ctx.tenant, report_type, span, data, ctx.run_id, resend)
         ctx.log.info("report saved", report_id=saved["report_id"], created=saved["created"])
         return {**saved, "period_start": span.first.isoformat(), "period": span.kind.value}
 

@@ -125,9 +125,11 @@ class Reports(StoreBase):
         files: Sequence[FileBody],
         run_id: str | None,
         public_url: str | None = None,
+        resend: tuple[str, str] | None = None,
     ) -> tuple[Report, bool]:
         """Save the period's report, and whether it is new. Only a new one writes its
-        report.ready event, in this transaction:
+        report.ready event, in this transaction, unless `resend` (actor, reason) asks to tell
+        its subscribers again (audited, once per run):
         a report made twice, or by a run resumed after its worker died, is told once."""
         now = self.clock.now()
         key = {"tenant": tenant, "type": report_type, "period": period, "start": period_start}
@@ -173,7 +175,37 @@ class Reports(StoreBase):
             created = row["published"] == 0
             if created:
                 self._publish(tx, row, public_url, now)
+            elif resend is not None and not self._resent_by(tx, row["id"], run_id):
+                self._publish(tx, row, public_url, now)
+                self._audit_resend(tx, row, resend[0], resend[1], run_id)
             return self._get(tx, row["id"], tenant), created
+
+    def _resent_by(self, tx: Tx, report_id: str, run_id: str | None) -> bool:
+        """Whether this run resent the report already (its step ran again after a crash)."""
+        if run_id is None:
+            return False
+        rows = tx.execute(
+            "SELECT detail FROM audit_log WHERE action = 'report.resend' AND target = :id",
+            {"id": report_id},
+        )
+        return any((loads(r["detail"]) or {}).get("run_id") == run_id for r in rows)
+
+    def _audit_resend(
+        self, tx: Tx, row: Row, actor: str, reason: str, run_id: str | None = None
+    ) -> None:
+        self._audit(
+            tx,
+            tenant=row["tenant"],
+            actor=actor,
+            action="report.resend",
+            target=row["id"],
+            reason=reason,
+            detail={
+                "report_type": row["report_type"],
+                "period_start": row["period_start"],
+                "run_id": run_id,
+            },
+        )
 
     def _publish(self, tx: Tx, row: Row, public_url: str | None, now: float) -> None:
         """Write the report's report.ready event (docs/reports.md), its links on `public_url`
@@ -213,15 +245,7 @@ class Reports(StoreBase):
         with self.backend.transaction() as tx:
             row = self._row(tx, report_id, tenant)
             self._publish(tx, row, public_url, self.clock.now())
-            self._audit(
-                tx,
-                tenant=row["tenant"],
-                actor=actor,
-                action="report.resend",
-                target=row["id"],
-                reason=reason,
-                detail={"report_type": row["report_type"], "period_start": row["period_start"]},
-            )
+            self._audit_resend(tx, row, actor, reason)
             return self._get(tx, row["id"], tenant)
 
     # -- reading reports ---------------------------------------------------------------------
