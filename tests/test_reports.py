@@ -394,6 +394,19 @@ def test_the_same_period_twice_is_one_report_and_one_event(app: App) -> None:
     assert [p["resend"] for p in ready_events(app)] == [False, True]
     (entry,) = [a for a in app.store.admin.audit_log(tenant="t1") if a.action == "report.resend"]
     assert entry.reason == "the CRM data was fixed" and entry.target == first.id
+    # A run made with --force-resend tells them again once, however often its step runs.
+    for _ in range(2):
+        forced, _ = save_report(
+            app.store,
+            tenant="t1",
+            report_type="health",
+            period=period,
+            data=data,
+            run_id="r3",
+            public_url=None,
+            resend=("admin@t1", "forced"),
+        )
+    assert forced.published == 3 and len(ready_events(app)) == 3
 
 
 async def test_the_workflow_reports_the_runs_of_its_period(app: App) -> None:

@@ -70,9 +70,9 @@ def bars(
     top = maximum or max((v for _, v in items), default=0.0) or 1.0
     row, width, label_w = 22, 560, 200
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}"'
-        f' height="{row * len(items) + 4}" viewBox="0 0 {width} {row * len(items) + 4}"'
-        ' style="font: 12px system-ui, sans-serif">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="100%"'
+        f' viewBox="0 0 {width} {row * len(items) + 4}" preserveAspectRatio="xMinYMin meet"'
+        f' style="max-width: {width}px; font: 12px system-ui, sans-serif">'
     ]
     for i, (label, value) in enumerate(items):
         y = i * row + 2
