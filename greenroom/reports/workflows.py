@@ -10,6 +10,9 @@ another worker after a SIGKILL, or made again for the period tells each subscrib
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,7 @@ from greenroom.reports.period import Period, PeriodKind, last_complete
 from greenroom.reports.records import Report, ReportType
 from greenroom.retry import RetryPolicy
 from greenroom.schedules.spec import zone
+from greenroom.storage.reports import FileBody
 from greenroom.workflow import Workflow, step
 
 if TYPE_CHECKING:
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
 
 REPORT_WORKFLOW = "greenroom.report"
 REPORTS_QUEUE = "reports"
+#: Renderer processes per worker process (each report's HTML, CSV and PDF are made in one).
+RENDERERS = 2
 #: The reports queue's concurrency limit when a first subscription makes it (`greenroom queues
 #: set reports --concurrency N` changes it).
 DEFAULT_CONCURRENCY = 4
@@ -67,6 +73,24 @@ def _iso(moment: float, timezone: str) -> str:
     return datetime.fromtimestamp(moment, zone(timezone)).isoformat()
 
 
+def render_context(tenant: str, report_type: str, period: Period, made: float) -> dict[str, Any]:
+    """What the templates say besides the data: whose report, of which period, made when."""
+    return {
+        "tenant": tenant,
+        "title": period.title,
+        "timezone": period.timezone,
+        "period_label": f"{_iso(period.start, period.timezone)[:16]} to "
+        f"{_iso(period.end, period.timezone)[:16]}",
+        "made": render.local(made, period.timezone),
+        "report_key": f"{report_type}/{period.kind.value}/{period.first.isoformat()}",
+    }
+
+
+def render_files(report_type: str, data: dict[str, Any], context: dict[str, Any]) -> list[FileBody]:
+    """The report's files (runs in a renderer process: see `rendered`)."""
+    return render.FILES[report_type](data, context)
+
+
 def save_report(
     store: RunStore,
     *,
@@ -78,19 +102,13 @@ def save_report(
     public_url: str | None,
     made: float | None = None,
     resend: tuple[str, str] | None = None,
+    files: list[FileBody] | None = None,
 ) -> tuple[Report, bool]:
-    """Render the report's files and save them; the report, and whether it is new (only a new
-    one is published)."""
-    context = {
-        "tenant": tenant,
-        "title": period.title,
-        "timezone": period.timezone,
-        "period_label": f"{_iso(period.start, period.timezone)[:16]} to "
-        f"{_iso(period.end, period.timezone)[:16]}",
-        "made": render.local(store.clock.now() if made is None else made, period.timezone),
-        "report_key": f"{report_type}/{period.kind.value}/{period.first.isoformat()}",
-    }
-    files = render.FILES[report_type](data, context)
+    """Save the report's files (rendered here unless given); the report, and whether it is new
+    (only a new one is published)."""
+    if files is None:
+        moment = store.clock.now() if made is None else made
+        files = render_files(report_type, data, render_context(tenant, report_type, period, moment))
     return store.reports.save(
         tenant=tenant,
         report_type=report_type,
@@ -104,6 +122,27 @@ def save_report(
         public_url=public_url,
         resend=resend,
     )
+
+
+_renderers: ProcessPoolExecutor | None = None
+_renderers_lock = threading.Lock()
+
+
+async def rendered(
+    report_type: str, data: dict[str, Any], context: dict[str, Any]
+) -> list[FileBody]:
+    """Render in a process of its own: templates over thousands of rows and a PDF are seconds
+    of CPU, which in the worker's process would hold the GIL from its heartbeats and liveness
+    probes (a worker that cannot confirm its liveness lock for 0.25 s stops its runs)."""
+    global _renderers
+    with _renderers_lock:
+        if _renderers is None:
+            _renderers = ProcessPoolExecutor(
+                max_workers=RENDERERS, mp_context=multiprocessing.get_context("spawn")
+            )
+        pool = _renderers
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(pool, render_files, report_type, data, context)
 
 
 def _summary(report_type: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +174,8 @@ def add_reports(app: App, *, queue: str = REPORTS_QUEUE) -> Workflow:
         run_id: str,
         resend: tuple[str, str] | None,
     ) -> dict[str, Any]:
+        context = render_context(tenant, report_type, period, app.store.clock.now())
+        files = await rendered(report_type, data, context)
         report, created = await asyncio.to_thread(
             save_report,
             app.store,
@@ -145,6 +186,7 @@ def add_reports(app: App, *, queue: str = REPORTS_QUEUE) -> Workflow:
             run_id=run_id,
             public_url=app.settings.public_url,
             resend=resend,
+            files=files,
         )
         return {"report_id": report.id, "created": created, "files": [f.name for f in report.files]}
 
