@@ -266,6 +266,7 @@ async def test_the_pages_fit_the_screen(
         "/ui/schedules": None,
         "/ui/deliveries": None,
         "/ui/licenses": None,
+        "/ui/reports": None,
         "/ui/integrations": None,
         "/ui/pauses": None,
         "/ui/audit": None,
