@@ -10,7 +10,11 @@ another worker after a SIGKILL, or made again for the period tells each subscrib
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
@@ -124,6 +128,15 @@ def save_report(
     )
 
 
+def _die_with(parent: int) -> None:
+    """A renderer dies with its worker (a SIGKILLed worker leaves none behind): the kernel
+    kills it when its parent goes (PR_SET_PDEATHSIG, Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the worker died before the line above
+            os._exit(1)
+
+
 _renderers: ProcessPoolExecutor | None = None
 _renderers_lock = threading.Lock()
 
@@ -138,7 +151,10 @@ async def rendered(
     with _renderers_lock:
         if _renderers is None:
             _renderers = ProcessPoolExecutor(
-                max_workers=RENDERERS, mp_context=multiprocessing.get_context("spawn")
+                max_workers=RENDERERS,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_die_with,
+                initargs=(os.getpid(),),
             )
         pool = _renderers
     loop = asyncio.get_running_loop()
