@@ -75,6 +75,7 @@ from greenroom.api.schemas import (
 )
 from greenroom.client_http import _body, _pages, _params, _parse, _q
 from greenroom.client_licenses import LicensesClient
+from greenroom.client_reports import ReportsClient
 from greenroom.errors import ConfigError, Conflict, GreenroomError, InvalidInput, NotFound
 from greenroom.model import RunState
 
@@ -175,7 +176,7 @@ class EventFilters(TypedDict, total=False):
     tenant: str | None
 
 
-class Client(LicensesClient):
+class Client(LicensesClient, ReportsClient):
     """A connection to one greenroom API server, acting with one API key."""
 
     def __init__(self, url: str, key: str, *, timeout: float = 30.0) -> None:

@@ -21,6 +21,7 @@ from greenroom import App, RunContext, SecretOrigin, step
 from greenroom.api.app import create_api
 from greenroom.api.keys import create_key
 from greenroom.model import Role
+from greenroom.reports.workflows import add_reports
 from tests.helpers import fast_app
 
 TENANTS = ("acme", "globex")
@@ -73,6 +74,7 @@ def build_app(db_url: str, **settings: Any) -> App:
     async def fail(ctx: RunContext) -> None:
         raise RuntimeError("this workflow always fails")
 
+    add_reports(app)
     return app
 
 

@@ -62,6 +62,8 @@ class World:
     event: int
     license: str
     finding: str
+    report_subscription: str
+    report: str
     #: Every string in it that is this tenant's data, for leak checks.
     markers: frozenset[str]
 
@@ -155,9 +157,25 @@ async def _build(api: ApiSetup, tenant: str) -> World:
             c.post("/v1/runs", json={"workflow": "plain.fail", "labels": {"team": f"{tenant}-t"}}),
             201,
         )["id"]
-    async with worker_running(api.app):
-        done = await wait_for_states(api.app.store, [synced, failed])
-    assert [r.state for r in done] == [RunState.SUCCEEDED, RunState.FAILED]
+    with api.as_(tenant, Role.ADMIN) as c:
+        report_subscription = _ok(
+            c.post(
+                "/v1/report-subscriptions",
+                json={
+                    "report_type": "health",
+                    "timezone": "Europe/Berlin",
+                    "channels": [
+                        {"channel": "webhook", "url": f"https://hooks.example.com/{tenant}-rep"}
+                    ],
+                },
+            ),
+            201,
+        )
+        report_run = _ok(c.post("/v1/reports", json={"report_type": "health"}), 202)["run_id"]
+    async with worker_running(api.app, queues=["default", "reports"]):
+        done = await wait_for_states(api.app.store, [synced, failed, report_run])
+    assert [r.state for r in done] == [RunState.SUCCEEDED, RunState.FAILED, RunState.SUCCEEDED]
+    report = done[2].output["report_id"]  # type: ignore[index]
     artifact = _artifact(api, failed, tenant, f"{tenant}-artifact-bytes".encode())
     _fan_out(api)
     with api.as_(tenant, Role.VIEWER) as c:
@@ -206,11 +224,14 @@ async def _build(api: ApiSetup, tenant: str) -> World:
         license,
         finding,
         f"{tenant}-seat-marker",
+        report_subscription["id"],
+        *report_subscription["secrets"].values(),
+        report,
     }
     return World(
         tenant=tenant,
         integration=integration,
-        runs={"synced": synced, "failed": failed, "held": held},
+        runs={"synced": synced, "failed": failed, "held": held, "report": done[2].id},
         artifact=artifact,
         key=key["id"],
         pause=pause,
@@ -221,6 +242,8 @@ async def _build(api: ApiSetup, tenant: str) -> World:
         event=delivery["event_id"],
         license=license,
         finding=finding,
+        report_subscription=report_subscription["id"],
+        report=report,
         markers=frozenset(markers),
     )
 
@@ -487,6 +510,46 @@ def isolation_probes(
         ("GET", "/v1/schedules/{schedule_id}/firings"): [probe("GET", f"{sched}/firings")],
         ("DELETE", "/v1/schedules/{schedule_id}"): [probe("DELETE", sched)],
         **license_probes(g),
+        **report_probes(g),
+    }
+
+
+def report_probes(g: World) -> dict[Op, list[Probe]]:
+    """acme's admin key at globex's report subscriptions and reports."""
+    sub, report = f"/v1/report-subscriptions/{g.report_subscription}", f"/v1/reports/{g.report}"
+    channels = [{"channel": "email", "url": "ops@acme.example"}]
+    return {
+        ("GET", "/v1/report-subscriptions"): [
+            probe("GET", "/v1/report-subscriptions", None, 200, check=_none),
+            probe("GET", "/v1/report-subscriptions?tenant=globex", None, 403),
+        ],
+        ("POST", "/v1/report-subscriptions"): [
+            probe(
+                "POST",
+                "/v1/report-subscriptions",
+                {"report_type": "savings", "channels": channels, "tenant": "globex"},
+                403,
+            )
+        ],
+        ("GET", "/v1/report-subscriptions/{subscription_id}"): [probe("GET", sub)],
+        ("PATCH", "/v1/report-subscriptions/{subscription_id}"): [
+            probe("PATCH", sub, {"enabled": False})
+        ],
+        ("DELETE", "/v1/report-subscriptions/{subscription_id}"): [probe("DELETE", sub)],
+        ("GET", "/v1/reports"): [
+            probe("GET", "/v1/reports", None, 200, check=_empty),
+            probe("GET", "/v1/reports?tenant=globex", None, 403),
+        ],
+        ("POST", "/v1/reports"): [
+            probe("POST", "/v1/reports", {"report_type": "health", "tenant": "globex"}, 403)
+        ],
+        ("GET", "/v1/reports/{report_id}"): [probe("GET", report)],
+        ("GET", "/v1/reports/{report_id}/files/{name}"): [
+            probe("GET", f"{report}/files/health.html")
+        ],
+        ("POST", "/v1/reports/{report_id}/resend"): [
+            probe("POST", f"{report}/resend", {"reason": "probing"})
+        ],
     }
 
 
@@ -585,7 +648,11 @@ def _globex_is_untouched(api: ApiSetup, g: World) -> None:
             g.runs["synced"]: "succeeded",
             g.runs["failed"]: "failed",
             g.runs["held"]: "paused",
+            g.runs["report"]: "succeeded",
         }
+        report = _ok(c.get(f"/v1/reports/{g.report}"))
+        assert report["published"] == 1, "not resent"
+        assert _ok(c.get(f"/v1/report-subscriptions/{g.report_subscription}"))["enabled"]
         assert g.pause in [p["id"] for p in _ok(c.get("/v1/pauses"))]
         assert {k["id"]: k["revoked_at"] for k in _ok(c.get("/v1/keys"))}[g.key] is None
         download = c.get(f"/v1/runs/{g.runs['failed']}/artifacts/{g.artifact}")
@@ -602,7 +669,8 @@ def _globex_is_untouched(api: ApiSetup, g: World) -> None:
         assert not schedule["paused"] and schedule["name"] == "globex nightly schedule"
         assert schedule["every_seconds"] == 3600 and schedule["integration"] is None
         assert schedule["fired"] == 0 and _ok(c.get(f"/v1/schedules/{g.schedule}/firings")) == []
-        assert [s["id"] for s in _ok(c.get("/v1/schedules"))] == [g.schedule]
+        schedules = _ok(c.get("/v1/schedules"))
+        assert [s["id"] for s in schedules if s["workflow"] != "greenroom.report"] == [g.schedule]
         finding = _ok(c.get(f"/v1/findings/{g.finding}"))
         assert finding["state"] == "notified" and finding["action_run_id"] is None
         assert _ok(c.get(f"/v1/licenses/{g.license}"))["user_id"] == "globex-seat-marker"
@@ -678,6 +746,8 @@ def test_a_platform_key_sees_every_tenant(api: ApiSetup, globex: World) -> None:
         assert tenants("/v1/licenses") == tenants("/v1/findings") == {"globex"}
         assert _ok(c.get(f"/v1/findings/{globex.finding}"))["tenant"] == "globex"
         assert _ok(c.get(f"/v1/licenses/{globex.license}"))["tenant"] == "globex"
+        assert tenants("/v1/reports") == tenants("/v1/report-subscriptions") == {"globex"}
+        assert _ok(c.get(f"/v1/reports/{globex.report}"))["tenant"] == "globex"
         counts = _ok(c.get("/v1/queues/default?tenant=globex"))["counts"]
         assert counts == {"succeeded": 1, "failed": 1, "paused": 1}
         art = c.get(f"/v1/runs/{globex.runs['failed']}/artifacts/{globex.artifact}")
@@ -761,6 +831,16 @@ NEEDS: dict[Op, Role | None] = {
     ("POST", "/v1/schedules/{schedule_id}/backfill"): Role.OPERATOR,
     ("GET", "/v1/schedules/{schedule_id}/firings"): Role.VIEWER,
     ("DELETE", "/v1/schedules/{schedule_id}"): Role.ADMIN,
+    ("GET", "/v1/report-subscriptions"): Role.VIEWER,
+    ("POST", "/v1/report-subscriptions"): Role.ADMIN,
+    ("GET", "/v1/report-subscriptions/{subscription_id}"): Role.VIEWER,
+    ("PATCH", "/v1/report-subscriptions/{subscription_id}"): Role.ADMIN,
+    ("DELETE", "/v1/report-subscriptions/{subscription_id}"): Role.ADMIN,
+    ("GET", "/v1/reports"): Role.VIEWER,
+    ("POST", "/v1/reports"): Role.OPERATOR,
+    ("GET", "/v1/reports/{report_id}"): Role.VIEWER,
+    ("GET", "/v1/reports/{report_id}/files/{name}"): Role.VIEWER,
+    ("POST", "/v1/reports/{report_id}/resend"): Role.ADMIN,
 }
 
 
@@ -772,6 +852,7 @@ class Throwaway:
     label_pause: int
     subscription: str
     schedule: str
+    report_subscription: str
 
 
 def role_requests(a: World, gone: Throwaway) -> dict[Op, Probe]:
@@ -894,6 +975,39 @@ def role_requests(a: World, gone: Throwaway) -> dict[Op, Probe]:
             "DELETE", f"/v1/schedules/{gone.schedule}"
         ),
         **license_requests(a),
+        **report_requests(a, gone),
+    }
+
+
+def report_requests(a: World, gone: Throwaway) -> dict[Op, Probe]:
+    """One request per report operation on acme's own report subscriptions and reports."""
+    sub, report = f"/v1/report-subscriptions/{a.report_subscription}", f"/v1/reports/{a.report}"
+    channels = [{"channel": "email", "url": "ops@acme.example"}]
+    return {
+        ("GET", "/v1/report-subscriptions"): probe("GET", "/v1/report-subscriptions"),
+        ("POST", "/v1/report-subscriptions"): probe(
+            "POST",
+            "/v1/report-subscriptions",
+            {"report_type": "savings", "period": "month", "channels": channels, "tenant": "acme"},
+        ),
+        ("GET", "/v1/report-subscriptions/{subscription_id}"): probe("GET", sub),
+        ("PATCH", "/v1/report-subscriptions/{subscription_id}"): probe(
+            "PATCH", sub, {"enabled": False}
+        ),
+        ("DELETE", "/v1/report-subscriptions/{subscription_id}"): probe(
+            "DELETE", f"/v1/report-subscriptions/{gone.report_subscription}"
+        ),
+        ("GET", "/v1/reports"): probe("GET", "/v1/reports"),
+        ("POST", "/v1/reports"): probe(
+            "POST", "/v1/reports", {"report_type": "savings", "tenant": "acme"}
+        ),
+        ("GET", "/v1/reports/{report_id}"): probe("GET", report),
+        ("GET", "/v1/reports/{report_id}/files/{name}"): probe(
+            "GET", f"{report}/files/health-integrations.csv"
+        ),
+        ("POST", "/v1/reports/{report_id}/resend"): probe(
+            "POST", f"{report}/resend", {"reason": "role matrix"}
+        ),
     }
 
 
@@ -927,7 +1041,12 @@ async def test_each_role_reaches_what_the_role_table_says(api: ApiSetup) -> None
         old_subscription = _ok(c.post("/v1/subscriptions", json=hook), 201)["id"]
         every = {"name": "old", "workflow": "plain.echo", "every": "1d"}
         old_schedule = _ok(c.post("/v1/schedules", json=every), 201)["id"]
-    gone = Throwaway(throwaway, label_pause, old_subscription, old_schedule)
+        channels = [{"channel": "email", "url": "old@acme.example"}]
+        old_report = {"report_type": "savings", "channels": channels}
+        old_report_subscription = _ok(c.post("/v1/report-subscriptions", json=old_report), 201)
+    gone = Throwaway(
+        throwaway, label_pause, old_subscription, old_schedule, old_report_subscription["id"]
+    )
     requests = role_requests(acme, gone)
     assert set(NEEDS) == operations(api), "every operation needs a row in the role table"
     assert set(requests) == set(NEEDS)

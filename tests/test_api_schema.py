@@ -39,6 +39,8 @@ REFUSED_FOR_A_REASON = {
     ("platform", "POST /v1/deliveries/recover"): "tenant is required of platform keys",
     ("platform", "POST /v1/schedules"): "tenant is required of platform keys",
     ("platform", "PUT /v1/license-policy"): "tenant is required of platform keys",
+    ("platform", "POST /v1/report-subscriptions"): "tenant is required of platform keys",
+    ("platform", "POST /v1/reports"): "tenant is required of platform keys",
     # Fields that go together (rate_limit with rate_period, heartbeat under half the lease):
     # about half the generated bodies pair them wrong.
     ("platform", "PATCH /v1/queues/{name}"): "fields that depend on each other",
@@ -46,6 +48,9 @@ REFUSED_FOR_A_REASON = {
     # The endpoint must suit the channel (a URL or an address) and the address policy (https,
     # no private hosts): a generated string that fits the schema's pattern rarely does.
     ("tenant admin", "POST /v1/subscriptions"): "the channel and the address policy decide",
+    ("tenant admin", "POST /v1/report-subscriptions"): "the address policy and time zones decide",
+    # A time zone must be an IANA one, and `at` a real time: generated strings rarely are.
+    ("tenant admin", "POST /v1/reports"): "time zones and ISO times decide",
     # A schedule's workflow must be one of the app's, its cron fields in range and its time
     # zone known: a generated string that fits the schema's patterns rarely is.
     ("tenant admin", "POST /v1/schedules"): "the app's workflows and cron semantics decide",

@@ -83,6 +83,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     | {"by_verdict": {"idle": 12}, "monthly_savings_available": {"USD": 360.0}},
     "seats.unassigned": {"integration_id": "int_7", "tier": "pro", "purchased": 50}
     | {"assigned": 42, "unassigned": 8, "monthly_savings": 240.0, "currency": "USD"},
+    "report.ready": {"report_id": "r1", "report_type": "health", "title": "the week of 2026-11-30"},
     "endpoint.disabled": {
         "subscription_id": 12,
         "url": "https://hooks.slack.com/services/T000/B000/s3cr3tT0ken",
@@ -122,6 +123,7 @@ EXPECTED: dict[str, list[str]] = {
     "seats.unassigned": [
         "8 of 50 pro seats of integration int_7 are assigned to nobody (240.00 USD a month)"
     ],
+    "report.ready": ["The health report of the week of 2026-11-30 is ready"],
     "endpoint.disabled": [
         "https://hooks.slack.com/…",
         "subscription 12",

@@ -18,6 +18,7 @@ from greenroom.api.routes import (
     integrations,
     licenses,
     observe,
+    reports,
     runs,
     schedules,
     subscriptions,
@@ -74,6 +75,7 @@ def create_api(app: App) -> FastAPI:
         observe,
         accounts,
         licenses,
+        reports,
     ):
         api.include_router(module.router, responses=problems.COMMON)
     api.mount("/ui", create_ui(api.state.greenroom))

@@ -60,7 +60,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Deliver until stopped; then let sends in flight finish (within their timeout) and
         write their results."""
-        sender = Sender(self.settings)
+        sender = Sender(self.settings, self.store.reports)
         loops = [
             asyncio.create_task(self._fan_out_loop(), name="fan-out"),
             asyncio.create_task(self._prune_loop(), name="delivery-prune"),

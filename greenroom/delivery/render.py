@@ -249,6 +249,10 @@ _SENTENCES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "license.underused": _license_found,
     "license.reclaimed": lambda p: f"{_license(p)} was reclaimed{_savings(p)}",
     "license.digest": _license_digest,
+    "report.ready": lambda p: (
+        f"The {clean(p.get('report_type'), 20)} report of {clean(p.get('title'), 100)} is ready"
+        + (" (sent again)" if p.get("resend") else "")
+    ),
     "seats.unassigned": lambda p: (
         f"{clean(p.get('unassigned'))} of {clean(p.get('purchased'))} {clean(p.get('tier'))}"
         f" seats of integration {clean(p.get('integration_id'))} are assigned to nobody"

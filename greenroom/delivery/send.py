@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -22,6 +24,9 @@ from greenroom.errors import ConfigError
 from greenroom.model import Channel, Event, Subscription
 from greenroom.settings import Settings
 from greenroom.storage.dispatch import Claimed, Finished
+
+if TYPE_CHECKING:
+    from greenroom.storage.reports import Reports
 
 USER_AGENT = "greenroom-webhooks/1"
 
@@ -45,8 +50,10 @@ class Sent:
 class Sender:
     """Sends by channel with one HTTP client (its connections reused) and the node's keys."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, reports: Reports | None = None) -> None:
+        """`reports`: where a report.ready mail finds the report it attaches."""
         self.settings = settings
+        self.reports = reports
         self.policy = AddressPolicy.of(settings)
         self.client = http.Client(self.policy)
         self._ring: KeyRing | None = None
@@ -138,6 +145,10 @@ class Sender:
         message = render.email_message(
             events, sender=config.sender, recipient=subscription.url, link=self._link
         )
+        if self.reports is not None and len(events) == 1 and events[0].type == "report.ready":
+            from greenroom.reports.mail import attach_report
+
+            await asyncio.to_thread(attach_report, message, self.reports, events[0])
         result = await send_email(config, message)
         return Sent(
             ok=result.ok,

@@ -40,6 +40,7 @@ EVENT_TYPES = (
     "license.reclaimed",
     "license.digest",
     "seats.unassigned",
+    "report.ready",
 )
 #: An event type (`run.failed`), or every type under a prefix (`run.*`).
 TYPE_FILTERS = EVENT_TYPES + tuple(sorted({t.split(".")[0] + ".*" for t in EVENT_TYPES}))

@@ -676,3 +676,51 @@ license_digests = Table(
     Column("day", Integer, primary_key=True),
     Column("at", Float, nullable=False),
 )
+
+
+# Reports (migration 0015): tenants' subscriptions to scheduled reports (each fired by a schedule,
+# delivered through event subscriptions), and each report made, once per tenant, type and period,
+# with its files (HTML, CSV) kept beside it: they outlive the run that made them.
+report_subscriptions = Table(
+    "report_subscriptions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant", String(200), nullable=False),
+    Column("report_type", String(16), nullable=False),
+    Column("period", String(8), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("schedule_id", String(36), nullable=False),
+    Column("subscription_ids", Text, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("report_subscriptions_tenant", "tenant", "created_at"),
+)
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant", String(200), nullable=False),
+    Column("report_type", String(16), nullable=False),
+    Column("period", String(8), nullable=False),
+    Column("period_start", Float, nullable=False),
+    Column("period_end", Float, nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("run_id", String(40)),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("published", Integer, nullable=False),
+    UniqueConstraint("tenant", "report_type", "period", "period_start", name="reports_period"),
+    Index("reports_tenant", "tenant", "period_start", "id"),
+)
+report_files = Table(
+    "report_files",
+    metadata,
+    Column("report_id", String(36), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("content_type", String(100), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+)

@@ -16,6 +16,7 @@ from greenroom.storage.license_pass import LicensePass
 from greenroom.storage.license_upkeep import LicenseUpkeep
 from greenroom.storage.licenses import Licenses
 from greenroom.storage.repair import Repair
+from greenroom.storage.reports import Reports
 from greenroom.storage.runs import Runs
 from greenroom.storage.schedules import Schedules
 from greenroom.storage.sessions import Sessions
@@ -29,7 +30,7 @@ class RunStore:
     (`subscriptions`, `deliveries`, and the workers' `dispatch` of them), schedules
     (`schedules`), the licenses integrations' syncs read (`licenses`), the
     `license_pass` that judges them (and its `license_upkeep`), and the `findings` admins
-    act on."""
+    act on, and the `reports` made for tenants."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -49,3 +50,4 @@ class RunStore:
         self.license_pass = LicensePass(backend, self.clock)
         self.findings = Findings(backend, self.clock)
         self.license_upkeep = LicenseUpkeep(backend, self.clock)
+        self.reports = Reports(backend, self.clock)
