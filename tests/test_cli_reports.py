@@ -78,6 +78,7 @@ def test_reports_commands(
         "health-failures.csv",
         "health-integrations.csv",
         "health.html",
+        "health.pdf",
     ]
     assert (tmp_path / "r" / "health.html").read_text().startswith("<!doctype html>")
 

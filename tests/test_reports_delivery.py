@@ -135,7 +135,7 @@ async def test_a_period_made_three_times_reaches_each_subscriber_once(
     html = mail.get_body(("html",))
     assert html is not None and "Automation health" in html.get_content()
     attached = sorted(p.get_filename() or "" for p in mail.iter_attachments())
-    assert attached == ["health-failures.csv", "health-integrations.csv"]
+    assert attached == ["health-failures.csv", "health-integrations.csv", "health.pdf"]
     request = receiver.received("/reports")[0]
     body = Webhook(secret).verify(request.body, request.headers)
     assert body["type"] == "report.ready" and body["data"]["report_id"] == report_id

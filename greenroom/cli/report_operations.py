@@ -130,7 +130,7 @@ class LocalReportOperations:
         return ReportOut.of(self.store.reports.get(report_id))
 
     def report_file(self, report_id: str, name: str) -> bytes:
-        return self.store.reports.file(report_id, name)[1].encode()
+        return self.store.reports.file(report_id, name)[1]
 
     def run_report(self, body: ReportRunIn) -> ReportRunOut:
         if body.tenant is None:

@@ -30,7 +30,8 @@ def attach_report(message: EmailMessage, reports: Reports, event: Event) -> None
     for f in sorted(report.files, key=lambda f: not f.name.endswith(".html")):
         _, body = reports.file(report.id, f.name, tenant=event.tenant)
         if f.name.endswith(".html"):
-            message.add_alternative(body, subtype="html", charset="utf-8")
+            message.add_alternative(body.decode(), subtype="html", charset="utf-8")
         elif total + f.size <= MAX_ATTACHMENTS_BYTES:
             total += f.size
-            message.add_attachment(body.encode(), maintype="text", subtype="csv", filename=f.name)
+            maintype, _, subtype = f.content_type.split(";")[0].partition("/")
+            message.add_attachment(body, maintype=maintype, subtype=subtype, filename=f.name)

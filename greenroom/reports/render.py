@@ -1,5 +1,6 @@
 """Reports as files: HTML (the console's look, its CSS inlined so a mail client shows it, charts
-as inline SVG: no scripts, no remote images) and CSV with every row. Tables in HTML stop at
+as inline SVG: no scripts, no remote images), CSV with every row, and PDF where WeasyPrint is
+installed. Tables in HTML stop at
 gather.TOP rows; the CSV files are the full data."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 CONSOLE_CSS = Path(__file__).parent.parent / "ui" / "static" / "console.css"
 HTML = "text/html; charset=utf-8"
 CSV = "text/csv; charset=utf-8"
+PDF = "application/pdf"
 
 
 @cache
@@ -70,9 +72,9 @@ def bars(
     top = maximum or max((v for _, v in items), default=0.0) or 1.0
     row, width, label_w = 22, 560, 200
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}"'
-        f' height="{row * len(items) + 4}" viewBox="0 0 {width} {row * len(items) + 4}"'
-        ' style="font: 12px system-ui, sans-serif">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="100%"'
+        f' viewBox="0 0 {width} {row * len(items) + 4}" preserveAspectRatio="xMinYMin meet"'
+        f' style="max-width: {width}px; font: 12px system-ui, sans-serif">'
     ]
     for i, (label, value) in enumerate(items):
         y = i * row + 2
@@ -164,6 +166,7 @@ def health_files(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[Fi
         FileBody(name="health.html", content_type=HTML, body=page),
         FileBody(name="health-integrations.csv", content_type=CSV, body=integrations),
         FileBody(name="health-failures.csv", content_type=CSV, body=failures),
+        *_pdf("health.pdf", page),
     ]
 
 
@@ -223,7 +226,24 @@ def savings_files(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[F
         FileBody(name="savings.html", content_type=HTML, body=page),
         FileBody(name="savings-apps.csv", content_type=CSV, body=apps),
         FileBody(name="savings-idle.csv", content_type=CSV, body=idle),
+        *_pdf("savings.pdf", page),
     ]
 
 
 FILES = {"health": health_files, "savings": savings_files}
+
+
+def _pdf(name: str, page: str) -> list[FileBody]:
+    rendered = pdf(page)
+    return [] if rendered is None else [FileBody(name=name, content_type=PDF, body=rendered)]
+
+
+def pdf(page: str) -> bytes | None:
+    """The HTML as PDF, where WeasyPrint is installed (`greenroom[pdf]`: it needs the system's
+    Pango and fonts); None where it is not."""
+    try:
+        from weasyprint import HTML as Document  # type: ignore[import-untyped]
+    except (ImportError, OSError):  # not installed, or Pango missing
+        return None
+    rendered: bytes = Document(string=page).write_pdf()
+    return rendered

@@ -7,6 +7,7 @@ resends it (audited)."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,14 @@ from greenroom.storage.outbox import NewEvent, emit
 class FileBody:
     name: str
     content_type: str
-    body: str
+    #: Text (HTML, CSV), or the bytes of a binary file (PDF).
+    body: str | bytes
+
+    def stored(self) -> tuple[str, str, int]:
+        """(encoding, text, size in bytes) as report_files keeps it."""
+        if isinstance(self.body, bytes):
+            return "base64", base64.b64encode(self.body).decode(), len(self.body)
+        return "utf-8", self.body, len(self.body.encode())
 
 
 class Reports(StoreBase):
@@ -158,18 +166,20 @@ class Reports(StoreBase):
                 key,
             )[0]
             tx.execute("DELETE FROM report_files WHERE report_id = :id", {"id": row["id"]})
+            stored = [(f, *f.stored()) for f in files]
             tx.execute_many(
-                "INSERT INTO report_files (report_id, name, content_type, size, body)"
-                " VALUES (:report_id, :name, :content_type, :size, :body)",
+                "INSERT INTO report_files (report_id, name, content_type, size, encoding, body)"
+                " VALUES (:report_id, :name, :content_type, :size, :encoding, :body)",
                 [
                     {
                         "report_id": row["id"],
                         "name": f.name,
                         "content_type": f.content_type,
-                        "size": len(f.body.encode()),
-                        "body": f.body,
+                        "size": size,
+                        "encoding": encoding,
+                        "body": text,
                     }
-                    for f in files
+                    for f, encoding, text, size in stored
                 ],
             )
             created = row["published"] == 0
@@ -286,7 +296,7 @@ class Reports(StoreBase):
 
     def file(
         self, report_id: str, name: str, *, tenant: str | None = None
-    ) -> tuple[ReportFile, str]:
+    ) -> tuple[ReportFile, bytes]:
         with self.backend.transaction(write=False) as tx:
             row = self._row(tx, report_id, tenant)
             found = tx.execute(
@@ -296,7 +306,8 @@ class Reports(StoreBase):
         if not found:
             raise NotFound(f"report {report_id} has no file {name!r}")
         f = found[0]
-        return ReportFile(name=f["name"], content_type=f["content_type"], size=f["size"]), f["body"]
+        body = base64.b64decode(f["body"]) if f["encoding"] == "base64" else f["body"].encode()
+        return ReportFile(name=f["name"], content_type=f["content_type"], size=f["size"]), body
 
     def _row(self, tx: Tx, report_id: str, tenant: str | None) -> Row:
         scope = "" if tenant is None else " AND tenant = :tenant"

@@ -722,5 +722,6 @@ report_files = Table(
     Column("name", String(100), primary_key=True),
     Column("content_type", String(100), nullable=False),
     Column("size", Integer, nullable=False),
+    Column("encoding", String(8), nullable=False),
     Column("body", Text, nullable=False),
 )

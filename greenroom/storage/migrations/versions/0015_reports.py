@@ -61,6 +61,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(100), nullable=False),
         sa.Column("content_type", sa.String(100), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
+        # utf-8: the body is the file (HTML, CSV); base64: a binary file (PDF), encoded.
+        sa.Column("encoding", sa.String(8), nullable=False),
         sa.Column("body", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("report_id", "name"),
     )
