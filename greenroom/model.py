@@ -209,7 +209,10 @@ class QueueInfo:
     lease_seconds: float | None = None
     heartbeat_seconds: float | None = None
     max_stalls: int | None = None
+    #: Runs by state: every run not ended; ended ones (not retried since) if they ended after
+    #: `ended_since`.
     counts: dict[str, int] = field(default_factory=dict)
+    ended_since: float = 0.0
     finished_last_minute: int = 0
     paused: bool = False
 

@@ -327,7 +327,13 @@ class QueueOut(BaseModel):
     lease_seconds: float | None = None
     heartbeat_seconds: float | None = None
     max_stalls: int | None = None
-    counts: dict[str, int]
+    counts: dict[str, int] = Field(
+        description="runs by state: every run queued, delayed, running or paused; succeeded,"
+        " failed and cancelled runs (not retried since) that ended after ended_since"
+    )
+    ended_since: float = Field(
+        description="seconds since the epoch: a day ago, from when ended runs are counted"
+    )
     finished_last_minute: int
     paused: bool
 
