@@ -218,6 +218,17 @@ class QueueInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EndedRuns:
+    """Runs that ended in one stretch of time, by outcome: a failure retried since counts too
+    (it did fail then)."""
+
+    start: float
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class TenantInfo:
     name: str
     weight: float

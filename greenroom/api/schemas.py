@@ -342,6 +342,21 @@ class QueueOut(BaseModel):
         return cls.model_validate(queue, from_attributes=True)
 
 
+class EndedOut(BaseModel):
+    """Runs that ended in one stretch of time, by outcome (a failure retried since counts)."""
+
+    start: float = Field(description="seconds since the epoch")
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class ThroughputOut(BaseModel):
+    since: float = Field(description="seconds since the epoch")
+    width: float = Field(description="seconds each stretch lasts")
+    stretches: list[EndedOut]
+
+
 def _queue_setting(name: str, description: str | None = None) -> Any:
     """A queue setting's range, as the store checks it."""
     _, low, high = QUEUE_LIMITS[name]

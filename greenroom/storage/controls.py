@@ -8,7 +8,16 @@ from dataclasses import replace
 from typing import Any
 
 from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState, TenantInfo
+from greenroom.model import (
+    ALL_TENANTS,
+    FINISHED_STATES,
+    EndedRuns,
+    Pause,
+    PauseScope,
+    QueueInfo,
+    RunState,
+    TenantInfo,
+)
 from greenroom.rules import (
     LABEL_KEY_PATTERN,
     MAX_INT,
@@ -84,6 +93,7 @@ def validate_queue_changes(current: Row, changes: dict[str, Any]) -> dict[str, A
 
 #: How far back the overview counts ended runs (succeeded, failed, cancelled): a day.
 ENDED_WITHIN = 86400.0
+_ENDS = frozenset(s.value for s in FINISHED_STATES)
 
 
 def _queue_info(
@@ -150,6 +160,26 @@ class Controls(StoreBase):
             )
             for r in rows
         ]
+
+    def ended(
+        self, *, since: float, width: float, count: int, tenant: str | None = None
+    ) -> list[EndedRuns]:
+        """Runs ended by outcome in `count` stretches of `width` seconds from `since` (of one
+        tenant, if given), read from the index on end time alone."""
+        scope = "" if tenant is None else " AND tenant = :tenant"
+        bucket = self.backend.floor("(finished_at - :since) / :width")
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"SELECT {bucket} AS bucket, state, COUNT(*) AS n FROM runs"
+                f" WHERE finished_at > :since AND finished_at <= :until{scope}"
+                " GROUP BY bucket, state",
+                {"since": since, "until": since + width * count, "width": width, "tenant": tenant},
+            )
+        found: list[dict[str, int]] = [{} for _ in range(count)]
+        for r in rows:
+            if 0 <= int(r["bucket"]) < count and r["state"] in _ENDS:
+                found[int(r["bucket"])][r["state"]] = int(r["n"])
+        return [EndedRuns(start=since + i * width, **f) for i, f in enumerate(found)]
 
     def queue_settings(self) -> dict[str, QueueInfo]:
         """Every queue's settings without counting its runs (cheap: workers poll this)."""

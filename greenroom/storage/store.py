@@ -20,6 +20,7 @@ from greenroom.storage.runs import Runs
 from greenroom.storage.schedules import Schedules
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.subscriptions import Subscriptions
+from greenroom.storage.watch import Watch
 
 
 class RunStore:
@@ -28,8 +29,8 @@ class RunStore:
     (`accounts`), repairs (`repair`), what happened (`events`), and who hears of it
     (`subscriptions`, `deliveries`, and the workers' `dispatch` of them), schedules
     (`schedules`), the licenses integrations' syncs read (`licenses`), the
-    `license_pass` that judges them (and its `license_upkeep`), and the `findings` admins
-    act on."""
+    `license_pass` that judges them (and its `license_upkeep`), the `findings` admins
+    act on, and what the console's live stream `watch`es."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -49,3 +50,4 @@ class RunStore:
         self.license_pass = LicensePass(backend, self.clock)
         self.findings = Findings(backend, self.clock)
         self.license_upkeep = LicenseUpkeep(backend, self.clock)
+        self.watch = Watch(backend, self.clock)
