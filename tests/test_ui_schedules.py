@@ -122,7 +122,15 @@ def test_a_viewer_may_not_post_and_a_tenant_not_touch_another_s(console: ApiSetu
         assert api.get("/v1/runs").json()["items"] == []
 
 
-def test_backfill_previews_its_slots_then_makes_their_runs_once(console: ApiSetup) -> None:
+@pytest.fixture
+def on_sqlite(sqlite_url: str) -> Iterator[ApiSetup]:
+    """The backfill's store call has its own tests on both backends (test_schedules*)."""
+    with api_setup(sqlite_url) as setup:
+        yield setup
+
+
+def test_backfill_previews_its_slots_then_makes_their_runs_once(on_sqlite: ApiSetup) -> None:
+    console = on_sqlite
     every = schedule(console, "acme", name="often", cron=None, every="15m")
     path = f"/ui/schedules/{every}"
     now = datetime.now(UTC)

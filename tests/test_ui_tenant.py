@@ -14,8 +14,9 @@ from tests.api_helpers import ApiSetup, api_setup
 
 
 @pytest.fixture
-def console(db_url: str) -> Iterator[ApiSetup]:
-    with api_setup(db_url) as setup:
+def console(sqlite_url: str) -> Iterator[ApiSetup]:
+    """On SQLite alone: the choice is the console's, the store calls are the pages' own."""
+    with api_setup(sqlite_url) as setup:
         yield setup
 
 

@@ -137,7 +137,11 @@ async def _runs_page(request: Request, who: Visitor) -> tuple[RunsQuery, Page[Ru
 async def runs_list(request: Request, who: Who) -> Response:
     """Runs, newest first, filtered; the first page's rows refresh themselves."""
     query, found = await _runs_page(request, who)
-    marker = await run_in_threadpool(live.runs_marker, request, who, query.tenant)
+    marker = (  # an older page does not change: it has no stream
+        None
+        if query.cursor
+        else await run_in_threadpool(live.runs_marker, request, who, query.tenant)
+    )
     return page(
         request,
         "runs.html",
