@@ -209,9 +209,23 @@ class QueueInfo:
     lease_seconds: float | None = None
     heartbeat_seconds: float | None = None
     max_stalls: int | None = None
+    #: Runs by state: every run not ended; ended ones (not retried since) if they ended after
+    #: `ended_since`.
     counts: dict[str, int] = field(default_factory=dict)
+    ended_since: float = 0.0
     finished_last_minute: int = 0
     paused: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndedRuns:
+    """Runs that ended in one stretch of time, by outcome: a failure retried since counts too
+    (it did fail then)."""
+
+    start: float
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

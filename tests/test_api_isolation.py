@@ -290,6 +290,12 @@ def _counts_are_acme(queues: Any) -> None:
         assert queue["paused"] is False, queue  # globex's pause holds only globex
 
 
+def _no_ends(found: Any) -> None:
+    """acme's runs have not ended; globex's ends are not counted."""
+    for stretch in found["stretches"]:
+        assert stretch["succeeded"] == stretch["failed"] == stretch["cancelled"] == 0, stretch
+
+
 def isolation_probes(
     g: World, acme_run: str, acme_event: int = 0, acme_schedule: str = "unused"
 ) -> dict[Op, list[Probe]]:
@@ -347,6 +353,10 @@ def isolation_probes(
         ("GET", "/v1/queues"): [
             probe("GET", "/v1/queues", None, 200, check=_counts_are_acme),
             probe("GET", "/v1/queues?tenant=globex", None, 403),
+        ],
+        ("GET", "/v1/throughput"): [
+            probe("GET", "/v1/throughput", None, 200, check=_no_ends),
+            probe("GET", "/v1/throughput?tenant=globex", None, 403),
         ],
         ("GET", "/v1/queues/{name}"): [
             probe("GET", "/v1/queues/default", None, 200, check=_counts_are_acme),
@@ -775,6 +785,7 @@ NEEDS: dict[Op, Role | None] = {
     ("GET", "/v1/runs/{run_id}/artifacts/{artifact_id}"): Role.VIEWER,
     ("GET", "/v1/queues"): Role.VIEWER,
     ("GET", "/v1/queues/{name}"): Role.VIEWER,
+    ("GET", "/v1/throughput"): Role.VIEWER,
     ("PATCH", "/v1/queues/{name}"): Role.PLATFORM,
     ("POST", "/v1/queues/{name}/pause"): Role.OPERATOR,
     ("POST", "/v1/queues/{name}/resume"): Role.OPERATOR,
@@ -880,6 +891,7 @@ def role_requests(a: World, gone: Throwaway) -> dict[Op, Probe]:
         ),
         ("GET", "/v1/queues"): probe("GET", "/v1/queues"),
         ("GET", "/v1/queues/{name}"): probe("GET", "/v1/queues/default"),
+        ("GET", "/v1/throughput"): probe("GET", "/v1/throughput"),
         ("PATCH", "/v1/queues/{name}"): probe(
             "PATCH", "/v1/queues/default", {**reason, "concurrency": 5}
         ),

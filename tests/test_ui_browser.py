@@ -1,7 +1,7 @@
 """The console in real Chromium against the real app on loopback: sign in, the overview, the
 runs list and its filters, a failed run's steps and screenshot, a retry from the failed step
-that succeeds while the page watches, injected HTML that stays text, and a license finding
-kept."""
+that succeeds while the page watches (pushed by Server-Sent Events), injected HTML that stays
+text, and a license finding kept."""
 
 from __future__ import annotations
 
@@ -158,8 +158,14 @@ async def test_on_call_signs_in_finds_the_failure_sees_the_screenshot_and_retrie
     retry_id = page.url.rsplit("/", 1)[-1]
     assert retry_id != run_id
     assert await page.locator("#state").inner_text() == "queued"
-    async with worker_running(console.app):
-        await page.locator("#state", has_text="succeeded").wait_for(timeout=30_000)
+    await page.wait_for_function("() => document.querySelector('[sse-connect]') !== null")
+    await page.evaluate(
+        "() => { window.pushed = 0;"
+        " document.body.addEventListener('htmx:sseMessage', () => window.pushed++) }"
+    )
+    async with worker_running(console.app):  # pushed, well before the 30 s fallback poll
+        await page.locator("#state", has_text="succeeded").wait_for(timeout=20_000)
+    assert await page.evaluate("window.pushed") >= 1, "the change came by Server-Sent Events"
     retried = await asyncio.to_thread(console.app.store.runs.run_detail, retry_id, tenant="acme")
     assert retried.run.state is RunState.SUCCEEDED and retried.run.retry_of == run_id
     # The first step was kept, not run again: only the failed one ran in the retry.

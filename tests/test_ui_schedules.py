@@ -5,12 +5,14 @@ names escaped, bad ids a 4xx page."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from ui_helpers import page_csrf, sign_in
 
 from greenroom.model import Role
+from greenroom.storage import RunFilter
 from tests.api_helpers import ApiSetup, api_setup
 
 NAME = "<script>alert(1)</script> nightly"
@@ -118,3 +120,46 @@ def test_a_viewer_may_not_post_and_a_tenant_not_touch_another_s(console: ApiSetu
         assert not api.get(f"/v1/schedules/{globex}").json()["paused"]
     with console.as_("acme") as api:
         assert api.get("/v1/runs").json()["items"] == []
+
+
+@pytest.fixture
+def on_sqlite(sqlite_url: str) -> Iterator[ApiSetup]:
+    """The backfill's store call has its own tests on both backends (test_schedules*)."""
+    with api_setup(sqlite_url) as setup:
+        yield setup
+
+
+def test_backfill_previews_its_slots_then_makes_their_runs_once(on_sqlite: ApiSetup) -> None:
+    console = on_sqlite
+    every = schedule(console, "acme", name="often", cron=None, every="15m")
+    path = f"/ui/schedules/{every}"
+    now = datetime.now(UTC)
+    span = {
+        "start": (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
+        "end": now.strftime("%Y-%m-%dT%H:%M"),
+    }
+    with sign_in(console.url, console.keys["acme"][Role.VIEWER]) as c:
+        assert 'id="backfill"' not in c.get(path).text
+        refused = c.post(f"{path}/backfill", data={"csrf": page_csrf(c, path), **span})
+        assert refused.status_code == 403
+    with sign_in(console.url, console.keys["acme"][Role.OPERATOR]) as c:
+        token = page_csrf(c, path)
+        assert 'id="backfill"' in c.get(path).text
+        preview = c.post(f"{path}/backfill", data={"csrf": token, **span})
+        assert preview.status_code == 200 and "Backfill preview" in preview.text
+        slots = preview.text.count('class="slot"')
+        assert 4 <= slots <= 5 and 'id="confirm"' in preview.text
+        assert console.app.store.runs.list_runs(RunFilter(tenant="acme")) == []
+        done = c.post(f"{path}/backfill", data={"csrf": token, "dry_run": "false", **span})
+        assert done.status_code == 200 and "Backfilled" in done.text
+        made = console.app.store.runs.list_runs(RunFilter(tenant="acme"))
+        assert len(made) == slots and all(f'href="/ui/runs/{r.id}"' in done.text for r in made)
+        again = c.post(f"{path}/backfill", data={"csrf": token, **span})
+        assert "<strong>0</strong> without a run" in again.text and 'id="confirm"' not in again.text
+        late = {"start": span["end"], "end": span["start"]}
+        assert c.post(f"{path}/backfill", data={"csrf": token, **late}).status_code == 422
+    with sign_in(console.url, console.keys["globex"][Role.OPERATOR]) as c:
+        other = c.post(f"{path}/backfill", data={"csrf": page_csrf(c), **span})
+        assert other.status_code == 404
+    audit = console.app.store.admin.audit_log(tenant="acme")
+    assert [e.action for e in audit].count("schedule.backfill") == 1

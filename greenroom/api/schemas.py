@@ -327,13 +327,34 @@ class QueueOut(BaseModel):
     lease_seconds: float | None = None
     heartbeat_seconds: float | None = None
     max_stalls: int | None = None
-    counts: dict[str, int]
+    counts: dict[str, int] = Field(
+        description="runs by state: every run queued, delayed, running or paused; succeeded,"
+        " failed and cancelled runs (not retried since) that ended after ended_since"
+    )
+    ended_since: float = Field(
+        description="seconds since the epoch: a day ago, from when ended runs are counted"
+    )
     finished_last_minute: int
     paused: bool
 
     @classmethod
     def of(cls, queue: QueueInfo) -> QueueOut:
         return cls.model_validate(queue, from_attributes=True)
+
+
+class EndedOut(BaseModel):
+    """Runs that ended in one stretch of time, by outcome (a failure retried since counts)."""
+
+    start: float = Field(description="seconds since the epoch")
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class ThroughputOut(BaseModel):
+    since: float = Field(description="seconds since the epoch")
+    width: float = Field(description="seconds each stretch lasts")
+    stretches: list[EndedOut]
 
 
 def _queue_setting(name: str, description: str | None = None) -> Any:

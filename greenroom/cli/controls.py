@@ -46,7 +46,8 @@ def queues(
     json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
-    """List queues: runs by state, paused or not, limits and runs finished in the last minute."""
+    """List queues: runs by state (ended ones: the last day's), paused or not, limits and runs
+    finished in the last minute."""
     if ctx.invoked_subcommand is not None:
         return
     with operations(ctx, db) as ops:

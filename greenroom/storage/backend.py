@@ -96,6 +96,11 @@ class Backend(abc.ABC):
     def sqlalchemy_url(self) -> str:
         """The URL Alembic and SQLAlchemy use to reach this database."""
 
+    def floor(self, expr: str) -> str:
+        """SQL for the whole number at or below `expr`, which is never negative (SQLite's CAST
+        truncates; PostgreSQL's rounds, so it floors first)."""
+        return f"CAST({expr} AS INTEGER)"
+
     @abc.abstractmethod
     def member(self, column: str, param: str) -> str:
         """SQL for `column` being one of the values of list parameter `param`."""

@@ -8,7 +8,16 @@ from dataclasses import replace
 from typing import Any
 
 from greenroom.errors import InvalidInput, NotFound
-from greenroom.model import ALL_TENANTS, Pause, PauseScope, QueueInfo, RunState, TenantInfo
+from greenroom.model import (
+    ALL_TENANTS,
+    FINISHED_STATES,
+    EndedRuns,
+    Pause,
+    PauseScope,
+    QueueInfo,
+    RunState,
+    TenantInfo,
+)
 from greenroom.rules import (
     LABEL_KEY_PATTERN,
     MAX_INT,
@@ -31,6 +40,7 @@ from greenroom.storage.lifecycle import moves, summaries
 from greenroom.storage.lifecycle.moves import Change
 from greenroom.storage.lifecycle.states import Move
 from greenroom.storage.outbox import NewEvent, emit
+from greenroom.storage.schema import LIVE_WHERE
 
 #: Settable queue fields: the type and the range of values each accepts.
 QUEUE_LIMITS: dict[str, tuple[type, float, float]] = {
@@ -81,11 +91,19 @@ def validate_queue_changes(current: Row, changes: dict[str, Any]) -> dict[str, A
     return clean
 
 
-def _queue_info(row: Row, counts: dict[str, int], finished: int, paused: bool) -> QueueInfo:
+#: How far back the overview counts ended runs (succeeded, failed, cancelled): a day.
+ENDED_WITHIN = 86400.0
+_ENDS = frozenset(s.value for s in FINISHED_STATES)
+
+
+def _queue_info(
+    row: Row, counts: dict[str, int], finished: int, paused: bool, since: float = 0.0
+) -> QueueInfo:
     return QueueInfo(
         name=row["name"],
         **{k: row[k] for k in QUEUE_LIMITS},
         counts=counts,
+        ended_since=since,
         finished_last_minute=finished,
         paused=paused,
     )
@@ -95,25 +113,36 @@ class Controls(StoreBase):
     # -- queues ----------------------------------------------------------------------------
 
     def queues(self, *, tenant: str | None = None) -> list[QueueInfo]:
-        """Every queue with its runs by state (of one tenant, if given) and its throughput."""
+        """Every queue with its runs by state (of one tenant, if given) and its throughput.
+
+        Runs not ended are counted all (through runs_live, an index of them alone); ended ones
+        only if they ended in the last day (through the end-time index), so the cost follows
+        what is live and what ended lately, never the size of the table."""
         now = self.clock.now()
+        since = now - ENDED_WITHIN
         scope = "" if tenant is None else " AND tenant = :tenant"
+        params = {"tenant": tenant, "since": since, "minute": now - 60}
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute("SELECT * FROM queues ORDER BY name")
-            counts = tx.execute(
-                # Retried failures are left out: their retries stand for them.
-                f"SELECT queue, state, COUNT(*) AS n FROM runs WHERE superseded_by IS NULL{scope}"
+            live = tx.execute(
+                f"SELECT queue, state, COUNT(*) AS n FROM runs WHERE {LIVE_WHERE}{scope}"
                 " GROUP BY queue, state",
-                {"tenant": tenant},
+                params,
+            )
+            ended = tx.execute(
+                # Retried failures are left out: their retries stand for them.
+                "SELECT queue, state, COUNT(*) AS n FROM runs WHERE finished_at > :since"
+                f" AND superseded_by IS NULL{scope} GROUP BY queue, state",
+                params,
             )
             done = tx.execute(
-                f"SELECT queue, COUNT(*) AS n FROM runs WHERE finished_at > :since{scope}"
+                f"SELECT queue, COUNT(*) AS n FROM runs WHERE finished_at > :minute{scope}"
                 " GROUP BY queue",
-                {"since": now - 60, "tenant": tenant},
+                params,
             )
             pauses = summaries.load_pauses(tx)
         by_queue: dict[str, dict[str, int]] = {}
-        for c in counts:
+        for c in [*live, *ended]:
             by_queue.setdefault(c["queue"], {})[c["state"]] = int(c["n"])
         finished = {d["queue"]: int(d["n"]) for d in done}
         return [
@@ -127,9 +156,30 @@ class Controls(StoreBase):
                     and p.tenant in (ALL_TENANTS, tenant)
                     for p in pauses
                 ),
+                since,
             )
             for r in rows
         ]
+
+    def ended(
+        self, *, since: float, width: float, count: int, tenant: str | None = None
+    ) -> list[EndedRuns]:
+        """Runs ended by outcome in `count` stretches of `width` seconds from `since` (of one
+        tenant, if given), read from the index on end time alone."""
+        scope = "" if tenant is None else " AND tenant = :tenant"
+        bucket = self.backend.floor("(finished_at - :since) / :width")
+        with self.backend.transaction(write=False) as tx:
+            rows = tx.execute(
+                f"SELECT {bucket} AS bucket, state, COUNT(*) AS n FROM runs"
+                f" WHERE finished_at > :since AND finished_at <= :until{scope}"
+                " GROUP BY bucket, state",
+                {"since": since, "until": since + width * count, "width": width, "tenant": tenant},
+            )
+        found: list[dict[str, int]] = [{} for _ in range(count)]
+        for r in rows:
+            if 0 <= int(r["bucket"]) < count and r["state"] in _ENDS:
+                found[int(r["bucket"])][r["state"]] = int(r["n"])
+        return [EndedRuns(start=since + i * width, **f) for i, f in enumerate(found)]
 
     def queue_settings(self) -> dict[str, QueueInfo]:
         """Every queue's settings without counting its runs (cheap: workers poll this)."""

@@ -246,6 +246,9 @@ class PostgresBackend(Backend):
     def sqlalchemy_url(self) -> str:
         return "postgresql+psycopg://" + self.url.split("://", 1)[1]
 
+    def floor(self, expr: str) -> str:
+        return f"CAST(FLOOR({expr}) AS BIGINT)"
+
     def member(self, column: str, param: str) -> str:
         return f"{column} = ANY(:{param})"
 

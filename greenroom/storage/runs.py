@@ -433,8 +433,11 @@ class Runs(StoreBase):
         where = "" if include_gone else " WHERE state = 'alive'"
         with self.backend.transaction(write=False) as tx:
             rows = tx.execute(f"SELECT * FROM workers{where} ORDER BY started_at")
+            # The listed workers' runs alone, through runs_leased.
             leased = tx.execute(
-                "SELECT id, lease_owner FROM runs WHERE state = 'running' ORDER BY seq"
+                "SELECT id, lease_owner FROM runs WHERE state = 'running'"
+                f" AND {self.backend.member('lease_owner', 'owners')} ORDER BY seq",
+                {"owners": self.backend.list_param([r["id"] for r in rows])},
             )
         running: dict[str, list[str]] = {}
         for r in leased:

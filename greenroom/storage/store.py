@@ -21,6 +21,7 @@ from greenroom.storage.runs import Runs
 from greenroom.storage.schedules import Schedules
 from greenroom.storage.sessions import Sessions
 from greenroom.storage.subscriptions import Subscriptions
+from greenroom.storage.watch import Watch
 
 
 class RunStore:
@@ -29,8 +30,8 @@ class RunStore:
     (`accounts`), repairs (`repair`), what happened (`events`), and who hears of it
     (`subscriptions`, `deliveries`, and the workers' `dispatch` of them), schedules
     (`schedules`), the licenses integrations' syncs read (`licenses`), the
-    `license_pass` that judges them (and its `license_upkeep`), and the `findings` admins
-    act on, and the `reports` made for tenants."""
+    `license_pass` that judges them (and its `license_upkeep`), the `findings` admins
+    act on, the `reports` made for tenants, and what the console's live stream `watch`es."""
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
@@ -51,3 +52,4 @@ class RunStore:
         self.findings = Findings(backend, self.clock)
         self.license_upkeep = LicenseUpkeep(backend, self.clock)
         self.reports = Reports(backend, self.clock)
+        self.watch = Watch(backend, self.clock)

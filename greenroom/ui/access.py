@@ -53,7 +53,7 @@ def ui_state(request: Request) -> UiState:
     return state
 
 
-def _usable_key(state: ApiState, session: Session) -> ApiKey | None:
+def usable_key(state: ApiState, session: Session) -> ApiKey | None:
     key = state.store.accounts.api_key(session.key_id)
     if key is None or not key.usable(state.store.clock.now()):
         return None
@@ -68,7 +68,7 @@ async def visitor(request: Request) -> Visitor:
     session = ui.signer.read(request.cookies.get(COOKIE), state.store.clock.now())
     if session is None:
         raise SignInNeeded
-    key = await run_in_threadpool(_usable_key, state, session)
+    key = await run_in_threadpool(usable_key, state, session)
     if key is None:
         raise SignInNeeded
     return Visitor(admitted(state, key), session, ui.signer.csrf(session.token))

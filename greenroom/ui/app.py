@@ -20,7 +20,17 @@ from greenroom.api.problems import ApiError
 from greenroom.api.state import ApiState
 from greenroom.errors import ConfigError, Conflict, GreenroomError, InvalidInput, NotFound
 from greenroom.rules import error_message
-from greenroom.ui import actions, deliveries, licenses, login, pages, reports, schedules
+from greenroom.ui import (
+    actions,
+    deliveries,
+    licenses,
+    live,
+    login,
+    pages,
+    reports,
+    schedules,
+    tenant,
+)
 from greenroom.ui.access import SignInNeeded, UiState
 from greenroom.ui.login import login_url
 from greenroom.ui.render import page
@@ -65,7 +75,7 @@ def create_ui(state: ApiState) -> FastAPI:
     ui.state.greenroom = state  # for DatabaseRoute, as in the API
     ui.state.ui = UiState(api=state)
     ui.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (login, pages, actions, schedules, deliveries, licenses, reports):
+    for module in (login, pages, actions, schedules, deliveries, licenses, live, reports):
         ui.include_router(module.router)
     _install_errors(ui)
     ui.add_middleware(RouteLabel)
@@ -75,6 +85,7 @@ def create_ui(state: ApiState) -> FastAPI:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         response = await call_next(request)
+        tenant.remember(request, response)
         response.headers.setdefault("Content-Security-Policy", POLICY)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")

@@ -16,15 +16,18 @@ from greenroom.api.routes import controls, integrations, observe, runs
 from greenroom.api.schemas import Id, LabelFilter, Page, RowId, RunOut
 from greenroom.model import Role, RunState
 from greenroom.rules import Name, Text
+from greenroom.ui import charts, live
 from greenroom.ui.access import Visitor, ui_state, visitor
 from greenroom.ui.render import page
+from greenroom.ui.tenant import tenant_of
 
 router = APIRouter(route_class=DatabaseRoute, include_in_schema=False)
 Who = Annotated[Visitor, Depends(visitor)]
 PAGE_SIZE = 50
 RUN_ID = TypeAdapter(Id)
 ROW_ID = TypeAdapter(RowId)
-TENANT = TypeAdapter(Name | None)
+LIVE = ("queued", "delayed", "running", "paused")
+ENDED = ("succeeded", "failed", "cancelled")
 AUDIT_CURSOR = TypeAdapter(Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")] | None)
 
 
@@ -65,11 +68,6 @@ class RunsQuery(ListQuery):
     cursor: runs.Cursor | None = None
 
 
-def tenant_of(request: Request) -> str | None:
-    """A platform key's choice of tenant (?tenant=); blank: every tenant."""
-    return TENANT.validate_python(request.query_params.get("tenant") or None)
-
-
 def context(who: Visitor, **more: Any) -> dict[str, Any]:
     """What every page's template is given: the caller, the CSRF token and its powers."""
     return {
@@ -82,14 +80,16 @@ def context(who: Visitor, **more: Any) -> dict[str, Any]:
 
 @router.get("/")
 async def overview(request: Request, who: Who) -> Response:
-    """Runs by state, queues, workers and the latest error groups."""
+    """Runs not ended by state, the last day's ends, the last hours' ends as sparklines,
+    queues, workers and the latest error groups."""
     state = ui_state(request).api
-    tenant = tenant_of(request)
+    tenant = tenant_of(request, who)
     queues = await run_in_threadpool(controls.list_queues, state, who.caller, tenant)
     totals: dict[str, int] = {s.value: 0 for s in RunState}
     for q in queues:
         for name, count in q.counts.items():
             totals[name] = totals.get(name, 0) + count
+    ended = await run_in_threadpool(controls.throughput, state, who.caller, 6, tenant)
     workers = (
         await run_in_threadpool(observe.list_workers, state, who.caller, False)
         if who.caller.platform
@@ -102,7 +102,9 @@ async def overview(request: Request, who: Who) -> Response:
         context(
             who,
             tenant=tenant,
-            totals=totals,
+            live={s: totals[s] for s in LIVE},
+            ended={s: totals[s] for s in ENDED},
+            sparks=charts.sparks(ended),
             queues=queues,
             workers=workers,
             groups=groups,
@@ -113,6 +115,7 @@ async def overview(request: Request, who: Who) -> Response:
 
 async def _runs_page(request: Request, who: Visitor) -> tuple[RunsQuery, Page[RunOut]]:
     query = RunsQuery.of(request)
+    query = query.model_copy(update={"tenant": tenant_of(request, who)})
     found = await runs.list_runs(
         ui_state(request).api,
         who.caller,
@@ -134,10 +137,21 @@ async def _runs_page(request: Request, who: Visitor) -> tuple[RunsQuery, Page[Ru
 async def runs_list(request: Request, who: Who) -> Response:
     """Runs, newest first, filtered; the first page's rows refresh themselves."""
     query, found = await _runs_page(request, who)
+    marker = (  # an older page does not change: it has no stream
+        None
+        if query.cursor
+        else await run_in_threadpool(live.runs_marker, request, who, query.tenant)
+    )
     return page(
         request,
         "runs.html",
-        context(who, query=query, page=found, states=[s.value for s in RunState]),
+        context(
+            who,
+            query=query,
+            page=found,
+            states=[s.value for s in RunState],
+            live=live.live_url(marker, tenant=query.tenant),
+        ),
     )
 
 
@@ -152,10 +166,20 @@ async def runs_rows(request: Request, who: Who) -> Response:
 async def run_detail(request: Request, run_id: str, who: Who) -> Response:
     """A run: state, steps, input and output (redacted as the API returns them), error,
     screenshots, artifacts and the actions the key's role allows."""
-    detail = await runs.get_run(RUN_ID.validate_python(run_id), ui_state(request).api, who.caller)
+    run_id = RUN_ID.validate_python(run_id)
+    marker = await run_in_threadpool(live.run_marker, request, who, run_id)  # before the read
+    detail = await runs.get_run(run_id, ui_state(request).api, who.caller)
     shots = [a for a in detail.artifacts if a.kind == "screenshot"]
     return page(
-        request, "run.html", context(who, run=detail, screenshots=shots, text_kinds=TEXT_KINDS)
+        request,
+        "run.html",
+        context(
+            who,
+            run=detail,
+            screenshots=shots,
+            text_kinds=TEXT_KINDS,
+            live=live.live_url(marker, run=run_id),
+        ),
     )
 
 
@@ -203,7 +227,7 @@ async def artifact_text(request: Request, run_id: str, artifact_id: str, who: Wh
 async def errors(request: Request, who: Who) -> Response:
     """Failures grouped by fingerprint, latest first, with bulk retry for operators."""
     state = ui_state(request).api
-    tenant = tenant_of(request)
+    tenant = tenant_of(request, who)
     groups = await run_in_threadpool(observe.list_error_groups, state, who.caller, tenant, 100)
     return page(request, "errors.html", context(who, tenant=tenant, groups=groups))
 
@@ -219,7 +243,7 @@ async def pauses(request: Request, who: Who) -> Response:
 @router.get("/audit")
 async def audit(request: Request, who: Who) -> Response:
     """Admin actions, newest first: who, when, what, why; a page at a time."""
-    tenant = tenant_of(request)
+    tenant = tenant_of(request, who)
     cursor = AUDIT_CURSOR.validate_python(request.query_params.get("cursor") or None)
     found = await run_in_threadpool(
         observe.audit_log, ui_state(request).api, who.caller, tenant, cursor, PAGE_SIZE
@@ -231,11 +255,12 @@ async def audit(request: Request, who: Who) -> Response:
 async def integrations_list(request: Request, who: Who) -> Response:
     """Each integration's connector, status and settings, and when its credentials were last
     set (they are never shown: admins may replace them)."""
+    tenant = tenant_of(request, who)
     found = await run_in_threadpool(
-        integrations.list_integrations, ui_state(request).api, who.caller, None, tenant_of(request)
+        integrations.list_integrations, ui_state(request).api, who.caller, None, tenant
     )
     return page(
         request,
         "integrations.html",
-        context(who, tenant=tenant_of(request), integrations=found, admin=who.may(Role.ADMIN)),
+        context(who, tenant=tenant, integrations=found, admin=who.may(Role.ADMIN)),
     )

@@ -1,7 +1,7 @@
 """The console's schedules: the list, a schedule with its recent firings, and the operator
-actions the API offers (trigger now; pause and resume for admins), through the API's route
-functions so roles, tenant scoping and audit are the API's. Creating and changing schedules
-stays in the API and the command line."""
+actions the API offers (trigger now, backfill with a dry run first; pause and resume for
+admins), through the API's route functions so roles, tenant scoping and audit are the API's.
+Creating and changing schedules stays in the API and the command line."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from starlette.concurrency import run_in_threadpool
 
 from greenroom.api.database import DatabaseRoute
 from greenroom.api.routes import schedules
-from greenroom.api.schedule_schemas import SchedulePause
+from greenroom.api.schedule_schemas import BackfillIn, SchedulePause
 from greenroom.model import Role
 from greenroom.ui.access import Visitor, checked_form, require, ui_state, visitor
-from greenroom.ui.pages import RUN_ID, context, tenant_of
+from greenroom.ui.pages import RUN_ID, context
 from greenroom.ui.render import page
 from greenroom.ui.session import PATH
+from greenroom.ui.tenant import tenant_of
 
 router = APIRouter(route_class=DatabaseRoute, include_in_schema=False)
 Who = Annotated[Visitor, Depends(visitor)]
@@ -29,7 +30,7 @@ FIRINGS = 50
 @router.get("/schedules")
 async def schedules_list(request: Request, who: Who) -> Response:
     """Each schedule's workflow, spec and time zone, next due time, pause and last firing."""
-    tenant = tenant_of(request)
+    tenant = tenant_of(request, who)
     found = await run_in_threadpool(
         schedules.list_schedules, ui_state(request).api, who.caller, tenant, None
     )
@@ -87,3 +88,34 @@ async def resume(request: Request, schedule_id: str, who: Who) -> Response:
     wanted = RUN_ID.validate_python(schedule_id)
     await run_in_threadpool(schedules.resume_schedule, wanted, ui_state(request).api, who.caller)
     return RedirectResponse(f"{PATH}/schedules/{wanted}", status_code=303)
+
+
+@router.post("/schedules/{schedule_id}/backfill")
+async def backfill(request: Request, schedule_id: str, who: Who) -> Response:
+    """The slots from a start to an end (UTC) with their runs: a dry run lists them and which
+    are new; its button makes a run for each new slot (operators, as in the API)."""
+    form = await checked_form(request, who)
+    require(who, Role.OPERATOR)
+    body = BackfillIn.model_validate(
+        {
+            "start": form.get("start", ""),
+            "end": form.get("end", ""),
+            "dry_run": form.get("dry_run", "true") != "false",
+        }
+    )
+    wanted = RUN_ID.validate_python(schedule_id)
+    done = await run_in_threadpool(
+        schedules.backfill_schedule, wanted, body, ui_state(request).api, who.caller
+    )
+    return page(
+        request,
+        "backfill.html",
+        context(
+            who,
+            schedule_id=wanted,
+            done=done,
+            start=form.get("start", ""),
+            end=form.get("end", ""),
+            new=sum(1 for s in done.slots if s.new),
+        ),
+    )

@@ -15,6 +15,7 @@ from greenroom.api.database import DatabaseRoute
 from greenroom.api.problems import ApiError, responses
 from greenroom.api.routes.runs import scope
 from greenroom.api.schemas import (
+    EndedOut,
     PauseCreate,
     PauseOut,
     QueueOut,
@@ -23,6 +24,7 @@ from greenroom.api.schemas import (
     QueueUpdate,
     ResumeOut,
     RowId,
+    ThroughputOut,
 )
 from greenroom.api.state import ApiState, get_state
 from greenroom.model import ALL_TENANTS, PauseScope
@@ -50,6 +52,32 @@ def list_queues(
 ) -> list[QueueOut]:
     """Every queue: its settings, runs by state (the caller's tenant's), throughput, pause."""
     return [QueueOut.of(q) for q in state.store.controls.queues(tenant=scope(who, tenant))]
+
+
+#: Stretches a throughput answer has, whatever its span.
+STRETCHES = 60
+
+
+@router.get("/throughput", response_model=ThroughputOut)
+def throughput(
+    state: State,
+    who: Caller = Viewer,
+    hours: Annotated[int, Query(ge=1, le=24, description="how far back")] = 6,
+    tenant: TenantQuery = None,
+) -> ThroughputOut:
+    """Runs ended by outcome (the caller's tenant's) in 60 stretches of the last `hours`,
+    read from the index on end time: what the console's sparklines draw."""
+    width = hours * 3600 / STRETCHES
+    now = state.store.clock.now()
+    since = (now // width + 1) * width - hours * 3600  # whole stretches, the last one now's
+    ended = state.store.controls.ended(
+        since=since, width=width, count=STRETCHES, tenant=scope(who, tenant)
+    )
+    return ThroughputOut(
+        since=since,
+        width=width,
+        stretches=[EndedOut.model_validate(e, from_attributes=True) for e in ended],
+    )
 
 
 @router.get("/queues/{name}", response_model=QueueOut, responses=NOT_FOUND)
