@@ -413,7 +413,7 @@ class Licenses(StoreBase):
         self, tx: Tx, rows: Sequence[AccountRow], sources: str, params: dict[str, Any]
     ) -> tuple[int, int]:
         """Write a batch in one statement that reads the stored rows, marks their activity
-        (the functions of migration 0015), upserts, marks the sources synced and counts the
+        (the functions of migration 0016), upserts, marks the sources synced and counts the
         new accounts toward the baseline's relearning: no round trip to read the rows first,
         no merge in Python. How many rows were created and how many changed."""
         now = params["now"]

@@ -530,7 +530,7 @@ schedules = Table(
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("tenant", "name", name="schedules_name"),
     _partial_index("schedules_due", "next_due", where="NOT paused AND next_due IS NOT NULL"),
-    # The license pass and upkeep read the intervals of a batch's integrations (migration 0015).
+    # The license pass and upkeep read the intervals of a batch's integrations (migration 0016).
     _partial_index("schedules_integration", "integration", where="integration IS NOT NULL"),
 )
 schedule_firings = Table(

@@ -1,9 +1,9 @@
 """license speed: schedules_integration on integration (the license pass and its upkeep read the
 sync interval of the integrations at hand, which scanned every schedule), and on PostgreSQL the
-activity functions of sql/0015_activity.sql (a save merges a page in one statement)
+activity functions of sql/0016_activity.sql (a save merges a page in one statement)
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
 _WHERE = sa.text("integration IS NOT NULL")
-_SQL = Path(__file__).parent.parent / "sql" / "0015_activity.sql"
+_SQL = Path(__file__).parent.parent / "sql" / "0016_activity.sql"
 _FUNCTIONS = ("bits", "hex", "mark", "last", "swap")
 
 
