@@ -74,6 +74,9 @@ class Backend(abc.ABC):
     composes_writes: bool = False
     #: Whether the database claims in one statement (a function the migrations install).
     claims_in_one_statement: bool = False
+    #: Whether the database marks license activity days itself (functions the migrations
+    #: install), so that a save merges a page into the stored rows in one statement.
+    marks_activity: bool = False
     #: Seconds between declaring a worker lost and handing out its runs: longer than a live
     #: worker that lost its lock takes to stop them; 0 where only a dead process loses its lock.
     liveness_grace: float = 0.0

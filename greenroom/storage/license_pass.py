@@ -67,6 +67,16 @@ _VERDICT_COLUMNS: list[Column] = [
 #: Findings opened per statement (SQLite binds at most 32,766 parameters).
 _INSERT_CHUNK = 1000
 _CLOSE_COLUMNS: list[Column] = [("id", "text"), ("outcome", "text")]
+_UPDATE_COLUMNS: list[Column] = [
+    ("id", "text"),
+    ("state", "text"),
+    ("verdict", "text"),
+    ("confidence", "text"),
+    ("reason", "text"),
+    ("monthly_savings", "double precision"),
+    ("currency", "text"),
+    ("realizable_at", "double precision"),
+]
 _FINDING_COLUMNS: list[Column] = [
     ("id", "text"),
     ("tenant", "text"),
@@ -262,6 +272,7 @@ class LicensePass(StoreBase):
         closed: list[dict[str, Any]] = []
         reopened: list[dict[str, Any]] = []
         inserted: list[dict[str, Any]] = []
+        updated: list[dict[str, Any]] = []
         for row, verdict, current, step in moves:
             new = step.finding
             is_open = current is not None and current["closed_at"] is None
@@ -284,13 +295,17 @@ class LicensePass(StoreBase):
                 judged.opened += 1
                 send = send and before is None  # an episode found before had its event then
             elif current is not None and is_open and new is not None and not ends:
-                self._update(tx, current, verdict, new, now)
+                moved = _moved(current, verdict, new)
+                if moved is not None:
+                    updated.append(moved)
             if send:
                 events.append(_event(row, verdict, step, finding_id))
                 judged.events[str(step.event)] = judged.events.get(str(step.event), 0) + 1
         # Closes first: a license has one open finding, the one this batch may open next.
         if closed:
             self._close(tx, closed, now)
+        if updated:
+            self._update(tx, updated, now)
         for finding in reopened:
             tx.execute(
                 "UPDATE license_findings SET state = :state, closed_at = NULL, outcome = NULL,"
@@ -342,41 +357,17 @@ class LicensePass(StoreBase):
             params,
         )
 
-    def _update(self, tx: Tx, current: Row, verdict: Verdict, finding: Finding, now: float) -> None:
-        """The same episode: its state, class and the verdict's words and savings move on."""
-        if finding == _finding(current) and verdict.reason == current["reason"]:
-            return
-        confidence = verdict.confidence.value if verdict.confidence else current["confidence"]
+    def _update(self, tx: Tx, updated: list[dict[str, Any]], now: float) -> None:
+        """Findings that stay in their episode: one statement for the batch."""
+        params: dict[str, Any] = {"now": now}
+        source = tx.rows(_UPDATE_COLUMNS, updated, params)
+        names = ", ".join(name for name, _ in _UPDATE_COLUMNS)
+        sets = ", ".join(f"{n} = w.{n}" for n, _ in _UPDATE_COLUMNS if n != "id")
         tx.execute(
-            "UPDATE license_findings SET state = :state, verdict = :verdict,"
-            " confidence = :confidence, reason = :reason, monthly_savings = :savings,"
-            " currency = :currency, realizable_at = :realizable, updated_at = :now"
-            " WHERE id = :id",
-            {
-                "state": finding.state.value,
-                "verdict": finding.verdict_class.value,
-                "confidence": confidence,
-                "reason": verdict.reason if verdict.action else current["reason"],
-                "savings": verdict.monthly_savings
-                if verdict.action
-                else current["monthly_savings"],
-                "currency": verdict.currency if verdict.action else current["currency"],
-                "realizable": verdict.realizable_at or current["realizable_at"],
-                "now": now,
-                "id": current["id"],
-            },
+            f"WITH w({names}) AS ({source}) UPDATE license_findings SET {sets},"
+            " updated_at = :now FROM w WHERE license_findings.id = w.id",
+            params,
         )
-
-
-def sync_interval(tx: Tx, integration_id: str, sync_hours: float) -> float:
-    """Seconds between an integration's syncs: its shortest interval schedule, else the
-    policy's `sync_hours`."""
-    (row,) = tx.execute(
-        "SELECT MIN(every_seconds) AS every FROM schedules WHERE integration = :i"
-        " AND NOT paused AND every_seconds IS NOT NULL",
-        {"i": integration_id},
-    )
-    return float(row["every"]) if row["every"] else sync_hours * 3600
 
 
 def learn(
@@ -477,6 +468,24 @@ def _verdict_row(row: Row, verdict: Verdict, step: Step, now: float) -> dict[str
         "episode_start": verdict.episode_start,
         # Never again in this pass: a due time in the past is the next pass's.
         "due_at": None if due is None else max(due, now + 1.0),
+    }
+
+
+def _moved(current: Row, verdict: Verdict, finding: Finding) -> dict[str, Any] | None:
+    """The same episode: its state, class and the verdict's words and savings move on (None:
+    nothing to write)."""
+    if finding == _finding(current) and verdict.reason == current["reason"]:
+        return None
+    acted = verdict.action is not None
+    return {
+        "id": current["id"],
+        "state": finding.state.value,
+        "verdict": finding.verdict_class.value,
+        "confidence": verdict.confidence.value if verdict.confidence else current["confidence"],
+        "reason": verdict.reason if acted else current["reason"],
+        "monthly_savings": verdict.monthly_savings if acted else current["monthly_savings"],
+        "currency": verdict.currency if acted else current["currency"],
+        "realizable_at": verdict.realizable_at or current["realizable_at"],
     }
 
 

@@ -14,33 +14,49 @@ from datetime import UTC, datetime
 from typing import Any
 
 from greenroom.licenses.activity import DAY, day_of
+from greenroom.licenses.findings import FindingState
+from greenroom.licenses.policy import loads, merged
+from greenroom.storage.backend import Tx
 from greenroom.storage.base import StoreBase
-from greenroom.storage.license_pass import BASELINE_CHANGE, BASELINE_DAYS, learn, sync_interval
+from greenroom.storage.license_pass import BASELINE_CHANGE, BASELINE_DAYS, learn
 from greenroom.storage.licenses import policy_of
 from greenroom.storage.outbox import NewEvent, emit
 
+#: A finding's states while it is open (a closed one is `closed`), for the index on tenant and
+#: state.
+_OPEN_STATES = ", ".join(f"'{s.value}'" for s in FindingState if s is not FindingState.CLOSED)
 STALE_REASON = "no fresh data: the last sync is older than twice the sync interval"
 
 
 class LicenseUpkeep(StoreBase):
     def mark_stale(self) -> int:
         """Integrations whose every source went stale since the last check: their licenses
-        become UNKNOWN, with one event each; how many."""
+        become UNKNOWN, with one event each; how many. Three statements read what decides it
+        for every integration (a row each, not its licenses); only those gone stale are locked
+        and written."""
         now = self.clock.now()
         marked = 0
         with self.backend.transaction() as tx:
-            sources: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-            for r in tx.execute(
-                "SELECT * FROM license_sources WHERE integration_id IN (SELECT integration_id"
-                " FROM license_sources WHERE stale_since IS NULL)"
-                f" ORDER BY integration_id, source {self.backend.for_update}"
-            ):
-                sources[r["tenant"], r["integration_id"]].append(r)
-            for (tenant, integration_id), rows in sorted(sources.items()):
-                _, hours = policy_of(tx, tenant, integration_id)
-                interval = sync_interval(tx, integration_id, hours)
-                last = max(r["synced_at"] for r in rows)
-                if last >= now - 2 * interval:
+            synced = {
+                r["integration_id"]: (r["tenant"], r["last"])
+                for r in tx.execute(
+                    "SELECT tenant, integration_id, MAX(synced_at) AS last FROM license_sources"
+                    " GROUP BY tenant, integration_id HAVING COUNT(stale_since) < COUNT(*)"
+                )
+            }
+            intervals = self._intervals(tx, synced)
+            for integration_id in sorted(synced):
+                tenant, _ = synced[integration_id]
+                interval = intervals[integration_id]
+                # Locked, then read again: a save may have synced it since.
+                rows = tx.execute(
+                    "SELECT synced_at, stale_since FROM license_sources WHERE integration_id = :i"
+                    f" ORDER BY source {self.backend.for_update}",
+                    {"i": integration_id},
+                )
+                last = max((r["synced_at"] for r in rows), default=now)
+                already = all(r["stale_since"] is not None for r in rows)
+                if already or last >= now - 2 * interval:
                     continue
                 tx.execute(
                     "UPDATE license_sources SET stale_since = :now WHERE integration_id = :i",
@@ -67,6 +83,40 @@ class LicenseUpkeep(StoreBase):
                 )
                 marked += 1
         return marked
+
+    def _intervals(self, tx: Tx, synced: dict[str, tuple[str, float]]) -> dict[str, float]:
+        """The sync interval of each integration, read for all at once; the integrations whose
+        last sync is within it are left out of `synced`."""
+        now = self.clock.now()
+        every = {
+            r["integration"]: r["every"]
+            for r in tx.execute(
+                "SELECT integration, MIN(every_seconds) AS every FROM schedules"
+                f" WHERE {self.backend.member('integration', 'ids')} AND NOT paused"
+                " AND every_seconds IS NOT NULL GROUP BY integration",
+                {"ids": self.backend.list_param(sorted(synced))},
+            )
+        }
+        layers: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for r in tx.execute(
+            "SELECT tenant, integration_id, policy FROM license_policies"
+            f" WHERE {self.backend.member('tenant', 'tenants')}",
+            {"tenants": self.backend.list_param(sorted({t for t, _ in synced.values()}))},
+        ):
+            layers[r["tenant"]][r["integration_id"]] = loads(r["policy"])
+        intervals: dict[str, float] = {}
+        for integration_id, (tenant, last) in list(synced.items()):
+            if integration_id in every:
+                interval = float(every[integration_id])
+            else:
+                tenant_layers = layers.get(tenant, {})
+                _, hours = merged(tenant_layers.get("", {}), tenant_layers.get(integration_id, {}))
+                interval = hours * 3600
+            if last >= now - 2 * interval:
+                del synced[integration_id]
+            else:
+                intervals[integration_id] = interval
+        return intervals
 
     def relearn_baselines(self) -> int:
         """Learn again the baselines that are a week old, whose app changed a lot, or that fell
@@ -128,18 +178,33 @@ class LicenseUpkeep(StoreBase):
 
     def digest(self) -> int:
         """Each tenant with open findings gets one `license.digest` event per UTC day: what is
-        open, by state and class, and the savings waiting; how many were sent."""
+        open, by state and class, and the savings waiting; how many were sent. The findings
+        are read only for tenants still waiting for the day's digest (through the index on
+        tenant and state), not every open finding at every upkeep."""
         now = self.clock.now()
         today = day_of(now)
         sent = 0
         with self.backend.transaction() as tx:
+            waiting = [
+                r["name"]
+                for r in tx.execute(
+                    "SELECT t.name FROM tenants t WHERE NOT EXISTS (SELECT 1 FROM"
+                    " license_digests d WHERE d.tenant = t.name AND d.day = :today)"
+                    " AND EXISTS (SELECT 1 FROM license_findings f WHERE f.tenant = t.name"
+                    f" AND f.state IN ({_OPEN_STATES}) AND f.closed_at IS NULL)"
+                    " ORDER BY t.name",
+                    {"today": today},
+                )
+            ]
+            if not waiting:
+                return 0
             rows = tx.execute(
                 "SELECT tenant, state, verdict, currency, COUNT(*) AS n,"
                 " SUM(monthly_savings) AS savings FROM license_findings"
-                " WHERE closed_at IS NULL AND tenant NOT IN"
-                " (SELECT tenant FROM license_digests WHERE day = :today)"
+                f" WHERE {self.backend.member('tenant', 'tenants')}"
+                f" AND state IN ({_OPEN_STATES}) AND closed_at IS NULL"
                 " GROUP BY tenant, state, verdict, currency ORDER BY tenant",
-                {"today": today},
+                {"tenants": self.backend.list_param(waiting)},
             )
             by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for r in rows:

@@ -68,6 +68,94 @@ _UPDATED = ", ".join(
     f"{name} = excluded.{name}" for name, _ in _COLUMNS if name not in ("id", "user_id")
 )
 
+#: What `_merge` sends of a row: its facts, an id should it be new, and the days to mark.
+_MERGE_COLUMNS: list[Column] = [
+    *(c for c in _COLUMNS if c[0] not in ("activity", "activity_day", "due_at")),
+    ("day_a", "integer"),
+    ("day_b", "integer"),
+]
+_FACT_LIST = ", ".join(FACTS)
+_NO_BITS = "repeat('0', 184)::bit(184)"
+_MERGE = (
+    "WITH w({names}) AS ({{source}}),"
+    " m AS (SELECT w.*, COALESCE(o.id, w.id) AS license_id, o.id IS NULL AS created,"
+    " (o.id IS NULL OR o.removed_at IS NOT NULL"
+    " OR ({w_facts}) IS DISTINCT FROM ({o_facts})) AS changed, b2, l2"
+    # Each row's stored one by its key, so a page reads its rows, not its integration's
+    # (OFFSET 0 keeps the planner from turning the lookups into a join of all of them).
+    " FROM w LEFT JOIN LATERAL (SELECT * FROM licenses l WHERE l.integration_id = :integration"
+    " AND l.tenant = :tenant AND l.user_id = w.user_id OFFSET 0) o ON true"
+    " CROSS JOIN LATERAL (SELECT greenroom_activity_bits(o.activity, o.activity_day) AS b0) s0"
+    " CROSS JOIN LATERAL (SELECT greenroom_activity_mark(b0, o.activity_day, w.day_a) AS b1,"
+    " greenroom_activity_last(b0, o.activity_day, w.day_a) AS l1) s1"
+    " CROSS JOIN LATERAL (SELECT greenroom_activity_mark(b1, l1, w.day_b) AS b2,"
+    " greenroom_activity_last(b1, l1, w.day_b) AS l2) s2),"
+    " up AS (INSERT INTO licenses (tenant, integration_id, first_seen_at, seen_at, sync_id,"
+    " removed_at, updated_at, id, user_id, {facts}, activity, activity_day, due_at)"
+    " SELECT :tenant, :integration, :now, :now, :sync, NULL, :now, license_id, user_id,"
+    " {facts}, greenroom_activity_hex(b2), CASE WHEN b2 = {no_bits} THEN NULL ELSE l2 END,"
+    # Unchanged: the stored due time stays (NULL here), whatever a pass wrote meanwhile.
+    " CASE WHEN changed THEN :now END FROM m"
+    " ON CONFLICT (integration_id, tenant, user_id) DO UPDATE SET seen_at = :now,"
+    " sync_id = :sync, removed_at = NULL, updated_at = :now, {updated},"
+    " activity = excluded.activity, activity_day = excluded.activity_day,"
+    " due_at = COALESCE(excluded.due_at, licenses.due_at) RETURNING 1),"
+    " c AS (SELECT COUNT(*) FILTER (WHERE created) AS n,"
+    " COUNT(*) FILTER (WHERE changed) AS changed FROM m),"
+    " s AS ({{sources}}), b AS ({{baseline}})"
+    " SELECT n AS created, changed FROM c"
+).format(
+    names=", ".join(name for name, _ in _MERGE_COLUMNS),
+    facts=_FACT_LIST,
+    w_facts=", ".join(f"w.{f}" for f in FACTS),
+    o_facts=", ".join(f"o.{f}" for f in FACTS),
+    no_bits=_NO_BITS,
+    updated=", ".join(f"{f} = excluded.{f}" for f in FACTS),
+)
+
+
+def _sources(rows: Sequence[AccountRow], params: dict[str, Any]) -> str:
+    """The statement that marks synced now each source the batch brought data of (the
+    freshness gate reads it); its parameters are added to `params`."""
+    sources = ["app"]
+    if any(r.idp_last_active is not None or r.idp_status is not None for r in rows):
+        sources.append("idp")
+    params |= {f"source_{i}": source for i, source in enumerate(sources)}
+    values = ", ".join(
+        f"(:tenant, :integration, :source_{i}, :now, :now, :complete, NULL)"
+        for i in range(len(sources))
+    )
+    return (
+        "INSERT INTO license_sources (tenant, integration_id, source, first_synced_at,"
+        f" synced_at, complete_at, stale_since) VALUES {values}"
+        " ON CONFLICT (integration_id, source)"
+        " DO UPDATE SET synced_at = :now, stale_since = NULL,"
+        " complete_at = COALESCE(:complete, license_sources.complete_at)"
+    )
+
+
+def _baseline_changed(count: str) -> str:
+    """An app whose accounts came and went a lot learns its baseline again: `count` more."""
+    return (
+        f"UPDATE license_baselines SET changed = changed + {count}"
+        " WHERE integration_id = :integration"
+    )
+
+
+def _incoming(row: AccountRow, now: float) -> dict[str, Any]:
+    """A row as `_merge` sends it: its facts, an id should it be new, and the days its sources
+    saw the account active (up to now), to mark as `_merged` does."""
+    seen = (row.last_active, row.idp_last_active)
+    days: list[int | None] = [day_of(t) for t in seen if t is not None and t <= now]
+    days += [None] * (2 - len(days))
+    return {
+        "id": new_license_id(),
+        "user_id": row.user_id,
+        **_facts(row),
+        "day_a": days[0],
+        "day_b": days[1],
+    }
+
 
 @dataclass(frozen=True, kw_only=True)
 class Saved:
@@ -212,24 +300,29 @@ class Licenses(StoreBase):
         """Keep a batch of a sync's accounts (validated by licenses.ingest.parse_accounts):
         all of it or, on an error, none."""
         now = self.clock.now()
+        params: dict[str, Any] = {
+            "tenant": tenant,
+            "integration": integration_id,
+            "sync": sync_id,
+            "now": now,
+            "complete": now if complete else None,
+        }
+        sources = _sources(rows, params)
         with self.backend.transaction() as tx:
-            self._integration_of(tx, tenant, integration_id)
-            old = self._existing(tx, tenant, integration_id, [r.user_id for r in rows])
-            merged = [_merged(r, old.get(r.user_id), now) for r in rows]
-            for start in range(0, len(merged), _CHUNK):
-                chunk = [m for m, _ in merged[start : start + _CHUNK]]
-                self._upsert(tx, tenant, integration_id, chunk, sync_id, now)
-            removed = (
-                self._remove_unlisted(tx, tenant, integration_id, sync_id, now) if complete else 0
-            )
-            self._synced(tx, tenant, integration_id, rows, complete, now)
-            changed = sum(1 for _, c in merged if c) + removed
-            created = sum(1 for r in rows if r.user_id not in old)
-            # An app whose accounts came and went a lot learns its baseline again.
-            tx.execute(
-                "UPDATE license_baselines SET changed = changed + :n WHERE integration_id = :i",
-                {"n": created + removed, "i": integration_id},
-            )
+            stale = self._integration_of(tx, tenant, integration_id)
+            if self.backend.marks_activity:
+                created, changed = self._merge(tx, rows, sources, params)
+            else:
+                created, changed = self._merge_here(tx, rows, sources, params)
+            removed = self._remove_unlisted(tx, params) if complete else 0
+            if stale:
+                # Fresh data again: what the stale data left unknown is looked at again.
+                tx.execute(
+                    "UPDATE licenses SET due_at = :now WHERE integration_id = :integration"
+                    " AND tenant = :tenant AND verdict = 'unknown'",
+                    params,
+                )
+            changed += removed
         return Saved(
             received=len(rows),
             created=created,
@@ -316,16 +409,50 @@ class Licenses(StoreBase):
         value = loads(rows[0]["input"]) if rows else {}
         return value
 
-    def _integration_of(self, tx: Tx, tenant: str, integration_id: str) -> None:
+    def _merge(
+        self, tx: Tx, rows: Sequence[AccountRow], sources: str, params: dict[str, Any]
+    ) -> tuple[int, int]:
+        """Write a batch in one statement that reads the stored rows, marks their activity
+        (the functions of migration 0017), upserts, marks the sources synced and counts the
+        new accounts toward the baseline's relearning: no round trip to read the rows first,
+        no merge in Python. How many rows were created and how many changed."""
+        now = params["now"]
+        source = tx.rows(_MERGE_COLUMNS, [_incoming(r, now) for r in rows], params)
+        baseline = _baseline_changed("(SELECT n FROM c)")
+        (counts,) = tx.execute(
+            _MERGE.format(source=source, sources=sources, baseline=baseline), params
+        )
+        return int(counts["created"]), int(counts["changed"])
+
+    def _merge_here(
+        self, tx: Tx, rows: Sequence[AccountRow], sources: str, params: dict[str, Any]
+    ) -> tuple[int, int]:
+        """`_merge` where the database cannot mark activity (SQLite): the stored rows read,
+        merged here and written back, a statement each."""
+        tenant, integration_id, now = params["tenant"], params["integration"], params["now"]
+        old = self._existing(tx, tenant, integration_id, [r.user_id for r in rows])
+        merged = [_merged(r, old.get(r.user_id), now) for r in rows]
+        for start in range(0, len(merged), _CHUNK):
+            chunk = [m for m, _ in merged[start : start + _CHUNK]]
+            self._upsert(tx, tenant, integration_id, chunk, params["sync"], now)
+        created = sum(1 for r in rows if r.user_id not in old)
+        tx.execute(sources, params)
+        tx.execute(_baseline_changed(":created"), params | {"created": created})
+        return created, sum(1 for _, c in merged if c)
+
+    def _integration_of(self, tx: Tx, tenant: str, integration_id: str) -> bool:
         """The integration, locked: saves of one integration take turns, so that two saving
-        the same account at once both keep their activity (each merges into what it read)."""
+        the same account at once both keep their activity (each merges into what it read).
+        Whether a source of it went stale."""
         found = tx.execute(
-            "SELECT id FROM integrations WHERE id = :id AND tenant = :tenant"
-            f" {self.backend.for_update}",
+            "SELECT EXISTS (SELECT 1 FROM license_sources s WHERE s.integration_id = i.id"
+            " AND s.stale_since IS NOT NULL) AS stale FROM integrations i"
+            f" WHERE i.id = :id AND i.tenant = :tenant {self.backend.for_update}",
             {"id": integration_id, "tenant": tenant},
         )
         if not found:
             raise NotFound(f"integration {integration_id} not found")
+        return bool(found[0]["stale"])
 
     def _existing(
         self, tx: Tx, tenant: str, integration_id: str, user_ids: list[str]
@@ -372,55 +499,16 @@ class Licenses(StoreBase):
             params,
         )
 
-    def _remove_unlisted(
-        self, tx: Tx, tenant: str, integration_id: str, sync_id: str, now: float
-    ) -> int:
-        return tx.execute_count(
+    def _remove_unlisted(self, tx: Tx, params: dict[str, Any]) -> int:
+        removed = tx.execute_count(
             "UPDATE licenses SET removed_at = :now, due_at = :now, updated_at = :now"
             " WHERE tenant = :tenant AND integration_id = :integration"
             " AND removed_at IS NULL AND sync_id <> :sync",
-            {"tenant": tenant, "integration": integration_id, "sync": sync_id, "now": now},
-        )
-
-    def _synced(
-        self,
-        tx: Tx,
-        tenant: str,
-        integration_id: str,
-        rows: Sequence[AccountRow],
-        complete: bool,
-        now: float,
-    ) -> None:
-        """Each source the batch brought data of was synced now (the freshness gate reads it)."""
-        sources = ["app"]
-        if any(r.idp_last_active is not None or r.idp_status is not None for r in rows):
-            sources.append("idp")
-        params: dict[str, Any] = {
-            "tenant": tenant,
-            "integration": integration_id,
-            "now": now,
-            "complete": now if complete else None,
-        }
-        # Fresh data again: what the stale data left unknown is looked at again.
-        tx.execute(
-            "UPDATE licenses SET due_at = :now WHERE integration_id = :integration"
-            " AND tenant = :tenant AND verdict = 'unknown' AND EXISTS (SELECT 1 FROM"
-            " license_sources WHERE integration_id = :integration AND stale_since IS NOT NULL)",
             params,
         )
-        values = ", ".join(
-            f"(:tenant, :integration, :source_{i}, :now, :now, :complete, NULL)"
-            for i in range(len(sources))
-        )
-        params |= {f"source_{i}": source for i, source in enumerate(sources)}
-        tx.execute(
-            "INSERT INTO license_sources (tenant, integration_id, source, first_synced_at,"
-            f" synced_at, complete_at, stale_since) VALUES {values}"
-            " ON CONFLICT (integration_id, source)"
-            " DO UPDATE SET synced_at = :now, stale_since = NULL,"
-            " complete_at = COALESCE(:complete, license_sources.complete_at)",
-            params,
-        )
+        if removed:
+            tx.execute(_baseline_changed(":removed"), params | {"removed": removed})
+        return removed
 
 
 @dataclass(frozen=True, kw_only=True)

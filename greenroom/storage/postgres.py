@@ -203,6 +203,7 @@ class PostgresBackend(Backend):
     for_update = "FOR UPDATE"
     composes_writes = True
     claims_in_one_statement = True
+    marks_activity = True
     liveness_grace = _AdvisoryLock.GRACE
     txid_sql = "pg_current_xact_id()::text::bigint"
     # Transactions older than the oldest open one have all committed or aborted: a later

@@ -547,6 +547,8 @@ schedules = Table(
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("tenant", "name", name="schedules_name"),
     _partial_index("schedules_due", "next_due", where="NOT paused AND next_due IS NOT NULL"),
+    # The license pass and upkeep read the intervals of a batch's integrations (migration 0017).
+    _partial_index("schedules_integration", "integration", where="integration IS NOT NULL"),
 )
 schedule_firings = Table(
     "schedule_firings",
