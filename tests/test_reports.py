@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 from collections.abc import Iterator
 from datetime import date, datetime
 from html.parser import HTMLParser
@@ -16,7 +18,7 @@ import pytest
 from greenroom import App, RunContext
 from greenroom.demo.setup import register_tenant
 from greenroom.licenses.records import Finding
-from greenroom.reports import gather, render
+from greenroom.reports import gather, render, workflows
 from greenroom.reports.gather import RunRow
 from greenroom.reports.period import PeriodKind, last_complete, period_containing
 from greenroom.reports.workflows import REPORT_WORKFLOW, add_reports, save_report
@@ -447,3 +449,22 @@ def gather_rows(app: App) -> list[list[str]]:
     (report,) = app.store.reports.list_reports(tenant="t1", report_type="health")[0]
     _, body = app.store.reports.file(report.id, "health-integrations.csv", tenant="t1")
     return list(csv.reader(io.StringIO(body.decode())))[1:]
+
+
+async def test_a_renderer_that_died_is_replaced() -> None:
+    """A renderer killed (the OOM killer, say) breaks its pool; the next render gets a new one."""
+    data = gather.health(
+        RUNS,
+        integrations=INTEGRATIONS,
+        last_success={"int_crm": T + 12 * H, "int_hr": None},
+        groups=GROUPS,
+        period_end=END,
+    )
+    first = await workflows.rendered("health", data, CONTEXT)
+    pool = workflows._renderer_pool()
+    for process in list(pool._processes.values()):
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(timeout=10)
+    again = await workflows.rendered("health", data, CONTEXT)
+    assert [f.name for f in again] == [f.name for f in first]
+    assert workflows._renderer_pool() is not pool

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -146,9 +147,23 @@ async def rendered(
 ) -> list[FileBody]:
     """Render in a process of its own: templates over thousands of rows and a PDF are seconds
     of CPU, which in the worker's process would hold the GIL from its heartbeats and liveness
-    probes (a worker that cannot confirm its liveness lock for 0.25 s stops its runs)."""
+    probes (a worker that cannot confirm its liveness lock for 0.25 s stops its runs). A pool
+    broken by a renderer that died (the OOM killer, say) is replaced, once per render."""
+    loop = asyncio.get_running_loop()
+    pool = _renderer_pool()
+    try:
+        return await loop.run_in_executor(pool, render_files, report_type, data, context)
+    except BrokenProcessPool:
+        pool = _renderer_pool(broken=pool)
+        return await loop.run_in_executor(pool, render_files, report_type, data, context)
+
+
+def _renderer_pool(broken: ProcessPoolExecutor | None = None) -> ProcessPoolExecutor:
     global _renderers
     with _renderers_lock:
+        if _renderers is not None and _renderers is broken:
+            _renderers.shutdown(wait=False, cancel_futures=True)
+            _renderers = None
         if _renderers is None:
             _renderers = ProcessPoolExecutor(
                 max_workers=RENDERERS,
@@ -156,9 +171,7 @@ async def rendered(
                 initializer=_die_with,
                 initargs=(os.getpid(),),
             )
-        pool = _renderers
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(pool, render_files, report_type, data, context)
+        return _renderers
 
 
 def _summary(report_type: str, data: dict[str, Any]) -> dict[str, Any]:
