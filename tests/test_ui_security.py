@@ -41,7 +41,7 @@ def test_the_session_cookie_is_httponly_strict_scoped_and_holds_no_key(
     console: ApiSetup,
 ) -> None:
     key = console.keys["acme"][Role.VIEWER]
-    with httpx.Client(base_url=console.url) as c:
+    with httpx.Client(base_url=console.url, timeout=30) as c:
         form = c.get("/ui/login")
         done = c.post("/ui/login", data={"api_key": key, "csrf": csrf_of(form.text)})
     header = session_cookie(done)
@@ -54,7 +54,7 @@ def test_the_session_cookie_is_httponly_strict_scoped_and_holds_no_key(
     # Behind a TLS proxy (a trusted X-Forwarded-Proto), the cookies are Secure (so this plain
     # http client would not send them back: the login cookie goes by hand).
     https = {"X-Forwarded-Proto": "https"}
-    with httpx.Client(base_url=console.url, headers=https) as c:
+    with httpx.Client(base_url=console.url, headers=https, timeout=30) as c:
         form = c.get("/ui/login")
         (login_cookie,) = form.headers.get_list("set-cookie")
         assert "; secure" in login_cookie.lower()
@@ -67,7 +67,7 @@ def test_the_session_cookie_is_httponly_strict_scoped_and_holds_no_key(
 
 
 def test_pages_need_a_session_and_a_forged_cookie_is_refused(console: ApiSetup) -> None:
-    with httpx.Client(base_url=console.url) as c:
+    with httpx.Client(base_url=console.url, timeout=30) as c:
         wanted = {
             "/ui/": "/ui/login",
             "/ui/runs?state=failed": "/ui/login?next=%2Fui%2Fruns%3Fstate%3Dfailed",
@@ -86,7 +86,7 @@ def test_pages_need_a_session_and_a_forged_cookie_is_refused(console: ApiSetup) 
 
 
 def test_sign_in_refuses_a_wrong_key_and_a_form_without_its_token(console: ApiSetup) -> None:
-    with httpx.Client(base_url=console.url) as c:
+    with httpx.Client(base_url=console.url, timeout=30) as c:
         form = c.get("/ui/login")
         wrong = c.post("/ui/login", data={"api_key": "grk_000.nope", "csrf": csrf_of(form.text)})
         assert wrong.status_code == 401 and "invalid API key" in wrong.text
@@ -294,7 +294,7 @@ def test_artifacts_are_served_to_their_tenant_only_and_never_render_as_a_page(
 def test_sign_in_returns_to_the_page_asked_for_and_nowhere_else(
     console: ApiSetup, after: str, lands: str
 ) -> None:
-    with httpx.Client(base_url=console.url) as c:
+    with httpx.Client(base_url=console.url, timeout=30) as c:
         form = c.get("/ui/login", params={"next": after})
         assert f'name="next" value="{lands}"' in form.text
         done = c.post(
