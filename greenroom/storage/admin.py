@@ -231,7 +231,8 @@ class Admin(StoreBase):
                 f" (SELECT COUNT(*) FROM runs AS r WHERE {failed}"
                 " AND r.superseded_by IS NULL) AS open,"
                 " (SELECT COUNT(*) FROM runs AS r JOIN runs AS t ON t.id = r.superseded_by"
-                f" WHERE {failed} AND t.state = 'succeeded') AS resolved"
+                f" WHERE {failed} AND r.superseded_by IS NOT NULL AND t.state = 'succeeded')"
+                " AS resolved"
                 f" FROM error_groups AS g{scope} ORDER BY g.last_seen DESC LIMIT :limit",
                 {"tenant": tenant, "limit": limit},
             )

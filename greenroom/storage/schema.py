@@ -127,11 +127,14 @@ runs = Table(
         "retry_of",
         where="retry_of IS NOT NULL",
     ),
-    # (error_group, tenant) since migration 0014: a group's runs are counted per tenant.
+    # A group's runs per tenant (migration 0014), with what the errors pages count of them
+    # (open and resolved failures: migration 0018), read from the index alone.
     _partial_index(
         "runs_error_group",
         "error_group",
         "tenant",
+        "state",
+        "superseded_by",
         where="error_group IS NOT NULL",
     ),
     # Ends by time with what the overview counts of them (migration 0016): the last day's ends
