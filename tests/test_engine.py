@@ -27,6 +27,7 @@ from greenroom import (
     step,
 )
 from greenroom.model import NewRun
+from greenroom.worker.active import StopReason
 
 QUICK = RetryPolicy(max_attempts=1)
 
@@ -502,3 +503,26 @@ async def test_graceful_stop_hands_the_run_back_for_another_worker(db_url: str) 
         assert owners == [first.id, second.id]
     finally:
         app.close()
+
+
+async def test_a_run_stopped_between_its_claim_and_its_start_goes_back_to_the_queue(
+    app: App,
+) -> None:
+    """A worker that stops a run it has just claimed (its liveness lock unconfirmed, say) before
+    the run's task began hands it back: a task cancelled before it begins runs none of its code,
+    and the run stayed `running` for ever, its lease renewed by every heartbeat."""
+
+    @app.workflow(name="t.aside", queue="aside")
+    async def aside(ctx: RunContext) -> str:
+        return "done"
+
+    run = app.enqueue_sync("t.aside", tenant="t1")
+    async with worker_running(app, queues=["default"]) as worker:  # never claims "aside" itself
+        [lease] = await asyncio.to_thread(app.store.runs.claim, worker.id, ["aside"], 1, 30.0)
+        worker._start_run(lease)
+        active = worker._active[run.id]
+        worker._interrupt(active, StopReason.UNCONFIRMED)  # before the task's first step
+        await asyncio.wait_for(active.task, timeout=10)
+        assert run.id not in worker._active
+        back = app.store.runs.get_run(run.id)
+        assert back.state is RunState.QUEUED and back.stalls == 0

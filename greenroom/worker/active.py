@@ -28,6 +28,9 @@ class ActiveRun:
     lease: Lease
     task: asyncio.Task[None]
     stop_reason: StopReason | None = None
+    #: Its task has begun: a task cancelled before it begins never runs its code, so a run
+    #: stopped before then is told by `stop_reason` alone.
+    begun: bool = False
     ctx: RunContext | None = None
     #: Set while the run executes in its own process (isolation="process").
     isolated: IsolatedRun | None = None

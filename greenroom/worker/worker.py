@@ -417,15 +417,22 @@ class Worker:
     def _interrupt(self, active: ActiveRun, reason: StopReason) -> None:
         if active.stop_reason is None and not active.finishing and not active.task.done():
             active.stop_reason = reason
-            active.task.cancel(reason.value)
+            if active.begun:
+                active.task.cancel(reason.value)
 
     def _lease_valid_until(self, lease: Lease) -> Callable[[], float]:
         return lambda: max(lease.expires_at, self._renewed_at + lease.seconds)
 
     async def _execute(self, lease: Lease) -> None:
         run = lease.run
+        active = self._active.get(run.id)
+        if active is not None:
+            active.begun = True
         try:
-            await self._execute_run(lease)
+            if active is not None and active.stop_reason is not None:
+                await self._stopped(lease)  # stopped between its claim and its start
+            else:
+                await self._execute_run(lease)
         except LeaseLost as exc:
             self.stats.lost += 1
             self._count_end(lease, LOST)
