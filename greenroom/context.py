@@ -26,11 +26,9 @@ from greenroom.errors import (
     RunPaused,
 )
 from greenroom.failures import describe_error
-from greenroom.licenses.ingest import AccountRow, parse_accounts, parse_seats
 from greenroom.logs import step_context
 from greenroom.model import Lease, Run, StepRecord, StepStatus
 from greenroom.storage.codec import dumps
-from greenroom.storage.licenses import Saved
 from greenroom.storage.writes import Checkpoint
 
 if TYPE_CHECKING:
@@ -39,7 +37,9 @@ if TYPE_CHECKING:
 
     from greenroom.browser.runtime import RunBrowser
     from greenroom.integrations import RunIntegration
+    from greenroom.licenses.ingest import AccountRow
     from greenroom.storage import RunStore
+    from greenroom.storage.licenses import Saved
     from greenroom.worker.writer import RunWriter
     from greenroom.workflow import StepDef
 
@@ -191,6 +191,8 @@ class RunContext:
         that listed every account: the integration's accounts it did not list are removed.
         Saving a page again (a retried step) changes nothing; a bad row fails the step for good,
         saving none of the batch."""
+        from greenroom.licenses.ingest import parse_accounts
+
         self._check_lease()
         integration = self.integration
         try:
@@ -209,6 +211,8 @@ class RunContext:
     async def save_seats(self, seats: Mapping[str, int]) -> None:
         """The seats bought per tier, as the app's billing page says (`{"pro": 50}`): seats
         bought but assigned to no active account are reported (`seats.unassigned`)."""
+        from greenroom.licenses.ingest import parse_seats
+
         self._check_lease()
         integration = self.integration
         try:

@@ -38,9 +38,8 @@ from greenroom.storage.base import (
 from greenroom.storage.codec import pause_from_row, tenant_from_row
 from greenroom.storage.lifecycle import moves, summaries
 from greenroom.storage.lifecycle.moves import Change
-from greenroom.storage.lifecycle.states import Move
+from greenroom.storage.lifecycle.states import LIVE_WHERE, Move
 from greenroom.storage.outbox import NewEvent, emit
-from greenroom.storage.schema import LIVE_WHERE
 
 #: Settable queue fields: the type and the range of values each accepts.
 QUEUE_LIMITS: dict[str, tuple[type, float, float]] = {

@@ -1,16 +1,21 @@
 """PostgreSQL backend: the shared store for many machines. Claims use FOR UPDATE SKIP LOCKED,
-idle workers wake on LISTEN/NOTIFY, and worker liveness is an advisory lock held by the worker's
-own connection, released by the server the moment that connection drops."""
+idle workers wake on LISTEN/NOTIFY, and worker liveness is an advisory lock held by a process of the
+worker's own, released by the server the moment its connection drops."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import select
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -54,124 +59,113 @@ class _PostgresTx(Tx):
         return f"SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS x({types})"
 
 
-# The server drops a silent peer's session (and so its lock) within about 5 s, and a probe
-# never waits on a dead network for minutes.
-_LOCK_CONNECTION: dict[str, Any] = {
-    "keepalives": 1,
-    "keepalives_idle": 2,
-    "keepalives_interval": 1,
-    "keepalives_count": 2,
-    "tcp_user_timeout": 3000,
-    "connect_timeout": 2,
-    "application_name": "greenroom liveness",
-    "options": "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1"
-    " -c tcp_keepalives_count=3 -c tcp_user_timeout=3000",
-}
-
-
 class _AdvisoryLock(Liveness):
-    """A session advisory lock on a dedicated connection, probed every PROBE_SECONDS by its own
-    thread. The worker stops its runs once no probe has succeeded for STOP_AFTER seconds; others
-    hand them out GRACE seconds after declaring it lost, by then it has stopped them. A dropped
-    connection is taken again at once, unless a declaring worker took the lock first."""
+    """A session advisory lock held by a process of the worker's own (liveness_process.py), which
+    confirms it every 0.1 s whatever this process's threads do with the GIL. The worker stops its
+    runs once no confirmation is STOP_AFTER seconds old; others hand them out GRACE seconds after
+    declaring it lost, by then it has stopped them."""
 
-    PROBE_SECONDS = 0.1
     STOP_AFTER = 0.25
     GRACE = 0.45
-    #: Past this without the lock (our old session not yet dropped by the server, say), the
-    #: worker gives this identity up: its runs have long been stopped.
+    #: How long the first lock may take (a connection, the lock, one read).
+    START_TIMEOUT = 15.0
+    #: Past this without a confirmation (its process cannot even be started), the worker gives
+    #: this identity up.
     GIVE_UP_AFTER = 5.0
 
     def __init__(self, conninfo: str, lock_key: int, worker_id: str) -> None:
-        self._conninfo = conninfo
-        self._key = lock_key
-        self._worker_id = worker_id
-        confirmed = time.monotonic()
-        self._conn: psycopg.Connection[Any] | None = self._connect()
-        self._conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, lock_key))
-        self._confirmed_at = confirmed
+        self._config = {
+            "conninfo": conninfo,
+            "namespace": LOCK_NAMESPACE,
+            "key": lock_key,
+            "worker_id": worker_id,
+        }
+        self._confirmed_at = 0.0
         self._ended = False
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._keep, name="greenroom-liveness", daemon=True)
-        self._thread.start()
+        self._failure: str | None = None
+        self._pending = b""
+        self._process = self._spawn(again=False)
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while not (self._confirmed_at or self._ended):
+            assert self._process.stdout is not None
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._process.stdout], [], [], left)[0]:
+                self._failure = "the liveness lock was not taken in time"
+                break
+            self._read()
+        if self._ended or not self._confirmed_at:
+            self.close()
+            raise psycopg.OperationalError(self._failure or "the liveness lock was not taken")
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self._conninfo, autocommit=True, **_LOCK_CONNECTION)
+    def _spawn(self, *, again: bool) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-P", str(Path(__file__).with_name("liveness_process.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdin is not None and process.stdout is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once: its stdout says so
+            process.stdin.write(json.dumps({**self._config, "again": again}).encode() + b"\n")
+            process.stdin.flush()
+        os.set_blocking(process.stdout.fileno(), False)
+        return process
+
+    def _read(self) -> bool:
+        """Take in what the lock's process said; whether it said anything or ended."""
+        assert self._process.stdout is not None
+        try:
+            data = os.read(self._process.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return False
+        if not data:  # the process is gone: the lock with it
+            self._replace()
+            return True
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        for line in lines:
+            kind, _, rest = line.decode().partition(" ")
+            if kind == "c":
+                self._confirmed_at = max(self._confirmed_at, float(rest))
+            elif kind in ("e", "x"):
+                self._ended = True
+                self._failure = rest or None
+        return True
+
+    def _replace(self) -> None:
+        """A lock process that died (killed by someone) is replaced by one that takes the lock
+        back, as after a dropped connection: unless this worker was declared lost meanwhile."""
+        self._process.wait()
+        self._close_pipes()
+        if not self._confirmed_at:
+            self._failure = f"the liveness lock's process exited ({self._process.returncode})"
+        if not self._confirmed_at or time.monotonic() - self._confirmed_at > self.GIVE_UP_AFTER:
+            self._ended = True
+        if self._ended:
+            return
+        self._process = self._spawn(again=True)
 
     def unconfirmed(self) -> bool:
+        while not self._ended and self._read():
+            pass
         return self._ended or time.monotonic() - self._confirmed_at > self.STOP_AFTER
 
     def ended(self) -> bool:
+        self.unconfirmed()
         return self._ended
 
-    def _keep(self) -> None:
-        while not self._closed.is_set():
-            self._wait()
-            started = time.monotonic()
-            if self._probe():
-                self._confirmed_at = started  # the lock was held when this probe began
-            elif started - self._confirmed_at > self.GIVE_UP_AFTER:
-                self._ended = True
-            if self._ended:
-                return
-
-    def _wait(self) -> None:
-        """Until the next probe is due, or at once when the server closes the connection (it
-        sends a message, then EOF), so that the lock is taken back within milliseconds."""
-        conn = self._conn
-        if conn is None or conn.closed:
-            self._closed.wait(self.PROBE_SECONDS)
-        else:
-            select.select([conn.fileno()], [], [], self.PROBE_SECONDS)
-
-    def _probe(self) -> bool:
-        """Whether the lock is held; a dropped connection is replaced and the lock taken back
-        at once, before another worker's maintenance tick is likely to find it free."""
-        if self._conn is not None:
-            try:
-                self._conn.execute("SELECT 1")
-                return True
-            except psycopg.Error:
-                self._drop()
-        try:
-            return self._take_back()
-        except psycopg.Error:
-            return False
-
-    def _take_back(self) -> bool:
-        """Take the lock again on a new connection, unless this worker was declared lost."""
-        conn = self._connect()
-        try:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, self._key)
-            ).fetchone()
-            if not (row and row[0]):
-                conn.close()
-                return False  # a declaring worker holds it for a moment, or our old session
-            # A second statement, so that its snapshot follows the lock: a worker that declared
-            # this one lost held the lock until its commit, which this read therefore sees.
-            state = conn.execute(
-                "SELECT state FROM workers WHERE id = %s", (self._worker_id,)
-            ).fetchone()
-        except psycopg.Error:
-            conn.close()
-            raise
-        if state is not None and state[0] != "alive":
-            conn.close()
-            self._ended = True
-            return False
-        self._conn = conn
-        return True
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def _close_pipes(self) -> None:
+        for pipe in (self._process.stdin, self._process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
     def close(self) -> None:
-        self._closed.set()
-        self._thread.join(timeout=5)
-        self._drop()
+        """Release the lock: its process drops the connection and exits once stdin closes."""
+        self._close_pipes()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
 
 
 class _Listener(Liveness):

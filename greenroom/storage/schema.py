@@ -20,6 +20,8 @@ from sqlalchemy import (
     text,
 )
 
+from greenroom.storage.lifecycle.states import LIVE_WHERE
+
 metadata = MetaData()
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, PostgreSQL wants BIGINT.
@@ -36,9 +38,6 @@ def _partial_index(name: str, *columns: Any, where: str, unique: bool = False) -
         postgresql_where=text(where),
     )
 
-
-#: The states of runs that have not ended, as an index's condition.
-LIVE_WHERE = "state IN ('queued', 'delayed', 'running', 'paused')"
 
 runs = Table(
     "runs",

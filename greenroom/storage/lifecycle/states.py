@@ -17,6 +17,10 @@ Q, D, R, P = RunState.QUEUED, RunState.DELAYED, RunState.RUNNING, RunState.PAUSE
 S, F, C = RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED
 
 
+#: The states of runs that have not ended, as an index's or a query's condition.
+LIVE_WHERE = "state IN ('queued', 'delayed', 'running', 'paused')"
+
+
 class IllegalMove(RuntimeError):
     """A move the table does not declare: a bug in greenroom, never a user's mistake."""
 
