@@ -405,3 +405,45 @@ async def test_work_that_keeps_the_gil_does_not_stop_the_runs(pg_url: str) -> No
         ]
     finally:
         app.close()
+
+
+def _lock_processes() -> list[int]:
+    """This process's children that hold liveness locks."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            if ppid == os.getpid() and b"liveness_process.py" in cmdline:
+                found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.postgres
+async def test_a_killed_lock_process_is_replaced(pg_url: str) -> None:
+    """Its lock goes with it; the worker starts another, which takes the lock back: the worker
+    keeps its identity and goes on claiming."""
+    app = fast_app(pg_url)
+
+    @app.workflow(name="liveness.noop")
+    async def noop(ctx: RunContext) -> int:
+        return 1
+
+    try:
+        async with worker_running(app, concurrency=1) as worker:
+            with psycopg.connect(pg_url, application_name=OBSERVER) as conn:
+                row = conn.execute("SELECT lock_key FROM workers").fetchone()
+            assert row is not None
+            [pid] = _lock_processes()
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while not (lock_held(pg_url, row[0]) and _lock_processes() not in ([], [pid])):
+                assert time.monotonic() < deadline, "no lock process took the lock back"
+                await asyncio.sleep(0.02)
+            run = await app.enqueue("liveness.noop")
+            [done] = await wait_for_states(app.store, [run.id], timeout=30)
+            assert done.state is RunState.SUCCEEDED
+            assert [w.id for w in app.store.runs.workers()] == [worker.id]
+        assert _lock_processes() == []  # released when the worker stopped
+    finally:
+        app.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -16,7 +17,9 @@ from greenroom.cli import (
     load_app,
     remote_client,
 )
-from greenroom.cli.operations import LocalOperations, Operations
+
+if TYPE_CHECKING:
+    from greenroom.cli.operations import Operations
 
 
 @contextmanager
@@ -32,6 +35,9 @@ def operations(
     --actor; `app` (module:attribute) is the App a local operation needs, if any (the server
     has its own). Options that mean something on a database only (--actor, and `local_only` by
     flag) are refused with --url: the server acts as the key's owner."""
+    # Imported here: the API's schemas it needs are no part of `greenroom worker`'s start-up.
+    from greenroom.cli.operations import LocalOperations
+
     client = remote_client(ctx, db, {"--actor": actor, **(local_only or {})})
     if client is not None:
         with client:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from greenroom.api.schemas import RunCreate, RunOut
 from greenroom.cli import (
     AppOpt,
     DbOpt,
@@ -32,8 +31,11 @@ from greenroom.cli.parse import parse_input, parse_iso, parse_labels, split_list
 from greenroom.errors import InvalidInput
 from greenroom.logs import configure_logging
 from greenroom.settings import redact
-from greenroom.storage import open_backend
+from greenroom.storage import open_backend, start_worker_liveness
 from greenroom.tracing import configure_tracing
+
+if TYPE_CHECKING:
+    from greenroom.api.schemas import RunOut
 
 db_cli = typer.Typer(no_args_is_help=True, help="Manage the database schema.")
 cli.add_typer(db_cli, name="db")
@@ -87,6 +89,7 @@ def worker(
         metrics_port=metrics_port,
     )
     require_database(the_app.settings.db)
+    start_worker_liveness(the_app.settings.db)
     configure_logging(the_app.settings)
     configure_tracing("greenroom-worker")
     runner = Worker(the_app, queues=split_list(queues), concurrency=concurrency)
@@ -151,6 +154,8 @@ def enqueue(
         "integration": integration,
         "queue": queue,
     }
+    from greenroom.api.schemas import RunCreate  # not at import: `greenroom worker` needs none
+
     request = RunCreate.model_validate(body)
     with operations(ctx, db, app=app) as ops:
         run, created = ops.create_run(request, idempotency_key=idempotency_key)

@@ -48,6 +48,15 @@ def open_backend(url: str, *, pool_size: int = 8) -> Backend:
     )
 
 
+def start_worker_liveness(url: str) -> None:
+    """Begin what a worker on this database must hold before it claims (on PostgreSQL, its
+    lock process), so that it gets ready while the worker opens its store."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from greenroom.storage import lock_processes
+
+        lock_processes.start_ahead()
+
+
 def open_store(
     url: str, *, clock: Clock | None = None, migrate: bool = True, pool_size: int = 8
 ) -> RunStore:

@@ -2,8 +2,8 @@
 
 A process of its own, so that work keeping the worker's GIL (rendering, parsing, compressing in
 threads) cannot keep the lock from being confirmed: the worker would stop its runs for nothing.
-Run by path (with -P: its folder is not on sys.path), not as a module: it imports only the
-standard library and psycopg, and starts fast.
+Run by path (lock_processes.py starts it), not as a module: it imports only the standard library
+and psycopg, and starts fast.
 
 Protocol: the worker writes one JSON line to stdin (conninfo, namespace, key, worker_id, and
 `again` when this process replaces one that died) and keeps stdin open; this process writes a
@@ -134,7 +134,10 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     parent = os.getppid()
-    config = json.loads(sys.stdin.buffer.readline())
+    line = sys.stdin.buffer.readline()
+    if not line:
+        return  # started ahead of a worker that never came to use it
+    config = json.loads(line)
     os.set_blocking(1, False)
     lock = Lock(config["conninfo"], config["namespace"], config["key"], config["worker_id"])
     try:

@@ -9,13 +9,11 @@ import json
 import os
 import select
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,6 +21,7 @@ from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from greenroom.storage import lock_processes
 from greenroom.storage.backend import Backend, Column, Liveness, Row, Tx, pyformat
 
 LOCK_NAMESPACE = 0x67726D  # advisory lock class id for worker liveness locks
@@ -98,11 +97,7 @@ class _AdvisoryLock(Liveness):
             raise psycopg.OperationalError(self._failure or "the liveness lock was not taken")
 
     def _spawn(self, *, again: bool) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-P", str(Path(__file__).with_name("liveness_process.py"))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
+        process = lock_processes.spawn()
         assert process.stdin is not None and process.stdout is not None
         with contextlib.suppress(BrokenPipeError):  # it died at once: its stdout says so
             process.stdin.write(json.dumps({**self._config, "again": again}).encode() + b"\n")
