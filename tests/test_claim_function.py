@@ -1,4 +1,4 @@
-"""PostgreSQL claims in one function (`greenroom_claim`, migrations/sql/0006_claim.sql); SQLite
+"""PostgreSQL claims in one function (`greenroom_claim`, migrations/sql/0019_claim.sql); SQLite
 claims in Python (`claim.py`). Both must take the same decisions and make the same writes: on
 random workloads, each claim runs both ways from the same state (the Python one rolled back) and
 every table a claim touches is compared."""

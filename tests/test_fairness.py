@@ -133,3 +133,44 @@ def test_a_tenant_limit_does_not_stall_other_tenants(store: RunStore) -> None:
     leases = store.runs.claim("w1", ["default"], 20, 30.0)
     got: Counter[Any] = Counter(lease.run.tenant for lease in leases)
     assert got == {"capped": 2, "free": 10}
+
+
+# More tenants wait than one claim looks at (claim.TENANT_SCAN), every one of them on something
+# that cannot start now: they must not hide a tenant whose run can.
+CROWD = 70
+
+
+def crowd(store: RunStore, **run: Any) -> None:
+    """CROWD tenants with two runs each (`run`'s fields), and one run of each claimed."""
+    store.runs.enqueue_many(
+        [NewRun(workflow="noop", tenant=f"t{i:03}", **run) for i in range(CROWD) for _ in range(2)]
+    )
+    queues = [run.get("queue", "default")]
+    taken = [
+        lease.run.tenant for _ in range(CROWD) for lease in store.runs.claim("w0", queues, 1, 30.0)
+    ]
+    assert sorted(taken) == [f"t{i:03}" for i in range(CROWD)]
+
+
+def test_a_full_queue_does_not_hide_other_queues_runs(store: RunStore) -> None:
+    crowd(store, queue="reports")
+    store.controls.set_queue("reports", actor=ACTOR, reason="full", concurrency=CROWD)
+    add(store, "zz-late", 1)  # last in turn: every crowd tenant comes first
+    leases = store.runs.claim("w1", ["default", "reports"], 10, 30.0)
+    assert [(lease.run.tenant, lease.run.queue) for lease in leases] == [("zz-late", "default")]
+
+
+def test_busy_sessions_do_not_hide_other_tenants_runs(store: RunStore) -> None:
+    crowd(store, session_key="console")  # each tenant's second run waits for its first
+    add(store, "zz-late", 1)
+    leases = store.runs.claim("w1", ["default"], 10, 30.0)
+    assert [lease.run.tenant for lease in leases] == ["zz-late"]
+
+
+def test_tenants_at_their_limit_do_not_hide_other_tenants_runs(store: RunStore) -> None:
+    for i in range(CROWD):
+        store.controls.set_tenant(f"t{i:03}", actor=ACTOR, reason="one at a time", concurrency=1)
+    crowd(store)
+    add(store, "zz-late", 1)
+    leases = store.runs.claim("w1", ["default"], 10, 30.0)
+    assert [lease.run.tenant for lease in leases] == ["zz-late"]

@@ -5,9 +5,10 @@ Order of decisions, each read from a small summary rather than by scanning runs:
    limits hold across all workers);
 2. tenants: ready tenants are served in turn by stride scheduling (lowest `pass` first, then
    by name; each claim moves it on by 1/weight), so one tenant's backlog never delays another's;
+   only tenants with a run that can start now are in the turn;
 3. within a tenant: priority first, then FIFO, one run per free session lane.
 
-On PostgreSQL the function `greenroom_claim` (migrations/sql/0006_claim.sql) takes the same
+On PostgreSQL the function `greenroom_claim` (migrations/sql/0019_claim.sql) takes the same
 decisions, so that a claim is one statement: a change here is made there too, in a new migration.
 tests/test_claim_function.py checks that both decide and write alike.
 """
@@ -46,19 +47,28 @@ class _Plan:
     limited: set[str] = field(default_factory=set)
 
 
-def _summaries(tx: Tx, backend: Backend, queues: Sequence[str]) -> tuple[list[Row], list[Row]]:
-    """The served queues and the ready tenants first in turn, read together (one round trip)."""
-    rows = tx.execute(
-        "SELECT 'queue' AS kind, name, concurrency, active, rate_limit, rate_period,"
-        " lease_seconds, CAST(NULL AS DOUBLE PRECISION) AS weight,"
-        " CAST(NULL AS DOUBLE PRECISION) AS pass"
-        f" FROM queues WHERE {backend.member('name', 'queues')}"
-        " UNION ALL SELECT * FROM (SELECT 'tenant' AS kind, name, concurrency, active,"
-        " CAST(NULL AS INTEGER), CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS DOUBLE PRECISION),"
-        " weight, pass FROM tenants WHERE ready > 0 ORDER BY pass, name LIMIT :n) AS ready_tenants",
-        {"queues": backend.list_param(queues), "n": TENANT_SCAN},
+def _queue_rows(tx: Tx, backend: Backend, queues: Sequence[str]) -> list[Row]:
+    return tx.execute(
+        f"SELECT * FROM queues WHERE {backend.member('name', 'queues')}",
+        {"queues": backend.list_param(queues)},
     )
-    return [r for r in rows if r["kind"] == "queue"], [r for r in rows if r["kind"] == "tenant"]
+
+
+def _ready_tenants(tx: Tx, backend: Backend, open_queues: Sequence[str]) -> list[Row]:
+    """The first TENANT_SCAN tenants in turn that have a run this claim could start: a free
+    run or a free session lane's head in a queue with room, and room under their own limit.
+    Tenants whose ready runs all wait (on a full queue, a busy session, their limit) would
+    otherwise fill the scan and hide every other tenant's runs (bench/README.md, finding 36)."""
+    return tx.execute(
+        "SELECT name, concurrency, weight, pass FROM tenants t"
+        " WHERE ready > 0 AND (concurrency IS NULL OR active < concurrency) AND ("
+        " EXISTS (SELECT 1 FROM runs r WHERE r.tenant = t.name AND r.state = 'queued'"
+        f" AND r.session_key IS NULL AND {backend.member('r.queue', 'open')})"
+        " OR EXISTS (SELECT 1 FROM lanes l WHERE l.tenant = t.name AND l.head_seq IS NOT NULL"
+        f" AND l.active < l.max_active AND {backend.member('l.head_queue', 'open')}))"
+        " ORDER BY pass, name LIMIT :n",
+        {"open": backend.list_param(open_queues), "n": TENANT_SCAN},
+    )
 
 
 def _queue_plan(
@@ -207,11 +217,11 @@ def _claim(
     lease_seconds: float,
     now: float,
 ) -> list[Row]:
-    queue_rows, tenant_rows = _summaries(tx, backend, queues)
-    plan = _queue_plan(tx, backend, queue_rows, queues, limit, now)
-    if not any(a > 0 for a in plan.allowance.values()):
+    plan = _queue_plan(tx, backend, _queue_rows(tx, backend, queues), queues, limit, now)
+    open_queues = sorted(q for q, a in plan.allowance.items() if a > 0)
+    if not open_queues:
         return []
-    tenants = _tenants(tx, backend, tenant_rows)
+    tenants = _tenants(tx, backend, _ready_tenants(tx, backend, open_queues))
     chosen = _choose(tx, backend, plan, tenants, limit)
     if not chosen:
         return []

@@ -1,7 +1,7 @@
 """The CLAIM move: chosen ready runs leased to a worker, with the claim's accounting.
 
 `storage.claim` decides which runs; this writes the move. On PostgreSQL the claim function
-(migrations/sql/0006_claim.sql) makes the same move and accounting in one statement.
+(migrations/sql/0019_claim.sql) makes the same move and accounting in one statement.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The table is the contract: `moves.move` and `lease.lease` refuse a move it does not declare, and
 docs/durability.md's diagram is checked against it (tests/test_lifecycle.py). On PostgreSQL the
-claim function `greenroom_claim` (migrations/sql/0006_claim.sql) makes the CLAIM move, and the
+claim function `greenroom_claim` (migrations/sql/0019_claim.sql) makes the CLAIM move, and the
 HOLD move of a run a pause caught while it was being claimed, in the same statement as the claim.
 """
 
