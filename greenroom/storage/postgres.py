@@ -130,6 +130,7 @@ class _AdvisoryLock(Liveness):
         back, as after a dropped connection: unless this worker was declared lost meanwhile."""
         self._process.wait()
         self._close_pipes()
+        self._pending = b""
         if not self._confirmed_at:
             self._failure = f"the liveness lock's process exited ({self._process.returncode})"
         if not self._confirmed_at or time.monotonic() - self._confirmed_at > self.GIVE_UP_AFTER:
