@@ -25,6 +25,8 @@ __all__ = [
 #: Runs a blocking store call off the event loop (a worker's database threads).
 DbCall = Callable[..., Awaitable[Any]]
 
+_POSTGRES_URLS = ("postgresql://", "postgres://")
+
 #: The newest migration; a test checks it against Alembic's head.
 SCHEMA_REVISION = "0019"
 
@@ -35,7 +37,7 @@ def open_backend(url: str, *, pool_size: int = 8) -> Backend:
         from greenroom.storage.sqlite import SQLiteBackend
 
         return SQLiteBackend(url)
-    if url.startswith(("postgresql://", "postgres://")):
+    if url.startswith(_POSTGRES_URLS):
         try:
             from greenroom.storage.postgres import PostgresBackend
         except ImportError:
@@ -51,7 +53,7 @@ def open_backend(url: str, *, pool_size: int = 8) -> Backend:
 def start_worker_liveness(url: str) -> None:
     """Begin what a worker on this database must hold before it claims (on PostgreSQL, its
     lock process), so that it gets ready while the worker opens its store."""
-    if url.startswith(("postgresql://", "postgres://")):
+    if url.startswith(_POSTGRES_URLS):
         from greenroom.storage import lock_processes
 
         lock_processes.start_ahead()

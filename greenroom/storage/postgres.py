@@ -21,7 +21,7 @@ from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from greenroom.storage import lock_processes
+from greenroom.storage import liveness_process, lock_processes
 from greenroom.storage.backend import Backend, Column, Liveness, Row, Tx, pyformat
 
 LOCK_NAMESPACE = 0x67726D  # advisory lock class id for worker liveness locks
@@ -68,9 +68,6 @@ class _AdvisoryLock(Liveness):
     GRACE = 0.45
     #: How long the first lock may take (a connection, the lock, one read).
     START_TIMEOUT = 15.0
-    #: Past this without a confirmation (its process cannot even be started), the worker gives
-    #: this identity up.
-    GIVE_UP_AFTER = 5.0
 
     def __init__(self, conninfo: str, lock_key: int, worker_id: str) -> None:
         self._config = {
@@ -131,13 +128,13 @@ class _AdvisoryLock(Liveness):
         self._process.wait()
         self._close_pipes()
         self._pending = b""
-        if not self._confirmed_at:
+        if not self._confirmed_at:  # it never took the lock: the first start failed
             self._failure = f"the liveness lock's process exited ({self._process.returncode})"
-        if not self._confirmed_at or time.monotonic() - self._confirmed_at > self.GIVE_UP_AFTER:
             self._ended = True
-        if self._ended:
-            return
-        self._process = self._spawn(again=True)
+        elif time.monotonic() - self._confirmed_at > liveness_process.GIVE_UP_AFTER:
+            self._ended = True  # as a lock process gives the identity up itself
+        if not self._ended:
+            self._process = self._spawn(again=True)
 
     def unconfirmed(self) -> bool:
         while not self._ended and self._read():
