@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -136,13 +137,43 @@ def test_sigkill_mid_step_resumes_on_another_worker_within_a_second(env: Env) ->
     assert states["A"] == "dead"
 
 
+def freeze(env: Env, worker: WorkerProcess) -> None:
+    """SIGSTOP a worker at a moment it holds no SQLite write lock.
+
+    A worker frozen inside a write transaction (a heartbeat) holds the one SQLite writer lock,
+    and nobody can write until it thaws: an SQLite database serves one machine, where a frozen
+    process is the operator's to resume or kill. PostgreSQL has no such lock to hold.
+    """
+    for _ in range(50):
+        worker.send(signal.SIGSTOP)
+        time.sleep(0.05)
+        if not env.pool.db_url.startswith("sqlite:///") or _writable(env.pool.db_url):
+            return
+        worker.send(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"worker {worker.name} always froze inside a write transaction")
+
+
+def _writable(url: str) -> bool:
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.rollback()
+        return True
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        return False
+    finally:
+        connection.close()
+
+
 def test_frozen_worker_cannot_write_after_another_took_over(env: Env) -> None:
     env.pool.settings = {"lease": 1.0, "heartbeat": 0.3, "poll": 0.1}
     a = env.start("A")
     run = env.enqueue(steps=5, slow_at=2, slow_on="A", slow_seconds=1.0)
     slow = env.wait_started(run, 2, "A")
-    a.send(signal.SIGSTOP)
-    time.sleep(0.05)
+    freeze(env, a)
     assert not env.records(run=run.id, ev="end", pos=2), "SIGSTOP came after the slow step"
     env.start("B")
     final = env.wait_finished(run)
