@@ -30,18 +30,13 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None: ...
 
+    @abc.abstractmethod
     def rows(
         self, columns: Sequence[Column], rows: Sequence[dict[str, Any]], params: dict[str, Any]
     ) -> str:
-        """A query whose result is `rows` (dicts keyed by column name), to name in a
-        `WITH w(...) AS (...)`; its parameters are added to `params`. One statement for many
-        rows costs little more than one for a single row."""
-        names = [name for name, _ in columns]
-        tuples = []
-        for i, row in enumerate(rows):
-            tuples.append("(" + ", ".join(f":{n}_{i}" for n in names) + ")")
-            params.update({f"{n}_{i}": row[n] for n in names})
-        return "VALUES " + ", ".join(tuples)
+        """A query whose result is `rows` (dicts keyed by column name, values JSON can hold),
+        to name in a `WITH w(...) AS (...)`; its parameters are added to `params`. One
+        statement for many rows costs little more than one for a single row."""
 
 
 class Liveness(abc.ABC):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from greenroom.errors import ConfigError
-from greenroom.storage.backend import ANY_QUEUE, Backend, Liveness, Row, Tx
+from greenroom.storage.backend import ANY_QUEUE, Backend, Column, Liveness, Row, Tx
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
@@ -33,6 +33,16 @@ class _SQLiteTx(Tx):
 
     def execute_many(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
         self._conn.executemany(sql, params)
+
+    def rows(
+        self, columns: Sequence[Column], rows: Sequence[dict[str, Any]], params: dict[str, Any]
+    ) -> str:
+        # One JSON parameter, not one per value: SQLite finds each named parameter in a list of
+        # the statement's names, so preparing a statement with 22,000 of them (2,000 rows of
+        # 11 columns) took 0.7 s; and the statement's text is the same for any number of rows.
+        params["rows"] = json.dumps(rows)
+        values = ", ".join(f"json_extract(value, '$.{name}')" for name, _ in columns)
+        return f"SELECT {values} FROM json_each(:rows)"
 
 
 class _FileLock(Liveness):
