@@ -44,7 +44,10 @@ class Activity:
         return Activity(self.bits | 1 << offset, self.last_day)
 
     def days(self) -> list[int]:
-        return [self.last_day - i for i in range(WINDOW_DAYS - 1, -1, -1) if self.bits >> i & 1]
+        """The active days, oldest first."""
+        digits = format(self.bits, "b")  # the oldest day's bit first
+        first = self.last_day - len(digits) + 1
+        return [first + i for i, digit in enumerate(digits) if digit == "1"]
 
     def latest(self) -> int | None:
         return self.last_day if self.bits else None

@@ -210,12 +210,15 @@ class LicensePass(StoreBase):
             )
         }
         apps: dict[str, _App] = {}
+        # Most integrations have no policy of their own: their tenant's is merged once.
+        policies: dict[tuple[str, str | None], tuple[Policy, float]] = {}
         for tenant, integration_id in pairs:
             try:
-                tenant_layers = {i: loads(p) for i, p in layers.get(tenant, {}).items()}
-                policy, sync_hours = merged(
-                    tenant_layers.get("", {}), tenant_layers.get(integration_id, {})
-                )
+                tenant_layers = layers.get(tenant, {})
+                own = tenant_layers.get(integration_id)
+                if (tenant, own) not in policies:
+                    policies[tenant, own] = merged(loads(tenant_layers.get("")), loads(own))
+                policy, sync_hours = policies[tenant, own]
                 seconds = every.get(integration_id)
                 interval = float(seconds) if seconds else sync_hours * 3600
                 synced = sources.get(integration_id, [])
