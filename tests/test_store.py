@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
 import pytest
 
 from greenroom import (
@@ -675,3 +676,36 @@ def test_list_runs_filters(store: RunStore) -> None:
     assert ids(RunFilter(states=[RunState.QUEUED])) == [b.id, a.id]
     assert ids(RunFilter(workflow="y", session_key="s")) == [b.id]
     assert ids(RunFilter(before_seq=c.seq, limit=1)) == [b.id]
+
+
+def test_many_rows_pass_to_one_statement_exactly(store: RunStore) -> None:
+    """`Tx.rows`, which every batched write goes through: thousands of rows in one statement,
+    text, numbers and NULLs back as they went in; text that is not valid Unicode refused."""
+    columns = [("n", "bigint"), ("t", "text"), ("x", "double precision"), ("b", "boolean")]
+    odd = ["é ü 漢字 🙂", "'quoted' \"double\"", "line\nbreak\ttab", "\u2028", "", "\\", "{}"]
+    rows = [
+        {
+            "n": i - 1000,
+            "t": None if i % 11 == 0 else odd[i % len(odd)] + str(i),
+            "x": None if i % 13 == 0 else (i * 1_765_000.123456789) / 7,
+            "b": i % 2 == 0,
+        }
+        for i in range(3000)
+    ]
+    names = ", ".join(name for name, _ in columns)
+    with store.backend.transaction() as tx:
+        params: dict[str, Any] = {}
+        source = tx.rows(columns, rows, params)
+        got = tx.execute(f"WITH w({names}) AS ({source}) SELECT {names} FROM w", params)
+    assert [{**r, "b": bool(r["b"])} for r in got] == rows
+
+    # A lone surrogate is refused, and nothing is stored that no later read could decode.
+    with store.backend.transaction() as tx:
+        tx.execute("CREATE TABLE odd_text (t text)")
+    refused = pytest.raises((UnicodeEncodeError, psycopg.DataError))
+    with refused, store.backend.transaction() as tx:
+        params = {}
+        source = tx.rows([("t", "text")], [{"t": "lone \ud800 surrogate"}], params)
+        tx.execute(f"WITH w(t) AS ({source}) INSERT INTO odd_text (t) SELECT t FROM w", params)
+    with store.backend.transaction() as tx:
+        assert tx.execute("SELECT t FROM odd_text") == []
