@@ -4,6 +4,7 @@ for (stale data, new hires, the same seat reported every day) out of what reache
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 from typing import Any
@@ -88,6 +89,14 @@ def test_marking_a_day_twice_changes_nothing() -> None:
     assert once.mark(TODAY) == once
     assert once.mark(TODAY - 3).mark(TODAY - 3) == once.mark(TODAY - 3)
     assert once.days() == [TODAY] and once.latest() == TODAY
+
+
+def test_gaps_are_the_days_between_active_days() -> None:
+    assert Activity().gaps() == [] and active_on(TODAY).gaps() == []
+    activity = active_on(TODAY - WINDOW_DAYS + 1, TODAY - 9, TODAY - 8, TODAY - 5, TODAY)
+    assert activity.gaps() == [WINDOW_DAYS - 10, 1, 3, 5]
+    days = activity.days()
+    assert activity.gaps() == [b - a for a, b in itertools.pairwise(days)]
 
 
 def test_a_newer_day_shifts_the_window_and_trims_it() -> None:

@@ -47,7 +47,17 @@ class Activity:
         """The active days, oldest first."""
         digits = format(self.bits, "b")  # the oldest day's bit first
         first = self.last_day - len(digits) + 1
-        return [first + i for i, digit in enumerate(digits) if digit == "1"]
+        days = []
+        i = digits.find("1")
+        while i >= 0:
+            days.append(first + i)
+            i = digits.find("1", i + 1)
+        return days
+
+    def gaps(self) -> list[int]:
+        """Days from each active day to the next, oldest first: the runs of inactive days
+        between them, read from the bits' digits."""
+        return [len(run) + 1 for run in format(self.bits, "b").split("1")[1:-1]]
 
     def latest(self) -> int | None:
         return self.last_day if self.bits else None

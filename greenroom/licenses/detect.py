@@ -28,7 +28,6 @@ are under the share); this is stable while that day lies within the activity win
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -149,8 +148,7 @@ def _recent_gaps(activity: Activity, today: int) -> list[int]:
     latest = activity.latest()
     if latest is None or latest <= today - RECENT_DAYS:
         return []
-    days = activity.days()
-    return [later - earlier for earlier, later in itertools.pairwise(days)]
+    return activity.gaps()
 
 
 def baseline(activities: Iterable[Activity], today: int, policy: Policy) -> Baseline:
