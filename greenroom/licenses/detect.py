@@ -32,6 +32,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
 from greenroom.licenses.activity import DAY, WINDOW_DAYS, Activity, day_of
 
@@ -440,25 +441,46 @@ def _eligible_from(account: Account) -> int:
     return day_of(max(_start(account)[0], account.first_seen_at)) + RECENT_DAYS
 
 
+@cache
+def _days_needed(share: float) -> int | None:
+    """The fewest active days of RECENT_DAYS that are not underused (None: no number is)."""
+    return next((n for n in range(RECENT_DAYS + 1) if not n / RECENT_DAYS < share), None)
+
+
 def _underuse_start(activity: Activity, today: int, eligible_from: int, share: float) -> int:
-    """The first day of the current run of underused days (today is one of them)."""
+    """The first day of the current run of underused days (today is one of them): the day after
+    the newest day, going back from today, whose 30 days before it held enough active days.
+
+    Read from the active days, newest first, as far back as needed (an underused user has few),
+    not day by day: for a day d between two active days, the days before it hold enough when the
+    `need`-th newest active day before d is at most 30 days before it.
+    """
+    if today <= eligible_from:
+        return today
     earliest = activity.last_day - WINDOW_DAYS + 1 if activity.bits else today
-    bits, last_day = activity.bits, activity.last_day
-
-    def active_on(day: int) -> int:
-        return (bits >> (last_day - day)) & 1 if earliest <= day <= last_day and bits else 0
-
-    day = today
-    # The 30 days ending `day - 1`, slid back a day at a time (what _underused_on counts).
-    active = activity.count(day - RECENT_DAYS, day - 1)
-    while day > eligible_from:
-        if day - 1 < earliest:
+    lowest = max(eligible_from, earliest)  # no day at or before this one starts the run
+    need = _days_needed(share)
+    if need is None:
+        return eligible_from
+    if need == 0:
+        return today if today > lowest else eligible_from
+    digits = format(activity.bits, f"0{WINDOW_DAYS}b") if activity.bits else ""  # earliest first
+    newer: list[int] = []  # active days before today, newest first
+    end = min(today - 1, activity.last_day) - earliest + 1
+    t, upper = 0, today
+    while True:
+        while len(newer) < t + need:
+            end = digits.rfind("1", 0, end)
+            if end < 0:
+                return eligible_from
+            newer.append(earliest + end)
+        # Days d in (newer[t], upper] have newer[t:] before them.
+        best = min(upper, newer[t + need - 1] + RECENT_DAYS)
+        if best > newer[t]:
+            return best if best > lowest else eligible_from
+        if newer[t] <= lowest:
             return eligible_from
-        if not active / RECENT_DAYS < share:
-            break
-        day -= 1
-        active += active_on(day - RECENT_DAYS) - active_on(day)
-    return day
+        upper, t = newer[t], t + 1
 
 
 def _underuse_episode(account: Account, policy: Policy, now: float) -> float | None:
