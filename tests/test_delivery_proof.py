@@ -77,7 +77,9 @@ def test_the_retry_schedule_is_a_setting() -> None:
 
 class Chaos:
     """The receiver's answers: until `until`, a first attempt fails with probability `first`
-    and any other with `later`, in one of several ways; afterwards everything succeeds."""
+    and any other with `later`, in one of several ways; afterwards only a first attempt fails
+    (at once, with a 5xx, as often), so that retries are exercised however late a loaded
+    machine makes first attempts, and every retry succeeds."""
 
     def __init__(self, seed: int, first: float = 0.75, later: float = 0.3) -> None:
         self.rng = random.Random(seed)
@@ -93,10 +95,13 @@ class Chaos:
             first = key not in self.seen
             self.seen.add(key)
             if time.monotonic() >= self.until:
+                if not first or self.rng.random() >= self.first:
+                    return 200
+                answer: Answer = self.rng.choice([500, 503])
+            elif self.rng.random() >= (self.first if first else self.later):
                 return 200
-            if self.rng.random() >= (self.first if first else self.later):
-                return 200
-            answer: Answer = self.rng.choice([500, 503, Hang(TIMEOUT * 1.5), CLOSE, RESET])
+            else:
+                answer = self.rng.choice([500, 503, Hang(TIMEOUT * 1.5), CLOSE, RESET])
             self.counts[str(answer if not isinstance(answer, Hang) else "hang")] += 1
             return answer
 

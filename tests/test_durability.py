@@ -252,7 +252,8 @@ CHAOS_RUNS = 200
 CHAOS_STEPS = 10
 CHAOS_SESSIONS = 20
 CHAOS_WORKERS = 3
-CHAOS_SECONDS = 95  # a backstop for a loaded machine
+CHAOS_KILLS = 25  # then the runs drain: as many kills, however slow a loaded machine is
+CHAOS_STUCK_SECONDS = 60  # no run finished for this long: something is stuck
 CHAOS_STEP_MS = [15, 45]  # long enough for the chaos to last ~15-20 s
 
 
@@ -272,20 +273,28 @@ def enqueue_chaos_runs(env: Env) -> list[Run]:
 
 
 def kill_and_restart_until_done(env: Env, rng: random.Random) -> int:
-    """SIGKILL a random worker and start a new one every 0.5-1 s until no run is left.
+    """SIGKILL a random worker and start a new one every 0.5-1 s, CHAOS_KILLS times or until no
+    run is left; then let the runs drain.
 
     Only workers that have started serving are killed: one still importing holds nothing, and
     on a loaded machine killing those would only starve the run of workers.
     """
     slots = [env.pool.start(f"w{i}-0") for i in range(CHAOS_WORKERS)]
-    deadline = time.monotonic() + CHAOS_SECONDS
     kills = 0
+    finished, progress_at = 0, time.monotonic()
     while True:
         time.sleep(rng.uniform(0.5, 1.0))
         counts = env.store.runs.count_by_state()
         if not any(counts.get(s) for s in (RunState.QUEUED, RunState.DELAYED, RunState.RUNNING)):
             break
-        assert time.monotonic() < deadline, f"chaos run not done: {counts}\n{env.pool.logs()}"
+        if counts.get(RunState.SUCCEEDED, 0) > finished:
+            finished, progress_at = counts[RunState.SUCCEEDED], time.monotonic()
+        stuck = time.monotonic() - progress_at
+        assert stuck < CHAOS_STUCK_SECONDS, f"no run finished for {stuck:.0f} s: {counts}\n" + (
+            env.pool.logs()
+        )
+        if kills >= CHAOS_KILLS:
+            continue
         serving = {w.id for w in env.store.runs.workers()}
         ready = [i for i, proc in enumerate(slots) if proc.name in serving]
         if not ready:
