@@ -19,7 +19,7 @@ from greenroom.storage.lifecycle import summaries
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Rows in one multi-row statement, at most (databases cap the parameters of a statement).
+#: Rows in one multi-row statement, at most: a bounded statement however many rows a call has.
 ROWS_CHUNK = 500
 CONFLICT_RETRIES = 5
 

@@ -63,9 +63,6 @@ _VERDICT_COLUMNS: list[Column] = [
     ("due_at", "double precision"),
 ]
 
-
-#: Findings opened per statement (SQLite binds at most 32,766 parameters).
-_INSERT_CHUNK = 1000
 _CLOSE_COLUMNS: list[Column] = [("id", "text"), ("outcome", "text")]
 _UPDATE_COLUMNS: list[Column] = [
     ("id", "text"),
@@ -317,8 +314,8 @@ class LicensePass(StoreBase):
                 " updated_at = :updated_at WHERE id = :id",
                 finding,
             )
-        for start in range(0, len(inserted), _INSERT_CHUNK):
-            self._insert_findings(tx, inserted[start : start + _INSERT_CHUNK])
+        if inserted:
+            self._insert_findings(tx, inserted)
         emit(tx, self.backend, events, now)
 
     def _episodes_found(

@@ -23,7 +23,7 @@ from greenroom.licenses.records import License
 from greenroom.storage.backend import Column, Row, Tx
 from greenroom.storage.base import StoreBase, retry_conflicts
 
-#: Rows per statement (SQLite binds at most 32,766 parameters).
+#: Rows per statement: a bounded statement however large a page a connector saves.
 _CHUNK = 500
 #: What a row of the source says; a change of any of them makes the license due.
 FACTS = (
