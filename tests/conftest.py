@@ -5,7 +5,10 @@ each test gets its own database cloned from a migrated template. Without a serve
 the reason; with GREENROOM_REQUIRE_POSTGRES=1 (set in CI) they fail instead.
 
 A clone takes the server 0.3-0.5 s, about 5 minutes of a run's 700 PostgreSQL tests: a thread
-clones the next databases while tests run (`_Clones`).
+clones the next databases while no PostgreSQL test runs (`_Clones`), e.g. beside a test's SQLite
+twin. Never beside a PostgreSQL test: a clone is a transaction of the server, and events are read
+once every older transaction of the server has ended (docs/events.md), so a clone in progress
+would hide a test's fresh events from it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class _Clones:
 
     def __init__(self, template: str) -> None:
         self._template = template
+        #: Held by a PostgreSQL test while it runs, and by the thread while it clones.
+        self.quiet = threading.RLock()
         self._ready: queue.Queue[str] = queue.Queue()
         self._room = threading.Semaphore(self.AHEAD)
         self._stopping = threading.Event()
@@ -60,7 +65,8 @@ class _Clones:
             name = f"greenroom_test_{secrets.token_hex(6)}"
             while True:
                 try:
-                    _pg_admin(f"CREATE DATABASE {name} TEMPLATE {self._template}")
+                    with self.quiet:
+                        _pg_admin(f"CREATE DATABASE {name} TEMPLATE {self._template}")
                     break
                 except Exception:  # a test restarting the server: again once it is back
                     if self._stopping.is_set():
@@ -140,9 +146,10 @@ def pg_clones(pg_template: str) -> Iterator[_Clones]:
 def pg_url(pg_clones: _Clones, request: pytest.FixtureRequest) -> Iterator[str]:
     name = pg_clones.take()
     try:
-        yield _pg_url(name)
-        if not request.node.get_closest_marker("summaries_unchecked"):
-            assert_summaries_sound(_pg_url(name))
+        with pg_clones.quiet:
+            yield _pg_url(name)
+            if not request.node.get_closest_marker("summaries_unchecked"):
+                assert_summaries_sound(_pg_url(name))
     finally:
         _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
