@@ -10,6 +10,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -805,3 +806,53 @@ async def test_a_run_keeps_its_lease_while_its_end_waits_for_the_database(
         assert (worker.stats.succeeded, worker.stats.lost) == (1, 0)
     finally:
         app.close()
+
+
+# -- lanes under concurrent moves ----------------------------------------------------------
+
+
+def _waiting_on_locks(url: str, n: int) -> None:
+    """Until `n` other sessions of the database wait for a lock."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            (waiting,) = conn.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            ).fetchone()  # type: ignore[misc]
+            if waiting >= n:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"{n} sessions never waited for a lock")
+
+
+@pytest.mark.postgres
+def test_an_end_racing_a_new_run_of_its_lane_leaves_the_new_run_startable(
+    pg_url: str, clock: ManualClock
+) -> None:
+    """The end of a session's run recomputes its lane's head. Were that computed before the end
+    waited for the lane (locked by an enqueue offering its new run), it would not see the new
+    run, and the lane would stay headless with the run queued: never claimed."""
+    from greenroom.storage import open_store
+
+    store = open_store(pg_url, clock=clock)
+    try:
+        first = enqueue(store, session_key="acme:okta")
+        (lease,) = claim(store)
+        with psycopg.connect(pg_url) as blocker:
+            # The enqueue offers its run to the lane, then waits for the tenant's row.
+            blocker.execute("SELECT 1 FROM tenants WHERE name = %s FOR UPDATE", (first.tenant,))
+            with ThreadPoolExecutor(2) as pool:
+                enqueued = pool.submit(enqueue, store, session_key="acme:okta")
+                _waiting_on_locks(pg_url, 1)
+                ended = pool.submit(
+                    store.runs.finish, lease, RunState.SUCCEEDED, reason="completed"
+                )
+                _waiting_on_locks(pg_url, 2)  # the end waits for the lane the enqueue holds
+                blocker.commit()
+                second = enqueued.result(timeout=10)
+                assert ended.result(timeout=10) is RunState.SUCCEEDED
+        (started,) = claim(store, "w2")
+        assert started.run.id == second.id
+    finally:
+        store.backend.close()

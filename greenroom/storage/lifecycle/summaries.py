@@ -67,13 +67,23 @@ def lock_lanes(tx: Tx, backend: Backend, rows: Iterable[Row]) -> None:
 
 def refresh_lanes(tx: Tx, deltas: Mapping[tuple[str, str], int]) -> None:
     """Recompute the heads of these lanes and move their running counts by `deltas` (one per
-    run: a move may start or end several runs of one lane)."""
-    for tenant, session_key in sorted(deltas):
+    run: a move may start or end several runs of one lane).
+
+    The heads are read by a statement of their own, once the lanes are locked: a statement
+    that waited for a lane (an enqueue offering its new run holds it) still reads the runs as
+    they were when it began, and would miss that run and leave it out of the claim's reach."""
+    lanes = sorted(deltas)
+    for tenant, session_key in lanes:
         tx.execute(
-            f"UPDATE lanes SET active = active + :delta,"
-            f" (head_seq, head_priority, head_queue) = {LANE_HEAD}"
+            "UPDATE lanes SET active = active + :delta"
             " WHERE tenant = :tenant AND session_key = :session_key",
             {"delta": deltas[tenant, session_key], "tenant": tenant, "session_key": session_key},
+        )
+    for tenant, session_key in lanes:
+        tx.execute(
+            f"UPDATE lanes SET (head_seq, head_priority, head_queue) = {LANE_HEAD}"
+            " WHERE tenant = :tenant AND session_key = :session_key",
+            {"tenant": tenant, "session_key": session_key},
         )
 
 
