@@ -6,9 +6,11 @@ are mostly accepted (not refused with 422 for a rule the schema does not state).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,7 +22,7 @@ from schemathesis import GenerationMode
 from schemathesis.errors import FailureGroup
 
 from greenroom.model import Role
-from tests.api_helpers import ApiSetup, api_setup
+from tests.api_helpers import api_setup
 
 #: Examples per operation, key and mode: with both keys and both modes, 200 per operation. New
 #: ones every run (a failure prints the request that reproduces it); GREENROOM_FUZZ=N draws N.
@@ -81,12 +83,30 @@ def config(key: str) -> schemathesis.Config:
     )
 
 
+WHO = ["platform", "tenant admin"]
+MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiSetup]:
+def fuzzed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[tuple[str, str], Future[Fuzzed]]]:
+    """Each key and mode fuzzed in a process of its own, two at once against one server:
+    generating requests takes most of the time, on one core per process."""
     db = tmp_path_factory.mktemp("schema") / "greenroom.db"
-    # The `ignored_auth` check sends requests with wrong keys: not to be throttled here.
-    with api_setup(f"sqlite:///{db}", api_auth_failure_burst=10**9) as setup:
-        yield setup
+    # The `ignored_auth` check sends requests with wrong keys, and two processes may use one
+    # key at once: neither is to be throttled here (test_api_errors checks throttling).
+    with (
+        api_setup(f"sqlite:///{db}", api_auth_failure_burst=10**9, api_rate_limit=10**6) as setup,
+        ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool,
+    ):
+        keys = {"platform": setup.platform_key, "tenant admin": setup.keys["acme"][Role.ADMIN]}
+        # Two keys at once (each key's runs, keys and tenants are its own), positive ones first.
+        yield {
+            (who, mode.value): pool.submit(fuzz_all, setup.url, keys[who], mode)
+            for mode in MODES
+            for who in WHO
+        }
 
 
 @dataclass
@@ -134,22 +154,37 @@ def fuzz(
     return answers
 
 
-# 60 or 40 examples for each of 60-odd operations: minutes on a loaded machine, not the usual 120 s.
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("who", ["platform", "tenant admin"])
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_answers_conform_to_the_schema(server: ApiSetup, who: str, mode: GenerationMode) -> None:
-    key = server.platform_key if who == "platform" else server.keys["acme"][Role.ADMIN]
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=config(key))
-    failures: dict[str, str] = {}
-    answered: dict[str, Answers] = {}
+@dataclass
+class Fuzzed:
+    """What one key and mode's requests met: schemathesis' reports and the answers' statuses,
+    by operation."""
+
+    failures: dict[str, str]
+    answered: dict[str, Answers]
+
+
+def fuzz_all(url: str, key: str, mode: GenerationMode) -> Fuzzed:
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=config(key))
+    fuzzed = Fuzzed(failures={}, answered={})
     with requests.Session() as session:
         for result in schema.get_all_operations():
             operation = result.ok()
             try:
-                answered[operation.label] = fuzz(operation, mode, session)
+                fuzzed.answered[operation.label] = fuzz(operation, mode, session)
             except FailureGroup as exc:  # schemathesis' report: the checks that failed, with curl
-                failures[operation.label] = str(exc)
+                fuzzed.failures[operation.label] = str(exc)
+    return fuzzed
+
+
+# 60 or 40 examples for each of 60-odd operations: minutes on a loaded machine, not the usual 120 s.
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("who", WHO)
+@pytest.mark.parametrize("mode", MODES)
+def test_answers_conform_to_the_schema(
+    fuzzed: dict[tuple[str, str], Future[Fuzzed]], who: str, mode: GenerationMode
+) -> None:
+    result = fuzzed[who, mode.value].result()
+    failures, answered = result.failures, result.answered
     assert not failures, "\n\n".join(f"{op}:\n{report}" for op, report in failures.items())
     assert len(answered) >= 35
     assert not any(s >= 500 for answers in answered.values() for s in answers.statuses)
