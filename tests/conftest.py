@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,12 +24,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import schema_fuzz
 
 from greenroom import ManualClock
 from greenroom.storage import RunStore, open_store
 
 PG_ADMIN_URL = os.environ.get("GREENROOM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("GREENROOM_REQUIRE_POSTGRES") == "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The schema tests last: they check what the schema fuzzing met beside the other tests."""
+    items.sort(key=lambda item: item.path.name == schema_fuzz.FILE)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    if any(item.path.name == schema_fuzz.FILE for item in session.items):
+        out = Path(tempfile.mkdtemp(prefix="greenroom-schema-")) / "answers.json"
+        session.config.stash[schema_fuzz.Background.KEY] = schema_fuzz.Background(out)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    background = config.stash.get(schema_fuzz.Background.KEY, None)
+    if background is not None:
+        background.stop()
 
 
 def _pg_url(dbname: str) -> str:
