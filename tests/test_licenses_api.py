@@ -284,6 +284,9 @@ def test_policies_are_read_and_set(api: ApiSetup) -> None:
         assert _ok(cleared)["threshold_days"] is None
         assert "body.grace_days" in _errors(c.put("/v1/license-policy", json={"grace_days": -1}))
         assert "body.bogus" in _errors(c.put("/v1/license-policy", json={"bogus": 1}))
+        for other_type in ({"min_users": True}, {"grace_days": "5"}, {"underuse_share": "0.3"}):
+            assert _errors(c.put("/v1/license-policy", json=other_type)), other_type
+        assert _ok(c.put("/v1/license-policy", json={"min_users": 25.0}))["min_users"] == 25
         assert_problem(c.get("/v1/license-policy", params={"integration": theirs}), 404)
         assert_problem(
             c.put("/v1/license-policy", params={"integration": theirs}, json={"grace_days": 1}), 404

@@ -162,7 +162,7 @@ def check_exactly_once(s: Schedule, first: float, rec: Records) -> dict[str, int
 @pytest.mark.timeout(150)
 def test_every_slot_fired_once_while_schedulers_race_and_die(env: Env) -> None:
     """20 schedules of 1 s and 2 s slots, 3 workers racing to fire them, one SIGKILLed every
-    2-4 s and replaced, for 40 s: no slot fired twice, none left out."""
+    2-4 s and replaced, for 30 s: no slot fired twice, none left out."""
     rng = random.Random()
     first: dict[str, float] = {}
     overlap: dict[str, str] = {}
@@ -184,7 +184,7 @@ def test_every_slot_fired_once_while_schedulers_race_and_die(env: Env) -> None:
     workers = [env.start(f"w{n}") for n in range(3)]
     started = time.monotonic()
     kills, n = 0, 3
-    while time.monotonic() - started < 40:
+    while time.monotonic() - started < 30:
         time.sleep(rng.uniform(2.0, 4.0))
         victim = rng.choice(workers)
         victim.kill()
@@ -210,10 +210,10 @@ def test_every_slot_fired_once_while_schedulers_race_and_die(env: Env) -> None:
         )
         if overlap[schedule_id] == Overlap.ALLOW_ALL.value:
             assert counts["skipped"] == 0, f"{s.name}: allow_all skipped slots"
-    assert kills >= 10
+    assert kills >= 7
     # Each skip schedule's run takes 1.5 s of its 1 s or 2 s slots: some slots are skipped.
     assert totals["skipped"] > 0
-    assert totals["fired"] >= 20 * 20  # ~40 per 1 s schedule and ~20 per 2 s over 40 s, less skips
+    assert totals["fired"] >= 20 * 15  # ~30 per 1 s schedule and ~15 per 2 s over 30 s, less skips
 
 
 @pytest.mark.timeout(120)

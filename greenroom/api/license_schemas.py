@@ -188,9 +188,10 @@ class SavingsOut(BaseModel):
         )
 
 
-class PolicySet(PolicyIn):
+class PolicySet(PolicyIn, Body):
     """A change of the tenant's default or of one integration's override: fields left out
-    keep their value, null clears one."""
+    keep their value, null clears one. Values of another JSON type are refused, as in every
+    body (no true for 1)."""
 
     tenant: Name | None = Field(None, description="platform keys: the tenant whose policy")
 
