@@ -2,7 +2,8 @@
 
 PostgreSQL tests use GREENROOM_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres):
 each test gets its own database cloned from a migrated template. Without a server they skip with
-the reason; with GREENROOM_REQUIRE_POSTGRES=1 (set in CI) they fail instead.
+the reason; with GREENROOM_REQUIRE_POSTGRES=1 (set in CI) they fail instead. SQLite tests get a
+copy of a migrated file the same way.
 
 A clone takes the server 0.3-0.5 s, about 5 minutes of a run's 700 PostgreSQL tests: a thread
 clones the next databases while no PostgreSQL test runs (`_Clones`), e.g. beside a test's SQLite
